@@ -1,0 +1,567 @@
+//! `.cbors` dumps, the ingesters' recording format, byte-compatible with dranspose 0.2.0.
+//!
+//! A dump is an RFC 8742 CBOR sequence with one item per event:
+//!
+//! ```text
+//! tag 55799 ( tag 42877 ( [ event_number,
+//!                           { stream: tag 42878 ( [ typ, [ frame bytes, ... ] ] ) },
+//!                           created_at ] ) )          ; created_at: tag 0 RFC 3339 text, optional
+//! ```
+//!
+//! [`DumpReader`] streams records from any reader: it reads exactly one record at a time (the
+//! record's length is measured before it is decoded, see `scan.rs`), so memory is bounded by the
+//! largest record, not the file. Frames are slices of the record's buffer: no byte is copied after
+//! the read itself. A record whose CBOR is valid but whose content is not an event is reported and
+//! skipped; bytes that are not CBOR at all end the file, since no later record boundary can be
+//! trusted.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use minicbor::data::{Tag, Type};
+use minicbor::{Decoder, Encoder};
+
+use crate::event::{EventData, StreamData};
+use crate::ids::{EventNumber, StreamName, StreamType};
+use crate::scan::{Scan, item_len};
+
+/// RFC 8949 "self-described CBOR" tag that opens every record.
+pub const SELF_DESCRIBE_TAG: u64 = 55799;
+/// dranspose's tag for an `InternalWorkerMessage` (event number, streams, created_at).
+pub const EVENT_TAG: u64 = 42877;
+/// dranspose's tag for a `StreamData` (typ, frames).
+pub const STREAM_TAG: u64 = 42878;
+/// RFC 8949 tag for an RFC 3339 date/time string.
+const DATETIME_TAG: u64 = 0;
+/// RFC 8949 tag for seconds since the epoch.
+const EPOCH_TAG: u64 = 1;
+
+/// Records larger than this are refused, so that a corrupt length cannot make the reader
+/// allocate without bound.
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
+/// How much the reader asks the source for at a time when records are small.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What went wrong reading a dump, with the record's index and byte offset in the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// The source could not be read.
+    #[error("record {record} at byte {offset}: read failed: {source}")]
+    Io {
+        /// Index of the record being read (0-based).
+        record: u64,
+        /// Byte offset of the record in the (uncompressed) stream.
+        offset: u64,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The stream ends inside a record.
+    #[error("record {record} at byte {offset}: truncated: the file ends after {available} of at least {needed} bytes")]
+    Truncated {
+        /// Index of the record.
+        record: u64,
+        /// Byte offset of the record.
+        offset: u64,
+        /// Bytes present.
+        available: usize,
+        /// Bytes the record's CBOR heads promise.
+        needed: usize,
+    },
+    /// The bytes are not CBOR; nothing after them can be read.
+    #[error("record {record} at byte {offset}: not CBOR: {message} at byte {at} of the record")]
+    Malformed {
+        /// Index of the record.
+        record: u64,
+        /// Byte offset of the record.
+        offset: u64,
+        /// Offset of the bad byte within the record.
+        at: usize,
+        /// What was wrong.
+        message: &'static str,
+    },
+    /// A record larger than [`MAX_RECORD_BYTES`].
+    #[error("record {record} at byte {offset}: claims {len} bytes, more than the {MAX_RECORD_BYTES} allowed")]
+    TooLarge {
+        /// Index of the record.
+        record: u64,
+        /// Byte offset of the record.
+        offset: u64,
+        /// Claimed length.
+        len: usize,
+    },
+    /// Valid CBOR that is not an event record; the reader continues with the next record.
+    #[error("record {record} at byte {offset}: {message}")]
+    BadRecord {
+        /// Index of the record.
+        record: u64,
+        /// Byte offset of the record.
+        offset: u64,
+        /// Expected versus found, with the event number when it was already read.
+        message: String,
+    },
+}
+
+impl DumpError {
+    /// Whether the reader can go on to the next record after this error.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, DumpError::BadRecord { .. })
+    }
+}
+
+/// Reads events from a `.cbors` stream; an iterator of records.
+pub struct DumpReader<R> {
+    source: R,
+    /// Bytes read but not yet returned; records are sliced off its front.
+    window: Bytes,
+    /// Index of the next record.
+    record: u64,
+    /// Stream offset of `window`'s first byte.
+    offset: u64,
+    /// Set after an error that makes the rest of the stream unreadable, or at the end.
+    finished: bool,
+}
+
+impl DumpReader<Box<dyn Read + Send>> {
+    /// Opens a dump file; names ending in `.gz` are decompressed on the fly.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let source: Box<dyn Read + Send> = if path.extension().is_some_and(|ext| ext == "gz") {
+            // Multi-member: dranspose appends each scan to the same file.
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        Ok(Self::new(source))
+    }
+}
+
+impl<R: Read> DumpReader<R> {
+    /// Reads records from `source`. Pass the raw file: the reader does its own buffering.
+    pub fn new(source: R) -> Self {
+        Self {
+            source,
+            window: Bytes::new(),
+            record: 0,
+            offset: 0,
+            finished: false,
+        }
+    }
+
+    /// Bytes consumed so far (uncompressed).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next record's bytes, or `None` at a clean end of the stream.
+    fn next_record_bytes(&mut self) -> Result<Option<Bytes>, DumpError> {
+        loop {
+            let needed = match item_len(&self.window) {
+                Scan::Complete(len) => {
+                    let record = self.window.split_to(len);
+                    return Ok(Some(record));
+                }
+                Scan::Incomplete(needed) => needed,
+                Scan::Malformed(at, message) => {
+                    return Err(DumpError::Malformed {
+                        record: self.record,
+                        offset: self.offset,
+                        at,
+                        message,
+                    });
+                }
+            };
+            if needed > MAX_RECORD_BYTES {
+                return Err(DumpError::TooLarge {
+                    record: self.record,
+                    offset: self.offset,
+                    len: needed,
+                });
+            }
+            let available = self.window.len();
+            if !self.fill(needed)? {
+                if available == 0 {
+                    return Ok(None);
+                }
+                return Err(DumpError::Truncated {
+                    record: self.record,
+                    offset: self.offset,
+                    available,
+                    needed,
+                });
+            }
+        }
+    }
+
+    /// Reads until the window holds at least `needed` bytes (or a chunk, if more). Returns false
+    /// when the source ended first.
+    fn fill(&mut self, needed: usize) -> Result<bool, DumpError> {
+        let target = needed.max(READ_CHUNK);
+        let mut buffer = Vec::with_capacity(target);
+        buffer.extend_from_slice(&self.window);
+        while buffer.len() < needed {
+            let want = (target - buffer.len()) as u64;
+            // `read_to_end` on `Take` reads into spare capacity without zeroing it first.
+            match (&mut self.source).take(want).read_to_end(&mut buffer) {
+                Ok(0) => {
+                    self.window = Bytes::from(buffer);
+                    return Ok(false);
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(DumpError::Io {
+                        record: self.record,
+                        offset: self.offset,
+                        source,
+                    });
+                }
+            }
+        }
+        self.window = Bytes::from(buffer);
+        Ok(true)
+    }
+}
+
+impl<R: Read> Iterator for DumpReader<R> {
+    type Item = Result<EventData, DumpError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let (record, offset) = (self.record, self.offset);
+        let result = match self.next_record_bytes() {
+            Ok(Some(bytes)) => {
+                self.record += 1;
+                self.offset += bytes.len() as u64;
+                decode_record(&bytes).map_err(|message| DumpError::BadRecord {
+                    record,
+                    offset,
+                    message,
+                })
+            }
+            Ok(None) => {
+                self.finished = true;
+                return None;
+            }
+            Err(error) => Err(error),
+        };
+        if result.as_ref().is_err_and(|error| !error.is_recoverable()) {
+            self.finished = true;
+        }
+        Some(result)
+    }
+}
+
+/// Decodes one record; frames share `record`'s memory. The error says what was expected.
+pub fn decode_record(record: &Bytes) -> Result<EventData, String> {
+    let mut d = Decoder::new(record);
+    let mut tag = expect_tag(&mut d, "record")?;
+    if tag == SELF_DESCRIBE_TAG {
+        tag = expect_tag(&mut d, "record after tag 55799")?;
+    }
+    if tag != EVENT_TAG {
+        return Err(format!(
+            "expected tag {EVENT_TAG} (event), found tag {tag}"
+        ));
+    }
+    let fields = match d.array() {
+        Ok(Some(n @ (2 | 3))) => n,
+        Ok(Some(n)) => return Err(format!("expected an event array of 2 or 3 items, found {n}")),
+        Ok(None) => return Err("expected a definite-length event array".to_owned()),
+        Err(_) => return Err(found("an event array", &d)),
+    };
+    let event_number = d
+        .u64()
+        .map(EventNumber)
+        .map_err(|_| found("an unsigned event number", &d))?;
+    let context = |message: String| format!("event {event_number}: {message}");
+    let streams = decode_streams(&mut d, record).map_err(context)?;
+    let created_at = if fields == 3 {
+        decode_created_at(&mut d).map_err(context)?
+    } else {
+        None
+    };
+    if d.position() != record.len() {
+        return Err(context(format!(
+            "{} bytes after the event",
+            record.len() - d.position()
+        )));
+    }
+    Ok(EventData {
+        event_number,
+        streams,
+        created_at,
+    })
+}
+
+fn decode_streams(
+    d: &mut Decoder<'_>,
+    record: &Bytes,
+) -> Result<BTreeMap<StreamName, StreamData>, String> {
+    let count = match d.map() {
+        Ok(Some(n)) => n,
+        _ => return Err(found("a definite-length map of streams", d)),
+    };
+    let mut streams = BTreeMap::new();
+    for _ in 0..count {
+        let name = StreamName::from(d.str().map_err(|_| found("a stream name", d))?);
+        let in_stream = |message: String| format!("stream {name}: {message}");
+        let tag = expect_tag(d, "stream").map_err(in_stream)?;
+        if tag != STREAM_TAG {
+            return Err(in_stream(format!(
+                "expected tag {STREAM_TAG} (stream data), found tag {tag}"
+            )));
+        }
+        if !matches!(d.array(), Ok(Some(2))) {
+            return Err(in_stream("expected a [typ, frames] array".to_owned()));
+        }
+        let typ = StreamType::from(d.str().map_err(|_| in_stream(found("a typ string", d)))?);
+        let frame_count = match d.array() {
+            Ok(Some(n)) => n,
+            _ => return Err(in_stream(found("a definite-length array of frames", d))),
+        };
+        let mut frames = Vec::with_capacity(frame_count.min(64) as usize);
+        for index in 0..frame_count {
+            let frame = d
+                .bytes()
+                .map_err(|_| in_stream(format!("frame {index}: {}", found("a byte string", d))))?;
+            frames.push(record.slice_ref(frame));
+        }
+        if streams.insert(name.clone(), StreamData { typ, frames }).is_some() {
+            return Err(format!("stream {name} appears twice"));
+        }
+    }
+    Ok(streams)
+}
+
+fn decode_created_at(d: &mut Decoder<'_>) -> Result<Option<Timestamp>, String> {
+    match d.datatype() {
+        Ok(Type::Null | Type::Undefined) => {
+            let _ = d.skip();
+            return Ok(None);
+        }
+        Ok(Type::Tag) => {}
+        _ => return Err(found("created_at (tag 0 or 1)", d)),
+    }
+    let tag = expect_tag(d, "created_at")?;
+    match tag {
+        DATETIME_TAG => {
+            let text = d.str().map_err(|_| found("an RFC 3339 string", d))?;
+            text.parse::<Timestamp>()
+                .map(Some)
+                .map_err(|error| format!("created_at {text:?} is not RFC 3339: {error}"))
+        }
+        EPOCH_TAG => {
+            let seconds = match d.datatype() {
+                Ok(Type::F16 | Type::F32 | Type::F64) => d.f64().ok(),
+                _ => d.i64().ok().map(|s| s as f64),
+            }
+            .ok_or_else(|| found("epoch seconds", d))?;
+            Timestamp::from_microsecond((seconds * 1e6).round() as i64)
+                .map(Some)
+                .map_err(|error| format!("created_at {seconds} is out of range: {error}"))
+        }
+        other => Err(format!("expected created_at tag 0 or 1, found tag {other}")),
+    }
+}
+
+fn expect_tag(d: &mut Decoder<'_>, what: &str) -> Result<u64, String> {
+    d.tag()
+        .map(Tag::as_u64)
+        .map_err(|_| format!("{what}: {}", found("a tag", d)))
+}
+
+/// "expected X, found <type> at byte N" for the item at the decoder's position.
+fn found(expected: &str, d: &Decoder<'_>) -> String {
+    match d.datatype() {
+        Ok(ty) => format!("expected {expected}, found {ty} at byte {}", d.position()),
+        Err(_) => format!("expected {expected} at byte {}", d.position()),
+    }
+}
+
+/// Writes events as `.cbors` records, frames straight from their buffers.
+pub struct DumpWriter<W: Write> {
+    encoder: Encoder<minicbor::encode::write::Writer<W>>,
+}
+
+impl<W: Write> DumpWriter<W> {
+    /// Writes to `sink`; wrap files in a `BufWriter`.
+    pub fn new(sink: W) -> Self {
+        Self {
+            encoder: Encoder::new(minicbor::encode::write::Writer::new(sink)),
+        }
+    }
+
+    /// Appends one record.
+    pub fn write_event(&mut self, event: &EventData) -> io::Result<()> {
+        encode_record(&mut self.encoder, event).map_err(|error| match error.into_write() {
+            Some(io) => io,
+            None => io::Error::other("unencodable event"),
+        })
+    }
+
+    /// Flushes and returns the sink.
+    pub fn into_inner(self) -> io::Result<W> {
+        let mut sink = self.encoder.into_writer().into_inner();
+        sink.flush()?;
+        Ok(sink)
+    }
+}
+
+/// Encodes one event as a dump record (also the body of the ingester→worker message).
+pub fn encode_record<W: minicbor::encode::Write>(
+    e: &mut Encoder<W>,
+    event: &EventData,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    e.tag(Tag::new(SELF_DESCRIBE_TAG))?.tag(Tag::new(EVENT_TAG))?;
+    e.array(if event.created_at.is_some() { 3 } else { 2 })?;
+    e.u64(event.event_number.0)?;
+    e.map(event.streams.len() as u64)?;
+    for (name, stream) in &event.streams {
+        e.str(name.as_str())?.tag(Tag::new(STREAM_TAG))?.array(2)?;
+        e.str(stream.typ.as_str())?.array(stream.frames.len() as u64)?;
+        for frame in &stream.frames {
+            e.bytes(frame)?;
+        }
+    }
+    if let Some(created_at) = event.created_at {
+        // Microseconds, as Python's datetime has, so dranspose reads back what was written.
+        e.tag(Tag::new(DATETIME_TAG))?
+            .str(&format!("{created_at:.6}"))?;
+    }
+    Ok(())
+}
+
+/// Encodes one event record into a new buffer.
+pub fn record_to_vec(event: &EventData) -> Vec<u8> {
+    let mut encoder = Encoder::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = encode_record(&mut encoder, event);
+    encoder.into_writer()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(n: u64, streams: &[(&str, &str, &[&[u8]])]) -> EventData {
+        EventData {
+            event_number: EventNumber(n),
+            streams: streams
+                .iter()
+                .map(|(name, typ, frames)| {
+                    (
+                        StreamName::from(*name),
+                        StreamData {
+                            typ: StreamType::from(*typ),
+                            frames: frames.iter().map(|f| Bytes::copy_from_slice(f)).collect(),
+                        },
+                    )
+                })
+                .collect(),
+            created_at: Some("2026-11-21T10:00:00.123456Z".parse().unwrap()),
+        }
+    }
+
+    fn write_all(events: &[EventData]) -> Vec<u8> {
+        let mut writer = DumpWriter::new(Vec::new());
+        for e in events {
+            writer.write_event(e).unwrap();
+        }
+        writer.into_inner().unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_small_reads() {
+        let events = vec![
+            event(0, &[("det", "STINS", &[b"{\"htype\":\"header\"}"])]),
+            event(1, &[("det", "STINS", &[b"{}", &[7u8; 100_000]]), ("pcap", "PCAP", &[])]),
+        ];
+        let bytes = write_all(&events);
+        // A reader that returns 3 bytes at a time exercises every partial-record path.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(3).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let read: Vec<_> = DumpReader::new(Trickle(&bytes)).map(Result::unwrap).collect();
+        assert_eq!(read, events);
+    }
+
+    #[test]
+    fn truncated_file_names_the_record() {
+        let bytes = write_all(&[event(0, &[("det", "STINS", &[b"abc"])]), event(1, &[("det", "STINS", &[&[1u8; 64]])])]);
+        let cut = &bytes[..bytes.len() - 10];
+        let results: Vec<_> = DumpReader::new(cut).collect();
+        assert_eq!(results.len(), 2);
+        assert!(results[0].is_ok());
+        insta::assert_snapshot!(results[1].as_ref().unwrap_err(), @"record 1 at byte 58: truncated: the file ends after 110 of at least 120 bytes");
+    }
+
+    #[test]
+    fn wrong_tag_is_skipped_and_reading_goes_on() {
+        let mut bytes = Vec::new();
+        let mut e = Encoder::new(&mut bytes);
+        e.tag(Tag::new(SELF_DESCRIBE_TAG)).unwrap().tag(Tag::new(42879)).unwrap().array(0).unwrap();
+        bytes.extend(write_all(&[event(5, &[("det", "X", &[b"1"])])]));
+        let results: Vec<_> = DumpReader::new(bytes.as_slice()).collect();
+        insta::assert_snapshot!(results[0].as_ref().unwrap_err(), @"record 0 at byte 0: expected tag 42877 (event), found tag 42879");
+        assert_eq!(results[1].as_ref().unwrap().event_number, EventNumber(5));
+    }
+
+    #[test]
+    fn garbage_ends_the_file_with_a_clear_error() {
+        let mut bytes = write_all(&[event(0, &[("det", "STINS", &[b"abc"])])]);
+        bytes.extend_from_slice(&[0xff, 0x00]);
+        let results: Vec<_> = DumpReader::new(bytes.as_slice()).collect();
+        assert_eq!(results.len(), 2);
+        insta::assert_snapshot!(results[1].as_ref().unwrap_err(), @"record 1 at byte 58: not CBOR: break byte outside an indefinite item at byte 0 of the record");
+    }
+
+    #[test]
+    fn accepts_records_without_created_at_or_self_describe_tag() {
+        let mut bytes = Vec::new();
+        let mut e = Encoder::new(&mut bytes);
+        e.tag(Tag::new(EVENT_TAG)).unwrap().array(2).unwrap().u64(9).unwrap().map(0).unwrap();
+        let read: Vec<_> = DumpReader::new(bytes.as_slice()).map(Result::unwrap).collect();
+        assert_eq!(read, vec![EventData::new(EventNumber(9))]);
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_dump() {
+        assert_eq!(DumpReader::new(&[][..]).count(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_events_round_trip(
+            numbers in proptest::collection::btree_set(any::<u64>(), 0..6),
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..4),
+        ) {
+            let events: Vec<EventData> = numbers.iter().map(|&n| {
+                let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+                event(n, &[("s", "T", &frames)])
+            }).collect();
+            let bytes = write_all(&events);
+            let read: Vec<_> = DumpReader::new(bytes.as_slice()).collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(read, events);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            for result in DumpReader::new(bytes.as_slice()) {
+                let _ = result;
+            }
+        }
+    }
+}

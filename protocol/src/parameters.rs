@@ -1,0 +1,300 @@
+//! Typed parameters: what analyses and accumulators declare, what users set as raw bytes
+//! (`POST /api/v1/parameter/{name}`, or a `--params` file), and the typed values they see.
+//!
+//! Values travel as bytes exactly as in dranspose (`str(value).encode()`, booleans as
+//! `True`/`False`, binaries raw), so a parameter file written for dranspose works here.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ParameterName;
+
+/// The type of a parameter's value, named as in dranspose's descriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterType {
+    /// UTF-8 text.
+    Str,
+    /// A 64-bit signed integer.
+    Int,
+    /// A 64-bit float.
+    Float,
+    /// `True` or `False`.
+    Bool,
+    /// Raw bytes, e.g. a whole file such as a dark frame or a mask.
+    Binary,
+}
+
+/// A parameter's typed value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ParameterValue {
+    /// Text.
+    Str(String),
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// Bytes.
+    Binary(#[serde(serialize_with = "serialize_len")] Bytes),
+}
+
+fn serialize_len<S: serde::Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("<{} bytes>", bytes.len()))
+}
+
+impl ParameterValue {
+    /// The bytes form, as dranspose writes it.
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            ParameterValue::Str(s) => Bytes::from(s.clone()),
+            ParameterValue::Int(i) => Bytes::from(i.to_string()),
+            ParameterValue::Float(f) => Bytes::from(format!("{f:?}")),
+            ParameterValue::Bool(true) => Bytes::from_static(b"True"),
+            ParameterValue::Bool(false) => Bytes::from_static(b"False"),
+            ParameterValue::Binary(b) => b.clone(),
+        }
+    }
+
+    /// Parses the bytes form as `dtype`.
+    pub fn parse(dtype: ParameterType, data: &Bytes) -> Result<Self, String> {
+        let text = || {
+            std::str::from_utf8(data).map_err(|_| "value is not UTF-8 text".to_owned())
+        };
+        Ok(match dtype {
+            ParameterType::Str => ParameterValue::Str(text()?.to_owned()),
+            ParameterType::Int => {
+                let t = text()?.trim();
+                ParameterValue::Int(t.parse().map_err(|_| format!("{t:?} is not an integer"))?)
+            }
+            ParameterType::Float => {
+                let t = text()?.trim();
+                ParameterValue::Float(t.parse().map_err(|_| format!("{t:?} is not a number"))?)
+            }
+            ParameterType::Bool => match text()?.trim() {
+                "True" | "true" | "1" => ParameterValue::Bool(true),
+                "False" | "false" | "0" | "" => ParameterValue::Bool(false),
+                other => return Err(format!("{other:?} is not True or False")),
+            },
+            ParameterType::Binary => ParameterValue::Binary(data.clone()),
+        })
+    }
+}
+
+/// A parameter an analysis or accumulator declares, with its default.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParameterDescription {
+    /// The parameter's name.
+    pub name: ParameterName,
+    /// Its type.
+    pub dtype: ParameterType,
+    /// The value used until a user sets one.
+    pub default: ParameterValue,
+    /// What it does, for `GET /api/v1/parameters`.
+    pub description: String,
+}
+
+/// A parameter that is not what its description says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParameterError {
+    /// The value does not parse as the declared type.
+    #[error("parameter {name}: {message}")]
+    Invalid {
+        /// The parameter.
+        name: ParameterName,
+        /// What was wrong.
+        message: String,
+    },
+    /// The parameter file is not a list of `{name, data}`.
+    #[error("parameter file: {0}")]
+    File(String),
+}
+
+/// The parameters in force for a scan: every described parameter (set or default) plus any set
+/// but undescribed ones as text or bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parameters {
+    values: BTreeMap<ParameterName, ParameterValue>,
+}
+
+impl Parameters {
+    /// Types the raw values by their descriptions and fills in defaults.
+    pub fn resolve(
+        raw: impl IntoIterator<Item = (ParameterName, Bytes)>,
+        descriptions: &[ParameterDescription],
+    ) -> Result<Self, ParameterError> {
+        let mut values = BTreeMap::new();
+        for (name, data) in raw {
+            let value = match descriptions.iter().find(|d| d.name == name) {
+                Some(description) => ParameterValue::parse(description.dtype, &data)
+                    .map_err(|message| ParameterError::Invalid { name: name.clone(), message })?,
+                None => match std::str::from_utf8(&data) {
+                    Ok(text) => ParameterValue::Str(text.to_owned()),
+                    Err(_) => ParameterValue::Binary(data),
+                },
+            };
+            values.insert(name, value);
+        }
+        for description in descriptions {
+            values
+                .entry(description.name.clone())
+                .or_insert_with(|| description.default.clone());
+        }
+        Ok(Self { values })
+    }
+
+    /// The value of `name`, if set or described.
+    pub fn get(&self, name: &str) -> Option<&ParameterValue> {
+        self.values.get(name)
+    }
+
+    /// An integer parameter.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name)? {
+            ParameterValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// A float parameter (integers are accepted).
+    pub fn float(&self, name: &str) -> Option<f64> {
+        match self.get(name)? {
+            ParameterValue::Float(f) => Some(*f),
+            ParameterValue::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    /// A text parameter.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match self.get(name)? {
+            ParameterValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A boolean parameter.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            ParameterValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// A binary parameter.
+    pub fn binary(&self, name: &str) -> Option<&Bytes> {
+        match self.get(name)? {
+            ParameterValue::Binary(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// All values by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&ParameterName, &ParameterValue)> {
+        self.values.iter()
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonEntry {
+    name: String,
+    data: String,
+}
+
+/// Reads a dranspose parameter file: a JSON list `[{"name": ..., "data": ...}]`, or the same list
+/// as CBOR (data as text or bytes). Pickle files are refused: beamflow never unpickles.
+pub fn parse_parameter_file(bytes: &[u8]) -> Result<Vec<(ParameterName, Bytes)>, ParameterError> {
+    if bytes.first() == Some(&0x80) {
+        return Err(ParameterError::File(
+            "this is a pickle; beamflow does not read pickle, write the list as JSON \
+             [{\"name\": ..., \"data\": ...}] instead"
+                .to_owned(),
+        ));
+    }
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let entries: Vec<JsonEntry> = serde_json::from_str(text).map_err(|error| {
+            ParameterError::File(format!("expected a JSON list of {{name, data}}: {error}"))
+        })?;
+        return Ok(entries
+            .into_iter()
+            .map(|e| (ParameterName::from(e.name), Bytes::from(e.data)))
+            .collect());
+    }
+    let list = crate::value::Value::from_cbor(bytes)
+        .map_err(|error| ParameterError::File(format!("neither JSON nor CBOR: {error}")))?;
+    let crate::value::Value::Array(items) = list else {
+        return Err(ParameterError::File(format!("expected a CBOR list, found {}", list.kind())));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let name = match item.pointer("name") {
+                Some(crate::value::Value::Text(name)) => ParameterName::from(name.as_str()),
+                _ => return Err(ParameterError::File(format!("entry {index} has no text name"))),
+            };
+            let data = match item.pointer("data") {
+                Some(crate::value::Value::Bytes(b)) => b.clone(),
+                Some(crate::value::Value::Text(t)) => Bytes::from(t.clone()),
+                _ => {
+                    return Err(ParameterError::File(format!(
+                        "entry {index} ({name}) has no data"
+                    )));
+                }
+            };
+            Ok((name, data))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn describe(name: &str, dtype: ParameterType, default: ParameterValue) -> ParameterDescription {
+        ParameterDescription {
+            name: name.into(),
+            dtype,
+            default,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn typed_values_defaults_and_errors() {
+        let descriptions = [
+            describe("threshold", ParameterType::Float, ParameterValue::Float(0.5)),
+            describe("enabled", ParameterType::Bool, ParameterValue::Bool(false)),
+            describe("roi", ParameterType::Int, ParameterValue::Int(0)),
+        ];
+        let raw = parse_parameter_file(br#"[{"name":"enabled","data":"True"},{"name":"note","data":"hi"}]"#).unwrap();
+        let parameters = Parameters::resolve(raw, &descriptions).unwrap();
+        assert_eq!(parameters.float("threshold"), Some(0.5));
+        assert_eq!(parameters.bool("enabled"), Some(true));
+        assert_eq!(parameters.str("note"), Some("hi"));
+        let error = Parameters::resolve([("roi".into(), Bytes::from("ten"))], &descriptions).unwrap_err();
+        assert_eq!(error.to_string(), r#"parameter roi: "ten" is not an integer"#);
+    }
+
+    #[test]
+    fn bytes_form_round_trips() {
+        for (dtype, value) in [
+            (ParameterType::Float, ParameterValue::Float(1.0)),
+            (ParameterType::Int, ParameterValue::Int(-3)),
+            (ParameterType::Bool, ParameterValue::Bool(true)),
+            (ParameterType::Str, ParameterValue::Str("x y".into())),
+        ] {
+            assert_eq!(ParameterValue::parse(dtype, &value.to_bytes()).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn pickle_is_refused_with_advice() {
+        let error = parse_parameter_file(&[0x80, 0x04, 0x95]).unwrap_err();
+        assert!(error.to_string().contains("does not read pickle"), "{error}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Parsers for the stream protocols beamflow ingests, one file each (dranspose `middlewares/`).
+
+pub mod bslz4;
+pub mod stins;

@@ -1,0 +1,282 @@
+//! STINS, MAX IV's detector stream (`typ = "STINS"`, dranspose's `stream1`).
+//!
+//! Per series: a header message `{"htype": "header", "msg_number": 0, ...}` (optionally followed
+//! by a meta part), then per image a JSON part `{"htype": "image", "frame": i, "shape": [h, w],
+//! "type": "uint16", "compression": "none" | "bslz4", "msg_number": k}` and the image buffer, then
+//! `{"htype": "series_end", "msg_number": k}`. One message is one stream's frames in one event.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::array::{DType, NdArray, ShapeMismatch};
+use crate::event::StreamData;
+use crate::streams::bslz4::{self, Bslz4Error};
+
+/// The `typ` of STINS stream data.
+pub const TYP: &str = "STINS";
+
+/// A parsed STINS message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StinsMessage {
+    /// Start of a series.
+    Header {
+        /// The source's message counter, 0 for a header.
+        msg_number: Option<u64>,
+        /// The JSON part as sent, for fields beyond the standard ones.
+        meta: serde_json::Map<String, serde_json::Value>,
+    },
+    /// One image.
+    Image {
+        /// The detector's frame index within the series.
+        frame: u64,
+        /// The source's message counter.
+        msg_number: Option<u64>,
+        /// The (decompressed) image.
+        data: NdArray,
+        /// The JSON part as sent, e.g. `timestamps`.
+        meta: serde_json::Map<String, serde_json::Value>,
+    },
+    /// End of a series.
+    End {
+        /// The source's message counter.
+        msg_number: Option<u64>,
+    },
+}
+
+impl StinsMessage {
+    /// The source's message counter, which ingesters validate for gaps.
+    pub fn msg_number(&self) -> Option<u64> {
+        match self {
+            StinsMessage::Header { msg_number, .. }
+            | StinsMessage::Image { msg_number, .. }
+            | StinsMessage::End { msg_number } => *msg_number,
+        }
+    }
+}
+
+/// Why frames are not a valid STINS message.
+#[derive(Debug, thiserror::Error)]
+pub enum StinsError {
+    /// The stream has no frames.
+    #[error("STINS message has no frames")]
+    NoFrames,
+    /// The first frame is not a JSON object.
+    #[error("STINS JSON part is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A known field has the wrong type or is missing.
+    #[error("STINS {htype} message: {message}")]
+    Field {
+        /// The message's `htype`.
+        htype: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// `htype` is not header, image or series_end.
+    #[error("STINS htype {0:?} is not header, image or series_end")]
+    UnknownHtype(String),
+    /// An image message without its buffer.
+    #[error("STINS image {frame} has no data frame (message has {frames} frame)")]
+    MissingBuffer {
+        /// The image's frame index.
+        frame: u64,
+        /// Frames in the message.
+        frames: usize,
+    },
+    /// A `type` that is not a numpy dtype name.
+    #[error("STINS image {frame}: unknown type {dtype:?}")]
+    UnknownDtype {
+        /// The image's frame index.
+        frame: u64,
+        /// The type as sent.
+        dtype: String,
+    },
+    /// A compression other than none and bslz4.
+    #[error("STINS image {frame}: unknown compression {compression:?} (none and bslz4 are supported)")]
+    UnknownCompression {
+        /// The image's frame index.
+        frame: u64,
+        /// The compression as sent.
+        compression: String,
+    },
+    /// The buffer does not match shape and type.
+    #[error("STINS image {frame}: {source}")]
+    Shape {
+        /// The image's frame index.
+        frame: u64,
+        /// Expected and found lengths.
+        source: ShapeMismatch,
+    },
+    /// The bslz4 buffer is corrupt.
+    #[error("STINS image {frame}: {source}")]
+    Bslz4 {
+        /// The image's frame index.
+        frame: u64,
+        /// What the decompressor found.
+        source: Bslz4Error,
+    },
+}
+
+#[derive(Deserialize)]
+struct ImageFields {
+    frame: u64,
+    shape: Vec<usize>,
+    #[serde(rename = "type")]
+    dtype: String,
+    #[serde(default)]
+    compression: Option<String>,
+}
+
+/// Parses one STINS message (one stream's frames of one event).
+pub fn parse(stream: &StreamData) -> Result<StinsMessage, StinsError> {
+    parse_frames(&stream.frames)
+}
+
+/// Parses the frames of one STINS message.
+pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
+    let first = frames.first().ok_or(StinsError::NoFrames)?;
+    let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(first)?;
+    let htype = match meta.get("htype") {
+        Some(serde_json::Value::String(htype)) => htype.clone(),
+        Some(other) => {
+            return Err(StinsError::Field {
+                htype: other.to_string(),
+                message: "htype is not a string".to_owned(),
+            });
+        }
+        None => {
+            return Err(StinsError::Field {
+                htype: "(none)".to_owned(),
+                message: "no htype field".to_owned(),
+            });
+        }
+    };
+    let msg_number = match meta.get("msg_number") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => Some(value.as_u64().ok_or_else(|| StinsError::Field {
+            htype: htype.clone(),
+            message: format!("msg_number {value} is not an unsigned integer"),
+        })?),
+    };
+    match htype.as_str() {
+        "header" => Ok(StinsMessage::Header { msg_number, meta }),
+        "series_end" => Ok(StinsMessage::End { msg_number }),
+        "image" => {
+            let fields: ImageFields = serde_json::from_value(serde_json::Value::Object(meta.clone()))
+                .map_err(|error| StinsError::Field {
+                    htype: htype.clone(),
+                    message: error.to_string(),
+                })?;
+            let frame = fields.frame;
+            let buffer = frames.get(1).ok_or(StinsError::MissingBuffer {
+                frame,
+                frames: frames.len(),
+            })?;
+            let dtype = DType::from_name(&fields.dtype).ok_or_else(|| StinsError::UnknownDtype {
+                frame,
+                dtype: fields.dtype.clone(),
+            })?;
+            let data = match fields.compression.as_deref() {
+                None | Some("none") => buffer.clone(),
+                Some("bslz4") => {
+                    let expected = fields.shape.iter().product::<usize>() * dtype.size();
+                    bslz4::decompress(buffer, dtype.size(), Some(expected))
+                        .map(Bytes::from)
+                        .map_err(|source| StinsError::Bslz4 { frame, source })?
+                }
+                Some(other) => {
+                    return Err(StinsError::UnknownCompression {
+                        frame,
+                        compression: other.to_owned(),
+                    });
+                }
+            };
+            let data = NdArray::new(fields.shape, dtype, data)
+                .map_err(|source| StinsError::Shape { frame, source })?;
+            Ok(StinsMessage::Image {
+                frame,
+                msg_number,
+                data,
+                meta,
+            })
+        }
+        _ => Err(StinsError::UnknownHtype(htype)),
+    }
+}
+
+/// Builds the frames of a STINS image message (for simulators, tests and benches).
+pub fn image_frames(frame: u64, msg_number: u64, data: &NdArray, compressed: bool) -> Vec<Bytes> {
+    let compression = if compressed { "bslz4" } else { "none" };
+    let header = serde_json::json!({
+        "htype": "image",
+        "frame": frame,
+        "shape": data.shape(),
+        "type": data.dtype().name(),
+        "compression": compression,
+        "msg_number": msg_number,
+    });
+    let buffer = if compressed {
+        Bytes::from(bslz4::compress(data.data(), data.dtype().size()))
+    } else {
+        data.data().clone()
+    };
+    vec![Bytes::from(header.to_string()), buffer]
+}
+
+/// Builds the frame of a STINS header message.
+pub fn header_frames(msg_number: u64) -> Vec<Bytes> {
+    let header = serde_json::json!({"htype": "header", "filename": "", "msg_number": msg_number});
+    vec![Bytes::from(header.to_string())]
+}
+
+/// Builds the frame of a STINS series_end message.
+pub fn end_frames(msg_number: u64) -> Vec<Bytes> {
+    let end = serde_json::json!({"htype": "series_end", "msg_number": msg_number});
+    vec![Bytes::from(end.to_string())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
+        parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+    }
+
+    #[test]
+    fn parses_header_image_and_end() {
+        assert!(matches!(
+            parse_frames(&header_frames(0)).unwrap(),
+            StinsMessage::Header { msg_number: Some(0), .. }
+        ));
+        let pixels: Vec<u8> = (0u16..6).flat_map(u16::to_le_bytes).collect();
+        let array = NdArray::new(vec![2, 3], DType::Uint16, Bytes::from(pixels)).unwrap();
+        for compressed in [false, true] {
+            match parse_frames(&image_frames(4, 5, &array, compressed)).unwrap() {
+                StinsMessage::Image { frame, msg_number, data, .. } => {
+                    assert_eq!((frame, msg_number), (4, Some(5)));
+                    assert_eq!(data, array);
+                }
+                other => panic!("not an image: {other:?}"),
+            }
+        }
+        assert_eq!(parse_frames(&end_frames(7)).unwrap(), StinsMessage::End { msg_number: Some(7) });
+    }
+
+    #[test]
+    fn bad_messages_say_what_is_wrong() {
+        let cases: Vec<(Vec<Bytes>, &str)> = vec![
+            (vec![], "STINS message has no frames"),
+            (frames(&[b"not json"]), "STINS JSON part is not valid: expected ident at line 1 column 2"),
+            (frames(&[br#"{"htype":"bogus"}"#]), r#"STINS htype "bogus" is not header, image or series_end"#),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[2,2],"type":"uint16"}"#]), "STINS image 3 has no data frame (message has 1 frame)"),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[2,2],"type":"uint16"}"#, b"123"]), "STINS image 3: shape [2, 2] of uint16 needs 8 bytes, found 3"),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[2],"type":"complex"}"#, b"1234"]), r#"STINS image 3: unknown type "complex""#),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[2],"type":"uint16","compression":"zstd"}"#, b"1234"]), r#"STINS image 3: unknown compression "zstd" (none and bslz4 are supported)"#),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[2],"type":"uint16","compression":"bslz4"}"#, b"1234"]), "STINS image 3: bslz4 buffer of 4 bytes is shorter than its 12-byte header"),
+            (frames(&[br#"{"htype":"image","shape":[2],"type":"uint16"}"#, b"1234"]), "STINS image message: missing field `frame`"),
+        ];
+        for (frames, expected) in cases {
+            assert_eq!(parse_frames(&frames).unwrap_err().to_string(), expected);
+        }
+    }
+}
