@@ -40,3 +40,5 @@ pub use event::{EventData, ResultData, StreamData};
 pub use ids::{AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName};
 pub use parameters::{ParameterDescription, ParameterType, ParameterValue, Parameters};
 pub use value::Value;
+/// Time stamps (`created_at`) are `jiff` timestamps: UTC instants with RFC 3339 text forms.
+pub use jiff::Timestamp;

@@ -1,1 +1,184 @@
-//! stub
+//! The reducer: the one place with state. Results are applied to accumulators in event order;
+//! their published views form one tree, served read-only over HTTP.
+//!
+//! # Layout
+//!
+//! - [`Accumulator`]: what an accumulator implements.
+//! - [`accumulators`]: the registry ([`AccumulatorConfig`], keyed by `kind`) and one file each.
+//! - [`Reducer`]: routes results to accumulators, counts failures, assembles the state tree.
+//! - [`http`]: the axum [`app`](http::app) over a [`View`](http::View) snapshot.
+
+pub mod accumulators;
+pub mod http;
+
+use std::collections::BTreeMap;
+
+use beamflow_protocol::{
+    AnalysisName, EventNumber, ParameterDescription, Parameters, ResultData, Value,
+};
+use serde::Serialize;
+use tracing::{debug, error};
+
+pub use accumulators::AccumulatorConfig;
+
+/// An accumulator: folds results, in event order, into a view it publishes.
+///
+/// The smallest accumulator, and the template for new ones:
+///
+/// ```
+/// use beamflow_protocol::{Parameters, ResultData, Value};
+/// use beamflow_reducer::{Accumulator, AccumulatorError};
+///
+/// /// Counts results.
+/// #[derive(Default)]
+/// struct Count(i64);
+///
+/// impl Accumulator for Count {
+///     fn process_result(&mut self, _: &ResultData, _: &Parameters) -> Result<(), AccumulatorError> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+///
+///     fn publish(&self) -> Value {
+///         Value::Int(self.0)
+///     }
+/// }
+///
+/// assert_eq!(Count::default().publish(), Value::Int(0));
+/// ```
+pub trait Accumulator: Send + 'static {
+    /// Folds one result in. Results arrive in event order, each once.
+    fn process_result(&mut self, result: &ResultData, parameters: &Parameters) -> Result<(), AccumulatorError>;
+
+    /// The current view, served under the accumulator's name.
+    fn publish(&self) -> Value;
+
+    /// The parameters this accumulator reads, with their types and defaults.
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        Vec::new()
+    }
+
+    /// Called once when a scan ends, before the last publish.
+    fn finish(&mut self, _parameters: &Parameters) {}
+}
+
+/// Why an accumulator could not use a result; the reducer logs it with the event number, counts
+/// it and goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccumulatorError {
+    /// The result lacks what the accumulator needs, or has the wrong type there.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A pipeline-file accumulator table that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("accumulator {name}: {message}")]
+pub struct ConfigError {
+    /// The accumulator's name.
+    pub name: String,
+    /// What is wrong with its table.
+    pub message: String,
+}
+
+struct Slot {
+    name: String,
+    source: Option<AnalysisName>,
+    accumulator: Box<dyn Accumulator>,
+    errors: u64,
+}
+
+/// Counters the reducer keeps; served in `/api/v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReducerCounts {
+    /// Results applied.
+    pub results: u64,
+    /// The highest event number applied.
+    pub last_event: Option<EventNumber>,
+    /// Results an accumulator rejected, per accumulator.
+    pub accumulator_errors: BTreeMap<String, u64>,
+}
+
+/// Applies results to the configured accumulators.
+pub struct Reducer {
+    slots: Vec<Slot>,
+    parameters: Parameters,
+    counts: ReducerCounts,
+}
+
+impl Reducer {
+    /// Builds every accumulator of the pipeline file.
+    pub fn new(
+        configs: &BTreeMap<String, AccumulatorConfig>,
+        parameters: Parameters,
+    ) -> Result<Self, ConfigError> {
+        let slots = configs
+            .iter()
+            .map(|(name, config)| {
+                Ok(Slot {
+                    name: name.clone(),
+                    source: config.analysis().cloned(),
+                    accumulator: config.build().map_err(|message| ConfigError {
+                        name: name.clone(),
+                        message,
+                    })?,
+                    errors: 0,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            slots,
+            parameters,
+            counts: ReducerCounts::default(),
+        })
+    }
+
+    /// The parameters every accumulator declares.
+    pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        self.slots.iter().flat_map(|s| s.accumulator.describe_parameters()).collect()
+    }
+
+    /// Applies one result to every accumulator that takes results from its analysis. A failing
+    /// accumulator is logged (first time at error, then at debug) and counted; the others go on.
+    pub fn apply(&mut self, result: &ResultData) {
+        for slot in &mut self.slots {
+            if slot.source.as_ref().is_some_and(|source| *source != result.analysis) {
+                continue;
+            }
+            if let Err(error) = slot.accumulator.process_result(result, &self.parameters) {
+                slot.errors += 1;
+                if slot.errors == 1 {
+                    error!(accumulator = %slot.name, event = %result.event_number, analysis = %result.analysis, %error,
+                        "Accumulator rejected a result; further rejections are counted in status.");
+                } else {
+                    debug!(accumulator = %slot.name, event = %result.event_number, %error, "Accumulator rejected a result.");
+                }
+                self.counts.accumulator_errors.insert(slot.name.clone(), slot.errors);
+            }
+        }
+        self.counts.results += 1;
+        self.counts.last_event = self.counts.last_event.max(Some(result.event_number));
+    }
+
+    /// Calls every accumulator's `finish`.
+    pub fn finish(&mut self) {
+        for slot in &mut self.slots {
+            slot.accumulator.finish(&self.parameters);
+        }
+    }
+
+    /// The whole state: each accumulator's view under its name.
+    pub fn state(&self) -> Value {
+        Value::Map(
+            self.slots
+                .iter()
+                .map(|slot| (slot.name.clone(), slot.accumulator.publish()))
+                .collect(),
+        )
+    }
+
+    /// The counters so far.
+    pub fn counts(&self) -> &ReducerCounts {
+        &self.counts
+    }
+}

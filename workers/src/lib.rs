@@ -1,1 +1,112 @@
-//! stub
+//! The analyses workers run on each event, behind one trait and one registry.
+//!
+//! # Layout
+//!
+//! - [`Analysis`]: what an analysis implements; [`DynAnalysis`], the object-safe form runtimes
+//!   hold, which turns outputs into [`Value`] trees exactly as they travel to the reducer.
+//! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`) and one
+//!   file per analysis.
+
+pub mod analyses;
+
+use beamflow_protocol::streams::stins::StinsError;
+use beamflow_protocol::{
+    CborError, EventData, ParameterDescription, Parameters, StreamName, Value,
+};
+use serde::Serialize;
+
+pub use analyses::AnalysisConfig;
+
+/// An analysis: turns one event into at most one output, with no state that matters across
+/// events, so any worker (or replay thread) can process any event.
+///
+/// `process_event` takes `&self`: the issue's "workers are stateless" made a type-level rule, and
+/// what lets replay run one instance on every thread and still produce identical results for any
+/// thread count. (STYLE.md shows `&mut self`; the issue wins.)
+///
+/// The smallest analysis, and the template for new ones:
+///
+/// ```
+/// use beamflow_protocol::{EventData, Parameters};
+/// use beamflow_workers::{Analysis, AnalysisError};
+///
+/// /// Counts the streams present in each event.
+/// struct StreamCount;
+///
+/// impl Analysis for StreamCount {
+///     type Output = usize;
+///
+///     fn process_event(&self, event: &EventData, _: &Parameters) -> Result<Option<usize>, AnalysisError> {
+///         Ok(Some(event.streams.len()))
+///     }
+/// }
+///
+/// let output = StreamCount.process_event(&EventData::new(beamflow_protocol::EventNumber(1)), &Parameters::default());
+/// assert_eq!(output.unwrap(), Some(0));
+/// ```
+pub trait Analysis: Send + Sync + 'static {
+    /// What the analysis produces per event; sent to the reducer as CBOR.
+    type Output: Serialize;
+
+    /// Processes one event. `Ok(None)` means "nothing to report for this event".
+    fn process_event(
+        &self,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Self::Output>, AnalysisError>;
+
+    /// The parameters this analysis reads, with their types and defaults.
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        Vec::new()
+    }
+
+    /// Called once when a scan ends.
+    fn finish(&self, _parameters: &Parameters) {}
+}
+
+/// Why an analysis could not process an event. The runtime logs it with the event number, counts
+/// it and goes on with the next event.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// A stream's frames are not valid STINS.
+    #[error("stream {stream}: {source}")]
+    Stins {
+        /// The stream.
+        stream: StreamName,
+        /// What the parser found.
+        source: StinsError,
+    },
+    /// The output could not be encoded.
+    #[error("output: {0}")]
+    Encode(#[from] CborError),
+    /// Anything else an analysis rejects, with its reason.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The object-safe form of [`Analysis`] that runtimes hold, producing outputs as [`Value`] trees.
+pub trait DynAnalysis: Send + Sync {
+    /// Processes one event and converts the output as a worker sends it.
+    fn process(&self, event: &EventData, parameters: &Parameters) -> Result<Option<Value>, AnalysisError>;
+    /// See [`Analysis::describe_parameters`].
+    fn describe_parameters(&self) -> Vec<ParameterDescription>;
+    /// See [`Analysis::finish`].
+    fn finish(&self, parameters: &Parameters);
+}
+
+impl<A: Analysis> DynAnalysis for A {
+    fn process(&self, event: &EventData, parameters: &Parameters) -> Result<Option<Value>, AnalysisError> {
+        match self.process_event(event, parameters)? {
+            Some(output) => Ok(Some(Value::from_serialize(&output)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        Analysis::describe_parameters(self)
+    }
+
+    fn finish(&self, parameters: &Parameters) {
+        Analysis::finish(self, parameters);
+    }
+}

@@ -1,0 +1,173 @@
+//! `history`: a bounded time series of named scalars picked out of results.
+//!
+//! Each row is one result: its event number, its acquisition time (the event's `created_at`, so
+//! a replay gives the same history as the live run) and one column per configured value. When
+//! full, the oldest row is dropped.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value};
+use serde::Deserialize;
+
+use crate::{Accumulator, AccumulatorError};
+
+fn default_capacity() -> usize {
+    10_000
+}
+
+/// Configuration of `history`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Take results only from this analysis (default: all).
+    #[serde(default)]
+    pub analysis: Option<AnalysisName>,
+    /// Column name → `/`-separated path of a number in the result, e.g.
+    /// `det_mean = "det/0/mean"`.
+    pub values: BTreeMap<String, String>,
+    /// Rows kept; the oldest are dropped beyond it.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+struct Row {
+    event_number: EventNumber,
+    time: Option<f64>,
+    values: Vec<f64>,
+}
+
+/// The `history` accumulator.
+pub struct History {
+    config: HistoryConfig,
+    rows: VecDeque<Row>,
+}
+
+impl History {
+    /// Builds the accumulator; needs at least one value and a capacity.
+    pub fn new(config: HistoryConfig) -> Result<Self, String> {
+        if config.values.is_empty() {
+            return Err("`values` names no column; add e.g. values = { mean = \"det/0/mean\" }".to_owned());
+        }
+        if config.capacity == 0 {
+            return Err("`capacity` must be at least 1".to_owned());
+        }
+        Ok(Self {
+            rows: VecDeque::with_capacity(config.capacity.min(65_536)),
+            config,
+        })
+    }
+}
+
+impl Accumulator for History {
+    fn process_result(&mut self, result: &ResultData, _: &Parameters) -> Result<(), AccumulatorError> {
+        let mut found = false;
+        let mut values = Vec::with_capacity(self.config.values.len());
+        for (column, path) in &self.config.values {
+            let value = match result.payload.pointer(path) {
+                Some(Value::Null) | None => f64::NAN,
+                Some(value) => {
+                    found = true;
+                    value.as_f64().ok_or_else(|| {
+                        AccumulatorError::Invalid(format!(
+                            "column {column}: {path} is {}, not a number",
+                            value.kind()
+                        ))
+                    })?
+                }
+            };
+            values.push(value);
+        }
+        // A result with none of the columns (a series header, say) is not a row.
+        if !found {
+            return Ok(());
+        }
+        if self.rows.len() == self.config.capacity {
+            self.rows.pop_front();
+        }
+        self.rows.push_back(Row {
+            event_number: result.event_number,
+            time: result.created_at.map(|t| t.as_microsecond() as f64 * 1e-6),
+            values,
+        });
+        Ok(())
+    }
+
+    fn publish(&self) -> Value {
+        let mut view = BTreeMap::new();
+        view.insert(
+            "event_number".to_owned(),
+            Value::Array(self.rows.iter().map(|r| Value::from(r.event_number.0)).collect()),
+        );
+        view.insert(
+            "time".to_owned(),
+            Value::Array(self.rows.iter().map(|r| r.time.map_or(Value::Null, Value::Float)).collect()),
+        );
+        let columns = self.config.values.keys().enumerate().map(|(i, column)| {
+            (column.clone(), Value::Array(self.rows.iter().map(|r| Value::Float(r.values[i])).collect()))
+        });
+        let mut values = BTreeMap::new();
+        values.extend(columns);
+        view.insert("values".to_owned(), Value::Map(values));
+        Value::Map(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(n: u64, mean: Option<f64>) -> ResultData {
+        let payload = match mean {
+            Some(m) => Value::Map([("det".to_owned(), Value::from(vec![Value::Map([("mean".to_owned(), Value::Float(m))].into())]))].into()),
+            None => Value::Map(BTreeMap::new()),
+        };
+        ResultData {
+            event_number: EventNumber(n),
+            analysis: "stats".into(),
+            worker: "w".into(),
+            created_at: Some(beamflow_protocol::Timestamp::from_second(1_700_000_000 + n as i64).unwrap()),
+            payload,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_rows_and_skips_results_without_columns() {
+        let config: HistoryConfig = toml::from_str("values = { mean = \"det/0/mean\" }\ncapacity = 2").unwrap();
+        let mut history = History::new(config).unwrap();
+        for (n, mean) in [(1, Some(1.0)), (2, None), (3, Some(3.0)), (4, Some(f64::NAN))] {
+            history.process_result(&result(n, mean), &Parameters::default()).unwrap();
+        }
+        insta::assert_json_snapshot!(history.publish(), @r#"
+        {
+          "event_number": [
+            3,
+            4
+          ],
+          "time": [
+            1700000003.0,
+            1700000004.0
+          ],
+          "values": {
+            "mean": [
+              3.0,
+              null
+            ]
+          }
+        }
+        "#);
+    }
+
+    #[test]
+    fn a_non_number_is_a_clear_error() {
+        let config: HistoryConfig = toml::from_str("values = { shape = \"det/0\" }").unwrap();
+        let mut history = History::new(config).unwrap();
+        let error = history.process_result(&result(1, Some(1.0)), &Parameters::default()).unwrap_err();
+        assert_eq!(error.to_string(), "column shape: det/0 is map, not a number");
+    }
+
+    #[test]
+    fn empty_values_are_refused() {
+        let config: HistoryConfig = toml::from_str("values = {}").unwrap();
+        assert!(History::new(config).is_err());
+    }
+}

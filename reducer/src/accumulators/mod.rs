@@ -1,0 +1,48 @@
+//! The accumulator registry: one variant per accumulator, keyed by the pipeline file's `kind`.
+//!
+//! To add one: write `accumulators/<name>.rs` with a `<Name>Config` and an `impl Accumulator`,
+//! then add one variant and one arm in each match below.
+
+pub mod history;
+pub mod last;
+
+use beamflow_protocol::AnalysisName;
+use serde::Deserialize;
+
+use crate::Accumulator;
+
+/// One `[accumulators.<name>]` table of the pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AccumulatorConfig {
+    /// Bounded time series of named scalars.
+    History(history::HistoryConfig),
+    /// Latest value per key.
+    Last(last::LastConfig),
+}
+
+impl AccumulatorConfig {
+    /// Builds the accumulator; the error says what is wrong with the table.
+    pub fn build(&self) -> Result<Box<dyn Accumulator>, String> {
+        Ok(match self {
+            AccumulatorConfig::History(config) => Box::new(history::History::new(config.clone())?),
+            AccumulatorConfig::Last(config) => Box::new(last::Last::new(config.clone())),
+        })
+    }
+
+    /// The analysis whose results it takes; all analyses when `None`.
+    pub fn analysis(&self) -> Option<&AnalysisName> {
+        match self {
+            AccumulatorConfig::History(config) => config.analysis.as_ref(),
+            AccumulatorConfig::Last(config) => config.analysis.as_ref(),
+        }
+    }
+
+    /// The `kind` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AccumulatorConfig::History(_) => "history",
+            AccumulatorConfig::Last(_) => "last",
+        }
+    }
+}

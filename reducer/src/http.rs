@@ -1,0 +1,299 @@
+//! The reducer's HTTP view: `GET /api/v1/result[/{path}]`, `GET /api/v1/status` and the OpenAPI
+//! document. Handlers only read a snapshot behind a std lock that is never held across `.await`
+//! (mini-redis `db.rs`); the task applying results publishes new snapshots.
+
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use beamflow_protocol::Value;
+use serde::{Deserialize, Serialize};
+
+/// The OpenAPI 3.1 description of this router.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What `GET /api/v1/status` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Status {
+    /// Who serves the state: `replay` or `reducer`.
+    pub source: String,
+    /// Whether the scan (or replay) has ended; the state is final.
+    pub finished: bool,
+    /// Events seen.
+    pub events: u64,
+    /// Results applied.
+    pub results: u64,
+    /// The highest event number applied.
+    pub last_event: Option<u64>,
+    /// Input records that could not be read and were skipped.
+    pub bad_records: u64,
+    /// Events an analysis failed on, per analysis.
+    pub analysis_errors: std::collections::BTreeMap<String, u64>,
+    /// Results an accumulator rejected, per accumulator.
+    pub accumulator_errors: std::collections::BTreeMap<String, u64>,
+    /// Events per second so far.
+    pub events_per_second: f64,
+}
+
+struct Snapshot {
+    state: Arc<Value>,
+    status: Arc<Status>,
+}
+
+/// A shared, cheaply cloned handle on the latest published state and status.
+#[derive(Clone)]
+pub struct View {
+    inner: Arc<RwLock<Snapshot>>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl View {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(Snapshot {
+                state: Arc::new(Value::Map(Default::default())),
+                status: Arc::new(Status::default()),
+            })),
+        }
+    }
+
+    /// Replaces the served state and status.
+    pub fn publish(&self, state: Value, status: Status) {
+        let mut snapshot = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        snapshot.state = Arc::new(state);
+        snapshot.status = Arc::new(status);
+    }
+
+    /// Replaces only the status.
+    pub fn publish_status(&self, status: Status) {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner).status = Arc::new(status);
+    }
+
+    /// The latest state.
+    pub fn state(&self) -> Arc<Value> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).state.clone()
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Arc<Status> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).status.clone()
+    }
+}
+
+/// The router; the same for replay and the live reducer.
+pub fn app(view: View) -> Router {
+    Router::new()
+        .route("/api/v1/result", get(whole_result))
+        .route("/api/v1/result/", get(whole_result))
+        .route("/api/v1/result/{*path}", get(result_at))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .with_state(view)
+}
+
+/// Serves `app(view)` on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    view: View,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(view)).with_graceful_shutdown(shutdown).await
+}
+
+/// An HTTP error as `{"error": "..."}` with its status code; every handler error goes through
+/// this one `IntoResponse`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct SliceQuery {
+    slice: Option<String>,
+}
+
+async fn whole_result(State(view): State<View>) -> Response {
+    json_response(&view.state())
+}
+
+async fn result_at(
+    State(view): State<View>,
+    Path(path): Path<String>,
+    Query(query): Query<SliceQuery>,
+) -> Result<Response, ApiError> {
+    let state = view.state();
+    let node = state.pointer(&path).ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no result at {path:?}"),
+    })?;
+    match query.slice {
+        None => Ok(json_response(node)),
+        Some(spec) => {
+            let Value::Array(items) = node else {
+                return Err(ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: format!("{path:?} is {}, only arrays can be sliced", node.kind()),
+                });
+            };
+            let range = parse_slice(&spec, items.len()).map_err(|message| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message,
+            })?;
+            Ok(json_response(&Value::Array(items[range].to_vec())))
+        }
+    }
+}
+
+async fn status(State(view): State<View>) -> Response {
+    json_response(&*view.status())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such endpoint; see /api/v1/openapi.json".to_owned(),
+    }
+}
+
+fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("cannot encode the state as JSON: {error}"),
+        }
+        .into_response(),
+    }
+}
+
+/// Parses `a:b` with Python's rules: either end may be omitted, negatives count from the end,
+/// out-of-range ends are clamped.
+fn parse_slice(spec: &str, len: usize) -> Result<std::ops::Range<usize>, String> {
+    let (start, end) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("slice {spec:?} is not of the form a:b"))?;
+    let bound = |text: &str, default: usize| -> Result<usize, String> {
+        if text.trim().is_empty() {
+            return Ok(default);
+        }
+        let i: i64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("slice bound {text:?} is not an integer"))?;
+        let len = len as i64;
+        Ok((if i < 0 { len + i } else { i }).clamp(0, len) as usize)
+    };
+    let start = bound(start, 0)?;
+    let end = bound(end, len)?;
+    Ok(start..end.max(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(view: &View, uri: &str) -> (StatusCode, String) {
+        let response = app(view.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn sample() -> View {
+        let view = View::new();
+        let state = Value::Map(
+            [(
+                "history".to_owned(),
+                Value::Map(
+                    [
+                        ("mean".to_owned(), Value::from(vec![1.0, f64::NAN, 3.0, 4.0])),
+                        ("name".to_owned(), Value::from("det")),
+                    ]
+                    .into(),
+                ),
+            )]
+            .into(),
+        );
+        view.publish(state, Status { source: "replay".into(), events: 4, ..Status::default() });
+        view
+    }
+
+    #[tokio::test]
+    async fn whole_state_subtrees_and_slices() {
+        let view = sample();
+        assert_eq!(get(&view, "/api/v1/result").await, (StatusCode::OK, r#"{"history":{"mean":[1.0,null,3.0,4.0],"name":"det"}}"#.to_owned()));
+        assert_eq!(get(&view, "/api/v1/result/history/mean").await.1, "[1.0,null,3.0,4.0]");
+        assert_eq!(get(&view, "/api/v1/result/history/mean/2").await.1, "3.0");
+        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=1:3").await.1, "[null,3.0]");
+        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=-2:").await.1, "[3.0,4.0]");
+        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=:99").await.1, "[1.0,null,3.0,4.0]");
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_a_reason() {
+        let view = sample();
+        insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/nope").await, @r#"
+        (
+            404,
+            "{\"error\":\"no result at \\\"history/nope\\\"\"}",
+        )
+        "#);
+        insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/name?slice=0:1").await, @r#"
+        (
+            400,
+            "{\"error\":\"\\\"history/name\\\" is text, only arrays can be sliced\"}",
+        )
+        "#);
+        insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/mean?slice=x:1").await, @r#"
+        (
+            400,
+            "{\"error\":\"slice bound \\\"x\\\" is not an integer\"}",
+        )
+        "#);
+        assert_eq!(get(&view, "/nowhere").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn status_and_openapi() {
+        let view = sample();
+        let (code, body) = get(&view, "/api/v1/status").await;
+        assert_eq!(code, StatusCode::OK);
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["events"], 4);
+        assert_eq!(status["source"], "replay");
+        let (_, body) = get(&view, "/api/v1/openapi.json").await;
+        let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for path in ["/api/v1/result", "/api/v1/result/{path}", "/api/v1/status", "/api/v1/openapi.json"] {
+            assert!(document["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+        }
+    }
+}

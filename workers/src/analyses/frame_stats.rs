@@ -1,0 +1,201 @@
+//! `frame_stats`: per stream and frame, the image's shape, sum, mean, min and max.
+//!
+//! The template analysis: small on purpose. Streams whose `typ` it cannot read are skipped, STINS
+//! header and end messages give no statistics, and an event with no image gives no output.
+
+use std::collections::BTreeMap;
+
+use beamflow_protocol::streams::stins::{self, StinsMessage};
+use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName};
+use serde::{Deserialize, Serialize};
+
+use crate::{Analysis, AnalysisError};
+
+/// Configuration of `frame_stats`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameStatsConfig {
+    /// Streams to compute statistics for; all readable streams when absent.
+    #[serde(default)]
+    pub streams: Option<Vec<StreamName>>,
+}
+
+/// Statistics of one frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// The source's frame index (STINS `frame`).
+    pub frame: u64,
+    /// Dimensions, slowest first.
+    pub shape: Vec<usize>,
+    /// Element type, numpy's name.
+    pub dtype: &'static str,
+    /// Sum of all elements (exact for integer types up to 2^53).
+    pub sum: f64,
+    /// Mean of all elements; NaN for an empty frame.
+    pub mean: f64,
+    /// Smallest element (NaN elements are ignored); NaN for an empty frame.
+    pub min: f64,
+    /// Largest element (NaN elements are ignored); NaN for an empty frame.
+    pub max: f64,
+}
+
+/// The `frame_stats` analysis.
+#[derive(Debug)]
+pub struct FrameStats {
+    config: FrameStatsConfig,
+}
+
+impl FrameStats {
+    /// Builds the analysis.
+    pub fn new(config: FrameStatsConfig) -> Self {
+        Self { config }
+    }
+}
+
+impl Analysis for FrameStats {
+    type Output = BTreeMap<StreamName, Vec<Stats>>;
+
+    fn process_event(&self, event: &EventData, _: &Parameters) -> Result<Option<Self::Output>, AnalysisError> {
+        let mut output = BTreeMap::new();
+        for (name, stream) in &event.streams {
+            if self.config.streams.as_ref().is_some_and(|wanted| !wanted.contains(name)) {
+                continue;
+            }
+            if stream.typ.as_str() != stins::TYP {
+                continue;
+            }
+            let message = stins::parse(stream).map_err(|source| AnalysisError::Stins {
+                stream: name.clone(),
+                source,
+            })?;
+            if let StinsMessage::Image { frame, data, .. } = message {
+                output.insert(name.clone(), vec![stats(frame, &data)]);
+            }
+        }
+        Ok((!output.is_empty()).then_some(output))
+    }
+}
+
+/// Computes the statistics of one array in a single pass over its bytes.
+pub fn stats(frame: u64, array: &NdArray) -> Stats {
+    let bytes = array.data();
+    macro_rules! integer {
+        ($t:ty, $width:literal, $acc:ty) => {{
+            let mut sum: $acc = 0;
+            let mut min = <$t>::MAX;
+            let mut max = <$t>::MIN;
+            for chunk in bytes.chunks_exact($width) {
+                let mut raw = [0u8; $width];
+                raw.copy_from_slice(chunk);
+                let v = <$t>::from_le_bytes(raw);
+                sum += v as $acc;
+                min = min.min(v);
+                max = max.max(v);
+            }
+            (sum as f64, min as f64, max as f64)
+        }};
+    }
+    macro_rules! float {
+        ($t:ty, $width:literal) => {{
+            let mut sum = 0.0f64;
+            let mut min = f64::INFINITY;
+            let mut max = f64::NEG_INFINITY;
+            for chunk in bytes.chunks_exact($width) {
+                let mut raw = [0u8; $width];
+                raw.copy_from_slice(chunk);
+                let v = f64::from(<$t>::from_le_bytes(raw));
+                sum += v;
+                min = min.min(v);
+                max = max.max(v);
+            }
+            (sum, min, max)
+        }};
+    }
+    let (sum, min, max) = match array.dtype() {
+        DType::Uint8 => integer!(u8, 1, u64),
+        DType::Uint16 => integer!(u16, 2, u64),
+        DType::Uint32 => integer!(u32, 4, u64),
+        DType::Uint64 => integer!(u64, 8, u128),
+        DType::Int8 => integer!(i8, 1, i64),
+        DType::Int16 => integer!(i16, 2, i64),
+        DType::Int32 => integer!(i32, 4, i64),
+        DType::Int64 => integer!(i64, 8, i128),
+        DType::Float32 => float!(f32, 4),
+        DType::Float64 => float!(f64, 8),
+    };
+    let count = array.len();
+    let (mean, min, max) = if count == 0 {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        (sum / count as f64, min, max)
+    };
+    Stats {
+        frame,
+        shape: array.shape().to_vec(),
+        dtype: array.dtype().name(),
+        sum,
+        mean,
+        min,
+        max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beamflow_protocol::{EventNumber, StreamData, Value};
+    use bytes::Bytes;
+
+    use crate::DynAnalysis;
+
+    fn event_with(frames: Vec<Bytes>) -> EventData {
+        let mut event = EventData::new(EventNumber(3));
+        event.streams.insert("det".into(), StreamData { typ: stins::TYP.into(), frames });
+        event
+    }
+
+    #[test]
+    fn hand_built_event() {
+        let pixels: Vec<u8> = [1u16, 7, 65535, 0, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let array = NdArray::new(vec![2, 3], DType::Uint16, Bytes::from(pixels)).unwrap();
+        let event = event_with(stins::image_frames(9, 10, &array, true));
+        let output = FrameStats::new(FrameStatsConfig::default()).process(&event, &Parameters::default()).unwrap().unwrap();
+        insta::assert_json_snapshot!(output, @r#"
+        {
+          "det": [
+            {
+              "dtype": "uint16",
+              "frame": 9,
+              "max": 65535.0,
+              "mean": 10924.666666666666,
+              "min": 0.0,
+              "shape": [
+                2,
+                3
+              ],
+              "sum": 65548.0
+            }
+          ]
+        }
+        "#);
+    }
+
+    #[test]
+    fn header_gives_no_output_and_garbage_an_error() {
+        let analysis = FrameStats::new(FrameStatsConfig::default());
+        let parameters = Parameters::default();
+        assert_eq!(analysis.process(&event_with(stins::header_frames(0)), &parameters).unwrap(), None::<Value>);
+        let error = analysis.process(&event_with(vec![Bytes::from_static(b"{\"htype\":\"image\"}")]), &parameters).unwrap_err();
+        assert_eq!(error.to_string(), "stream det: STINS image message: missing field `frame`");
+    }
+
+    #[test]
+    fn floats_and_empty_frames() {
+        let pixels: Vec<u8> = [1.5f32, -2.0, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let s = stats(0, &NdArray::new(vec![3], DType::Float32, Bytes::from(pixels)).unwrap());
+        assert_eq!((s.min, s.max), (-2.0, 1.5));
+        assert!(s.sum.is_nan());
+        let empty = stats(0, &NdArray::new(vec![0, 4], DType::Uint8, Bytes::new()).unwrap());
+        assert!(empty.mean.is_nan() && empty.min.is_nan());
+    }
+}
