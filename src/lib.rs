@@ -1,1 +1,8 @@
-//! stub
+//! The `beamflow` binary's shared pieces: the pipeline file. The binary itself (`main.rs`) only
+//! parses arguments and calls the component libraries.
+//!
+//! # Layout
+//!
+//! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
+
+pub mod pipeline;

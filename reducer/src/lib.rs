@@ -160,6 +160,11 @@ impl Reducer {
         self.counts.last_event = self.counts.last_event.max(Some(result.event_number));
     }
 
+    /// Sets the parameters accumulators see from the next result on.
+    pub fn set_parameters(&mut self, parameters: Parameters) {
+        self.parameters = parameters;
+    }
+
     /// Calls every accumulator's `finish`.
     pub fn finish(&mut self) {
         for slot in &mut self.slots {

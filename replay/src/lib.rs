@@ -1,1 +1,335 @@
-//! stub
+//! Replay: recorded dumps through the same analyses and accumulators as a live run, in one
+//! process, in parallel, with results applied in event order.
+//!
+//! Three stages, each bounded so that memory does not grow with the file:
+//!
+//! 1. a reader thread merges the dumps by event number ([`merge`]) and cuts the stream into
+//!    batches of at most [`BATCH_EVENTS`] events or [`BATCH_BYTES`] bytes, at most two batches
+//!    ahead;
+//! 2. a rayon pool of `threads` threads runs every analysis on every event of a batch;
+//! 3. the calling thread applies the outputs to the reducer in event order.
+//!
+//! Because analyses take `&self` and results are applied in event order, the final state is the
+//! same for any number of threads (a test checks it).
+//!
+//! # Layout
+//!
+//! - [`merge`]: dumps → events ordered by number.
+//! - this file: [`run`], the batching pipeline, counting and the [`Summary`].
+
+pub mod merge;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use beamflow_protocol::{
+    AnalysisName, EventData, ParameterName, Parameters, ResultData, Value, WorkerName,
+};
+use beamflow_reducer::http::{Status, View};
+use beamflow_reducer::{AccumulatorConfig, Reducer};
+use beamflow_workers::{AnalysisConfig, AnalysisError, DynAnalysis};
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use tracing::{debug, error};
+
+use crate::merge::{InputError, Merged};
+
+/// Most events in one batch.
+pub const BATCH_EVENTS: usize = 1024;
+/// Most frame bytes in one batch (a batch holds at least one event).
+pub const BATCH_BYTES: usize = 64 << 20;
+/// Batches the reader may run ahead of the analyses.
+const BATCHES_AHEAD: usize = 2;
+/// How often the HTTP view is refreshed while replaying.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// The worker name results carry in a replay.
+pub const REPLAY_WORKER: &str = "replay";
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// The pipeline's analyses by name.
+    pub analyses: BTreeMap<AnalysisName, AnalysisConfig>,
+    /// The pipeline's accumulators by name.
+    pub accumulators: BTreeMap<String, AccumulatorConfig>,
+    /// Parameter values as set by the user (typed by the descriptions).
+    pub parameters: Vec<(ParameterName, Bytes)>,
+    /// The dumps; events are merged across them by number.
+    pub dumps: Vec<PathBuf>,
+    /// Analysis threads; 0 means one per core.
+    pub threads: usize,
+    /// Stop at the first bad record or failed analysis instead of counting and skipping it.
+    pub strict: bool,
+    /// Draw a progress bar (only shown on a terminal).
+    pub progress: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Events replayed.
+    pub events: u64,
+    /// Results applied.
+    pub results: u64,
+    /// Uncompressed dump bytes read.
+    pub bytes: u64,
+    /// Wall time from the first read to the final state.
+    pub elapsed: Duration,
+    /// Records that could not be read and were skipped.
+    pub bad_records: u64,
+    /// Events each analysis failed on.
+    pub analysis_errors: BTreeMap<String, u64>,
+    /// Results each accumulator rejected.
+    pub accumulator_errors: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// Events per second of wall time.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Dump megabytes (10^6 bytes) per second of wall time.
+    pub fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let analysis_errors: u64 = self.analysis_errors.values().sum();
+        let accumulator_errors: u64 = self.accumulator_errors.values().sum();
+        write!(
+            f,
+            "replayed {} events ({:.1} MB) in {:.3} s: {:.0} events/s, {:.0} MB/s; {} results; \
+             {} bad records skipped, {} analysis errors, {} accumulator errors",
+            self.events,
+            self.bytes as f64 / 1e6,
+            self.elapsed.as_secs_f64(),
+            self.events_per_second(),
+            self.megabytes_per_second(),
+            self.results,
+            self.bad_records,
+            analysis_errors,
+            accumulator_errors,
+        )
+    }
+}
+
+struct Batch {
+    events: Vec<EventData>,
+    errors: Vec<InputError>,
+    bytes_read: u64,
+}
+
+/// Replays the dumps, publishing state and status to `view` as it goes and at the end.
+pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
+    let analyses: Vec<(AnalysisName, Box<dyn DynAnalysis>)> = config
+        .analyses
+        .iter()
+        .map(|(name, analysis)| (name.clone(), analysis.build()))
+        .collect();
+    let mut reducer = Reducer::new(&config.accumulators, Parameters::default())?;
+    let mut descriptions: Vec<_> = analyses.iter().flat_map(|(_, a)| a.describe_parameters()).collect();
+    descriptions.extend(reducer.describe_parameters());
+    let parameters = Parameters::resolve(config.parameters.iter().cloned(), &descriptions)?;
+    reducer.set_parameters(parameters.clone());
+
+    let merged = Merged::open(&config.dumps)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads)
+        .thread_name(|i| format!("replay-{i}"))
+        .build()
+        .context("cannot start the analysis threads")?;
+    let progress = progress_bar(config);
+    let worker = WorkerName::from(REPLAY_WORKER);
+
+    let started = Instant::now();
+    let (sender, batches) = sync_channel(BATCHES_AHEAD);
+    let reader = std::thread::Builder::new()
+        .name("replay-reader".to_owned())
+        .spawn(move || read_batches(merged, &sender))
+        .context("cannot start the reader thread")?;
+
+    let mut summary = Summary::default();
+    let mut last_publish = Instant::now();
+    let outcome = apply_batches(
+        &batches,
+        &analyses,
+        &parameters,
+        &mut reducer,
+        &pool,
+        &worker,
+        config.strict,
+        &mut summary,
+        |summary: &mut Summary, reducer: &Reducer| {
+            progress.set_position(summary.bytes);
+            progress.set_message(format!("{} events", summary.events));
+            if last_publish.elapsed() >= PUBLISH_INTERVAL {
+                summary.elapsed = started.elapsed();
+                view.publish(reducer.state(), status(summary, false));
+                last_publish = Instant::now();
+            }
+        },
+    );
+    // Dropping the receiver stops the reader at its next batch if we stopped early.
+    drop(batches);
+    if reader.join().is_err() {
+        bail!("the reader thread panicked");
+    }
+    outcome?;
+
+    for (_, analysis) in &analyses {
+        analysis.finish(&parameters);
+    }
+    reducer.finish();
+    summary.elapsed = started.elapsed();
+    summary.results = reducer.counts().results;
+    summary.accumulator_errors = reducer.counts().accumulator_errors.clone();
+    progress.finish_and_clear();
+    view.publish(reducer.state(), status(&summary, true));
+    debug!(events = summary.events, bad_records = summary.bad_records, "Replay finished.");
+    Ok(summary)
+}
+
+fn read_batches(mut merged: Merged, sender: &SyncSender<Batch>) {
+    loop {
+        let mut batch = Batch {
+            events: Vec::new(),
+            errors: Vec::new(),
+            bytes_read: 0,
+        };
+        let mut bytes = 0;
+        let mut exhausted = true;
+        for item in merged.by_ref() {
+            match item {
+                Ok(event) => {
+                    bytes += event.byte_len();
+                    batch.events.push(event);
+                }
+                Err(error) => batch.errors.push(error),
+            }
+            if batch.events.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
+                exhausted = false;
+                break;
+            }
+        }
+        batch.bytes_read = merged.bytes_read();
+        if sender.send(batch).is_err() || exhausted {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_batches(
+    batches: &Receiver<Batch>,
+    analyses: &[(AnalysisName, Box<dyn DynAnalysis>)],
+    parameters: &Parameters,
+    reducer: &mut Reducer,
+    pool: &rayon::ThreadPool,
+    worker: &WorkerName,
+    strict: bool,
+    summary: &mut Summary,
+    mut on_batch: impl FnMut(&mut Summary, &Reducer),
+) -> anyhow::Result<()> {
+    for batch in batches {
+        for input_error in batch.errors {
+            if strict {
+                return Err(input_error).context("bad record (without --strict it would be skipped)");
+            }
+            summary.bad_records += 1;
+            if summary.bad_records == 1 {
+                error!(error = %input_error, "Skipped a bad record; further ones are only counted.");
+            } else {
+                debug!(error = %input_error, "Skipped a bad record.");
+            }
+        }
+        let outputs: Vec<Vec<Result<Option<Value>, AnalysisError>>> = pool.install(|| {
+            batch
+                .events
+                .par_iter()
+                .map(|event| analyses.iter().map(|(_, a)| a.process(event, parameters)).collect())
+                .collect()
+        });
+        for (event, outputs) in batch.events.iter().zip(outputs) {
+            for ((name, _), output) in analyses.iter().zip(outputs) {
+                match output {
+                    Ok(Some(payload)) => reducer.apply(&ResultData {
+                        event_number: event.event_number,
+                        analysis: name.clone(),
+                        worker: worker.clone(),
+                        created_at: event.created_at,
+                        payload,
+                    }),
+                    Ok(None) => {}
+                    Err(failure) => {
+                        if strict {
+                            bail!("event {}: analysis {name}: {failure}", event.event_number);
+                        }
+                        let count = summary.analysis_errors.entry(name.to_string()).or_default();
+                        *count += 1;
+                        if *count == 1 {
+                            error!(event = %event.event_number, analysis = %name, error = %failure,
+                                "Analysis failed; further failures are only counted.");
+                        } else {
+                            debug!(event = %event.event_number, analysis = %name, error = %failure, "Analysis failed.");
+                        }
+                    }
+                }
+            }
+        }
+        summary.events += batch.events.len() as u64;
+        summary.bytes = batch.bytes_read;
+        on_batch(summary, reducer);
+    }
+    Ok(())
+}
+
+fn status(summary: &Summary, finished: bool) -> Status {
+    Status {
+        source: "replay".to_owned(),
+        finished,
+        events: summary.events,
+        results: summary.results,
+        last_event: None,
+        bad_records: summary.bad_records,
+        analysis_errors: summary.analysis_errors.clone(),
+        accumulator_errors: summary.accumulator_errors.clone(),
+        events_per_second: summary.events_per_second(),
+    }
+}
+
+fn progress_bar(config: &ReplayConfig) -> ProgressBar {
+    if !config.progress {
+        return ProgressBar::hidden();
+    }
+    let compressed = config.dumps.iter().any(|p| p.extension().is_some_and(|e| e == "gz"));
+    let total: u64 = config
+        .dumps
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    // indicatif draws nothing when stderr is not a terminal.
+    if compressed {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {bytes} read, {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar
+    } else {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+}

@@ -1,0 +1,94 @@
+//! The pipeline file: one TOML file describes a beamline's analyses and accumulators (and, as the
+//! runtime lands, its ingesters and controller). The same file drives `run`, the separate
+//! processes, `replay`, and the Helm chart's values.
+//!
+//! ```toml
+//! [analyses.stats]            # an analysis named "stats"
+//! kind = "frame_stats"
+//!
+//! [accumulators.history]      # served under /api/v1/result/history
+//! kind = "history"
+//! analysis = "stats"
+//! values = { det_mean = "det/0/mean" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use beamflow_protocol::AnalysisName;
+use beamflow_reducer::AccumulatorConfig;
+use beamflow_workers::AnalysisConfig;
+use serde::Deserialize;
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// `[analyses.<name>]` tables: what workers compute per event.
+    #[serde(default)]
+    pub analyses: BTreeMap<AnalysisName, AnalysisConfig>,
+    /// `[accumulators.<name>]` tables: what the reducer keeps, served under `<name>`.
+    #[serde(default)]
+    pub accumulators: BTreeMap<String, AccumulatorConfig>,
+}
+
+impl Pipeline {
+    /// Reads and checks a pipeline file; errors name the file, line and column.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the pipeline file", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses and checks pipeline TOML.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let pipeline: Pipeline = toml::from_str(text).map_err(|error| {
+            let place = error.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            anyhow::anyhow!("{}{}", place.unwrap_or_default(), error.message())
+        })?;
+        for (name, accumulator) in &pipeline.accumulators {
+            if let Some(source) = accumulator.analysis()
+                && !pipeline.analyses.contains_key(source)
+            {
+                anyhow::bail!(
+                    "accumulator {name} takes results from analysis {source}, which the file does not define"
+                );
+            }
+        }
+        Ok(pipeline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_place_and_what_was_expected() {
+        let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_statz\"\n").unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "line 2, column 8: unknown variant `frame_statz`, expected `frame_stats`"
+        );
+        let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_stats\"\nstreamz = []\n").unwrap_err();
+        assert!(format!("{error:#}").contains("unknown field `streamz`"), "{error:#}");
+        let error = Pipeline::parse("[accumulators.h]\nkind = \"last\"\nanalysis = \"nope\"\n").unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "accumulator h takes results from analysis nope, which the file does not define"
+        );
+    }
+
+    #[test]
+    fn the_example_pipeline_parses() {
+        let pipeline = Pipeline::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.toml"))).unwrap();
+        assert_eq!(pipeline.analyses.len(), 1);
+        assert_eq!(pipeline.accumulators.len(), 2);
+    }
+}
