@@ -50,14 +50,14 @@ const READ_CHUNK: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     /// The source could not be read.
-    #[error("record {record} at byte {offset}: read failed: {source}")]
+    #[error("record {record} at byte {offset}: read failed: {error}")]
     Io {
         /// Index of the record being read (0-based).
         record: u64,
         /// Byte offset of the record in the (uncompressed) stream.
         offset: u64,
         /// The I/O error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The stream ends inside a record.
     #[error("record {record} at byte {offset}: truncated: the file ends after {available} of at least {needed} bytes")]
@@ -212,11 +212,11 @@ impl<R: Read> DumpReader<R> {
                 }
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
+                Err(error) => {
                     return Err(DumpError::Io {
                         record: self.record,
                         offset: self.offset,
-                        source,
+                        error,
                     });
                 }
             }
@@ -535,6 +535,24 @@ mod tests {
         e.tag(Tag::new(EVENT_TAG)).unwrap().array(2).unwrap().u64(9).unwrap().map(0).unwrap();
         let read: Vec<_> = DumpReader::new(bytes.as_slice()).map(Result::unwrap).collect();
         assert_eq!(read, vec![EventData::new(EventNumber(9))]);
+    }
+
+    #[test]
+    fn gzip_files_are_read_through() {
+        use std::io::Write as _;
+        let events = vec![event(1, &[("det", "STINS", &[b"a"])]), event(2, &[("det", "STINS", &[b"b"])])];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dump.cbors.gz");
+        // Two gzip members, as when a scan is appended to an existing file.
+        let mut file = std::fs::File::create(&path).unwrap();
+        for event in &events {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&record_to_vec(event)).unwrap();
+            file.write_all(&gz.finish().unwrap()).unwrap();
+        }
+        drop(file);
+        let read: Vec<_> = DumpReader::open(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(read, events);
     }
 
     #[test]

@@ -14,20 +14,20 @@ use beamflow_protocol::dump::{DumpError, DumpReader};
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The dump could not be opened.
-    #[error("{path}: cannot open: {source}")]
+    #[error("{path}: cannot open: {error}")]
     Open {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A record could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Record {
         /// The file.
         path: PathBuf,
         /// What the reader found.
-        source: DumpError,
+        error: DumpError,
     },
     /// Two files carry the same stream for the same event; the first file's frames are kept.
     #[error("{path}: event {event}: stream {stream} is also in {first}; kept the frames from {first}")]
@@ -65,9 +65,9 @@ impl Merged {
         let sources = paths
             .iter()
             .map(|path| {
-                let reader = DumpReader::open(path).map_err(|source| InputError::Open {
+                let reader = DumpReader::open(path).map_err(|error| InputError::Open {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 Ok(Source {
                     path: path.clone(),
@@ -95,7 +95,7 @@ impl Merged {
                     Some(Ok(event)) => source.head = Some(event),
                     Some(Err(error)) => self.pending.push(InputError::Record {
                         path: source.path.clone(),
-                        source: error,
+                        error,
                     }),
                     None => source.done = true,
                 }

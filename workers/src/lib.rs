@@ -69,12 +69,12 @@ pub trait Analysis: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
     /// A stream's frames are not valid STINS.
-    #[error("stream {stream}: {source}")]
+    #[error("stream {stream}: {error}")]
     Stins {
         /// The stream.
         stream: StreamName,
         /// What the parser found.
-        source: StinsError,
+        error: StinsError,
     },
     /// The output could not be encoded.
     #[error("output: {0}")]

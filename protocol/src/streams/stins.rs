@@ -99,20 +99,20 @@ pub enum StinsError {
         compression: String,
     },
     /// The buffer does not match shape and type.
-    #[error("STINS image {frame}: {source}")]
+    #[error("STINS image {frame}: {error}")]
     Shape {
         /// The image's frame index.
         frame: u64,
         /// Expected and found lengths.
-        source: ShapeMismatch,
+        error: ShapeMismatch,
     },
     /// The bslz4 buffer is corrupt.
-    #[error("STINS image {frame}: {source}")]
+    #[error("STINS image {frame}: {error}")]
     Bslz4 {
         /// The image's frame index.
         frame: u64,
         /// What the decompressor found.
-        source: Bslz4Error,
+        error: Bslz4Error,
     },
 }
 
@@ -181,7 +181,7 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
                     let expected = fields.shape.iter().product::<usize>() * dtype.size();
                     bslz4::decompress(buffer, dtype.size(), Some(expected))
                         .map(Bytes::from)
-                        .map_err(|source| StinsError::Bslz4 { frame, source })?
+                        .map_err(|error| StinsError::Bslz4 { frame, error })?
                 }
                 Some(other) => {
                     return Err(StinsError::UnknownCompression {
@@ -191,7 +191,7 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
                 }
             };
             let data = NdArray::new(fields.shape, dtype, data)
-                .map_err(|source| StinsError::Shape { frame, source })?;
+                .map_err(|error| StinsError::Shape { frame, error })?;
             Ok(StinsMessage::Image {
                 frame,
                 msg_number,

@@ -64,9 +64,9 @@ impl Analysis for FrameStats {
             if stream.typ.as_str() != stins::TYP {
                 continue;
             }
-            let message = stins::parse(stream).map_err(|source| AnalysisError::Stins {
+            let message = stins::parse(stream).map_err(|error| AnalysisError::Stins {
                 stream: name.clone(),
-                source,
+                error,
             })?;
             if let StinsMessage::Image { frame, data, .. } = message {
                 output.insert(name.clone(), vec![stats(frame, &data)]);

@@ -1,0 +1,177 @@
+//! `beamflow replay` as a user runs it: output, determinism across thread counts, bad input,
+//! and the HTTP view.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use beamflow_protocol::dump::DumpWriter;
+use beamflow_protocol::streams::stins;
+use beamflow_protocol::{DType, EventData, EventNumber, NdArray, StreamData};
+use bytes::Bytes;
+use serde_json::Value as Json;
+
+use crate::util::{Running, beamflow_output, data, http_get, root};
+
+fn example_pipeline() -> String {
+    root().join("examples/pipeline.toml").display().to_string()
+}
+
+/// Writes `count` STINS events with images that differ per event (some bslz4).
+fn write_stins_dump(path: &Path, count: u64) {
+    write_stins_events(path, 0..count);
+}
+
+fn write_stins_events(path: &Path, numbers: std::ops::Range<u64>) {
+    let mut writer = DumpWriter::new(BufWriter::new(File::create(path).unwrap()));
+    for n in numbers {
+        let pixels: Vec<u8> = (0..64u16).flat_map(|i| ((i * 7 + n as u16 * 13) % 4096).to_le_bytes()).collect();
+        let image = NdArray::new(vec![8, 8], DType::Uint16, Bytes::from(pixels)).unwrap();
+        let mut event = EventData::new(EventNumber(n));
+        event.streams.insert("det".into(), StreamData { typ: "STINS".into(), frames: stins::image_frames(n, n, &image, n % 3 == 0) });
+        event.created_at = Some(beamflow_protocol::Timestamp::from_second(1_800_000_000 + n as i64).unwrap());
+        writer.write_event(&event).unwrap();
+    }
+    writer.into_inner().unwrap();
+}
+
+fn replay_to_json(dumps: &[&Path], threads: usize, out: &Path) -> String {
+    let mut args = vec!["replay".to_owned(), "--pipeline".to_owned(), example_pipeline()];
+    for dump in dumps {
+        args.extend(["--dump".to_owned(), dump.display().to_string()]);
+    }
+    args.extend(["--threads".to_owned(), threads.to_string(), "--out".to_owned(), out.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = beamflow_output(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[test]
+fn final_state_is_identical_for_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("many.cbors");
+    // Several batches, so events really are spread over threads and batches.
+    write_stins_dump(&dump, 5000);
+    let one = replay_to_json(&[&dump], 1, &dir.path().join("1.json"));
+    let two = replay_to_json(&[&dump], 2, &dir.path().join("2.json"));
+    let three = replay_to_json(&[&dump], 3, &dir.path().join("3.json"));
+    assert_eq!(one, two);
+    assert_eq!(one, three);
+    let state: Json = serde_json::from_str(&one).unwrap();
+    let numbers = state["history"]["event_number"].as_array().unwrap();
+    assert_eq!(numbers.len(), 5000);
+    assert!(numbers.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()), "history is in event order");
+    assert_eq!(state["last"]["event_number"]["det"], 4999);
+}
+
+#[test]
+fn replays_the_shipped_capture_with_numpy_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = replay_to_json(&[&data("det.cbors"), &data("pcap.cbors")], 2, &dir.path().join("s.json"));
+    let state: Json = serde_json::from_str(&out).unwrap();
+    let numpy: Json = serde_json::from_str(&std::fs::read_to_string(data("stats.json")).unwrap()).unwrap();
+    let history = &state["history"];
+    for (row, event) in history["event_number"].as_array().unwrap().iter().enumerate() {
+        let reference = &numpy[event.to_string()];
+        assert_eq!(history["values"]["det_max"][row], reference["max"]);
+        let mean = history["values"]["det_mean"][row].as_f64().unwrap();
+        assert!((mean - reference["mean"].as_f64().unwrap()).abs() < 1e-12);
+    }
+    assert_eq!(state["last"]["values"]["det"][0]["frame"], 49);
+}
+
+/// A dump with a record of the wrong tag in the middle and a truncated last record.
+fn damaged_dump(dir: &Path) -> PathBuf {
+    let (head, tail) = (dir.join("head.cbors"), dir.join("tail.cbors"));
+    write_stins_events(&head, 0..5);
+    write_stins_events(&tail, 5..10);
+    let path = dir.join("damaged.cbors");
+    let mut file = File::create(&path).unwrap();
+    file.write_all(&std::fs::read(&head).unwrap()).unwrap();
+    // tag 55799 ( tag 42879 ( [] ) ): valid CBOR, not an event.
+    file.write_all(&[0xd9, 0xd9, 0xf7, 0xd9, 0xa7, 0x7f, 0x80]).unwrap();
+    let tail = std::fs::read(&tail).unwrap();
+    file.write_all(&tail[..tail.len() - 3]).unwrap();
+    path
+}
+
+#[test]
+fn bad_records_are_counted_and_skipped_or_fatal_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = damaged_dump(dir.path());
+    let dump = path.display().to_string();
+    let pipeline = example_pipeline();
+    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed 9 events"), "{stderr}");
+    assert!(stderr.contains("2 bad records skipped"), "{stderr}");
+
+    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump, "--strict"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("beamflow: bad record (without --strict it would be skipped): ")
+            && last.contains("damaged.cbors: record 5 at byte")
+            && last.ends_with("expected tag 42877 (event), found tag 42879"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn user_errors_are_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("bad.toml");
+    std::fs::write(&pipeline, "[analyses.s]\nkind = \"frame_statz\"\n").unwrap();
+    let det = data("det.cbors").display().to_string();
+    let output = beamflow_output(&["replay", "--pipeline", &pipeline.display().to_string(), "--dump", &det]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!("beamflow: {}: line 2, column 8: unknown variant `frame_statz`, expected `frame_stats`", pipeline.display())
+    );
+
+    let output = beamflow_output(&["replay", "--pipeline", &example_pipeline(), "--dump", "/nonexistent.cbors"]);
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "beamflow: /nonexistent.cbors: cannot open: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn serve_keeps_the_http_view_up_after_the_replay() {
+    let det = data("det.cbors").display().to_string();
+    let pipeline = example_pipeline();
+    let mut running = Running::spawn(&["replay", "--pipeline", &pipeline, "--dump", &det, "--serve", "127.0.0.1:0"]);
+    let line = running.wait_for_line("Serving the reducer's state on http://");
+    let addr: SocketAddr = line.trim().rsplit("http://").next().unwrap().trim_end_matches("/api/v1/result").parse().unwrap();
+    running.wait_for_line("Replay done; still serving");
+
+    let (code, body) = http_get(addr, "/api/v1/status");
+    assert_eq!(code, 200);
+    let status: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["finished"], true);
+    assert_eq!(status["events"], 52);
+
+    let (code, body) = http_get(addr, "/api/v1/result/history/event_number?slice=0:3");
+    assert_eq!((code, body.as_str()), (200, "[1,2,3]"));
+    let (code, body) = http_get(addr, "/api/v1/result/history/values/nope");
+    assert_eq!(code, 404);
+    assert!(body.contains("no result at"), "{body}");
+    let (code, body) = http_get(addr, "/api/v1/result");
+    assert_eq!(code, 200);
+    let state: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["history"]["values"]["det_mean"].as_array().unwrap().len(), 50);
+
+    // SIGTERM shuts the server down cleanly.
+    let pid = running.child.id().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

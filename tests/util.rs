@@ -1,0 +1,117 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The workspace root.
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `tests/data/`.
+pub(crate) fn data(name: &str) -> PathBuf {
+    root().join("tests/data").join(name)
+}
+
+/// The Python interpreter of the venv `.ci/run` creates, with dranspose 0.2.0 installed.
+/// Missing it is a failure, not a skip: the interop tests are part of the bar.
+pub(crate) fn python() -> PathBuf {
+    let path = std::env::var_os("BEAMFLOW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} not found: run .ci/run once (it creates .venv with dranspose 0.2.0) or set BEAMFLOW_PYTHON",
+        path.display()
+    );
+    path
+}
+
+/// Runs a script from `tests/python/` and returns its standard output; fails the test with its
+/// standard error otherwise.
+pub(crate) fn run_python(script: &str, args: &[&Path]) -> Vec<u8> {
+    let output = Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("start python");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// The `beamflow` binary under test.
+pub(crate) fn beamflow() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_beamflow"));
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs `beamflow` to completion.
+pub(crate) fn beamflow_output(args: &[&str]) -> Output {
+    beamflow().args(args).output().expect("run beamflow")
+}
+
+/// Decodes lowercase hex.
+pub(crate) fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A running `beamflow` whose standard error is read line by line.
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Running {
+    pub(crate) fn spawn(args: &[&str]) -> Self {
+        let mut child = beamflow()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start beamflow");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        Self { child, stderr }
+    }
+
+    /// Reads standard error until a line contains `needle`; returns that line.
+    pub(crate) fn wait_for_line(&mut self, needle: &str) -> String {
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "beamflow exited before printing {needle:?}; it printed:\n{seen}");
+            if line.contains(needle) {
+                return line;
+            }
+            seen.push_str(&line);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, body.to_owned())
+}
