@@ -76,9 +76,14 @@ mod tests {
             format!("{error:#}"),
             "line 2, column 8: unknown variant `frame_statz`, expected `frame_stats`"
         );
-        let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_stats\"\nstreamz = []\n").unwrap_err();
-        assert!(format!("{error:#}").contains("unknown field `streamz`"), "{error:#}");
-        let error = Pipeline::parse("[accumulators.h]\nkind = \"last\"\nanalysis = \"nope\"\n").unwrap_err();
+        let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_stats\"\nstreamz = []\n")
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `streamz`"),
+            "{error:#}"
+        );
+        let error = Pipeline::parse("[accumulators.h]\nkind = \"last\"\nanalysis = \"nope\"\n")
+            .unwrap_err();
         assert_eq!(
             format!("{error:#}"),
             "accumulator h takes results from analysis nope, which the file does not define"
@@ -87,7 +92,11 @@ mod tests {
 
     #[test]
     fn the_example_pipeline_parses() {
-        let pipeline = Pipeline::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.toml"))).unwrap();
+        let pipeline = Pipeline::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/pipeline.toml"
+        )))
+        .unwrap();
         assert_eq!(pipeline.analyses.len(), 1);
         assert_eq!(pipeline.accumulators.len(), 2);
     }

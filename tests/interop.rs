@@ -19,14 +19,21 @@ use crate::util::{run_python, unhex};
 fn dump_written_by_dranspose_replays_in_beamflow() {
     let dir = tempfile::tempdir().unwrap();
     run_python("dranspose_write.py", &[dir.path()]);
-    let manifest: Json = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest: Json =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
 
     let mut read = Vec::new();
     for file in ["det.cbors", "pcap.cbors"] {
         for record in DumpReader::open(&dir.path().join(file)).unwrap() {
             let event = record.unwrap();
             for (stream, data) in &event.streams {
-                read.push((event.event_number.0, stream.to_string(), data.typ.to_string(), data.frames.clone(), event.created_at));
+                read.push((
+                    event.event_number.0,
+                    stream.to_string(),
+                    data.typ.to_string(),
+                    data.frames.clone(),
+                    event.created_at,
+                ));
             }
         }
     }
@@ -36,8 +43,19 @@ fn dump_written_by_dranspose_replays_in_beamflow() {
         .iter()
         .map(|r| {
             let created_at: Timestamp = r["created_at"].as_str().unwrap().parse().unwrap();
-            let frames: Vec<Bytes> = r["frames"].as_array().unwrap().iter().map(|f| Bytes::from(unhex(f.as_str().unwrap()))).collect();
-            (r["event_number"].as_u64().unwrap(), r["stream"].as_str().unwrap().to_owned(), r["typ"].as_str().unwrap().to_owned(), frames, Some(created_at))
+            let frames: Vec<Bytes> = r["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| Bytes::from(unhex(f.as_str().unwrap())))
+                .collect();
+            (
+                r["event_number"].as_u64().unwrap(),
+                r["stream"].as_str().unwrap().to_owned(),
+                r["typ"].as_str().unwrap().to_owned(),
+                frames,
+                Some(created_at),
+            )
         })
         .collect();
     read.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -70,13 +88,18 @@ fn dump_written_by_dranspose_replays_in_beamflow() {
         &view,
     )
     .unwrap();
-    assert_eq!(summary.events, 52, "events 0..=51, pcap merged into every 5th");
+    assert_eq!(
+        summary.events, 52,
+        "events 0..=51, pcap merged into every 5th"
+    );
     assert_eq!(summary.results, 50, "one result per image");
 
     let state = view.state();
     let history = state.pointer("history").unwrap();
     let numbers: Vec<u64> = match history.pointer("event_number").unwrap() {
-        beamflow_protocol::Value::Array(items) => items.iter().map(|v| v.as_f64().unwrap() as u64).collect(),
+        beamflow_protocol::Value::Array(items) => {
+            items.iter().map(|v| v.as_f64().unwrap() as u64).collect()
+        }
         other => panic!("{other:?}"),
     };
     assert_eq!(numbers, (1..=50).collect::<Vec<_>>());
@@ -84,9 +107,16 @@ fn dump_written_by_dranspose_replays_in_beamflow() {
     for (row, event) in numbers.iter().enumerate() {
         let reference = &stats[event.to_string()];
         for column in ["sum", "mean", "min", "max", "frame"] {
-            let ours = history.pointer(&format!("values/{column}/{row}")).unwrap().as_f64().unwrap();
+            let ours = history
+                .pointer(&format!("values/{column}/{row}"))
+                .unwrap()
+                .as_f64()
+                .unwrap();
             let numpy = reference[column].as_f64().unwrap();
-            assert!((ours - numpy).abs() <= 1e-12 * numpy.abs(), "event {event} {column}: beamflow {ours}, numpy {numpy}");
+            assert!(
+                (ours - numpy).abs() <= 1e-12 * numpy.abs(),
+                "event {event} {column}: beamflow {ours}, numpy {numpy}"
+            );
         }
     }
 }
@@ -100,7 +130,10 @@ fn dump_written_by_beamflow_reads_in_dranspose() {
     let pixels: Vec<u8> = (0..12u16).flat_map(|v| (v * 300).to_le_bytes()).collect();
     let image = NdArray::new(vec![3, 4], DType::Uint16, Bytes::from(pixels)).unwrap();
     let t0: Timestamp = "2026-11-21T12:00:00.25Z".parse().unwrap();
-    let stream = |typ: &str, frames: Vec<Bytes>| StreamData { typ: typ.into(), frames };
+    let stream = |typ: &str, frames: Vec<Bytes>| StreamData {
+        typ: typ.into(),
+        frames,
+    };
     let mut events = Vec::new();
     for n in 0..6u64 {
         let mut event = EventData::new(EventNumber(n));
@@ -112,7 +145,13 @@ fn dump_written_by_beamflow_reads_in_dranspose() {
         event.streams.insert("det".into(), stream("STINS", frames));
         if n % 2 == 1 {
             // Binary frames with every byte value, and a stream with no frames.
-            event.streams.insert("raw".into(), stream("RAW", vec![Bytes::from((0..=255u8).collect::<Vec<_>>()), Bytes::new()]));
+            event.streams.insert(
+                "raw".into(),
+                stream(
+                    "RAW",
+                    vec![Bytes::from((0..=255u8).collect::<Vec<_>>()), Bytes::new()],
+                ),
+            );
             event.streams.insert("empty".into(), stream("JSON", vec![]));
         }
         // Older dumps have no created_at; both forms must read.
@@ -147,9 +186,18 @@ fn dump_written_by_beamflow_reads_in_dranspose() {
         for (name, data) in &event.streams {
             let theirs = &streams[name.as_str()];
             assert_eq!(theirs["typ"].as_str(), Some(data.typ.as_str()));
-            let frames: Vec<Vec<u8>> = theirs["frames"].as_array().unwrap().iter().map(|f| unhex(f.as_str().unwrap())).collect();
+            let frames: Vec<Vec<u8>> = theirs["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| unhex(f.as_str().unwrap()))
+                .collect();
             let expected: Vec<Vec<u8>> = data.frames.iter().map(|f| f.to_vec()).collect();
-            assert_eq!(frames, expected, "event {} stream {name}", event.event_number);
+            assert_eq!(
+                frames, expected,
+                "event {} stream {name}",
+                event.event_number
+            );
         }
         let parsed = streams["det"]["parsed"].as_str().unwrap();
         let expected_kind = match event.event_number.0 {
@@ -160,7 +208,10 @@ fn dump_written_by_beamflow_reads_in_dranspose() {
         assert_eq!(parsed, expected_kind);
         if expected_kind == "Stream1Data" {
             assert_eq!(streams["det"]["shape"], serde_json::json!([3, 4]));
-            assert_eq!(streams["det"]["frame"].as_u64(), Some(event.event_number.0 - 1));
+            assert_eq!(
+                streams["det"]["frame"].as_u64(),
+                Some(event.event_number.0 - 1)
+            );
         }
     }
 }

@@ -26,25 +26,47 @@ fn write_stins_dump(path: &Path, count: u64) {
 fn write_stins_events(path: &Path, numbers: std::ops::Range<u64>) {
     let mut writer = DumpWriter::new(BufWriter::new(File::create(path).unwrap()));
     for n in numbers {
-        let pixels: Vec<u8> = (0..64u16).flat_map(|i| ((i * 7 + n as u16 * 13) % 4096).to_le_bytes()).collect();
+        let pixels: Vec<u8> = (0..64u16)
+            .flat_map(|i| ((i * 7 + n as u16 * 13) % 4096).to_le_bytes())
+            .collect();
         let image = NdArray::new(vec![8, 8], DType::Uint16, Bytes::from(pixels)).unwrap();
         let mut event = EventData::new(EventNumber(n));
-        event.streams.insert("det".into(), StreamData { typ: "STINS".into(), frames: stins::image_frames(n, n, &image, n % 3 == 0) });
-        event.created_at = Some(beamflow_protocol::Timestamp::from_second(1_800_000_000 + n as i64).unwrap());
+        event.streams.insert(
+            "det".into(),
+            StreamData {
+                typ: "STINS".into(),
+                frames: stins::image_frames(n, n, &image, n % 3 == 0),
+            },
+        );
+        event.created_at =
+            Some(beamflow_protocol::Timestamp::from_second(1_800_000_000 + n as i64).unwrap());
         writer.write_event(&event).unwrap();
     }
     writer.into_inner().unwrap();
 }
 
 fn replay_to_json(dumps: &[&Path], threads: usize, out: &Path) -> String {
-    let mut args = vec!["replay".to_owned(), "--pipeline".to_owned(), example_pipeline()];
+    let mut args = vec![
+        "replay".to_owned(),
+        "--pipeline".to_owned(),
+        example_pipeline(),
+    ];
     for dump in dumps {
         args.extend(["--dump".to_owned(), dump.display().to_string()]);
     }
-    args.extend(["--threads".to_owned(), threads.to_string(), "--out".to_owned(), out.display().to_string()]);
+    args.extend([
+        "--threads".to_owned(),
+        threads.to_string(),
+        "--out".to_owned(),
+        out.display().to_string(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = beamflow_output(&args);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     std::fs::read_to_string(out).unwrap()
 }
 
@@ -62,18 +84,31 @@ fn final_state_is_identical_for_any_thread_count() {
     let state: Json = serde_json::from_str(&one).unwrap();
     let numbers = state["history"]["event_number"].as_array().unwrap();
     assert_eq!(numbers.len(), 5000);
-    assert!(numbers.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()), "history is in event order");
+    assert!(
+        numbers.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
+        "history is in event order"
+    );
     assert_eq!(state["last"]["event_number"]["det"], 4999);
 }
 
 #[test]
 fn replays_the_shipped_capture_with_numpy_statistics() {
     let dir = tempfile::tempdir().unwrap();
-    let out = replay_to_json(&[&data("det.cbors"), &data("pcap.cbors")], 2, &dir.path().join("s.json"));
+    let out = replay_to_json(
+        &[&data("det.cbors"), &data("pcap.cbors")],
+        2,
+        &dir.path().join("s.json"),
+    );
     let state: Json = serde_json::from_str(&out).unwrap();
-    let numpy: Json = serde_json::from_str(&std::fs::read_to_string(data("stats.json")).unwrap()).unwrap();
+    let numpy: Json =
+        serde_json::from_str(&std::fs::read_to_string(data("stats.json")).unwrap()).unwrap();
     let history = &state["history"];
-    for (row, event) in history["event_number"].as_array().unwrap().iter().enumerate() {
+    for (row, event) in history["event_number"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let reference = &numpy[event.to_string()];
         assert_eq!(history["values"]["det_max"][row], reference["max"]);
         let mean = history["values"]["det_mean"][row].as_f64().unwrap();
@@ -91,7 +126,8 @@ fn damaged_dump(dir: &Path) -> PathBuf {
     let mut file = File::create(&path).unwrap();
     file.write_all(&std::fs::read(&head).unwrap()).unwrap();
     // tag 55799 ( tag 42879 ( [] ) ): valid CBOR, not an event.
-    file.write_all(&[0xd9, 0xd9, 0xf7, 0xd9, 0xa7, 0x7f, 0x80]).unwrap();
+    file.write_all(&[0xd9, 0xd9, 0xf7, 0xd9, 0xa7, 0x7f, 0x80])
+        .unwrap();
     let tail = std::fs::read(&tail).unwrap();
     file.write_all(&tail[..tail.len() - 3]).unwrap();
     path
@@ -109,7 +145,14 @@ fn bad_records_are_counted_and_skipped_or_fatal_with_strict() {
     assert!(stderr.contains("replayed 9 events"), "{stderr}");
     assert!(stderr.contains("2 bad records skipped"), "{stderr}");
 
-    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump, "--strict"]);
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &pipeline,
+        "--dump",
+        &dump,
+        "--strict",
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap();
@@ -127,15 +170,30 @@ fn user_errors_are_one_line_naming_the_file() {
     let pipeline = dir.path().join("bad.toml");
     std::fs::write(&pipeline, "[analyses.s]\nkind = \"frame_statz\"\n").unwrap();
     let det = data("det.cbors").display().to_string();
-    let output = beamflow_output(&["replay", "--pipeline", &pipeline.display().to_string(), "--dump", &det]);
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &pipeline.display().to_string(),
+        "--dump",
+        &det,
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         stderr.trim(),
-        format!("beamflow: {}: line 2, column 8: unknown variant `frame_statz`, expected `frame_stats`", pipeline.display())
+        format!(
+            "beamflow: {}: line 2, column 8: unknown variant `frame_statz`, expected `frame_stats`",
+            pipeline.display()
+        )
     );
 
-    let output = beamflow_output(&["replay", "--pipeline", &example_pipeline(), "--dump", "/nonexistent.cbors"]);
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &example_pipeline(),
+        "--dump",
+        "/nonexistent.cbors",
+    ]);
     assert!(!output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stderr).trim(),
@@ -147,9 +205,24 @@ fn user_errors_are_one_line_naming_the_file() {
 fn serve_keeps_the_http_view_up_after_the_replay() {
     let det = data("det.cbors").display().to_string();
     let pipeline = example_pipeline();
-    let mut running = Running::spawn(&["replay", "--pipeline", &pipeline, "--dump", &det, "--serve", "127.0.0.1:0"]);
+    let mut running = Running::spawn(&[
+        "replay",
+        "--pipeline",
+        &pipeline,
+        "--dump",
+        &det,
+        "--serve",
+        "127.0.0.1:0",
+    ]);
     let line = running.wait_for_line("Serving the reducer's state on http://");
-    let addr: SocketAddr = line.trim().rsplit("http://").next().unwrap().trim_end_matches("/api/v1/result").parse().unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/api/v1/result")
+        .parse()
+        .unwrap();
     running.wait_for_line("Replay done; still serving");
 
     let (code, body) = http_get(addr, "/api/v1/status");
@@ -166,11 +239,20 @@ fn serve_keeps_the_http_view_up_after_the_replay() {
     let (code, body) = http_get(addr, "/api/v1/result");
     assert_eq!(code, 200);
     let state: Json = serde_json::from_str(&body).unwrap();
-    assert_eq!(state["history"]["values"]["det_mean"].as_array().unwrap().len(), 50);
+    assert_eq!(
+        state["history"]["values"]["det_mean"]
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
 
     // SIGTERM shuts the server down cleanly.
     let pid = running.child.id().to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = running.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");

@@ -1,6 +1,9 @@
 //! End-to-end tests of the `beamflow` binary and its interoperability with dranspose, one module
 //! per area (ripgrep's `tests/tests.rs`).
 
+// Test code may panic on what it set up itself.
+#![allow(clippy::unwrap_used)]
+
 mod interop;
 mod replay_cli;
 mod util;

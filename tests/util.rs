@@ -89,7 +89,10 @@ impl Running {
         loop {
             let mut line = String::new();
             let n = self.stderr.read_line(&mut line).expect("read stderr");
-            assert!(n > 0, "beamflow exited before printing {needle:?}; it printed:\n{seen}");
+            assert!(
+                n > 0,
+                "beamflow exited before printing {needle:?}; it printed:\n{seen}"
+            );
             if line.contains(needle) {
                 return line;
             }
@@ -108,10 +111,18 @@ impl Drop for Running {
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     (status, body.to_owned())
 }

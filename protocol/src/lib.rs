@@ -37,8 +37,10 @@ pub mod value;
 pub use array::{DType, NdArray};
 pub use error::CborError;
 pub use event::{EventData, ResultData, StreamData};
-pub use ids::{AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName};
-pub use parameters::{ParameterDescription, ParameterType, ParameterValue, Parameters};
-pub use value::Value;
+pub use ids::{
+    AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName,
+};
 /// Time stamps (`created_at`) are `jiff` timestamps: UTC instants with RFC 3339 text forms.
 pub use jiff::Timestamp;
+pub use parameters::{ParameterDescription, ParameterType, ParameterValue, Parameters};
+pub use value::Value;

@@ -40,10 +40,17 @@ fn write_result(
 /// Decodes a result; the error says which field was wrong and where.
 pub fn decode_result(bytes: &[u8]) -> Result<ResultData, CborError> {
     let mut d = Decoder::new(bytes);
-    let fail = |d: &Decoder<'_>, what: &str| CborError::new(d.position(), format!("result: expected {what}"));
+    let fail = |d: &Decoder<'_>, what: &str| {
+        CborError::new(d.position(), format!("result: expected {what}"))
+    };
     match d.tag() {
         Ok(tag) if tag.as_u64() == RESULT_TAG => {}
-        _ => return Err(CborError::new(0, format!("result: expected tag {RESULT_TAG}"))),
+        _ => {
+            return Err(CborError::new(
+                0,
+                format!("result: expected tag {RESULT_TAG}"),
+            ));
+        }
     }
     if !matches!(d.array(), Ok(Some(5))) {
         return Err(fail(&d, "an array of 5 items"));
@@ -57,7 +64,10 @@ pub fn decode_result(bytes: &[u8]) -> Result<ResultData, CborError> {
     } else {
         let _ = d.tag().map_err(|_| fail(&d, "created_at tag 0"))?;
         let text = d.str().map_err(|_| fail(&d, "created_at text"))?;
-        Some(text.parse::<Timestamp>().map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?)
+        Some(
+            text.parse::<Timestamp>()
+                .map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?,
+        )
     };
     let payload = Value::decode(&mut d)?;
     if d.position() != bytes.len() {

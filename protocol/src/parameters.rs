@@ -62,9 +62,7 @@ impl ParameterValue {
 
     /// Parses the bytes form as `dtype`.
     pub fn parse(dtype: ParameterType, data: &Bytes) -> Result<Self, String> {
-        let text = || {
-            std::str::from_utf8(data).map_err(|_| "value is not UTF-8 text".to_owned())
-        };
+        let text = || std::str::from_utf8(data).map_err(|_| "value is not UTF-8 text".to_owned());
         Ok(match dtype {
             ParameterType::Str => ParameterValue::Str(text()?.to_owned()),
             ParameterType::Int => {
@@ -130,8 +128,14 @@ impl Parameters {
         let mut values = BTreeMap::new();
         for (name, data) in raw {
             let value = match descriptions.iter().find(|d| d.name == name) {
-                Some(description) => ParameterValue::parse(description.dtype, &data)
-                    .map_err(|message| ParameterError::Invalid { name: name.clone(), message })?,
+                Some(description) => {
+                    ParameterValue::parse(description.dtype, &data).map_err(|message| {
+                        ParameterError::Invalid {
+                            name: name.clone(),
+                            message,
+                        }
+                    })?
+                }
                 None => match std::str::from_utf8(&data) {
                     Ok(text) => ParameterValue::Str(text.to_owned()),
                     Err(_) => ParameterValue::Binary(data),
@@ -227,7 +231,10 @@ pub fn parse_parameter_file(bytes: &[u8]) -> Result<Vec<(ParameterName, Bytes)>,
     let list = crate::value::Value::from_cbor(bytes)
         .map_err(|error| ParameterError::File(format!("neither JSON nor CBOR: {error}")))?;
     let crate::value::Value::Array(items) = list else {
-        return Err(ParameterError::File(format!("expected a CBOR list, found {}", list.kind())));
+        return Err(ParameterError::File(format!(
+            "expected a CBOR list, found {}",
+            list.kind()
+        )));
     };
     items
         .iter()
@@ -235,7 +242,11 @@ pub fn parse_parameter_file(bytes: &[u8]) -> Result<Vec<(ParameterName, Bytes)>,
         .map(|(index, item)| {
             let name = match item.pointer("name") {
                 Some(crate::value::Value::Text(name)) => ParameterName::from(name.as_str()),
-                _ => return Err(ParameterError::File(format!("entry {index} has no text name"))),
+                _ => {
+                    return Err(ParameterError::File(format!(
+                        "entry {index} has no text name"
+                    )));
+                }
             };
             let data = match item.pointer("data") {
                 Some(crate::value::Value::Bytes(b)) => b.clone(),
@@ -267,17 +278,28 @@ mod tests {
     #[test]
     fn typed_values_defaults_and_errors() {
         let descriptions = [
-            describe("threshold", ParameterType::Float, ParameterValue::Float(0.5)),
+            describe(
+                "threshold",
+                ParameterType::Float,
+                ParameterValue::Float(0.5),
+            ),
             describe("enabled", ParameterType::Bool, ParameterValue::Bool(false)),
             describe("roi", ParameterType::Int, ParameterValue::Int(0)),
         ];
-        let raw = parse_parameter_file(br#"[{"name":"enabled","data":"True"},{"name":"note","data":"hi"}]"#).unwrap();
+        let raw = parse_parameter_file(
+            br#"[{"name":"enabled","data":"True"},{"name":"note","data":"hi"}]"#,
+        )
+        .unwrap();
         let parameters = Parameters::resolve(raw, &descriptions).unwrap();
         assert_eq!(parameters.float("threshold"), Some(0.5));
         assert_eq!(parameters.bool("enabled"), Some(true));
         assert_eq!(parameters.str("note"), Some("hi"));
-        let error = Parameters::resolve([("roi".into(), Bytes::from("ten"))], &descriptions).unwrap_err();
-        assert_eq!(error.to_string(), r#"parameter roi: "ten" is not an integer"#);
+        let error =
+            Parameters::resolve([("roi".into(), Bytes::from("ten"))], &descriptions).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"parameter roi: "ten" is not an integer"#
+        );
     }
 
     #[test]
@@ -288,13 +310,19 @@ mod tests {
             (ParameterType::Bool, ParameterValue::Bool(true)),
             (ParameterType::Str, ParameterValue::Str("x y".into())),
         ] {
-            assert_eq!(ParameterValue::parse(dtype, &value.to_bytes()).unwrap(), value);
+            assert_eq!(
+                ParameterValue::parse(dtype, &value.to_bytes()).unwrap(),
+                value
+            );
         }
     }
 
     #[test]
     fn pickle_is_refused_with_advice() {
         let error = parse_parameter_file(&[0x80, 0x04, 0x95]).unwrap_err();
-        assert!(error.to_string().contains("does not read pickle"), "{error}");
+        assert!(
+            error.to_string().contains("does not read pickle"),
+            "{error}"
+        );
     }
 }

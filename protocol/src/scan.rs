@@ -57,10 +57,15 @@ pub(crate) fn item_len(buf: &[u8]) -> Scan {
         match (major, argument) {
             // Integers, tags' numbers, simple values and floats: the head is the whole item.
             (0 | 1 | 7, Some(_)) => {}
-            (0 | 1 | 6, None) => return Scan::Malformed(head, "indefinite length on a non-container"),
+            (0 | 1 | 6, None) => {
+                return Scan::Malformed(head, "indefinite length on a non-container");
+            }
             (7, None) => return Scan::Malformed(head, "break byte outside an indefinite item"),
             (2 | 3, Some(len)) => {
-                let Some(end) = usize::try_from(len).ok().and_then(|len| pos.checked_add(len)) else {
+                let Some(end) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| pos.checked_add(len))
+                else {
                     return Scan::Malformed(head, "string length does not fit in memory");
                 };
                 if end > buf.len() {
@@ -68,7 +73,7 @@ pub(crate) fn item_len(buf: &[u8]) -> Scan {
                 }
                 pos = end;
             }
-            (2 | 3 | 4 | 5, None) => {
+            (2..=5, None) => {
                 if open.len() >= MAX_DEPTH {
                     return Scan::Malformed(head, "nesting too deep");
                 }
@@ -76,7 +81,11 @@ pub(crate) fn item_len(buf: &[u8]) -> Scan {
                 continue;
             }
             (4 | 5, Some(len)) => {
-                let items = if major == 5 { len.saturating_mul(2) } else { len };
+                let items = if major == 5 {
+                    len.saturating_mul(2)
+                } else {
+                    len
+                };
                 if items > 0 {
                     if open.len() >= MAX_DEPTH {
                         return Scan::Malformed(head, "nesting too deep");

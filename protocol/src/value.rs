@@ -363,7 +363,10 @@ mod tests {
                 x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
             }
             (Value::Map(x), Value::Map(y)) => {
-                x.len() == y.len() && x.iter().zip(y).all(|((ka, a), (kb, b))| ka == kb && same(a, b))
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((ka, a), (kb, b))| ka == kb && same(a, b))
             }
             _ => a == b,
         }
@@ -407,7 +410,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(tree.pointer("shape/1"), Some(&Value::Int(3)));
-        assert!(tree.pointer("mean").and_then(Value::as_f64).unwrap().is_nan());
+        assert!(
+            tree.pointer("mean")
+                .and_then(Value::as_f64)
+                .unwrap()
+                .is_nan()
+        );
         assert_eq!(tree.pointer("label"), Some(&Value::Null));
         assert_eq!(tree.pointer("missing"), None);
     }

@@ -76,17 +76,28 @@ impl View {
 
     /// Replaces only the status.
     pub fn publish_status(&self, status: Status) {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner).status = Arc::new(status);
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status = Arc::new(status);
     }
 
     /// The latest state.
     pub fn state(&self) -> Arc<Value> {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner).state.clone()
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
+            .clone()
     }
 
     /// The latest status.
     pub fn status(&self) -> Arc<Status> {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner).status.clone()
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .status
+            .clone()
     }
 }
 
@@ -108,7 +119,9 @@ pub async fn serve(
     view: View,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(view)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(view))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// An HTTP error as `{"error": "..."}` with its status code; every handler error goes through
@@ -121,7 +134,11 @@ struct ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -235,7 +252,10 @@ mod tests {
                 "history".to_owned(),
                 Value::Map(
                     [
-                        ("mean".to_owned(), Value::from(vec![1.0, f64::NAN, 3.0, 4.0])),
+                        (
+                            "mean".to_owned(),
+                            Value::from(vec![1.0, f64::NAN, 3.0, 4.0]),
+                        ),
                         ("name".to_owned(), Value::from("det")),
                     ]
                     .into(),
@@ -243,19 +263,44 @@ mod tests {
             )]
             .into(),
         );
-        view.publish(state, Status { source: "replay".into(), events: 4, ..Status::default() });
+        view.publish(
+            state,
+            Status {
+                source: "replay".into(),
+                events: 4,
+                ..Status::default()
+            },
+        );
         view
     }
 
     #[tokio::test]
     async fn whole_state_subtrees_and_slices() {
         let view = sample();
-        assert_eq!(get(&view, "/api/v1/result").await, (StatusCode::OK, r#"{"history":{"mean":[1.0,null,3.0,4.0],"name":"det"}}"#.to_owned()));
-        assert_eq!(get(&view, "/api/v1/result/history/mean").await.1, "[1.0,null,3.0,4.0]");
+        assert_eq!(
+            get(&view, "/api/v1/result").await,
+            (
+                StatusCode::OK,
+                r#"{"history":{"mean":[1.0,null,3.0,4.0],"name":"det"}}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            get(&view, "/api/v1/result/history/mean").await.1,
+            "[1.0,null,3.0,4.0]"
+        );
         assert_eq!(get(&view, "/api/v1/result/history/mean/2").await.1, "3.0");
-        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=1:3").await.1, "[null,3.0]");
-        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=-2:").await.1, "[3.0,4.0]");
-        assert_eq!(get(&view, "/api/v1/result/history/mean?slice=:99").await.1, "[1.0,null,3.0,4.0]");
+        assert_eq!(
+            get(&view, "/api/v1/result/history/mean?slice=1:3").await.1,
+            "[null,3.0]"
+        );
+        assert_eq!(
+            get(&view, "/api/v1/result/history/mean?slice=-2:").await.1,
+            "[3.0,4.0]"
+        );
+        assert_eq!(
+            get(&view, "/api/v1/result/history/mean?slice=:99").await.1,
+            "[1.0,null,3.0,4.0]"
+        );
     }
 
     #[tokio::test]
@@ -292,8 +337,16 @@ mod tests {
         assert_eq!(status["source"], "replay");
         let (_, body) = get(&view, "/api/v1/openapi.json").await;
         let document: serde_json::Value = serde_json::from_str(&body).unwrap();
-        for path in ["/api/v1/result", "/api/v1/result/{path}", "/api/v1/status", "/api/v1/openapi.json"] {
-            assert!(document["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+        for path in [
+            "/api/v1/result",
+            "/api/v1/result/{path}",
+            "/api/v1/status",
+            "/api/v1/openapi.json",
+        ] {
+            assert!(
+                document["paths"][path].is_object(),
+                "{path} missing from the OpenAPI document"
+            );
         }
     }
 }

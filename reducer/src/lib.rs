@@ -48,7 +48,11 @@ pub use accumulators::AccumulatorConfig;
 /// ```
 pub trait Accumulator: Send + 'static {
     /// Folds one result in. Results arrive in event order, each once.
-    fn process_result(&mut self, result: &ResultData, parameters: &Parameters) -> Result<(), AccumulatorError>;
+    fn process_result(
+        &mut self,
+        result: &ResultData,
+        parameters: &Parameters,
+    ) -> Result<(), AccumulatorError>;
 
     /// The current view, served under the accumulator's name.
     fn publish(&self) -> Value;
@@ -135,14 +139,21 @@ impl Reducer {
 
     /// The parameters every accumulator declares.
     pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        self.slots.iter().flat_map(|s| s.accumulator.describe_parameters()).collect()
+        self.slots
+            .iter()
+            .flat_map(|s| s.accumulator.describe_parameters())
+            .collect()
     }
 
     /// Applies one result to every accumulator that takes results from its analysis. A failing
     /// accumulator is logged (first time at error, then at debug) and counted; the others go on.
     pub fn apply(&mut self, result: &ResultData) {
         for slot in &mut self.slots {
-            if slot.source.as_ref().is_some_and(|source| *source != result.analysis) {
+            if slot
+                .source
+                .as_ref()
+                .is_some_and(|source| *source != result.analysis)
+            {
                 continue;
             }
             if let Err(error) = slot.accumulator.process_result(result, &self.parameters) {
@@ -153,7 +164,9 @@ impl Reducer {
                 } else {
                     debug!(accumulator = %slot.name, event = %result.event_number, %error, "Accumulator rejected a result.");
                 }
-                self.counts.accumulator_errors.insert(slot.name.clone(), slot.errors);
+                self.counts
+                    .accumulator_errors
+                    .insert(slot.name.clone(), slot.errors);
             }
         }
         self.counts.results += 1;

@@ -135,7 +135,10 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         .map(|(name, analysis)| (name.clone(), analysis.build()))
         .collect();
     let mut reducer = Reducer::new(&config.accumulators, Parameters::default())?;
-    let mut descriptions: Vec<_> = analyses.iter().flat_map(|(_, a)| a.describe_parameters()).collect();
+    let mut descriptions: Vec<_> = analyses
+        .iter()
+        .flat_map(|(_, a)| a.describe_parameters())
+        .collect();
     descriptions.extend(reducer.describe_parameters());
     let parameters = Parameters::resolve(config.parameters.iter().cloned(), &descriptions)?;
     reducer.set_parameters(parameters.clone());
@@ -193,7 +196,11 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
     summary.accumulator_errors = reducer.counts().accumulator_errors.clone();
     progress.finish_and_clear();
     view.publish(reducer.state(), status(&summary, true));
-    debug!(events = summary.events, bad_records = summary.bad_records, "Replay finished.");
+    debug!(
+        events = summary.events,
+        bad_records = summary.bad_records,
+        "Replay finished."
+    );
     Ok(summary)
 }
 
@@ -241,7 +248,8 @@ fn apply_batches(
     for batch in batches {
         for input_error in batch.errors {
             if strict {
-                return Err(input_error).context("bad record (without --strict it would be skipped)");
+                return Err(input_error)
+                    .context("bad record (without --strict it would be skipped)");
             }
             summary.bad_records += 1;
             if summary.bad_records == 1 {
@@ -254,7 +262,12 @@ fn apply_batches(
             batch
                 .events
                 .par_iter()
-                .map(|event| analyses.iter().map(|(_, a)| a.process(event, parameters)).collect())
+                .map(|event| {
+                    analyses
+                        .iter()
+                        .map(|(_, a)| a.process(event, parameters))
+                        .collect()
+                })
                 .collect()
         });
         for (event, outputs) in batch.events.iter().zip(outputs) {
@@ -309,7 +322,10 @@ fn progress_bar(config: &ReplayConfig) -> ProgressBar {
     if !config.progress {
         return ProgressBar::hidden();
     }
-    let compressed = config.dumps.iter().any(|p| p.extension().is_some_and(|e| e == "gz"));
+    let compressed = config
+        .dumps
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "gz"));
     let total: u64 = config
         .dumps
         .iter()
@@ -327,8 +343,10 @@ fn progress_bar(config: &ReplayConfig) -> ProgressBar {
     } else {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     }

@@ -30,7 +30,9 @@ pub enum InputError {
         error: DumpError,
     },
     /// Two files carry the same stream for the same event; the first file's frames are kept.
-    #[error("{path}: event {event}: stream {stream} is also in {first}; kept the frames from {first}")]
+    #[error(
+        "{path}: event {event}: stream {stream} is also in {first}; kept the frames from {first}"
+    )]
     DuplicateStream {
         /// The file whose frames were dropped.
         path: PathBuf,
@@ -119,18 +121,30 @@ impl Iterator for Merged {
             .min()?;
         let mut merged: Option<(EventData, Vec<(String, &Path)>)> = None;
         for source in &mut self.sources {
-            if source.head.as_ref().is_none_or(|e| e.event_number != smallest) {
+            if source
+                .head
+                .as_ref()
+                .is_none_or(|e| e.event_number != smallest)
+            {
                 continue;
             }
-            let Some(event) = source.head.take() else { continue };
+            let Some(event) = source.head.take() else {
+                continue;
+            };
             match &mut merged {
                 None => {
-                    let owners = event.streams.keys().map(|s| (s.to_string(), source.path.as_path())).collect();
+                    let owners = event
+                        .streams
+                        .keys()
+                        .map(|s| (s.to_string(), source.path.as_path()))
+                        .collect();
                     merged = Some((event, owners));
                 }
                 Some((into, owners)) => {
                     for (stream, data) in event.streams {
-                        if let Some((_, first)) = owners.iter().find(|(name, _)| *name == stream.as_str()) {
+                        if let Some((_, first)) =
+                            owners.iter().find(|(name, _)| *name == stream.as_str())
+                        {
                             self.pending.push(InputError::DuplicateStream {
                                 path: source.path.clone(),
                                 event: smallest.0,
@@ -165,7 +179,13 @@ mod tests {
         let mut writer = DumpWriter::new(std::fs::File::create(&path).unwrap());
         for &n in numbers {
             let mut event = EventData::new(EventNumber(n));
-            event.streams.insert(stream.into(), StreamData { typ: "T".into(), frames: vec![Bytes::from(format!("{stream}{n}"))] });
+            event.streams.insert(
+                stream.into(),
+                StreamData {
+                    typ: "T".into(),
+                    frames: vec![Bytes::from(format!("{stream}{n}"))],
+                },
+            );
             writer.write_event(&event).unwrap();
         }
         writer.into_inner().unwrap();
@@ -180,7 +200,12 @@ mod tests {
         let events: Vec<_> = Merged::open(&[a, b]).unwrap().map(Result::unwrap).collect();
         let shape: Vec<(u64, Vec<String>)> = events
             .iter()
-            .map(|e| (e.event_number.0, e.streams.keys().map(ToString::to_string).collect()))
+            .map(|e| {
+                (
+                    e.event_number.0,
+                    e.streams.keys().map(ToString::to_string).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             shape,
@@ -202,13 +227,27 @@ mod tests {
         let items: Vec<_> = Merged::open(&[a, b]).unwrap().collect();
         let event = items.iter().find_map(|i| i.as_ref().ok()).unwrap();
         assert_eq!(event.streams["det"].frames[0], Bytes::from("det1"));
-        let error = items.iter().find_map(|i| i.as_ref().err()).unwrap().to_string();
-        assert!(error.contains("stream det is also in") && error.contains("a.cbors"), "{error}");
+        let error = items
+            .iter()
+            .find_map(|i| i.as_ref().err())
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("stream det is also in") && error.contains("a.cbors"),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_missing_file_names_the_file() {
-        let error = Merged::open(&[PathBuf::from("/nonexistent/x.cbors")]).err().unwrap();
-        assert!(error.to_string().starts_with("/nonexistent/x.cbors: cannot open:"), "{error}");
+        let error = Merged::open(&[PathBuf::from("/nonexistent/x.cbors")])
+            .err()
+            .unwrap();
+        assert!(
+            error
+                .to_string()
+                .starts_with("/nonexistent/x.cbors: cannot open:"),
+            "{error}"
+        );
     }
 }

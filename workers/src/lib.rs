@@ -87,7 +87,11 @@ pub enum AnalysisError {
 /// The object-safe form of [`Analysis`] that runtimes hold, producing outputs as [`Value`] trees.
 pub trait DynAnalysis: Send + Sync {
     /// Processes one event and converts the output as a worker sends it.
-    fn process(&self, event: &EventData, parameters: &Parameters) -> Result<Option<Value>, AnalysisError>;
+    fn process(
+        &self,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Value>, AnalysisError>;
     /// See [`Analysis::describe_parameters`].
     fn describe_parameters(&self) -> Vec<ParameterDescription>;
     /// See [`Analysis::finish`].
@@ -95,7 +99,11 @@ pub trait DynAnalysis: Send + Sync {
 }
 
 impl<A: Analysis> DynAnalysis for A {
-    fn process(&self, event: &EventData, parameters: &Parameters) -> Result<Option<Value>, AnalysisError> {
+    fn process(
+        &self,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Value>, AnalysisError> {
         match self.process_event(event, parameters)? {
             Some(output) => Ok(Some(Value::from_serialize(&output)?)),
             None => Ok(None),

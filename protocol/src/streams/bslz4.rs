@@ -65,13 +65,13 @@ pub fn decompress(
             "total of {total} bytes, but the shape needs {expected}"
         )));
     }
-    if elem_size == 0 || total % elem_size != 0 {
+    if elem_size == 0 || !total.is_multiple_of(elem_size) {
         return Err(Bslz4Error::BadHeader(format!(
             "total of {total} bytes is not a multiple of the {elem_size}-byte element"
         )));
     }
     let block_elems = block_bytes / elem_size;
-    if block_bytes % elem_size != 0 || block_elems == 0 || block_elems % 8 != 0 {
+    if !block_bytes.is_multiple_of(elem_size) || block_elems == 0 || !block_elems.is_multiple_of(8) {
         return Err(Bslz4Error::BadHeader(format!(
             "block size of {block_bytes} bytes is not a positive multiple of 8 {elem_size}-byte elements"
         )));
@@ -92,22 +92,34 @@ pub fn decompress(
     let mut block = 0;
     while elems - done >= 8 {
         let count = block_elems.min((elems - done) / 8 * 8);
-        let len_field = data
-            .get(pos..pos + 4)
-            .ok_or(Bslz4Error::Truncated { block, offset: pos, len: data.len() })?;
+        let len_field = data.get(pos..pos + 4).ok_or(Bslz4Error::Truncated {
+            block,
+            offset: pos,
+            len: data.len(),
+        })?;
         let compressed =
             u32::from_be_bytes([len_field[0], len_field[1], len_field[2], len_field[3]]) as usize;
         let input = data
             .get(pos + 4..pos + 4 + compressed)
-            .ok_or(Bslz4Error::Truncated { block, offset: pos, len: data.len() })?;
+            .ok_or(Bslz4Error::Truncated {
+                block,
+                offset: pos,
+                len: data.len(),
+            })?;
         let shuffled = &mut scratch[..count * elem_size];
         let written = lz4_flex::block::decompress_into(input, shuffled).map_err(|error| {
-            Bslz4Error::Block { block, message: error.to_string() }
+            Bslz4Error::Block {
+                block,
+                message: error.to_string(),
+            }
         })?;
         if written != shuffled.len() {
             return Err(Bslz4Error::Block {
                 block,
-                message: format!("decompressed to {written} bytes, expected {}", shuffled.len()),
+                message: format!(
+                    "decompressed to {written} bytes, expected {}",
+                    shuffled.len()
+                ),
             });
         }
         let target = &mut out[done * elem_size..(done + count) * elem_size];
@@ -117,9 +129,11 @@ pub fn decompress(
         block += 1;
     }
     let rest = (elems - done) * elem_size;
-    let tail = data
-        .get(pos..pos + rest)
-        .ok_or(Bslz4Error::Truncated { block, offset: pos, len: data.len() })?;
+    let tail = data.get(pos..pos + rest).ok_or(Bslz4Error::Truncated {
+        block,
+        offset: pos,
+        len: data.len(),
+    })?;
     out[done * elem_size..].copy_from_slice(tail);
     if pos + rest != data.len() {
         return Err(Bslz4Error::TrailingBytes(data.len() - pos - rest));
@@ -247,6 +261,9 @@ mod tests {
     fn hostile_header_does_not_allocate() {
         let mut data = u64::MAX.to_be_bytes().to_vec();
         data.extend_from_slice(&8192u32.to_be_bytes());
-        assert!(matches!(decompress(&data, 2, None), Err(Bslz4Error::BadHeader(_))));
+        assert!(matches!(
+            decompress(&data, 2, None),
+            Err(Bslz4Error::BadHeader(_))
+        ));
     }
 }

@@ -5,6 +5,8 @@
 //! "type": "uint16", "compression": "none" | "bslz4", "msg_number": k}` and the image buffer, then
 //! `{"htype": "series_end", "msg_number": k}`. One message is one stream's frames in one event.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -22,8 +24,8 @@ pub enum StinsMessage {
     Header {
         /// The source's message counter, 0 for a header.
         msg_number: Option<u64>,
-        /// The JSON part as sent, for fields beyond the standard ones.
-        meta: serde_json::Map<String, serde_json::Value>,
+        /// The JSON part as sent, for fields beyond the standard ones (parsed only on demand).
+        json: Bytes,
     },
     /// One image.
     Image {
@@ -33,8 +35,8 @@ pub enum StinsMessage {
         msg_number: Option<u64>,
         /// The (decompressed) image.
         data: NdArray,
-        /// The JSON part as sent, e.g. `timestamps`.
-        meta: serde_json::Map<String, serde_json::Value>,
+        /// The JSON part as sent, e.g. with `timestamps` (parsed only on demand).
+        json: Bytes,
     },
     /// End of a series.
     End {
@@ -60,16 +62,16 @@ pub enum StinsError {
     /// The stream has no frames.
     #[error("STINS message has no frames")]
     NoFrames,
-    /// The first frame is not a JSON object.
+    /// The first frame is not a JSON object with the standard fields' types.
     #[error("STINS JSON part is not valid: {0}")]
     Json(#[from] serde_json::Error),
-    /// A known field has the wrong type or is missing.
-    #[error("STINS {htype} message: {message}")]
-    Field {
+    /// A field an image needs is missing.
+    #[error("STINS {htype} message: missing field `{field}`")]
+    Missing {
         /// The message's `htype`.
         htype: String,
-        /// What was wrong.
-        message: String,
+        /// The missing field.
+        field: &'static str,
     },
     /// `htype` is not header, image or series_end.
     #[error("STINS htype {0:?} is not header, image or series_end")]
@@ -116,14 +118,22 @@ pub enum StinsError {
     },
 }
 
+/// The standard fields, borrowed from the JSON part; everything else is left unparsed, because
+/// this runs once per frame.
 #[derive(Deserialize)]
-struct ImageFields {
-    frame: u64,
-    shape: Vec<usize>,
-    #[serde(rename = "type")]
-    dtype: String,
+struct Fields<'a> {
+    #[serde(borrow)]
+    htype: Cow<'a, str>,
     #[serde(default)]
-    compression: Option<String>,
+    msg_number: Option<u64>,
+    #[serde(default)]
+    frame: Option<u64>,
+    #[serde(default)]
+    shape: Option<Vec<usize>>,
+    #[serde(default, borrow, rename = "type")]
+    dtype: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    compression: Option<Cow<'a, str>>,
 }
 
 /// Parses one STINS message (one stream's frames of one event).
@@ -133,52 +143,29 @@ pub fn parse(stream: &StreamData) -> Result<StinsMessage, StinsError> {
 
 /// Parses the frames of one STINS message.
 pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
-    let first = frames.first().ok_or(StinsError::NoFrames)?;
-    let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(first)?;
-    let htype = match meta.get("htype") {
-        Some(serde_json::Value::String(htype)) => htype.clone(),
-        Some(other) => {
-            return Err(StinsError::Field {
-                htype: other.to_string(),
-                message: "htype is not a string".to_owned(),
-            });
-        }
-        None => {
-            return Err(StinsError::Field {
-                htype: "(none)".to_owned(),
-                message: "no htype field".to_owned(),
-            });
-        }
-    };
-    let msg_number = match meta.get("msg_number") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(value) => Some(value.as_u64().ok_or_else(|| StinsError::Field {
-            htype: htype.clone(),
-            message: format!("msg_number {value} is not an unsigned integer"),
-        })?),
-    };
-    match htype.as_str() {
-        "header" => Ok(StinsMessage::Header { msg_number, meta }),
+    let json = frames.first().ok_or(StinsError::NoFrames)?;
+    let fields: Fields<'_> = serde_json::from_slice(json)?;
+    let msg_number = fields.msg_number;
+    match fields.htype.as_ref() {
+        "header" => Ok(StinsMessage::Header { msg_number, json: json.clone() }),
         "series_end" => Ok(StinsMessage::End { msg_number }),
         "image" => {
-            let fields: ImageFields = serde_json::from_value(serde_json::Value::Object(meta.clone()))
-                .map_err(|error| StinsError::Field {
-                    htype: htype.clone(),
-                    message: error.to_string(),
-                })?;
-            let frame = fields.frame;
+            let missing = |field| StinsError::Missing { htype: "image".to_owned(), field };
+            let frame = fields.frame.ok_or_else(|| missing("frame"))?;
+            let shape = fields.shape.ok_or_else(|| missing("shape"))?;
+            let dtype_name = fields.dtype.ok_or_else(|| missing("type"))?;
             let buffer = frames.get(1).ok_or(StinsError::MissingBuffer {
                 frame,
                 frames: frames.len(),
             })?;
-            let dtype = DType::from_name(&fields.dtype).ok_or_else(|| StinsError::UnknownDtype {
+            let dtype = DType::from_name(&dtype_name).ok_or_else(|| StinsError::UnknownDtype {
                 frame,
-                dtype: fields.dtype.clone(),
+                dtype: dtype_name.into_owned(),
             })?;
             let data = match fields.compression.as_deref() {
                 None | Some("none") => buffer.clone(),
                 Some("bslz4") => {
-                    let expected = fields.shape.iter().product::<usize>() * dtype.size();
+                    let expected = shape.iter().product::<usize>() * dtype.size();
                     bslz4::decompress(buffer, dtype.size(), Some(expected))
                         .map(Bytes::from)
                         .map_err(|error| StinsError::Bslz4 { frame, error })?
@@ -190,16 +177,11 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
                     });
                 }
             };
-            let data = NdArray::new(fields.shape, dtype, data)
+            let data = NdArray::new(shape, dtype, data)
                 .map_err(|error| StinsError::Shape { frame, error })?;
-            Ok(StinsMessage::Image {
-                frame,
-                msg_number,
-                data,
-                meta,
-            })
+            Ok(StinsMessage::Image { frame, msg_number, data, json: json.clone() })
         }
-        _ => Err(StinsError::UnknownHtype(htype)),
+        other => Err(StinsError::UnknownHtype(other.to_owned())),
     }
 }
 
@@ -246,20 +228,33 @@ mod tests {
     fn parses_header_image_and_end() {
         assert!(matches!(
             parse_frames(&header_frames(0)).unwrap(),
-            StinsMessage::Header { msg_number: Some(0), .. }
+            StinsMessage::Header {
+                msg_number: Some(0),
+                ..
+            }
         ));
         let pixels: Vec<u8> = (0u16..6).flat_map(u16::to_le_bytes).collect();
         let array = NdArray::new(vec![2, 3], DType::Uint16, Bytes::from(pixels)).unwrap();
         for compressed in [false, true] {
             match parse_frames(&image_frames(4, 5, &array, compressed)).unwrap() {
-                StinsMessage::Image { frame, msg_number, data, .. } => {
+                StinsMessage::Image {
+                    frame,
+                    msg_number,
+                    data,
+                    ..
+                } => {
                     assert_eq!((frame, msg_number), (4, Some(5)));
                     assert_eq!(data, array);
                 }
                 other => panic!("not an image: {other:?}"),
             }
         }
-        assert_eq!(parse_frames(&end_frames(7)).unwrap(), StinsMessage::End { msg_number: Some(7) });
+        assert_eq!(
+            parse_frames(&end_frames(7)).unwrap(),
+            StinsMessage::End {
+                msg_number: Some(7)
+            }
+        );
     }
 
     #[test]

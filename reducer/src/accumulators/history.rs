@@ -46,7 +46,9 @@ impl History {
     /// Builds the accumulator; needs at least one value and a capacity.
     pub fn new(config: HistoryConfig) -> Result<Self, String> {
         if config.values.is_empty() {
-            return Err("`values` names no column; add e.g. values = { mean = \"det/0/mean\" }".to_owned());
+            return Err(
+                "`values` names no column; add e.g. values = { mean = \"det/0/mean\" }".to_owned(),
+            );
         }
         if config.capacity == 0 {
             return Err("`capacity` must be at least 1".to_owned());
@@ -59,7 +61,11 @@ impl History {
 }
 
 impl Accumulator for History {
-    fn process_result(&mut self, result: &ResultData, _: &Parameters) -> Result<(), AccumulatorError> {
+    fn process_result(
+        &mut self,
+        result: &ResultData,
+        _: &Parameters,
+    ) -> Result<(), AccumulatorError> {
         let mut found = false;
         let mut values = Vec::with_capacity(self.config.values.len());
         for (column, path) in &self.config.values {
@@ -96,14 +102,32 @@ impl Accumulator for History {
         let mut view = BTreeMap::new();
         view.insert(
             "event_number".to_owned(),
-            Value::Array(self.rows.iter().map(|r| Value::from(r.event_number.0)).collect()),
+            Value::Array(
+                self.rows
+                    .iter()
+                    .map(|r| Value::from(r.event_number.0))
+                    .collect(),
+            ),
         );
         view.insert(
             "time".to_owned(),
-            Value::Array(self.rows.iter().map(|r| r.time.map_or(Value::Null, Value::Float)).collect()),
+            Value::Array(
+                self.rows
+                    .iter()
+                    .map(|r| r.time.map_or(Value::Null, Value::Float))
+                    .collect(),
+            ),
         );
         let columns = self.config.values.keys().enumerate().map(|(i, column)| {
-            (column.clone(), Value::Array(self.rows.iter().map(|r| Value::Float(r.values[i])).collect()))
+            (
+                column.clone(),
+                Value::Array(
+                    self.rows
+                        .iter()
+                        .map(|r| Value::Float(r.values[i]))
+                        .collect(),
+                ),
+            )
         });
         let mut values = BTreeMap::new();
         values.extend(columns);
@@ -118,24 +142,42 @@ mod tests {
 
     fn result(n: u64, mean: Option<f64>) -> ResultData {
         let payload = match mean {
-            Some(m) => Value::Map([("det".to_owned(), Value::from(vec![Value::Map([("mean".to_owned(), Value::Float(m))].into())]))].into()),
+            Some(m) => Value::Map(
+                [(
+                    "det".to_owned(),
+                    Value::from(vec![Value::Map(
+                        [("mean".to_owned(), Value::Float(m))].into(),
+                    )]),
+                )]
+                .into(),
+            ),
             None => Value::Map(BTreeMap::new()),
         };
         ResultData {
             event_number: EventNumber(n),
             analysis: "stats".into(),
             worker: "w".into(),
-            created_at: Some(beamflow_protocol::Timestamp::from_second(1_700_000_000 + n as i64).unwrap()),
+            created_at: Some(
+                beamflow_protocol::Timestamp::from_second(1_700_000_000 + n as i64).unwrap(),
+            ),
             payload,
         }
     }
 
     #[test]
     fn keeps_the_newest_rows_and_skips_results_without_columns() {
-        let config: HistoryConfig = toml::from_str("values = { mean = \"det/0/mean\" }\ncapacity = 2").unwrap();
+        let config: HistoryConfig =
+            toml::from_str("values = { mean = \"det/0/mean\" }\ncapacity = 2").unwrap();
         let mut history = History::new(config).unwrap();
-        for (n, mean) in [(1, Some(1.0)), (2, None), (3, Some(3.0)), (4, Some(f64::NAN))] {
-            history.process_result(&result(n, mean), &Parameters::default()).unwrap();
+        for (n, mean) in [
+            (1, Some(1.0)),
+            (2, None),
+            (3, Some(3.0)),
+            (4, Some(f64::NAN)),
+        ] {
+            history
+                .process_result(&result(n, mean), &Parameters::default())
+                .unwrap();
         }
         insta::assert_json_snapshot!(history.publish(), @r#"
         {
@@ -161,8 +203,13 @@ mod tests {
     fn a_non_number_is_a_clear_error() {
         let config: HistoryConfig = toml::from_str("values = { shape = \"det/0\" }").unwrap();
         let mut history = History::new(config).unwrap();
-        let error = history.process_result(&result(1, Some(1.0)), &Parameters::default()).unwrap_err();
-        assert_eq!(error.to_string(), "column shape: det/0 is map, not a number");
+        let error = history
+            .process_result(&result(1, Some(1.0)), &Parameters::default())
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "column shape: det/0 is map, not a number"
+        );
     }
 
     #[test]

@@ -32,24 +32,40 @@ impl Last {
 }
 
 impl Accumulator for Last {
-    fn process_result(&mut self, result: &ResultData, _: &Parameters) -> Result<(), AccumulatorError> {
+    fn process_result(
+        &mut self,
+        result: &ResultData,
+        _: &Parameters,
+    ) -> Result<(), AccumulatorError> {
         match &result.payload {
             Value::Map(entries) => {
                 for (key, value) in entries {
-                    self.latest.insert(key.clone(), (result.event_number, value.clone()));
+                    self.latest
+                        .insert(key.clone(), (result.event_number, value.clone()));
                 }
             }
             // A result that is not a map has one key: its analysis.
             other => {
-                self.latest.insert(result.analysis.to_string(), (result.event_number, other.clone()));
+                self.latest.insert(
+                    result.analysis.to_string(),
+                    (result.event_number, other.clone()),
+                );
             }
         }
         Ok(())
     }
 
     fn publish(&self) -> Value {
-        let values = self.latest.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
-        let events = self.latest.iter().map(|(k, (n, _))| (k.clone(), Value::from(n.0))).collect();
+        let values = self
+            .latest
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let events = self
+            .latest
+            .iter()
+            .map(|(k, (n, _))| (k.clone(), Value::from(n.0)))
+            .collect();
         Value::Map(
             [
                 ("values".to_owned(), Value::Map(values)),
@@ -75,7 +91,8 @@ mod tests {
                 created_at: None,
                 payload: Value::Map([(key.to_owned(), Value::Float(v))].into()),
             };
-            last.process_result(&result, &Parameters::default()).unwrap();
+            last.process_result(&result, &Parameters::default())
+                .unwrap();
         }
         insta::assert_json_snapshot!(last.publish(), @r#"
         {

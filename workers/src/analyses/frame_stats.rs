@@ -55,10 +55,19 @@ impl FrameStats {
 impl Analysis for FrameStats {
     type Output = BTreeMap<StreamName, Vec<Stats>>;
 
-    fn process_event(&self, event: &EventData, _: &Parameters) -> Result<Option<Self::Output>, AnalysisError> {
+    fn process_event(
+        &self,
+        event: &EventData,
+        _: &Parameters,
+    ) -> Result<Option<Self::Output>, AnalysisError> {
         let mut output = BTreeMap::new();
         for (name, stream) in &event.streams {
-            if self.config.streams.as_ref().is_some_and(|wanted| !wanted.contains(name)) {
+            if self
+                .config
+                .streams
+                .as_ref()
+                .is_some_and(|wanted| !wanted.contains(name))
+            {
                 continue;
             }
             if stream.typ.as_str() != stins::TYP {
@@ -150,16 +159,28 @@ mod tests {
 
     fn event_with(frames: Vec<Bytes>) -> EventData {
         let mut event = EventData::new(EventNumber(3));
-        event.streams.insert("det".into(), StreamData { typ: stins::TYP.into(), frames });
+        event.streams.insert(
+            "det".into(),
+            StreamData {
+                typ: stins::TYP.into(),
+                frames,
+            },
+        );
         event
     }
 
     #[test]
     fn hand_built_event() {
-        let pixels: Vec<u8> = [1u16, 7, 65535, 0, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let pixels: Vec<u8> = [1u16, 7, 65535, 0, 2, 3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let array = NdArray::new(vec![2, 3], DType::Uint16, Bytes::from(pixels)).unwrap();
         let event = event_with(stins::image_frames(9, 10, &array, true));
-        let output = FrameStats::new(FrameStatsConfig::default()).process(&event, &Parameters::default()).unwrap().unwrap();
+        let output = FrameStats::new(FrameStatsConfig::default())
+            .process(&event, &Parameters::default())
+            .unwrap()
+            .unwrap();
         insta::assert_json_snapshot!(output, @r#"
         {
           "det": [
@@ -184,18 +205,40 @@ mod tests {
     fn header_gives_no_output_and_garbage_an_error() {
         let analysis = FrameStats::new(FrameStatsConfig::default());
         let parameters = Parameters::default();
-        assert_eq!(analysis.process(&event_with(stins::header_frames(0)), &parameters).unwrap(), None::<Value>);
-        let error = analysis.process(&event_with(vec![Bytes::from_static(b"{\"htype\":\"image\"}")]), &parameters).unwrap_err();
-        assert_eq!(error.to_string(), "stream det: STINS image message: missing field `frame`");
+        assert_eq!(
+            analysis
+                .process(&event_with(stins::header_frames(0)), &parameters)
+                .unwrap(),
+            None::<Value>
+        );
+        let error = analysis
+            .process(
+                &event_with(vec![Bytes::from_static(b"{\"htype\":\"image\"}")]),
+                &parameters,
+            )
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "stream det: STINS image message: missing field `frame`"
+        );
     }
 
     #[test]
     fn floats_and_empty_frames() {
-        let pixels: Vec<u8> = [1.5f32, -2.0, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let s = stats(0, &NdArray::new(vec![3], DType::Float32, Bytes::from(pixels)).unwrap());
+        let pixels: Vec<u8> = [1.5f32, -2.0, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let s = stats(
+            0,
+            &NdArray::new(vec![3], DType::Float32, Bytes::from(pixels)).unwrap(),
+        );
         assert_eq!((s.min, s.max), (-2.0, 1.5));
         assert!(s.sum.is_nan());
-        let empty = stats(0, &NdArray::new(vec![0, 4], DType::Uint8, Bytes::new()).unwrap());
+        let empty = stats(
+            0,
+            &NdArray::new(vec![0, 4], DType::Uint8, Bytes::new()).unwrap(),
+        );
         assert!(empty.mean.is_nan() && empty.min.is_nan());
     }
 }

@@ -21,7 +21,9 @@ impl AnalysisConfig {
     /// Builds the analysis this table describes.
     pub fn build(&self) -> Box<dyn DynAnalysis> {
         match self {
-            AnalysisConfig::FrameStats(config) => Box::new(frame_stats::FrameStats::new(config.clone())),
+            AnalysisConfig::FrameStats(config) => {
+                Box::new(frame_stats::FrameStats::new(config.clone()))
+            }
         }
     }
 
