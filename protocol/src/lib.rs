@@ -9,8 +9,8 @@
 //! decoder exposes tags directly and borrows byte strings from the input, so a frame in a dump is
 //! a `Bytes` slice of the read buffer, never copied; it was also the fastest of the surveyed
 //! crates. `ciborium` is simpler through serde but copies every byte string, and
-//! `serde_cbor` is archived and drops tags. Analysis outputs reach CBOR through `minicbor-serde`,
-//! so one CBOR implementation serves the whole crate.
+//! `serde_cbor` is archived and drops tags. Analysis outputs become [`Value`] trees through serde
+//! and travel as CBOR written by the same crate, so one CBOR implementation serves everything.
 //!
 //! # Layout
 //!

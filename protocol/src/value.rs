@@ -1,9 +1,8 @@
 //! `Value`: the self-describing tree that analysis outputs travel as and that the reducer's state
 //! is made of.
 //!
-//! Analyses produce typed Rust outputs; [`Value::from_serialize`] turns them into this tree by way
-//! of their CBOR encoding, which is exactly what a worker sends over the wire. Replay uses the same
-//! conversion, so a replayed result is bit-for-bit what the live reducer would have received.
+//! Analyses produce typed Rust outputs; [`Value::from_serialize`] turns them into this tree (see
+//! `value/serializer.rs` for the mapping), which workers send as CBOR.
 //!
 //! Unlike `serde_json::Value` it keeps non-finite floats and byte strings; they only become
 //! `null` (and arrays of numbers) when the tree is written as JSON.
@@ -17,6 +16,10 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
 use crate::error::CborError;
+
+mod serializer;
+
+pub use serializer::SerializeError;
 
 /// Deepest nesting accepted when decoding, so that hostile input cannot exhaust the stack.
 const MAX_DEPTH: usize = 128;
@@ -44,11 +47,9 @@ pub enum Value {
 }
 
 impl Value {
-    /// Converts any serializable output into a tree through its CBOR encoding (see module docs).
-    pub fn from_serialize<T: Serialize>(output: &T) -> Result<Self, CborError> {
-        let encoded = minicbor_serde::to_vec(output)
-            .map_err(|error| CborError::new(0, format!("cannot encode output: {error}")))?;
-        Self::from_cbor(&encoded)
+    /// Converts any serializable output into a tree.
+    pub fn from_serialize<T: Serialize + ?Sized>(output: &T) -> Result<Self, SerializeError> {
+        output.serialize(serializer::ValueSerializer)
     }
 
     /// Decodes one CBOR item. Tags are dropped (their content kept); integer map keys become text.
@@ -418,6 +419,27 @@ mod tests {
         );
         assert_eq!(tree.pointer("label"), Some(&Value::Null));
         assert_eq!(tree.pointer("missing"), None);
+    }
+
+    #[test]
+    fn enums_and_keys_map_as_documented() {
+        #[derive(Serialize)]
+        enum Verdict {
+            Accepted,
+            Rejected { reason: String },
+            Size(f32),
+        }
+        let tree = Value::from_serialize(&vec![
+            Verdict::Accepted,
+            Verdict::Rejected { reason: "saturated".into() },
+            Verdict::Size(1.5),
+        ])
+        .unwrap();
+        assert_eq!(serde_json::to_string(&tree).unwrap(), r#"["Accepted",{"Rejected":{"reason":"saturated"}},{"Size":1.5}]"#);
+        let keyed: BTreeMap<u32, u64> = [(3, u64::MAX)].into();
+        assert_eq!(Value::from_serialize(&keyed).unwrap(), Value::Map([("3".to_owned(), Value::Float(u64::MAX as f64))].into()));
+        let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert_eq!(Value::from_serialize(&bad).unwrap_err().to_string(), "cannot convert the output: map key must be text or an integer, found array");
     }
 
     #[test]

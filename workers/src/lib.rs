@@ -10,9 +10,8 @@
 pub mod analyses;
 
 use beamflow_protocol::streams::stins::StinsError;
-use beamflow_protocol::{
-    CborError, EventData, ParameterDescription, Parameters, StreamName, Value,
-};
+use beamflow_protocol::value::SerializeError;
+use beamflow_protocol::{EventData, ParameterDescription, Parameters, StreamName, Value};
 use serde::Serialize;
 
 pub use analyses::AnalysisConfig;
@@ -76,9 +75,9 @@ pub enum AnalysisError {
         /// What the parser found.
         error: StinsError,
     },
-    /// The output could not be encoded.
-    #[error("output: {0}")]
-    Encode(#[from] CborError),
+    /// The output could not become a result tree.
+    #[error("{0}")]
+    Output(#[from] SerializeError),
     /// Anything else an analysis rejects, with its reason.
     #[error("{0}")]
     Invalid(String),
