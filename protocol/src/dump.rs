@@ -45,7 +45,10 @@ const EPOCH_TAG: u64 = 1;
 /// allocate without bound.
 pub const MAX_RECORD_BYTES: usize = 1 << 30;
 /// How much the reader asks the source for at a time when records are small.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// A record's length is only a claim until its bytes arrive: buffers grow by at most this much
+/// (or fourfold) per read, so a corrupt length cannot make the reader allocate a gigabyte.
+const GROWTH: usize = 16 << 20;
 
 /// What went wrong reading a dump, with the record's index and byte offset in the stream.
 #[derive(Debug, thiserror::Error)]
@@ -130,19 +133,24 @@ struct BufferPool {
 const POOL_BYTES: usize = 256 << 20;
 
 impl BufferPool {
-    fn take(&self, capacity: usize) -> Vec<u8> {
+    /// A buffer of at least `len` initialized bytes. Buffers stay initialized while pooled, so
+    /// only memory never used before is zeroed.
+    fn take(&self, len: usize) -> Vec<u8> {
         let reused = self.free.lock().ok().and_then(|mut free| {
-            let index = free.iter().position(|b| b.capacity() >= capacity)?;
+            let index = free.iter().position(|b| b.len() >= len)?;
             Some(free.swap_remove(index))
         });
-        reused.unwrap_or_else(|| Vec::with_capacity(capacity))
+        let mut buffer = reused.unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0);
+        }
+        buffer
     }
 
-    fn give(&self, mut buffer: Vec<u8>) {
+    fn give(&self, buffer: Vec<u8>) {
         if let Ok(mut free) = self.free.lock() {
-            let kept: usize = free.iter().map(Vec::capacity).sum();
-            if kept + buffer.capacity() <= POOL_BYTES {
-                buffer.clear();
+            let kept: usize = free.iter().map(Vec::len).sum();
+            if kept + buffer.len() <= POOL_BYTES {
                 free.push(buffer);
             }
         }
@@ -238,8 +246,8 @@ impl<R: Read> DumpReader<R> {
                     len: needed,
                 });
             }
-            let available = self.window.len();
             if !self.fill(needed)? {
+                let available = self.window.len();
                 if available == 0 {
                     return Ok(None);
                 }
@@ -253,21 +261,26 @@ impl<R: Read> DumpReader<R> {
         }
     }
 
-    /// Reads until the window holds at least `needed` bytes (or a chunk, if more). Returns false
-    /// when the source ended first.
+    /// Reads towards `needed` bytes in the window (a chunk at least, see `GROWTH` for at most).
+    /// Returns false when the source ended before `needed`.
     fn fill(&mut self, needed: usize) -> Result<bool, DumpError> {
-        let target = needed.max(READ_CHUNK);
+        let target = needed
+            .max(READ_CHUNK)
+            .min(self.window.len().saturating_mul(4).max(GROWTH));
         let mut buffer = self.pool.take(target);
-        buffer.extend_from_slice(&self.window);
-        while buffer.len() < needed {
-            let want = (target - buffer.len()) as u64;
-            // `read_to_end` on `Take` reads into spare capacity without zeroing it first.
-            match (&mut self.source).take(want).read_to_end(&mut buffer) {
+        let mut filled = self.window.len();
+        buffer[..filled].copy_from_slice(&self.window);
+        let mut ended = false;
+        // Fill the whole buffer (one large read per record from a file; the kernel copies straight
+        // into the record's memory), so that a source giving a few bytes per read still costs one
+        // buffer per chunk rather than one per read.
+        while filled < target {
+            match self.source.read(&mut buffer[filled..target]) {
                 Ok(0) => {
-                    self.window = self.pooled(buffer);
-                    return Ok(false);
+                    ended = true;
+                    break;
                 }
-                Ok(_) => {}
+                Ok(n) => filled += n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     return Err(DumpError::Io {
@@ -278,12 +291,8 @@ impl<R: Read> DumpReader<R> {
                 }
             }
         }
-        self.window = self.pooled(buffer);
-        Ok(true)
-    }
-
-    fn pooled(&self, data: Vec<u8>) -> Bytes {
-        Bytes::from_owner(Pooled { data, pool: Arc::clone(&self.pool) })
+        self.window = Bytes::from_owner(Pooled { data: buffer, pool: Arc::clone(&self.pool) }).slice(..filled);
+        Ok(!ended || filled >= needed.min(target))
     }
 }
 

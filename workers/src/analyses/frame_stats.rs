@@ -88,20 +88,39 @@ impl Analysis for FrameStats {
 /// Computes the statistics of one array in a single pass over its bytes.
 pub fn stats(frame: u64, array: &NdArray) -> Stats {
     let bytes = array.data();
+    // Sixteen independent lanes of sum, min and max let the compiler keep them in vector
+    // registers (a scalar fold ran at ~6 instructions per pixel); the lanes are combined at the end.
     macro_rules! integer {
-        ($t:ty, $width:literal, $acc:ty) => {{
-            let mut sum: $acc = 0;
-            let mut min = <$t>::MAX;
-            let mut max = <$t>::MIN;
-            for chunk in bytes.chunks_exact($width) {
-                let mut raw = [0u8; $width];
-                raw.copy_from_slice(chunk);
-                let v = <$t>::from_le_bytes(raw);
-                sum += v as $acc;
-                min = min.min(v);
-                max = max.max(v);
+        ($t:ty, $acc:ty) => {{
+            const WIDTH: usize = std::mem::size_of::<$t>();
+            const LANES: usize = 16;
+            let mut sum = [0 as $acc; LANES];
+            let mut min = [<$t>::MAX; LANES];
+            let mut max = [<$t>::MIN; LANES];
+            let chunks = bytes.chunks_exact(WIDTH * LANES);
+            let tail = chunks.remainder();
+            for chunk in chunks {
+                for lane in 0..LANES {
+                    let mut raw = [0u8; WIDTH];
+                    raw.copy_from_slice(&chunk[lane * WIDTH..(lane + 1) * WIDTH]);
+                    let v = <$t>::from_le_bytes(raw);
+                    sum[lane] += v as $acc;
+                    min[lane] = min[lane].min(v);
+                    max[lane] = max[lane].max(v);
+                }
             }
-            (sum as f64, min as f64, max as f64)
+            let mut total: $acc = sum.iter().sum();
+            let mut low = min.iter().copied().min().unwrap_or(<$t>::MAX);
+            let mut high = max.iter().copied().max().unwrap_or(<$t>::MIN);
+            for element in tail.chunks_exact(WIDTH) {
+                let mut raw = [0u8; WIDTH];
+                raw.copy_from_slice(element);
+                let v = <$t>::from_le_bytes(raw);
+                total += v as $acc;
+                low = low.min(v);
+                high = high.max(v);
+            }
+            (total as f64, low as f64, high as f64)
         }};
     }
     macro_rules! float {
@@ -121,14 +140,14 @@ pub fn stats(frame: u64, array: &NdArray) -> Stats {
         }};
     }
     let (sum, min, max) = match array.dtype() {
-        DType::Uint8 => integer!(u8, 1, u64),
-        DType::Uint16 => integer!(u16, 2, u64),
-        DType::Uint32 => integer!(u32, 4, u64),
-        DType::Uint64 => integer!(u64, 8, u128),
-        DType::Int8 => integer!(i8, 1, i64),
-        DType::Int16 => integer!(i16, 2, i64),
-        DType::Int32 => integer!(i32, 4, i64),
-        DType::Int64 => integer!(i64, 8, i128),
+        DType::Uint8 => integer!(u8, u64),
+        DType::Uint16 => integer!(u16, u64),
+        DType::Uint32 => integer!(u32, u64),
+        DType::Uint64 => integer!(u64, u128),
+        DType::Int8 => integer!(i8, i64),
+        DType::Int16 => integer!(i16, i64),
+        DType::Int32 => integer!(i32, i64),
+        DType::Int64 => integer!(i64, i128),
         DType::Float32 => float!(f32, 4),
         DType::Float64 => float!(f64, 8),
     };
@@ -221,6 +240,21 @@ mod tests {
             error.to_string(),
             "stream det: STINS image message: missing field `frame`"
         );
+    }
+
+    #[test]
+    fn lanes_and_tail_agree_with_a_plain_fold() {
+        for len in [0usize, 1, 15, 16, 17, 33, 1000] {
+            let values: Vec<i32> = (0..len as i32).map(|i| (i * 7919) % 2001 - 1000).collect();
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let s = stats(0, &NdArray::new(vec![len], DType::Int32, Bytes::from(bytes)).unwrap());
+            if len == 0 {
+                continue;
+            }
+            assert_eq!(s.sum, values.iter().map(|&v| f64::from(v)).sum::<f64>());
+            assert_eq!(s.min, f64::from(*values.iter().min().unwrap()));
+            assert_eq!(s.max, f64::from(*values.iter().max().unwrap()));
+        }
     }
 
     #[test]
