@@ -175,9 +175,43 @@ impl Drop for Pooled {
     }
 }
 
+/// The stream names and types seen so far: every record repeats them, and sharing one `Arc`
+/// per name saves two allocations per stream and record.
+#[derive(Default)]
+struct Names {
+    streams: Vec<StreamName>,
+    types: Vec<StreamType>,
+}
+
+impl Names {
+    fn stream(&mut self, name: &str) -> StreamName {
+        intern(&mut self.streams, name)
+    }
+
+    fn typ(&mut self, name: &str) -> StreamType {
+        intern(&mut self.types, name)
+    }
+}
+
+fn intern<T: Clone + std::borrow::Borrow<str> + for<'a> From<&'a str>>(
+    seen: &mut Vec<T>,
+    name: &str,
+) -> T {
+    if let Some(known) = seen.iter().find(|known| (*known).borrow() == name) {
+        return known.clone();
+    }
+    let new = T::from(name);
+    // A hostile file could name a new stream in every record; stop remembering after a few.
+    if seen.len() < 64 {
+        seen.push(new.clone());
+    }
+    new
+}
+
 /// Reads events from a `.cbors` stream; an iterator of records.
 pub struct DumpReader<R> {
     source: R,
+    names: Names,
     pool: Arc<BufferPool>,
     /// Bytes read but not yet returned; records are sliced off its front.
     window: Bytes,
@@ -208,6 +242,7 @@ impl<R: Read> DumpReader<R> {
     pub fn new(source: R) -> Self {
         Self {
             source,
+            names: Names::default(),
             pool: Arc::default(),
             window: Bytes::new(),
             record: 0,
@@ -291,7 +326,11 @@ impl<R: Read> DumpReader<R> {
                 }
             }
         }
-        self.window = Bytes::from_owner(Pooled { data: buffer, pool: Arc::clone(&self.pool) }).slice(..filled);
+        self.window = Bytes::from_owner(Pooled {
+            data: buffer,
+            pool: Arc::clone(&self.pool),
+        })
+        .slice(..filled);
         Ok(!ended || filled >= needed.min(target))
     }
 }
@@ -308,7 +347,7 @@ impl<R: Read> Iterator for DumpReader<R> {
             Ok(Some(bytes)) => {
                 self.record += 1;
                 self.offset += bytes.len() as u64;
-                decode_record(&bytes).map_err(|message| DumpError::BadRecord {
+                decode_with(&bytes, &mut self.names).map_err(|message| DumpError::BadRecord {
                     record,
                     offset,
                     message,
@@ -329,6 +368,10 @@ impl<R: Read> Iterator for DumpReader<R> {
 
 /// Decodes one record; frames share `record`'s memory. The error says what was expected.
 pub fn decode_record(record: &Bytes) -> Result<EventData, String> {
+    decode_with(record, &mut Names::default())
+}
+
+fn decode_with(record: &Bytes, names: &mut Names) -> Result<EventData, String> {
     let mut d = Decoder::new(record);
     let mut tag = expect_tag(&mut d, "record")?;
     if tag == SELF_DESCRIBE_TAG {
@@ -352,7 +395,7 @@ pub fn decode_record(record: &Bytes) -> Result<EventData, String> {
         .map(EventNumber)
         .map_err(|_| found("an unsigned event number", &d))?;
     let context = |message: String| format!("event {event_number}: {message}");
-    let streams = decode_streams(&mut d, record).map_err(context)?;
+    let streams = decode_streams(&mut d, record, names).map_err(context)?;
     let created_at = if fields == 3 {
         decode_created_at(&mut d).map_err(context)?
     } else {
@@ -374,6 +417,7 @@ pub fn decode_record(record: &Bytes) -> Result<EventData, String> {
 fn decode_streams(
     d: &mut Decoder<'_>,
     record: &Bytes,
+    names: &mut Names,
 ) -> Result<BTreeMap<StreamName, StreamData>, String> {
     let count = match d.map() {
         Ok(Some(n)) => n,
@@ -381,7 +425,7 @@ fn decode_streams(
     };
     let mut streams = BTreeMap::new();
     for _ in 0..count {
-        let name = StreamName::from(d.str().map_err(|_| found("a stream name", d))?);
+        let name = names.stream(d.str().map_err(|_| found("a stream name", d))?);
         let in_stream = |message: String| format!("stream {name}: {message}");
         let tag = expect_tag(d, "stream").map_err(in_stream)?;
         if tag != STREAM_TAG {
@@ -392,7 +436,7 @@ fn decode_streams(
         if !matches!(d.array(), Ok(Some(2))) {
             return Err(in_stream("expected a [typ, frames] array".to_owned()));
         }
-        let typ = StreamType::from(d.str().map_err(|_| in_stream(found("a typ string", d)))?);
+        let typ = names.typ(d.str().map_err(|_| in_stream(found("a typ string", d)))?);
         let frame_count = match d.array() {
             Ok(Some(n)) => n,
             _ => return Err(in_stream(found("a definite-length array of frames", d))),

@@ -1,6 +1,7 @@
 //! Events as workers see them and results as the reducer sees them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -66,6 +67,7 @@ pub struct ResultData {
     /// The event's `created_at`, carried along so accumulators can time stamp histories with
     /// acquisition time rather than arrival time.
     pub created_at: Option<Timestamp>,
-    /// The analysis' output as a self-describing tree.
-    pub payload: Value,
+    /// The analysis' output as a self-describing tree; shared, so accumulators keep it without
+    /// copying.
+    pub payload: Arc<Value>,
 }

@@ -1,6 +1,8 @@
 //! The CBOR encoding of what beamflow sends itself (no pickle anywhere): results on their way
 //! from workers to the reducer. Events use the dump record layout (`dump::encode_record`).
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};
@@ -69,7 +71,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<ResultData, CborError> {
                 .map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?,
         )
     };
-    let payload = Value::decode(&mut d)?;
+    let payload = Arc::new(Value::decode(&mut d)?);
     if d.position() != bytes.len() {
         return Err(CborError::new(d.position(), "result: trailing bytes"));
     }
@@ -93,7 +95,7 @@ mod tests {
             analysis: "stats".into(),
             worker: "w1".into(),
             created_at: Some("2026-11-21T10:00:00.5Z".parse().unwrap()),
-            payload: Value::from(vec![1.5, 2.5]),
+            payload: Arc::new(Value::from(vec![1.5, 2.5])),
         };
         assert_eq!(decode_result(&encode_result(&result)).unwrap(), result);
         let error = decode_result(&[0x01]).unwrap_err();

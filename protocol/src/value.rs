@@ -431,15 +431,26 @@ mod tests {
         }
         let tree = Value::from_serialize(&vec![
             Verdict::Accepted,
-            Verdict::Rejected { reason: "saturated".into() },
+            Verdict::Rejected {
+                reason: "saturated".into(),
+            },
             Verdict::Size(1.5),
         ])
         .unwrap();
-        assert_eq!(serde_json::to_string(&tree).unwrap(), r#"["Accepted",{"Rejected":{"reason":"saturated"}},{"Size":1.5}]"#);
+        assert_eq!(
+            serde_json::to_string(&tree).unwrap(),
+            r#"["Accepted",{"Rejected":{"reason":"saturated"}},{"Size":1.5}]"#
+        );
         let keyed: BTreeMap<u32, u64> = [(3, u64::MAX)].into();
-        assert_eq!(Value::from_serialize(&keyed).unwrap(), Value::Map([("3".to_owned(), Value::Float(u64::MAX as f64))].into()));
+        assert_eq!(
+            Value::from_serialize(&keyed).unwrap(),
+            Value::Map([("3".to_owned(), Value::Float(u64::MAX as f64))].into())
+        );
         let bad: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
-        assert_eq!(Value::from_serialize(&bad).unwrap_err().to_string(), "cannot convert the output: map key must be text or an integer, found array");
+        assert_eq!(
+            Value::from_serialize(&bad).unwrap_err().to_string(),
+            "cannot convert the output: map key must be text or an integer, found array"
+        );
     }
 
     #[test]

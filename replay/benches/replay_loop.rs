@@ -25,12 +25,17 @@ analysis = "stats"
 
 #[derive(serde::Deserialize)]
 struct Pipeline {
-    analyses: std::collections::BTreeMap<beamflow_protocol::AnalysisName, beamflow_workers::AnalysisConfig>,
+    analyses: std::collections::BTreeMap<
+        beamflow_protocol::AnalysisName,
+        beamflow_workers::AnalysisConfig,
+    >,
     accumulators: std::collections::BTreeMap<String, beamflow_reducer::AccumulatorConfig>,
 }
 
 fn write_dump(path: &Path, count: u64, pixels: usize) {
-    let data: Vec<u8> = (0..pixels as u32).flat_map(|i| ((i % 251) as u16).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..pixels as u32)
+        .flat_map(|i| ((i % 251) as u16).to_le_bytes())
+        .collect();
     let image = NdArray::new(vec![pixels], DType::Uint16, Bytes::from(data)).expect("shape");
     let file = std::fs::File::create(path).expect("create dump");
     let mut writer = DumpWriter::new(std::io::BufWriter::new(file));
@@ -38,7 +43,10 @@ fn write_dump(path: &Path, count: u64, pixels: usize) {
         let mut event = EventData::new(EventNumber(n));
         event.streams.insert(
             "det".into(),
-            StreamData { typ: stins::TYP.into(), frames: stins::image_frames(n, n, &image, false) },
+            StreamData {
+                typ: stins::TYP.into(),
+                frames: stins::image_frames(n, n, &image, false),
+            },
         );
         writer.write_event(&event).expect("write dump");
     }
@@ -50,11 +58,18 @@ fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut group = c.benchmark_group("replay_loop");
     group.sample_size(10);
-    for (name, count, pixels, by_bytes) in [("tiny_10k_events", 10_000u64, 4usize, false), ("4MiB_frames_x32", 32, 2 << 20, true)] {
+    for (name, count, pixels, by_bytes) in [
+        ("tiny_10k_events", 10_000u64, 4usize, false),
+        ("4MiB_frames_x32", 32, 2 << 20, true),
+    ] {
         let path = dir.path().join(format!("{name}.cbors"));
         write_dump(&path, count, pixels);
         let size = std::fs::metadata(&path).expect("dump size").len();
-        group.throughput(if by_bytes { Throughput::Bytes(size) } else { Throughput::Elements(count) });
+        group.throughput(if by_bytes {
+            Throughput::Bytes(size)
+        } else {
+            Throughput::Elements(count)
+        });
         let config = ReplayConfig {
             analyses: pipeline.analyses.clone(),
             accumulators: pipeline.accumulators.clone(),
@@ -64,7 +79,9 @@ fn replay(c: &mut Criterion) {
             strict: true,
             progress: false,
         };
-        group.bench_function(name, |b| b.iter(|| beamflow_replay::run(&config, &View::new()).expect("replay")));
+        group.bench_function(name, |b| {
+            b.iter(|| beamflow_replay::run(&config, &View::new()).expect("replay"))
+        });
     }
     group.finish();
 }

@@ -22,6 +22,7 @@ pub mod merge;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -278,7 +279,7 @@ fn apply_batches(
                         analysis: name.clone(),
                         worker: worker.clone(),
                         created_at: event.created_at,
-                        payload,
+                        payload: Arc::new(payload),
                     }),
                     Ok(None) => {}
                     Err(failure) => {

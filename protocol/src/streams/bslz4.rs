@@ -71,7 +71,8 @@ pub fn decompress(
         )));
     }
     let block_elems = block_bytes / elem_size;
-    if !block_bytes.is_multiple_of(elem_size) || block_elems == 0 || !block_elems.is_multiple_of(8) {
+    if !block_bytes.is_multiple_of(elem_size) || block_elems == 0 || !block_elems.is_multiple_of(8)
+    {
         return Err(Bslz4Error::BadHeader(format!(
             "block size of {block_bytes} bytes is not a positive multiple of 8 {elem_size}-byte elements"
         )));

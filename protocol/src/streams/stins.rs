@@ -93,7 +93,9 @@ pub enum StinsError {
         dtype: String,
     },
     /// A compression other than none and bslz4.
-    #[error("STINS image {frame}: unknown compression {compression:?} (none and bslz4 are supported)")]
+    #[error(
+        "STINS image {frame}: unknown compression {compression:?} (none and bslz4 are supported)"
+    )]
     UnknownCompression {
         /// The image's frame index.
         frame: u64,
@@ -147,10 +149,16 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
     let fields: Fields<'_> = serde_json::from_slice(json)?;
     let msg_number = fields.msg_number;
     match fields.htype.as_ref() {
-        "header" => Ok(StinsMessage::Header { msg_number, json: json.clone() }),
+        "header" => Ok(StinsMessage::Header {
+            msg_number,
+            json: json.clone(),
+        }),
         "series_end" => Ok(StinsMessage::End { msg_number }),
         "image" => {
-            let missing = |field| StinsError::Missing { htype: "image".to_owned(), field };
+            let missing = |field| StinsError::Missing {
+                htype: "image".to_owned(),
+                field,
+            };
             let frame = fields.frame.ok_or_else(|| missing("frame"))?;
             let shape = fields.shape.ok_or_else(|| missing("shape"))?;
             let dtype_name = fields.dtype.ok_or_else(|| missing("type"))?;
@@ -179,7 +187,12 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
             };
             let data = NdArray::new(shape, dtype, data)
                 .map_err(|error| StinsError::Shape { frame, error })?;
-            Ok(StinsMessage::Image { frame, msg_number, data, json: json.clone() })
+            Ok(StinsMessage::Image {
+                frame,
+                msg_number,
+                data,
+                json: json.clone(),
+            })
         }
         other => Err(StinsError::UnknownHtype(other.to_owned())),
     }

@@ -106,10 +106,19 @@ impl ser::Serializer for ValueSerializer {
     fn serialize_unit_struct(self, _: &'static str) -> Result<Value> {
         Ok(Value::Null)
     }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value> {
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<Value> {
         Ok(Value::Text(variant.to_owned()))
     }
-    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, value: &T) -> Result<Value> {
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<Value> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: ?Sized + Serialize>(
@@ -119,7 +128,9 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         value: &T,
     ) -> Result<Value> {
-        Ok(Value::Map([(variant.to_owned(), value.serialize(ValueSerializer)?)].into()))
+        Ok(Value::Map(
+            [(variant.to_owned(), value.serialize(ValueSerializer)?)].into(),
+        ))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqBuilder> {
         Ok(SeqBuilder(Vec::with_capacity(len.unwrap_or(0).min(4096))))
@@ -137,10 +148,16 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<VariantBuilder<SeqBuilder>> {
-        Ok(VariantBuilder { variant, inner: self.serialize_seq(Some(len))? })
+        Ok(VariantBuilder {
+            variant,
+            inner: self.serialize_seq(Some(len))?,
+        })
     }
     fn serialize_map(self, _: Option<usize>) -> Result<MapBuilder> {
-        Ok(MapBuilder { entries: BTreeMap::new(), key: None })
+        Ok(MapBuilder {
+            entries: BTreeMap::new(),
+            key: None,
+        })
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<MapBuilder> {
         self.serialize_map(None)
@@ -152,7 +169,10 @@ impl ser::Serializer for ValueSerializer {
         variant: &'static str,
         _: usize,
     ) -> Result<VariantBuilder<MapBuilder>> {
-        Ok(VariantBuilder { variant, inner: self.serialize_map(None)? })
+        Ok(VariantBuilder {
+            variant,
+            inner: self.serialize_map(None)?,
+        })
     }
 }
 
@@ -204,12 +224,20 @@ impl ser::SerializeMap for MapBuilder {
         self.key = Some(match key.serialize(ValueSerializer)? {
             Value::Text(text) => text,
             Value::Int(i) => i.to_string(),
-            other => return Err(SerializeError(format!("map key must be text or an integer, found {}", other.kind()))),
+            other => {
+                return Err(SerializeError(format!(
+                    "map key must be text or an integer, found {}",
+                    other.kind()
+                )));
+            }
         });
         Ok(())
     }
     fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<()> {
-        let key = self.key.take().ok_or_else(|| SerializeError("map value without a key".to_owned()))?;
+        let key = self
+            .key
+            .take()
+            .ok_or_else(|| SerializeError("map value without a key".to_owned()))?;
         self.entries.insert(key, value.serialize(ValueSerializer)?);
         Ok(())
     }
@@ -221,8 +249,13 @@ impl ser::SerializeMap for MapBuilder {
 impl ser::SerializeStruct for MapBuilder {
     type Ok = Value;
     type Error = SerializeError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<()> {
-        self.entries.insert(key.to_owned(), value.serialize(ValueSerializer)?);
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.entries
+            .insert(key.to_owned(), value.serialize(ValueSerializer)?);
         Ok(())
     }
     fn end(self) -> Result<Value> {
@@ -242,17 +275,29 @@ impl ser::SerializeTupleVariant for VariantBuilder<SeqBuilder> {
         ser::SerializeSeq::serialize_element(&mut self.inner, value)
     }
     fn end(self) -> Result<Value> {
-        Ok(Value::Map([(self.variant.to_owned(), ser::SerializeSeq::end(self.inner)?)].into()))
+        Ok(Value::Map(
+            [(self.variant.to_owned(), ser::SerializeSeq::end(self.inner)?)].into(),
+        ))
     }
 }
 
 impl ser::SerializeStructVariant for VariantBuilder<MapBuilder> {
     type Ok = Value;
     type Error = SerializeError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<()> {
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<()> {
         ser::SerializeStruct::serialize_field(&mut self.inner, key, value)
     }
     fn end(self) -> Result<Value> {
-        Ok(Value::Map([(self.variant.to_owned(), ser::SerializeStruct::end(self.inner)?)].into()))
+        Ok(Value::Map(
+            [(
+                self.variant.to_owned(),
+                ser::SerializeStruct::end(self.inner)?,
+            )]
+            .into(),
+        ))
     }
 }

@@ -160,7 +160,7 @@ mod tests {
             created_at: Some(
                 beamflow_protocol::Timestamp::from_second(1_700_000_000 + n as i64).unwrap(),
             ),
-            payload,
+            payload: std::sync::Arc::new(payload),
         }
     }
 

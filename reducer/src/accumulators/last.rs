@@ -3,6 +3,7 @@
 //! each keep their own latest value.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value};
 use serde::Deserialize;
@@ -18,10 +19,17 @@ pub struct LastConfig {
     pub analysis: Option<AnalysisName>,
 }
 
+/// The latest result carrying a key; the value is looked up in it when publishing, so a result
+/// is kept by reference instead of copied.
+struct Latest {
+    event_number: EventNumber,
+    payload: Arc<Value>,
+}
+
 /// The `last` accumulator.
 #[derive(Default)]
 pub struct Last {
-    latest: BTreeMap<String, (EventNumber, Value)>,
+    latest: BTreeMap<String, Latest>,
 }
 
 impl Last {
@@ -37,34 +45,40 @@ impl Accumulator for Last {
         result: &ResultData,
         _: &Parameters,
     ) -> Result<(), AccumulatorError> {
-        match &result.payload {
-            Value::Map(entries) => {
-                for (key, value) in entries {
-                    self.latest
-                        .insert(key.clone(), (result.event_number, value.clone()));
+        let mut keep = |key: &str| {
+            let latest = Latest {
+                event_number: result.event_number,
+                payload: Arc::clone(&result.payload),
+            };
+            match self.latest.get_mut(key) {
+                Some(slot) => *slot = latest,
+                None => {
+                    self.latest.insert(key.to_owned(), latest);
                 }
             }
+        };
+        match result.payload.as_map() {
+            Some(entries) => entries.keys().for_each(|key| keep(key)),
             // A result that is not a map has one key: its analysis.
-            other => {
-                self.latest.insert(
-                    result.analysis.to_string(),
-                    (result.event_number, other.clone()),
-                );
-            }
+            None => keep(result.analysis.as_str()),
         }
         Ok(())
     }
 
     fn publish(&self) -> Value {
+        let value = |key: &str, latest: &Latest| match latest.payload.as_map() {
+            Some(entries) => entries.get(key).cloned().unwrap_or_default(),
+            None => (*latest.payload).clone(),
+        };
         let values = self
             .latest
             .iter()
-            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .map(|(key, latest)| (key.clone(), value(key, latest)))
             .collect();
         let events = self
             .latest
             .iter()
-            .map(|(k, (n, _))| (k.clone(), Value::from(n.0)))
+            .map(|(key, latest)| (key.clone(), Value::from(latest.event_number.0)))
             .collect();
         Value::Map(
             [
@@ -89,7 +103,7 @@ mod tests {
                 analysis: "x".into(),
                 worker: "w".into(),
                 created_at: None,
-                payload: Value::Map([(key.to_owned(), Value::Float(v))].into()),
+                payload: Arc::new(Value::Map([(key.to_owned(), Value::Float(v))].into())),
             };
             last.process_result(&result, &Parameters::default())
                 .unwrap();

@@ -247,7 +247,10 @@ mod tests {
         for len in [0usize, 1, 15, 16, 17, 33, 1000] {
             let values: Vec<i32> = (0..len as i32).map(|i| (i * 7919) % 2001 - 1000).collect();
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let s = stats(0, &NdArray::new(vec![len], DType::Int32, Bytes::from(bytes)).unwrap());
+            let s = stats(
+                0,
+                &NdArray::new(vec![len], DType::Int32, Bytes::from(bytes)).unwrap(),
+            );
             if len == 0 {
                 continue;
             }
