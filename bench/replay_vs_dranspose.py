@@ -10,12 +10,16 @@ read once to warm the page cache, then for each case it runs, best of K:
   beamflow   `target/release/beamflow replay --pipeline examples/pipeline.toml --dump F
              --threads 2` (frame_stats over every pixel -> history + last); wall time of the
              whole command, process start included
-  dranspose  `dranspose replay -w payload:SumWorker -r payload:SumReducer -f F` (parses STINS,
-             sums 4 pixels), wall time of the whole command, and its in-process rate from the
-             shared bench_replay.py (no interpreter start or import time)
+  dranspose  `dranspose replay -w W -r R -f F`, wall time of the whole command, and the same
+             replay timed in-process (bench/dranspose_inproc.py: no interpreter start or import
+             time), with two payloads:
+               same work  bench/dranspose_payload.py StatsWorker/HistoryReducer: the statistics
+                          beamflow computes (numpy sum, mean, min, max per image), history, last
+               trivial    the shared payload.py SumWorker/SumReducer (parses STINS, sums 4
+                          pixels), as in reference/dranspose.md section 11
 
-and prints one table with both rates and the ratios. Needs .venv from .ci/run and a release
-build (`cargo build --release`).
+and prints one table with the rates and ratios. Needs .venv from .ci/run and a release build
+(`cargo build --release`).
 """
 import argparse
 import os
@@ -67,39 +71,53 @@ def main() -> None:
         (f"tiny x{args.tiny}", OUT / f"tiny{args.tiny}.cbors", args.tiny, 8),
         (f"4 MiB x{args.big}", OUT / f"big{args.big}.cbors", args.big, 4 << 20),
     ]
-    env = dict(os.environ, LOG_LEVEL="WARNING", RUST_LOG="warn", PYTHONPATH=str(PEERS))
+    env = dict(os.environ, LOG_LEVEL="WARNING", RUST_LOG="warn",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), str(PEERS)]))
+    payloads = {"same work": ("dranspose_payload:StatsWorker", "dranspose_payload:HistoryReducer"),
+                "trivial": ("payload:SumWorker", "payload:SumReducer")}
     rows = []
     for name, path, n, nbytes in cases:
         generate(path, n, nbytes)
         warm(path)
         size = path.stat().st_size
         events = n + 2  # header and series_end
-        ours = min(timed([BEAMFLOW, "replay", "--pipeline", ROOT / "examples" / "pipeline.toml",
-                          "--dump", path, "--threads", "2"], env=env)[0] for _ in range(args.repeat))
-        inner = []
+        command = [BEAMFLOW, "replay", "--pipeline", ROOT / "examples" / "pipeline.toml", "--dump", path,
+                   "--threads", "2"]
+        walls, loops = [], []
         for _ in range(args.repeat):
-            _, out = timed([BEAMFLOW, "replay", "--pipeline", ROOT / "examples" / "pipeline.toml",
-                            "--dump", path, "--threads", "2"], env=env)
-            inner.append(float(re.search(r"([0-9.]+) events/s", out).group(1)))
-        theirs = min(timed([VENV / "dranspose", "replay", "-w", "payload:SumWorker", "-r", "payload:SumReducer",
-                            "-f", path], cwd=PEERS, env=env)[0] for _ in range(args.repeat))
-        in_process = []
-        for _ in range(args.repeat):
-            _, out = timed([VENV / "python", PEERS / "bench_replay.py", path, "2"], cwd=PEERS, env=env)
-            in_process.append(float(re.search(r"= ([0-9.]+) ev/s\s*$", out.strip()).group(1)))
-        rows.append((name, events, size, ours, max(inner), theirs, max(in_process)))
+            wall, out = timed(command, env=env)
+            walls.append(wall)
+            loops.append(float(re.search(r"([0-9.]+) events/s", out).group(1)))
+        row = {"case": name, "events": events, "MB": size / 1e6, "beamflow cmd": events / min(walls),
+               "beamflow loop": max(loops)}
+        for label, (worker, reducer) in payloads.items():
+            cmd = min(timed([VENV / "dranspose", "replay", "-w", worker, "-r", reducer, "-f", path],
+                            env=env)[0] for _ in range(args.repeat))
+            inproc = min(float(re.search(r"in ([0-9.]+) s", timed(
+                [VENV / "python", ROOT / "bench" / "dranspose_inproc.py", path, worker, reducer],
+                env=env)[1]).group(1)) for _ in range(args.repeat))
+            row[f"dranspose {label} cmd"] = events / cmd
+            row[f"dranspose {label} in-proc"] = events / inproc
+        rows.append(row)
 
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; best of {args.repeat}; "
-          "page cache warm\n")
-    head = ("case", "events", "MB", "beamflow ev/s (cmd)", "beamflow MB/s (cmd)", "beamflow ev/s (loop)",
-            "dranspose ev/s (cmd)", "dranspose ev/s (in-proc)", "ratio cmd/cmd", "ratio cmd/in-proc")
+          "files read once before timing\n")
+    head = ["case", "beamflow cmd", "beamflow loop", "dranspose same work cmd", "dranspose same work in-proc",
+            "dranspose trivial cmd", "dranspose trivial in-proc"]
+    print("events/s (MB/s):\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for name, events, size, ours, inner, theirs, in_process in rows:
-        ours_rate = events / ours
-        print(f"| {name} | {events} | {size / 1e6:.0f} | {ours_rate:,.0f} | {size / 1e6 / ours:,.0f} | "
-              f"{inner:,.0f} | {events / theirs:,.0f} | {in_process:,.0f} | "
-              f"{ours_rate / (events / theirs):,.0f}x | {ours_rate / in_process:,.0f}x |")
+    for row in rows:
+        cells = [row["case"]] + [f"{row[h]:,.0f} ({row[h] * row['MB'] / row['events']:,.0f})" for h in head[1:]]
+        print("| " + " | ".join(cells) + " |")
+    print("\nratios, beamflow cmd / dranspose:\n")
+    head = ["case", "same work cmd", "same work in-proc", "trivial cmd", "trivial in-proc"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        ours = row["beamflow cmd"]
+        cells = [row["case"]] + [f"{ours / row['dranspose ' + h]:,.1f}x" for h in head[1:]]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
