@@ -18,7 +18,7 @@
 //! - [`event`]: `StreamData`, `EventData`, `ResultData`.
 //! - [`value`]: `Value`, the self-describing tree results and reducer state are made of.
 //! - [`parameters`]: typed parameters and dranspose parameter files.
-//! - [`array`]: `NdArray`, typed shaped frames.
+//! - [`mod@array`]: `NdArray`, typed shaped frames.
 //! - [`dump`]: `.cbors` dump reading (streaming, zero-copy) and writing.
 //! - [`message`]: CBOR encoding of results.
 //! - [`streams`]: stream protocol parsers (`stins`, `bslz4`).
