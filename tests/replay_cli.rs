@@ -165,6 +165,57 @@ fn bad_records_are_counted_and_skipped_or_fatal_with_strict() {
 }
 
 #[test]
+fn a_frame_that_is_not_stins_is_an_analysis_error_with_its_event_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad_stins.cbors");
+    let mut writer = DumpWriter::new(BufWriter::new(File::create(&path).unwrap()));
+    for n in 0..3u64 {
+        let mut event = EventData::new(EventNumber(n));
+        let frames = if n == 1 {
+            vec![
+                Bytes::from_static(br#"{"htype":"image","frame":0,"shape":[2,2],"type":"uint16"}"#),
+                Bytes::from_static(b"short"),
+            ]
+        } else {
+            stins::header_frames(n)
+        };
+        event.streams.insert(
+            "det".into(),
+            StreamData {
+                typ: "STINS".into(),
+                frames,
+            },
+        );
+        writer.write_event(&event).unwrap();
+    }
+    writer.into_inner().unwrap();
+    let dump = path.display().to_string();
+    let pipeline = example_pipeline();
+
+    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replayed 3 events") && stderr.contains("1 analysis errors"),
+        "{stderr}"
+    );
+
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &pipeline,
+        "--dump",
+        &dump,
+        "--strict",
+    ]);
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "beamflow: event 1: analysis stats: stream det: STINS image 0: shape [2, 2] of uint16 needs 8 bytes, found 5"
+    );
+}
+
+#[test]
 fn user_errors_are_one_line_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("bad.toml");
