@@ -30,14 +30,7 @@ fn write_stins_events(path: &Path, numbers: std::ops::Range<u64>) {
             .flat_map(|i| ((i * 7 + n as u16 * 13) % 4096).to_le_bytes())
             .collect();
         let image = NdArray::new(vec![8, 8], DType::Uint16, Bytes::from(pixels)).unwrap();
-        let mut event = EventData::new(EventNumber(n));
-        event.streams.insert(
-            "det".into(),
-            StreamData {
-                typ: "STINS".into(),
-                frames: stins::image_frames(n, n, &image, n % 3 == 0),
-            },
-        );
+        let mut event = stins::image_event(EventNumber(n), "det", &image, n % 3 == 0);
         event.created_at =
             Some(beamflow_protocol::Timestamp::from_second(1_800_000_000 + n as i64).unwrap());
         writer.write_event(&event).unwrap();

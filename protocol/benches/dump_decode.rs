@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use beamflow_protocol::dump::{DumpReader, DumpWriter};
 use beamflow_protocol::streams::{bslz4, stins};
-use beamflow_protocol::{DType, EventData, EventNumber, NdArray, StreamData};
+use beamflow_protocol::{DType, EventNumber, NdArray};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -16,14 +16,7 @@ fn dump(count: u64, pixels: usize) -> Vec<u8> {
     let image = NdArray::new(vec![pixels], DType::Uint16, Bytes::from(data)).expect("shape");
     let mut writer = DumpWriter::new(Vec::new());
     for n in 0..count {
-        let mut event = EventData::new(EventNumber(n));
-        event.streams.insert(
-            "det".into(),
-            StreamData {
-                typ: stins::TYP.into(),
-                frames: stins::image_frames(n, n, &image, false),
-            },
-        );
+        let mut event = stins::image_event(EventNumber(n), "det", &image, false);
         event.created_at = Some(beamflow_protocol::Timestamp::UNIX_EPOCH);
         writer.write_event(&event).expect("write to memory");
     }

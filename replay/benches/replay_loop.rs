@@ -5,7 +5,7 @@ use std::path::Path;
 
 use beamflow_protocol::dump::DumpWriter;
 use beamflow_protocol::streams::stins;
-use beamflow_protocol::{DType, EventData, EventNumber, NdArray, StreamData};
+use beamflow_protocol::{DType, EventNumber, NdArray};
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
 use bytes::Bytes;
@@ -40,14 +40,7 @@ fn write_dump(path: &Path, count: u64, pixels: usize) {
     let file = std::fs::File::create(path).expect("create dump");
     let mut writer = DumpWriter::new(std::io::BufWriter::new(file));
     for n in 0..count {
-        let mut event = EventData::new(EventNumber(n));
-        event.streams.insert(
-            "det".into(),
-            StreamData {
-                typ: stins::TYP.into(),
-                frames: stins::image_frames(n, n, &image, false),
-            },
-        );
+        let event = stins::image_event(EventNumber(n), "det", &image, false);
         writer.write_event(&event).expect("write dump");
     }
     writer.into_inner().expect("flush dump");

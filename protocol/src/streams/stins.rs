@@ -11,7 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::array::{DType, NdArray, ShapeMismatch};
-use crate::event::StreamData;
+use crate::event::{EventData, StreamData};
+use crate::ids::EventNumber;
 use crate::streams::bslz4::{self, Bslz4Error};
 
 /// The `typ` of STINS stream data.
@@ -215,6 +216,25 @@ pub fn image_frames(frame: u64, msg_number: u64, data: &NdArray, compressed: boo
         data.data().clone()
     };
     vec![Bytes::from(header.to_string()), buffer]
+}
+
+/// An event whose stream `stream` holds one STINS image message (for simulators, tests and
+/// benches).
+pub fn image_event(
+    event_number: EventNumber,
+    stream: &str,
+    image: &NdArray,
+    compressed: bool,
+) -> EventData {
+    let mut event = EventData::new(event_number);
+    event.streams.insert(
+        stream.into(),
+        StreamData {
+            typ: TYP.into(),
+            frames: image_frames(event_number.0, event_number.0, image, compressed),
+        },
+    );
+    event
 }
 
 /// Builds the frame of a STINS header message.
