@@ -136,8 +136,13 @@ impl BufferPool {
     /// A buffer of at least `len` initialized bytes. Buffers stay initialized while pooled, so
     /// only memory never used before is zeroed.
     fn take(&self, len: usize) -> Vec<u8> {
+        // The smallest that fits, so that a small read does not take a large record's buffer.
         let reused = self.free.lock().ok().and_then(|mut free| {
-            let index = free.iter().position(|b| b.len() >= len)?;
+            let (index, _) = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len() >= len)
+                .min_by_key(|(_, b)| b.len())?;
             Some(free.swap_remove(index))
         });
         let mut buffer = reused.unwrap_or_default();
