@@ -231,6 +231,26 @@ fn user_errors_are_one_line_naming_the_file() {
         )
     );
 
+    let pickle = dir.path().join("params.pkl");
+    std::fs::write(&pickle, [0x80, 0x04, 0x95]).unwrap();
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &example_pipeline(),
+        "--dump",
+        &det,
+        "--params",
+        &pickle.display().to_string(),
+    ]);
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        format!(
+            "beamflow: {}: parameter file: this is a pickle; beamflow does not read pickle, write the list as JSON [{{\"name\": ..., \"data\": ...}}] instead",
+            pickle.display()
+        )
+    );
+
     let output = beamflow_output(&[
         "replay",
         "--pipeline",

@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use beamflow_protocol::EventData;
 use beamflow_protocol::dump::{DumpError, DumpReader};
+use beamflow_protocol::{EventData, EventNumber};
+use tracing::info;
 
 /// A record that could not be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ struct Source {
     reader: Reader,
     head: Option<EventData>,
     done: bool,
+    /// The last event number read, to notice a second scan appended to the same file.
+    previous: Option<EventNumber>,
 }
 
 /// Events from several dumps, merged by event number.
@@ -76,6 +79,7 @@ impl Merged {
                     reader,
                     head: None,
                     done: false,
+                    previous: None,
                 })
             })
             .collect::<Result<_, InputError>>()?;
@@ -94,7 +98,19 @@ impl Merged {
         for source in &mut self.sources {
             while source.head.is_none() && !source.done {
                 match source.reader.next() {
-                    Some(Ok(event)) => source.head = Some(event),
+                    Some(Ok(event)) => {
+                        if source
+                            .previous
+                            .is_some_and(|previous| event.event_number <= previous)
+                        {
+                            // dranspose opens DUMP_PATH in append mode, so one file can hold
+                            // several scans; they replay one after the other, in file order.
+                            info!(file = %source.path.display(), event = %event.event_number,
+                                "Event numbers restart: a further scan appended to this dump.");
+                        }
+                        source.previous = Some(event.event_number);
+                        source.head = Some(event);
+                    }
                     Some(Err(error)) => self.pending.push(InputError::Record {
                         path: source.path.clone(),
                         error,
@@ -236,6 +252,19 @@ mod tests {
             error.contains("stream det is also in") && error.contains("a.cbors"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn scans_appended_to_one_file_replay_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = std::fs::read(write(dir.path(), "a.cbors", "det", &[0, 1, 2])).unwrap();
+        let path = dir.path().join("appended.cbors");
+        std::fs::write(&path, [first.clone(), first].concat()).unwrap();
+        let numbers: Vec<u64> = Merged::open(&[path])
+            .unwrap()
+            .map(|e| e.unwrap().event_number.0)
+            .collect();
+        assert_eq!(numbers, vec![0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
