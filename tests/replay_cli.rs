@@ -294,6 +294,7 @@ fn serve_keeps_the_http_view_up_after_the_replay() {
     let status: Json = serde_json::from_str(&body).unwrap();
     assert_eq!(status["finished"], true);
     assert_eq!(status["events"], 52);
+    assert_eq!(status["last_event"], 51);
 
     let (code, body) = http_get(addr, "/api/v1/result/history/event_number?slice=0:3");
     assert_eq!((code, body.as_str()), (200, "[1,2,3]"));

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use beamflow_protocol::{
-    AnalysisName, EventData, ParameterName, Parameters, ResultData, Value, WorkerName,
+    AnalysisName, EventData, EventNumber, ParameterName, Parameters, ResultData, Value, WorkerName,
 };
 use beamflow_reducer::http::{Status, View};
 use beamflow_reducer::{AccumulatorConfig, Reducer};
@@ -80,6 +80,8 @@ pub struct Summary {
     pub events: u64,
     /// Results applied.
     pub results: u64,
+    /// The last event replayed.
+    pub last_event: Option<EventNumber>,
     /// Uncompressed dump bytes read.
     pub bytes: u64,
     /// Wall time from the first read to the final state.
@@ -154,7 +156,6 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         .build()
         .context("cannot start the analysis threads")?;
     let progress = progress_bar(config);
-    let worker = WorkerName::from(REPLAY_WORKER);
 
     let started = Instant::now();
     let (sender, batches) = sync_channel(BATCHES_AHEAD);
@@ -165,14 +166,16 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
 
     let mut summary = Summary::default();
     let mut last_publish = Instant::now();
-    let outcome = apply_batches(
+    let stage = AnalysisStage {
+        analyses: &analyses,
+        parameters: &parameters,
+        pool: &pool,
+        worker: WorkerName::from(REPLAY_WORKER),
+        strict: config.strict,
+    };
+    let outcome = stage.apply_batches(
         &batches,
-        &analyses,
-        &parameters,
         &mut reducer,
-        &pool,
-        &worker,
-        config.strict,
         &mut summary,
         |summary: &mut Summary, reducer: &Reducer| {
             progress.set_position(summary.bytes);
@@ -237,75 +240,93 @@ fn read_batches(mut merged: Merged, sender: &SyncSender<Batch>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_batches(
-    batches: &Receiver<Batch>,
-    analyses: &[(AnalysisName, Box<dyn DynAnalysis>)],
-    parameters: &Parameters,
-    reducer: &mut Reducer,
-    pool: &rayon::ThreadPool,
-    worker: &WorkerName,
+/// What runs the analyses of each batch and applies their results.
+struct AnalysisStage<'a> {
+    analyses: &'a [(AnalysisName, Box<dyn DynAnalysis>)],
+    parameters: &'a Parameters,
+    pool: &'a rayon::ThreadPool,
+    worker: WorkerName,
     strict: bool,
-    summary: &mut Summary,
-    mut on_batch: impl FnMut(&mut Summary, &Reducer),
-) -> anyhow::Result<()> {
-    for batch in batches {
-        for input_error in batch.errors {
-            if strict {
-                return Err(input_error)
-                    .context("bad record (without --strict it would be skipped)");
+}
+
+impl AnalysisStage<'_> {
+    fn apply_batches(
+        &self,
+        batches: &Receiver<Batch>,
+        reducer: &mut Reducer,
+        summary: &mut Summary,
+        mut on_batch: impl FnMut(&mut Summary, &Reducer),
+    ) -> anyhow::Result<()> {
+        let Self {
+            analyses,
+            parameters,
+            pool,
+            worker,
+            strict,
+        } = self;
+        let strict = *strict;
+        for batch in batches {
+            for input_error in batch.errors {
+                if strict {
+                    return Err(input_error)
+                        .context("bad record (without --strict it would be skipped)");
+                }
+                summary.bad_records += 1;
+                if summary.bad_records == 1 {
+                    error!(error = %input_error, "Skipped a bad record; further ones are only counted.");
+                } else {
+                    debug!(error = %input_error, "Skipped a bad record.");
+                }
             }
-            summary.bad_records += 1;
-            if summary.bad_records == 1 {
-                error!(error = %input_error, "Skipped a bad record; further ones are only counted.");
-            } else {
-                debug!(error = %input_error, "Skipped a bad record.");
-            }
-        }
-        let outputs: Vec<Vec<Result<Option<Value>, AnalysisError>>> = pool.install(|| {
-            batch
-                .events
-                .par_iter()
-                .map(|event| {
-                    analyses
-                        .iter()
-                        .map(|(_, a)| a.process(event, parameters))
-                        .collect()
-                })
-                .collect()
-        });
-        for (event, outputs) in batch.events.iter().zip(outputs) {
-            for ((name, _), output) in analyses.iter().zip(outputs) {
-                match output {
-                    Ok(Some(payload)) => reducer.apply(&ResultData {
-                        event_number: event.event_number,
-                        analysis: name.clone(),
-                        worker: worker.clone(),
-                        created_at: event.created_at,
-                        payload: Arc::new(payload),
-                    }),
-                    Ok(None) => {}
-                    Err(failure) => {
-                        if strict {
-                            bail!("event {}: analysis {name}: {failure}", event.event_number);
-                        }
-                        let count = summary.analysis_errors.entry(name.to_string()).or_default();
-                        *count += 1;
-                        if *count == 1 {
-                            error!(event = %event.event_number, analysis = %name, error = %failure,
+            let outputs: Vec<Vec<Result<Option<Value>, AnalysisError>>> = pool.install(|| {
+                batch
+                    .events
+                    .par_iter()
+                    .map(|event| {
+                        analyses
+                            .iter()
+                            .map(|(_, a)| a.process(event, parameters))
+                            .collect()
+                    })
+                    .collect()
+            });
+            for (event, outputs) in batch.events.iter().zip(outputs) {
+                for ((name, _), output) in analyses.iter().zip(outputs) {
+                    match output {
+                        Ok(Some(payload)) => reducer.apply(&ResultData {
+                            event_number: event.event_number,
+                            analysis: name.clone(),
+                            worker: worker.clone(),
+                            created_at: event.created_at,
+                            payload: Arc::new(payload),
+                        }),
+                        Ok(None) => {}
+                        Err(failure) => {
+                            if strict {
+                                bail!("event {}: analysis {name}: {failure}", event.event_number);
+                            }
+                            let count =
+                                summary.analysis_errors.entry(name.to_string()).or_default();
+                            *count += 1;
+                            if *count == 1 {
+                                error!(event = %event.event_number, analysis = %name, error = %failure,
                                 "Analysis failed; further failures are only counted.");
-                        } else {
-                            debug!(event = %event.event_number, analysis = %name, error = %failure, "Analysis failed.");
+                            } else {
+                                debug!(event = %event.event_number, analysis = %name, error = %failure, "Analysis failed.");
+                            }
                         }
                     }
                 }
             }
+            summary.events += batch.events.len() as u64;
+            if let Some(last) = batch.events.last() {
+                summary.last_event = Some(last.event_number);
+            }
+            summary.bytes = batch.bytes_read;
+            on_batch(summary, reducer);
         }
-        summary.events += batch.events.len() as u64;
-        summary.bytes = batch.bytes_read;
-        on_batch(summary, reducer);
+        Ok(())
     }
-    Ok(())
 }
 
 fn status(summary: &Summary, finished: bool) -> Status {
@@ -314,7 +335,7 @@ fn status(summary: &Summary, finished: bool) -> Status {
         finished,
         events: summary.events,
         results: summary.results,
-        last_event: None,
+        last_event: summary.last_event.map(|n| n.0),
         bad_records: summary.bad_records,
         analysis_errors: summary.analysis_errors.clone(),
         accumulator_errors: summary.accumulator_errors.clone(),
