@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod interop;
+mod mapping;
 mod replay_cli;
 mod util;

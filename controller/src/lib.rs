@@ -2,4 +2,10 @@
 //! batches to workers with capacity, tracks liveness and progress, and serves the
 //! dranspose-compatible REST API.
 //!
-//! Nothing lives here yet: it arrives with the runtime (issue #3).
+//! # Layout
+//!
+//! - [`mapping`]: the dranspose mapping/sequence JSON, validated, and questions about it.
+//!
+//! Assignment, leasing and the REST API arrive with the rest of the runtime (issue #3).
+
+pub mod mapping;

@@ -85,3 +85,8 @@ name_type!(
     /// The name of a parameter, as used by `POST /api/v1/parameter/{name}`.
     ParameterName
 );
+name_type!(
+    /// A tag a worker carries (default `generic`; a debug worker carries `debug`); a mapping's
+    /// virtual worker goes only to real workers that carry all its tags.
+    WorkerTag
+);

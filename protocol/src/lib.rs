@@ -39,6 +39,7 @@ pub use error::CborError;
 pub use event::{EventData, ResultData, StreamData};
 pub use ids::{
     AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName,
+    WorkerTag,
 };
 /// Time stamps (`created_at`) are `jiff` timestamps: UTC instants with RFC 3339 text forms.
 pub use jiff::Timestamp;

@@ -1,0 +1,430 @@
+//! The mapping ("trigger map"): which stream has a frame in which event, and which workers get it.
+//! The JSON is dranspose's, unchanged, so scan software that drives dranspose drives beamflow:
+//!
+//! ```json
+//! {"parts": {"main": {"det": [[{"constraint": 0}], [], null]}}, "sequence": ["main", "main"]}
+//! ```
+//!
+//! Per stream and event one slot: `null` — no frame from this stream in this event; `[]` — the
+//! frame belongs to the event but is read and dropped; a list of virtual workers
+//! `{"tags": [...], "constraint": k | null}`. Equal constraints within one *occurrence* of a part
+//! go to one real worker; a `null` constraint goes to every live worker carrying the tags
+//! (broadcast). Parts are concatenated in `sequence` order; a stream missing from a part has
+//! `null` slots there. `all_wrap` adds a first and a last event (`reserved_start_end`) that every
+//! worker of every tag in the map receives, for the series start and end messages.
+//!
+//! This module only parses, validates and answers questions about a sequence; binding virtual
+//! to real workers is `route.rs`'s job.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use beamflow_protocol::{EventNumber, StreamName, WorkerTag};
+use serde::{Deserialize, Serialize};
+
+/// The reserved part `all_wrap` adds before and after the sequence.
+pub const START_END_PART: &str = "reserved_start_end";
+/// The tag of workers that were started without tags.
+pub const GENERIC_TAG: &str = "generic";
+
+/// A virtual worker: "one real worker per constraint number" or, without a constraint, "every
+/// live worker carrying these tags".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualWorker {
+    /// Tags a real worker must all carry.
+    #[serde(default = "generic_tags")]
+    pub tags: BTreeSet<WorkerTag>,
+    /// Slots with equal numbers (within one part occurrence) go to the same real worker; `None`
+    /// broadcasts to every live worker with the tags.
+    #[serde(default)]
+    pub constraint: Option<u64>,
+}
+
+fn generic_tags() -> BTreeSet<WorkerTag> {
+    BTreeSet::from([WorkerTag::from(GENERIC_TAG)])
+}
+
+/// One stream's slot in one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    from = "Option<Vec<VirtualWorker>>",
+    into = "Option<Vec<VirtualWorker>>"
+)]
+pub enum Slot {
+    /// `null`: the stream has no frame in this event.
+    Absent,
+    /// `[]`: the stream's frame belongs to this event but no worker gets it.
+    Discard,
+    /// The frame goes to the real workers bound to these virtual workers.
+    Workers(Vec<VirtualWorker>),
+}
+
+impl From<Option<Vec<VirtualWorker>>> for Slot {
+    fn from(slot: Option<Vec<VirtualWorker>>) -> Self {
+        match slot {
+            None => Slot::Absent,
+            Some(workers) if workers.is_empty() => Slot::Discard,
+            Some(workers) => Slot::Workers(workers),
+        }
+    }
+}
+
+impl From<Slot> for Option<Vec<VirtualWorker>> {
+    fn from(slot: Slot) -> Self {
+        match slot {
+            Slot::Absent => None,
+            Slot::Discard => Some(Vec::new()),
+            Slot::Workers(workers) => Some(workers),
+        }
+    }
+}
+
+/// One part: per stream, one slot per event; every stream has the same number of events.
+pub type Part = BTreeMap<StreamName, Vec<Slot>>;
+
+/// A validated mapping sequence, with the start/end part already added when wrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sequence {
+    parts: BTreeMap<String, Part>,
+    sequence: Vec<String>,
+    /// Events per part, by name.
+    #[serde(skip)]
+    lengths: BTreeMap<String, u64>,
+    /// First event number of each occurrence in `sequence`.
+    #[serde(skip)]
+    starts: Vec<u64>,
+}
+
+/// A mapping that cannot be used, with the reason (served as HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// Not JSON of the expected shape.
+    #[error("mapping is not valid: {0}")]
+    Json(String),
+    /// A part's streams have different numbers of slots.
+    #[error("part {part}: streams have different numbers of events: {lengths}")]
+    UnequalLengths {
+        /// The part.
+        part: String,
+        /// `stream: length` for each stream.
+        lengths: String,
+    },
+    /// `sequence` names a part that `parts` does not define.
+    #[error("sequence names part {0}, which parts does not define")]
+    UnknownPart(String),
+    /// Nothing to do: no events at all.
+    #[error("the sequence has no events")]
+    Empty,
+    /// A user part uses the reserved name.
+    #[error("part name {START_END_PART} is reserved for the start and end events")]
+    ReservedName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceJson {
+    parts: BTreeMap<String, Part>,
+    sequence: Vec<String>,
+}
+
+impl Sequence {
+    /// Parses `POST /api/v1/sequence`'s body.
+    pub fn from_json(body: &[u8], all_wrap: bool) -> Result<Self, MappingError> {
+        let json: SequenceJson =
+            serde_json::from_slice(body).map_err(|e| MappingError::Json(e.to_string()))?;
+        Self::new(json.parts, json.sequence, all_wrap)
+    }
+
+    /// Parses the legacy `POST /api/v1/mapping` body: one part, named `main`.
+    pub fn from_mapping_json(body: &[u8], all_wrap: bool) -> Result<Self, MappingError> {
+        let part: Part =
+            serde_json::from_slice(body).map_err(|e| MappingError::Json(e.to_string()))?;
+        Self::new(
+            BTreeMap::from([("main".to_owned(), part)]),
+            vec!["main".to_owned()],
+            all_wrap,
+        )
+    }
+
+    /// Validates parts and sequence; `all_wrap` adds the start and end event.
+    pub fn new(
+        mut parts: BTreeMap<String, Part>,
+        mut sequence: Vec<String>,
+        all_wrap: bool,
+    ) -> Result<Self, MappingError> {
+        if parts.contains_key(START_END_PART) {
+            return Err(MappingError::ReservedName);
+        }
+        if let Some(unknown) = sequence.iter().find(|name| !parts.contains_key(*name)) {
+            return Err(MappingError::UnknownPart(unknown.clone()));
+        }
+        let mut lengths = BTreeMap::new();
+        for (name, part) in &parts {
+            let counts: BTreeSet<usize> = part.values().map(Vec::len).collect();
+            if counts.len() > 1 {
+                let lengths = part
+                    .iter()
+                    .map(|(stream, slots)| format!("{stream}: {}", slots.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(MappingError::UnequalLengths {
+                    part: name.clone(),
+                    lengths,
+                });
+            }
+            lengths.insert(name.clone(), counts.first().copied().unwrap_or(0) as u64);
+        }
+        if all_wrap {
+            let streams: BTreeSet<StreamName> = parts
+                .values()
+                .flat_map(|part| part.keys().cloned())
+                .collect();
+            let tags = all_tags(&parts);
+            let everyone: Vec<VirtualWorker> = tags
+                .into_iter()
+                .map(|tag| VirtualWorker {
+                    tags: BTreeSet::from([tag]),
+                    constraint: None,
+                })
+                .collect();
+            let wrap: Part = streams
+                .into_iter()
+                .map(|stream| (stream, vec![Slot::Workers(everyone.clone())]))
+                .collect();
+            parts.insert(START_END_PART.to_owned(), wrap);
+            lengths.insert(START_END_PART.to_owned(), 1);
+            sequence.insert(0, START_END_PART.to_owned());
+            sequence.push(START_END_PART.to_owned());
+        }
+        let mut starts = Vec::with_capacity(sequence.len());
+        let mut next = 0u64;
+        for name in &sequence {
+            starts.push(next);
+            next += lengths.get(name).copied().unwrap_or(0);
+        }
+        if next == 0 {
+            return Err(MappingError::Empty);
+        }
+        Ok(Self {
+            parts,
+            sequence,
+            lengths,
+            starts,
+        })
+    }
+
+    /// Events in the whole sequence (start and end included when wrapped).
+    pub fn total_events(&self) -> u64 {
+        match (self.starts.last(), self.sequence.last()) {
+            (Some(start), Some(name)) => start + self.lengths.get(name).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Every stream any part names.
+    pub fn streams(&self) -> BTreeSet<StreamName> {
+        self.parts
+            .values()
+            .flat_map(|part| part.keys().cloned())
+            .collect()
+    }
+
+    /// Every tag any virtual worker names.
+    pub fn tags(&self) -> BTreeSet<WorkerTag> {
+        all_tags(&self.parts)
+    }
+
+    /// Real workers needed: the most distinct constraint numbers in any one event.
+    pub fn min_workers(&self) -> usize {
+        self.parts
+            .values()
+            .filter_map(|part| {
+                let events = part.values().map(Vec::len).max()?;
+                (0..events)
+                    .map(|i| {
+                        part.values()
+                            .filter_map(|slots| match slots.get(i) {
+                                Some(Slot::Workers(workers)) => Some(workers),
+                                _ => None,
+                            })
+                            .flatten()
+                            .filter_map(|worker| worker.constraint)
+                            .collect::<BTreeSet<_>>()
+                            .len()
+                    })
+                    .max()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Where an event lies: the index of its part occurrence in the sequence (constraint numbers
+    /// are scoped to it), the part, and the event's index within the part.
+    pub fn locate(&self, event: EventNumber) -> Option<(usize, &Part, usize)> {
+        let occurrence = self
+            .starts
+            .partition_point(|&start| start <= event.0)
+            .checked_sub(1)?;
+        let name = self.sequence.get(occurrence)?;
+        let offset = event.0 - self.starts[occurrence];
+        (offset < self.lengths.get(name).copied().unwrap_or(0))
+            .then(|| {
+                self.parts
+                    .get(name)
+                    .map(|part| (occurrence, part, offset as usize))
+            })
+            .flatten()
+    }
+
+    /// The slot of `stream` in `event`: `Absent` for a stream the event's part does not name.
+    pub fn slot(&self, event: EventNumber, stream: &StreamName) -> Option<&Slot> {
+        let (_, part, offset) = self.locate(event)?;
+        Some(
+            part.get(stream)
+                .and_then(|slots| slots.get(offset))
+                .unwrap_or(&Slot::Absent),
+        )
+    }
+
+    /// The part names in order (as `GET /api/v1/sequence` returns them).
+    pub fn sequence(&self) -> &[String] {
+        &self.sequence
+    }
+}
+
+fn all_tags(parts: &BTreeMap<String, Part>) -> BTreeSet<WorkerTag> {
+    parts
+        .values()
+        .flat_map(BTreeMap::values)
+        .flatten()
+        .filter_map(|slot| match slot {
+            Slot::Workers(workers) => Some(workers),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(|worker| worker.tags.iter().cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = r#"{
+        "parts": {
+            "main": {
+                "det": [[{"constraint": 0}], [{"constraint": 0}], [], [{"constraint": 1}, {"tags": ["debug"]}]],
+                "pcap": [null, [{"constraint": 0}], null, [{"constraint": 2}]]
+            },
+            "slow": {"temp": [[{"constraint": 5}]]}
+        },
+        "sequence": ["main", "slow", "main"]
+    }"#;
+
+    #[test]
+    fn parses_dranspose_json_and_wraps() {
+        let sequence = Sequence::from_json(EXAMPLE.as_bytes(), true).unwrap();
+        assert_eq!(sequence.total_events(), 1 + 4 + 1 + 4 + 1);
+        assert_eq!(sequence.min_workers(), 2);
+        let tags: Vec<String> = sequence.tags().iter().map(ToString::to_string).collect();
+        assert_eq!(tags, ["debug", "generic"]);
+        let det = StreamName::from("det");
+        let temp = StreamName::from("temp");
+        // Event 0 (start) and 10 (end) go to every tag; a stream missing from a part is absent.
+        let everyone = Slot::Workers(vec![
+            VirtualWorker {
+                tags: BTreeSet::from([WorkerTag::from("debug")]),
+                constraint: None,
+            },
+            VirtualWorker {
+                tags: BTreeSet::from([WorkerTag::from("generic")]),
+                constraint: None,
+            },
+        ]);
+        assert_eq!(sequence.slot(EventNumber(0), &temp), Some(&everyone));
+        assert_eq!(sequence.slot(EventNumber(10), &det), Some(&everyone));
+        assert_eq!(sequence.slot(EventNumber(3), &det), Some(&Slot::Discard));
+        assert_eq!(sequence.slot(EventNumber(3), &temp), Some(&Slot::Absent));
+        assert_eq!(sequence.slot(EventNumber(11), &det), None);
+        // The same constraint number in two occurrences of "main" is two different scopes.
+        assert_eq!(
+            sequence.locate(EventNumber(1)).map(|(o, _, i)| (o, i)),
+            Some((1, 0))
+        );
+        assert_eq!(
+            sequence.locate(EventNumber(6)).map(|(o, _, i)| (o, i)),
+            Some((3, 0))
+        );
+        // Serialised back, as GET /api/v1/sequence answers, it is dranspose's shape again.
+        let json = serde_json::to_value(&sequence).unwrap();
+        assert_eq!(
+            json["sequence"],
+            serde_json::json!([START_END_PART, "main", "slow", "main", START_END_PART])
+        );
+        assert_eq!(json["parts"]["main"]["pcap"][0], serde_json::Value::Null);
+        assert_eq!(json["parts"]["main"]["det"][2], serde_json::json!([]));
+    }
+
+    #[test]
+    fn rejections_say_why() {
+        let cases = [
+            (
+                r#"{"parts": {"a": {"x": [null], "y": []}}, "sequence": ["a"]}"#,
+                "part a: streams have different numbers of events: x: 1, y: 0",
+            ),
+            (
+                r#"{"parts": {}, "sequence": ["a"]}"#,
+                "sequence names part a, which parts does not define",
+            ),
+            (
+                r#"{"parts": {"reserved_start_end": {}}, "sequence": []}"#,
+                "part name reserved_start_end is reserved for the start and end events",
+            ),
+            (
+                r#"{"parts": {"a": {"x": [[{"constraint": -1}]]}}, "sequence": ["a"]}"#,
+                "mapping is not valid: invalid value: integer `-1`, expected u64 at line 1 column 41",
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(
+                Sequence::from_json(body.as_bytes(), true)
+                    .unwrap_err()
+                    .to_string(),
+                reason
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_mapping_is_one_part_named_main() {
+        let sequence =
+            Sequence::from_mapping_json(br#"{"det": [[{"constraint": 0}], null]}"#, false).unwrap();
+        assert_eq!(sequence.sequence(), ["main"]);
+        assert_eq!(sequence.total_events(), 2);
+    }
+
+    proptest! {
+        /// Every event number below the total belongs to exactly one occurrence, in order.
+        #[test]
+        fn locate_covers_every_event_once(lengths in proptest::collection::vec(0usize..5, 1..5), order in proptest::collection::vec(0usize..4, 0..8), wrap: bool) {
+            let parts: BTreeMap<String, Part> = lengths.iter().enumerate().map(|(i, &n)| {
+                (format!("p{i}"), Part::from([(StreamName::from("s"), vec![Slot::Discard; n])]))
+            }).collect();
+            let sequence: Vec<String> = order.iter().map(|i| format!("p{}", i % lengths.len())).collect();
+            let expected: u64 = sequence.iter().map(|name| parts[name].values().next().map_or(0, Vec::len) as u64).sum::<u64>() + if wrap { 2 } else { 0 };
+            let Ok(seq) = Sequence::new(parts, sequence, wrap) else {
+                prop_assert_eq!(expected, 0);
+                return Ok(());
+            };
+            prop_assert_eq!(seq.total_events(), expected);
+            let mut last = (0usize, 0usize);
+            for n in 0..expected {
+                let (occurrence, _, offset) = seq.locate(EventNumber(n)).unwrap();
+                prop_assert!(n == 0 || (occurrence, offset) > last);
+                last = (occurrence, offset);
+            }
+            prop_assert!(seq.locate(EventNumber(expected)).is_none());
+        }
+    }
+}
