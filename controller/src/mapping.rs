@@ -394,6 +394,9 @@ mod tests {
                 reason
             );
         }
+        let empty =
+            Sequence::from_json(br#"{"parts": {"a": {"x": []}}, "sequence": ["a"]}"#, false);
+        assert_eq!(empty.unwrap_err(), MappingError::Empty);
     }
 
     #[test]
