@@ -5,7 +5,9 @@
 //! # Layout
 //!
 //! - [`mapping`]: the dranspose mapping/sequence JSON, validated, and questions about it.
+//! - [`route`]: which real workers get each stream's frame of each event.
 //!
-//! Assignment, leasing and the REST API arrive with the rest of the runtime (issue #3).
+//! Leasing, liveness and the REST API arrive with the rest of the runtime (issue #3).
 
 pub mod mapping;
+pub mod route;

@@ -93,6 +93,10 @@ pub struct Sequence {
     /// First event number of each occurrence in `sequence`.
     #[serde(skip)]
     starts: Vec<u64>,
+    /// Per part, the tags a worker needs to take a constraint: the union over every virtual
+    /// worker with that number, since they all go to the same worker.
+    #[serde(skip)]
+    constraint_tags: BTreeMap<String, BTreeMap<u64, BTreeSet<WorkerTag>>>,
 }
 
 /// A mapping that cannot be used, with the reason (served as HTTP 400).
@@ -205,11 +209,34 @@ impl Sequence {
         if next == 0 {
             return Err(MappingError::Empty);
         }
+        let constraint_tags = parts
+            .iter()
+            .map(|(name, part)| {
+                let mut tags: BTreeMap<u64, BTreeSet<WorkerTag>> = BTreeMap::new();
+                for worker in part
+                    .values()
+                    .flatten()
+                    .filter_map(|slot| match slot {
+                        Slot::Workers(workers) => Some(workers),
+                        _ => None,
+                    })
+                    .flatten()
+                {
+                    if let Some(constraint) = worker.constraint {
+                        tags.entry(constraint)
+                            .or_default()
+                            .extend(worker.tags.iter().cloned());
+                    }
+                }
+                (name.clone(), tags)
+            })
+            .collect();
         Ok(Self {
             parts,
             sequence,
             lengths,
             starts,
+            constraint_tags,
         })
     }
 
@@ -284,6 +311,17 @@ impl Sequence {
                 .and_then(|slots| slots.get(offset))
                 .unwrap_or(&Slot::Absent),
         )
+    }
+
+    /// The tags a worker needs to take `constraint` in part occurrence `occurrence`.
+    pub fn constraint_tags(
+        &self,
+        occurrence: usize,
+        constraint: u64,
+    ) -> Option<&BTreeSet<WorkerTag>> {
+        self.constraint_tags
+            .get(self.sequence.get(occurrence)?)?
+            .get(&constraint)
     }
 
     /// The part names in order (as `GET /api/v1/sequence` returns them).
