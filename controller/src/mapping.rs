@@ -97,6 +97,20 @@ pub struct Sequence {
     /// worker with that number, since they all go to the same worker.
     #[serde(skip)]
     constraint_tags: BTreeMap<String, BTreeMap<u64, BTreeSet<WorkerTag>>>,
+    /// Per stream, where its frames fall; see [`Sequence::event_of_frame`].
+    #[serde(skip)]
+    frames: BTreeMap<StreamName, FrameIndex>,
+}
+
+/// Where a stream's frames fall: the k-th frame of a stream belongs to the event of its k-th
+/// non-`null` slot (dranspose's rule). Stored per part plus a running count per occurrence, so a
+/// part repeated a thousand times costs one part's worth of memory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct FrameIndex {
+    /// Per part: offsets of the events that have a frame of this stream.
+    offsets: BTreeMap<String, Vec<u64>>,
+    /// Per occurrence: the stream's frames in all earlier occurrences.
+    before: Vec<u64>,
 }
 
 /// A mapping that cannot be used, with the reason (served as HTTP 400).
@@ -231,12 +245,42 @@ impl Sequence {
                 (name.clone(), tags)
             })
             .collect();
+        let frames = frame_indexes(&parts, &sequence);
         Ok(Self {
             parts,
             sequence,
             lengths,
             starts,
             constraint_tags,
+            frames,
+        })
+    }
+
+    /// The event that the `frame`-th frame (0-based) of `stream` belongs to. Ingesters number the
+    /// source's frames by the source's own counter (STINS `msg_number`), so a lost frame leaves its
+    /// event without that stream instead of shifting every later frame by one.
+    pub fn event_of_frame(&self, stream: &StreamName, frame: u64) -> Option<EventNumber> {
+        let index = self.frames.get(stream)?;
+        let occurrence = index
+            .before
+            .partition_point(|&before| before <= frame)
+            .checked_sub(1)?;
+        let offsets = index.offsets.get(self.sequence.get(occurrence)?)?;
+        let within = usize::try_from(frame - index.before[occurrence]).ok()?;
+        offsets
+            .get(within)
+            .map(|offset| EventNumber(self.starts[occurrence] + offset))
+    }
+
+    /// Frames `stream` has in the whole sequence.
+    pub fn frame_count(&self, stream: &StreamName) -> u64 {
+        self.frames.get(stream).map_or(0, |index| {
+            match (index.before.last(), self.sequence.last()) {
+                (Some(before), Some(name)) => {
+                    before + index.offsets.get(name).map_or(0, |o| o.len() as u64)
+                }
+                _ => 0,
+            }
         })
     }
 
@@ -328,6 +372,39 @@ impl Sequence {
     pub fn sequence(&self) -> &[String] {
         &self.sequence
     }
+}
+
+fn frame_indexes(
+    parts: &BTreeMap<String, Part>,
+    sequence: &[String],
+) -> BTreeMap<StreamName, FrameIndex> {
+    let streams: BTreeSet<&StreamName> = parts.values().flat_map(BTreeMap::keys).collect();
+    streams
+        .into_iter()
+        .map(|stream| {
+            let offsets: BTreeMap<String, Vec<u64>> = parts
+                .iter()
+                .map(|(name, part)| {
+                    let slots = part.get(stream).map(Vec::as_slice).unwrap_or_default();
+                    let present = slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, slot)| **slot != Slot::Absent);
+                    (
+                        name.clone(),
+                        present.map(|(offset, _)| offset as u64).collect(),
+                    )
+                })
+                .collect();
+            let mut before = Vec::with_capacity(sequence.len());
+            let mut count = 0u64;
+            for name in sequence {
+                before.push(count);
+                count += offsets.get(name).map_or(0, |o| o.len() as u64);
+            }
+            (stream.clone(), FrameIndex { offsets, before })
+        })
+        .collect()
 }
 
 fn all_tags(parts: &BTreeMap<String, Part>) -> BTreeSet<WorkerTag> {
@@ -438,6 +515,19 @@ mod tests {
     }
 
     #[test]
+    fn frames_map_to_their_events_by_number() {
+        let sequence = Sequence::from_json(EXAMPLE.as_bytes(), true).unwrap();
+        let pcap = StreamName::from("pcap");
+        // Start event, then pcap has frames in events 2 and 4 of each "main", then the end event.
+        let events: Vec<u64> = (0..sequence.frame_count(&pcap))
+            .map(|k| sequence.event_of_frame(&pcap, k).unwrap().0)
+            .collect();
+        assert_eq!(events, [0, 2, 4, 7, 9, 10]);
+        assert_eq!(sequence.event_of_frame(&pcap, 6), None);
+        assert_eq!(sequence.event_of_frame(&StreamName::from("nope"), 0), None);
+    }
+
+    #[test]
     fn legacy_mapping_is_one_part_named_main() {
         let sequence =
             Sequence::from_mapping_json(br#"{"det": [[{"constraint": 0}], null]}"#, false).unwrap();
@@ -446,6 +536,31 @@ mod tests {
     }
 
     proptest! {
+        /// The k-th frame of a stream lands on the k-th event that has a slot for it.
+        #[test]
+        fn event_of_frame_matches_positional_counting(
+            slots in proptest::collection::vec(proptest::option::of(Just(())), 1..8),
+            order in proptest::collection::vec(0usize..2, 1..6),
+            wrap: bool,
+        ) {
+            let part_a: Vec<Slot> = slots.iter().map(|s| if s.is_some() { Slot::Discard } else { Slot::Absent }).collect();
+            let parts = BTreeMap::from([
+                ("a".to_owned(), Part::from([(StreamName::from("s"), part_a)])),
+                ("b".to_owned(), Part::from([(StreamName::from("t"), vec![Slot::Discard; 2])])),
+            ]);
+            let sequence: Vec<String> = order.iter().map(|i| ["a", "b"][*i].to_owned()).collect();
+            let Ok(seq) = Sequence::new(parts, sequence, wrap) else { return Ok(()) };
+            let s = StreamName::from("s");
+            let positional: Vec<u64> = (0..seq.total_events())
+                .filter(|&n| seq.slot(EventNumber(n), &s) != Some(&Slot::Absent))
+                .collect();
+            prop_assert_eq!(seq.frame_count(&s), positional.len() as u64);
+            for (k, event) in positional.iter().enumerate() {
+                prop_assert_eq!(seq.event_of_frame(&s, k as u64), Some(EventNumber(*event)));
+            }
+            prop_assert_eq!(seq.event_of_frame(&s, positional.len() as u64), None);
+        }
+
         /// Every event number below the total belongs to exactly one occurrence, in order.
         #[test]
         fn locate_covers_every_event_once(lengths in proptest::collection::vec(0usize..5, 1..5), order in proptest::collection::vec(0usize..4, 0..8), wrap: bool) {
