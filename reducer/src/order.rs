@@ -115,7 +115,7 @@ impl Reorder {
 
     /// The next event's results if it is complete, in analysis-name order.
     pub fn pop_ready(&mut self) -> Option<(EventNumber, Vec<ResultData>)> {
-        let mut entry = self.pending.first_entry()?;
+        let entry = self.pending.first_entry()?;
         if *entry.key() != self.next || !entry.get().complete() {
             return None;
         }
