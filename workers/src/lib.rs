@@ -6,8 +6,10 @@
 //!   hold, which turns outputs into [`Value`] trees exactly as they travel to the reducer.
 //! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`) and one
 //!   file per analysis.
+//! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
 
 pub mod analyses;
+pub mod assembly;
 
 use beamflow_protocol::streams::stins::StinsError;
 use beamflow_protocol::value::SerializeError;

@@ -1,0 +1,251 @@
+//! Event assembly keyed by event number: a worker gets each event's streams from several
+//! ingesters, in any order, possibly before the controller's lease that says which streams the
+//! event has. An event is ready when every expected stream has arrived; one whose streams do not
+//! all arrive before its deadline is released as incomplete, with the missing streams named, and
+//! never merged with another event's frames (dranspose's positional FIFO can do that).
+//!
+//! Pure: time is passed in, so tests need no sleeps. Memory is bounded by `capacity` events; the
+//! caller stops reading its sockets while [`Assembler::is_full`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use beamflow_protocol::{EventData, EventNumber, StreamName};
+
+/// An event released for processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    /// The event with every stream that arrived.
+    pub event: EventData,
+    /// Expected streams that did not arrive in time; empty for a complete event.
+    pub missing: BTreeSet<StreamName>,
+}
+
+/// What became of an arriving part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// Kept.
+    Accepted,
+    /// The event was already released; the part is dropped.
+    Late,
+    /// A stream of this event had already arrived; the first copy is kept.
+    Duplicate(StreamName),
+}
+
+#[derive(Debug)]
+struct Partial {
+    event: EventData,
+    expected: Option<BTreeSet<StreamName>>,
+    /// Set by the lease; before it, by the first part's arrival (a part whose lease never comes is
+    /// dropped then, so it cannot hold memory for ever).
+    deadline: Instant,
+}
+
+/// Assembles events from their parts.
+#[derive(Debug)]
+pub struct Assembler {
+    partial: BTreeMap<EventNumber, Partial>,
+    /// Events released, so a late part is recognised (pruned below the oldest partial event).
+    released: BTreeSet<EventNumber>,
+    timeout: Duration,
+    capacity: usize,
+    orphaned: u64,
+}
+
+impl Assembler {
+    /// Events not complete `timeout` after their lease are released incomplete; at most
+    /// `capacity` events are held.
+    pub fn new(timeout: Duration, capacity: usize) -> Self {
+        Self {
+            partial: BTreeMap::new(),
+            released: BTreeSet::new(),
+            timeout,
+            capacity: capacity.max(1),
+            orphaned: 0,
+        }
+    }
+
+    /// The lease: `event` has these streams for this worker. Starts its deadline.
+    pub fn expect(&mut self, event: EventNumber, streams: BTreeSet<StreamName>, now: Instant) {
+        if self.released.contains(&event) {
+            return;
+        }
+        let partial = self.partial.entry(event).or_insert_with(|| Partial {
+            event: EventData::new(event),
+            expected: None,
+            deadline: now,
+        });
+        partial.expected = Some(streams);
+        partial.deadline = now + self.timeout;
+    }
+
+    /// One ingester's part of an event (one or more streams).
+    pub fn add(&mut self, part: EventData, now: Instant) -> Arrival {
+        if self.released.contains(&part.event_number) {
+            return Arrival::Late;
+        }
+        let timeout = self.timeout;
+        let partial = self
+            .partial
+            .entry(part.event_number)
+            .or_insert_with(|| Partial {
+                event: EventData::new(part.event_number),
+                expected: None,
+                deadline: now + timeout,
+            });
+        let mut arrival = Arrival::Accepted;
+        for (stream, data) in part.streams {
+            if partial.event.streams.contains_key(&stream) {
+                arrival = Arrival::Duplicate(stream);
+                continue;
+            }
+            partial.event.streams.insert(stream, data);
+        }
+        partial.event.created_at = match (partial.event.created_at, part.created_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        arrival
+    }
+
+    /// Releases every complete event, and every expected event past its deadline as incomplete.
+    /// Parts whose lease has not come by their deadline are dropped and counted.
+    pub fn ready(&mut self, now: Instant) -> Vec<Assembled> {
+        let done: Vec<EventNumber> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| {
+                now >= p.deadline
+                    || p.expected.as_ref().is_some_and(|expected| {
+                        expected.iter().all(|s| p.event.streams.contains_key(s))
+                    })
+            })
+            .map(|(event, _)| *event)
+            .collect();
+        let mut out = Vec::with_capacity(done.len());
+        for event in done {
+            let Some(partial) = self.partial.remove(&event) else {
+                continue;
+            };
+            let Some(expected) = partial.expected else {
+                self.orphaned += 1;
+                continue;
+            };
+            let missing = expected
+                .into_iter()
+                .filter(|s| !partial.event.streams.contains_key(s))
+                .collect();
+            self.released.insert(event);
+            out.push(Assembled {
+                event: partial.event,
+                missing,
+            });
+        }
+        // Remember enough releases to recognise late parts, not all of them.
+        while self.released.len() > 4 * self.capacity {
+            self.released.pop_first();
+        }
+        out
+    }
+
+    /// Parts dropped because no lease for their event came in time.
+    pub fn orphaned(&self) -> u64 {
+        self.orphaned
+    }
+
+    /// Whether as many events are held as allowed.
+    pub fn is_full(&self) -> bool {
+        self.partial.len() >= self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beamflow_protocol::StreamData;
+    use bytes::Bytes;
+
+    fn part(event: u64, streams: &[&str]) -> EventData {
+        let mut data = EventData::new(EventNumber(event));
+        for s in streams {
+            data.streams.insert(
+                (*s).into(),
+                StreamData {
+                    typ: "T".into(),
+                    frames: vec![Bytes::from(format!("{s}{event}"))],
+                },
+            );
+        }
+        data
+    }
+
+    fn names(streams: &[&str]) -> BTreeSet<StreamName> {
+        streams.iter().map(|s| StreamName::from(*s)).collect()
+    }
+
+    #[test]
+    fn assembles_by_number_in_any_order() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_secs(1), 16);
+        // Parts arrive before the lease and out of order.
+        assert_eq!(assembler.add(part(2, &["pcap"]), t0), Arrival::Accepted);
+        assert_eq!(assembler.add(part(1, &["det"]), t0), Arrival::Accepted);
+        assembler.expect(EventNumber(1), names(&["det"]), t0);
+        assembler.expect(EventNumber(2), names(&["det", "pcap"]), t0);
+        let ready = assembler.ready(t0);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].event.event_number, EventNumber(1));
+        assert!(ready[0].missing.is_empty());
+        assert_eq!(assembler.add(part(2, &["det"]), t0), Arrival::Accepted);
+        let ready = assembler.ready(t0);
+        assert_eq!(ready[0].event.streams.len(), 2);
+        assert_eq!(
+            ready[0].event.streams[&StreamName::from("det")].frames[0],
+            Bytes::from("det2")
+        );
+        assert_eq!(assembler.add(part(2, &["det"]), t0), Arrival::Late);
+    }
+
+    #[test]
+    fn a_missing_stream_releases_the_event_incomplete_at_its_deadline() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_millis(500), 16);
+        assembler.expect(EventNumber(7), names(&["det", "pcap"]), t0);
+        assert_eq!(assembler.add(part(7, &["det"]), t0), Arrival::Accepted);
+        assert!(assembler.ready(t0 + Duration::from_millis(499)).is_empty());
+        let ready = assembler.ready(t0 + Duration::from_millis(500));
+        assert_eq!(ready[0].missing, names(&["pcap"]));
+        assert_eq!(ready[0].event.streams.len(), 1);
+    }
+
+    #[test]
+    fn parts_without_a_lease_are_dropped_at_their_deadline() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_secs(1), 16);
+        assembler.add(part(3, &["det"]), t0);
+        assert!(assembler.ready(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(assembler.orphaned(), 1);
+        assert!(!assembler.is_full());
+    }
+
+    #[test]
+    fn duplicate_streams_keep_the_first_copy() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_secs(1), 16);
+        assembler.add(part(1, &["det"]), t0);
+        assert_eq!(
+            assembler.add(part(1, &["det"]), t0),
+            Arrival::Duplicate("det".into())
+        );
+    }
+
+    #[test]
+    fn is_full_at_capacity() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_secs(1), 2);
+        assembler.add(part(1, &["det"]), t0);
+        assert!(!assembler.is_full());
+        assembler.add(part(2, &["det"]), t0);
+        assert!(assembler.is_full());
+    }
+}
