@@ -1,5 +1,10 @@
-//! The CBOR encoding of what beamflow sends itself (no pickle anywhere): results on their way
-//! from workers to the reducer. Events use the dump record layout (`dump::encode_record`).
+//! The CBOR encoding of what beamflow sends itself (no pickle anywhere): events' parts on their
+//! way from ingesters to workers, and results from workers to the reducer.
+//!
+//! An event part travels as a multipart message `[header, frame, frame, ...]`: the header says
+//! the event number, each stream's `typ` and frame count, and `created_at`; the frames follow
+//! unmodified, stream by stream in name order, so an ingester forwards upstream frames without
+//! copying them (dranspose's `InternalWorkerMessage` framing, with a CBOR header).
 
 use std::sync::Arc;
 
@@ -7,14 +12,125 @@ use jiff::Timestamp;
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};
 
+use bytes::Bytes;
+
 use crate::error::CborError;
-use crate::event::ResultData;
-use crate::ids::{AnalysisName, EventNumber, WorkerName};
+use crate::event::{EventData, ResultData, StreamData};
+use crate::ids::{AnalysisName, EventNumber, StreamName, StreamType, WorkerName};
 use crate::value::Value;
 
 /// Tag of a result: `[event_number, analysis, worker, created_at | null, payload]`. Next to
 /// dranspose's 42877/42878 and unassigned by IANA.
 pub const RESULT_TAG: u64 = 42880;
+
+/// Tag of an event part header: `[event_number, {stream: [typ, frame_count]}, created_at | null]`.
+pub const PART_TAG: u64 = 42881;
+
+/// The header of an event part; send it followed by every stream's frames in name order.
+pub fn encode_part_header(event: &EventData) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = write_part_header(&mut e, event);
+    e.into_writer()
+}
+
+fn write_part_header(
+    e: &mut Encoder<Vec<u8>>,
+    event: &EventData,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    e.tag(Tag::new(PART_TAG))?.array(3)?;
+    e.u64(event.event_number.0)?;
+    e.map(event.streams.len() as u64)?;
+    for (name, stream) in &event.streams {
+        e.str(name.as_str())?.array(2)?;
+        e.str(stream.typ.as_str())?
+            .u64(stream.frames.len() as u64)?;
+    }
+    match event.created_at {
+        Some(t) => e.tag(Tag::new(0))?.str(&format!("{t:.6}"))?,
+        None => e.null()?,
+    };
+    Ok(())
+}
+
+/// Rebuilds an event part from its header and the frames that followed it.
+pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborError> {
+    let mut d = Decoder::new(header);
+    let fail = |d: &Decoder<'_>, what: &str| {
+        CborError::new(d.position(), format!("event part: expected {what}"))
+    };
+    match d.tag() {
+        Ok(tag) if tag.as_u64() == PART_TAG => {}
+        _ => {
+            return Err(CborError::new(
+                0,
+                format!("event part: expected tag {PART_TAG}"),
+            ));
+        }
+    }
+    if !matches!(d.array(), Ok(Some(3))) {
+        return Err(fail(&d, "an array of 3 items"));
+    }
+    let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
+    let count = match d.map() {
+        Ok(Some(n)) => n,
+        _ => return Err(fail(&d, "a map of streams")),
+    };
+    let mut layout = Vec::with_capacity(count.min(64) as usize);
+    for _ in 0..count {
+        let name = StreamName::from(d.str().map_err(|_| fail(&d, "a stream name"))?);
+        if !matches!(d.array(), Ok(Some(2))) {
+            return Err(fail(&d, "[typ, frame_count]"));
+        }
+        let typ = StreamType::from(d.str().map_err(|_| fail(&d, "a typ"))?);
+        let frames = d.u64().map_err(|_| fail(&d, "a frame count"))?;
+        layout.push((name, typ, frames));
+    }
+    let created_at = if d.datatype().map_err(|_| fail(&d, "created_at"))? == Type::Null {
+        let _ = d.skip();
+        None
+    } else {
+        let _ = d.tag().map_err(|_| fail(&d, "created_at tag 0"))?;
+        let text = d.str().map_err(|_| fail(&d, "created_at text"))?;
+        Some(
+            text.parse::<Timestamp>()
+                .map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?,
+        )
+    };
+    let announced: u64 = layout.iter().map(|(_, _, n)| n).sum();
+    if announced != frames.len() as u64 {
+        return Err(CborError::new(
+            0,
+            format!(
+                "event part {event_number}: header announces {announced} frames, {} arrived",
+                frames.len()
+            ),
+        ));
+    }
+    let mut frames = frames.into_iter();
+    let mut event = EventData::new(event_number);
+    event.created_at = created_at;
+    for (name, typ, count) in layout {
+        let stream_frames = frames.by_ref().take(count as usize).collect();
+        if event
+            .streams
+            .insert(
+                name.clone(),
+                StreamData {
+                    typ,
+                    frames: stream_frames,
+                },
+            )
+            .is_some()
+        {
+            return Err(CborError::new(
+                0,
+                format!("event part {event_number}: stream {name} appears twice"),
+            ));
+        }
+    }
+    Ok(event)
+}
 
 /// Encodes a result.
 pub fn encode_result(result: &ResultData) -> Vec<u8> {
@@ -87,6 +203,38 @@ pub fn decode_result(bytes: &[u8]) -> Result<ResultData, CborError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_part_round_trip_and_frame_count_check() {
+        let mut event = EventData::new(EventNumber(9));
+        event.created_at = Some("2026-11-21T10:00:00.5Z".parse().unwrap());
+        for (name, typ, frames) in [
+            ("det", "STINS", vec!["a", "bb"]),
+            ("pcap", "PCAP", vec![]),
+            ("x", "RAW", vec!["c"]),
+        ] {
+            event.streams.insert(
+                name.into(),
+                StreamData {
+                    typ: typ.into(),
+                    frames: frames.into_iter().map(Bytes::from).collect(),
+                },
+            );
+        }
+        let header = encode_part_header(&event);
+        let frames: Vec<Bytes> = event
+            .streams
+            .values()
+            .flat_map(|s| s.frames.clone())
+            .collect();
+        assert_eq!(decode_part(&header, frames.clone()).unwrap(), event);
+        let error = decode_part(&header, frames[..2].to_vec()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "event part 9: header announces 3 frames, 2 arrived (at byte 0)"
+        );
+        assert!(decode_part(b"garbage", vec![]).is_err());
+    }
 
     #[test]
     fn result_round_trip() {
