@@ -103,7 +103,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         None => None,
     };
     let summary = beamflow_replay::run(&config, &view)?;
-    eprintln!("{summary}");
+    // Formatted first and written once, so the line is not interleaved with log output.
+    let line = format!("{summary}\n");
+    std::io::stderr().write_all(line.as_bytes())?;
     if let Some(out) = &args.out {
         let json = serde_json::to_vec_pretty(&*view.state()).context("cannot encode the state")?;
         if out.as_os_str() == "-" {
