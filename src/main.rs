@@ -9,6 +9,7 @@ use beamflow::pipeline::Pipeline;
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use tracing_subscriber::EnvFilter;
 
 // glibc's malloc spent a third of a tiny-event replay in malloc/free across threads (callgrind);
@@ -56,13 +57,16 @@ struct ReplayArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // indicatif draws nothing when standard error is not a terminal.
+    let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let bar = progress.clone();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(move || AroundProgress(bar.clone()))
         .init();
-    match run(Cli::parse()) {
+    match run(Cli::parse(), progress) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("beamflow: {error:#}");
@@ -71,13 +75,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Replay(args) => replay(args),
+/// Log lines written while the progress bar is hidden, so they do not leave torn bars behind.
+struct AroundProgress(ProgressBar);
+
+impl std::io::Write for AroundProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
-fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay(args) => replay(args, progress),
+    }
+}
+
+fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let parameters = match &args.params {
         Some(path) => {
@@ -95,7 +113,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         dumps: args.dumps,
         threads: args.threads,
         strict: args.strict,
-        progress: true,
+        progress: Some(progress),
     };
     let view = View::new();
     let server = match args.serve {

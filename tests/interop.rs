@@ -83,7 +83,7 @@ fn dump_written_by_dranspose_replays_in_beamflow() {
             dumps: vec![dir.path().join("det.cbors"), dir.path().join("pcap.cbors")],
             threads: 2,
             strict: true,
-            progress: false,
+            progress: None,
         },
         &view,
     )

@@ -70,7 +70,7 @@ fn replay(c: &mut Criterion) {
             dumps: vec![path],
             threads: 2,
             strict: true,
-            progress: false,
+            progress: None,
         };
         group.bench_function(name, |b| {
             b.iter(|| beamflow_replay::run(&config, &View::new()).expect("replay"))

@@ -69,8 +69,9 @@ pub struct ReplayConfig {
     pub threads: usize,
     /// Stop at the first bad record or failed analysis instead of counting and skipping it.
     pub strict: bool,
-    /// Draw a progress bar (only shown on a terminal).
-    pub progress: bool,
+    /// The bar to draw progress on (only shown on a terminal); `None` draws nothing. The caller
+    /// owns it so that it can route log lines around it (`ProgressBar::suspend`).
+    pub progress: Option<ProgressBar>,
 }
 
 /// What a replay did.
@@ -155,7 +156,8 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         .thread_name(|i| format!("replay-{i}"))
         .build()
         .context("cannot start the analysis threads")?;
-    let progress = progress_bar(config);
+    let progress = config.progress.clone().unwrap_or_else(ProgressBar::hidden);
+    style_progress(&progress, config);
 
     let started = Instant::now();
     let (sender, batches) = sync_channel(BATCHES_AHEAD);
@@ -343,36 +345,27 @@ fn status(summary: &Summary, finished: bool) -> Status {
     }
 }
 
-fn progress_bar(config: &ReplayConfig) -> ProgressBar {
-    if !config.progress {
-        return ProgressBar::hidden();
-    }
+fn style_progress(bar: &ProgressBar, config: &ReplayConfig) {
     let compressed = config
         .dumps
         .iter()
         .any(|p| p.extension().is_some_and(|e| e == "gz"));
-    let total: u64 = config
-        .dumps
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    // indicatif draws nothing when stderr is not a terminal.
-    if compressed {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {bytes} read, {msg} ({elapsed})")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar
+    // Compressed sizes say nothing about the bytes to read: a spinner then.
+    let style = if compressed {
+        ProgressStyle::with_template("{spinner} {bytes} read, {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
     } else {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    }
+        let total: u64 = config
+            .dumps
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        bar.set_length(total);
+        ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {msg} ({bytes_per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+    };
+    bar.set_style(style);
 }
