@@ -71,3 +71,15 @@ pub struct ResultData {
     /// copying.
     pub payload: Arc<Value>,
 }
+
+/// One worker's outcome for one event: every result its analyses produced (maybe none). The
+/// reducer counts an event complete when every worker it went to has reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventReport {
+    /// The event.
+    pub event_number: EventNumber,
+    /// The worker that processed it.
+    pub worker: WorkerName,
+    /// Its results, one per analysis that had something to say.
+    pub results: Vec<ResultData>,
+}

@@ -36,7 +36,7 @@ pub mod value;
 
 pub use array::{DType, NdArray};
 pub use error::CborError;
-pub use event::{EventData, ResultData, StreamData};
+pub use event::{EventData, EventReport, ResultData, StreamData};
 pub use ids::{
     AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName,
     WorkerTag,

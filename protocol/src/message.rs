@@ -15,7 +15,7 @@ use minicbor::{Decoder, Encoder};
 use bytes::Bytes;
 
 use crate::error::CborError;
-use crate::event::{EventData, ResultData, StreamData};
+use crate::event::{EventData, EventReport, ResultData, StreamData};
 use crate::ids::{AnalysisName, EventNumber, StreamName, StreamType, WorkerName};
 use crate::value::Value;
 
@@ -132,6 +132,69 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
     Ok(event)
 }
 
+/// Tag of an event report: `[event_number, worker, [result, ...]]`, each result as
+/// [`encode_result`] writes it.
+pub const REPORT_TAG: u64 = 42882;
+
+/// Encodes a worker's report of one event.
+pub fn encode_report(report: &EventReport) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = write_report(&mut e, report);
+    e.into_writer()
+}
+
+fn write_report(
+    e: &mut Encoder<Vec<u8>>,
+    report: &EventReport,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    e.tag(Tag::new(REPORT_TAG))?.array(3)?;
+    e.u64(report.event_number.0)?.str(report.worker.as_str())?;
+    e.array(report.results.len() as u64)?;
+    report
+        .results
+        .iter()
+        .try_for_each(|result| write_result(e, result))
+}
+
+/// Decodes a worker's report.
+pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
+    let mut d = Decoder::new(bytes);
+    let fail = |d: &Decoder<'_>, what: &str| {
+        CborError::new(d.position(), format!("report: expected {what}"))
+    };
+    match d.tag() {
+        Ok(tag) if tag.as_u64() == REPORT_TAG => {}
+        _ => {
+            return Err(CborError::new(
+                0,
+                format!("report: expected tag {REPORT_TAG}"),
+            ));
+        }
+    }
+    if !matches!(d.array(), Ok(Some(3))) {
+        return Err(fail(&d, "an array of 3 items"));
+    }
+    let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
+    let worker = WorkerName::from(d.str().map_err(|_| fail(&d, "a worker name"))?);
+    let count = match d.array() {
+        Ok(Some(n)) => n,
+        _ => return Err(fail(&d, "an array of results")),
+    };
+    let mut results = Vec::with_capacity(count.min(64) as usize);
+    for _ in 0..count {
+        results.push(read_result(&mut d)?);
+    }
+    if d.position() != bytes.len() {
+        return Err(CborError::new(d.position(), "report: trailing bytes"));
+    }
+    Ok(EventReport {
+        event_number,
+        worker,
+        results,
+    })
+}
+
 /// Encodes a result.
 pub fn encode_result(result: &ResultData) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
@@ -158,39 +221,45 @@ fn write_result(
 /// Decodes a result; the error says which field was wrong and where.
 pub fn decode_result(bytes: &[u8]) -> Result<ResultData, CborError> {
     let mut d = Decoder::new(bytes);
+    let result = read_result(&mut d)?;
+    if d.position() != bytes.len() {
+        return Err(CborError::new(d.position(), "result: trailing bytes"));
+    }
+    Ok(result)
+}
+
+fn read_result(d: &mut Decoder<'_>) -> Result<ResultData, CborError> {
     let fail = |d: &Decoder<'_>, what: &str| {
         CborError::new(d.position(), format!("result: expected {what}"))
     };
+    let at = d.position();
     match d.tag() {
         Ok(tag) if tag.as_u64() == RESULT_TAG => {}
         _ => {
             return Err(CborError::new(
-                0,
+                at,
                 format!("result: expected tag {RESULT_TAG}"),
             ));
         }
     }
     if !matches!(d.array(), Ok(Some(5))) {
-        return Err(fail(&d, "an array of 5 items"));
+        return Err(fail(d, "an array of 5 items"));
     }
-    let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
-    let analysis = AnalysisName::from(d.str().map_err(|_| fail(&d, "an analysis name"))?);
-    let worker = WorkerName::from(d.str().map_err(|_| fail(&d, "a worker name"))?);
-    let created_at = if d.datatype().map_err(|_| fail(&d, "created_at"))? == Type::Null {
+    let event_number = EventNumber(d.u64().map_err(|_| fail(d, "an event number"))?);
+    let analysis = AnalysisName::from(d.str().map_err(|_| fail(d, "an analysis name"))?);
+    let worker = WorkerName::from(d.str().map_err(|_| fail(d, "a worker name"))?);
+    let created_at = if d.datatype().map_err(|_| fail(d, "created_at"))? == Type::Null {
         let _ = d.skip();
         None
     } else {
-        let _ = d.tag().map_err(|_| fail(&d, "created_at tag 0"))?;
-        let text = d.str().map_err(|_| fail(&d, "created_at text"))?;
+        let _ = d.tag().map_err(|_| fail(d, "created_at tag 0"))?;
+        let text = d.str().map_err(|_| fail(d, "created_at text"))?;
         Some(
             text.parse::<Timestamp>()
-                .map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?,
+                .map_err(|e| fail(d, &format!("RFC 3339 created_at: {e}")))?,
         )
     };
-    let payload = Arc::new(Value::decode(&mut d)?);
-    if d.position() != bytes.len() {
-        return Err(CborError::new(d.position(), "result: trailing bytes"));
-    }
+    let payload = Arc::new(Value::decode(d)?);
     Ok(ResultData {
         event_number,
         analysis,
@@ -234,6 +303,29 @@ mod tests {
             "event part 9: header announces 3 frames, 2 arrived (at byte 0)"
         );
         assert!(decode_part(b"garbage", vec![]).is_err());
+    }
+
+    #[test]
+    fn report_round_trip() {
+        let result = ResultData {
+            event_number: EventNumber(3),
+            analysis: "stats".into(),
+            worker: "w1".into(),
+            created_at: None,
+            payload: Arc::new(Value::from("x")),
+        };
+        for results in [vec![], vec![result.clone(), result]] {
+            let report = EventReport {
+                event_number: EventNumber(3),
+                worker: "w1".into(),
+                results,
+            };
+            assert_eq!(decode_report(&encode_report(&report)).unwrap(), report);
+        }
+        assert_eq!(
+            decode_report(&[0xf6]).unwrap_err().to_string(),
+            "report: expected tag 42882 (at byte 0)"
+        );
     }
 
     #[test]

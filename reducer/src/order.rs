@@ -12,18 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use beamflow_protocol::{AnalysisName, EventNumber, ResultData, WorkerName};
-
-/// One worker's outcome for one event: every result its analyses produced (maybe none).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventReport {
-    /// The event.
-    pub event_number: EventNumber,
-    /// The worker that processed it.
-    pub worker: WorkerName,
-    /// Its results, one per analysis that had something to say.
-    pub results: Vec<ResultData>,
-}
+use beamflow_protocol::{AnalysisName, EventNumber, EventReport, ResultData, WorkerName};
 
 /// What became of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
