@@ -22,17 +22,16 @@ pub mod merge;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use beamflow_protocol::{
-    AnalysisName, EventData, EventNumber, ParameterName, Parameters, ResultData, Value, WorkerName,
+    AnalysisName, EventData, EventNumber, EventReport, ParameterName, Parameters, WorkerName,
 };
 use beamflow_reducer::http::{Status, View};
 use beamflow_reducer::{AccumulatorConfig, Reducer};
-use beamflow_workers::{AnalysisConfig, AnalysisError, DynAnalysis};
+use beamflow_workers::{Analyses, AnalysisConfig, Failure};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -136,16 +135,9 @@ struct Batch {
 
 /// Replays the dumps, publishing state and status to `view` as it goes and at the end.
 pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
-    let analyses: Vec<(AnalysisName, Box<dyn DynAnalysis>)> = config
-        .analyses
-        .iter()
-        .map(|(name, analysis)| (name.clone(), analysis.build()))
-        .collect();
+    let analyses = Analyses::build(&config.analyses);
     let mut reducer = Reducer::new(&config.accumulators, Parameters::default())?;
-    let mut descriptions: Vec<_> = analyses
-        .iter()
-        .flat_map(|(_, a)| a.describe_parameters())
-        .collect();
+    let mut descriptions = analyses.describe_parameters();
     descriptions.extend(reducer.describe_parameters());
     let parameters = Parameters::resolve(config.parameters.iter().cloned(), &descriptions)?;
     reducer.set_parameters(parameters.clone());
@@ -196,9 +188,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
     }
     outcome?;
 
-    for (_, analysis) in &analyses {
-        analysis.finish(&parameters);
-    }
+    analyses.finish(&parameters);
     reducer.finish();
     summary.elapsed = started.elapsed();
     summary.results = reducer.counts().results;
@@ -244,7 +234,7 @@ fn read_batches(mut merged: Merged, sender: &SyncSender<Batch>) {
 
 /// What runs the analyses of each batch and applies their results.
 struct AnalysisStage<'a> {
-    analyses: &'a [(AnalysisName, Box<dyn DynAnalysis>)],
+    analyses: &'a Analyses,
     parameters: &'a Parameters,
     pool: &'a rayon::ThreadPool,
     worker: WorkerName,
@@ -280,44 +270,32 @@ impl AnalysisStage<'_> {
                     debug!(error = %input_error, "Skipped a bad record.");
                 }
             }
-            let outputs: Vec<Vec<Result<Option<Value>, AnalysisError>>> = pool.install(|| {
+            let processed: Vec<(EventReport, Vec<Failure>)> = pool.install(|| {
                 batch
                     .events
                     .par_iter()
-                    .map(|event| {
-                        analyses
-                            .iter()
-                            .map(|(_, a)| a.process(event, parameters))
-                            .collect()
-                    })
+                    .map(|event| analyses.process(event, parameters, worker))
                     .collect()
             });
-            for (event, outputs) in batch.events.iter().zip(outputs) {
-                for ((name, _), output) in analyses.iter().zip(outputs) {
-                    match output {
-                        Ok(Some(payload)) => reducer.apply(&ResultData {
-                            event_number: event.event_number,
-                            analysis: name.clone(),
-                            worker: worker.clone(),
-                            created_at: event.created_at,
-                            payload: Arc::new(payload),
-                        }),
-                        Ok(None) => {}
-                        Err(failure) => {
-                            if strict {
-                                bail!("event {}: analysis {name}: {failure}", event.event_number);
-                            }
-                            let count =
-                                summary.analysis_errors.entry(name.to_string()).or_default();
-                            *count += 1;
-                            if *count == 1 {
-                                error!(event = %event.event_number, analysis = %name, error = %failure,
-                                "Analysis failed; further failures are only counted.");
-                            } else {
-                                debug!(event = %event.event_number, analysis = %name, error = %failure, "Analysis failed.");
-                            }
-                        }
+            for (report, failures) in processed {
+                let event = report.event_number;
+                for Failure { analysis, error } in failures {
+                    if strict {
+                        bail!("event {event}: analysis {analysis}: {error}");
                     }
+                    let count = summary
+                        .analysis_errors
+                        .entry(analysis.to_string())
+                        .or_default();
+                    *count += 1;
+                    if *count == 1 {
+                        error!(%event, %analysis, %error, "Analysis failed; further failures are only counted.");
+                    } else {
+                        debug!(%event, %analysis, %error, "Analysis failed.");
+                    }
+                }
+                for result in &report.results {
+                    reducer.apply(result);
                 }
             }
             summary.events += batch.events.len() as u64;

@@ -7,9 +7,12 @@
 //! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`) and one
 //!   file per analysis.
 //! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
+//! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
+//!   worker and replay.
 
 pub mod analyses;
 pub mod assembly;
+pub mod process;
 
 use beamflow_protocol::streams::stins::StinsError;
 use beamflow_protocol::value::SerializeError;
@@ -17,6 +20,7 @@ use beamflow_protocol::{EventData, ParameterDescription, Parameters, StreamName,
 use serde::Serialize;
 
 pub use analyses::AnalysisConfig;
+pub use process::{Analyses, Failure};
 
 /// An analysis: turns one event into at most one output, with no state that matters across
 /// events, so any worker (or replay thread) can process any event.
