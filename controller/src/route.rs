@@ -170,6 +170,12 @@ impl Router {
         }
     }
 
+    /// Forgets a worker that has gone: its unfinished count, so it cannot skew the balance if a
+    /// worker of the same name joins again. Its bindings are replaced when next used.
+    pub fn forget(&mut self, worker: &WorkerName) {
+        self.load.remove(worker);
+    }
+
     /// Unfinished events of `worker`.
     pub fn load(&self, worker: &WorkerName) -> u64 {
         self.load.get(worker).copied().unwrap_or(0)
