@@ -82,4 +82,7 @@ pub struct EventReport {
     pub worker: WorkerName,
     /// Its results, one per analysis that had something to say.
     pub results: Vec<ResultData>,
+    /// Streams the event should have had but that did not arrive in time: the event was
+    /// processed incomplete (flagged, never filled with another event's frames).
+    pub missing: Vec<StreamName>,
 }

@@ -132,8 +132,8 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
     Ok(event)
 }
 
-/// Tag of an event report: `[event_number, worker, [result, ...]]`, each result as
-/// [`encode_result`] writes it.
+/// Tag of an event report: `[event_number, worker, [result, ...], [missing stream, ...]]`, each
+/// result as [`encode_result`] writes it.
 pub const REPORT_TAG: u64 = 42882;
 
 /// Encodes a worker's report of one event.
@@ -148,13 +148,17 @@ fn write_report(
     e: &mut Encoder<Vec<u8>>,
     report: &EventReport,
 ) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-    e.tag(Tag::new(REPORT_TAG))?.array(3)?;
+    e.tag(Tag::new(REPORT_TAG))?.array(4)?;
     e.u64(report.event_number.0)?.str(report.worker.as_str())?;
     e.array(report.results.len() as u64)?;
+    for result in &report.results {
+        write_result(e, result)?;
+    }
+    e.array(report.missing.len() as u64)?;
     report
-        .results
+        .missing
         .iter()
-        .try_for_each(|result| write_result(e, result))
+        .try_for_each(|stream| e.str(stream.as_str()).map(drop))
 }
 
 /// Decodes a worker's report.
@@ -172,8 +176,8 @@ pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
             ));
         }
     }
-    if !matches!(d.array(), Ok(Some(3))) {
-        return Err(fail(&d, "an array of 3 items"));
+    if !matches!(d.array(), Ok(Some(4))) {
+        return Err(fail(&d, "an array of 4 items"));
     }
     let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
     let worker = WorkerName::from(d.str().map_err(|_| fail(&d, "a worker name"))?);
@@ -185,6 +189,16 @@ pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
     for _ in 0..count {
         results.push(read_result(&mut d)?);
     }
+    let missing_count = match d.array() {
+        Ok(Some(n)) => n,
+        _ => return Err(fail(&d, "an array of missing streams")),
+    };
+    let mut missing = Vec::with_capacity(missing_count.min(64) as usize);
+    for _ in 0..missing_count {
+        missing.push(StreamName::from(
+            d.str().map_err(|_| fail(&d, "a stream name"))?,
+        ));
+    }
     if d.position() != bytes.len() {
         return Err(CborError::new(d.position(), "report: trailing bytes"));
     }
@@ -192,6 +206,7 @@ pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
         event_number,
         worker,
         results,
+        missing,
     })
 }
 
@@ -319,6 +334,7 @@ mod tests {
                 event_number: EventNumber(3),
                 worker: "w1".into(),
                 results,
+                missing: vec!["pcap".into()],
             };
             assert_eq!(decode_report(&encode_report(&report)).unwrap(), report);
         }

@@ -152,6 +152,7 @@ mod tests {
                     payload: Arc::new(Value::from(worker)),
                 })
                 .collect(),
+            missing: Vec::new(),
         }
     }
 

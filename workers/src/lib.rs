@@ -9,10 +9,12 @@
 //! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
 //! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
 //!   worker and replay.
+//! - [`worker`]: a worker's loop body without sockets: leases and parts in, reports out.
 
 pub mod analyses;
 pub mod assembly;
 pub mod process;
+pub mod worker;
 
 use beamflow_protocol::streams::stins::StinsError;
 use beamflow_protocol::value::SerializeError;

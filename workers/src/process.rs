@@ -72,6 +72,7 @@ impl Analyses {
             event_number: event.event_number,
             worker: worker.clone(),
             results,
+            missing: Vec::new(),
         };
         (report, failures)
     }
