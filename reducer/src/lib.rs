@@ -7,11 +7,14 @@
 //! - [`accumulators`]: the registry ([`AccumulatorConfig`], keyed by `kind`) and one file each.
 //! - [`Reducer`]: routes results to accumulators, counts failures, assembles the state tree.
 //! - [`http`]: the axum [`app`](http::app) over a [`View`](http::View) snapshot.
+//! - [`live`]: the live reducer's loop body without sockets: expectations and reports in,
+//!   results applied in event order.
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 
 pub mod accumulators;
 pub mod http;
+pub mod live;
 pub mod order;
 
 use std::collections::BTreeMap;
