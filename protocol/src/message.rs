@@ -46,11 +46,7 @@ fn write_part_header(
         e.str(stream.typ.as_str())?
             .u64(stream.frames.len() as u64)?;
     }
-    match event.created_at {
-        Some(t) => e.tag(Tag::new(0))?.str(&format!("{t:.6}"))?,
-        None => e.null()?,
-    };
-    Ok(())
+    write_created_at(e, event.created_at)
 }
 
 /// Rebuilds an event part from its header and the frames that followed it.
@@ -86,17 +82,7 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
         let frames = d.u64().map_err(|_| fail(&d, "a frame count"))?;
         layout.push((name, typ, frames));
     }
-    let created_at = if d.datatype().map_err(|_| fail(&d, "created_at"))? == Type::Null {
-        let _ = d.skip();
-        None
-    } else {
-        let _ = d.tag().map_err(|_| fail(&d, "created_at tag 0"))?;
-        let text = d.str().map_err(|_| fail(&d, "created_at text"))?;
-        Some(
-            text.parse::<Timestamp>()
-                .map_err(|e| fail(&d, &format!("RFC 3339 created_at: {e}")))?,
-        )
-    };
+    let created_at = read_created_at(&mut d, "event part")?;
     let announced: u64 = layout.iter().map(|(_, _, n)| n).sum();
     if announced != frames.len() as u64 {
         return Err(CborError::new(
@@ -135,6 +121,34 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
 /// Tag of an event report: `[event_number, worker, [result, ...], [missing stream, ...]]`, each
 /// result as [`encode_result`] writes it.
 pub const REPORT_TAG: u64 = 42882;
+
+/// `created_at` as a tag-0 RFC 3339 string with microseconds (what Python's datetime keeps),
+/// or null.
+fn write_created_at(
+    e: &mut Encoder<Vec<u8>>,
+    created_at: Option<Timestamp>,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    match created_at {
+        Some(t) => e.tag(Tag::new(0))?.str(&format!("{t:.6}"))?,
+        None => e.null()?,
+    };
+    Ok(())
+}
+
+fn read_created_at(d: &mut Decoder<'_>, what: &str) -> Result<Option<Timestamp>, CborError> {
+    let fail = |d: &Decoder<'_>, expected: &str| {
+        CborError::new(d.position(), format!("{what}: expected {expected}"))
+    };
+    if d.datatype().map_err(|_| fail(d, "created_at"))? == Type::Null {
+        let _ = d.skip();
+        return Ok(None);
+    }
+    let _ = d.tag().map_err(|_| fail(d, "created_at tag 0"))?;
+    let text = d.str().map_err(|_| fail(d, "created_at text"))?;
+    text.parse::<Timestamp>()
+        .map(Some)
+        .map_err(|e| fail(d, &format!("RFC 3339 created_at: {e}")))
+}
 
 /// Encodes a worker's report of one event.
 pub fn encode_report(report: &EventReport) -> Vec<u8> {
@@ -226,10 +240,7 @@ fn write_result(
     e.u64(result.event_number.0)?;
     e.str(result.analysis.as_str())?;
     e.str(result.worker.as_str())?;
-    match result.created_at {
-        Some(t) => e.tag(Tag::new(0))?.str(&format!("{t:.6}"))?,
-        None => e.null()?,
-    };
+    write_created_at(e, result.created_at)?;
     result.payload.encode(e)
 }
 
@@ -263,17 +274,7 @@ fn read_result(d: &mut Decoder<'_>) -> Result<ResultData, CborError> {
     let event_number = EventNumber(d.u64().map_err(|_| fail(d, "an event number"))?);
     let analysis = AnalysisName::from(d.str().map_err(|_| fail(d, "an analysis name"))?);
     let worker = WorkerName::from(d.str().map_err(|_| fail(d, "a worker name"))?);
-    let created_at = if d.datatype().map_err(|_| fail(d, "created_at"))? == Type::Null {
-        let _ = d.skip();
-        None
-    } else {
-        let _ = d.tag().map_err(|_| fail(d, "created_at tag 0"))?;
-        let text = d.str().map_err(|_| fail(d, "created_at text"))?;
-        Some(
-            text.parse::<Timestamp>()
-                .map_err(|e| fail(d, &format!("RFC 3339 created_at: {e}")))?,
-        )
-    };
+    let created_at = read_created_at(d, "result")?;
     let payload = Arc::new(Value::decode(d)?);
     Ok(ResultData {
         event_number,
