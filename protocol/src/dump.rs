@@ -555,12 +555,10 @@ pub fn encode_record<W: minicbor::encode::Write>(
             e.bytes(frame)?;
         }
     }
-    if let Some(created_at) = event.created_at {
-        // Microseconds, as Python's datetime has, so dranspose reads back what was written.
-        e.tag(Tag::new(DATETIME_TAG))?
-            .str(&format!("{created_at:.6}"))?;
+    match event.created_at {
+        Some(created_at) => crate::message::write_timestamp(e, created_at),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Encodes one event record into a new buffer.

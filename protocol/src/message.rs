@@ -129,10 +129,18 @@ fn write_created_at(
     created_at: Option<Timestamp>,
 ) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
     match created_at {
-        Some(t) => e.tag(Tag::new(0))?.str(&format!("{t:.6}"))?,
-        None => e.null()?,
-    };
-    Ok(())
+        Some(t) => write_timestamp(e, t),
+        None => e.null().map(drop),
+    }
+}
+
+/// A time stamp as dumps and messages carry it: tag 0 with an RFC 3339 string to the
+/// microsecond, as Python's datetime has it, so dranspose reads back what was written.
+pub(crate) fn write_timestamp<W: minicbor::encode::Write>(
+    e: &mut Encoder<W>,
+    t: Timestamp,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    e.tag(Tag::new(0))?.str(&format!("{t:.6}")).map(drop)
 }
 
 fn read_created_at(d: &mut Decoder<'_>, what: &str) -> Result<Option<Timestamp>, CborError> {

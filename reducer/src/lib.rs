@@ -19,9 +19,7 @@ pub mod order;
 
 use std::collections::BTreeMap;
 
-use beamflow_protocol::{
-    AnalysisName, EventNumber, ParameterDescription, Parameters, ResultData, Value,
-};
+use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultData, Value};
 use serde::Serialize;
 use tracing::{debug, error};
 
@@ -103,8 +101,6 @@ struct Slot {
 pub struct ReducerCounts {
     /// Results applied.
     pub results: u64,
-    /// The highest event number applied.
-    pub last_event: Option<EventNumber>,
     /// Results an accumulator rejected, per accumulator.
     pub accumulator_errors: BTreeMap<String, u64>,
 }
@@ -176,7 +172,6 @@ impl Reducer {
             }
         }
         self.counts.results += 1;
-        self.counts.last_event = self.counts.last_event.max(Some(result.event_number));
     }
 
     /// Sets the parameters accumulators see from the next result on.
