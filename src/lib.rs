@@ -4,7 +4,5 @@
 //! # Layout
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
-//! - [`connection`]: ZeroMQ sockets and the messages beamflow sends on them.
 
-pub mod connection;
 pub mod pipeline;

@@ -20,10 +20,12 @@
 //! - [`parameters`]: typed parameters and dranspose parameter files.
 //! - [`mod@array`]: `NdArray`, typed shaped frames.
 //! - [`dump`]: `.cbors` dump reading (streaming, zero-copy) and writing.
-//! - [`message`]: CBOR encoding of results.
+//! - [`message`]: CBOR encoding of event parts, reports and results.
+//! - [`control`]: the control messages between components and the controller.
 //! - [`streams`]: stream protocol parsers (`stins`, `bslz4`).
 
 pub mod array;
+pub mod control;
 pub mod dump;
 pub mod error;
 pub mod event;

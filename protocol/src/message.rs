@@ -23,22 +23,25 @@ use crate::value::Value;
 /// dranspose's 42877/42878 and unassigned by IANA.
 pub const RESULT_TAG: u64 = 42880;
 
-/// Tag of an event part header: `[event_number, {stream: [typ, frame_count]}, created_at | null]`.
+/// Tag of an event part header:
+/// `[event_number, {stream: [typ, frame_count]}, created_at | null, scan]`.
 pub const PART_TAG: u64 = 42881;
 
-/// The header of an event part; send it followed by every stream's frames in name order.
-pub fn encode_part_header(event: &EventData) -> Vec<u8> {
+/// The header of an event part of scan `scan`; send it followed by every stream's frames in name
+/// order.
+pub fn encode_part_header(scan: u64, event: &EventData) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
     // Writing into a Vec cannot fail.
-    let _ = write_part_header(&mut e, event);
+    let _ = write_part_header(&mut e, scan, event);
     e.into_writer()
 }
 
 fn write_part_header(
     e: &mut Encoder<Vec<u8>>,
+    scan: u64,
     event: &EventData,
 ) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-    e.tag(Tag::new(PART_TAG))?.array(3)?;
+    e.tag(Tag::new(PART_TAG))?.array(4)?;
     e.u64(event.event_number.0)?;
     e.map(event.streams.len() as u64)?;
     for (name, stream) in &event.streams {
@@ -46,11 +49,12 @@ fn write_part_header(
         e.str(stream.typ.as_str())?
             .u64(stream.frames.len() as u64)?;
     }
-    write_created_at(e, event.created_at)
+    write_created_at(e, event.created_at)?;
+    e.u64(scan).map(drop)
 }
 
-/// Rebuilds an event part from its header and the frames that followed it.
-pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborError> {
+/// Rebuilds an event part from its header and the frames that followed it; returns its scan too.
+pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<(u64, EventData), CborError> {
     let mut d = Decoder::new(header);
     let fail = |d: &Decoder<'_>, what: &str| {
         CborError::new(d.position(), format!("event part: expected {what}"))
@@ -64,8 +68,8 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
             ));
         }
     }
-    if !matches!(d.array(), Ok(Some(3))) {
-        return Err(fail(&d, "an array of 3 items"));
+    if !matches!(d.array(), Ok(Some(4))) {
+        return Err(fail(&d, "an array of 4 items"));
     }
     let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
     let count = match d.map() {
@@ -83,6 +87,7 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
         layout.push((name, typ, frames));
     }
     let created_at = read_created_at(&mut d, "event part")?;
+    let scan = d.u64().map_err(|_| fail(&d, "a scan number"))?;
     let announced: u64 = layout.iter().map(|(_, _, n)| n).sum();
     if announced != frames.len() as u64 {
         return Err(CborError::new(
@@ -115,11 +120,12 @@ pub fn decode_part(header: &[u8], frames: Vec<Bytes>) -> Result<EventData, CborE
             ));
         }
     }
-    Ok(event)
+    Ok((scan, event))
 }
 
-/// Tag of an event report: `[event_number, worker, [result, ...], [missing stream, ...]]`, each
-/// result as [`encode_result`] writes it.
+/// Tag of an event report:
+/// `[event_number, worker, [result, ...], [missing stream, ...], scan]`, each result as
+/// [`encode_result`] writes it.
 pub const REPORT_TAG: u64 = 42882;
 
 /// `created_at` as a tag-0 RFC 3339 string with microseconds (what Python's datetime keeps),
@@ -158,19 +164,20 @@ fn read_created_at(d: &mut Decoder<'_>, what: &str) -> Result<Option<Timestamp>,
         .map_err(|e| fail(d, &format!("RFC 3339 created_at: {e}")))
 }
 
-/// Encodes a worker's report of one event.
-pub fn encode_report(report: &EventReport) -> Vec<u8> {
+/// Encodes a worker's report of one event of scan `scan`.
+pub fn encode_report(scan: u64, report: &EventReport) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
     // Writing into a Vec cannot fail.
-    let _ = write_report(&mut e, report);
+    let _ = write_report(&mut e, scan, report);
     e.into_writer()
 }
 
 fn write_report(
     e: &mut Encoder<Vec<u8>>,
+    scan: u64,
     report: &EventReport,
 ) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-    e.tag(Tag::new(REPORT_TAG))?.array(4)?;
+    e.tag(Tag::new(REPORT_TAG))?.array(5)?;
     e.u64(report.event_number.0)?.str(report.worker.as_str())?;
     e.array(report.results.len() as u64)?;
     for result in &report.results {
@@ -180,11 +187,12 @@ fn write_report(
     report
         .missing
         .iter()
-        .try_for_each(|stream| e.str(stream.as_str()).map(drop))
+        .try_for_each(|stream| e.str(stream.as_str()).map(drop))?;
+    e.u64(scan).map(drop)
 }
 
-/// Decodes a worker's report.
-pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
+/// Decodes a worker's report; returns its scan too.
+pub fn decode_report(bytes: &[u8]) -> Result<(u64, EventReport), CborError> {
     let mut d = Decoder::new(bytes);
     let fail = |d: &Decoder<'_>, what: &str| {
         CborError::new(d.position(), format!("report: expected {what}"))
@@ -198,8 +206,8 @@ pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
             ));
         }
     }
-    if !matches!(d.array(), Ok(Some(4))) {
-        return Err(fail(&d, "an array of 4 items"));
+    if !matches!(d.array(), Ok(Some(5))) {
+        return Err(fail(&d, "an array of 5 items"));
     }
     let event_number = EventNumber(d.u64().map_err(|_| fail(&d, "an event number"))?);
     let worker = WorkerName::from(d.str().map_err(|_| fail(&d, "a worker name"))?);
@@ -221,15 +229,19 @@ pub fn decode_report(bytes: &[u8]) -> Result<EventReport, CborError> {
             d.str().map_err(|_| fail(&d, "a stream name"))?,
         ));
     }
+    let scan = d.u64().map_err(|_| fail(&d, "a scan number"))?;
     if d.position() != bytes.len() {
         return Err(CborError::new(d.position(), "report: trailing bytes"));
     }
-    Ok(EventReport {
-        event_number,
-        worker,
-        results,
-        missing,
-    })
+    Ok((
+        scan,
+        EventReport {
+            event_number,
+            worker,
+            results,
+            missing,
+        },
+    ))
 }
 
 /// Encodes a result.
@@ -314,13 +326,13 @@ mod tests {
                 },
             );
         }
-        let header = encode_part_header(&event);
+        let header = encode_part_header(3, &event);
         let frames: Vec<Bytes> = event
             .streams
             .values()
             .flat_map(|s| s.frames.clone())
             .collect();
-        assert_eq!(decode_part(&header, frames.clone()).unwrap(), event);
+        assert_eq!(decode_part(&header, frames.clone()).unwrap(), (3, event));
         let error = decode_part(&header, frames[..2].to_vec()).unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -345,7 +357,7 @@ mod tests {
                 results,
                 missing: vec!["pcap".into()],
             };
-            assert_eq!(decode_report(&encode_report(&report)).unwrap(), report);
+            assert_eq!(decode_report(&encode_report(4, &report)).unwrap(), (4, report));
         }
         assert_eq!(
             decode_report(&[0xf6]).unwrap_err().to_string(),
