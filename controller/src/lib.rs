@@ -12,4 +12,5 @@
 
 pub mod mapping;
 pub mod route;
+pub mod ensemble;
 pub mod scan;

@@ -272,6 +272,16 @@ impl Sequence {
             .map(|offset| EventNumber(self.starts[occurrence] + offset))
     }
 
+    /// The index of `stream`'s frame in `event` (the inverse of [`Sequence::event_of_frame`]),
+    /// or `None` when the event has no frame of that stream.
+    pub fn frame_of_event(&self, stream: &StreamName, event: EventNumber) -> Option<u64> {
+        let index = self.frames.get(stream)?;
+        let (occurrence, _, offset) = self.locate(event)?;
+        let offsets = index.offsets.get(self.sequence.get(occurrence)?)?;
+        let within = offsets.binary_search(&(offset as u64)).ok()?;
+        Some(index.before[occurrence] + within as u64)
+    }
+
     /// Frames `stream` has in the whole sequence.
     pub fn frame_count(&self, stream: &StreamName) -> u64 {
         self.frames.get(stream).map_or(0, |index| {
@@ -557,6 +567,12 @@ mod tests {
             prop_assert_eq!(seq.frame_count(&s), positional.len() as u64);
             for (k, event) in positional.iter().enumerate() {
                 prop_assert_eq!(seq.event_of_frame(&s, k as u64), Some(EventNumber(*event)));
+                prop_assert_eq!(seq.frame_of_event(&s, EventNumber(*event)), Some(k as u64));
+            }
+            for n in 0..seq.total_events() {
+                if !positional.contains(&n) {
+                    prop_assert_eq!(seq.frame_of_event(&s, EventNumber(n)), None);
+                }
             }
             prop_assert_eq!(seq.event_of_frame(&s, positional.len() as u64), None);
         }

@@ -128,7 +128,7 @@ impl Scan {
     }
 
     /// `worker` finished these events (its credit comes back).
-    pub fn done(&mut self, worker: &WorkerName, events: usize) {
+    pub fn done(&mut self, worker: &WorkerName, events: u64) {
         for _ in 0..events {
             self.router.finished(worker);
         }
@@ -152,19 +152,29 @@ impl Scan {
             .filter(|(_, live)| now.duration_since(live.last_seen) >= DEAD_AFTER)
             .map(|(name, _)| name.clone())
             .collect();
-        if dead.is_empty() {
-            return Ok((dead, Vec::new()));
+        let reassigned = self.remove_workers(&dead)?;
+        Ok((dead, reassigned))
+    }
+
+    /// Takes workers out (dead, or restarted and so without the events they held), and
+    /// re-routes their unreduced events among the living.
+    pub fn remove_workers(
+        &mut self,
+        gone: &BTreeSet<WorkerName>,
+    ) -> Result<Vec<Reassignment>, RouteError> {
+        let mut reassigned = Vec::new();
+        if gone.is_empty() {
+            return Ok(reassigned);
         }
-        for name in &dead {
+        for name in gone {
             self.workers.remove(name);
             self.router.forget(name);
         }
         let workers = self.live();
-        let mut reassigned = Vec::new();
         let affected: Vec<EventNumber> = self
             .outstanding
             .iter()
-            .filter(|(_, a)| a.workers().iter().any(|w| dead.contains(*w)))
+            .filter(|(_, a)| a.workers().iter().any(|w| gone.contains(*w)))
             .map(|(event, _)| *event)
             .collect();
         for event in affected {
@@ -186,7 +196,20 @@ impl Scan {
                 new_workers,
             });
         }
-        Ok((dead, reassigned))
+        Ok(reassigned)
+    }
+
+    /// The scan's mapping.
+    pub fn sequence(&self) -> &Sequence {
+        &self.sequence
+    }
+
+    /// Unfinished events per live worker.
+    pub fn load(&self) -> BTreeMap<WorkerName, u64> {
+        self.workers
+            .keys()
+            .map(|name| (name.clone(), self.router.load(name)))
+            .collect()
     }
 
     /// Ends the scan early (`POST /api/v1/stop`).

@@ -6,7 +6,7 @@
 //! earlier scan is recognised and dropped instead of being mistaken for the same event number of
 //! the next one.
 
-use minicbor::bytes::ByteVec;
+pub use minicbor::bytes::ByteVec;
 use minicbor::{Decode, Encode};
 use serde::Serialize;
 
