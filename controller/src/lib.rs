@@ -7,10 +7,13 @@
 //! - [`mapping`]: the dranspose mapping/sequence JSON, validated, and questions about it.
 //! - [`route`]: which real workers get each stream's frame of each event.
 //! - [`scan`]: a scan's leases, window, liveness and re-routing after a worker dies.
-//!
-//! Leasing, liveness and the REST API arrive with the rest of the runtime (issue #3).
+//! - [`ensemble`]: the connected components, parameters and the current scan; what to tell whom.
+//! - [`node`]: the ROUTER socket loop around the ensemble.
+//! - [`http`]: the dranspose-compatible REST API over the same ensemble.
 
-pub mod mapping;
-pub mod route;
 pub mod ensemble;
+pub mod http;
+pub mod mapping;
+pub mod node;
+pub mod route;
 pub mod scan;

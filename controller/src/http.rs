@@ -1,0 +1,228 @@
+//! The controller's REST API, path for path dranspose's (DESIGN.md §2), so scan software that
+//! drives dranspose drives beamflow. Errors are `{"detail": "..."}` with the status code, as
+//! dranspose's FastAPI answers them, because its clients read that field.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ensemble::Ensemble;
+use crate::mapping::{MappingError, Sequence};
+
+/// The controller's state as the API and the socket loop share it.
+pub type Shared = Arc<Mutex<Ensemble>>;
+
+/// The router.
+pub fn app(ensemble: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/sequence", post(post_sequence).get(get_sequence))
+        .route("/api/v1/mapping", post(post_mapping).get(get_sequence))
+        .route("/api/v1/stop", post(stop))
+        .route("/api/v1/progress", get(progress))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/config", get(config))
+        .route("/api/v1/load", get(load))
+        .route("/api/v1/parameters", get(parameters))
+        .route(
+            "/api/v1/parameter/{name}",
+            post(post_parameter).get(get_parameter),
+        )
+        .fallback(not_found)
+        .with_state(ensemble)
+}
+
+/// Serves `app(ensemble)` on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ensemble: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(ensemble))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "detail": self.1 }))).into_response()
+    }
+}
+
+impl From<MappingError> for ApiError {
+    fn from(error: MappingError) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, error.to_string())
+    }
+}
+
+/// The lock, even if a panicking holder poisoned it: the state is plain data, still usable.
+pub(crate) fn lock(ensemble: &Shared) -> MutexGuard<'_, Ensemble> {
+    ensemble
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Deserialize)]
+struct WrapQuery {
+    #[serde(default = "yes")]
+    all_wrap: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn post_sequence(
+    State(ensemble): State<Shared>,
+    Query(query): Query<WrapQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    start(&ensemble, Sequence::from_json(&body, query.all_wrap)?)
+}
+
+async fn post_mapping(
+    State(ensemble): State<Shared>,
+    Query(query): Query<WrapQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    start(&ensemble, Sequence::from_mapping_json(&body, query.all_wrap)?)
+}
+
+fn start(ensemble: &Shared, sequence: Sequence) -> Result<Response, ApiError> {
+    let uuid = lock(ensemble)
+        .start(sequence, Instant::now())
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+    Ok(axum::Json(uuid).into_response())
+}
+
+async fn get_sequence(State(ensemble): State<Shared>) -> Response {
+    axum::Json(json!(lock(&ensemble).sequence())).into_response()
+}
+
+async fn stop(State(ensemble): State<Shared>) -> Response {
+    lock(&ensemble).stop();
+    axum::Json(json!(null)).into_response()
+}
+
+async fn progress(State(ensemble): State<Shared>) -> Response {
+    axum::Json(lock(&ensemble).progress()).into_response()
+}
+
+async fn status(State(ensemble): State<Shared>) -> Response {
+    axum::Json(lock(&ensemble).status()).into_response()
+}
+
+async fn config(State(ensemble): State<Shared>) -> Response {
+    axum::Json(lock(&ensemble).config()).into_response()
+}
+
+async fn load(State(ensemble): State<Shared>) -> Response {
+    axum::Json(lock(&ensemble).load()).into_response()
+}
+
+async fn parameters(State(ensemble): State<Shared>) -> Response {
+    axum::Json(json!(lock(&ensemble).describe_parameters())).into_response()
+}
+
+async fn post_parameter(
+    State(ensemble): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let hash = lock(&ensemble)
+        .set_parameter(name.into(), body)
+        .map_err(|message| ApiError(StatusCode::BAD_REQUEST, message))?;
+    Ok(axum::Json(hash).into_response())
+}
+
+async fn get_parameter(
+    State(ensemble): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let data = lock(&ensemble)
+        .parameter(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "Parameter not found".to_owned()))?;
+    Ok(([(header::CONTENT_TYPE, "application/x.bytes")], data).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "Not Found".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::Pacing;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_impossible_mapping_is_a_400_with_the_reason() {
+        let app = app(Arc::new(Mutex::new(Ensemble::new(
+            Pacing::default(),
+            Vec::new(),
+        ))));
+        let (status, body) = call(&app, "POST", "/api/v1/sequence", "{\"parts\": 3}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("mapping is not valid"), "{body}");
+        let mapping = r#"{"parts": {"main": {"det": [[{"constraint": 1}]]}}, "sequence": ["main"]}"#;
+        let (status, body) = call(&app, "POST", "/api/v1/sequence", mapping).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                r#"{"detail":"no reducer is connected"}"#
+            )
+        );
+        let (status, body) = call(&app, "GET", "/api/v1/progress", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            r#"{"last_assigned":0,"completed_events":0,"total_events":0,"finished":true}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn parameters_round_trip_as_raw_bytes() {
+        let app = app(Arc::new(Mutex::new(Ensemble::new(
+            Pacing::default(),
+            Vec::new(),
+        ))));
+        let (status, hash) = call(&app, "POST", "/api/v1/parameter/roi", "[1, 2]").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(hash.len(), 66, "a JSON string of 64 hex digits: {hash}");
+        assert_eq!(
+            call(&app, "GET", "/api/v1/parameter/roi", "").await,
+            (StatusCode::OK, "[1, 2]".to_owned())
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/parameter/nope", "").await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, described) = call(&app, "GET", "/api/v1/parameters", "").await;
+        assert!(described.contains("dump_prefix"), "{described}");
+    }
+}
