@@ -26,6 +26,52 @@ use bytes::Bytes;
 /// high-water mark, so this is far above what a window of leases can produce.
 pub const CONTROL_HWM: i32 = 100_000;
 
+/// A number that differs for every component started, in this process or another: the process
+/// id, the start time and a counter, mixed.
+pub fn instance_id() -> u64 {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let count = STARTED.fetch_add(1, Ordering::Relaxed);
+    nanos ^ (u64::from(std::process::id()) << 40) ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A component's heartbeat clock: says when the next hello is due.
+#[derive(Debug)]
+pub struct Heartbeat {
+    next: std::time::Instant,
+}
+
+impl Heartbeat {
+    /// Due at once.
+    pub fn new() -> Self {
+        Self {
+            next: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether a hello is due now; if so, the next one is due a period later.
+    pub fn due(&mut self, now: std::time::Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + std::time::Duration::from_millis(control::HEARTBEAT_MS);
+        true
+    }
+
+    /// Milliseconds until the next hello, for `poll`.
+    pub fn wait_ms(&self, now: std::time::Instant) -> i64 {
+        self.next.saturating_duration_since(now).as_millis() as i64
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A shared "please stop" flag for component loops, which check it between receive timeouts.
 #[derive(Debug, Clone, Default)]
 pub struct Stop(Arc<AtomicBool>);

@@ -11,6 +11,8 @@ use minicbor::{Decode, Encode};
 use serde::Serialize;
 
 use crate::error::CborError;
+use crate::parameters::{ParameterDescription, ParameterError, Parameters};
+use bytes::Bytes;
 use crate::ids::{EventNumber, ParameterName, StreamName, WorkerName, WorkerTag};
 
 /// The part a component plays.
@@ -200,6 +202,24 @@ pub enum FromController {
         #[n(0)]
         scan: u64,
     },
+}
+
+/// Parameter values as they travel, typed by `descriptions`. If one does not parse, every
+/// parameter keeps its default and the error says which one was wrong.
+pub fn resolve_parameters(
+    values: Vec<(ParameterName, ByteVec)>,
+    descriptions: &[ParameterDescription],
+) -> (Parameters, Option<ParameterError>) {
+    let raw = values
+        .into_iter()
+        .map(|(name, data)| (name, Bytes::from(Vec::from(data))));
+    match Parameters::resolve(raw, descriptions) {
+        Ok(parameters) => (parameters, None),
+        Err(error) => (
+            Parameters::resolve(std::iter::empty(), descriptions).unwrap_or_default(),
+            Some(error),
+        ),
+    }
 }
 
 /// Encodes a control message.

@@ -37,6 +37,12 @@ pub struct Status {
     pub accumulator_errors: std::collections::BTreeMap<String, u64>,
     /// Events per second so far.
     pub events_per_second: f64,
+    /// The live scan's number (none in a replay).
+    pub scan: Option<u64>,
+    /// Events applied with streams missing (their frames did not all arrive in time).
+    pub incomplete_events: u64,
+    /// Results dropped as duplicates of an (event, analysis) already applied.
+    pub duplicates: u64,
 }
 
 struct Snapshot {

@@ -15,6 +15,7 @@
 pub mod accumulators;
 pub mod http;
 pub mod live;
+pub mod node;
 pub mod order;
 
 use std::collections::BTreeMap;

@@ -87,6 +87,16 @@ impl ReducerCore {
         &self.reducer
     }
 
+    /// The accumulators, for parameters and `finish`.
+    pub fn reducer_mut(&mut self) -> &mut Reducer {
+        &mut self.reducer
+    }
+
+    /// The next event to apply.
+    pub fn next_event(&self) -> EventNumber {
+        self.reorder.next_event()
+    }
+
     /// The counters so far.
     pub fn counts(&self) -> LiveCounts {
         LiveCounts {

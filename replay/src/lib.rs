@@ -320,6 +320,7 @@ fn status(summary: &Summary, finished: bool) -> Status {
         analysis_errors: summary.analysis_errors.clone(),
         accumulator_errors: summary.accumulator_errors.clone(),
         events_per_second: summary.events_per_second(),
+        ..Status::default()
     }
 }
 

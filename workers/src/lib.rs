@@ -10,9 +10,11 @@
 //! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
 //!   worker and replay.
 //! - [`worker`]: a worker's loop body without sockets: leases and parts in, reports out.
+//! - [`node`]: the worker process's socket loop around it.
 
 pub mod analyses;
 pub mod assembly;
+pub mod node;
 pub mod process;
 pub mod worker;
 

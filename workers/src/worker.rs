@@ -43,6 +43,12 @@ pub struct WorkerCounts {
     pub late_or_duplicate: u64,
     /// Parts whose lease never came.
     pub orphaned: u64,
+    /// Analyses that failed on an event.
+    pub analysis_errors: u64,
+    /// The last event processed.
+    pub last_event: Option<u64>,
+    /// Time spent in analyses, in microseconds.
+    pub busy_micros: u64,
 }
 
 /// A worker's state: its analyses and the events being assembled.
@@ -51,6 +57,8 @@ pub struct WorkerCore {
     analyses: Analyses,
     parameters: Parameters,
     assembler: Assembler,
+    timeout: Duration,
+    capacity: usize,
     counts: WorkerCounts,
 }
 
@@ -69,8 +77,32 @@ impl WorkerCore {
             analyses,
             parameters,
             assembler: Assembler::new(timeout, capacity),
+            timeout,
+            capacity,
             counts: WorkerCounts::default(),
         }
+    }
+
+    /// A new scan: events of the last one still being assembled are dropped (their numbers
+    /// mean other events now).
+    pub fn new_scan(&mut self, parameters: Parameters) {
+        self.assembler = Assembler::new(self.timeout, self.capacity);
+        self.parameters = parameters;
+    }
+
+    /// New parameter values, from the next event on.
+    pub fn set_parameters(&mut self, parameters: Parameters) {
+        self.parameters = parameters;
+    }
+
+    /// The scan is over: the analyses' `finish`.
+    pub fn finish(&self) {
+        self.analyses.finish(&self.parameters);
+    }
+
+    /// The parameters the analyses declare.
+    pub fn describe_parameters(&self) -> Vec<beamflow_protocol::ParameterDescription> {
+        self.analyses.describe_parameters()
     }
 
     /// Takes one input and processes every event it completes (and any past its deadline).
@@ -96,10 +128,14 @@ impl WorkerCore {
         ready
             .into_iter()
             .map(|assembled| {
+                let started = Instant::now();
                 let (mut report, failures) =
                     self.analyses
                         .process(&assembled.event, &self.parameters, &self.name);
+                self.counts.busy_micros += started.elapsed().as_micros() as u64;
                 self.counts.processed += 1;
+                self.counts.analysis_errors += failures.len() as u64;
+                self.counts.last_event = Some(report.event_number.0);
                 if !assembled.missing.is_empty() {
                     self.counts.incomplete += 1;
                     report.missing = assembled.missing.into_iter().collect();
