@@ -1,7 +1,111 @@
-//! Ingesters: one per source (EPICS PVs, a ZeroMQ detector stream, a dump file, a simulator).
-//! Each cuts its input into numbered events, validates the source's own frame numbers, records a
-//! `.cbors` dump and forwards frames unmodified to the worker(s) the controller assigned.
+//! Ingesters: one per source (a ZeroMQ detector stream, a dump file, a simulator; EPICS later).
+//! Each numbers its source's frames by the source's own counter, sends each frame to the
+//! workers the controller leased its event to, keeps it until the reducer has the event (so a
+//! dead worker's events can be re-sent), and can record every handled event to a `.cbors` dump.
 //!
-//! Nothing lives here yet: the runtime (issue #3) adds the `Ingester` trait and
-//! `sources/<transport>_<protocol>.rs`. Stream parsers already live in
-//! `beamflow_protocol::streams`, and dumps in `beamflow_protocol::dump`.
+//! # Layout
+//!
+//! - [`Source`]: what a source implements; [`IngesterConfig`], the registry keyed by the
+//!   pipeline file's `kind`, with one file per source in [`sources`].
+//! - [`core`]: leases, frame placement, gaps, retention and re-sending, without sockets.
+//! - [`node`]: the ingester process's loop around a source and the core.
+
+pub mod core;
+pub mod node;
+pub mod sources;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use beamflow_net::TransportError;
+use beamflow_protocol::{StreamData, StreamName};
+use serde::Deserialize;
+
+/// One frame of one stream, numbered by the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceFrame {
+    /// The stream.
+    pub stream: StreamName,
+    /// Its index in the stream's series (0-based) by the source's own counter (STINS
+    /// `msg_number` relative to the series header), so a lost frame leaves a gap.
+    pub index: u64,
+    /// The frames as the source sent them.
+    pub data: StreamData,
+}
+
+/// Why a source could not give a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source sent something that is not a frame of its protocol: counted and skipped.
+    #[error("stream {stream}: {message}")]
+    Malformed {
+        /// The stream.
+        stream: StreamName,
+        /// What was wrong.
+        message: String,
+    },
+    /// The source cannot be read at all.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A dump cannot be opened.
+    #[error("{path}: {error}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// A source of frames.
+pub trait Source: Send {
+    /// The streams it provides.
+    fn streams(&self) -> Vec<StreamName>;
+
+    /// A scan starts with this many frames per stream (a simulator starts a series that long;
+    /// a live detector ignores it).
+    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// The next frame, waiting at most `timeout`; `None` if none came.
+    fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError>;
+}
+
+/// One `[ingesters.<name>]` table of the pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IngesterConfig {
+    /// PULL from a STINS detector stream (MAX IV's `stream1`).
+    ZmqStins(sources::zmq_stins::ZmqStinsConfig),
+    /// Synthetic STINS images of a configured shape and rate.
+    Sim(sources::sim::SimConfig),
+    /// A recorded `.cbors` dump played as a live source.
+    Dump(sources::dump::DumpConfig),
+}
+
+impl IngesterConfig {
+    /// Builds the source; `name` is the ingester's name (the default stream name).
+    pub fn build(
+        &self,
+        name: &str,
+        context: &zmq::Context,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        Ok(match self {
+            IngesterConfig::ZmqStins(config) => {
+                Box::new(sources::zmq_stins::ZmqStins::connect(config, name, context)?)
+            }
+            IngesterConfig::Sim(config) => Box::new(sources::sim::Sim::new(config, name)),
+            IngesterConfig::Dump(config) => Box::new(sources::dump::Dump::new(config)?),
+        })
+    }
+
+    /// The `kind` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngesterConfig::ZmqStins(_) => "zmq_stins",
+            IngesterConfig::Sim(_) => "sim",
+            IngesterConfig::Dump(_) => "dump",
+        }
+    }
+}

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// The number of an event within a scan: 0 is the series start when the mapping wraps it,
 /// `N + 1` the series end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct EventNumber(pub u64);
 

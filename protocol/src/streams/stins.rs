@@ -139,6 +139,46 @@ struct Fields<'a> {
     compression: Option<Cow<'a, str>>,
 }
 
+/// What an ingester needs of a STINS message without decoding the image: its kind and the
+/// source's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// The message's kind.
+    pub kind: Kind,
+    /// The source's message counter.
+    pub msg_number: Option<u64>,
+    /// The detector's frame index (images only).
+    pub frame: Option<u64>,
+}
+
+/// The kind of a STINS message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `header`.
+    Header,
+    /// `image`.
+    Image,
+    /// `series_end`.
+    End,
+}
+
+/// Reads a message's kind and counters from its JSON part only.
+pub fn peek(frames: &[Bytes]) -> Result<Peek, StinsError> {
+    let json = frames.first().ok_or(StinsError::NoFrames)?;
+    let fields: Fields<'_> = serde_json::from_slice(json)?;
+    let kind = match fields.htype.as_ref() {
+        "header" => Kind::Header,
+        "image" => Kind::Image,
+        "series_end" => Kind::End,
+        other => return Err(StinsError::UnknownHtype(other.to_owned())),
+    };
+    Ok(Peek {
+        kind,
+        msg_number: fields.msg_number,
+        frame: fields.frame,
+    })
+}
+
 /// Parses one STINS message (one stream's frames of one event).
 pub fn parse(stream: &StreamData) -> Result<StinsMessage, StinsError> {
     parse_frames(&stream.frames)

@@ -1,0 +1,203 @@
+//! A simulated detector: per scan, one STINS series per stream (a header, images, a
+//! series_end) as long as the scan needs, at a configured rate. The image is a Gaussian spot
+//! that drifts slowly, on a pedestal with noise, so live views have something to show.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use beamflow_protocol::streams::stins;
+use beamflow_protocol::{DType, NdArray, StreamData, StreamName};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::{Source, SourceError, SourceFrame};
+
+/// `[ingesters.<name>]` with `kind = "sim"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Stream names (default: the ingester's name).
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Image shape `[height, width]` (u16 pixels).
+    #[serde(default = "default_shape")]
+    pub shape: [usize; 2],
+    /// Frames per second per stream; 0 = as fast as the pipeline takes them.
+    #[serde(default = "default_rate")]
+    pub rate_hz: f64,
+}
+
+fn default_shape() -> [usize; 2] {
+    [64, 64]
+}
+
+fn default_rate() -> f64 {
+    100.0
+}
+
+struct Series {
+    stream: StreamName,
+    length: u64,
+    next: u64,
+}
+
+/// The source.
+pub struct Sim {
+    streams: Vec<StreamName>,
+    shape: [usize; 2],
+    period: Option<Duration>,
+    series: Vec<Series>,
+    turn: usize,
+    due: Instant,
+    rng: u64,
+    images: u64,
+}
+
+impl Sim {
+    /// A simulator named `name`.
+    pub fn new(config: &SimConfig, name: &str) -> Self {
+        let streams = if config.streams.is_empty() {
+            vec![StreamName::from(name)]
+        } else {
+            config.streams.iter().map(|s| StreamName::from(s.as_str())).collect()
+        };
+        Self {
+            streams,
+            shape: config.shape,
+            period: (config.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate_hz)),
+            series: Vec::new(),
+            turn: 0,
+            due: Instant::now(),
+            rng: 0x2545_f491_4f6c_dd1d,
+            images: 0,
+        }
+    }
+
+    fn image(&mut self) -> NdArray {
+        let [height, width] = self.shape;
+        let t = self.images as f64 * 0.05;
+        let (cx, cy) = (
+            width as f64 * (0.5 + 0.15 * t.sin()),
+            height as f64 * (0.5 + 0.1 * (0.7 * t).cos()),
+        );
+        let (sx, sy) = (width as f64 / 10.0, height as f64 / 12.0);
+        let mut pixels = Vec::with_capacity(height * width * 2);
+        for y in 0..height {
+            for x in 0..width {
+                // xorshift64: cheap noise, no dependency.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                let noise = (self.rng % 21) as f64 - 10.0;
+                let (dx, dy) = ((x as f64 - cx) / sx, (y as f64 - cy) / sy);
+                let value = 100.0 + 3000.0 * (-0.5 * (dx * dx + dy * dy)).exp() + noise;
+                pixels.extend_from_slice(&(value.clamp(0.0, 4095.0) as u16).to_le_bytes());
+            }
+        }
+        self.images += 1;
+        NdArray::new(vec![height, width], DType::Uint16, Bytes::from(pixels))
+            .expect("the buffer is built to the shape")
+    }
+}
+
+impl Source for Sim {
+    fn streams(&self) -> Vec<StreamName> {
+        self.streams.clone()
+    }
+
+    fn start_scan(&mut self, frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+        self.series = self
+            .streams
+            .iter()
+            .filter_map(|stream| {
+                let length = *frames.get(stream)?;
+                Some(Series {
+                    stream: stream.clone(),
+                    length,
+                    next: 0,
+                })
+            })
+            .collect();
+        self.due = Instant::now();
+        Ok(())
+    }
+
+    fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
+        let now = Instant::now();
+        if self.period.is_some() {
+            if self.due > now + timeout {
+                std::thread::sleep(timeout);
+                return Ok(None);
+            }
+            // Pacing a simulated detector, not synchronising anything.
+            std::thread::sleep(self.due.saturating_duration_since(now));
+        }
+        let count = self.series.len();
+        let Some(turn) = (0..count)
+            .map(|i| (self.turn + i) % count.max(1))
+            .find(|&i| self.series[i].next < self.series[i].length)
+        else {
+            if timeout > Duration::ZERO {
+                std::thread::sleep(timeout);
+            }
+            return Ok(None);
+        };
+        self.turn = turn + 1;
+        let (index, length) = (self.series[turn].next, self.series[turn].length);
+        self.series[turn].next += 1;
+        let frames = if index == 0 {
+            stins::header_frames(0)
+        } else if index + 1 == length && length > 1 {
+            stins::end_frames(index)
+        } else {
+            let image = self.image();
+            stins::image_frames(index - 1, index, &image, false)
+        };
+        if let Some(period) = self.period
+            && self.turn >= count
+        {
+            self.due = self.due.max(now - period) + period;
+        }
+        Ok(Some(SourceFrame {
+            stream: self.series[turn].stream.clone(),
+            index,
+            data: StreamData {
+                typ: stins::TYP.into(),
+                frames,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_header_images_end_numbered_from_zero() {
+        let config: SimConfig = toml::from_str("shape = [4, 6]\nrate_hz = 0").unwrap();
+        let mut sim = Sim::new(&config, "det");
+        sim.start_scan(&BTreeMap::from([(StreamName::from("det"), 4)]))
+            .unwrap();
+        let frames: Vec<SourceFrame> = (0..4)
+            .map(|_| sim.next_frame(Duration::ZERO).unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            frames.iter().map(|f| f.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        let kinds: Vec<stins::Kind> = frames
+            .iter()
+            .map(|f| stins::peek(&f.data.frames).unwrap().kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [stins::Kind::Header, stins::Kind::Image, stins::Kind::Image, stins::Kind::End]
+        );
+        let stins::StinsMessage::Image { data, .. } = stins::parse(&frames[1].data).unwrap() else {
+            panic!("an image");
+        };
+        assert_eq!(data.shape(), [4, 6]);
+        assert!(sim.next_frame(Duration::ZERO).unwrap().is_none(), "series over");
+    }
+}
