@@ -4,5 +4,7 @@
 //! # Layout
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
+//! - [`components`]: starting components from it, in one process or one each.
 
+pub mod components;
 pub mod pipeline;

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use beamflow::components::Components;
 use beamflow::pipeline::Pipeline;
+use beamflow_net::Stop;
+use beamflow_protocol::WorkerTag;
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
 use clap::{Args, Parser, Subcommand};
@@ -27,8 +30,98 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Every component in one process. Without --pipeline: a simulated beamline, two workers,
+    /// and a scan started at once.
+    Run(RunArgs),
+    /// The controller: the control socket components connect to, and the REST API.
+    Controller(ControllerArgs),
+    /// One ingester of the pipeline file.
+    Ingester(IngesterArgs),
+    /// One worker.
+    Worker(WorkerArgs),
+    /// The reducer and its HTTP view of the state.
+    Reducer(ReducerArgs),
     /// Replay recorded .cbors dumps through a pipeline's analyses and accumulators.
     Replay(ReplayArgs),
+}
+
+/// The embedded default pipeline (`examples/sim.toml`).
+const DEFAULT_PIPELINE: &str = include_str!("../examples/sim.toml");
+
+/// Events in the scan `beamflow run` starts by itself without a pipeline file.
+const DEFAULT_EVENTS: u64 = 100_000;
+
+#[derive(Args)]
+struct RunArgs {
+    /// The pipeline file (TOML); default: the embedded simulated beamline.
+    #[arg(long, value_name = "P.toml")]
+    pipeline: Option<PathBuf>,
+    /// Start a scan of this many events over every ingester's streams, each event on any
+    /// worker (default without --pipeline: 100000).
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+    /// The controller's REST address (overrides the pipeline file).
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
+    /// The reducer's HTTP address (overrides the pipeline file).
+    #[arg(long, value_name = "HOST:PORT")]
+    reducer_http: Option<String>,
+    /// The control socket (overrides the pipeline file), e.g. tcp://127.0.0.1:0.
+    #[arg(long, value_name = "ENDPOINT")]
+    control: Option<String>,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// The pipeline file (TOML).
+    #[arg(long, value_name = "P.toml", env = "BEAMFLOW_PIPELINE")]
+    pipeline: PathBuf,
+    /// The control socket to bind (overrides the pipeline file), e.g. tcp://0.0.0.0:5555.
+    #[arg(long, value_name = "ENDPOINT")]
+    control: Option<String>,
+    /// The REST address (overrides the pipeline file).
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
+}
+
+#[derive(Args)]
+struct Connect {
+    /// The pipeline file (TOML).
+    #[arg(long, value_name = "P.toml", env = "BEAMFLOW_PIPELINE")]
+    pipeline: PathBuf,
+    /// The controller's control endpoint (default: the pipeline file's).
+    #[arg(long, value_name = "ENDPOINT", env = "BEAMFLOW_CONTROLLER")]
+    controller: Option<String>,
+}
+
+#[derive(Args)]
+struct IngesterArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Which [ingesters.<name>] of the pipeline file to run.
+    #[arg(long, env = "BEAMFLOW_NAME")]
+    name: String,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The worker's name (unique among workers).
+    #[arg(long, env = "BEAMFLOW_NAME")]
+    name: String,
+    /// Its tags, comma-separated (default: the pipeline file's, normally "generic").
+    #[arg(long, value_delimiter = ',', env = "BEAMFLOW_TAGS")]
+    tags: Vec<String>,
+}
+
+#[derive(Args)]
+struct ReducerArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// The HTTP address of the state (overrides the pipeline file).
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
 }
 
 #[derive(Args)]
@@ -91,8 +184,135 @@ impl std::io::Write for AroundProgress {
 
 fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_all(args),
+        Command::Controller(args) => controller(args),
+        Command::Ingester(args) => ingester(args),
+        Command::Worker(args) => worker(args),
+        Command::Reducer(args) => reducer(args),
         Command::Replay(args) => replay(args, progress),
     }
+}
+
+fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let (mut pipeline, events) = match &args.pipeline {
+        Some(path) => (Pipeline::load(path)?, args.events),
+        None => (
+            Pipeline::parse(DEFAULT_PIPELINE).context("the embedded pipeline")?,
+            Some(args.events.unwrap_or(DEFAULT_EVENTS)),
+        ),
+    };
+    if let Some(http) = args.http {
+        pipeline.controller.http = http;
+    }
+    if let Some(control) = args.control {
+        pipeline.controller.control = control;
+    }
+    if let Some(http) = args.reducer_http {
+        pipeline.reducer.http = http;
+    }
+    let mut components = Components::new()?;
+    let (control, rest) = components.start_controller(&pipeline)?;
+    let state = components.start_reducer(&pipeline, &control, &pipeline.reducer.http)?;
+    for i in 1..=pipeline.workers.count {
+        components.start_worker(&pipeline, &format!("w{i}"), &pipeline.workers.tags, &control)?;
+    }
+    for name in pipeline.ingesters.keys() {
+        components.start_ingester(&pipeline, name.as_str(), &control)?;
+    }
+    eprintln!(
+        "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
+    );
+    if let Some(events) = events {
+        let uuid = components.start_scan_when_connected(&pipeline, events)?;
+        eprintln!("Scan {uuid} of {events} events started.");
+    }
+    let stop = stop_on_signal();
+    let outcome = components.wait(&stop);
+    components.shutdown();
+    outcome
+}
+
+fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::load(&args.pipeline)?;
+    if let Some(control) = args.control {
+        pipeline.controller.control = control;
+    }
+    if let Some(http) = args.http {
+        pipeline.controller.http = http;
+    }
+    let mut components = Components::new()?;
+    let (control, rest) = components.start_controller(&pipeline)?;
+    eprintln!("beamflow controller: control {control}  REST http://{rest}/api/v1/progress");
+    serve_until_signal(components)
+}
+
+fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
+    let (pipeline, controller) = args.connect.load()?;
+    let mut components = Components::new()?;
+    components.start_ingester(&pipeline, &args.name, &controller)?;
+    eprintln!("beamflow ingester {}: connected to {controller}", args.name);
+    serve_until_signal(components)
+}
+
+fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let (pipeline, controller) = args.connect.load()?;
+    let tags: Vec<WorkerTag> = if args.tags.is_empty() {
+        pipeline.workers.tags.clone()
+    } else {
+        args.tags.iter().map(|t| WorkerTag::from(t.as_str())).collect()
+    };
+    let mut components = Components::new()?;
+    components.start_worker(&pipeline, &args.name, &tags, &controller)?;
+    eprintln!("beamflow worker {}: connected to {controller}", args.name);
+    serve_until_signal(components)
+}
+
+fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
+    let (pipeline, controller) = args.connect.load()?;
+    let http = args.http.unwrap_or_else(|| pipeline.reducer.http.clone());
+    let mut components = Components::new()?;
+    let state = components.start_reducer(&pipeline, &controller, &http)?;
+    eprintln!("beamflow reducer: state on http://{state}/api/v1/result  connected to {controller}");
+    serve_until_signal(components)
+}
+
+impl Connect {
+    fn load(&self) -> anyhow::Result<(Pipeline, String)> {
+        let pipeline = Pipeline::load(&self.pipeline)?;
+        let controller = self
+            .controller
+            .clone()
+            .unwrap_or_else(|| pipeline.controller.control.clone());
+        Ok((pipeline, controller))
+    }
+}
+
+fn serve_until_signal(mut components: Components) -> anyhow::Result<()> {
+    let stop = stop_on_signal();
+    let outcome = components.wait(&stop);
+    components.shutdown();
+    outcome
+}
+
+/// A flag raised by Ctrl-C or SIGTERM.
+fn stop_on_signal() -> Stop {
+    let stop = Stop::new();
+    let raised = stop.clone();
+    let watcher = std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(shutdown_signal());
+            }
+            raised.stop();
+        });
+    if let Err(error) = watcher {
+        tracing::warn!(%error, "Cannot watch for Ctrl-C; stop with SIGKILL.");
+    }
+    stop
 }
 
 fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {

@@ -1,8 +1,12 @@
-//! The pipeline file: one TOML file describes a beamline's analyses and accumulators (and, as the
-//! runtime lands, its ingesters and controller). The same file drives `run`, the separate
-//! processes, `replay`, and the Helm chart's values.
+//! The pipeline file: one TOML file describes a beamline: its ingesters, analyses, accumulators,
+//! and the controller's, workers' and reducer's settings. The same file drives `run`, the
+//! separate processes, `replay`, and the Helm chart's values.
 //!
 //! ```toml
+//! [ingesters.det]             # an ingester named "det" (its stream is "det" too)
+//! kind = "zmq_stins"
+//! upstream = "tcp://eiger-dcu:9999"
+//!
 //! [analyses.stats]            # an analysis named "stats"
 //! kind = "frame_stats"
 //!
@@ -10,13 +14,18 @@
 //! kind = "history"
 //! analysis = "stats"
 //! values = { det_mean = "det/0/mean" }
+//!
+//! [controller]                # all optional; these are the defaults
+//! control = "tcp://127.0.0.1:5555"
+//! http = "127.0.0.1:5000"
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use beamflow_protocol::AnalysisName;
+use beamflow_ingesters::IngesterConfig;
+use beamflow_protocol::{AnalysisName, IngesterName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
 use beamflow_workers::AnalysisConfig;
 use serde::Deserialize;
@@ -31,6 +40,88 @@ pub struct Pipeline {
     /// `[accumulators.<name>]` tables: what the reducer keeps, served under `<name>`.
     #[serde(default)]
     pub accumulators: BTreeMap<String, AccumulatorConfig>,
+    /// `[ingesters.<name>]` tables: the sources.
+    #[serde(default)]
+    pub ingesters: BTreeMap<IngesterName, IngesterConfig>,
+    /// `[controller]`: where it listens and how it paces scans.
+    #[serde(default)]
+    pub controller: ControllerSection,
+    /// `[workers]`: how many `beamflow run` starts, and their settings.
+    #[serde(default)]
+    pub workers: WorkersSection,
+    /// `[reducer]`: where it serves its state.
+    #[serde(default)]
+    pub reducer: ReducerSection,
+}
+
+/// `[controller]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// The control socket every component connects to (`tcp://host:port`; port 0 = any).
+    pub control: String,
+    /// The REST API's address (`host:port`; port 0 = any).
+    pub http: String,
+    /// Events leased ahead of the reducer at most: bounds every queue and the ingesters'
+    /// retention.
+    pub window: u64,
+    /// Unfinished events per worker at most.
+    pub worker_limit: u64,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        Self {
+            control: "tcp://127.0.0.1:5555".to_owned(),
+            http: "127.0.0.1:5000".to_owned(),
+            window: 1024,
+            worker_limit: 256,
+        }
+    }
+}
+
+/// `[workers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Workers `beamflow run` starts.
+    pub count: usize,
+    /// Their tags.
+    pub tags: Vec<WorkerTag>,
+    /// Milliseconds an event may wait for all its frames before it is processed incomplete.
+    pub event_timeout_ms: u64,
+    /// The address other hosts reach workers at (they bind a free port on it).
+    pub host: String,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            tags: vec![WorkerTag::from("generic")],
+            event_timeout_ms: 2000,
+            host: "127.0.0.1".to_owned(),
+        }
+    }
+}
+
+/// `[reducer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReducerSection {
+    /// The HTTP address of the state (`host:port`; port 0 = any).
+    pub http: String,
+    /// The address workers reach the reducer at (it binds a free port on it).
+    pub host: String,
+}
+
+impl Default for ReducerSection {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:5001".to_owned(),
+            host: "127.0.0.1".to_owned(),
+        }
+    }
 }
 
 impl Pipeline {

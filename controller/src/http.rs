@@ -65,7 +65,7 @@ impl From<MappingError> for ApiError {
 }
 
 /// The lock, even if a panicking holder poisoned it: the state is plain data, still usable.
-pub(crate) fn lock(ensemble: &Shared) -> MutexGuard<'_, Ensemble> {
+pub fn lock(ensemble: &Shared) -> MutexGuard<'_, Ensemble> {
     ensemble
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -149,14 +149,24 @@ impl IngesterCore {
         else {
             return Placed::Hold(frame);
         };
+        let mut sends = Vec::new();
         if frame.index > next {
             let missing = frame.index - next;
             self.counts.gaps += 1;
             self.counts.gap_frames += missing;
             warn!(scan = self.scan, stream = %frame.stream, first_missing = next, missing, %event,
                 "Source skipped frames; their events lack this stream, later events are unaffected.");
-            self.leases
-                .retain(|(stream, index), _| *stream != frame.stream || *index >= frame.index);
+            // The skipped frames' workers get an empty part: the source has passed the event, so
+            // its deadline starts now instead of waiting for a frame that will not come.
+            for index in next..frame.index {
+                if let Some((skipped, workers)) = self.leases.remove(&(frame.stream.clone(), index))
+                {
+                    sends.extend(workers.into_iter().map(|worker| Send {
+                        worker,
+                        part: EventData::new(skipped),
+                    }));
+                }
+            }
         }
         self.next.insert(frame.stream.clone(), frame.index + 1);
         self.counts.frames += 1;
@@ -165,14 +175,12 @@ impl IngesterCore {
         }
         let retained = self.retained.entry(event).or_default();
         let created_at = *retained.created_at.get_or_insert(now);
-        let sends: Vec<Send> = workers
-            .iter()
-            .map(|worker| Send {
-                worker: worker.clone(),
-                part: part(event, &frame.stream, &frame.data, Some(created_at)),
-            })
-            .collect();
-        self.counts.parts_sent += sends.len() as u64;
+        let placed = workers.iter().map(|worker| Send {
+            worker: worker.clone(),
+            part: part(event, &frame.stream, &frame.data, Some(created_at)),
+        });
+        sends.extend(placed);
+        self.counts.parts_sent += workers.len() as u64;
         retained
             .streams
             .insert(frame.stream, (frame.data, workers));
@@ -289,8 +297,11 @@ mod tests {
         core.lease((0..5).map(|n| leased(n, n, &["w1"], &[])).collect());
         core.place(frame(0), now);
         core.place(frame(1), now);
-        // Frames 2 and 3 were lost upstream.
-        assert_eq!(sent_to(&core.place(frame(4), now)), [("w1".to_owned(), 4)]);
+        // Frames 2 and 3 were lost upstream: their worker hears that the source passed them.
+        assert_eq!(
+            sent_to(&core.place(frame(4), now)),
+            [("w1".to_owned(), 2), ("w1".to_owned(), 3), ("w1".to_owned(), 4)]
+        );
         assert_eq!((core.counts().gaps, core.counts().gap_frames), (1, 2));
         assert!(!core.wants_frames(), "the lost frames' leases are given up");
     }

@@ -1,0 +1,328 @@
+//! The ingester process's loop: control messages from the controller, frames from the source
+//! when leases want them, parts to workers over one PUSH socket per worker, records to the dump.
+//!
+//! Flow control: the source is read only while leased frames are unread, and a frame whose event
+//! is not leased yet is held (nothing more is read), so a slow pipeline makes a PULL source
+//! block. A worker's full queue blocks the send; the loop keeps answering the controller while
+//! it waits, and gives up on a worker the controller no longer lists.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use beamflow_net::{
+    DEFAULT_HWM, Heartbeat, Stop, TransportError, control_client, instance_id, send_part,
+    send_to_controller, socket, try_recv_from_controller,
+};
+use beamflow_protocol::control::{FromController, Hello, Role, ToController};
+use beamflow_protocol::dump::DumpWriter;
+use beamflow_protocol::{IngesterName, StreamName, Timestamp, WorkerName};
+use tracing::{info, warn};
+
+use crate::core::{IngesterCore, Placed, Send};
+use crate::{IngesterConfig, Source, SourceError, SourceFrame};
+
+/// An ingester's settings.
+#[derive(Debug, Clone)]
+pub struct IngesterSettings {
+    /// Its name (unique among ingesters; names its dump files).
+    pub name: IngesterName,
+    /// The controller's control endpoint.
+    pub controller: String,
+    /// Its source.
+    pub source: IngesterConfig,
+}
+
+/// Frames read per loop turn at most, so control messages are never starved.
+const BURST: usize = 512;
+
+/// How long a read waits for the source when nothing else is to be done.
+const IDLE: Duration = Duration::from_millis(5);
+
+/// Why the ingester stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngesterError {
+    /// A socket failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+struct Recording {
+    path: PathBuf,
+    writer: DumpWriter<BufWriter<File>>,
+}
+
+struct Node<'a> {
+    settings: &'a IngesterSettings,
+    context: &'a zmq::Context,
+    control: zmq::Socket,
+    instance: u64,
+    source: Box<dyn Source>,
+    core: IngesterCore,
+    workers: BTreeMap<WorkerName, (String, zmq::Socket)>,
+    held: Option<SourceFrame>,
+    recording: Option<Recording>,
+    uuid: String,
+    dump_prefix: String,
+    malformed: u64,
+    beyond_scan: u64,
+    heartbeat: Heartbeat,
+}
+
+/// Runs an ingester until `stop` is raised.
+pub fn run(
+    settings: &IngesterSettings,
+    context: &zmq::Context,
+    stop: &Stop,
+) -> Result<(), IngesterError> {
+    let instance = instance_id();
+    let control = control_client(
+        context,
+        &settings.controller,
+        &format!("ingester:{}:{instance:x}", settings.name),
+    )?;
+    let source = settings.source.build(settings.name.as_str(), context)?;
+    info!(ingester = %settings.name, kind = settings.source.kind(), streams = ?source.streams(), "Ingester up.");
+    let mut node = Node {
+        settings,
+        context,
+        control,
+        instance,
+        source,
+        core: IngesterCore::new(),
+        workers: BTreeMap::new(),
+        held: None,
+        recording: None,
+        uuid: String::new(),
+        dump_prefix: String::new(),
+        malformed: 0,
+        beyond_scan: 0,
+        heartbeat: Heartbeat::new(),
+    };
+    while !stop.is_stopped() {
+        node.say_hello();
+        let sends = node.control_messages()?;
+        node.send(sends, stop)?;
+        if let Some(frame) = node.held.take() {
+            node.place(frame, stop)?;
+        }
+        let mut read_any = false;
+        for turn in 0..BURST {
+            if node.held.is_some() || !node.core.wants_frames() {
+                break;
+            }
+            let timeout = if turn == 0 { IDLE } else { Duration::ZERO };
+            match node.source.next_frame(timeout) {
+                Ok(Some(frame)) => {
+                    read_any = true;
+                    node.place(frame, stop)?;
+                }
+                Ok(None) => break,
+                Err(SourceError::Malformed { stream, message }) => {
+                    if node.malformed == 0 {
+                        warn!(%stream, %message, "Malformed frame from the source skipped (counted from now on).");
+                    }
+                    node.malformed += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if !read_any {
+            // Nothing to read: wait for the controller (a lease, a scan) instead of spinning.
+            let mut items = [node.control.as_poll_item(zmq::POLLIN)];
+            let _ = zmq::poll(&mut items, node.heartbeat.wait_ms(Instant::now()).min(IDLE.as_millis() as i64));
+        }
+    }
+    node.close_recording();
+    Ok(())
+}
+
+impl Node<'_> {
+    fn say_hello(&mut self) {
+        if !self.heartbeat.due(Instant::now()) {
+            return;
+        }
+        let status = serde_json::json!({
+            "scan": self.core.scan(),
+            "counts": self.core.counts(),
+            "retained_events": self.core.retained(),
+            "malformed_frames": self.malformed,
+            "frames_beyond_scan": self.beyond_scan,
+            "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),
+        });
+        let hello = ToController::Hello(Hello {
+            role: Role::Ingester,
+            name: self.settings.name.to_string(),
+            instance: self.instance,
+            tags: Vec::new(),
+            streams: self.source.streams(),
+            endpoint: None,
+            status: status.to_string(),
+        });
+        let _ = send_to_controller(&self.control, &hello);
+    }
+
+    /// Handles every waiting control message; returns parts to re-send.
+    fn control_messages(&mut self) -> Result<Vec<Send>, IngesterError> {
+        let mut sends = Vec::new();
+        loop {
+            let message = match try_recv_from_controller(&self.control) {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(sends),
+                Err(error) => {
+                    warn!(%error, "Bad control message dropped.");
+                    continue;
+                }
+            };
+            match message {
+                FromController::Scan {
+                    scan,
+                    uuid,
+                    frames,
+                    parameters,
+                    ..
+                } => {
+                    self.close_recording();
+                    if self.held.take().is_some() {
+                        // A frame beyond the last scan's end: its numbering belongs to that
+                        // scan's series, so it cannot be placed in this one.
+                        self.beyond_scan += 1;
+                    }
+                    self.core.start_scan(scan);
+                    self.uuid = uuid;
+                    if let Some((_, prefix)) = parameters
+                        .iter()
+                        .find(|(name, _)| name.as_str() == "dump_prefix")
+                    {
+                        self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
+                    }
+                    let frames: BTreeMap<StreamName, u64> = frames.into_iter().collect();
+                    self.source.start_scan(&frames)?;
+                    self.open_recording();
+                }
+                FromController::Workers { endpoints } => self.connect_workers(endpoints)?,
+                FromController::Lease { scan, events } if scan == self.core.scan() => {
+                    sends.extend(self.core.lease(events));
+                }
+                FromController::Released { scan, up_to } if scan == self.core.scan() => {
+                    self.core.release(up_to);
+                }
+                FromController::Parameters { values } => {
+                    if let Some((_, prefix)) =
+                        values.iter().find(|(name, _)| name.as_str() == "dump_prefix")
+                    {
+                        // Takes effect from the next scan, as in dranspose.
+                        self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
+                    }
+                }
+                FromController::Finish { scan } if scan == self.core.scan() => {
+                    self.close_recording();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn connect_workers(&mut self, endpoints: Vec<(WorkerName, String)>) -> Result<(), IngesterError> {
+        let wanted: BTreeMap<WorkerName, String> = endpoints.into_iter().collect();
+        self.workers
+            .retain(|name, (endpoint, _)| wanted.get(name) == Some(endpoint));
+        for (name, endpoint) in wanted {
+            if self.workers.contains_key(&name) {
+                continue;
+            }
+            let push = socket(self.context, zmq::PUSH, DEFAULT_HWM, 0)?;
+            push.set_sndtimeo(50).map_err(|error| TransportError::Zmq {
+                operation: "set SNDTIMEO",
+                endpoint: endpoint.clone(),
+                error,
+            })?;
+            push.connect(&endpoint).map_err(|error| TransportError::Zmq {
+                operation: "connect",
+                endpoint: endpoint.clone(),
+                error,
+            })?;
+            self.workers.insert(name, (endpoint, push));
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, frame: SourceFrame, stop: &Stop) -> Result<(), IngesterError> {
+        match self.core.place(frame, Timestamp::now()) {
+            Placed::Sent { sends, complete } => {
+                self.send(sends, stop)?;
+                if let (Some(event), Some(recording)) = (complete, self.recording.as_mut())
+                    && let Err(error) = recording.writer.write_event(&event)
+                {
+                    warn!(path = %recording.path.display(), %error, "Dump write failed; recording stopped.");
+                    self.recording = None;
+                }
+            }
+            // Its lease is still to come; nothing more is read until it does.
+            Placed::Hold(frame) => self.held = Some(frame),
+            Placed::Stale => {}
+        }
+        Ok(())
+    }
+
+    /// Sends parts, waiting on full queues while answering the controller.
+    fn send(&mut self, sends: Vec<Send>, stop: &Stop) -> Result<(), IngesterError> {
+        let scan = self.core.scan();
+        for send in sends {
+            loop {
+                let Some((_, push)) = self.workers.get(&send.worker) else {
+                    // The controller no longer lists it (dead): its events are re-leased.
+                    break;
+                };
+                match send_part(push, scan, &send.part, true) {
+                    Ok(()) => break,
+                    Err(TransportError::Full) if !stop.is_stopped() => {
+                        self.say_hello();
+                        let resent = self.control_messages()?;
+                        if !resent.is_empty() {
+                            // Re-sends go out after this part; order between events does not
+                            // matter to workers.
+                            self.send(resent, stop)?;
+                        }
+                    }
+                    Err(TransportError::Full) => return Ok(()),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_recording(&mut self) {
+        if self.dump_prefix.is_empty() {
+            return;
+        }
+        let path = PathBuf::from(format!(
+            "{}{}-{}.cbors",
+            self.dump_prefix, self.settings.name, self.uuid
+        ));
+        match File::create(&path) {
+            Ok(file) => {
+                info!(path = %path.display(), "Recording this scan.");
+                self.recording = Some(Recording {
+                    path,
+                    writer: DumpWriter::new(BufWriter::new(file)),
+                });
+            }
+            Err(error) => warn!(path = %path.display(), %error, "Cannot record this scan."),
+        }
+    }
+
+    fn close_recording(&mut self) {
+        if let Some(recording) = self.recording.take()
+            && let Err(error) = recording.writer.into_inner()
+        {
+            warn!(path = %recording.path.display(), %error, "Dump not completely written.");
+        }
+    }
+}

@@ -4,6 +4,11 @@
 //! all arrive before its deadline is released as incomplete, with the missing streams named, and
 //! never merged with another event's frames (dranspose's positional FIFO can do that).
 //!
+//! The deadline starts when the source has reached the event: its first part arrives, or a part
+//! of a later event (the sources have moved past it), or an ingester's empty part saying its
+//! source skipped the event's frame. Not at the lease: leases run ahead of a slow source by up to
+//! the controller's window, and an event must not expire before its frames could exist.
+//!
 //! Pure: time is passed in, so tests need no sleeps. Memory is bounded by `capacity` events; the
 //! caller stops reading its sockets while [`Assembler::is_full`].
 
@@ -36,15 +41,17 @@ pub enum Arrival {
 struct Partial {
     event: EventData,
     expected: Option<BTreeSet<StreamName>>,
-    /// Set by the lease; before it, by the first part's arrival (a part whose lease never comes is
-    /// dropped then, so it cannot hold memory for ever).
-    deadline: Instant,
+    /// Started when the source reaches the event (see the module docs); a part whose lease never
+    /// comes is dropped at its deadline, so it cannot hold memory for ever.
+    deadline: Option<Instant>,
 }
 
 /// Assembles events from their parts.
 #[derive(Debug)]
 pub struct Assembler {
     partial: BTreeMap<EventNumber, Partial>,
+    /// Leased events whose deadline has not started.
+    unstarted: BTreeSet<EventNumber>,
     /// Events released, so a late part is recognised (pruned below the oldest partial event).
     released: BTreeSet<EventNumber>,
     timeout: Duration,
@@ -53,11 +60,12 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// Events not complete `timeout` after their lease are released incomplete; at most
-    /// `capacity` events are held.
+    /// Events not complete `timeout` after the source reached them are released incomplete; at
+    /// most `capacity` events are held.
     pub fn new(timeout: Duration, capacity: usize) -> Self {
         Self {
             partial: BTreeMap::new(),
+            unstarted: BTreeSet::new(),
             released: BTreeSet::new(),
             timeout,
             capacity: capacity.max(1),
@@ -65,34 +73,45 @@ impl Assembler {
         }
     }
 
-    /// The lease: `event` has these streams for this worker. Starts its deadline.
-    pub fn expect(&mut self, event: EventNumber, streams: BTreeSet<StreamName>, now: Instant) {
+    /// The lease: `event` has these streams for this worker.
+    pub fn expect(&mut self, event: EventNumber, streams: BTreeSet<StreamName>, _now: Instant) {
         if self.released.contains(&event) {
             return;
         }
         let partial = self.partial.entry(event).or_insert_with(|| Partial {
             event: EventData::new(event),
             expected: None,
-            deadline: now,
+            deadline: None,
         });
         partial.expected = Some(streams);
-        partial.deadline = now + self.timeout;
+        if partial.deadline.is_none() {
+            self.unstarted.insert(event);
+        }
     }
 
-    /// One ingester's part of an event (one or more streams).
+    /// One ingester's part of an event (one or more streams; none: the ingester's source
+    /// skipped the event's frame).
     pub fn add(&mut self, part: EventData, now: Instant) -> Arrival {
         if self.released.contains(&part.event_number) {
             return Arrival::Late;
         }
-        let timeout = self.timeout;
+        let deadline = now + self.timeout;
+        // Every leased event before this one has been reached by the sources.
+        let later = self.unstarted.split_off(&EventNumber(part.event_number.0 + 1));
+        for event in std::mem::replace(&mut self.unstarted, later) {
+            if let Some(partial) = self.partial.get_mut(&event) {
+                partial.deadline.get_or_insert(deadline);
+            }
+        }
         let partial = self
             .partial
             .entry(part.event_number)
             .or_insert_with(|| Partial {
                 event: EventData::new(part.event_number),
                 expected: None,
-                deadline: now + timeout,
+                deadline: None,
             });
+        partial.deadline.get_or_insert(deadline);
         let mut arrival = Arrival::Accepted;
         for (stream, data) in part.streams {
             if partial.event.streams.contains_key(&stream) {
@@ -115,7 +134,7 @@ impl Assembler {
             .partial
             .iter()
             .filter(|(_, p)| {
-                now >= p.deadline
+                p.deadline.is_some_and(|deadline| now >= deadline)
                     || p.expected.as_ref().is_some_and(|expected| {
                         expected.iter().all(|s| p.event.streams.contains_key(s))
                     })
@@ -127,6 +146,7 @@ impl Assembler {
             let Some(partial) = self.partial.remove(&event) else {
                 continue;
             };
+            self.unstarted.remove(&event);
             let Some(expected) = partial.expected else {
                 self.orphaned += 1;
                 continue;
@@ -216,6 +236,26 @@ mod tests {
         let ready = assembler.ready(t0 + Duration::from_millis(500));
         assert_eq!(ready[0].missing, names(&["pcap"]));
         assert_eq!(ready[0].event.streams.len(), 1);
+    }
+
+    #[test]
+    fn a_leased_event_waits_for_a_slow_source_and_expires_once_passed() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_millis(500), 16);
+        for n in 1..=3 {
+            assembler.expect(EventNumber(n), names(&["det"]), t0);
+        }
+        // Long after the lease, nothing has expired: the source has not got there yet.
+        assert!(assembler.ready(t0 + Duration::from_secs(60)).is_empty());
+        // Event 3's frame arrives; event 1's never will, event 2's is skipped (empty part).
+        let t1 = t0 + Duration::from_secs(60);
+        assembler.add(part(3, &["det"]), t1);
+        assembler.add(part(2, &[]), t1);
+        assert_eq!(assembler.ready(t1).len(), 1, "event 3 is complete");
+        let expired = assembler.ready(t1 + Duration::from_millis(500));
+        let numbers: Vec<u64> = expired.iter().map(|a| a.event.event_number.0).collect();
+        assert_eq!(numbers, [1, 2]);
+        assert!(expired.iter().all(|a| a.missing == names(&["det"])));
     }
 
     #[test]

@@ -1,0 +1,312 @@
+//! Starting components from a pipeline file: each on its own thread, so `beamflow run` holds
+//! them all in one process and `beamflow controller|ingester|worker|reducer` hold one each,
+//! with the same code. HTTP servers share one small tokio runtime.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use beamflow_controller::ensemble::{Ensemble, Pacing};
+use beamflow_controller::http::{Shared, lock};
+use beamflow_controller::mapping::Sequence;
+use beamflow_controller::node::ControlSocket;
+use beamflow_ingesters::node::IngesterSettings;
+use beamflow_net::Stop;
+use beamflow_protocol::{IngesterName, Parameters, WorkerName, WorkerTag};
+use beamflow_reducer::Reducer;
+use beamflow_reducer::http::View;
+use beamflow_reducer::node::ReducerSettings;
+use beamflow_workers::node::WorkerSettings;
+use beamflow_workers::process::Analyses;
+
+use crate::pipeline::Pipeline;
+
+struct Running {
+    name: String,
+    stop: Stop,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Components started in this process.
+pub struct Components {
+    context: zmq::Context,
+    runtime: tokio::runtime::Runtime,
+    http_stop: Arc<tokio::sync::Notify>,
+    running: Vec<Running>,
+    ensemble: Option<Shared>,
+    view: Option<View>,
+}
+
+impl Components {
+    /// Nothing started yet.
+    pub fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("beamflow-http")
+            .enable_all()
+            .build()
+            .context("cannot start the HTTP runtime")?;
+        Ok(Self {
+            context: zmq::Context::new(),
+            runtime,
+            http_stop: Arc::new(tokio::sync::Notify::new()),
+            running: Vec::new(),
+            ensemble: None,
+            view: None,
+        })
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        body: impl FnOnce(Stop) -> anyhow::Result<()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = Stop::new();
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || body(thread_stop))
+            .with_context(|| format!("cannot start {name}"))?;
+        self.running.push(Running { name, stop, thread });
+        Ok(())
+    }
+
+    fn serve_http(
+        &self,
+        address: &str,
+        what: &str,
+        serve: impl FnOnce(
+            tokio::net::TcpListener,
+            std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("{what}: cannot listen on {address}"))?;
+        let bound = listener.local_addr()?;
+        let stop = self.http_stop.clone();
+        let shutdown = Box::pin(async move { stop.notified().await });
+        let server = serve(listener, shutdown);
+        let what = what.to_owned();
+        self.runtime.spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "{what} HTTP server failed");
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Starts the controller: its control socket and REST API. Returns the control endpoint
+    /// and the REST address.
+    pub fn start_controller(&mut self, pipeline: &Pipeline) -> anyhow::Result<(String, SocketAddr)> {
+        let section = &pipeline.controller;
+        let mut descriptions = Analyses::build(&pipeline.analyses).describe_parameters();
+        descriptions.extend(
+            Reducer::new(&pipeline.accumulators, Parameters::default())?.describe_parameters(),
+        );
+        let ensemble: Shared = Arc::new(Mutex::new(Ensemble::new(
+            Pacing {
+                window: section.window,
+                worker_limit: section.worker_limit,
+            },
+            descriptions,
+        )));
+        let socket = ControlSocket::bind(&self.context, &section.control)
+            .with_context(|| format!("controller: cannot bind {}", section.control))?;
+        let control = socket.endpoint().to_owned();
+        let http = {
+            let ensemble = ensemble.clone();
+            self.serve_http(&section.http, "controller", move |listener, shutdown| {
+                Box::pin(beamflow_controller::http::serve(listener, ensemble, shutdown))
+            })?
+        };
+        let loop_ensemble = ensemble.clone();
+        self.spawn("controller".to_owned(), move |stop| {
+            socket.run(loop_ensemble, stop);
+            Ok(())
+        })?;
+        self.ensemble = Some(ensemble);
+        Ok((control, http))
+    }
+
+    /// Starts the reducer; returns its HTTP address.
+    pub fn start_reducer(
+        &mut self,
+        pipeline: &Pipeline,
+        controller: &str,
+        http: &str,
+    ) -> anyhow::Result<SocketAddr> {
+        let view = View::new();
+        let address = {
+            let view = view.clone();
+            self.serve_http(http, "reducer", move |listener, shutdown| {
+                Box::pin(beamflow_reducer::http::serve(listener, view, shutdown))
+            })?
+        };
+        let settings = ReducerSettings {
+            controller: controller.to_owned(),
+            host: pipeline.reducer.host.clone(),
+            accumulators: pipeline.accumulators.clone(),
+        };
+        let context = self.context.clone();
+        let thread_view = view.clone();
+        self.spawn("reducer".to_owned(), move |stop| {
+            beamflow_reducer::node::run(&settings, &context, &thread_view, &stop)
+                .context("reducer")
+        })?;
+        self.view = Some(view);
+        Ok(address)
+    }
+
+    /// Starts a worker named `name`.
+    pub fn start_worker(
+        &mut self,
+        pipeline: &Pipeline,
+        name: &str,
+        tags: &[WorkerTag],
+        controller: &str,
+    ) -> anyhow::Result<()> {
+        let settings = WorkerSettings {
+            name: WorkerName::from(name),
+            tags: tags.iter().cloned().collect(),
+            controller: controller.to_owned(),
+            host: pipeline.workers.host.clone(),
+            analyses: pipeline.analyses.clone(),
+            event_timeout: Duration::from_millis(pipeline.workers.event_timeout_ms),
+        };
+        let context = self.context.clone();
+        self.spawn(format!("worker {name}"), move |stop| {
+            beamflow_workers::node::run(&settings, &context, &stop)
+                .with_context(|| format!("worker {}", settings.name))
+        })
+    }
+
+    /// Starts the ingester `[ingesters.<name>]` of the pipeline.
+    pub fn start_ingester(
+        &mut self,
+        pipeline: &Pipeline,
+        name: &str,
+        controller: &str,
+    ) -> anyhow::Result<()> {
+        let source = pipeline
+            .ingesters
+            .get(name)
+            .with_context(|| format!("the pipeline has no [ingesters.{name}]"))?
+            .clone();
+        let settings = IngesterSettings {
+            name: IngesterName::from(name),
+            controller: controller.to_owned(),
+            source,
+        };
+        let context = self.context.clone();
+        self.spawn(format!("ingester {name}"), move |stop| {
+            beamflow_ingesters::node::run(&settings, &context, &stop)
+                .with_context(|| format!("ingester {}", settings.name))
+        })
+    }
+
+    /// Waits (up to 30 s) until every component of `pipeline` has said hello to the controller
+    /// running here, then starts a scan of `events` events over every ingester's streams, each
+    /// event on any worker (wrapped in start and end events). Returns the scan's uuid.
+    pub fn start_scan_when_connected(
+        &self,
+        pipeline: &Pipeline,
+        events: u64,
+    ) -> anyhow::Result<String> {
+        let ensemble = self
+            .ensemble
+            .as_ref()
+            .context("no controller runs in this process")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let streams = loop {
+            let config = lock(ensemble).config();
+            let count = |key: &str| config[key].as_array().map_or(0, Vec::len);
+            if count("workers") >= pipeline.workers.count
+                && count("ingesters") >= pipeline.ingesters.len()
+                && !config["reducer"].is_null()
+            {
+                let streams: Vec<String> = config["ingesters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|i| i["streams"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect();
+                break streams;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "components did not all connect within 30 s: {config}"
+            );
+            // Components say hello every 500 ms; looking every 20 ms costs nothing.
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let slots: Vec<serde_json::Value> = (0..events)
+            .map(|i| serde_json::json!([{ "constraint": i }]))
+            .collect();
+        let part: serde_json::Map<String, serde_json::Value> = streams
+            .into_iter()
+            .map(|stream| (stream, serde_json::Value::Array(slots.clone())))
+            .collect();
+        let body = serde_json::json!({"parts": {"main": part}, "sequence": ["main"]});
+        let sequence = Sequence::from_json(body.to_string().as_bytes(), true)?;
+        Ok(lock(ensemble).start(sequence, std::time::Instant::now())?)
+    }
+
+    /// The controller's state, when it runs here.
+    pub fn ensemble(&self) -> Option<&Shared> {
+        self.ensemble.as_ref()
+    }
+
+    /// The reducer's published state, when it runs here.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// Stops the component with this thread name (`worker w1`, `reducer`, ...), as if it had
+    /// died: it says nothing more and drops what it held. For tests of recovery.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(index) = self.running.iter().position(|r| r.name == name) else {
+            return false;
+        };
+        let running = self.running.remove(index);
+        running.stop.stop();
+        let _ = running.thread.join();
+        true
+    }
+
+    /// Waits until a component fails (returns its error) or `stop` is raised.
+    pub fn wait(&mut self, stop: &Stop) -> anyhow::Result<()> {
+        while !stop.is_stopped() {
+            if let Some(index) = self.running.iter().position(|r| r.thread.is_finished()) {
+                let running = self.running.remove(index);
+                return match running.thread.join() {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => anyhow::bail!("{} panicked", running.name),
+                };
+            }
+            // Waking every 100 ms to look at the threads is the simplest way to wait on
+            // several of them and a signal at once.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops everything and waits for the threads.
+    pub fn shutdown(self) {
+        for running in &self.running {
+            running.stop.stop();
+        }
+        self.http_stop.notify_waiters();
+        for running in self.running {
+            if let Ok(Err(error)) = running.thread.join() {
+                tracing::warn!(component = %running.name, error = %format!("{error:#}"), "Stopped with an error.");
+            }
+        }
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
