@@ -209,33 +209,27 @@ impl Components {
     }
 
     /// Waits (up to 30 s) until every component of `pipeline` has said hello to the controller
-    /// running here, then starts a scan of `events` events over every ingester's streams, each
-    /// event on any worker (wrapped in start and end events). Returns the scan's uuid.
-    pub fn start_scan_when_connected(
-        &self,
-        pipeline: &Pipeline,
-        events: u64,
-    ) -> anyhow::Result<String> {
+    /// running here; returns the streams the ingesters offer.
+    pub fn wait_until_connected(&self, pipeline: &Pipeline) -> anyhow::Result<Vec<String>> {
         let ensemble = self
             .ensemble
             .as_ref()
             .context("no controller runs in this process")?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let streams = loop {
+        loop {
             let config = lock(ensemble).config();
             let count = |key: &str| config[key].as_array().map_or(0, Vec::len);
             if count("workers") >= pipeline.workers.count
                 && count("ingesters") >= pipeline.ingesters.len()
                 && !config["reducer"].is_null()
             {
-                let streams: Vec<String> = config["ingesters"]
+                return Ok(config["ingesters"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .flat_map(|i| i["streams"].as_array().cloned().unwrap_or_default())
                     .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect();
-                break streams;
+                    .collect());
             }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
@@ -243,7 +237,22 @@ impl Components {
             );
             // Components say hello every 500 ms; looking every 20 ms costs nothing.
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+    }
+
+    /// Once every component is connected, starts a scan of `events` events over every
+    /// ingester's streams, each event on any worker (wrapped in start and end events). Returns
+    /// the scan's uuid.
+    pub fn start_scan_when_connected(
+        &self,
+        pipeline: &Pipeline,
+        events: u64,
+    ) -> anyhow::Result<String> {
+        let streams = self.wait_until_connected(pipeline)?;
+        let ensemble = self
+            .ensemble
+            .as_ref()
+            .context("no controller runs in this process")?;
         let slots: Vec<serde_json::Value> = (0..events)
             .map(|i| serde_json::json!([{ "constraint": i }]))
             .collect();

@@ -7,4 +7,5 @@
 mod interop;
 mod mapping;
 mod replay_cli;
+mod runtime;
 mod util;

@@ -110,10 +110,20 @@ impl Drop for Running {
 
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// A plain HTTP/1.1 POST of `body`; returns the status code and body.
+pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(addr, "POST", path, body)
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send");
     let mut response = String::new();
@@ -125,4 +135,21 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .expect("status code");
     (status, body.to_owned())
+}
+
+/// Polls `probe` every 20 ms until it gives a value, failing the test after `seconds`. For
+/// conditions only observable from outside (an HTTP endpoint), never as a stand-in for a
+/// synchronisation the code offers.
+pub(crate) fn eventually<T>(seconds: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value};
+use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value, WorkerName};
 use serde::Deserialize;
 
 use crate::{Accumulator, AccumulatorError};
@@ -28,10 +28,15 @@ pub struct HistoryConfig {
     /// Rows kept; the oldest are dropped beyond it.
     #[serde(default = "default_capacity")]
     pub capacity: usize,
+    /// Also keep which worker computed each row (a `worker` column), to see how a mapping's
+    /// constraints were honoured.
+    #[serde(default)]
+    pub worker_column: bool,
 }
 
 struct Row {
     event_number: EventNumber,
+    worker: WorkerName,
     time: Option<f64>,
     values: Vec<f64>,
 }
@@ -92,6 +97,7 @@ impl Accumulator for History {
         }
         self.rows.push_back(Row {
             event_number: result.event_number,
+            worker: result.worker.clone(),
             time: result.created_at.map(|t| t.as_microsecond() as f64 * 1e-6),
             values,
         });
@@ -118,6 +124,17 @@ impl Accumulator for History {
                     .collect(),
             ),
         );
+        if self.config.worker_column {
+            view.insert(
+                "worker".to_owned(),
+                Value::Array(
+                    self.rows
+                        .iter()
+                        .map(|r| Value::from(r.worker.as_str()))
+                        .collect(),
+                ),
+            );
+        }
         let columns = self.config.values.keys().enumerate().map(|(i, column)| {
             (
                 column.clone(),
