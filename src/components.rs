@@ -80,7 +80,8 @@ impl Components {
         serve: impl FnOnce(
             tokio::net::TcpListener,
             std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-        ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
     ) -> anyhow::Result<SocketAddr> {
         let listener = self
             .runtime
@@ -101,7 +102,10 @@ impl Components {
 
     /// Starts the controller: its control socket and REST API. Returns the control endpoint
     /// and the REST address.
-    pub fn start_controller(&mut self, pipeline: &Pipeline) -> anyhow::Result<(String, SocketAddr)> {
+    pub fn start_controller(
+        &mut self,
+        pipeline: &Pipeline,
+    ) -> anyhow::Result<(String, SocketAddr)> {
         let section = &pipeline.controller;
         let mut descriptions = Analyses::build(&pipeline.analyses).describe_parameters();
         descriptions.extend(
@@ -120,7 +124,9 @@ impl Components {
         let http = {
             let ensemble = ensemble.clone();
             self.serve_http(&section.http, "controller", move |listener, shutdown| {
-                Box::pin(beamflow_controller::http::serve(listener, ensemble, shutdown))
+                Box::pin(beamflow_controller::http::serve(
+                    listener, ensemble, shutdown,
+                ))
             })?
         };
         let loop_ensemble = ensemble.clone();
@@ -154,8 +160,7 @@ impl Components {
         let context = self.context.clone();
         let thread_view = view.clone();
         self.spawn("reducer".to_owned(), move |stop| {
-            beamflow_reducer::node::run(&settings, &context, &thread_view, &stop)
-                .context("reducer")
+            beamflow_reducer::node::run(&settings, &context, &thread_view, &stop).context("reducer")
         })?;
         self.view = Some(view);
         Ok(address)

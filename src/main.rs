@@ -214,7 +214,12 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let (control, rest) = components.start_controller(&pipeline)?;
     let state = components.start_reducer(&pipeline, &control, &pipeline.reducer.http)?;
     for i in 1..=pipeline.workers.count {
-        components.start_worker(&pipeline, &format!("w{i}"), &pipeline.workers.tags, &control)?;
+        components.start_worker(
+            &pipeline,
+            &format!("w{i}"),
+            &pipeline.workers.tags,
+            &control,
+        )?;
     }
     for name in pipeline.ingesters.keys() {
         components.start_ingester(&pipeline, name.as_str(), &control)?;
@@ -259,7 +264,10 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let tags: Vec<WorkerTag> = if args.tags.is_empty() {
         pipeline.workers.tags.clone()
     } else {
-        args.tags.iter().map(|t| WorkerTag::from(t.as_str())).collect()
+        args.tags
+            .iter()
+            .map(|t| WorkerTag::from(t.as_str()))
+            .collect()
     };
     let mut components = Components::new()?;
     components.start_worker(&pipeline, &args.name, &tags, &controller)?;

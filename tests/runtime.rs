@@ -55,8 +55,7 @@ fn stins_series(
                 let pixels: Vec<u8> = std::iter::repeat_n((i as u16).to_le_bytes(), 4)
                     .flatten()
                     .collect();
-                let image =
-                    NdArray::new(vec![2, 2], DType::Uint16, Bytes::from(pixels)).unwrap();
+                let image = NdArray::new(vec![2, 2], DType::Uint16, Bytes::from(pixels)).unwrap();
                 send(stins::image_frames(i, msg, &image, false));
                 // Pacing the simulated detector, so that a scan is still running when a test
                 // acts on it; not a synchronisation.
@@ -122,7 +121,12 @@ impl Beamline {
             .unwrap();
         for i in 1..=pipeline.workers.count {
             components
-                .start_worker(&pipeline, &format!("w{i}"), &pipeline.workers.tags, &control)
+                .start_worker(
+                    &pipeline,
+                    &format!("w{i}"),
+                    &pipeline.workers.tags,
+                    &control,
+                )
                 .unwrap();
         }
         for name in pipeline.ingesters.keys() {
@@ -280,7 +284,11 @@ fn two_streams_at_different_rates_and_pairs_on_one_worker() {
         let k = event - 1; // the event's index in the part
         assert_eq!(det[row], json!(k as f64), "event {event}: det frame");
         if k % 2 == 0 {
-            assert_eq!(pcap[row], json!((k / 2) as f64), "event {event}: pcap frame");
+            assert_eq!(
+                pcap[row],
+                json!((k / 2) as f64),
+                "event {event}: pcap frame"
+            );
         } else {
             assert_eq!(pcap[row], Value::Null, "event {event}: pcap has no frame");
             assert_eq!(
@@ -321,11 +329,15 @@ fn broadcast_discard_and_a_debug_worker() {
     drop(controller);
     // The debug worker reports its counters with its next heartbeat.
     let rest = beamline.rest;
-    eventually(5, "the debug worker to count every kept event plus the start and end", || {
-        let status: Value = serde_json::from_str(&http_get(rest, "/api/v1/status").1).ok()?;
-        let processed = status["workers"]["debugger"]["counts"]["processed"].as_u64()?;
-        (processed == expected.len() as u64 + 2).then_some(())
-    });
+    eventually(
+        5,
+        "the debug worker to count every kept event plus the start and end",
+        || {
+            let status: Value = serde_json::from_str(&http_get(rest, "/api/v1/status").1).ok()?;
+            let processed = status["workers"]["debugger"]["counts"]["processed"].as_u64()?;
+            (processed == expected.len() as u64 + 2).then_some(())
+        },
+    );
 }
 
 #[test]
@@ -353,7 +365,10 @@ fn a_lost_frame_is_a_gap_and_later_events_stay_intact() {
     }
     assert_eq!(status["incomplete_events"], 1);
     let ingester = &controller["ingesters"]["det"]["counts"];
-    assert_eq!((&ingester["gaps"], &ingester["gap_frames"]), (&json!(1), &json!(1)));
+    assert_eq!(
+        (&ingester["gaps"], &ingester["gap_frames"]),
+        (&json!(1), &json!(1))
+    );
 }
 
 #[test]
@@ -373,11 +388,13 @@ fn a_malformed_or_impossible_mapping_is_refused_with_the_reason() {
     let (status, body) = post(&sequence(three).to_string());
     assert_eq!(
         (status, body.as_str()),
-        (400, r#"{"detail":"only 2 workers available, but 3 required"}"#)
+        (
+            400,
+            r#"{"detail":"only 2 workers available, but 3 required"}"#
+        )
     );
-    let (status, body) = post(
-        &sequence(json!({"det": [[{"tags": ["gpu"], "constraint": 0}]]})).to_string(),
-    );
+    let (status, body) =
+        post(&sequence(json!({"det": [[{"tags": ["gpu"], "constraint": 0}]]})).to_string());
     assert_eq!(
         (status, body.as_str()),
         (400, r#"{"detail":"no live worker carries the tag gpu"}"#)
@@ -389,11 +406,15 @@ fn a_malformed_or_impossible_mapping_is_refused_with_the_reason() {
 fn a_second_scan_starts_fresh() {
     let (endpoint, next_series, source) = stins_series(vec![20, 10], &[], Duration::ZERO);
     let beamline = Beamline::start(&pipeline(&[("det", &endpoint)], 2));
-    beamline.post_sequence(&sequence(json!({"det": slots(20, |i| json!([{"constraint": i}]))})));
+    beamline.post_sequence(&sequence(
+        json!({"det": slots(20, |i| json!([{"constraint": i}]))}),
+    ));
     let (first, _, _) = beamline.finished();
     assert_eq!(numbers(&first, "/history/event_number").len(), 20);
     // The detector's next series, through the same components: a new scan.
-    beamline.post_sequence(&sequence(json!({"det": slots(10, |i| json!([{"constraint": i}]))})));
+    beamline.post_sequence(&sequence(
+        json!({"det": slots(10, |i| json!([{"constraint": i}]))}),
+    ));
     next_series.send(()).unwrap();
     let (second, status, _) = beamline.finished();
     source.join().unwrap();
@@ -408,7 +429,9 @@ fn a_second_scan_starts_fresh() {
 fn a_killed_worker_loses_no_event_and_doubles_none() {
     let (endpoint, source) = stins_source(300, &[], Duration::from_millis(5));
     let mut beamline = Beamline::start(&pipeline(&[("det", &endpoint)], 3));
-    beamline.post_sequence(&sequence(json!({"det": slots(300, |i| json!([{"constraint": i}]))})));
+    beamline.post_sequence(&sequence(
+        json!({"det": slots(300, |i| json!([{"constraint": i}]))}),
+    ));
     eventually(30, "the scan to be under way", || {
         (beamline.progress()["completed_events"].as_u64()? > 30).then_some(())
     });
@@ -493,4 +516,48 @@ fn processes_a_killed_worker_process_loses_no_event() {
     assert_eq!(reduced["incomplete_events"], 0);
     let status: Value = serde_json::from_str(&http_get(rest, "/api/v1/status").1).unwrap();
     assert_eq!(status["counts"]["dead_workers"], 1);
+}
+
+#[test]
+fn a_recorded_live_scan_replays_to_the_same_state() {
+    let (endpoint, source) = stins_source(50, &[], Duration::ZERO);
+    let text = pipeline(&[("det", &endpoint)], 2).replace("worker_column = true\n", "");
+    let beamline = Beamline::start(&text);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}/rec-", dir.path().display());
+    let (status, _) = http_post(beamline.rest, "/api/v1/parameter/dump_prefix", &prefix);
+    assert_eq!(status, 200);
+    let uuid = beamline.post_sequence(&sequence(json!({
+        "det": slots(50, |i| json!([{"constraint": i}]))
+    })));
+    let (live, _, _) = beamline.finished();
+    source.join().unwrap();
+    let rest = beamline.rest;
+    let dump = dir.path().join(format!("rec-det-{uuid}.cbors"));
+    eventually(5, "the ingester to close its dump", || {
+        let status: Value = serde_json::from_str(&http_get(rest, "/api/v1/status").1).ok()?;
+        (status["ingesters"]["det"]["last_recording"] == dump.display().to_string()).then_some(())
+    });
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, &text).unwrap();
+    let output = crate::util::beamflow_output(&[
+        "replay",
+        "--pipeline",
+        file.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(numbers(&live, "/history/event_number").len(), 50);
+    assert_eq!(
+        replayed, live,
+        "replay of the recording equals the live state"
+    );
 }

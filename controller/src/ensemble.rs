@@ -433,7 +433,11 @@ impl Ensemble {
             let message = FromController::Finish {
                 scan: current.number,
             };
-            info!(scan = current.number, completed = progress.completed_events, "Scan finished.");
+            info!(
+                scan = current.number,
+                completed = progress.completed_events,
+                "Scan finished."
+            );
             for role in [Role::Ingester, Role::Worker, Role::Reducer] {
                 self.send_to_all(role, &message);
             }
@@ -447,7 +451,10 @@ impl Ensemble {
         match reassigned {
             Ok(reassigned) if !reassigned.is_empty() => {
                 self.counts.reassigned_events += reassigned.len() as u64;
-                info!(events = reassigned.len(), "Re-routed a dead worker's events.");
+                info!(
+                    events = reassigned.len(),
+                    "Re-routed a dead worker's events."
+                );
                 let assignments: Vec<Assignment> =
                     reassigned.iter().map(|r| r.assignment.clone()).collect();
                 let new: Vec<BTreeSet<WorkerName>> =
@@ -584,12 +591,15 @@ impl Ensemble {
 
     /// A parameter's bytes: its value, or its default when it is described but unset.
     pub fn parameter(&self, name: &str) -> Option<Bytes> {
-        self.parameters.get(name).map(|p| p.data.clone()).or_else(|| {
-            self.descriptions
-                .iter()
-                .find(|d| d.name.as_str() == name)
-                .map(|d| d.default.to_bytes())
-        })
+        self.parameters
+            .get(name)
+            .map(|p| p.data.clone())
+            .or_else(|| {
+                self.descriptions
+                    .iter()
+                    .find(|d| d.name.as_str() == name)
+                    .map(|d| d.default.to_bytes())
+            })
     }
 
     /// The parameter descriptions, sorted by name.
@@ -745,9 +755,8 @@ mod tests {
     }
 
     fn sequence(events: u64) -> Sequence {
-        let slots: Vec<serde_json::Value> = (0..events)
-            .map(|i| json!([{"constraint": i}]))
-            .collect();
+        let slots: Vec<serde_json::Value> =
+            (0..events).map(|i| json!([{"constraint": i}])).collect();
         let body = json!({"parts": {"main": {"det": slots}}, "sequence": ["main"]});
         Sequence::from_json(body.to_string().as_bytes(), false).unwrap()
     }
@@ -910,9 +919,17 @@ mod tests {
         assert_eq!(ensemble.parameter("dump_prefix").as_deref(), Some(&b""[..]));
         assert!(ensemble.parameter("nope").is_none());
         let empty = ensemble.parameters_hash();
-        assert!(ensemble.set_parameter("threshold".into(), Bytes::from("x")).is_err());
-        let first = ensemble.set_parameter("threshold".into(), Bytes::from("7")).unwrap();
-        let second = ensemble.set_parameter("threshold".into(), Bytes::from("7")).unwrap();
+        assert!(
+            ensemble
+                .set_parameter("threshold".into(), Bytes::from("x"))
+                .is_err()
+        );
+        let first = ensemble
+            .set_parameter("threshold".into(), Bytes::from("7"))
+            .unwrap();
+        let second = ensemble
+            .set_parameter("threshold".into(), Bytes::from("7"))
+            .unwrap();
         assert_ne!(empty, first);
         assert_ne!(first, second, "every set is a new version");
         assert_eq!(ensemble.parameter("threshold").as_deref(), Some(&b"7"[..]));

@@ -94,7 +94,10 @@ async fn post_mapping(
     Query(query): Query<WrapQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    start(&ensemble, Sequence::from_mapping_json(&body, query.all_wrap)?)
+    start(
+        &ensemble,
+        Sequence::from_mapping_json(&body, query.all_wrap)?,
+    )
 }
 
 fn start(ensemble: &Shared, sequence: Sequence) -> Result<Response, ApiError> {
@@ -188,7 +191,8 @@ mod tests {
         let (status, body) = call(&app, "POST", "/api/v1/sequence", "{\"parts\": 3}").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("mapping is not valid"), "{body}");
-        let mapping = r#"{"parts": {"main": {"det": [[{"constraint": 1}]]}}, "sequence": ["main"]}"#;
+        let mapping =
+            r#"{"parts": {"main": {"det": [[{"constraint": 1}]]}}, "sequence": ["main"]}"#;
         let (status, body) = call(&app, "POST", "/api/v1/sequence", mapping).await;
         assert_eq!(
             (status, body.as_str()),

@@ -31,13 +31,11 @@ impl ControlSocket {
         {
             Some(host) => bind_any(&router, host.trim_start_matches("tcp://"))?,
             None => {
-                router
-                    .bind(address)
-                    .map_err(|error| TransportError::Zmq {
-                        operation: "bind",
-                        endpoint: address.to_owned(),
-                        error,
-                    })?;
+                router.bind(address).map_err(|error| TransportError::Zmq {
+                    operation: "bind",
+                    endpoint: address.to_owned(),
+                    error,
+                })?;
                 address.to_owned()
             }
         };

@@ -120,7 +120,12 @@ impl IngesterCore {
                             if leased.resend_to.contains(worker) {
                                 sends.push(Send {
                                     worker: worker.clone(),
-                                    part: part(leased.event, &frame.stream, data, retained.created_at),
+                                    part: part(
+                                        leased.event,
+                                        &frame.stream,
+                                        data,
+                                        retained.created_at,
+                                    ),
                                 });
                             }
                         }
@@ -181,9 +186,7 @@ impl IngesterCore {
         });
         sends.extend(placed);
         self.counts.parts_sent += workers.len() as u64;
-        retained
-            .streams
-            .insert(frame.stream, (frame.data, workers));
+        retained.streams.insert(frame.stream, (frame.data, workers));
         let complete = (retained.expected.len() == retained.streams.len()).then(|| {
             let mut record = EventData::new(event);
             record.created_at = retained.created_at;
@@ -278,7 +281,10 @@ mod tests {
         let Placed::Hold(held) = core.place(frame(0), now) else {
             panic!("no lease yet")
         };
-        core.lease(vec![leased(0, 0, &["w1", "w2"], &[]), leased(1, 1, &[], &[])]);
+        core.lease(vec![
+            leased(0, 0, &["w1", "w2"], &[]),
+            leased(1, 1, &[], &[]),
+        ]);
         assert!(core.wants_frames());
         assert_eq!(
             sent_to(&core.place(held, now)),
@@ -300,7 +306,11 @@ mod tests {
         // Frames 2 and 3 were lost upstream: their worker hears that the source passed them.
         assert_eq!(
             sent_to(&core.place(frame(4), now)),
-            [("w1".to_owned(), 2), ("w1".to_owned(), 3), ("w1".to_owned(), 4)]
+            [
+                ("w1".to_owned(), 2),
+                ("w1".to_owned(), 3),
+                ("w1".to_owned(), 4)
+            ]
         );
         assert_eq!((core.counts().gaps, core.counts().gap_frames), (1, 2));
         assert!(!core.wants_frames(), "the lost frames' leases are given up");
@@ -317,7 +327,10 @@ mod tests {
         core.release(EventNumber(1));
         assert_eq!(core.retained(), 2);
         // w2 died: events 1 and 2 move to w1. Event 1 was sent; event 2 not yet read.
-        let resent = core.lease(vec![leased(1, 1, &["w1"], &["w1"]), leased(2, 2, &["w1"], &["w1"])]);
+        let resent = core.lease(vec![
+            leased(1, 1, &["w1"], &["w1"]),
+            leased(2, 2, &["w1"], &["w1"]),
+        ]);
         assert_eq!(
             resent
                 .iter()

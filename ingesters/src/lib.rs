@@ -92,9 +92,9 @@ impl IngesterConfig {
         context: &zmq::Context,
     ) -> Result<Box<dyn Source>, SourceError> {
         Ok(match self {
-            IngesterConfig::ZmqStins(config) => {
-                Box::new(sources::zmq_stins::ZmqStins::connect(config, name, context)?)
-            }
+            IngesterConfig::ZmqStins(config) => Box::new(sources::zmq_stins::ZmqStins::connect(
+                config, name, context,
+            )?),
             IngesterConfig::Sim(config) => Box::new(sources::sim::Sim::new(config, name)),
             IngesterConfig::Dump(config) => Box::new(sources::dump::Dump::new(config)?),
         })

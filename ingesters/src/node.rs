@@ -67,6 +67,7 @@ struct Node<'a> {
     workers: BTreeMap<WorkerName, (String, zmq::Socket)>,
     held: Option<SourceFrame>,
     recording: Option<Recording>,
+    last_recording: Option<PathBuf>,
     uuid: String,
     dump_prefix: String,
     malformed: u64,
@@ -98,6 +99,7 @@ pub fn run(
         workers: BTreeMap::new(),
         held: None,
         recording: None,
+        last_recording: None,
         uuid: String::new(),
         dump_prefix: String::new(),
         malformed: 0,
@@ -135,7 +137,12 @@ pub fn run(
         if !read_any {
             // Nothing to read: wait for the controller (a lease, a scan) instead of spinning.
             let mut items = [node.control.as_poll_item(zmq::POLLIN)];
-            let _ = zmq::poll(&mut items, node.heartbeat.wait_ms(Instant::now()).min(IDLE.as_millis() as i64));
+            let _ = zmq::poll(
+                &mut items,
+                node.heartbeat
+                    .wait_ms(Instant::now())
+                    .min(IDLE.as_millis() as i64),
+            );
         }
     }
     node.close_recording();
@@ -154,6 +161,7 @@ impl Node<'_> {
             "malformed_frames": self.malformed,
             "frames_beyond_scan": self.beyond_scan,
             "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),
+            "last_recording": self.last_recording.as_ref().map(|p| p.display().to_string()),
         });
         let hello = ToController::Hello(Hello {
             role: Role::Ingester,
@@ -213,8 +221,9 @@ impl Node<'_> {
                     self.core.release(up_to);
                 }
                 FromController::Parameters { values } => {
-                    if let Some((_, prefix)) =
-                        values.iter().find(|(name, _)| name.as_str() == "dump_prefix")
+                    if let Some((_, prefix)) = values
+                        .iter()
+                        .find(|(name, _)| name.as_str() == "dump_prefix")
                     {
                         // Takes effect from the next scan, as in dranspose.
                         self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
@@ -228,7 +237,10 @@ impl Node<'_> {
         }
     }
 
-    fn connect_workers(&mut self, endpoints: Vec<(WorkerName, String)>) -> Result<(), IngesterError> {
+    fn connect_workers(
+        &mut self,
+        endpoints: Vec<(WorkerName, String)>,
+    ) -> Result<(), IngesterError> {
         let wanted: BTreeMap<WorkerName, String> = endpoints.into_iter().collect();
         self.workers
             .retain(|name, (endpoint, _)| wanted.get(name) == Some(endpoint));
@@ -242,11 +254,12 @@ impl Node<'_> {
                 endpoint: endpoint.clone(),
                 error,
             })?;
-            push.connect(&endpoint).map_err(|error| TransportError::Zmq {
-                operation: "connect",
-                endpoint: endpoint.clone(),
-                error,
-            })?;
+            push.connect(&endpoint)
+                .map_err(|error| TransportError::Zmq {
+                    operation: "connect",
+                    endpoint: endpoint.clone(),
+                    error,
+                })?;
             self.workers.insert(name, (endpoint, push));
         }
         Ok(())
@@ -274,11 +287,8 @@ impl Node<'_> {
     fn send(&mut self, sends: Vec<Send>, stop: &Stop) -> Result<(), IngesterError> {
         let scan = self.core.scan();
         for send in sends {
-            loop {
-                let Some((_, push)) = self.workers.get(&send.worker) else {
-                    // The controller no longer lists it (dead): its events are re-leased.
-                    break;
-                };
+            // A worker the controller no longer lists is dead: its events are re-leased.
+            while let Some((_, push)) = self.workers.get(&send.worker) {
                 match send_part(push, scan, &send.part, true) {
                     Ok(()) => break,
                     Err(TransportError::Full) if !stop.is_stopped() => {
@@ -319,10 +329,13 @@ impl Node<'_> {
     }
 
     fn close_recording(&mut self) {
-        if let Some(recording) = self.recording.take()
-            && let Err(error) = recording.writer.into_inner()
-        {
-            warn!(path = %recording.path.display(), %error, "Dump not completely written.");
+        if let Some(recording) = self.recording.take() {
+            match recording.writer.into_inner() {
+                Ok(_) => self.last_recording = Some(recording.path),
+                Err(error) => {
+                    warn!(path = %recording.path.display(), %error, "Dump not completely written.");
+                }
+            }
         }
     }
 }

@@ -310,10 +310,14 @@ pub fn send_to_component(
         .map_err(zmq_error("send", ""))
 }
 
-/// The controller's end: the next message from a component, with the sender's identity.
+/// A message from a component as the controller's ROUTER gets it: the sender's identity, and
+/// the message or why it did not decode.
+pub type FromComponent = (Bytes, Result<control::ToController, CborError>);
+
+/// The controller's end: the next message from a component, if one is waiting.
 pub fn try_recv_from_component(
     router: &zmq::Socket,
-) -> Result<Option<(Bytes, Result<control::ToController, CborError>)>, TransportError> {
+) -> Result<Option<FromComponent>, TransportError> {
     let Some(frames) = recv_frames_nowait(router)? else {
         return Ok(None);
     };
@@ -447,10 +451,7 @@ mod tests {
         // Blocking receive (5 s timeout) of the first message, then a non-blocking one.
         let frames = recv_frames(&router).unwrap();
         assert_eq!(&frames[0][..], b"worker:w1:1");
-        assert_eq!(
-            control::decode::<ToController>(&frames[1]).unwrap(),
-            hello
-        );
+        assert_eq!(control::decode::<ToController>(&frames[1]).unwrap(), hello);
         assert!(try_recv_from_component(&router).unwrap().is_none());
         let finish = FromController::Finish { scan: 3 };
         send_to_component(&router, b"worker:w1:1", &finish).unwrap();

@@ -11,9 +11,9 @@ use minicbor::{Decode, Encode};
 use serde::Serialize;
 
 use crate::error::CborError;
+use crate::ids::{EventNumber, ParameterName, StreamName, WorkerName, WorkerTag};
 use crate::parameters::{ParameterDescription, ParameterError, Parameters};
 use bytes::Bytes;
-use crate::ids::{EventNumber, ParameterName, StreamName, WorkerName, WorkerTag};
 
 /// The part a component plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize)]

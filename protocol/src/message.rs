@@ -357,7 +357,10 @@ mod tests {
                 results,
                 missing: vec!["pcap".into()],
             };
-            assert_eq!(decode_report(&encode_report(4, &report)).unwrap(), (4, report));
+            assert_eq!(
+                decode_report(&encode_report(4, &report)).unwrap(),
+                (4, report)
+            );
         }
         assert_eq!(
             decode_report(&[0xf6]).unwrap_err().to_string(),

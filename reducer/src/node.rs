@@ -59,9 +59,13 @@ pub fn run(
     let reports = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
     let endpoint = bind_any(&reports, &settings.host)?;
     let instance = instance_id();
-    let control = control_client(context, &settings.controller, &format!("reducer:{instance:x}"))?;
-    let descriptions = Reducer::new(&settings.accumulators, Parameters::default())?
-        .describe_parameters();
+    let control = control_client(
+        context,
+        &settings.controller,
+        &format!("reducer:{instance:x}"),
+    )?;
+    let descriptions =
+        Reducer::new(&settings.accumulators, Parameters::default())?.describe_parameters();
     let mut live: Option<Live> = None;
     let mut early: Vec<(u64, EventReport)> = Vec::new();
     let mut stale = 0u64;
@@ -102,7 +106,9 @@ pub fn run(
         }) {
             match message {
                 FromController::Scan {
-                    scan, parameters: values, ..
+                    scan,
+                    parameters: values,
+                    ..
                 } => {
                     let parameters = resolve(values, &descriptions);
                     let reducer = Reducer::new(&settings.accumulators, parameters)?;

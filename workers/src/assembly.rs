@@ -97,7 +97,9 @@ impl Assembler {
         }
         let deadline = now + self.timeout;
         // Every leased event before this one has been reached by the sources.
-        let later = self.unstarted.split_off(&EventNumber(part.event_number.0 + 1));
+        let later = self
+            .unstarted
+            .split_off(&EventNumber(part.event_number.0 + 1));
         for event in std::mem::replace(&mut self.unstarted, later) {
             if let Some(partial) = self.partial.get_mut(&event) {
                 partial.deadline.get_or_insert(deadline);

@@ -8,13 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_part,
-    send_report, send_to_controller, socket, try_recv_from_controller,
+    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_part, send_report,
+    send_to_controller, socket, try_recv_from_controller,
 };
 use beamflow_protocol::control::{
     ByteVec, FromController, Hello, Role, ToController, resolve_parameters,
 };
-use beamflow_protocol::{AnalysisName, EventData, ParameterName, Parameters, WorkerName, WorkerTag};
+use beamflow_protocol::{
+    AnalysisName, EventData, ParameterName, Parameters, WorkerName, WorkerTag,
+};
 use tracing::{info, warn};
 
 use crate::AnalysisConfig;
@@ -100,7 +102,11 @@ pub fn run(
         let wait = heartbeat.wait_ms(now).min(50);
         let mut items = [
             control.as_poll_item(zmq::POLLIN),
-            parts.as_poll_item(if core.is_full() { zmq::PollEvents::empty() } else { zmq::POLLIN }),
+            parts.as_poll_item(if core.is_full() {
+                zmq::PollEvents::empty()
+            } else {
+                zmq::POLLIN
+            }),
         ];
         if let Err(error) = zmq::poll(&mut items, wait) {
             warn!(%error, "Worker poll failed.");
@@ -120,19 +126,23 @@ pub fn run(
                     scan = number;
                     core.new_scan(resolve(parameters, &descriptions));
                     if let Some(endpoint) = endpoint
-                        && reducer.as_ref().is_none_or(|(current, _)| *current != endpoint)
+                        && reducer
+                            .as_ref()
+                            .is_none_or(|(current, _)| *current != endpoint)
                     {
                         let push = socket(context, zmq::PUSH, beamflow_net::DEFAULT_HWM, 0)?;
-                        push.set_sndtimeo(200).map_err(|error| TransportError::Zmq {
-                            operation: "set SNDTIMEO",
-                            endpoint: endpoint.clone(),
-                            error,
-                        })?;
-                        push.connect(&endpoint).map_err(|error| TransportError::Zmq {
-                            operation: "connect",
-                            endpoint: endpoint.clone(),
-                            error,
-                        })?;
+                        push.set_sndtimeo(200)
+                            .map_err(|error| TransportError::Zmq {
+                                operation: "set SNDTIMEO",
+                                endpoint: endpoint.clone(),
+                                error,
+                            })?;
+                        push.connect(&endpoint)
+                            .map_err(|error| TransportError::Zmq {
+                                operation: "connect",
+                                endpoint: endpoint.clone(),
+                                error,
+                            })?;
                         reducer = Some((endpoint, push));
                     }
                     let held = std::mem::take(&mut early);

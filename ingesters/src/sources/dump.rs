@@ -48,7 +48,11 @@ impl Dump {
                 _ => Vec::new(),
             }
         } else {
-            config.streams.iter().map(|s| StreamName::from(s.as_str())).collect()
+            config
+                .streams
+                .iter()
+                .map(|s| StreamName::from(s.as_str()))
+                .collect()
         };
         Ok(Self {
             config: config.clone(),

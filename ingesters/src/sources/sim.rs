@@ -59,7 +59,11 @@ impl Sim {
         let streams = if config.streams.is_empty() {
             vec![StreamName::from(name)]
         } else {
-            config.streams.iter().map(|s| StreamName::from(s.as_str())).collect()
+            config
+                .streams
+                .iter()
+                .map(|s| StreamName::from(s.as_str()))
+                .collect()
         };
         Self {
             streams,
@@ -192,12 +196,20 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            [stins::Kind::Header, stins::Kind::Image, stins::Kind::Image, stins::Kind::End]
+            [
+                stins::Kind::Header,
+                stins::Kind::Image,
+                stins::Kind::Image,
+                stins::Kind::End
+            ]
         );
         let stins::StinsMessage::Image { data, .. } = stins::parse(&frames[1].data).unwrap() else {
             panic!("an image");
         };
         assert_eq!(data.shape(), [4, 6]);
-        assert!(sim.next_frame(Duration::ZERO).unwrap().is_none(), "series over");
+        assert!(
+            sim.next_frame(Duration::ZERO).unwrap().is_none(),
+            "series over"
+        );
     }
 }
