@@ -40,6 +40,24 @@ pub struct ReducerCore {
     reducer: Reducer,
     incomplete: BTreeSet<EventNumber>,
     incomplete_events: u64,
+    /// Microseconds from the ingester reading each event to its results being applied, for the
+    /// last [`LATENCY_WINDOW`] events with results.
+    latencies: std::collections::VecDeque<u32>,
+}
+
+/// Events whose latency the status summarises.
+pub const LATENCY_WINDOW: usize = 10_000;
+
+/// End-to-end latency percentiles over the last [`LATENCY_WINDOW`] events, in milliseconds:
+/// from the ingester reading the frame (`created_at`) to the reducer applying its results.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Events measured.
+    pub events: usize,
 }
 
 impl ReducerCore {
@@ -50,6 +68,7 @@ impl ReducerCore {
             reducer,
             incomplete: BTreeSet::new(),
             incomplete_events: 0,
+            latencies: std::collections::VecDeque::with_capacity(LATENCY_WINDOW),
         }
     }
 
@@ -75,6 +94,16 @@ impl ReducerCore {
             if self.incomplete.remove(&event) {
                 self.incomplete_events += 1;
             }
+            if let Some(created_at) = results.iter().find_map(|r| r.created_at) {
+                let micros = beamflow_protocol::Timestamp::now()
+                    .duration_since(created_at)
+                    .as_micros()
+                    .clamp(0, i128::from(u32::MAX));
+                if self.latencies.len() == LATENCY_WINDOW {
+                    self.latencies.pop_front();
+                }
+                self.latencies.push_back(micros as u32);
+            }
             for result in &results {
                 self.reducer.apply(result);
             }
@@ -95,6 +124,21 @@ impl ReducerCore {
     /// The next event to apply.
     pub fn next_event(&self) -> EventNumber {
         self.reorder.next_event()
+    }
+
+    /// Latency percentiles over the last events, if any had results.
+    pub fn latency(&self) -> Option<Latency> {
+        let mut sorted: Vec<u32> = self.latencies.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+            f64::from(sorted[index]) / 1000.0
+        };
+        (!sorted.is_empty()).then(|| Latency {
+            p50: at(0.5),
+            p99: at(0.99),
+            events: sorted.len(),
+        })
     }
 
     /// The counters so far.

@@ -216,6 +216,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         scan: Some(live.scan),
         incomplete_events: counts.incomplete_events,
         duplicates: counts.order.duplicates,
+        latency_ms: live.core.latency(),
         ..Status::default()
     };
     view.publish(reducer.state(), status);
