@@ -36,6 +36,8 @@ pub fn app(ensemble: Shared) -> Router {
             post(post_parameter).get(get_parameter),
         )
         .fallback(not_found)
+        // A mapping of a long scan is large (about 20 bytes per slot): 10^6 events fit.
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(ensemble)
 }
 
