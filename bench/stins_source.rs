@@ -87,10 +87,7 @@ fn main() {
             let push = context.socket(zmq::PUSH).expect("socket");
             push.set_sndhwm(1000).expect("hwm");
             push.bind("tcp://127.0.0.1:*").expect("bind");
-            let endpoint = push
-                .get_last_endpoint()
-                .expect("endpoint")
-                .expect("utf-8");
+            let endpoint = push.get_last_endpoint().expect("endpoint").expect("utf-8");
             let pull = context.socket(zmq::PULL).expect("socket");
             pull.set_rcvhwm(1000).expect("hwm");
             pull.connect(&endpoint).expect("connect");
@@ -111,7 +108,10 @@ fn main() {
             });
             let sent = send_series(&push, frames, bytes, rate);
             let (received, mut latencies) = receiver.join().expect("receiver");
-            let seconds = received.unwrap_or(sent).as_secs_f64().max(sent.as_secs_f64());
+            let seconds = received
+                .unwrap_or(sent)
+                .as_secs_f64()
+                .max(sent.as_secs_f64());
             latencies.sort_unstable();
             let at = |q: f64| {
                 latencies
@@ -128,6 +128,8 @@ fn main() {
                 })
             );
         }
-        _ => eprintln!("usage: stins_source source ENDPOINT FRAMES BYTES [RATE_HZ] | raw FRAMES BYTES [RATE_HZ]"),
+        _ => eprintln!(
+            "usage: stins_source source ENDPOINT FRAMES BYTES [RATE_HZ] | raw FRAMES BYTES [RATE_HZ]"
+        ),
     }
 }
