@@ -213,6 +213,24 @@ impl Components {
         })
     }
 
+    /// Starts every component of `pipeline` here: the controller, the reducer, `[workers] count`
+    /// workers named `w1`, `w2`, ... and every ingester. Returns the control endpoint, the
+    /// controller's REST address and the reducer's HTTP address.
+    pub fn start_all(
+        &mut self,
+        pipeline: &Pipeline,
+    ) -> anyhow::Result<(String, SocketAddr, SocketAddr)> {
+        let (control, rest) = self.start_controller(pipeline)?;
+        let state = self.start_reducer(pipeline, &control, &pipeline.reducer.http)?;
+        for i in 1..=pipeline.workers.count {
+            self.start_worker(pipeline, &format!("w{i}"), &pipeline.workers.tags, &control)?;
+        }
+        for name in pipeline.ingesters.keys() {
+            self.start_ingester(pipeline, name.as_str(), &control)?;
+        }
+        Ok((control, rest, state))
+    }
+
     /// Waits (up to 30 s) until every component of `pipeline` has said hello to the controller
     /// running here; returns the streams the ingesters offer.
     pub fn wait_until_connected(&self, pipeline: &Pipeline) -> anyhow::Result<Vec<String>> {

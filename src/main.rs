@@ -211,19 +211,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         pipeline.reducer.http = http;
     }
     let mut components = Components::new()?;
-    let (control, rest) = components.start_controller(&pipeline)?;
-    let state = components.start_reducer(&pipeline, &control, &pipeline.reducer.http)?;
-    for i in 1..=pipeline.workers.count {
-        components.start_worker(
-            &pipeline,
-            &format!("w{i}"),
-            &pipeline.workers.tags,
-            &control,
-        )?;
-    }
-    for name in pipeline.ingesters.keys() {
-        components.start_ingester(&pipeline, name.as_str(), &control)?;
-    }
+    let (_, rest, state) = components.start_all(&pipeline)?;
     eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
     );
@@ -231,10 +219,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         let uuid = components.start_scan_when_connected(&pipeline, events)?;
         eprintln!("Scan {uuid} of {events} events started.");
     }
-    let stop = stop_on_signal();
-    let outcome = components.wait(&stop);
-    components.shutdown();
-    outcome
+    serve_until_signal(components)
 }
 
 fn controller(args: ControllerArgs) -> anyhow::Result<()> {

@@ -115,25 +115,7 @@ impl Beamline {
     fn start(text: &str) -> Self {
         let pipeline = Pipeline::parse(text).unwrap();
         let mut components = Components::new().unwrap();
-        let (control, rest) = components.start_controller(&pipeline).unwrap();
-        let state = components
-            .start_reducer(&pipeline, &control, &pipeline.reducer.http)
-            .unwrap();
-        for i in 1..=pipeline.workers.count {
-            components
-                .start_worker(
-                    &pipeline,
-                    &format!("w{i}"),
-                    &pipeline.workers.tags,
-                    &control,
-                )
-                .unwrap();
-        }
-        for name in pipeline.ingesters.keys() {
-            components
-                .start_ingester(&pipeline, name.as_str(), &control)
-                .unwrap();
-        }
+        let (control, rest, state) = components.start_all(&pipeline).unwrap();
         components.wait_until_connected(&pipeline).unwrap();
         Self {
             components: Some(components),
@@ -200,6 +182,15 @@ impl Drop for Beamline {
             components.shutdown();
         }
     }
+}
+
+/// The address in the first `http://host:port/...` of a line a `beamflow` process printed.
+fn http_address(line: &str) -> SocketAddr {
+    line.split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no http://host:port/ in {line:?}"))
 }
 
 fn slots(n: u64, slot: impl Fn(u64) -> Value) -> Value {
@@ -458,23 +449,11 @@ fn processes_a_killed_worker_process_loses_no_event() {
     let mut controller = Running::spawn(&["controller", "--pipeline", file]);
     let line = controller.wait_for_line("beamflow controller:");
     let control = line.split_whitespace().nth(3).unwrap().to_owned();
-    let rest: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rest = http_address(&line);
     let connect = ["--pipeline", file, "--controller", &control];
     let mut reducer = Running::spawn(&[&["reducer"][..], &connect].concat());
     let line = reducer.wait_for_line("state on http://");
-    let state: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let state = http_address(&line);
     let mut workers: Vec<Running> = ["w1", "w2", "w3"]
         .iter()
         .map(|name| Running::spawn(&[&["worker", "--name", name][..], &connect].concat()))

@@ -196,31 +196,29 @@ impl Ensemble {
         };
         let tags = member.tags.clone();
         self.members.insert(key.clone(), member);
-        if previous == Some(hello.instance) {
-            if hello.role == Role::Worker
-                && let Some(current) = self.current.as_mut()
-            {
-                current.scan.heartbeat(hello.name.into(), tags, now);
-            }
-            return;
-        }
-        // A new component, or a restarted one (which lost whatever it held).
-        info!(role = ?hello.role, name = %hello.name, restarted = previous.is_some(), "Component joined.");
-        if previous.is_some() && hello.role == Role::Worker {
-            self.counts.dead_workers += 1;
-            let name = WorkerName::from(hello.name.as_str());
-            let reassigned = match self.current.as_mut() {
-                Some(current) => current.scan.remove_workers(&BTreeSet::from([name])),
-                None => Ok(Vec::new()),
-            };
-            self.after_reassignment(reassigned);
+        let joined = previous != Some(hello.instance);
+        if joined {
+            // A new component, or a restarted one (which lost whatever it held).
+            info!(role = ?hello.role, name = %hello.name, restarted = previous.is_some(), "Component joined.");
         }
         if hello.role == Role::Worker {
-            if let Some(current) = self.current.as_mut() {
-                current
-                    .scan
-                    .heartbeat(hello.name.as_str().into(), tags, now);
+            let name = WorkerName::from(hello.name.as_str());
+            if joined && previous.is_some() {
+                self.counts.dead_workers += 1;
+                let reassigned = match self.current.as_mut() {
+                    Some(current) => current.scan.remove_workers(&BTreeSet::from([name.clone()])),
+                    None => Ok(Vec::new()),
+                };
+                self.after_reassignment(reassigned);
             }
+            if let Some(current) = self.current.as_mut() {
+                current.scan.heartbeat(name, tags, now);
+            }
+        }
+        if !joined {
+            return;
+        }
+        if hello.role == Role::Worker {
             self.send_worker_endpoints();
         }
         if let Some(message) = self.scan_message_for(&key) {

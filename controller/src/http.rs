@@ -172,6 +172,13 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
+    fn fresh_app() -> Router {
+        app(Arc::new(Mutex::new(Ensemble::new(
+            Pacing::default(),
+            Vec::new(),
+        ))))
+    }
+
     async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
         let request = Request::builder()
             .method(method)
@@ -186,10 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_or_impossible_mapping_is_a_400_with_the_reason() {
-        let app = app(Arc::new(Mutex::new(Ensemble::new(
-            Pacing::default(),
-            Vec::new(),
-        ))));
+        let app = fresh_app();
         let (status, body) = call(&app, "POST", "/api/v1/sequence", "{\"parts\": 3}").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("mapping is not valid"), "{body}");
@@ -213,10 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn parameters_round_trip_as_raw_bytes() {
-        let app = app(Arc::new(Mutex::new(Ensemble::new(
-            Pacing::default(),
-            Vec::new(),
-        ))));
+        let app = fresh_app();
         let (status, hash) = call(&app, "POST", "/api/v1/parameter/roi", "[1, 2]").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(hash.len(), 66, "a JSON string of 64 hex digits: {hash}");

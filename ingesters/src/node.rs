@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    DEFAULT_HWM, Heartbeat, Stop, TransportError, control_client, instance_id, send_part,
-    send_to_controller, socket, try_recv_from_controller,
+    Heartbeat, Stop, TransportError, control_client, instance_id, push_to, send_part,
+    send_to_controller, try_recv_from_controller,
 };
 use beamflow_protocol::control::{FromController, Hello, Role, ToController};
 use beamflow_protocol::dump::DumpWriter;
@@ -248,18 +248,7 @@ impl Node<'_> {
             if self.workers.contains_key(&name) {
                 continue;
             }
-            let push = socket(self.context, zmq::PUSH, DEFAULT_HWM, 0)?;
-            push.set_sndtimeo(50).map_err(|error| TransportError::Zmq {
-                operation: "set SNDTIMEO",
-                endpoint: endpoint.clone(),
-                error,
-            })?;
-            push.connect(&endpoint)
-                .map_err(|error| TransportError::Zmq {
-                    operation: "connect",
-                    endpoint: endpoint.clone(),
-                    error,
-                })?;
+            let push = push_to(self.context, &endpoint, 50)?;
             self.workers.insert(name, (endpoint, push));
         }
         Ok(())

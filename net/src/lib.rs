@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use beamflow_protocol::control;
 use beamflow_protocol::message::{decode_part, decode_report, encode_part_header, encode_report};
-use beamflow_protocol::{CborError, EventData, EventReport};
+use beamflow_protocol::{
+    CborError, EventData, EventReport, ParameterDescription, ParameterName, Parameters,
+};
 use bytes::Bytes;
 
 /// Messages a control socket queues per peer. A ROUTER drops (rather than blocks) past its
@@ -254,6 +256,43 @@ pub fn recv_frames(socket: &zmq::Socket) -> Result<Vec<Bytes>, TransportError> {
     }
 }
 
+/// Connects `socket` to `endpoint`.
+pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), TransportError> {
+    socket
+        .connect(endpoint)
+        .map_err(zmq_error("connect", endpoint))
+}
+
+/// A PUSH socket connected to `endpoint` whose sends wait at most `send_timeout_ms` on a full
+/// queue before answering [`TransportError::Full`], so the sending loop can see to other things
+/// (the controller, a stop) while a receiver is slow.
+pub fn push_to(
+    context: &zmq::Context,
+    endpoint: &str,
+    send_timeout_ms: i32,
+) -> Result<zmq::Socket, TransportError> {
+    let push = socket(context, zmq::PUSH, DEFAULT_HWM, 0)?;
+    push.set_sndtimeo(send_timeout_ms)
+        .map_err(zmq_error("set SNDTIMEO", endpoint))?;
+    connect(&push, endpoint)?;
+    Ok(push)
+}
+
+/// Parameter values as the controller sends them, typed by `descriptions`. If one does not
+/// parse, every parameter keeps its default, and the error is logged.
+pub fn parameters(
+    values: Vec<(ParameterName, control::ByteVec)>,
+    descriptions: &[ParameterDescription],
+) -> Parameters {
+    let raw = values
+        .into_iter()
+        .map(|(name, data)| (name, Bytes::from(Vec::from(data))));
+    Parameters::resolve(raw, descriptions).unwrap_or_else(|error| {
+        tracing::warn!(%error, "Parameters rejected; using defaults.");
+        Parameters::resolve(std::iter::empty(), descriptions).unwrap_or_default()
+    })
+}
+
 /// A component's control socket: a DEALER connected to the controller's ROUTER, whose identity
 /// names the component's role, name and process instance.
 pub fn control_client(
@@ -265,9 +304,7 @@ pub fn control_client(
     socket
         .set_identity(identity.as_bytes())
         .map_err(zmq_error("set IDENTITY", controller))?;
-    socket
-        .connect(controller)
-        .map_err(zmq_error("connect", controller))?;
+    connect(&socket, controller)?;
     Ok(socket)
 }
 

@@ -12,8 +12,6 @@ use serde::Serialize;
 
 use crate::error::CborError;
 use crate::ids::{EventNumber, ParameterName, StreamName, WorkerName, WorkerTag};
-use crate::parameters::{ParameterDescription, ParameterError, Parameters};
-use bytes::Bytes;
 
 /// The part a component plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize)]
@@ -202,24 +200,6 @@ pub enum FromController {
         #[n(0)]
         scan: u64,
     },
-}
-
-/// Parameter values as they travel, typed by `descriptions`. If one does not parse, every
-/// parameter keeps its default and the error says which one was wrong.
-pub fn resolve_parameters(
-    values: Vec<(ParameterName, ByteVec)>,
-    descriptions: &[ParameterDescription],
-) -> (Parameters, Option<ParameterError>) {
-    let raw = values
-        .into_iter()
-        .map(|(name, data)| (name, Bytes::from(Vec::from(data))));
-    match Parameters::resolve(raw, descriptions) {
-        Ok(parameters) => (parameters, None),
-        Err(error) => (
-            Parameters::resolve(std::iter::empty(), descriptions).unwrap_or_default(),
-            Some(error),
-        ),
-    }
 }
 
 /// Encodes a control message.

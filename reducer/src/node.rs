@@ -10,10 +10,8 @@ use beamflow_net::{
     Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_report,
     send_to_controller, socket, try_recv_from_controller,
 };
-use beamflow_protocol::control::{
-    ByteVec, FromController, Hello, Role, ToController, resolve_parameters,
-};
-use beamflow_protocol::{EventNumber, EventReport, ParameterName, Parameters};
+use beamflow_protocol::control::{FromController, Hello, Role, ToController};
+use beamflow_protocol::{EventNumber, EventReport, Parameters};
 use tracing::{info, warn};
 
 use crate::http::{Status, View};
@@ -110,7 +108,7 @@ pub fn run(
                     parameters: values,
                     ..
                 } => {
-                    let parameters = resolve(values, &descriptions);
+                    let parameters = beamflow_net::parameters(values, &descriptions);
                     let reducer = Reducer::new(&settings.accumulators, parameters)?;
                     let mut core = ReducerCore::new(reducer, EventNumber(0), CAPACITY);
                     for (_, report) in early.extract_if(.., |(s, _)| *s == scan) {
@@ -141,7 +139,7 @@ pub fn run(
                     if let Some(live) = live.as_mut() {
                         live.core
                             .reducer_mut()
-                            .set_parameters(resolve(values, &descriptions));
+                            .set_parameters(beamflow_net::parameters(values, &descriptions));
                     }
                 }
                 FromController::Finish { scan } => {
@@ -220,17 +218,6 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         ..Status::default()
     };
     view.publish(reducer.state(), status);
-}
-
-fn resolve(
-    values: Vec<(ParameterName, ByteVec)>,
-    descriptions: &[beamflow_protocol::ParameterDescription],
-) -> Parameters {
-    let (parameters, error) = resolve_parameters(values, descriptions);
-    if let Some(error) = error {
-        warn!(%error, "Parameters rejected; using defaults.");
-    }
-    parameters
 }
 
 /// Why the reducer stopped.

@@ -74,7 +74,7 @@ impl Assembler {
     }
 
     /// The lease: `event` has these streams for this worker.
-    pub fn expect(&mut self, event: EventNumber, streams: BTreeSet<StreamName>, _now: Instant) {
+    pub fn expect(&mut self, event: EventNumber, streams: BTreeSet<StreamName>) {
         if self.released.contains(&event) {
             return;
         }
@@ -212,8 +212,8 @@ mod tests {
         // Parts arrive before the lease and out of order.
         assert_eq!(assembler.add(part(2, &["pcap"]), t0), Arrival::Accepted);
         assert_eq!(assembler.add(part(1, &["det"]), t0), Arrival::Accepted);
-        assembler.expect(EventNumber(1), names(&["det"]), t0);
-        assembler.expect(EventNumber(2), names(&["det", "pcap"]), t0);
+        assembler.expect(EventNumber(1), names(&["det"]));
+        assembler.expect(EventNumber(2), names(&["det", "pcap"]));
         let ready = assembler.ready(t0);
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].event.event_number, EventNumber(1));
@@ -232,7 +232,7 @@ mod tests {
     fn a_missing_stream_releases_the_event_incomplete_at_its_deadline() {
         let t0 = Instant::now();
         let mut assembler = Assembler::new(Duration::from_millis(500), 16);
-        assembler.expect(EventNumber(7), names(&["det", "pcap"]), t0);
+        assembler.expect(EventNumber(7), names(&["det", "pcap"]));
         assert_eq!(assembler.add(part(7, &["det"]), t0), Arrival::Accepted);
         assert!(assembler.ready(t0 + Duration::from_millis(499)).is_empty());
         let ready = assembler.ready(t0 + Duration::from_millis(500));
@@ -245,7 +245,7 @@ mod tests {
         let t0 = Instant::now();
         let mut assembler = Assembler::new(Duration::from_millis(500), 16);
         for n in 1..=3 {
-            assembler.expect(EventNumber(n), names(&["det"]), t0);
+            assembler.expect(EventNumber(n), names(&["det"]));
         }
         // Long after the lease, nothing has expired: the source has not got there yet.
         assert!(assembler.ready(t0 + Duration::from_secs(60)).is_empty());

@@ -8,15 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_part, send_report,
-    send_to_controller, socket, try_recv_from_controller,
+    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, push_to, recv_part,
+    send_report, send_to_controller, socket, try_recv_from_controller,
 };
-use beamflow_protocol::control::{
-    ByteVec, FromController, Hello, Role, ToController, resolve_parameters,
-};
-use beamflow_protocol::{
-    AnalysisName, EventData, ParameterName, Parameters, WorkerName, WorkerTag,
-};
+use beamflow_protocol::control::{FromController, Hello, Role, ToController};
+use beamflow_protocol::{AnalysisName, EventData, Parameters, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
 use crate::AnalysisConfig;
@@ -124,25 +120,13 @@ pub fn run(
                     ..
                 } => {
                     scan = number;
-                    core.new_scan(resolve(parameters, &descriptions));
+                    core.new_scan(beamflow_net::parameters(parameters, &descriptions));
                     if let Some(endpoint) = endpoint
                         && reducer
                             .as_ref()
                             .is_none_or(|(current, _)| *current != endpoint)
                     {
-                        let push = socket(context, zmq::PUSH, beamflow_net::DEFAULT_HWM, 0)?;
-                        push.set_sndtimeo(200)
-                            .map_err(|error| TransportError::Zmq {
-                                operation: "set SNDTIMEO",
-                                endpoint: endpoint.clone(),
-                                error,
-                            })?;
-                        push.connect(&endpoint)
-                            .map_err(|error| TransportError::Zmq {
-                                operation: "connect",
-                                endpoint: endpoint.clone(),
-                                error,
-                            })?;
+                        let push = push_to(context, &endpoint, 200)?;
                         reducer = Some((endpoint, push));
                     }
                     let held = std::mem::take(&mut early);
@@ -169,7 +153,7 @@ pub fn run(
                     }
                 }
                 FromController::Parameters { values } => {
-                    core.set_parameters(resolve(values, &descriptions));
+                    core.set_parameters(beamflow_net::parameters(values, &descriptions));
                 }
                 FromController::Finish { scan: number } if number == scan => core.finish(),
                 _ => {}
@@ -230,15 +214,4 @@ fn send_blocking(
             Err(error) => return Err(error),
         }
     }
-}
-
-fn resolve(
-    values: Vec<(ParameterName, ByteVec)>,
-    descriptions: &[beamflow_protocol::ParameterDescription],
-) -> Parameters {
-    let (parameters, error) = resolve_parameters(values, descriptions);
-    if let Some(error) = error {
-        warn!(%error, "Parameters rejected; using defaults.");
-    }
-    parameters
 }

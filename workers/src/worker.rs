@@ -111,7 +111,7 @@ impl WorkerCore {
             WorkerInput::Expect {
                 event_number,
                 streams,
-            } => self.assembler.expect(event_number, streams, now),
+            } => self.assembler.expect(event_number, streams),
             WorkerInput::Part(part) => {
                 if self.assembler.add(part, now) != Arrival::Accepted {
                     self.counts.late_or_duplicate += 1;

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use beamflow_protocol::StreamName;
 use beamflow_protocol::dump::DumpReader;
 use serde::Deserialize;
 use tracing::warn;
 
+use crate::sources::Pace;
 use crate::{Source, SourceError, SourceFrame};
 
 /// `[ingesters.<name>]` with `kind = "dump"`.
@@ -20,7 +21,7 @@ pub struct DumpConfig {
     pub path: PathBuf,
     /// The streams it holds that this ingester offers (default: those of its first record).
     #[serde(default)]
-    pub streams: Vec<String>,
+    pub streams: Vec<StreamName>,
     /// Records per second; 0 = as fast as the pipeline takes them.
     #[serde(default)]
     pub rate_hz: f64,
@@ -33,8 +34,7 @@ pub struct Dump {
     reader: Option<DumpReader<Box<dyn std::io::Read + Send>>>,
     pending: VecDeque<SourceFrame>,
     counters: BTreeMap<StreamName, u64>,
-    period: Option<Duration>,
-    due: Instant,
+    pace: Pace,
     bad_records: u64,
 }
 
@@ -48,11 +48,7 @@ impl Dump {
                 _ => Vec::new(),
             }
         } else {
-            config
-                .streams
-                .iter()
-                .map(|s| StreamName::from(s.as_str()))
-                .collect()
+            config.streams.clone()
         };
         Ok(Self {
             config: config.clone(),
@@ -60,8 +56,7 @@ impl Dump {
             reader: None,
             pending: VecDeque::new(),
             counters: BTreeMap::new(),
-            period: (config.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate_hz)),
-            due: Instant::now(),
+            pace: Pace::new(config.rate_hz),
             bad_records: 0,
         })
     }
@@ -83,7 +78,7 @@ impl Source for Dump {
         self.reader = Some(open(&self.config)?);
         self.pending.clear();
         self.counters.clear();
-        self.due = Instant::now();
+        self.pace.restart();
         Ok(())
     }
 
@@ -93,15 +88,8 @@ impl Source for Dump {
                 std::thread::sleep(timeout);
                 return Ok(None);
             };
-            if let Some(period) = self.period {
-                let now = Instant::now();
-                if self.due > now + timeout {
-                    std::thread::sleep(timeout);
-                    return Ok(None);
-                }
-                // Pacing playback, not synchronising anything.
-                std::thread::sleep(self.due.saturating_duration_since(now));
-                self.due = self.due.max(now - period) + period;
+            if !self.pace.wait(timeout) {
+                return Ok(None);
             }
             match reader.next() {
                 None => {

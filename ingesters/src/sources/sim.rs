@@ -3,13 +3,14 @@
 //! that drifts slowly, on a pedestal with noise, so live views have something to show.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use beamflow_protocol::streams::stins;
 use beamflow_protocol::{DType, NdArray, StreamData, StreamName};
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::sources::Pace;
 use crate::{Source, SourceError, SourceFrame};
 
 /// `[ingesters.<name>]` with `kind = "sim"`.
@@ -18,7 +19,7 @@ use crate::{Source, SourceError, SourceFrame};
 pub struct SimConfig {
     /// Stream names (default: the ingester's name).
     #[serde(default)]
-    pub streams: Vec<String>,
+    pub streams: Vec<StreamName>,
     /// Image shape `[height, width]` (u16 pixels).
     #[serde(default = "default_shape")]
     pub shape: [usize; 2],
@@ -45,10 +46,9 @@ struct Series {
 pub struct Sim {
     streams: Vec<StreamName>,
     shape: [usize; 2],
-    period: Option<Duration>,
+    pace: Pace,
     series: Vec<Series>,
     turn: usize,
-    due: Instant,
     rng: u64,
     images: u64,
 }
@@ -59,19 +59,14 @@ impl Sim {
         let streams = if config.streams.is_empty() {
             vec![StreamName::from(name)]
         } else {
-            config
-                .streams
-                .iter()
-                .map(|s| StreamName::from(s.as_str()))
-                .collect()
+            config.streams.clone()
         };
         Self {
             streams,
             shape: config.shape,
-            period: (config.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate_hz)),
+            pace: Pace::new(config.rate_hz),
             series: Vec::new(),
             turn: 0,
-            due: Instant::now(),
             rng: 0x2545_f491_4f6c_dd1d,
             images: 0,
         }
@@ -122,21 +117,20 @@ impl Source for Sim {
                 })
             })
             .collect();
-        self.due = Instant::now();
+        self.turn = 0;
+        self.pace.restart();
         Ok(())
     }
 
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
-        let now = Instant::now();
-        if self.period.is_some() {
-            if self.due > now + timeout {
-                std::thread::sleep(timeout);
-                return Ok(None);
-            }
-            // Pacing a simulated detector, not synchronising anything.
-            std::thread::sleep(self.due.saturating_duration_since(now));
-        }
         let count = self.series.len();
+        // One slot per round: every stream gets a frame per period.
+        if self.turn >= count {
+            self.turn = 0;
+        }
+        if self.turn == 0 && !self.pace.wait(timeout) {
+            return Ok(None);
+        }
         let Some(turn) = (0..count)
             .map(|i| (self.turn + i) % count.max(1))
             .find(|&i| self.series[i].next < self.series[i].length)
@@ -157,11 +151,6 @@ impl Source for Sim {
             let image = self.image();
             stins::image_frames(index - 1, index, &image, false)
         };
-        if let Some(period) = self.period
-            && self.turn >= count
-        {
-            self.due = self.due.max(now - period) + period;
-        }
         Ok(Some(SourceFrame {
             stream: self.series[turn].stream.clone(),
             index,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use beamflow_net::{TransportError, recv_frames, socket};
+use beamflow_net::{TransportError, connect, recv_frames, socket};
 use beamflow_protocol::streams::stins::{self, Kind};
 use beamflow_protocol::{StreamData, StreamName};
 use serde::Deserialize;
@@ -53,12 +53,7 @@ impl ZmqStins {
         context: &zmq::Context,
     ) -> Result<Self, SourceError> {
         let pull = socket(context, zmq::PULL, config.hwm, 0)?;
-        pull.connect(&config.upstream)
-            .map_err(|error| TransportError::Zmq {
-                operation: "connect",
-                endpoint: config.upstream.clone(),
-                error,
-            })?;
+        connect(&pull, &config.upstream)?;
         Ok(Self {
             stream: config.stream.as_deref().unwrap_or(name).into(),
             pull,
