@@ -85,11 +85,17 @@ def post(url, body):
 
 
 def line_with(process, needle):
-    for raw in process.stderr:
-        line = raw.decode(errors="replace")
-        if needle in line:
-            return line
-    raise RuntimeError(f"process ended before printing {needle!r}")
+    """The first line of `process`'s log containing `needle`. Logs go to files, not pipes: a
+    pipe nobody drains would block a component that logs (and stall the run)."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for line in process.log.read_text(errors="replace").splitlines():
+            if needle in line:
+                return line
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError(f"no {needle!r} in {process.log}")
 
 
 def beamflow_case(frames, nbytes, rate=0.0):
@@ -101,7 +107,10 @@ def beamflow_case(frames, nbytes, rate=0.0):
     processes = []
 
     def spawn(*args):
-        p = subprocess.Popen([str(BEAMFLOW), *args], stderr=subprocess.PIPE, env=env)
+        log = OUT / f"{len(processes)}-{args[0]}.log"
+        with open(log, "wb") as stderr:
+            p = subprocess.Popen([str(BEAMFLOW), *args], stderr=stderr, env=env)
+        p.log = log
         processes.append(p)
         return p
 
@@ -204,7 +213,7 @@ def main():
           "| beamflow / dranspose | beamflow / raw |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, frames, bf, raw, dr, dr_frames in rows:
-        dr_text = "-" if dr is None else f"{dr[0]:,.0f} ({dr_frames:,} frames) | {dr[1]:.3f}"
+        dr_text = "- | -" if dr is None else f"{dr[0]:,.0f} ({dr_frames:,} frames) | {dr[1]:.3f}"
         ratio = "-" if dr is None else f"{bf[0] / dr[0]:.0f}x"
         print(f"| {label}, {frames:,} frames | {bf[0]:,.0f} | {bf[1]:.3f} | {raw[0]:,.0f} | "
               f"{raw[1]:.3f} | {dr_text} | {ratio} | {bf[0] / raw[0]:.2f} |")

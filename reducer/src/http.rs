@@ -43,6 +43,8 @@ pub struct Status {
     pub incomplete_events: u64,
     /// Results dropped as duplicates of an (event, analysis) already applied.
     pub duplicates: u64,
+    /// Live only: reports from a worker whose event had been re-assigned (it was thought dead).
+    pub unexpected_reports: u64,
     /// Live only: from an ingester reading an event to its results being applied, over the last
     /// 10,000 events (the ingesters' and the reducer's clocks must agree across hosts).
     pub latency_ms: Option<crate::live::Latency>,

@@ -32,6 +32,8 @@ pub struct LiveCounts {
     pub order: OrderCounts,
     /// Events some worker processed with streams missing.
     pub incomplete_events: u64,
+    /// Reports from a worker its event had been taken away from (kept, in case it is given back).
+    pub unexpected_reports: u64,
 }
 
 /// The reducer's state: the reorder buffer in front of the accumulators.
@@ -40,6 +42,7 @@ pub struct ReducerCore {
     reducer: Reducer,
     incomplete: BTreeSet<EventNumber>,
     incomplete_events: u64,
+    unexpected_reports: u64,
     /// Microseconds from the ingester reading each event to its results being applied, for the
     /// last [`LATENCY_WINDOW`] events with results.
     latencies: std::collections::VecDeque<u32>,
@@ -68,6 +71,7 @@ impl ReducerCore {
             reducer,
             incomplete: BTreeSet::new(),
             incomplete_events: 0,
+            unexpected_reports: 0,
             latencies: std::collections::VecDeque::with_capacity(LATENCY_WINDOW),
         }
     }
@@ -86,7 +90,10 @@ impl ReducerCore {
                 }
                 let (event, worker) = (report.event_number, report.worker.clone());
                 if self.reorder.offer(report) == Offer::Unexpected {
-                    warn!(%event, %worker, "Report from a worker the event was not assigned to; kept.");
+                    if self.unexpected_reports == 0 {
+                        warn!(%event, %worker, "Report from a worker the event was taken from; kept (counted from now on).");
+                    }
+                    self.unexpected_reports += 1;
                 }
             }
         }
@@ -146,6 +153,7 @@ impl ReducerCore {
         LiveCounts {
             order: self.reorder.counts(),
             incomplete_events: self.incomplete_events,
+            unexpected_reports: self.unexpected_reports,
         }
     }
 }

@@ -214,6 +214,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         scan: Some(live.scan),
         incomplete_events: counts.incomplete_events,
         duplicates: counts.order.duplicates,
+        unexpected_reports: counts.unexpected_reports,
         latency_ms: live.core.latency(),
         ..Status::default()
     };

@@ -21,8 +21,8 @@ pub enum Offer {
     Accepted,
     /// The worker had already reported this event, or the event was already applied.
     Duplicate,
-    /// The event is not expected from this worker (an assignment the reducer has not seen, or a
-    /// worker the event was taken away from); the results are kept in case the assignment follows.
+    /// The event was assigned to other workers (it was taken away from this one, thought dead);
+    /// the results are kept in case a re-assignment names it again.
     Unexpected,
 }
 
@@ -95,10 +95,10 @@ impl Reorder {
                 pending.results.insert(result.analysis.clone(), result);
             }
         }
+        // With no assignment yet the report merely beat the controller's message: not unexpected.
         match &pending.expected {
             Some(expected) if !expected.contains(&report.worker) => Offer::Unexpected,
-            None => Offer::Unexpected,
-            Some(_) => Offer::Accepted,
+            _ => Offer::Accepted,
         }
     }
 

@@ -46,12 +46,33 @@ struct Partial {
     deadline: Option<Instant>,
 }
 
+impl Partial {
+    fn new(event: EventNumber) -> Self {
+        Self {
+            event: EventData::new(event),
+            expected: None,
+            deadline: None,
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.expected
+            .as_ref()
+            .is_some_and(|expected| expected.iter().all(|s| self.event.streams.contains_key(s)))
+    }
+}
+
 /// Assembles events from their parts.
+///
+/// Complete events and deadlines are indexed as they change, so [`Assembler::ready`] costs what
+/// it releases, not what it holds (a worker holds up to its lease limit of events).
 #[derive(Debug)]
 pub struct Assembler {
     partial: BTreeMap<EventNumber, Partial>,
     /// Leased events whose deadline has not started.
     unstarted: BTreeSet<EventNumber>,
+    complete: BTreeSet<EventNumber>,
+    deadlines: BTreeSet<(Instant, EventNumber)>,
     /// Events released, so a late part is recognised (pruned below the oldest partial event).
     released: BTreeSet<EventNumber>,
     timeout: Duration,
@@ -66,6 +87,8 @@ impl Assembler {
         Self {
             partial: BTreeMap::new(),
             unstarted: BTreeSet::new(),
+            complete: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             released: BTreeSet::new(),
             timeout,
             capacity: capacity.max(1),
@@ -78,12 +101,14 @@ impl Assembler {
         if self.released.contains(&event) {
             return;
         }
-        let partial = self.partial.entry(event).or_insert_with(|| Partial {
-            event: EventData::new(event),
-            expected: None,
-            deadline: None,
-        });
+        let partial = self
+            .partial
+            .entry(event)
+            .or_insert_with(|| Partial::new(event));
         partial.expected = Some(streams);
+        if partial.is_complete() {
+            self.complete.insert(event);
+        }
         if partial.deadline.is_none() {
             self.unstarted.insert(event);
         }
@@ -92,28 +117,29 @@ impl Assembler {
     /// One ingester's part of an event (one or more streams; none: the ingester's source
     /// skipped the event's frame).
     pub fn add(&mut self, part: EventData, now: Instant) -> Arrival {
-        if self.released.contains(&part.event_number) {
+        let event = part.event_number;
+        if self.released.contains(&event) {
             return Arrival::Late;
         }
         let deadline = now + self.timeout;
-        // Every leased event before this one has been reached by the sources.
-        let later = self
-            .unstarted
-            .split_off(&EventNumber(part.event_number.0 + 1));
-        for event in std::mem::replace(&mut self.unstarted, later) {
-            if let Some(partial) = self.partial.get_mut(&event) {
-                partial.deadline.get_or_insert(deadline);
+        // Every leased event up to this one has been reached by the sources.
+        let later = self.unstarted.split_off(&EventNumber(event.0 + 1));
+        for reached in std::mem::replace(&mut self.unstarted, later) {
+            if let Some(partial) = self.partial.get_mut(&reached)
+                && partial.deadline.is_none()
+            {
+                partial.deadline = Some(deadline);
+                self.deadlines.insert((deadline, reached));
             }
         }
         let partial = self
             .partial
-            .entry(part.event_number)
-            .or_insert_with(|| Partial {
-                event: EventData::new(part.event_number),
-                expected: None,
-                deadline: None,
-            });
-        partial.deadline.get_or_insert(deadline);
+            .entry(event)
+            .or_insert_with(|| Partial::new(event));
+        if partial.deadline.is_none() {
+            partial.deadline = Some(deadline);
+            self.deadlines.insert((deadline, event));
+        }
         let mut arrival = Arrival::Accepted;
         for (stream, data) in part.streams {
             if partial.event.streams.contains_key(&stream) {
@@ -126,29 +152,31 @@ impl Assembler {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if partial.is_complete() {
+            self.complete.insert(event);
+        }
         arrival
     }
 
     /// Releases every complete event, and every expected event past its deadline as incomplete.
     /// Parts whose lease has not come by their deadline are dropped and counted.
     pub fn ready(&mut self, now: Instant) -> Vec<Assembled> {
-        let done: Vec<EventNumber> = self
-            .partial
-            .iter()
-            .filter(|(_, p)| {
-                p.deadline.is_some_and(|deadline| now >= deadline)
-                    || p.expected.as_ref().is_some_and(|expected| {
-                        expected.iter().all(|s| p.event.streams.contains_key(s))
-                    })
-            })
-            .map(|(event, _)| *event)
-            .collect();
+        let mut done = std::mem::take(&mut self.complete);
+        while let Some(&(deadline, event)) = self.deadlines.first()
+            && deadline <= now
+        {
+            self.deadlines.pop_first();
+            done.insert(event);
+        }
         let mut out = Vec::with_capacity(done.len());
         for event in done {
             let Some(partial) = self.partial.remove(&event) else {
                 continue;
             };
             self.unstarted.remove(&event);
+            if let Some(deadline) = partial.deadline {
+                self.deadlines.remove(&(deadline, event));
+            }
             let Some(expected) = partial.expected else {
                 self.orphaned += 1;
                 continue;
