@@ -1,5 +1,6 @@
 //! Routing throughput: assignments per second for a 10,000-event part with ten events per
-//! constraint, routed among four workers (DESIGN.md's goal: at least 100k assignments/s).
+//! constraint, routed among four workers (DESIGN.md's goal: at least 100k assignments/s); and
+//! the parse of a large mapping.
 
 use std::hint::black_box;
 
@@ -40,5 +41,22 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route);
+/// Accepting a scan: `POST /api/v1/sequence`'s parse and validation of a 100,000-event mapping,
+/// which the runtime benchmark's clock includes.
+fn parse(c: &mut Criterion) {
+    let slots: Vec<serde_json::Value> = (0..100_000u64)
+        .map(|i| serde_json::json!([{"constraint": i}]))
+        .collect();
+    let body = serde_json::json!({"parts": {"main": {"det": slots}}, "sequence": ["main"]})
+        .to_string();
+    let mut group = c.benchmark_group("mapping");
+    group.throughput(Throughput::Elements(100_000));
+    group.sample_size(10);
+    group.bench_function("parse_100k_events", |b| {
+        b.iter(|| Sequence::from_json(black_box(body.as_bytes()), true).expect("valid mapping"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, route, parse);
 criterion_main!(benches);

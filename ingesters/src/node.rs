@@ -13,12 +13,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, control_client, instance_id, push_to, send_part,
+    Heartbeat, Stop, TransportError, control_client, instance_id, push_to, send_parts,
     send_to_controller, try_recv_from_controller,
 };
 use beamflow_protocol::control::{FromController, Hello, Role, ToController};
 use beamflow_protocol::dump::DumpWriter;
-use beamflow_protocol::{IngesterName, StreamName, Timestamp, WorkerName};
+use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, WorkerName};
 use tracing::{info, warn};
 
 use crate::core::{IngesterCore, Placed, Send};
@@ -35,8 +35,12 @@ pub struct IngesterSettings {
     pub source: IngesterConfig,
 }
 
-/// Frames read per loop turn at most, so control messages are never starved.
+/// Frames read per loop turn at most, so control messages are never starved. A turn's parts
+/// go to each worker as one message.
 const BURST: usize = 512;
+
+/// Bytes read per loop turn at most, so large frames go out as soon as they are in.
+const BURST_BYTES: usize = 4 << 20;
 
 /// How long a read waits for the source when nothing else is to be done.
 const IDLE: Duration = Duration::from_millis(5);
@@ -110,19 +114,22 @@ pub fn run(
         node.say_hello();
         let sends = node.control_messages()?;
         node.send(sends, stop)?;
+        let mut outbox = Vec::new();
         if let Some(frame) = node.held.take() {
-            node.place(frame, stop)?;
+            node.place(frame, &mut outbox);
         }
         let mut read_any = false;
+        let mut burst_bytes = 0;
         for turn in 0..BURST {
-            if node.held.is_some() || !node.core.wants_frames() {
+            if node.held.is_some() || !node.core.wants_frames() || burst_bytes >= BURST_BYTES {
                 break;
             }
             let timeout = if turn == 0 { IDLE } else { Duration::ZERO };
             match node.source.next_frame(timeout) {
                 Ok(Some(frame)) => {
                     read_any = true;
-                    node.place(frame, stop)?;
+                    burst_bytes += frame.data.byte_len();
+                    node.place(frame, &mut outbox);
                 }
                 Ok(None) => break,
                 Err(SourceError::Malformed { stream, message }) => {
@@ -134,6 +141,7 @@ pub fn run(
                 Err(error) => return Err(error.into()),
             }
         }
+        node.send(outbox, stop)?;
         if !read_any {
             // Nothing to read: wait for the controller (a lease, a scan) instead of spinning.
             let mut items = [node.control.as_poll_item(zmq::POLLIN)];
@@ -254,10 +262,11 @@ impl Node<'_> {
         Ok(())
     }
 
-    fn place(&mut self, frame: SourceFrame, stop: &Stop) -> Result<(), IngesterError> {
+    /// Places a frame in its event; its parts join `outbox`.
+    fn place(&mut self, frame: SourceFrame, outbox: &mut Vec<Send>) {
         match self.core.place(frame, Timestamp::now()) {
             Placed::Sent { sends, complete } => {
-                self.send(sends, stop)?;
+                outbox.extend(sends);
                 if let (Some(event), Some(recording)) = (complete, self.recording.as_mut())
                     && let Err(error) = recording.writer.write_event(&event)
                 {
@@ -269,22 +278,26 @@ impl Node<'_> {
             Placed::Hold(frame) => self.held = Some(frame),
             Placed::Stale => {}
         }
-        Ok(())
     }
 
-    /// Sends parts, waiting on full queues while answering the controller.
+    /// Sends parts, one message per worker, waiting on full queues while answering the
+    /// controller.
     fn send(&mut self, sends: Vec<Send>, stop: &Stop) -> Result<(), IngesterError> {
         let scan = self.core.scan();
+        let mut by_worker: BTreeMap<WorkerName, Vec<EventData>> = BTreeMap::new();
         for send in sends {
+            by_worker.entry(send.worker).or_default().push(send.part);
+        }
+        for (worker, parts) in by_worker {
             // A worker the controller no longer lists is dead: its events are re-leased.
-            while let Some((_, push)) = self.workers.get(&send.worker) {
-                match send_part(push, scan, &send.part, true) {
+            while let Some((_, push)) = self.workers.get(&worker) {
+                match send_parts(push, scan, &parts, true) {
                     Ok(()) => break,
                     Err(TransportError::Full) if !stop.is_stopped() => {
                         self.say_hello();
                         let resent = self.control_messages()?;
                         if !resent.is_empty() {
-                            // Re-sends go out after this part; order between events does not
+                            // Re-sends go out after these parts; order between events does not
                             // matter to workers.
                             self.send(resent, stop)?;
                         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use beamflow_protocol::control;
-use beamflow_protocol::message::{decode_part, decode_report, encode_part_header, encode_report};
+use beamflow_protocol::message::{decode_parts, decode_report, encode_part_header, encode_report};
 use beamflow_protocol::{
     CborError, EventData, EventReport, ParameterDescription, ParameterName, Parameters,
 };
@@ -181,57 +181,69 @@ pub fn bind_any(socket: &zmq::Socket, host: &str) -> Result<String, TransportErr
     }
 }
 
-/// Sends an event part of scan `scan` as `[header, frames...]`. With `wait == false` a full
-/// queue is [`TransportError::Full`] instead of blocking.
-pub fn send_part(
+/// Sends event parts of scan `scan` as one message, `[header, frames..., header, frames...]`.
+/// With `wait == false` a full queue is [`TransportError::Full`] instead of blocking.
+pub fn send_parts<'a>(
     socket: &zmq::Socket,
     scan: u64,
-    event: &EventData,
+    parts: impl IntoIterator<Item = &'a EventData>,
     wait: bool,
 ) -> Result<(), TransportError> {
-    let flags = if wait { 0 } else { zmq::DONTWAIT };
-    let frames: Vec<&Bytes> = event.streams.values().flat_map(|s| &s.frames).collect();
-    let more = if frames.is_empty() { 0 } else { zmq::SNDMORE };
-    socket
-        .send(encode_part_header(scan, event), flags | more)
-        .map_err(zmq_error("send", ""))?;
-    for (index, frame) in frames.iter().enumerate() {
-        let more = if index + 1 < frames.len() {
+    let mut flags = if wait { 0 } else { zmq::DONTWAIT };
+    let mut pending: Option<zmq::Message> = None;
+    for part in parts {
+        let header = zmq::Message::from(encode_part_header(scan, part));
+        let frames = part.streams.values().flat_map(|s| &s.frames);
+        for message in std::iter::once(header).chain(frames.map(|f| zmq::Message::from(&f[..]))) {
+            if let Some(previous) = pending.replace(message) {
+                socket
+                    .send(previous, flags | zmq::SNDMORE)
+                    .map_err(zmq_error("send", ""))?;
+                // Once the first frame is queued, libzmq queues the rest of the message
+                // atomically.
+                flags = 0;
+            }
+        }
+    }
+    match pending {
+        Some(last) => socket.send(last, flags).map_err(zmq_error("send", "")),
+        None => Ok(()),
+    }
+}
+
+/// Receives one message of event parts, each with its scan.
+pub fn recv_parts(socket: &zmq::Socket) -> Result<Vec<(u64, EventData)>, TransportError> {
+    Ok(decode_parts(recv_frames(socket)?)?)
+}
+
+/// Sends worker reports of scan `scan` as one message, a report per frame.
+pub fn send_reports<'a>(
+    socket: &zmq::Socket,
+    scan: u64,
+    reports: impl IntoIterator<Item = &'a EventReport>,
+) -> Result<(), TransportError> {
+    let mut reports = reports.into_iter().peekable();
+    let mut flags = 0;
+    while let Some(report) = reports.next() {
+        let more = if reports.peek().is_some() {
             zmq::SNDMORE
         } else {
             0
         };
-        // Once the first part is queued, libzmq queues the rest of the message atomically.
         socket
-            .send(&frame[..], more)
+            .send(encode_report(scan, report), flags | more)
             .map_err(zmq_error("send", ""))?;
+        flags = 0;
     }
     Ok(())
 }
 
-/// Receives one event part and its scan.
-pub fn recv_part(socket: &zmq::Socket) -> Result<(u64, EventData), TransportError> {
-    let mut parts = recv_frames(socket)?.into_iter();
-    let header = parts.next().ok_or(TransportError::Empty)?;
-    Ok(decode_part(&header, parts.collect())?)
-}
-
-/// Sends a worker's report of one event of scan `scan`.
-pub fn send_report(
-    socket: &zmq::Socket,
-    scan: u64,
-    report: &EventReport,
-) -> Result<(), TransportError> {
-    socket
-        .send(encode_report(scan, report), 0)
-        .map_err(zmq_error("send", ""))
-}
-
-/// Receives a worker's report and its scan.
-pub fn recv_report(socket: &zmq::Socket) -> Result<(u64, EventReport), TransportError> {
-    let frames = recv_frames(socket)?;
-    let first = frames.first().ok_or(TransportError::Empty)?;
-    Ok(decode_report(first)?)
+/// Receives one message of worker reports, each with its scan.
+pub fn recv_reports(socket: &zmq::Socket) -> Result<Vec<(u64, EventReport)>, TransportError> {
+    recv_frames(socket)?
+        .iter()
+        .map(|frame| Ok(decode_report(frame)?))
+        .collect()
 }
 
 /// A received libzmq message as the owner of a `Bytes`, so frames are never copied.
@@ -411,18 +423,41 @@ mod tests {
         let endpoint = bind_any(&push, "127.0.0.1").unwrap();
         let pull = socket(&context, zmq::PULL, DEFAULT_HWM, 5_000).unwrap();
         pull.connect(&endpoint).unwrap();
-        let sent: Vec<EventData> = (0..3).map(|n| event(n, 1000 * n as usize)).collect();
-        for e in &sent {
-            send_part(&push, 7, e, true).unwrap();
-        }
-        let received: Vec<EventData> = (0..3)
-            .map(|_| {
-                let (scan, event) = recv_part(&pull).unwrap();
+        let sent: Vec<EventData> = (0..4).map(|n| event(n, 1000 * n as usize)).collect();
+        send_parts(&push, 7, &sent[..1], true).unwrap();
+        send_parts(&push, 7, &sent[1..], true).unwrap();
+        let one = recv_parts(&pull).unwrap();
+        let batch = recv_parts(&pull).unwrap();
+        assert_eq!(batch.len(), 3, "one message carries the three parts sent together");
+        let received: Vec<EventData> = one
+            .into_iter()
+            .chain(batch)
+            .map(|(scan, event)| {
                 assert_eq!(scan, 7);
                 event
             })
             .collect();
         assert_eq!(received, sent);
+    }
+
+    #[test]
+    fn reports_cross_a_real_socket_as_one_message() {
+        let context = zmq::Context::new();
+        let push = socket(&context, zmq::PUSH, DEFAULT_HWM, 5_000).unwrap();
+        let endpoint = bind_any(&push, "127.0.0.1").unwrap();
+        let pull = socket(&context, zmq::PULL, DEFAULT_HWM, 5_000).unwrap();
+        pull.connect(&endpoint).unwrap();
+        let reports: Vec<EventReport> = (0..3)
+            .map(|n| EventReport {
+                event_number: EventNumber(n),
+                worker: "w1".into(),
+                results: vec![],
+                missing: vec![],
+            })
+            .collect();
+        send_reports(&push, 2, &reports).unwrap();
+        let received = recv_reports(&pull).unwrap();
+        assert_eq!(received, reports.into_iter().map(|r| (2, r)).collect::<Vec<_>>());
     }
 
     #[test]
@@ -434,10 +469,10 @@ mod tests {
         pull.connect(&endpoint).unwrap();
         // The first send waits for the connection; later ones must hit the high-water mark long
         // before 1,000 MiB are queued (queues plus kernel buffers hold a few MiB).
-        send_part(&push, 1, &event(0, 1 << 20), true).unwrap();
+        send_parts(&push, 1, [&event(0, 1 << 20)], true).unwrap();
         let full_after = (1..1000).find(|&n| {
             matches!(
-                send_part(&push, 1, &event(n, 1 << 20), false),
+                send_parts(&push, 1, [&event(n, 1 << 20)], false),
                 Err(TransportError::Full)
             )
         });
@@ -446,7 +481,7 @@ mod tests {
             "sent {full_after:?} MiB before pushing back"
         );
         // Reading again drains the queue.
-        assert_eq!(recv_part(&pull).unwrap().1.event_number, EventNumber(0));
+        assert_eq!(recv_parts(&pull).unwrap()[0].1.event_number, EventNumber(0));
     }
 
     #[test]
@@ -458,12 +493,12 @@ mod tests {
         pull.connect(&endpoint).unwrap();
         push.send("not cbor", 0).unwrap();
         assert!(matches!(
-            recv_part(&pull),
+            recv_parts(&pull),
             Err(TransportError::Malformed(_))
         ));
         push.send("not cbor", 0).unwrap();
         assert!(matches!(
-            recv_report(&pull),
+            recv_reports(&pull),
             Err(TransportError::Malformed(_))
         ));
     }
@@ -505,6 +540,6 @@ mod tests {
         let context = zmq::Context::new();
         let pull = socket(&context, zmq::PULL, DEFAULT_HWM, 10).unwrap();
         bind_any(&pull, "127.0.0.1").unwrap();
-        assert!(matches!(recv_part(&pull), Err(TransportError::TimedOut)));
+        assert!(matches!(recv_parts(&pull), Err(TransportError::TimedOut)));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_report,
+    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_reports,
     send_to_controller, socket, try_recv_from_controller,
 };
 use beamflow_protocol::control::{FromController, Hello, Role, ToController};
@@ -154,15 +154,19 @@ pub fn run(
             }
         }
         for _ in 0..BURST {
-            match recv_report(&reports) {
-                Ok((scan, report)) => match live.as_mut() {
-                    Some(live) if live.scan == scan => {
-                        live.core.handle(ReducerInput::Report(report));
+            match recv_reports(&reports) {
+                Ok(received) => {
+                    for (scan, report) in received {
+                        match live.as_mut() {
+                            Some(live) if live.scan == scan => {
+                                live.core.handle(ReducerInput::Report(report));
+                            }
+                            Some(live) if live.scan > scan => stale += 1,
+                            _ if early.len() < CAPACITY => early.push((scan, report)),
+                            _ => stale += 1,
+                        }
                     }
-                    Some(live) if live.scan > scan => stale += 1,
-                    _ if early.len() < CAPACITY => early.push((scan, report)),
-                    _ => stale += 1,
-                },
+                }
                 Err(TransportError::TimedOut) => break,
                 Err(TransportError::Malformed(error)) => {
                     if malformed == 0 {

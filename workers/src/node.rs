@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, push_to, recv_part,
-    send_report, send_to_controller, socket, try_recv_from_controller,
+    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, push_to, recv_parts,
+    send_reports, send_to_controller, socket, try_recv_from_controller,
 };
 use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::{AnalysisName, EventData, Parameters, WorkerName, WorkerTag};
+use beamflow_protocol::{AnalysisName, EventData, EventReport, Parameters, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
 use crate::AnalysisConfig;
@@ -163,14 +163,18 @@ pub fn run(
             if core.is_full() {
                 break;
             }
-            match recv_part(&parts) {
-                Ok((part_scan, part)) if part_scan == scan => {
-                    processed.extend(core.handle(WorkerInput::Part(part), now));
+            match recv_parts(&parts) {
+                Ok(received) => {
+                    for (part_scan, part) in received {
+                        if part_scan == scan {
+                            processed.extend(core.handle(WorkerInput::Part(part), now));
+                        } else if part_scan > scan && early.len() < CAPACITY {
+                            early.push((part_scan, part));
+                        } else {
+                            stale += 1;
+                        }
+                    }
                 }
-                Ok((part_scan, part)) if part_scan > scan && early.len() < CAPACITY => {
-                    early.push((part_scan, part));
-                }
-                Ok(_) => stale += 1,
                 Err(TransportError::TimedOut) => break,
                 Err(TransportError::Malformed(error)) => {
                     if malformed == 0 {
@@ -186,9 +190,12 @@ pub fn run(
             for failure in &outcome.failures {
                 warn!(event = %outcome.report.event_number, analysis = %failure.analysis, error = %failure.error, "Analysis failed.");
             }
-            if let Some((_, push)) = &reducer {
-                send_blocking(push, scan, &outcome.report, stop)?;
-            }
+        }
+        if let Some((_, push)) = &reducer
+            && !processed.is_empty()
+        {
+            let reports: Vec<&EventReport> = processed.iter().map(|o| &o.report).collect();
+            send_blocking(push, scan, &reports, stop)?;
         }
         done += processed.len() as u64;
         if done > 0 {
@@ -199,15 +206,16 @@ pub fn run(
     Ok(())
 }
 
-/// Sends a report, waiting while the reducer's queue is full (back-pressure) until `stop`.
+/// Sends reports as one message, waiting while the reducer's queue is full (back-pressure)
+/// until `stop`.
 fn send_blocking(
     push: &zmq::Socket,
     scan: u64,
-    report: &beamflow_protocol::EventReport,
+    reports: &[&EventReport],
     stop: &Stop,
 ) -> Result<(), TransportError> {
     loop {
-        match send_report(push, scan, report) {
+        match send_reports(push, scan, reports.iter().copied()) {
             Ok(()) => return Ok(()),
             Err(TransportError::Full) if !stop.is_stopped() => continue,
             Err(TransportError::Full) => return Ok(()),
