@@ -55,6 +55,8 @@ fn now_us() -> u64 {
 }
 
 fn main() {
+    // As every beamflow process does: libzmq's per-frame buffers are reused, not faulted in anew.
+    beamflow_net::reuse_large_buffers();
     // `cargo bench`-style flags are ignored.
     let args: Vec<String> = std::env::args()
         .skip(1)

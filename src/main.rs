@@ -150,6 +150,7 @@ struct ReplayArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    beamflow_net::reuse_large_buffers();
     // indicatif draws nothing when standard error is not a terminal.
     let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     let bar = progress.clone();

@@ -290,7 +290,7 @@ impl Node<'_> {
         }
         for (worker, parts) in by_worker {
             // A worker the controller no longer lists is dead: its events are re-leased.
-            while let Some((_, push)) = self.workers.get(&worker) {
+            while let Some((_, push)) = self.workers.get_mut(&worker) {
                 match send_parts(push, scan, &parts, true) {
                     Ok(()) => break,
                     Err(TransportError::Full) if !stop.is_stopped() => {

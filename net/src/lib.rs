@@ -3,16 +3,19 @@
 //!
 //! `zmq` (libzmq 4.3.4) was chosen by measurement (docs/design.md): it has high-water marks, so a
 //! stalled receiver makes the sender block instead of filling memory. Received frames become
-//! `Bytes` that own libzmq's buffer, so no frame is copied after the kernel's read. Sending copies
-//! each frame once into libzmq: `zmq` 0.10 can hand libzmq a buffer without copying only by
-//! giving it away (`Box<[u8]>`), and an ingester must keep its frames for re-sending after a
-//! worker dies. At 4 MiB that copy costs ~0.3 ms of the ~1.5 ms a frame spends on loopback.
+//! `Bytes` that own libzmq's buffer, so no frame is copied after the kernel's read, and large
+//! frames are sent by lending libzmq the `Bytes` ([`ffi`]), so an ingester forwards
+//! upstream frames, to one worker or many, and keeps them for re-sending, without a copy.
 //!
 //! | hop | pattern |
 //! | --- | --- |
 //! | ingester → worker | PUSH (one per worker) → PULL (the worker binds) |
 //! | worker → reducer | PUSH → PULL (the reducer binds) |
 //! | component ↔ controller | DEALER → ROUTER (the controller binds), [`control`] messages |
+
+mod ffi;
+
+pub use ffi::reuse_large_buffers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,33 +185,42 @@ pub fn bind_any(socket: &zmq::Socket, host: &str) -> Result<String, TransportErr
 }
 
 /// Sends event parts of scan `scan` as one message, `[header, frames..., header, frames...]`.
-/// With `wait == false` a full queue is [`TransportError::Full`] instead of blocking.
+/// Frames of [`ffi::MIN_SHARED`] bytes or more are lent to libzmq, not copied. With
+/// `wait == false` a full queue is [`TransportError::Full`] instead of blocking.
 pub fn send_parts<'a>(
-    socket: &zmq::Socket,
+    socket: &mut zmq::Socket,
     scan: u64,
     parts: impl IntoIterator<Item = &'a EventData>,
     wait: bool,
 ) -> Result<(), TransportError> {
+    enum Frame<'a> {
+        Header(Vec<u8>),
+        Data(&'a Bytes),
+    }
     let mut flags = if wait { 0 } else { zmq::DONTWAIT };
-    let mut pending: Option<zmq::Message> = None;
-    for part in parts {
-        let header = zmq::Message::from(encode_part_header(scan, part));
-        let frames = part.streams.values().flat_map(|s| &s.frames);
-        for message in std::iter::once(header).chain(frames.map(|f| zmq::Message::from(&f[..]))) {
-            if let Some(previous) = pending.replace(message) {
-                socket
-                    .send(previous, flags | zmq::SNDMORE)
-                    .map_err(zmq_error("send", ""))?;
-                // Once the first frame is queued, libzmq queues the rest of the message
-                // atomically.
-                flags = 0;
+    let frames = parts.into_iter().flat_map(|part| {
+        let data = part.streams.values().flat_map(|s| &s.frames);
+        std::iter::once(Frame::Header(encode_part_header(scan, part))).chain(data.map(Frame::Data))
+    });
+    let mut frames = frames.peekable();
+    while let Some(frame) = frames.next() {
+        let more = if frames.peek().is_some() {
+            zmq::SNDMORE
+        } else {
+            0
+        };
+        let sent = match frame {
+            Frame::Header(header) => socket.send(header, flags | more),
+            Frame::Data(data) if data.len() >= ffi::MIN_SHARED => {
+                ffi::send(socket, data, flags | more)
             }
-        }
+            Frame::Data(data) => socket.send(&data[..], flags | more),
+        };
+        sent.map_err(zmq_error("send", ""))?;
+        // Once the first frame is queued, libzmq queues the rest of the message atomically.
+        flags = 0;
     }
-    match pending {
-        Some(last) => socket.send(last, flags).map_err(zmq_error("send", "")),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Receives one message of event parts, each with its scan.
@@ -419,13 +431,14 @@ mod tests {
     #[test]
     fn event_parts_cross_a_real_socket_unchanged() {
         let context = zmq::Context::new();
-        let push = socket(&context, zmq::PUSH, DEFAULT_HWM, 5_000).unwrap();
+        let mut push = socket(&context, zmq::PUSH, DEFAULT_HWM, 5_000).unwrap();
         let endpoint = bind_any(&push, "127.0.0.1").unwrap();
         let pull = socket(&context, zmq::PULL, DEFAULT_HWM, 5_000).unwrap();
         pull.connect(&endpoint).unwrap();
-        let sent: Vec<EventData> = (0..4).map(|n| event(n, 1000 * n as usize)).collect();
-        send_parts(&push, 7, &sent[..1], true).unwrap();
-        send_parts(&push, 7, &sent[1..], true).unwrap();
+        // Frames below and above the size from which they are lent instead of copied.
+        let sent: Vec<EventData> = (0..4).map(|n| event(n, 20_000 * n as usize)).collect();
+        send_parts(&mut push, 7, &sent[..1], true).unwrap();
+        send_parts(&mut push, 7, &sent[1..], true).unwrap();
         let one = recv_parts(&pull).unwrap();
         let batch = recv_parts(&pull).unwrap();
         assert_eq!(batch.len(), 3, "one message carries the three parts sent together");
@@ -463,16 +476,16 @@ mod tests {
     #[test]
     fn a_stalled_receiver_pushes_back_instead_of_filling_memory() {
         let context = zmq::Context::new();
-        let push = socket(&context, zmq::PUSH, 2, 5_000).unwrap();
+        let mut push = socket(&context, zmq::PUSH, 2, 5_000).unwrap();
         let endpoint = bind_any(&push, "127.0.0.1").unwrap();
         let pull = socket(&context, zmq::PULL, 2, 5_000).unwrap();
         pull.connect(&endpoint).unwrap();
         // The first send waits for the connection; later ones must hit the high-water mark long
         // before 1,000 MiB are queued (queues plus kernel buffers hold a few MiB).
-        send_parts(&push, 1, [&event(0, 1 << 20)], true).unwrap();
+        send_parts(&mut push, 1, [&event(0, 1 << 20)], true).unwrap();
         let full_after = (1..1000).find(|&n| {
             matches!(
-                send_parts(&push, 1, [&event(n, 1 << 20)], false),
+                send_parts(&mut push, 1, [&event(n, 1 << 20)], false),
                 Err(TransportError::Full)
             )
         });
