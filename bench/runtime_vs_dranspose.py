@@ -205,7 +205,10 @@ def main():
         raw = raw_case(frames, nbytes)
         dr = None if args.skip_dranspose else dranspose_case(dr_frames, nbytes)
         rows.append((label, frames, bf, raw, dr, dr_frames))
-    paced_bf = beamflow_case(20_000, 8, rate=10_000)
+    # This VM's scheduling noise moves a p99 by milliseconds: three runs, the median shown.
+    paced = sorted((beamflow_case(20_000, 8, rate=10_000)[2] for _ in range(3)),
+                   key=lambda latency: latency["p99"])
+    paced_bf = (None, None, paced[1])
     paced_raw = raw_case(20_000, 8, rate=10_000)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
@@ -219,7 +222,8 @@ def main():
               f"{raw[1]:.3f} | {dr_text} | {ratio} | {bf[0] / raw[0]:.2f} |")
     print(f"\nlatency at 10 kHz, 20,000 tiny frames: beamflow p50 {paced_bf[2]['p50']:.2f} ms, "
           f"p99 {paced_bf[2]['p99']:.2f} ms (ingester read -> reducer applied, last 10,000 events);"
-          f" raw ZeroMQ p50 {paced_raw[2]['p50']:.2f} ms, p99 {paced_raw[2]['p99']:.2f} ms")
+          f" raw ZeroMQ p50 {paced_raw[2]['p50']:.2f} ms, p99 {paced_raw[2]['p99']:.2f} ms;"
+          f" beamflow p99 of three runs: {', '.join(f'{p['p99']:.2f}' for p in paced)} ms")
     for label, _, bf, _, _, _ in rows:
         if bf[2]:
             print(f"beamflow latency under full load, {label}: p50 {bf[2]['p50']:.1f} ms, "

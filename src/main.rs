@@ -56,8 +56,8 @@ struct RunArgs {
     /// The pipeline file (TOML); default: the embedded simulated beamline.
     #[arg(long, value_name = "P.toml")]
     pipeline: Option<PathBuf>,
-    /// Start a scan of this many events over every ingester's streams, each event on any
-    /// worker (default without --pipeline: 100000).
+    /// Start a scan of this many frames per stream, each event on any worker, plus the start
+    /// and end events dranspose's wrapped sequences have (default without --pipeline: 100000).
     #[arg(long, value_name = "N")]
     events: Option<u64>,
     /// The controller's REST address (overrides the pipeline file).

@@ -540,3 +540,43 @@ fn a_recorded_live_scan_replays_to_the_same_state() {
         "replay of the recording equals the live state"
     );
 }
+
+/// README's first command, as a new user runs it (with ports bound to 0): the embedded simulated
+/// beamline starts, scans by itself and says where to look.
+#[test]
+fn processes_the_embedded_default_scans_by_itself() {
+    let mut run = Running::spawn(&[
+        "run",
+        "--events",
+        "40",
+        "--http",
+        "127.0.0.1:0",
+        "--reducer-http",
+        "127.0.0.1:0",
+        "--control",
+        "tcp://127.0.0.1:0",
+    ]);
+    let line = run.wait_for_line("beamflow is running.");
+    let state = http_address(&line);
+    let rest = http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("events started.");
+    eventually(60, "the scan to finish", || {
+        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/progress").1).ok()?;
+        (progress["finished"] == true).then_some(())
+    });
+    let status = eventually(10, "the reducer's final state", || {
+        let status: Value = serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
+        (status["finished"] == true).then_some(status)
+    });
+    assert_eq!(
+        status["events"], 42,
+        "40 images, the start and the end: {status}"
+    );
+    assert_eq!(status["incomplete_events"], 0, "{status}");
+    let result: Value = serde_json::from_str(&http_get(state, "/api/v1/result").1).unwrap();
+    assert_eq!(
+        numbers(&result, "/history/event_number"),
+        (1..=40).collect::<Vec<_>>(),
+        "every simulated image once, in order"
+    );
+}

@@ -47,8 +47,8 @@ fn parse(c: &mut Criterion) {
     let slots: Vec<serde_json::Value> = (0..100_000u64)
         .map(|i| serde_json::json!([{"constraint": i}]))
         .collect();
-    let body = serde_json::json!({"parts": {"main": {"det": slots}}, "sequence": ["main"]})
-        .to_string();
+    let body =
+        serde_json::json!({"parts": {"main": {"det": slots}}, "sequence": ["main"]}).to_string();
     let mut group = c.benchmark_group("mapping");
     group.throughput(Throughput::Elements(100_000));
     group.sample_size(10);

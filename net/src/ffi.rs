@@ -107,7 +107,10 @@ mod tests {
         let mut push = context.socket(zmq::PUSH).unwrap();
         let frame = Bytes::from(vec![1u8; MIN_SHARED]);
         // Nobody connected: a non-blocking send cannot be queued.
-        assert_eq!(send(&mut push, &frame, zmq::DONTWAIT), Err(zmq::Error::EAGAIN));
+        assert_eq!(
+            send(&mut push, &frame, zmq::DONTWAIT),
+            Err(zmq::Error::EAGAIN)
+        );
         assert!(frame.is_unique());
     }
 }

@@ -441,7 +441,11 @@ mod tests {
         send_parts(&mut push, 7, &sent[1..], true).unwrap();
         let one = recv_parts(&pull).unwrap();
         let batch = recv_parts(&pull).unwrap();
-        assert_eq!(batch.len(), 3, "one message carries the three parts sent together");
+        assert_eq!(
+            batch.len(),
+            3,
+            "one message carries the three parts sent together"
+        );
         let received: Vec<EventData> = one
             .into_iter()
             .chain(batch)
@@ -470,7 +474,10 @@ mod tests {
             .collect();
         send_reports(&push, 2, &reports).unwrap();
         let received = recv_reports(&pull).unwrap();
-        assert_eq!(received, reports.into_iter().map(|r| (2, r)).collect::<Vec<_>>());
+        assert_eq!(
+            received,
+            reports.into_iter().map(|r| (2, r)).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! A STINS detector stream (MAX IV's `stream1`): PULL from the detector's PUSH. Frames are
-//! forwarded as received; only the JSON part is read, for the counters.
+//! A STINS detector stream (MAX IV's `stream1`): PULL from the detector's PUSH, or SUB to its
+//! PUB. Frames are forwarded as received; only the JSON part is read, for the counters.
+//!
+//! Flow control: the ingester reads only while the pipeline has room, so a PUSH detector blocks
+//! when the pipeline is behind, and a PUB detector drops: frames lost that way are gaps in the
+//! numbering, counted (`gap_frames`) and their events completed without the stream.
 //!
 //! Numbering: a frame's index is its `msg_number` minus the series header's, so a message lost
 //! upstream leaves a gap instead of shifting every later frame into the wrong event (dranspose
@@ -25,9 +29,24 @@ pub struct ZmqStinsConfig {
     /// The stream name (default: the ingester's name).
     #[serde(default)]
     pub stream: Option<String>,
-    /// Messages queued from the detector at most; beyond it the detector's sends block.
+    /// Messages queued from the detector at most; beyond it the detector's sends block (PUSH)
+    /// or drop (PUB).
     #[serde(default = "default_hwm")]
     pub hwm: i32,
+    /// `pull` (the detector PUSHes; default) or `sub` (it PUBlishes).
+    #[serde(default)]
+    pub pattern: Pattern,
+}
+
+/// How the detector sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// PUSH → PULL: back-pressure reaches the detector.
+    #[default]
+    Pull,
+    /// PUB → SUB: a pipeline that falls behind loses frames (counted as gaps).
+    Sub,
 }
 
 fn default_hwm() -> i32 {
@@ -37,7 +56,7 @@ fn default_hwm() -> i32 {
 /// The source.
 pub struct ZmqStins {
     stream: StreamName,
-    pull: zmq::Socket,
+    socket: zmq::Socket,
     upstream: String,
     /// `msg_number` of the current series' header.
     base: Option<u64>,
@@ -52,11 +71,23 @@ impl ZmqStins {
         name: &str,
         context: &zmq::Context,
     ) -> Result<Self, SourceError> {
-        let pull = socket(context, zmq::PULL, config.hwm, 0)?;
-        connect(&pull, &config.upstream)?;
+        let socket = match config.pattern {
+            Pattern::Pull => socket(context, zmq::PULL, config.hwm, 0)?,
+            Pattern::Sub => {
+                let sub = socket(context, zmq::SUB, config.hwm, 0)?;
+                sub.set_subscribe(b"")
+                    .map_err(|error| TransportError::Zmq {
+                        operation: "subscribe",
+                        endpoint: config.upstream.clone(),
+                        error,
+                    })?;
+                sub
+            }
+        };
+        connect(&socket, &config.upstream)?;
         Ok(Self {
             stream: config.stream.as_deref().unwrap_or(name).into(),
-            pull,
+            socket,
             upstream: config.upstream.clone(),
             base: None,
             warned_headerless: false,
@@ -78,7 +109,7 @@ impl Source for ZmqStins {
     }
 
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
-        let mut items = [self.pull.as_poll_item(zmq::POLLIN)];
+        let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
         let ready = zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|error| {
             TransportError::Zmq {
                 operation: "poll",
@@ -89,7 +120,7 @@ impl Source for ZmqStins {
         if ready == 0 {
             return Ok(None);
         }
-        let frames = match recv_frames(&self.pull) {
+        let frames = match recv_frames(&self.socket) {
             Ok(frames) => frames,
             Err(TransportError::TimedOut) => return Ok(None),
             Err(error) => return Err(error.into()),
@@ -141,5 +172,93 @@ impl Source for ZmqStins {
                 frames,
             },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{IngesterCore, Placed};
+    use beamflow_protocol::control::{LeasedEvent, LeasedFrame};
+    use beamflow_protocol::{DType, EventNumber, NdArray, Timestamp};
+    use bytes::Bytes;
+
+    fn publish(socket: &zmq::Socket, parts: Vec<Bytes>) {
+        let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        socket.send_multipart(parts, 0).unwrap();
+    }
+
+    /// A PUB detector outrunning a pipeline that has stopped reading: libzmq drops, and the drops
+    /// reach the ingester as gaps it counts, not as shifted events.
+    #[test]
+    fn a_pub_detector_outrunning_the_pipeline_loses_frames_as_counted_gaps() {
+        let context = zmq::Context::new();
+        let publisher = socket(&context, zmq::PUB, 10, 0).unwrap();
+        let endpoint = beamflow_net::bind_any(&publisher, "127.0.0.1").unwrap();
+        let config = ZmqStinsConfig {
+            upstream: endpoint,
+            stream: None,
+            hwm: 10,
+            pattern: Pattern::Sub,
+        };
+        let mut source = ZmqStins::connect(&config, "det", &context).unwrap();
+        // A subscription takes effect some time after connecting: publish the series header
+        // until it arrives.
+        let header = (0..1000)
+            .find_map(|_| {
+                publish(&publisher, stins::header_frames(0));
+                source.next_frame(Duration::from_millis(10)).unwrap()
+            })
+            .expect("the subscription took effect");
+        assert_eq!(header.index, 0);
+        let images = 5_000u64;
+        let image =
+            NdArray::new(vec![32, 32], DType::Uint16, Bytes::from(vec![0u8; 2048])).unwrap();
+        for i in 0..images {
+            publish(&publisher, stins::image_frames(i, i + 1, &image, false));
+        }
+        let mut frames = vec![header];
+        loop {
+            match source.next_frame(Duration::from_millis(10)).unwrap() {
+                Some(frame) if frame.index == images + 1 => {
+                    frames.push(frame);
+                    break;
+                }
+                Some(frame) => frames.push(frame),
+                // Drained; the series end may have been dropped too: send it again.
+                None => publish(&publisher, stins::end_frames(images + 1)),
+            }
+        }
+        let indices: Vec<u64> = frames.iter().map(|f| f.index).collect();
+        assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+        let received = indices.len() as u64 - 2;
+        assert!(
+            received < images,
+            "a stalled SUB must drop, received {received}"
+        );
+
+        let mut core = IngesterCore::new();
+        core.start_scan(1);
+        core.lease(
+            (0..=images + 1)
+                .map(|n| LeasedEvent {
+                    event: EventNumber(n),
+                    frames: vec![LeasedFrame {
+                        stream: "det".into(),
+                        frame: n,
+                        workers: vec!["w1".into()],
+                    }],
+                    resend_to: vec![],
+                })
+                .collect(),
+        );
+        for frame in frames {
+            assert!(matches!(
+                core.place(frame, Timestamp::now()),
+                Placed::Sent { .. }
+            ));
+        }
+        assert_eq!(core.counts().gap_frames, images - received);
+        assert_eq!(core.counts().frames, received + 2);
     }
 }
