@@ -2,8 +2,10 @@
 //! event and goes to which workers, the gaps in the source's numbering, and the frames kept until
 //! the reducer has their event, to re-send to whoever takes over a dead worker's events.
 //!
-//! Memory is bounded by the controller's window: leases and retained events never exceed the
-//! events leased ahead of the reducer.
+//! Memory is bounded twice: in events by the controller's window (leases and retained events
+//! never exceed the events leased ahead of the reducer), and in bytes by [`RETAIN_BYTES`] (the
+//! window alone would allow 4 GiB of 4 MiB frames): past it the source is not read until the
+//! reducer catches up, so a PULL source blocks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -13,6 +15,9 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::SourceFrame;
+
+/// Frame bytes an ingester retains at most before it stops reading its source.
+pub const RETAIN_BYTES: usize = 1 << 30;
 
 /// A part to send to a worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,14 +72,22 @@ struct Retained {
 }
 
 /// An ingester's state for the current scan.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IngesterCore {
     scan: u64,
     leases: HashMap<(StreamName, u64), (EventNumber, Vec<WorkerName>)>,
     next: BTreeMap<StreamName, u64>,
     retained: BTreeMap<EventNumber, Retained>,
+    retained_bytes: usize,
+    retain_limit: usize,
     released: EventNumber,
     counts: IngesterCounts,
+}
+
+impl Default for IngesterCore {
+    fn default() -> Self {
+        Self::with_retain_limit(RETAIN_BYTES)
+    }
 }
 
 impl IngesterCore {
@@ -83,12 +96,26 @@ impl IngesterCore {
         Self::default()
     }
 
+    /// No scan yet; reading stops while `limit` bytes of frames are retained.
+    pub fn with_retain_limit(limit: usize) -> Self {
+        Self {
+            scan: 0,
+            leases: HashMap::new(),
+            next: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            retained_bytes: 0,
+            retain_limit: limit,
+            released: EventNumber::default(),
+            counts: IngesterCounts::default(),
+        }
+    }
+
     /// A new scan: everything of the last one is dropped.
     pub fn start_scan(&mut self, scan: u64) {
         *self = Self {
             scan,
             counts: self.counts,
-            ..Self::default()
+            ..Self::with_retain_limit(self.retain_limit)
         };
     }
 
@@ -97,10 +124,11 @@ impl IngesterCore {
         self.scan
     }
 
-    /// Whether some leased frame is still to be read: read the source only then, so a stalled
-    /// pipeline stops the reading and the source blocks (or, for SUB sources, drops).
+    /// Whether some leased frame is still to be read and there is room to retain it: read the
+    /// source only then, so a stalled pipeline stops the reading and the source blocks (or, for
+    /// SUB sources, drops).
     pub fn wants_frames(&self) -> bool {
-        !self.leases.is_empty()
+        !self.leases.is_empty() && self.retained_bytes < self.retain_limit
     }
 
     /// Takes leased events; for events re-leased after a worker died, returns the retained
@@ -186,6 +214,7 @@ impl IngesterCore {
         });
         sends.extend(placed);
         self.counts.parts_sent += workers.len() as u64;
+        self.retained_bytes += frame.data.byte_len();
         retained.streams.insert(frame.stream, (frame.data, workers));
         let complete = (retained.expected.len() == retained.streams.len()).then(|| {
             let mut record = EventData::new(event);
@@ -206,13 +235,24 @@ impl IngesterCore {
             return;
         }
         self.released = up_to;
-        self.retained = self.retained.split_off(&up_to);
+        let kept = self.retained.split_off(&up_to);
+        let freed: usize = std::mem::replace(&mut self.retained, kept)
+            .values()
+            .flat_map(|retained| retained.streams.values())
+            .map(|(data, _)| data.byte_len())
+            .sum();
+        self.retained_bytes = self.retained_bytes.saturating_sub(freed);
         self.leases.retain(|_, (event, _)| *event >= up_to);
     }
 
     /// Events retained now.
     pub fn retained(&self) -> usize {
         self.retained.len()
+    }
+
+    /// Frame bytes retained now.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes
     }
 
     /// The counters so far (over every scan).
@@ -314,6 +354,33 @@ mod tests {
         );
         assert_eq!((core.counts().gaps, core.counts().gap_frames), (1, 2));
         assert!(!core.wants_frames(), "the lost frames' leases are given up");
+    }
+
+    #[test]
+    fn reading_stops_at_the_retention_limit_until_the_reducer_catches_up() {
+        // Each test frame is one or two bytes ("0".."9", "10"...): a limit of 3 bytes.
+        let mut core = IngesterCore::with_retain_limit(3);
+        core.start_scan(1);
+        core.lease((0..10).map(|n| leased(n, n, &["w1"], &[])).collect());
+        let mut placed = 0;
+        while core.wants_frames() {
+            assert!(matches!(
+                core.place(frame(placed), Timestamp::now()),
+                Placed::Sent { .. }
+            ));
+            placed += 1;
+        }
+        assert_eq!(
+            (placed, core.retained_bytes()),
+            (3, 3),
+            "three frames of one byte"
+        );
+        core.release(EventNumber(2));
+        assert_eq!(core.retained_bytes(), 1);
+        assert!(
+            core.wants_frames(),
+            "room again once the reducer has events 0 and 1"
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ impl Node<'_> {
             "scan": self.core.scan(),
             "counts": self.core.counts(),
             "retained_events": self.core.retained(),
+            "retained_bytes": self.core.retained_bytes(),
             "malformed_frames": self.malformed,
             "frames_beyond_scan": self.beyond_scan,
             "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),

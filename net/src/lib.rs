@@ -4,7 +4,7 @@
 //! `zmq` (libzmq 4.3.4) was chosen by measurement (docs/design.md): it has high-water marks, so a
 //! stalled receiver makes the sender block instead of filling memory. Received frames become
 //! `Bytes` that own libzmq's buffer, so no frame is copied after the kernel's read, and large
-//! frames are sent by lending libzmq the `Bytes` ([`ffi`]), so an ingester forwards
+//! frames are sent by lending libzmq the `Bytes` (`ffi.rs`), so an ingester forwards
 //! upstream frames, to one worker or many, and keeps them for re-sending, without a copy.
 //!
 //! | hop | pattern |
@@ -185,7 +185,7 @@ pub fn bind_any(socket: &zmq::Socket, host: &str) -> Result<String, TransportErr
 }
 
 /// Sends event parts of scan `scan` as one message, `[header, frames..., header, frames...]`.
-/// Frames of [`ffi::MIN_SHARED`] bytes or more are lent to libzmq, not copied. With
+/// Frames of 32 KiB or more are lent to libzmq, not copied. With
 /// `wait == false` a full queue is [`TransportError::Full`] instead of blocking.
 pub fn send_parts<'a>(
     socket: &mut zmq::Socket,
