@@ -220,7 +220,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for label, frames, bf, raw, dr, dr_frames in rows:
         dr_text = "- | -" if dr is None else f"{dr[0]:,.0f} ({dr_frames:,} frames) | {dr[1]:.3f}"
-        ratio = "-" if dr is None else f"{bf[0] / dr[0]:.0f}x"
+        ratio = "-" if dr is None else f"{bf[0] / dr[0]:.1f}x"
         print(f"| {label}, {frames:,} frames | {bf[0]:,.0f} | {bf[1]:.3f} | {raw[0]:,.0f} | "
               f"{raw[1]:.3f} | {dr_text} | {ratio} | {bf[0] / raw[0]:.2f} |")
     three = ", ".join(f"{latency['p99']:.2f}" for latency in paced)
