@@ -1,9 +1,11 @@
 //! EPICS Channel Access, written for beamflow from the protocol specification: the wire format
-//! ([`wire`]: message headers and framing) and the DBR value encodings ([`dbr`]).
+//! ([`wire`]: message headers and framing), the DBR value encodings ([`dbr`]) and a monitoring
+//! client ([`client`]).
 //!
 //! Everything on the wire is big-endian; every payload is padded to 8 bytes (an EPICS 7 IOC
 //! drops a client that sends otherwise).
 
+pub mod client;
 pub mod dbr;
 pub mod wire;
 

