@@ -4,6 +4,25 @@
 //!
 //! Everything on the wire is big-endian; every payload is padded to 8 bytes (an EPICS 7 IOC
 //! drops a client that sends otherwise).
+//!
+//! # Why our own
+//!
+//! Chosen over the alternatives the issue surveyed: `epics-ca-rs` compiles only pinned to
+//! `=0.31.0` on rustc 1.95 and brings an IOC core (~3 min of build); the libca binding
+//! `epics-ca` 0.1.2 needs Debian's `libca-dev` and is unmaintained since 2023. beamflow needs a
+//! client (the `epics_ca` ingester) and a server (result PVs, `beamflow sim-ioc`); this crate adds
+//! no dependency beamflow does not already build (tokio, bytes, jiff).
+//!
+//! Measured (`.venv/bin/python bench/ca_monitor.py`, 2-core VM, 2026-11-22): monitoring N `calc`
+//! records of one EPICS 7 softIoc at 10 Hz each, updates received per second:
+//!
+//! | asked of softIoc | this client | EPICS 7 libca (`camonitor`) |
+//! |---|---|---|
+//! | 2,000 PVs: 20,000/s | 19,998 | 20,018 |
+//! | 10,000 PVs: 100,000/s | 81,061 | 99,903 |
+//!
+//! At 20 k/s both take everything; at 100 k/s (with the IOC on the same two cores) the IOC
+//! coalesces what this client does not read in time.
 
 pub mod client;
 pub mod dbr;
