@@ -25,6 +25,7 @@
 //! coalesces what this client does not read in time.
 
 pub mod client;
+pub mod convert;
 pub mod dbr;
 pub mod wire;
 
