@@ -183,3 +183,119 @@ record(waveform, "BF:img") { field(FTVL, "USHORT") field(NELM, "100000") }
     assert_eq!(back, [0, 1]);
     drop(ioc);
 }
+
+fn tool_output(port: u16, tool: &str, args: &[&str]) -> String {
+    let output = ca_env(&mut Command::new(epics_tool(tool)), port)
+        .args(args)
+        .output()
+        .expect("run an EPICS tool");
+    assert!(
+        output.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// beamflow's own server, read and written by EPICS 7's `caget` and `caput` (libca) and watched
+/// by beamflow's client.
+#[test]
+fn epics_tools_read_and_write_beamflow_pvs() {
+    use beamflow_ca::server::{PvStore, Server};
+    use beamflow_ca::{EpicsTime, TimeValue};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = PvStore::new();
+    let stamp = EpicsTime::now();
+    let value = |values| TimeValue {
+        status: 0,
+        severity: 0,
+        stamp,
+        values,
+    };
+    store.add("BF:sum", value(Values::Double(vec![1.5])), 1, false);
+    store.add("BF:set", value(Values::Double(vec![0.0])), 1, true);
+    // A u16 image row served as EPICS 7 serves a USHORT waveform: native LONG.
+    store.add("BF:row", value(Values::Long(vec![0, 65535, 7])), 3, false);
+    let server = runtime
+        .block_on(Server::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            store.clone(),
+        ))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    runtime.spawn(server.run());
+
+    let sum = tool_output(port, "caget", &["-d", "DBR_TIME_DOUBLE", "BF:sum"]);
+    assert!(sum.contains("1.5"), "{sum}");
+    let row = tool_output(port, "caget", &["BF:row"]);
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["BF:row", "3", "0", "65535", "7"]
+    );
+    // The raw 16 bits, as a client asking DBR_SHORT of an EPICS 7 USHORT image gets them.
+    let short = tool_output(port, "caget", &["-d", "DBR_SHORT", "BF:row"]);
+    assert!(short.contains("-1"), "{short}");
+    let info = tool_output(port, "cainfo", &["BF:sum"]);
+    assert!(
+        info.contains("DBF_DOUBLE") && info.contains("read"),
+        "{info}"
+    );
+
+    let mut changes = store.watch("BF:set").unwrap();
+    tool_output(port, "caput", &["BF:set", "2.5"]);
+    runtime.block_on(changes.changed()).unwrap();
+    assert_eq!(
+        store.value("BF:set").unwrap().values,
+        Values::Double(vec![2.5])
+    );
+    let refused = ca_env(&mut Command::new(epics_tool("caput")), port)
+        .args(["-t", "BF:sum", "9"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        store.value("BF:sum").unwrap().values,
+        Values::Double(vec![1.5]),
+        "a read-only PV stays as it was ({})",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // beamflow's client sees what the server posts, with its time stamp.
+    let (tx, events) = mpsc::channel();
+    let config = ClientConfig {
+        addr_list: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+    };
+    runtime.spawn(monitor(config, vec!["BF:sum".to_owned()], move |event| {
+        let _ = tx.send(event);
+    }));
+    loop {
+        if let MonitorEvent::Update { value, .. } = next(&events) {
+            assert_eq!(value.values, Values::Double(vec![1.5]));
+            break;
+        }
+    }
+    let later = EpicsTime {
+        secs: stamp.secs + 1,
+        nanos: 0,
+    };
+    store.post(
+        "BF:sum",
+        TimeValue {
+            stamp: later,
+            ..value(Values::Double(vec![3.0]))
+        },
+    );
+    loop {
+        if let MonitorEvent::Update { value, .. } = next(&events) {
+            assert_eq!(
+                (value.values, value.stamp),
+                (Values::Double(vec![3.0]), later)
+            );
+            break;
+        }
+    }
+}

@@ -27,6 +27,7 @@
 pub mod client;
 pub mod convert;
 pub mod dbr;
+pub mod server;
 pub mod wire;
 
 pub use dbr::{EpicsTime, Native, TimeValue, Values};

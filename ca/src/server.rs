@@ -1,0 +1,440 @@
+//! A Channel Access server for PVs beamflow owns: it answers searches for them over UDP, serves
+//! reads, monitors and writes over TCP circuits, and converts to whatever type and form a client
+//! asks for. `caget`, `camonitor`, `caput` and Phoebus talk to it as to any IOC.
+//!
+//! PVs live in a [`PvStore`]; posting a value there reaches every subscriber. A slow client gets
+//! the latest value, not a growing queue: each subscription keeps one pending update.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::convert;
+use crate::dbr::{Native, TimeValue, Values};
+use crate::wire::{self, ECA_NORMAL, Header, MINOR_VERSION, command, put_message, split_message};
+
+/// A PV's current value and whether clients may write it.
+struct Pv {
+    native: Native,
+    max_count: usize,
+    writable: bool,
+    value: watch::Sender<Arc<TimeValue>>,
+}
+
+/// The PVs a server serves, shared with whoever posts their values.
+#[derive(Clone, Default)]
+pub struct PvStore {
+    pvs: Arc<Mutex<HashMap<String, Arc<Pv>>>>,
+}
+
+/// `ECA_PUTFAIL`: a write that could not be applied.
+const ECA_PUTFAIL: u32 = 160;
+/// `ECA_NOWTACCESS`: a write to a read-only PV.
+const ECA_NOWTACCESS: u32 = 376;
+/// `ECA_BADTYPE`: a DBR type the server cannot serve.
+const ECA_BADTYPE: u32 = 114;
+
+impl PvStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pv>>> {
+        self.pvs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds (or replaces) a PV with its first value; `max_count` bounds its element count.
+    pub fn add(&self, name: &str, value: TimeValue, max_count: usize, writable: bool) {
+        let pv = Pv {
+            native: value.values.native(),
+            max_count: max_count.max(value.values.len()).max(1),
+            writable,
+            value: watch::Sender::new(Arc::new(value)),
+        };
+        self.lock().insert(name.to_owned(), Arc::new(pv));
+    }
+
+    /// Posts a new value (converted to the PV's native type) to the PV and its subscribers.
+    /// Returns false for an unknown name.
+    pub fn post(&self, name: &str, mut value: TimeValue) -> bool {
+        let Some(pv) = self.get(name) else {
+            return false;
+        };
+        if value.values.native() != pv.native {
+            value.values = convert::convert(&value.values, pv.native);
+        }
+        pv.value.send_replace(Arc::new(value));
+        true
+    }
+
+    /// The current value of a PV.
+    pub fn value(&self, name: &str) -> Option<TimeValue> {
+        self.get(name).map(|pv| (**pv.value.borrow()).clone())
+    }
+
+    /// A receiver that sees every value posted to the PV from now on (the latest one at least).
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<Arc<TimeValue>>> {
+        self.get(name).map(|pv| pv.value.subscribe())
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Pv>> {
+        self.lock().get(name).cloned()
+    }
+}
+
+/// A bound server: its TCP address is also the UDP search port.
+pub struct Server {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    store: PvStore,
+}
+
+impl Server {
+    /// Binds UDP and TCP on `address` (port 0: a free port for both).
+    pub async fn bind(address: SocketAddr, store: PvStore) -> std::io::Result<Self> {
+        if address.port() != 0 {
+            let tcp = TcpListener::bind(address).await?;
+            let udp = UdpSocket::bind(address).await?;
+            return Ok(Self { udp, tcp, store });
+        }
+        // One port for both: take a free TCP port and try the same for UDP.
+        let mut last_error = None;
+        for _ in 0..64 {
+            let tcp = TcpListener::bind(address).await?;
+            match UdpSocket::bind(tcp.local_addr()?).await {
+                Ok(udp) => return Ok(Self { udp, tcp, store }),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no free CA port")))
+    }
+
+    /// The address clients search and connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Serves until the future is dropped.
+    pub async fn run(self) {
+        let port = self.tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let search = answer_searches(self.udp, self.store.clone(), port);
+        let accept = async {
+            loop {
+                match self.tcp.accept().await {
+                    Ok((stream, peer)) => {
+                        let store = self.store.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = serve_client(stream, store).await {
+                                debug!(%peer, %error, "CA client circuit ended.");
+                            }
+                        });
+                    }
+                    Err(error) => warn!(%error, "CA accept failed."),
+                }
+            }
+        };
+        tokio::join!(search, accept);
+    }
+}
+
+async fn answer_searches(udp: UdpSocket, store: PvStore, port: u16) {
+    let mut buffer = vec![0u8; 65536];
+    loop {
+        let Ok((len, from)) = udp.recv_from(&mut buffer).await else {
+            continue;
+        };
+        let mut input = BytesMut::from(&buffer[..len]);
+        let mut reply = BytesMut::new();
+        while let Ok(Some(message)) = split_message(&mut input) {
+            let h = message.header;
+            if h.command != command::SEARCH {
+                continue;
+            }
+            if store.get(&wire::payload_name(&message.payload)).is_none() {
+                continue;
+            }
+            if reply.is_empty() {
+                Header::new(command::VERSION, 0, MINOR_VERSION.into(), 0, 0).put(&mut reply);
+            }
+            let mut version = [0u8; 2];
+            version.copy_from_slice(&MINOR_VERSION.to_be_bytes());
+            put_message(
+                &mut reply,
+                Header::new(command::SEARCH, port, 0, u32::MAX, h.p2),
+                &version,
+            );
+        }
+        if !reply.is_empty()
+            && let Err(error) = udp.send_to(&reply, from).await
+        {
+            debug!(%from, %error, "CA search reply not sent.");
+        }
+    }
+}
+
+struct Channel {
+    cid: u32,
+    name: String,
+    pv: Arc<Pv>,
+}
+
+struct Subscription {
+    task: tokio::task::JoinHandle<()>,
+    sid: u32,
+    dbr_type: u16,
+    count: u32,
+}
+
+async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    // Monitor updates are written by their own tasks through this queue, one message each.
+    let (out_tx, mut out_rx) = mpsc::channel::<BytesMut>(256);
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = BytesMut::new();
+    Header::new(command::VERSION, 0, MINOR_VERSION.into(), 0, 0).put(&mut out);
+    let _ = out_tx.send(out.split()).await;
+    let mut channels: HashMap<u32, Channel> = HashMap::new();
+    let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
+    let mut next_sid = 1u32;
+    let mut input = BytesMut::with_capacity(1 << 16);
+    let result = loop {
+        match reader.read_buf(&mut input).await {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(error) => break Err(error),
+        }
+        let mut failed = None;
+        loop {
+            let message = match split_message(&mut input) {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(error) => {
+                    failed = Some(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+                    break;
+                }
+            };
+            let h = message.header;
+            match h.command {
+                command::CREATE_CHAN => {
+                    let name = wire::payload_name(&message.payload);
+                    match store.get(&name) {
+                        Some(pv) => {
+                            let sid = next_sid;
+                            next_sid = next_sid.wrapping_add(1);
+                            let rights = if pv.writable { 3 } else { 1 };
+                            Header::new(command::ACCESS_RIGHTS, 0, 0, h.p1, rights).put(&mut out);
+                            Header::new(
+                                command::CREATE_CHAN,
+                                pv.native.code(),
+                                pv.max_count as u32,
+                                h.p1,
+                                sid,
+                            )
+                            .put(&mut out);
+                            channels.insert(
+                                sid,
+                                Channel {
+                                    cid: h.p1,
+                                    name,
+                                    pv,
+                                },
+                            );
+                        }
+                        None => Header::new(command::CREATE_CH_FAIL, 0, 0, h.p1, 0).put(&mut out),
+                    }
+                }
+                command::READ_NOTIFY => match channels.get(&h.p1) {
+                    Some(channel) => {
+                        let value = channel.pv.value.borrow().clone();
+                        reply_value(
+                            &mut out,
+                            command::READ_NOTIFY,
+                            &value,
+                            h.data_type,
+                            h.count,
+                            h.p2,
+                        );
+                    }
+                    None => error(&mut out, &h, u32::MAX, ECA_BADTYPE, "unknown channel"),
+                },
+                command::EVENT_ADD => {
+                    let Some(channel) = channels.get(&h.p1) else {
+                        error(&mut out, &h, u32::MAX, ECA_BADTYPE, "unknown channel");
+                        continue;
+                    };
+                    if convert::requested(h.data_type).is_none() {
+                        error(
+                            &mut out,
+                            &h,
+                            channel.cid,
+                            ECA_BADTYPE,
+                            "unsupported DBR type",
+                        );
+                        continue;
+                    }
+                    let mut updates = channel.pv.value.subscribe();
+                    let (dbr_type, count, subid) = (h.data_type, h.count, h.p2);
+                    let queue = out_tx.clone();
+                    let task = tokio::spawn(async move {
+                        loop {
+                            let value = updates.borrow_and_update().clone();
+                            let mut bytes = BytesMut::new();
+                            reply_value(
+                                &mut bytes,
+                                command::EVENT_ADD,
+                                &value,
+                                dbr_type,
+                                count,
+                                subid,
+                            );
+                            if queue.send(bytes).await.is_err() || updates.changed().await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    if let Some(old) = subscriptions.insert(
+                        subid,
+                        Subscription {
+                            task,
+                            sid: h.p1,
+                            dbr_type,
+                            count,
+                        },
+                    ) {
+                        old.task.abort();
+                    }
+                }
+                command::EVENT_CANCEL => {
+                    if let Some(subscription) = subscriptions.remove(&h.p2) {
+                        subscription.task.abort();
+                        Header::new(
+                            command::EVENT_ADD,
+                            subscription.dbr_type,
+                            subscription.count,
+                            subscription.sid,
+                            h.p2,
+                        )
+                        .put(&mut out);
+                    }
+                }
+                command::WRITE | command::WRITE_NOTIFY => {
+                    let status = match channels.get(&h.p1) {
+                        Some(channel) => write_value(&store, channel, &h, &message.payload),
+                        None => ECA_BADTYPE,
+                    };
+                    if h.command == command::WRITE_NOTIFY {
+                        Header::new(command::WRITE_NOTIFY, h.data_type, h.count, status, h.p2)
+                            .put(&mut out);
+                    } else if status != ECA_NORMAL {
+                        let cid = channels.get(&h.p1).map_or(u32::MAX, |c| c.cid);
+                        error(&mut out, &h, cid, status, "write failed");
+                    }
+                }
+                command::CLEAR_CHANNEL => {
+                    channels.remove(&h.p1);
+                    subscriptions.retain(|_, s| {
+                        let keep = s.sid != h.p1;
+                        if !keep {
+                            s.task.abort();
+                        }
+                        keep
+                    });
+                    h.put(&mut out);
+                }
+                command::ECHO => h.put(&mut out),
+                // VERSION, names, EVENTS_OFF/ON: nothing to answer (a slow client already gets
+                // only the latest value of each subscription).
+                _ => {}
+            }
+        }
+        if !out.is_empty() && out_tx.send(out.split()).await.is_err() {
+            break Ok(());
+        }
+        if let Some(error) = failed {
+            break Err(error);
+        }
+    };
+    for subscription in subscriptions.into_values() {
+        subscription.task.abort();
+    }
+    drop(out_tx);
+    let _ = writer_task.await;
+    result
+}
+
+fn reply_value(
+    out: &mut BytesMut,
+    cmd: u16,
+    value: &TimeValue,
+    dbr_type: u16,
+    count: u32,
+    id: u32,
+) {
+    let mut payload = Vec::new();
+    let written = convert::write(value, dbr_type, count as usize, &mut payload);
+    let mut header = Header::new(cmd, dbr_type, written as u32, ECA_NORMAL, id);
+    if convert::requested(dbr_type).is_none() {
+        header.p1 = ECA_BADTYPE;
+    }
+    put_message(out, header, &payload);
+}
+
+fn write_value(store: &PvStore, channel: &Channel, h: &Header, payload: &[u8]) -> u32 {
+    if !channel.pv.writable {
+        return ECA_NOWTACCESS;
+    }
+    let Some(native) = Native::of(h.data_type).filter(|_| h.data_type < 7) else {
+        return ECA_BADTYPE;
+    };
+    let count = h.count as usize;
+    // Clients send a scalar string shorter than 40 bytes: read up to what arrived.
+    let values = if native == Native::String && payload.len() < 40 * count.max(1) {
+        Ok(Values::String(vec![wire::payload_name(payload)]))
+    } else {
+        Values::read(native, count, payload)
+    };
+    let Ok(values) = values else {
+        return ECA_PUTFAIL;
+    };
+    if values.len() > channel.pv.max_count {
+        return ECA_PUTFAIL;
+    }
+    let value = TimeValue {
+        status: 0,
+        severity: 0,
+        stamp: crate::dbr::EpicsTime::now(),
+        values,
+    };
+    if store.post(&channel.name, value) {
+        ECA_NORMAL
+    } else {
+        ECA_PUTFAIL
+    }
+}
+
+/// An ERROR message quoting the request.
+fn error(out: &mut BytesMut, request: &Header, cid: u32, status: u32, text: &str) {
+    let mut payload = BytesMut::new();
+    request.put(&mut payload);
+    payload.extend_from_slice(&wire::name_payload(text));
+    put_message(
+        out,
+        Header::new(command::ERROR, 0, 0, cid, status),
+        &payload,
+    );
+}
