@@ -1,4 +1,5 @@
-//! Ingesters: one per source (a ZeroMQ detector stream, a dump file, a simulator; EPICS later).
+//! Ingesters: one per source (a ZeroMQ detector stream, EPICS process variables, a dump file,
+//! a simulator).
 //! Each numbers its source's frames by the source's own counter, sends each frame to the
 //! workers the controller leased its event to, keeps it until the reducer has the event (so a
 //! dead worker's events can be re-sent), and can record every handled event to a `.cbors` dump.
@@ -47,6 +48,9 @@ pub enum SourceError {
     /// The source cannot be read at all.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The source's configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
     /// A dump cannot be opened.
     #[error("{path}: {error}")]
     Open {
@@ -70,6 +74,11 @@ pub trait Source: Send {
 
     /// The next frame, waiting at most `timeout`; `None` if none came.
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError>;
+
+    /// The source's own state for the ingester's status (connections, drops).
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// One `[ingesters.<name>]` table of the pipeline file.
@@ -82,6 +91,8 @@ pub enum IngesterConfig {
     Sim(sources::sim::SimConfig),
     /// A recorded `.cbors` dump played as a live source.
     Dump(sources::dump::DumpConfig),
+    /// EPICS process variables over Channel Access.
+    EpicsCa(sources::epics_ca::EpicsCaConfig),
 }
 
 impl IngesterConfig {
@@ -97,6 +108,9 @@ impl IngesterConfig {
             )?),
             IngesterConfig::Sim(config) => Box::new(sources::sim::Sim::new(config, name)),
             IngesterConfig::Dump(config) => Box::new(sources::dump::Dump::new(config)?),
+            IngesterConfig::EpicsCa(config) => {
+                Box::new(sources::epics_ca::EpicsCa::connect(config)?)
+            }
         })
     }
 
@@ -106,6 +120,7 @@ impl IngesterConfig {
             IngesterConfig::ZmqStins(_) => "zmq_stins",
             IngesterConfig::Sim(_) => "sim",
             IngesterConfig::Dump(_) => "dump",
+            IngesterConfig::EpicsCa(_) => "epics_ca",
         }
     }
 }

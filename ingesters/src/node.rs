@@ -167,6 +167,7 @@ impl Node<'_> {
             "counts": self.core.counts(),
             "retained_events": self.core.retained(),
             "retained_bytes": self.core.retained_bytes(),
+            "source": self.source.status(),
             "malformed_frames": self.malformed,
             "frames_beyond_scan": self.beyond_scan,
             "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),

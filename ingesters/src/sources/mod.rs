@@ -2,6 +2,7 @@
 //! an `impl Source`, then add one variant to [`crate::IngesterConfig`] and one arm in its `build`.
 
 pub mod dump;
+pub mod epics_ca;
 pub mod event_clock;
 pub mod sim;
 pub mod zmq_stins;

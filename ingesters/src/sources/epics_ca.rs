@@ -1,0 +1,525 @@
+//! EPICS process variables over Channel Access: scalars, waveforms and areaDetector images,
+//! each a stream of [`PvFrame`]s (value, alarm, CA time stamp), numbered into events by an
+//! [`EventClock`].
+//!
+//! Images: `ArrayData` is a flat waveform; its shape comes from `width_pv`/`height_pv`
+//! (`ArraySize0_RBV`/`ArraySize1_RBV`) or a configured `shape`. With `dtype = "uint16"`, both
+//! encodings real servers send become the same u16 frame: caproto's big-endian int16 (the raw
+//! bits) and EPICS 7's 32-bit LONG for USHORT waveforms. `counter_pv` (`ArrayCounter_RBV`)
+//! reveals images the monitor did not deliver, which are counted.
+//!
+//! The Channel Access client runs on its own thread; updates reach the source through a
+//! bounded queue (`queue`), and what does not fit is counted, never buffered without bound.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use beamflow_ca::client::{ClientConfig, MonitorEvent, monitor, parse_addr_list};
+use beamflow_ca::wire::DEFAULT_PORT;
+use beamflow_ca::{TimeValue, Values};
+use beamflow_protocol::streams::pv::PvFrame;
+use beamflow_protocol::{DType, NdArray, StreamName};
+use bytes::Bytes;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::sources::event_clock::{ClockConfig, ClockEvent, EventClock};
+use crate::{Source, SourceError, SourceFrame};
+
+/// `[ingesters.<name>]` with `kind = "epics_ca"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpicsCaConfig {
+    /// The streams: one PV each.
+    pub pvs: BTreeMap<StreamName, PvConfig>,
+    /// How updates become events.
+    pub clock: ClockConfig,
+    /// Where to search (`host[:port] ...`); default: `EPICS_CA_ADDR_LIST` and friends.
+    #[serde(default)]
+    pub addr_list: Option<String>,
+    /// Updates buffered between the Channel Access client and the ingester at most.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_queue() -> usize {
+    1024
+}
+
+/// One stream's PV.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvConfig {
+    /// The PV name, e.g. `OTRS:IN20:571:Image:ArrayData`.
+    pub pv: String,
+    /// Image shape `[height, width]`, when no size PVs say it.
+    #[serde(default)]
+    pub shape: Option<[usize; 2]>,
+    /// The PV holding the image width (`...:ArraySize0_RBV`).
+    #[serde(default)]
+    pub width_pv: Option<String>,
+    /// The PV holding the image height (`...:ArraySize1_RBV`).
+    #[serde(default)]
+    pub height_pv: Option<String>,
+    /// The image counter (`...:ArrayCounter_RBV`): its jumps count images not delivered.
+    #[serde(default)]
+    pub counter_pv: Option<String>,
+    /// Element type of the frames (numpy name); default: the PV's own type. `uint16` reads
+    /// 16-bit detector images from either encoding.
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Value(usize),
+    Width(usize),
+    Height(usize),
+    Counter(usize),
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct PvStatus {
+    pv: String,
+    connected: bool,
+    updates: u64,
+    disconnects: u64,
+    dropped_images: u64,
+    malformed: u64,
+    #[serde(skip)]
+    width: Option<usize>,
+    #[serde(skip)]
+    height: Option<usize>,
+    #[serde(skip)]
+    counter: Option<(i64, u64)>,
+}
+
+/// The source.
+pub struct EpicsCa {
+    streams: Vec<StreamName>,
+    configs: Vec<PvConfig>,
+    roles: Vec<Role>,
+    dtypes: Vec<Option<DType>>,
+    status: Vec<PvStatus>,
+    clock: EventClock,
+    updates: Receiver<MonitorEvent>,
+    overflow: Arc<AtomicU64>,
+    outbox: VecDeque<SourceFrame>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl EpicsCa {
+    /// Starts monitoring the configured PVs.
+    pub fn connect(config: &EpicsCaConfig) -> Result<Self, SourceError> {
+        let streams: Vec<StreamName> = config.pvs.keys().cloned().collect();
+        let configs: Vec<PvConfig> = config.pvs.values().cloned().collect();
+        let mut names = Vec::new();
+        let mut roles = Vec::new();
+        let mut dtypes = Vec::new();
+        for (index, pv) in configs.iter().enumerate() {
+            let dtype = match &pv.dtype {
+                Some(name) => Some(DType::from_name(name).ok_or_else(|| {
+                    SourceError::Config(format!("{}: unknown dtype {name:?}", streams[index]))
+                })?),
+                None => None,
+            };
+            dtypes.push(dtype);
+            names.push(pv.pv.clone());
+            roles.push(Role::Value(index));
+            for (name, role) in [
+                (&pv.width_pv, Role::Width(index)),
+                (&pv.height_pv, Role::Height(index)),
+                (&pv.counter_pv, Role::Counter(index)),
+            ] {
+                if let Some(name) = name {
+                    names.push(name.clone());
+                    roles.push(role);
+                }
+            }
+        }
+        if let ClockConfig::Trigger { stream } = &config.clock
+            && !config.pvs.contains_key(stream)
+        {
+            return Err(SourceError::Config(format!(
+                "the trigger stream {stream} is not one of the PVs"
+            )));
+        }
+        let client = match &config.addr_list {
+            Some(list) => ClientConfig {
+                addr_list: parse_addr_list(list, DEFAULT_PORT),
+            },
+            None => ClientConfig::from_env(),
+        };
+        let (sender, updates) = sync_channel(config.queue.max(1));
+        let overflow = Arc::new(AtomicU64::new(0));
+        let (shutdown, stopped) = tokio::sync::oneshot::channel();
+        spawn_client(client, names, sender, overflow.clone(), stopped)?;
+        let status = configs
+            .iter()
+            .map(|pv| PvStatus {
+                pv: pv.pv.clone(),
+                ..PvStatus::default()
+            })
+            .collect();
+        let clock = EventClock::new(config.clock.clone(), streams.iter().cloned().collect());
+        Ok(Self {
+            streams,
+            configs,
+            roles,
+            dtypes,
+            status,
+            clock,
+            updates,
+            overflow,
+            outbox: VecDeque::new(),
+            shutdown: Some(shutdown),
+        })
+    }
+
+    fn handle(&mut self, event: MonitorEvent, now: Instant) {
+        match event {
+            MonitorEvent::Connected { pv, server, .. } => {
+                if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
+                    let status = &mut self.status[stream];
+                    status.connected = true;
+                    info!(stream = %self.streams[stream], pv = %status.pv, %server, "PV connected.");
+                }
+            }
+            MonitorEvent::Disconnected { pv } => {
+                if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
+                    let status = &mut self.status[stream];
+                    if status.connected {
+                        warn!(stream = %self.streams[stream], pv = %status.pv, "PV disconnected; reconnecting when its server is back.");
+                    }
+                    status.connected = false;
+                    status.disconnects += 1;
+                }
+            }
+            MonitorEvent::Update { pv, value } => match self.roles.get(pv).copied() {
+                Some(Role::Value(stream)) => self.value(stream, value, now),
+                Some(Role::Width(stream)) => self.status[stream].width = first_size(&value),
+                Some(Role::Height(stream)) => self.status[stream].height = first_size(&value),
+                Some(Role::Counter(stream)) => {
+                    if let Some(&counter) = numbers(&value.values).first() {
+                        let status = &mut self.status[stream];
+                        let counter = counter as i64;
+                        match status.counter {
+                            None => status.counter = Some((counter, status.updates)),
+                            Some((base, images_at_base)) => {
+                                let announced = counter - base;
+                                let received = (status.updates - images_at_base) as i64;
+                                let dropped = (announced - received).max(0) as u64;
+                                status.dropped_images = status.dropped_images.max(dropped);
+                            }
+                        }
+                    }
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn value(&mut self, stream: usize, value: TimeValue, now: Instant) {
+        let status = &mut self.status[stream];
+        status.updates += 1;
+        let shape = self.configs[stream]
+            .shape
+            .or(status.width.zip(status.height).map(|(w, h)| [h, w]));
+        match frame(&status.pv, value, shape, self.dtypes[stream]) {
+            Ok(frame) => {
+                let events = self.clock.update(self.streams[stream].clone(), frame, now);
+                self.queue(events);
+            }
+            Err(message) => {
+                if status.malformed == 0 {
+                    warn!(stream = %self.streams[stream], pv = %status.pv, %message, "PV value skipped (counted from now on).");
+                }
+                status.malformed += 1;
+            }
+        }
+    }
+
+    fn queue(&mut self, events: Vec<ClockEvent>) {
+        for event in events {
+            for (stream, frame) in event.frames {
+                self.outbox.push_back(SourceFrame {
+                    stream,
+                    index: event.index,
+                    data: frame.stream(),
+                });
+            }
+        }
+    }
+}
+
+impl Drop for EpicsCa {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+impl Source for EpicsCa {
+    fn streams(&self) -> Vec<StreamName> {
+        self.streams.clone()
+    }
+
+    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+        self.outbox.clear();
+        self.clock.restart(Instant::now());
+        Ok(())
+    }
+
+    fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.outbox.pop_front() {
+                return Ok(Some(frame));
+            }
+            let now = Instant::now();
+            let events = self.clock.tick(now);
+            if !events.is_empty() {
+                self.queue(events);
+                continue;
+            }
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = self
+                .clock
+                .next_due()
+                .map_or(deadline, |due| due.min(deadline));
+            match self
+                .updates
+                .recv_timeout(wake.saturating_duration_since(now))
+            {
+                Ok(event) => self.handle(event, Instant::now()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SourceError::Config(
+                        "the Channel Access client stopped".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let pvs: BTreeMap<String, &PvStatus> = self
+            .streams
+            .iter()
+            .map(|s| s.to_string())
+            .zip(&self.status)
+            .collect();
+        serde_json::json!({
+            "pvs": pvs,
+            "clock": self.clock.counts(),
+            "updates_dropped_full_queue": self.overflow.load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn spawn_client(
+    client: ClientConfig,
+    names: Vec<String>,
+    sender: SyncSender<MonitorEvent>,
+    overflow: Arc<AtomicU64>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), SourceError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| SourceError::Config(format!("Channel Access runtime: {error}")))?;
+    std::thread::Builder::new()
+        .name("epics-ca".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let on_event = move |event: MonitorEvent| match sender.try_send(event) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                    Err(TrySendError::Full(_)) => {
+                        overflow.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                tokio::select! {
+                    result = monitor(client, names, on_event) => {
+                        if let Err(error) = result {
+                            warn!(%error, "Channel Access client failed.");
+                        }
+                    }
+                    _ = stopped => {}
+                }
+            });
+        })
+        .map_err(|error| SourceError::Config(format!("Channel Access thread: {error}")))?;
+    Ok(())
+}
+
+fn numbers(values: &Values) -> Vec<f64> {
+    beamflow_ca::convert::numbers(values)
+}
+
+fn first_size(value: &TimeValue) -> Option<usize> {
+    numbers(&value.values)
+        .first()
+        .filter(|n| n.is_finite() && **n >= 0.0)
+        .map(|&n| n as usize)
+}
+
+/// A PV update as a frame: its values as `dtype` (or their own type), shaped as an image when
+/// `shape` is known, a scalar for one element, a waveform otherwise.
+fn frame(
+    pv: &str,
+    value: TimeValue,
+    shape: Option<[usize; 2]>,
+    dtype: Option<DType>,
+) -> Result<PvFrame, String> {
+    let (natural, bytes) = little_endian(&value.values, dtype)?;
+    let elements = value.values.len();
+    let shape = match shape {
+        Some([height, width]) if height * width > elements => {
+            return Err(format!(
+                "an image of {height}x{width} needs {} elements, the PV sent {elements}",
+                height * width
+            ));
+        }
+        Some([height, width]) => vec![height, width],
+        None if elements == 1 => vec![],
+        None => vec![elements],
+    };
+    let used = shape.iter().product::<usize>() * natural.size();
+    let data = Bytes::from(bytes).slice(..used);
+    let value_array = NdArray::new(shape, natural, data).map_err(|e| e.to_string())?;
+    Ok(PvFrame {
+        pv: pv.to_owned(),
+        status: value.status,
+        severity: value.severity,
+        secs: value.stamp.secs,
+        nanos: value.stamp.nanos,
+        value: value_array,
+    })
+}
+
+/// The values' little-endian bytes as `dtype` (integers keep their low bits, as a u16 image
+/// served as int16 or int32 needs), or in their own type.
+fn little_endian(values: &Values, dtype: Option<DType>) -> Result<(DType, Vec<u8>), String> {
+    let natural = match values {
+        Values::String(_) => DType::Uint8,
+        Values::Short(_) => DType::Int16,
+        Values::Float(_) => DType::Float32,
+        Values::Enum(_) => DType::Uint16,
+        Values::Char(_) => DType::Uint8,
+        Values::Long(_) => DType::Int32,
+        Values::Double(_) => DType::Float64,
+    };
+    let target = dtype.unwrap_or(natural);
+    if let Values::String(strings) = values {
+        if target != DType::Uint8 {
+            return Err(format!("a string PV cannot be read as {}", target.name()));
+        }
+        return Ok((
+            target,
+            strings
+                .first()
+                .map(|s| s.as_bytes().to_vec())
+                .unwrap_or_default(),
+        ));
+    }
+    let integers: Option<Vec<i64>> = match values {
+        Values::Short(v) => Some(v.iter().map(|&x| x.into()).collect()),
+        Values::Enum(v) => Some(v.iter().map(|&x| x.into()).collect()),
+        Values::Char(v) => Some(v.iter().map(|&x| x.into()).collect()),
+        Values::Long(v) => Some(v.iter().map(|&x| x.into()).collect()),
+        _ => None,
+    };
+    let floats = || numbers(values);
+    let mut out = Vec::with_capacity(values.len() * target.size());
+    macro_rules! put {
+        ($t:ty) => {
+            match &integers {
+                Some(v) => v
+                    .iter()
+                    .for_each(|&x| out.extend_from_slice(&(x as $t).to_le_bytes())),
+                None => floats()
+                    .iter()
+                    .for_each(|&x| out.extend_from_slice(&(x as $t).to_le_bytes())),
+            }
+        };
+    }
+    match target {
+        DType::Uint8 => put!(u8),
+        DType::Uint16 => put!(u16),
+        DType::Uint32 => put!(u32),
+        DType::Uint64 => put!(u64),
+        DType::Int8 => put!(i8),
+        DType::Int16 => put!(i16),
+        DType::Int32 => put!(i32),
+        DType::Int64 => put!(i64),
+        DType::Float32 => put!(f32),
+        DType::Float64 => put!(f64),
+    }
+    Ok((target, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beamflow_ca::EpicsTime;
+
+    fn time_value(values: Values) -> TimeValue {
+        TimeValue {
+            status: 0,
+            severity: 1,
+            stamp: EpicsTime { secs: 5, nanos: 6 },
+            values,
+        }
+    }
+
+    /// caproto's int16 image and EPICS 7's LONG image of the same u16 pixels give one frame.
+    #[test]
+    fn both_image_encodings_become_the_same_u16_frame() {
+        let pixels = [0u16, 1, 40_000, 65_535, 7, 8];
+        let caproto = Values::Short(pixels.iter().map(|&p| p as i16).collect());
+        let epics7 = Values::Long(pixels.iter().map(|&p| i32::from(p)).collect());
+        let uint16 = Some(DType::Uint16);
+        let a = frame("IMG", time_value(caproto), Some([2, 3]), uint16).unwrap();
+        let b = frame("IMG", time_value(epics7), Some([2, 3]), uint16).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.value.shape(), [2, 3]);
+        let expected: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+        assert_eq!(&a.value.data()[..], &expected[..]);
+        assert_eq!((a.severity, a.secs, a.nanos), (1, 5, 6));
+    }
+
+    #[test]
+    fn scalars_waveforms_and_short_images() {
+        let scalar = frame("X", time_value(Values::Double(vec![2.5])), None, None).unwrap();
+        assert!(scalar.value.shape().is_empty());
+        assert_eq!(&scalar.value.data()[..], &2.5f64.to_le_bytes());
+        let wave = frame("W", time_value(Values::Float(vec![1.0, 2.0])), None, None).unwrap();
+        assert_eq!(
+            (wave.value.shape(), wave.value.dtype()),
+            (&[2][..], DType::Float32)
+        );
+        // areaDetector's NELM may exceed the image: the first height × width elements are it.
+        let longer = frame(
+            "I",
+            time_value(Values::Long(vec![1, 2, 3, 4, 5])),
+            Some([2, 2]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(longer.value.data().len(), 4 * 4);
+        let error = frame(
+            "I",
+            time_value(Values::Long(vec![1, 2])),
+            Some([2, 2]),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(error, "an image of 2x2 needs 4 elements, the PV sent 2");
+    }
+}
