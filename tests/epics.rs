@@ -299,3 +299,154 @@ fn epics_tools_read_and_write_beamflow_pvs() {
         }
     }
 }
+
+/// The `epics_ca` source against a CA server on loopback: a camera's image, size and counter
+/// PVs and a magnet readback, events on each image (trigger clock).
+#[test]
+fn the_epics_ca_source_makes_events_from_images_and_readbacks() {
+    use beamflow_ca::server::{PvStore, Server};
+    use beamflow_ca::{EpicsTime, TimeValue};
+    use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
+    use beamflow_ingesters::{Source, SourceFrame};
+    use beamflow_protocol::streams::pv::PvFrame;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = PvStore::new();
+    let at = |secs| EpicsTime { secs, nanos: 0 };
+    let value = |secs, values| TimeValue {
+        status: 0,
+        severity: 0,
+        stamp: at(secs),
+        values,
+    };
+    // EPICS 7 serves a USHORT image as LONG; the source reads it back as u16.
+    let image = |n: i32| Values::Long(vec![n, 65_535, n, 0, 1, 2]);
+    store.add("CAM:ArrayData", value(1, image(0)), 6, false);
+    store.add(
+        "CAM:ArraySize0_RBV",
+        value(1, Values::Long(vec![3])),
+        1,
+        false,
+    );
+    store.add(
+        "CAM:ArraySize1_RBV",
+        value(1, Values::Long(vec![2])),
+        1,
+        false,
+    );
+    store.add(
+        "CAM:ArrayCounter_RBV",
+        value(1, Values::Long(vec![10])),
+        1,
+        false,
+    );
+    store.add("QUAD:BACT", value(1, Values::Double(vec![-1.5])), 1, false);
+    let server = runtime
+        .block_on(Server::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            store.clone(),
+        ))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    runtime.spawn(server.run());
+
+    let config: EpicsCaConfig = toml::from_str(&format!(
+        r#"
+addr_list = "127.0.0.1:{port}"
+clock = {{ kind = "trigger", stream = "cam" }}
+[pvs.cam]
+pv = "CAM:ArrayData"
+width_pv = "CAM:ArraySize0_RBV"
+height_pv = "CAM:ArraySize1_RBV"
+counter_pv = "CAM:ArrayCounter_RBV"
+dtype = "uint16"
+[pvs.bact]
+pv = "QUAD:BACT"
+"#
+    ))
+    .unwrap();
+    let mut source = EpicsCa::connect(&config).unwrap();
+    source.start_scan(&Default::default()).unwrap();
+    // Drives the source until `done` says so (20 s at most); returns the frames it gave.
+    let pump =
+        |source: &mut EpicsCa, what: &str, done: &dyn Fn(&EpicsCa, &[SourceFrame]) -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut frames = Vec::new();
+            while !done(source, &frames) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "waited 20 s for {what}"
+                );
+                if let Some(frame) = source.next_frame(Duration::from_millis(20)).unwrap() {
+                    frames.push(frame);
+                }
+            }
+            frames
+        };
+    pump(&mut source, "every PV to connect", &|source, _| {
+        let status = source.status();
+        status["pvs"]["cam"]["connected"] == true
+            && status["pvs"]["bact"]["connected"] == true
+            && status["pvs"]["cam"]["array_counter"] == 10
+    });
+    let counter_is = |n: i64| {
+        move |source: &EpicsCa, _: &[SourceFrame]| {
+            source.status()["pvs"]["cam"]["array_counter"] == n
+        }
+    };
+    let one_image =
+        |_: &EpicsCa, frames: &[SourceFrame]| frames.iter().any(|f| f.stream.as_str() == "cam");
+    let mut images = Vec::new();
+    for n in 1..=3 {
+        store.post(
+            "CAM:ArrayCounter_RBV",
+            value(10 + n, Values::Long(vec![10 + n as i32])),
+        );
+        pump(&mut source, "the counter", &counter_is(10 + i64::from(n)));
+        store.post("CAM:ArrayData", value(10 + n, image(n as i32)));
+        images.push(pump(&mut source, "an image event", &one_image));
+    }
+    let last = images.last().unwrap();
+    let image_frame = last.iter().find(|f| f.stream.as_str() == "cam").unwrap();
+    let pixels_frame = PvFrame::parse(&image_frame.data.frames).unwrap();
+    assert_eq!(pixels_frame.value.shape(), [2, 3]);
+    let pixels: Vec<u16> = pixels_frame
+        .value
+        .data()
+        .chunks(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(pixels, [3, 65_535, 3, 0, 1, 2]);
+    assert_eq!(pixels_frame.secs, 13, "the image's own time stamp");
+    let bact_frame = last.iter().find(|f| f.stream.as_str() == "bact").unwrap();
+    assert_eq!(bact_frame.index, image_frame.index, "one event");
+    let bact = PvFrame::parse(&bact_frame.data.frames).unwrap();
+    assert_eq!(&bact.value.data()[..], &(-1.5f64).to_le_bytes());
+    assert_eq!(
+        bact.secs, 1,
+        "the readback keeps its own (older) time stamp"
+    );
+    let indices: Vec<u64> = images
+        .iter()
+        .map(|frames| {
+            frames
+                .iter()
+                .find(|f| f.stream.as_str() == "cam")
+                .unwrap()
+                .index
+        })
+        .collect();
+    assert!(indices.windows(2).all(|w| w[1] == w[0] + 1), "{indices:?}");
+    assert_eq!(source.status()["pvs"]["cam"]["dropped_images"], 0);
+
+    // The camera counts 5 more images while one arrives: 4 were not delivered.
+    store.post("CAM:ArrayCounter_RBV", value(20, Values::Long(vec![18])));
+    pump(&mut source, "the counter", &counter_is(18));
+    store.post("CAM:ArrayData", value(20, image(9)));
+    pump(&mut source, "the image", &one_image);
+    assert_eq!(source.status()["pvs"]["cam"]["dropped_images"], 4);
+}

@@ -93,8 +93,11 @@ struct PvStatus {
     width: Option<usize>,
     #[serde(skip)]
     height: Option<usize>,
+    /// The camera's image counter, last seen.
+    array_counter: Option<i64>,
+    /// The counter and images received when counting started.
     #[serde(skip)]
-    counter: Option<(i64, u64)>,
+    counted_from: Option<(i64, u64)>,
 }
 
 /// The source.
@@ -203,19 +206,8 @@ impl EpicsCa {
                 Some(Role::Width(stream)) => self.status[stream].width = first_size(&value),
                 Some(Role::Height(stream)) => self.status[stream].height = first_size(&value),
                 Some(Role::Counter(stream)) => {
-                    if let Some(&counter) = numbers(&value.values).first() {
-                        let status = &mut self.status[stream];
-                        let counter = counter as i64;
-                        match status.counter {
-                            None => status.counter = Some((counter, status.updates)),
-                            Some((base, images_at_base)) => {
-                                let announced = counter - base;
-                                let received = (status.updates - images_at_base) as i64;
-                                let dropped = (announced - received).max(0) as u64;
-                                status.dropped_images = status.dropped_images.max(dropped);
-                            }
-                        }
-                    }
+                    self.status[stream].array_counter =
+                        numbers(&value.values).first().map(|&n| n as i64);
                 }
                 None => {}
             },
@@ -225,6 +217,19 @@ impl EpicsCa {
     fn value(&mut self, stream: usize, value: TimeValue, now: Instant) {
         let status = &mut self.status[stream];
         status.updates += 1;
+        // Images the camera counted but the monitor did not deliver. Whether a counter update
+        // arrives before or after its image is the same for every image, so the difference of
+        // advances is exact once both have arrived (and off by one at most in between).
+        if let Some(counter) = status.array_counter {
+            match status.counted_from {
+                None => status.counted_from = Some((counter, status.updates)),
+                Some((first, images)) => {
+                    let announced = counter - first;
+                    let received = (status.updates - images) as i64;
+                    status.dropped_images = (announced - received).max(0) as u64;
+                }
+            }
+        }
         let shape = self.configs[stream]
             .shape
             .or(status.width.zip(status.height).map(|(w, h)| [h, w]));
