@@ -83,6 +83,26 @@ fn caput(port: u16, args: &[&str]) {
     assert!(status.success(), "caput {args:?}");
 }
 
+/// A runtime for beamflow's CA client and server in a test.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Serves `store` on a free loopback port; returns the port.
+fn serve(runtime: &tokio::runtime::Runtime, store: &beamflow_ca::server::PvStore) -> u16 {
+    let address = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = runtime
+        .block_on(beamflow_ca::server::Server::bind(address, store.clone()))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    runtime.spawn(server.run());
+    port
+}
+
 /// The next event, waiting at most 20 s (a real IOC starting up, or a search backing off).
 fn next(events: &mpsc::Receiver<MonitorEvent>) -> MonitorEvent {
     events
@@ -105,11 +125,7 @@ record(waveform, "BF:img") { field(FTVL, "USHORT") field(NELM, "100000") }
     let port = free_ca_port();
     let mut ioc = Ioc::start(&db, port);
     let (tx, events) = mpsc::channel();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let config = ClientConfig {
         addr_list: vec![SocketAddr::from(([127, 0, 0, 1], port))],
     };
@@ -201,14 +217,10 @@ fn tool_output(port: u16, tool: &str, args: &[&str]) -> String {
 /// by beamflow's client.
 #[test]
 fn epics_tools_read_and_write_beamflow_pvs() {
-    use beamflow_ca::server::{PvStore, Server};
+    use beamflow_ca::server::PvStore;
     use beamflow_ca::{EpicsTime, TimeValue};
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let store = PvStore::new();
     let stamp = EpicsTime::now();
     let value = |values| TimeValue {
@@ -221,14 +233,7 @@ fn epics_tools_read_and_write_beamflow_pvs() {
     store.add("BF:set", value(Values::Double(vec![0.0])), 1, true);
     // A u16 image row served as EPICS 7 serves a USHORT waveform: native LONG.
     store.add("BF:row", value(Values::Long(vec![0, 65535, 7])), 3, false);
-    let server = runtime
-        .block_on(Server::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            store.clone(),
-        ))
-        .unwrap();
-    let port = server.local_addr().unwrap().port();
-    runtime.spawn(server.run());
+    let port = serve(&runtime, &store);
 
     let sum = tool_output(port, "caget", &["-d", "DBR_TIME_DOUBLE", "BF:sum"]);
     assert!(sum.contains("1.5"), "{sum}");
@@ -304,17 +309,13 @@ fn epics_tools_read_and_write_beamflow_pvs() {
 /// PVs and a magnet readback, events on each image (trigger clock).
 #[test]
 fn the_epics_ca_source_makes_events_from_images_and_readbacks() {
-    use beamflow_ca::server::{PvStore, Server};
+    use beamflow_ca::server::PvStore;
     use beamflow_ca::{EpicsTime, TimeValue};
     use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
     use beamflow_ingesters::{Source, SourceFrame};
     use beamflow_protocol::streams::pv::PvFrame;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let store = PvStore::new();
     let at = |secs| EpicsTime { secs, nanos: 0 };
     let value = |secs, values| TimeValue {
@@ -345,14 +346,7 @@ fn the_epics_ca_source_makes_events_from_images_and_readbacks() {
         false,
     );
     store.add("QUAD:BACT", value(1, Values::Double(vec![-1.5])), 1, false);
-    let server = runtime
-        .block_on(Server::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            store.clone(),
-        ))
-        .unwrap();
-    let port = server.local_addr().unwrap().port();
-    runtime.spawn(server.run());
+    let port = serve(&runtime, &store);
 
     let config: EpicsCaConfig = toml::from_str(&format!(
         r#"

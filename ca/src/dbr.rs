@@ -1,12 +1,10 @@
 //! DBR values: the seven native types and their TIME form (alarm status, severity and time stamp
 //! before the values, with the type's own padding).
 
+use beamflow_protocol::streams::pv::{EPICS_EPOCH_UNIX, epics_timestamp};
 use bytes::{Buf, BufMut};
 
 use crate::CaError;
-
-/// Seconds from the Unix epoch to the EPICS epoch (1990-01-01 00:00:00 UTC).
-pub const EPICS_EPOCH_UNIX: i64 = 631_152_000;
 
 /// Bytes of one DBR_STRING element.
 pub const STRING_SIZE: usize = 40;
@@ -216,11 +214,7 @@ impl EpicsTime {
 
     /// As a Unix-epoch timestamp.
     pub fn to_timestamp(self) -> jiff::Timestamp {
-        jiff::Timestamp::new(
-            i64::from(self.secs) + EPICS_EPOCH_UNIX,
-            self.nanos.min(999_999_999) as i32,
-        )
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        epics_timestamp(self.secs, self.nanos)
     }
 
     /// LCLS's beam-synchronous pulse id, when the time stamp carries one.

@@ -18,6 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::time::{Duration, Instant};
 
 use beamflow_ca::client::{ClientConfig, MonitorEvent, monitor, parse_addr_list};
+use beamflow_ca::convert::numbers;
 use beamflow_ca::wire::DEFAULT_PORT;
 use beamflow_ca::{TimeValue, Values};
 use beamflow_protocol::streams::pv::PvFrame;
@@ -361,10 +362,6 @@ fn spawn_client(
         })
         .map_err(|error| SourceError::Config(format!("Channel Access thread: {error}")))?;
     Ok(())
-}
-
-fn numbers(values: &Values) -> Vec<f64> {
-    beamflow_ca::convert::numbers(values)
 }
 
 fn first_size(value: &TimeValue) -> Option<usize> {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use beamflow_ca::EpicsTime;
 use beamflow_protocol::StreamName;
 use beamflow_protocol::streams::pv::PvFrame;
 use serde::Deserialize;
@@ -40,9 +41,6 @@ pub enum ClockConfig {
 fn default_pulse_timeout() -> u64 {
     100
 }
-
-/// Low bits of the nanoseconds that carry the pulse id; all ones means "no beam".
-const PULSE_ID_MASK: u32 = 0x1FFFF;
 
 /// Pulses waiting for their streams at most; past it the oldest goes out as it is.
 const MAX_PENDING: usize = 1024;
@@ -125,11 +123,14 @@ impl EventClock {
                 Vec::new()
             }
             ClockConfig::PulseId { .. } => {
-                let id = frame.nanos & PULSE_ID_MASK;
-                if id == PULSE_ID_MASK || self.sent.contains(&id) {
+                let stamp = EpicsTime {
+                    secs: frame.secs,
+                    nanos: frame.nanos,
+                };
+                let Some(id) = stamp.pulse_id().filter(|id| !self.sent.contains(id)) else {
                     self.counts.unaligned += 1;
                     return Vec::new();
-                }
+                };
                 match self.pending.iter_mut().find(|p| p.id == id) {
                     Some(pulse) => {
                         pulse.frames.insert(stream, frame);

@@ -78,14 +78,19 @@ pub enum PvError {
     },
 }
 
+/// An EPICS time stamp (seconds past 1990-01-01 UTC, nanoseconds) as a Unix-epoch timestamp.
+pub fn epics_timestamp(secs: u32, nanos: u32) -> jiff::Timestamp {
+    jiff::Timestamp::new(
+        i64::from(secs) + EPICS_EPOCH_UNIX,
+        nanos.min(999_999_999) as i32,
+    )
+    .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
 impl PvFrame {
     /// The time stamp as a Unix-epoch timestamp.
     pub fn timestamp(&self) -> jiff::Timestamp {
-        jiff::Timestamp::new(
-            i64::from(self.secs) + EPICS_EPOCH_UNIX,
-            self.nanos.min(999_999_999) as i32,
-        )
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        epics_timestamp(self.secs, self.nanos)
     }
 
     /// The stream frames: `[header, values]`.
