@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use beamflow_ca::server::{PvStore, resolve_address};
 use beamflow_controller::ensemble::{Ensemble, Pacing};
 use beamflow_controller::http::{Shared, lock};
 use beamflow_controller::mapping::Sequence;
@@ -18,10 +19,12 @@ use beamflow_protocol::{IngesterName, Parameters, WorkerName, WorkerTag};
 use beamflow_reducer::Reducer;
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
+use beamflow_reducer::result_pvs::ResultPvs;
 use beamflow_workers::node::WorkerSettings;
 use beamflow_workers::process::Analyses;
 
 use crate::pipeline::Pipeline;
+use crate::sim_ioc::{SimIoc, SimIocConfig};
 
 struct Running {
     name: String,
@@ -37,6 +40,14 @@ pub struct Components {
     running: Vec<Running>,
     ensemble: Option<Shared>,
     view: Option<View>,
+    ca_servers: Vec<CaServer>,
+}
+
+/// A Channel Access server of this process: the address asked for, the one bound, its PVs.
+struct CaServer {
+    requested: SocketAddr,
+    bound: SocketAddr,
+    store: PvStore,
 }
 
 impl Components {
@@ -55,6 +66,7 @@ impl Components {
             running: Vec::new(),
             ensemble: None,
             view: None,
+            ca_servers: Vec::new(),
         })
     }
 
@@ -97,6 +109,54 @@ impl Components {
                 tracing::error!(%error, "{what} HTTP server failed");
             }
         });
+        Ok(bound)
+    }
+
+    /// The Channel Access server on `address` (`host` or `host:port`), started on first use:
+    /// one per process, as an IOC has, so the simulated injector and result PVs started here
+    /// share it. Returns its PVs and the address it bound.
+    pub fn ca_server(&mut self, address: &str) -> anyhow::Result<(PvStore, SocketAddr)> {
+        let requested = resolve_address(address)
+            .map_err(|why| anyhow::anyhow!("Channel Access server address: {why}"))?;
+        if let Some(server) = self.ca_servers.iter().find(|s| s.requested == requested) {
+            return Ok((server.store.clone(), server.bound));
+        }
+        let store = PvStore::new();
+        let server = self
+            .runtime
+            .block_on(beamflow_ca::server::Server::bind(requested, store.clone()))
+            .with_context(|| {
+                format!("cannot serve Channel Access on {requested} (set EPICS_CAS_SERVER_PORT for another port)")
+            })?;
+        let bound = server.local_addr()?;
+        let stop = self.http_stop.clone();
+        self.runtime.spawn(async move {
+            tokio::select! {
+                () = server.run() => {}
+                () = stop.notified() => {}
+            }
+        });
+        self.ca_servers.push(CaServer {
+            requested,
+            bound,
+            store: store.clone(),
+        });
+        Ok((store, bound))
+    }
+
+    /// Starts the simulated LCLS injector on the CA server at `address`; returns where it is
+    /// served.
+    pub fn start_sim_ioc(
+        &mut self,
+        address: &str,
+        config: SimIocConfig,
+    ) -> anyhow::Result<SocketAddr> {
+        let (store, bound) = self.ca_server(address)?;
+        let ioc = SimIoc::new(config, &store);
+        self.spawn("sim-ioc".to_owned(), move |stop| {
+            ioc.run(&stop);
+            Ok(())
+        })?;
         Ok(bound)
     }
 
@@ -162,6 +222,21 @@ impl Components {
         self.spawn("reducer".to_owned(), move |stop| {
             beamflow_reducer::node::run(&settings, &context, &thread_view, &stop).context("reducer")
         })?;
+        if let Some(config) = &pipeline.reducer.pvs {
+            let (store, bound) = self.ca_server(&config.server)?;
+            let mut pvs = ResultPvs::new(config, &store);
+            tracing::info!(server = %bound, pvs = pvs.names().count(), "Serving results as EPICS PVs.");
+            let period = Duration::from_secs_f64(1.0 / config.rate_hz.clamp(0.01, 1000.0));
+            let view = view.clone();
+            self.spawn("result-pvs".to_owned(), move |stop| {
+                while !stop.is_stopped() {
+                    pvs.update(&view.state());
+                    // Sampling the published state at the configured rate is the point.
+                    std::thread::sleep(period);
+                }
+                Ok(())
+            })?;
+        }
         self.view = Some(view);
         Ok(address)
     }

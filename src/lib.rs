@@ -5,6 +5,8 @@
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - [`components`]: starting components from it, in one process or one each.
+//! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 
 pub mod components;
 pub mod pipeline;
+pub mod sim_ioc;

@@ -27,6 +27,7 @@ use anyhow::Context;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_protocol::{AnalysisName, IngesterName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
+use beamflow_reducer::result_pvs::ResultPvsConfig;
 use beamflow_workers::AnalysisConfig;
 use serde::Deserialize;
 
@@ -113,6 +114,8 @@ pub struct ReducerSection {
     pub http: String,
     /// The address workers reach the reducer at (it binds a free port on it).
     pub host: String,
+    /// `[reducer.pvs]`: state paths served as EPICS PVs.
+    pub pvs: Option<ResultPvsConfig>,
 }
 
 impl Default for ReducerSection {
@@ -120,6 +123,7 @@ impl Default for ReducerSection {
         Self {
             http: "127.0.0.1:5001".to_owned(),
             host: "127.0.0.1".to_owned(),
+            pvs: None,
         }
     }
 }

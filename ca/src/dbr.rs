@@ -191,11 +191,7 @@ pub struct EpicsTime {
     pub nanos: u32,
 }
 
-/// Low bits of the nanoseconds that carry LCLS's pulse id.
-pub const PULSE_ID_MASK: u32 = 0x1FFFF;
-
-/// The pulse id of a time stamp without beam.
-pub const PULSE_ID_INVALID: u32 = 0x1FFFF;
+pub use beamflow_protocol::streams::pv::{PULSE_ID_INVALID, PULSE_ID_MASK};
 
 impl EpicsTime {
     /// The time stamp of a Unix-epoch timestamp (clamped to what CA can carry).
@@ -219,8 +215,7 @@ impl EpicsTime {
 
     /// LCLS's beam-synchronous pulse id, when the time stamp carries one.
     pub fn pulse_id(self) -> Option<u32> {
-        let id = self.nanos & PULSE_ID_MASK;
-        (id != PULSE_ID_INVALID).then_some(id)
+        beamflow_protocol::streams::pv::pulse_id(self.nanos)
     }
 
     /// This time stamp with `pulse_id` in the low 17 bits of its nanoseconds.

@@ -89,6 +89,26 @@ impl PvStore {
     }
 }
 
+/// The port a server binds when its address names none: `EPICS_CAS_SERVER_PORT`, else
+/// `EPICS_CA_SERVER_PORT`, else 5064, as EPICS servers choose it.
+pub fn default_port() -> u16 {
+    ["EPICS_CAS_SERVER_PORT", "EPICS_CA_SERVER_PORT"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok()?.trim().parse().ok())
+        .unwrap_or(wire::DEFAULT_PORT)
+}
+
+/// `host:port`, or a bare IP address on [`default_port`].
+pub fn resolve_address(spec: &str) -> Result<SocketAddr, String> {
+    let spec = spec.trim();
+    if let Ok(address) = spec.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    spec.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port()))
+        .map_err(|_| format!("{spec:?} is neither host:port nor an IP address"))
+}
+
 /// A bound server: its TCP address is also the UDP search port.
 pub struct Server {
     udp: UdpSocket,

@@ -247,7 +247,10 @@ mod tests {
                 let k = energy.quad_k(number(bctrl), length, plane);
                 let m = drift.then_after(Matrix::thick_quad(k, length));
                 let ours = beam.transport(m).rms_size();
-                assert!(relative(ours, number(size)) < 1e-12, "{key} {bctrl}: {ours} vs {size}");
+                assert!(
+                    relative(ours, number(size)) < 1e-12,
+                    "{key} {bctrl}: {ours} vs {size}"
+                );
             }
             let twiss = beam.twiss().expect("a beam");
             assert!(relative(twiss.beta, number(&truth["beta"])) < 1e-12);

@@ -141,4 +141,32 @@ impl NdArray {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+
+    /// The elements as f64 (64-bit integers beyond 2^53 are rounded).
+    pub fn to_f64(&self) -> Vec<f64> {
+        macro_rules! read {
+            ($t:ty) => {
+                self.data
+                    .chunks_exact(std::mem::size_of::<$t>())
+                    .map(|b| {
+                        let mut raw = [0u8; std::mem::size_of::<$t>()];
+                        raw.copy_from_slice(b);
+                        <$t>::from_le_bytes(raw) as f64
+                    })
+                    .collect()
+            };
+        }
+        match self.dtype {
+            DType::Uint8 => read!(u8),
+            DType::Uint16 => read!(u16),
+            DType::Uint32 => read!(u32),
+            DType::Uint64 => read!(u64),
+            DType::Int8 => read!(i8),
+            DType::Int16 => read!(i16),
+            DType::Int32 => read!(i32),
+            DType::Int64 => read!(i64),
+            DType::Float32 => read!(f32),
+            DType::Float64 => read!(f64),
+        }
+    }
 }

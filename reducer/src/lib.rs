@@ -11,12 +11,14 @@
 //!   results applied in event order.
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
+//! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
 
 pub mod accumulators;
 pub mod http;
 pub mod live;
 pub mod node;
 pub mod order;
+pub mod result_pvs;
 
 use std::collections::BTreeMap;
 

@@ -15,6 +15,18 @@ pub const TYP: &str = "EPICS_PV";
 /// Seconds from the Unix epoch to the EPICS epoch (1990-01-01 UTC).
 pub const EPICS_EPOCH_UNIX: i64 = 631_152_000;
 
+/// Low bits of a CA time stamp's nanoseconds that carry LCLS's pulse id.
+pub const PULSE_ID_MASK: u32 = 0x1FFFF;
+
+/// The pulse id of a time stamp without beam.
+pub const PULSE_ID_INVALID: u32 = 0x1FFFF;
+
+/// LCLS's beam-synchronous pulse id in a time stamp's nanoseconds, when it carries one.
+pub fn pulse_id(nanos: u32) -> Option<u32> {
+    let id = nanos & PULSE_ID_MASK;
+    (id != PULSE_ID_INVALID).then_some(id)
+}
+
 /// One PV value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PvFrame {

@@ -1,10 +1,12 @@
 //! `frame_stats`: per stream and frame, the image's shape, sum, mean, min and max.
 //!
-//! The template analysis: small on purpose. Streams whose `typ` it cannot read are skipped, STINS
-//! header and end messages give no statistics, and an event with no image gives no output.
+//! The template analysis: small on purpose. It reads STINS images and EPICS PV images (PV
+//! scalars and waveforms only when listed in `streams`); streams of other types are skipped,
+//! STINS header and end messages give no statistics, and an event with no image gives no output.
 
 use std::collections::BTreeMap;
 
+use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::streams::stins::{self, StinsMessage};
 use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName};
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,7 @@ pub struct FrameStatsConfig {
 /// Statistics of one frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
-    /// The source's frame index (STINS `frame`).
+    /// The source's frame index (STINS `frame`; for a PV, the event number).
     pub frame: u64,
     /// Dimensions, slowest first.
     pub shape: Vec<usize>,
@@ -70,15 +72,29 @@ impl Analysis for FrameStats {
             {
                 continue;
             }
-            if stream.typ.as_str() != stins::TYP {
-                continue;
-            }
-            let message = stins::parse(stream).map_err(|error| AnalysisError::Stins {
-                stream: name.clone(),
-                error,
-            })?;
-            if let StinsMessage::Image { frame, data, .. } = message {
-                output.insert(name.clone(), vec![stats(frame, &data)]);
+            match stream.typ.as_str() {
+                stins::TYP => {
+                    let message = stins::parse(stream).map_err(|error| AnalysisError::Stins {
+                        stream: name.clone(),
+                        error,
+                    })?;
+                    if let StinsMessage::Image { frame, data, .. } = message {
+                        output.insert(name.clone(), vec![stats(frame, &data)]);
+                    }
+                }
+                pv::TYP => {
+                    let frame = PvFrame::parse(&stream.frames).map_err(|error| {
+                        AnalysisError::Invalid(format!("stream {name}: {error}"))
+                    })?;
+                    // Scalars and waveforms are values, not frames: only images unless listed.
+                    if frame.value.shape().len() >= 2 || self.config.streams.is_some() {
+                        output.insert(
+                            name.clone(),
+                            vec![stats(event.event_number.0, &frame.value)],
+                        );
+                    }
+                }
+                _ => {}
             }
         }
         Ok((!output.is_empty()).then_some(output))
@@ -277,5 +293,45 @@ mod tests {
             &NdArray::new(vec![0, 4], DType::Uint8, Bytes::new()).unwrap(),
         );
         assert!(empty.mean.is_nan() && empty.min.is_nan());
+    }
+
+    #[test]
+    fn pv_images_count_and_pv_scalars_only_when_listed() {
+        use beamflow_protocol::streams::pv::PvFrame;
+        let pv = |shape: Vec<usize>, values: &[u16]| {
+            PvFrame {
+                pv: "CAM:Image:ArrayData".to_owned(),
+                status: 0,
+                severity: 0,
+                secs: 1,
+                nanos: 2,
+                value: NdArray::new(
+                    shape,
+                    DType::Uint16,
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+                .unwrap(),
+            }
+            .stream()
+        };
+        let mut event = EventData::new(EventNumber(5));
+        event
+            .streams
+            .insert("image".into(), pv(vec![2, 2], &[1, 2, 3, 10]));
+        event.streams.insert("scalar".into(), pv(vec![], &[4]));
+        let all = FrameStats::new(FrameStatsConfig::default())
+            .process_event(&event, &Parameters::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), [&StreamName::from("image")]);
+        let image = &all[&StreamName::from("image")][0];
+        assert_eq!((image.frame, image.sum, image.max), (5, 16.0, 10.0));
+        let listed = FrameStats::new(FrameStatsConfig {
+            streams: Some(vec!["scalar".into()]),
+        })
+        .process_event(&event, &Parameters::default())
+        .unwrap()
+        .unwrap();
+        assert_eq!(listed[&StreamName::from("scalar")][0].sum, 4.0);
     }
 }

@@ -4,6 +4,7 @@
 //! then add one variant here and one arm in [`AnalysisConfig::build`].
 
 pub mod frame_stats;
+pub mod pv_values;
 
 use serde::Deserialize;
 
@@ -15,6 +16,8 @@ use crate::DynAnalysis;
 pub enum AnalysisConfig {
     /// Per stream and frame: shape, sum, mean, min, max.
     FrameStats(frame_stats::FrameStatsConfig),
+    /// EPICS PV values with alarm and time stamp.
+    PvValues(pv_values::PvValuesConfig),
 }
 
 impl AnalysisConfig {
@@ -24,6 +27,7 @@ impl AnalysisConfig {
             AnalysisConfig::FrameStats(config) => {
                 Box::new(frame_stats::FrameStats::new(config.clone()))
             }
+            AnalysisConfig::PvValues(config) => Box::new(pv_values::PvValues::new(config.clone())),
         }
     }
 
@@ -31,6 +35,7 @@ impl AnalysisConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             AnalysisConfig::FrameStats(_) => "frame_stats",
+            AnalysisConfig::PvValues(_) => "pv_values",
         }
     }
 }

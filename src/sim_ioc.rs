@@ -1,0 +1,574 @@
+//! `beamflow sim-ioc`: a simulated LCLS injector served over Channel Access by beamflow's own
+//! CA server, so the whole EPICS path runs with nothing else installed.
+//!
+//! - The 15 injector inputs of `physics.md` §1.2 (solenoid, quads, correctors, L0A/L0B phases)
+//!   move as lume-visualizations' fake IOC moves them: centre + A·sin(2πt/period + phase) +
+//!   uniform noise, clamped to the trained range. Magnets (`…:BCTRL`) also serve a `…:BACT`.
+//! - The scan quad `QUAD:IN20:525:BCTRL` (QE04) is writable and holds its setting; its `BACT`
+//!   ramps to it at [`RAMP_KG_PER_S`].
+//! - The OTR2 screen `OTRS:IN20:571` shows the beam of the quad-scan reference dataset
+//!   (`../shared/data/quadscan/reference.json`: 135 MeV, thick 0.108 m quad, 2.26 m drift, the
+//!   truth Twiss below) at the current `BACT`: a Gaussian spot on a 640×480 12-bit image with a
+//!   pedestal and read noise, plus `XRMS`/`YRMS`, the true rms sizes in µm.
+//!
+//! Every value of one shot (image, counter, sizes, QE04 readback) carries the same CA time
+//! stamp, with an LCLS-style pulse id (360 Hz count) in the low 17 bits of its nanoseconds.
+//!
+//! The IOC binds loopback by default: simulated PVs named like the real machine's must not
+//! answer searches on a control-room network.
+
+use std::f64::consts::PI;
+use std::time::{Duration, Instant};
+
+use beamflow_ca::server::PvStore;
+use beamflow_ca::{EpicsTime, TimeValue, Values};
+use beamflow_net::Stop;
+use beamflow_optics::{BeamMatrix, Energy, Matrix, Plane, Twiss};
+
+/// The scan quad's setpoint.
+pub const SCAN_QUAD: &str = "QUAD:IN20:525:BCTRL";
+/// The scan quad's readback.
+pub const SCAN_QUAD_READBACK: &str = "QUAD:IN20:525:BACT";
+/// The OTR2 screen's PV prefix.
+pub const SCREEN: &str = "OTRS:IN20:571";
+
+/// How fast the scan quad's readback follows its setpoint, kG/s.
+pub const RAMP_KG_PER_S: f64 = 5.0;
+/// OTR2's pixel size, µm (virtual-accelerator's profile monitor table).
+pub const PIXEL_UM: f64 = 12.66;
+/// Camera counts at the image's dark level.
+pub const PEDESTAL: f64 = 100.0;
+/// Read noise, counts rms.
+pub const READ_NOISE: f64 = 4.0;
+/// Counts in the whole spot: peaks stay below 12 bits at the reference scan's waist.
+pub const SPOT_COUNTS: f64 = 300_000.0;
+/// The camera's largest count (12 bits).
+pub const FULL_SCALE: f64 = 4095.0;
+
+/// The beam at the scan quad's entrance and the optics to the screen, from the quad-scan
+/// reference dataset.
+const ENERGY: Energy = Energy { total_ev: 135.0e6 };
+const QUAD_LENGTH_M: f64 = 0.108;
+const DRIFT_TO_SCREEN_M: f64 = 2.26;
+const TRUTH_X: (f64, f64, f64) = (0.5e-6, 10.0, -1.0);
+const TRUTH_Y: (f64, f64, f64) = (0.4e-6, 4.0, 2.5);
+
+/// An injector input of `physics.md` §1.2: name, model default, trained range, period (s).
+struct Input {
+    name: &'static str,
+    default: f64,
+    min: f64,
+    max: f64,
+    period_s: f64,
+}
+
+const INPUTS: [Input; 15] = [
+    input("SOLN:IN20:121:BCTRL", 0.47797, 0.37741, 0.49838, 29.0),
+    input("QUAD:IN20:121:BCTRL", -0.0014992, -0.020984, 0.020999, 17.0),
+    input("QUAD:IN20:122:BCTRL", -0.0006873, -0.020999, 0.020999, 21.0),
+    input("ACCL:IN20:300:L0A_PDES", -9.53597, -24.9987, 9.9918, 37.0),
+    input("ACCL:IN20:400:L0B_PDES", 9.85566, -24.9997, 9.9989, 33.0),
+    input("QUAD:IN20:361:BCTRL", -2.00059, -4.31805, -1.08004, 27.0),
+    input("QUAD:IN20:371:BCTRL", 2.00059, 1.09135, 4.30968, 25.0),
+    input("QUAD:IN20:425:BCTRL", -1.08076, -7.55976, -1.08076, 35.0),
+    input("QUAD:IN20:441:BCTRL", -0.17939, -1.07822, 7.55988, 22.0),
+    input("QUAD:IN20:511:BCTRL", 2.85217, -1.07925, 7.55829, 39.0),
+    input(SCAN_QUAD, -3.21840, -7.55793, -1.08003, 15.0),
+    // Bmad inputs without a trained range: the fake IOC swings them ±25 %.
+    input(
+        "QUAD:IN20:631:BCTRL",
+        7.33536,
+        7.33536 * 0.75,
+        7.33536 * 1.25,
+        1.0,
+    ),
+    input(
+        "QUAD:IN20:651:BCTRL",
+        -5.82109,
+        -5.82109 * 1.25,
+        -5.82109 * 0.75,
+        29.0,
+    ),
+    input("XCOR:IN20:641:BCTRL", 0.0, 0.0, 0.0, 1.0),
+    input("YCOR:IN20:642:BCTRL", 0.0, 0.0, 0.0, 1.0),
+];
+
+const fn input(name: &'static str, default: f64, min: f64, max: f64, period_s: f64) -> Input {
+    Input {
+        name,
+        default,
+        min,
+        max,
+        period_s,
+    }
+}
+
+/// An input's motion, by the fake IOC's rule: the swing is 0.45 of the room on the near side of
+/// the default; where that room is under 15 % of the half range, the centre moves to mid-range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Motion {
+    centre: f64,
+    amplitude: f64,
+    phase: f64,
+}
+
+impl Motion {
+    fn of(input: &Input, index: usize) -> Self {
+        let half_span = (input.max - input.min) / 2.0;
+        let mut centre = input.default;
+        let mut room = (input.default - input.min).min(input.max - input.default);
+        if room < 0.15 * half_span {
+            centre = (input.min + input.max) / 2.0;
+            room = half_span;
+        }
+        Self {
+            centre,
+            amplitude: 0.45 * room,
+            // The fake IOC's phases: 1.0 to 5.6 rad in table order.
+            phase: 1.0 + index as f64 * 4.6 / (INPUTS.len() - 1) as f64,
+        }
+    }
+}
+
+/// How fast the simulation publishes.
+#[derive(Debug, Clone)]
+pub struct SimIocConfig {
+    /// OTR2 images per second.
+    pub image_rate_hz: f64,
+    /// Updates of the moving injector inputs per second.
+    pub input_rate_hz: f64,
+    /// Image width and height, pixels.
+    pub shape: [usize; 2],
+}
+
+impl Default for SimIocConfig {
+    fn default() -> Self {
+        Self {
+            image_rate_hz: 10.0,
+            input_rate_hz: 2.0,
+            shape: [640, 480],
+        }
+    }
+}
+
+/// The simulated injector: its PVs live in a [`PvStore`] that a CA server serves.
+pub struct SimIoc {
+    config: SimIocConfig,
+    store: PvStore,
+    motions: Vec<Motion>,
+    random: SplitMix,
+    noise: Vec<f32>,
+    started: Instant,
+    quad_setpoint: f64,
+    quad_readback: f64,
+    ramped_at: Instant,
+    shots: u64,
+}
+
+/// Pulse ids count at LCLS's 360 Hz base rate.
+const PULSE_RATE_HZ: f64 = 360.0;
+
+impl SimIoc {
+    /// Adds the injector's PVs to `store` with their first values.
+    pub fn new(config: SimIocConfig, store: &PvStore) -> Self {
+        let now = Instant::now();
+        let stamp = EpicsTime::now();
+        let motions: Vec<Motion> = INPUTS
+            .iter()
+            .enumerate()
+            .map(|(i, input)| Motion::of(input, i))
+            .collect();
+        for input in &INPUTS {
+            let writable = input.name == SCAN_QUAD;
+            store.add(input.name, double(input.default, stamp), 1, writable);
+            if let Some(readback) = readback_name(input.name) {
+                store.add(&readback, double(input.default, stamp), 1, false);
+            }
+        }
+        let [width, height] = config.shape;
+        let pixels = width * height;
+        for (suffix, value) in [
+            ("Image:ArraySize0_RBV", width as f64),
+            ("Image:ArraySize1_RBV", height as f64),
+        ] {
+            store.add(
+                &format!("{SCREEN}:{suffix}"),
+                long(value as i32, stamp),
+                1,
+                false,
+            );
+        }
+        store.add(
+            &format!("{SCREEN}:Image:ArrayCounter_RBV"),
+            long(0, stamp),
+            1,
+            false,
+        );
+        store.add(
+            &format!("{SCREEN}:RESOLUTION"),
+            double(PIXEL_UM, stamp),
+            1,
+            false,
+        );
+        store.add(&format!("{SCREEN}:XRMS"), double(f64::NAN, stamp), 1, false);
+        store.add(&format!("{SCREEN}:YRMS"), double(f64::NAN, stamp), 1, false);
+        store.add(
+            &format!("{SCREEN}:Image:ArrayData"),
+            TimeValue {
+                status: 0,
+                severity: 0,
+                stamp,
+                values: Values::Short(vec![0; pixels]),
+            },
+            pixels,
+            false,
+        );
+        let mut random = SplitMix(2719);
+        // One table of normal deviates, read from a random offset per image: rendering stays
+        // well under a millisecond per frame, and noise differs frame to frame.
+        let noise = (0..(1 << 20)).map(|_| random.normal() as f32).collect();
+        let default = INPUTS
+            .iter()
+            .find(|i| i.name == SCAN_QUAD)
+            .map_or(0.0, |i| i.default);
+        Self {
+            config,
+            store: store.clone(),
+            motions,
+            random,
+            noise,
+            started: now,
+            quad_setpoint: default,
+            quad_readback: default,
+            ramped_at: now,
+            shots: 0,
+        }
+    }
+
+    /// Publishes until `stop` is raised.
+    pub fn run(mut self, stop: &Stop) {
+        let image_period = period(self.config.image_rate_hz);
+        let input_period = period(self.config.input_rate_hz);
+        let mut next_image = Instant::now();
+        let mut next_inputs = next_image;
+        while !stop.is_stopped() {
+            let now = Instant::now();
+            if now >= next_inputs {
+                self.move_inputs(now);
+                next_inputs = next_due(next_inputs, input_period, now);
+            }
+            if now >= next_image {
+                self.shoot(now);
+                next_image = next_due(next_image, image_period, now);
+            }
+            let wake = next_image.min(next_inputs);
+            // Pacing a simulator; 100 ms at most so a stop is seen promptly.
+            std::thread::sleep(
+                wake.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            );
+        }
+    }
+
+    /// The time stamp of `now`, with the pulse id of `now` since the start.
+    fn stamp(&self, now: Instant) -> EpicsTime {
+        let pulses = (now - self.started).as_secs_f64() * PULSE_RATE_HZ;
+        let id = (pulses as u64 % u64::from(beamflow_ca::dbr::PULSE_ID_INVALID)) as u32;
+        EpicsTime::now().with_pulse_id(id)
+    }
+
+    /// Moves every injector input but the scan quad.
+    pub fn move_inputs(&mut self, now: Instant) {
+        let stamp = self.stamp(now);
+        let t = (now - self.started).as_secs_f64();
+        for (input, motion) in INPUTS.iter().zip(&self.motions) {
+            if input.name == SCAN_QUAD {
+                continue;
+            }
+            let jitter = 0.03 * motion.amplitude * (self.random.uniform() - 0.5);
+            let value = (motion.centre
+                + motion.amplitude * (2.0 * PI * t / input.period_s + motion.phase).sin()
+                + jitter)
+                .clamp(input.min, input.max);
+            self.store.post(input.name, double(value, stamp));
+            if let Some(readback) = readback_name(input.name) {
+                self.store.post(&readback, double(value, stamp));
+            }
+        }
+    }
+
+    /// One shot: follows the scan quad's setpoint, renders the screen, posts the image, its
+    /// counter, the true sizes and the readback, all with one time stamp.
+    pub fn shoot(&mut self, now: Instant) {
+        let stamp = self.stamp(now);
+        if let Some(setpoint) = self
+            .store
+            .value(SCAN_QUAD)
+            .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied())
+            .filter(|v| v.is_finite())
+        {
+            self.quad_setpoint = setpoint;
+        }
+        let step = RAMP_KG_PER_S * (now - self.ramped_at).as_secs_f64();
+        self.ramped_at = now;
+        self.quad_readback += (self.quad_setpoint - self.quad_readback).clamp(-step, step);
+        let (x_m, y_m) = screen_sizes(self.quad_readback);
+        let image = self.render(x_m * 1e6 / PIXEL_UM, y_m * 1e6 / PIXEL_UM);
+        self.shots += 1;
+        let at = |values| TimeValue {
+            status: 0,
+            severity: 0,
+            stamp,
+            values,
+        };
+        self.store.post(
+            &format!("{SCREEN}:Image:ArrayData"),
+            at(Values::Short(image)),
+        );
+        self.store.post(
+            &format!("{SCREEN}:Image:ArrayCounter_RBV"),
+            at(Values::Long(vec![self.shots as i32])),
+        );
+        self.store
+            .post(&format!("{SCREEN}:XRMS"), double(x_m * 1e6, stamp));
+        self.store
+            .post(&format!("{SCREEN}:YRMS"), double(y_m * 1e6, stamp));
+        self.store
+            .post(SCAN_QUAD_READBACK, double(self.quad_readback, stamp));
+    }
+
+    /// A Gaussian spot of rms `sigma_x` × `sigma_y` pixels near the centre, on the pedestal,
+    /// with read noise, rounded and clipped to the 12-bit range; row-major, as the camera sends
+    /// it (raw u16 bits in DBR_SHORT, as caproto serves them).
+    fn render(&mut self, sigma_x: f64, sigma_y: f64) -> Vec<i16> {
+        let [width, height] = self.config.shape;
+        // A little pointing jitter, as a real beam has.
+        let x0 = width as f64 / 2.0 + 0.3 * self.random.normal();
+        let y0 = height as f64 / 2.0 + 0.3 * self.random.normal();
+        let peak = SPOT_COUNTS / (2.0 * PI * sigma_x * sigma_y);
+        let profile = |n: usize, centre: f64, sigma: f64| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let u = (i as f64 - centre) / sigma;
+                    (-0.5 * u * u).exp() as f32
+                })
+                .collect()
+        };
+        let gx = profile(width, x0, sigma_x);
+        let gy = profile(height, y0, sigma_y);
+        let mask = self.noise.len() - 1;
+        let offset = self.random.next() as usize & mask;
+        let mut image = Vec::with_capacity(width * height);
+        for (row, &y) in gy.iter().enumerate() {
+            let row_peak = peak as f32 * y;
+            let base = offset + row * width;
+            for (col, &x) in gx.iter().enumerate() {
+                let noise = self.noise[(base + col) & mask];
+                let counts = PEDESTAL as f32 + row_peak * x + READ_NOISE as f32 * noise;
+                image.push(counts.round().clamp(0.0, FULL_SCALE as f32) as u16 as i16);
+            }
+        }
+        image
+    }
+}
+
+/// The true rms beam sizes (x, y) on OTR2, m, with the scan quad at `bact_kg`.
+pub fn screen_sizes(bact_kg: f64) -> (f64, f64) {
+    let size = |plane: Plane, (norm_emit, beta, alpha): (f64, f64, f64)| {
+        let beam = BeamMatrix::from_twiss(Twiss {
+            emittance: norm_emit / ENERGY.beta_gamma(),
+            beta,
+            alpha,
+        });
+        let k = ENERGY.quad_k(bact_kg, QUAD_LENGTH_M, plane);
+        let optics =
+            Matrix::drift(DRIFT_TO_SCREEN_M).then_after(Matrix::thick_quad(k, QUAD_LENGTH_M));
+        beam.transport(optics).rms_size()
+    };
+    (size(Plane::X, TRUTH_X), size(Plane::Y, TRUTH_Y))
+}
+
+fn readback_name(name: &str) -> Option<String> {
+    name.strip_suffix(":BCTRL")
+        .map(|base| format!("{base}:BACT"))
+}
+
+fn double(value: f64, stamp: EpicsTime) -> TimeValue {
+    TimeValue {
+        status: 0,
+        severity: 0,
+        stamp,
+        values: Values::Double(vec![value]),
+    }
+}
+
+fn long(value: i32, stamp: EpicsTime) -> TimeValue {
+    TimeValue {
+        status: 0,
+        severity: 0,
+        stamp,
+        values: Values::Long(vec![value]),
+    }
+}
+
+fn period(rate_hz: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate_hz.max(1e-3))
+}
+
+/// The next slot after `due`; a simulator that fell behind skips slots instead of bursting.
+fn next_due(due: Instant, period: Duration, now: Instant) -> Instant {
+    let next = due + period;
+    if next < now { now + period } else { next }
+}
+
+/// SplitMix64: a small, fast, seedable generator; the simulation needs noise, not cryptography.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.uniform();
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (2.0 * PI * v).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/quadscan/reference.json"
+        );
+        let text = std::fs::read_to_string(path).expect("the shared reference dataset");
+        serde_json::from_str(&text).expect("valid JSON")
+    }
+
+    #[test]
+    fn screen_sizes_are_the_reference_datasets() {
+        let reference = reference();
+        let settings = reference["scan"]["bctrl_kG"].as_array().expect("settings");
+        for (i, setting) in settings.iter().enumerate() {
+            let (x, y) = screen_sizes(setting.as_f64().expect("a number"));
+            for (ours, key) in [(x, "x"), (y, "y")] {
+                let truth = reference["exact_sizes_m"][key][i].as_f64().expect("a size");
+                assert!(
+                    ((ours - truth) / truth).abs() < 1e-9,
+                    "{key}[{i}]: {ours} vs {truth}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn inputs_move_as_the_fake_iocs_table_says() {
+        // Centres and amplitudes of physics.md §1.2's table.
+        let expected = [
+            ("SOLN:IN20:121:BCTRL", 0.4780, 0.00918),
+            ("ACCL:IN20:400:L0B_PDES", -7.50, 7.87),
+            ("QUAD:IN20:425:BCTRL", -4.32, 1.46),
+            ("QUAD:IN20:631:BCTRL", 7.33536, 0.825),
+            ("QUAD:IN20:525:BCTRL", -3.2184, 0.962),
+        ];
+        for (name, centre, amplitude) in expected {
+            let index = INPUTS.iter().position(|i| i.name == name).expect("listed");
+            let motion = Motion::of(&INPUTS[index], index);
+            assert!((motion.centre - centre).abs() < 0.006, "{name}: {motion:?}");
+            assert!(
+                (motion.amplitude - amplitude).abs() / amplitude < 0.006,
+                "{name}: {motion:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rendered_spot_has_the_true_size_and_stays_in_twelve_bits() {
+        let store = PvStore::new();
+        let mut ioc = SimIoc::new(SimIocConfig::default(), &store);
+        let (sigma_x, sigma_y) = (20.0, 9.0);
+        let image = ioc.render(sigma_x, sigma_y);
+        let [width, height] = [640usize, 480];
+        assert_eq!(image.len(), width * height);
+        assert!(image.iter().all(|&p| (0..=4095).contains(&p)));
+        // Second moments of the pedestal-subtracted projections within ±5σ: over the whole
+        // frame, read noise alone would move them by tens of per cent.
+        let (cols, rows) = (320 - 100..320 + 100, 240 - 45..240 + 45);
+        let mut px = vec![0.0; width];
+        let mut py = vec![0.0; height];
+        for (i, &p) in image.iter().enumerate() {
+            let (col, row) = (i % width, i / width);
+            if cols.contains(&col) && rows.contains(&row) {
+                let signal = f64::from(p) - PEDESTAL;
+                px[col] += signal;
+                py[row] += signal;
+            }
+        }
+        let rms = |profile: &[f64]| {
+            let total: f64 = profile.iter().sum();
+            let mean = profile
+                .iter()
+                .enumerate()
+                .map(|(i, v)| i as f64 * v)
+                .sum::<f64>()
+                / total;
+            let var = profile
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as f64 - mean).powi(2) * v)
+                .sum::<f64>()
+                / total;
+            (total, var.sqrt())
+        };
+        let (total, x) = rms(&px);
+        let (_, y) = rms(&py);
+        assert!((total - SPOT_COUNTS).abs() / SPOT_COUNTS < 0.01, "{total}");
+        assert!((x - sigma_x).abs() / sigma_x < 0.02, "{x}");
+        assert!((y - sigma_y).abs() / sigma_y < 0.02, "{y}");
+    }
+
+    #[test]
+    fn the_readback_ramps_to_a_written_setpoint_and_the_screen_follows() {
+        let store = PvStore::new();
+        let mut ioc = SimIoc::new(SimIocConfig::default(), &store);
+        store.post(SCAN_QUAD, double(2.5, EpicsTime::now()));
+        let start = ioc.ramped_at;
+        ioc.shoot(start + Duration::from_millis(100));
+        let readback = |store: &PvStore, name: &str| {
+            store
+                .value(name)
+                .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied())
+                .expect("a value")
+        };
+        let moved = readback(&store, SCAN_QUAD_READBACK);
+        assert!((moved - (-3.2184 + 0.5)).abs() < 1e-9, "{moved}");
+        ioc.shoot(start + Duration::from_secs(3));
+        assert_eq!(readback(&store, SCAN_QUAD_READBACK), 2.5);
+        let (x, y) = screen_sizes(2.5);
+        assert!((readback(&store, "OTRS:IN20:571:XRMS") - x * 1e6).abs() < 1e-9);
+        assert!((readback(&store, "OTRS:IN20:571:YRMS") - y * 1e6).abs() < 1e-9);
+        assert_eq!(
+            readback(&store, "OTRS:IN20:571:Image:ArrayCounter_RBV"),
+            2.0
+        );
+        let image = store
+            .value("OTRS:IN20:571:Image:ArrayData")
+            .expect("an image");
+        let stamp = store.value("OTRS:IN20:571:XRMS").expect("a size").stamp;
+        assert_eq!(image.stamp, stamp, "one time stamp per shot");
+    }
+}
