@@ -2,6 +2,7 @@
 //! them all in one process and `beamflow controller|ingester|worker|reducer` hold one each,
 //! with the same code. HTTP servers share one small tokio runtime.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,11 +12,11 @@ use anyhow::Context as _;
 use beamflow_ca::server::{PvStore, resolve_address};
 use beamflow_controller::ensemble::{Ensemble, Pacing};
 use beamflow_controller::http::{Shared, lock};
-use beamflow_controller::mapping::Sequence;
+use beamflow_controller::mapping::{GENERIC_TAG, Part, Sequence, Slot, VirtualWorker};
 use beamflow_controller::node::ControlSocket;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::Stop;
-use beamflow_protocol::{IngesterName, Parameters, WorkerName, WorkerTag};
+use beamflow_protocol::{IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::Reducer;
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
@@ -339,8 +340,8 @@ impl Components {
     }
 
     /// Once every component is connected, starts a scan of `events` events over every
-    /// ingester's streams, each event on any worker (wrapped in start and end events). Returns
-    /// the scan's uuid.
+    /// ingester's streams, each event on any worker (wrapped in start and end events when a
+    /// source brackets its series). Returns the scan's uuid.
     pub fn start_scan_when_connected(
         &self,
         pipeline: &Pipeline,
@@ -351,15 +352,38 @@ impl Components {
             .ensemble
             .as_ref()
             .context("no controller runs in this process")?;
-        let slots: Vec<serde_json::Value> = (0..events)
-            .map(|i| serde_json::json!([{ "constraint": i }]))
-            .collect();
-        let part: serde_json::Map<String, serde_json::Value> = streams
-            .into_iter()
-            .map(|stream| (stream, serde_json::Value::Array(slots.clone())))
-            .collect();
-        let body = serde_json::json!({"parts": {"main": part}, "sequence": ["main"]});
-        let sequence = Sequence::from_json(body.to_string().as_bytes(), true)?;
+        // One part of up to 1000 events, repeated: the controller stores a repeated part once,
+        // so a day-long live scan costs what a thousand events do.
+        const PART: u64 = 1000;
+        let part = |length: u64| -> Part {
+            let slots: Vec<Slot> = (0..length)
+                .map(|i| {
+                    Slot::Workers(vec![VirtualWorker {
+                        tags: [WorkerTag::from(GENERIC_TAG)].into(),
+                        constraint: Some(i),
+                    }])
+                })
+                .collect();
+            streams
+                .iter()
+                .map(|stream| (StreamName::from(stream.as_str()), slots.clone()))
+                .collect()
+        };
+        let mut parts = BTreeMap::new();
+        let mut sequence = Vec::new();
+        if events >= PART {
+            parts.insert("main".to_owned(), part(PART));
+            sequence.extend(std::iter::repeat_n(
+                "main".to_owned(),
+                (events / PART) as usize,
+            ));
+        }
+        if events % PART > 0 {
+            parts.insert("rest".to_owned(), part(events % PART));
+            sequence.push("rest".to_owned());
+        }
+        let wrap = pipeline.ingesters.values().any(|i| i.brackets_series());
+        let sequence = Sequence::new(parts, sequence, wrap)?;
         Ok(lock(ensemble).start(sequence, std::time::Instant::now())?)
     }
 

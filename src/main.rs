@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use beamflow::components::Components;
 use beamflow::pipeline::Pipeline;
+use beamflow::sim_ioc::SimIocConfig;
+use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
 use beamflow_protocol::WorkerTag;
 use beamflow_reducer::http::View;
@@ -43,13 +45,17 @@ enum Command {
     Reducer(ReducerArgs),
     /// Replay recorded .cbors dumps through a pipeline's analyses and accumulators.
     Replay(ReplayArgs),
+    /// A simulated LCLS injector served over Channel Access: moving magnets, a settable scan
+    /// quad (QUAD:IN20:525:BCTRL), an OTR2 camera and its true beam sizes.
+    SimIoc(SimIocArgs),
 }
 
-/// The embedded default pipeline (`examples/sim.toml`).
-const DEFAULT_PIPELINE: &str = include_str!("../examples/sim.toml");
+/// The embedded default pipeline (`examples/injector.toml`): the simulated injector over CA.
+const DEFAULT_PIPELINE: &str = include_str!("../examples/injector.toml");
 
-/// Events in the scan `beamflow run` starts by itself without a pipeline file.
-const DEFAULT_EVENTS: u64 = 100_000;
+/// Events in the scan `beamflow run` starts by itself without a pipeline file: a day of OTR2
+/// images at 10 Hz.
+const DEFAULT_EVENTS: u64 = 1_000_000;
 
 #[derive(Args)]
 struct RunArgs {
@@ -69,6 +75,29 @@ struct RunArgs {
     /// The control socket (overrides the pipeline file), e.g. tcp://127.0.0.1:0.
     #[arg(long, value_name = "ENDPOINT")]
     control: Option<String>,
+    /// Also start the simulated injector (always, without --pipeline); `epics_ca` ingesters
+    /// with no addr_list watch it.
+    #[arg(long)]
+    sim_ioc: bool,
+    /// Where this process serves Channel Access (the simulated injector; result PVs that name
+    /// the same address share it): host or host:port.
+    #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
+    ca_server: String,
+}
+
+#[derive(Args)]
+struct SimIocArgs {
+    /// Where to serve Channel Access: host or host:port (port default: EPICS_CAS_SERVER_PORT,
+    /// EPICS_CA_SERVER_PORT or 5064). Loopback by default: simulated PVs with the machine's
+    /// names must not answer searches on a control-room network.
+    #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
+    address: String,
+    /// OTR2 images per second.
+    #[arg(long, default_value_t = 10.0)]
+    image_rate: f64,
+    /// Updates of the moving injector inputs per second.
+    #[arg(long, default_value_t = 2.0)]
+    input_rate: f64,
 }
 
 #[derive(Args)]
@@ -191,6 +220,7 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
         Command::Worker(args) => worker(args),
         Command::Reducer(args) => reducer(args),
         Command::Replay(args) => replay(args, progress),
+        Command::SimIoc(args) => sim_ioc(args),
     }
 }
 
@@ -212,6 +242,18 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         pipeline.reducer.http = http;
     }
     let mut components = Components::new()?;
+    if args.sim_ioc || args.pipeline.is_none() {
+        let served = components.start_sim_ioc(&args.ca_server, SimIocConfig::default())?;
+        let reach = reachable(served);
+        for ingester in pipeline.ingesters.values_mut() {
+            if let IngesterConfig::EpicsCa(config) = ingester {
+                config.addr_list.get_or_insert_with(|| reach.clone());
+            }
+        }
+        eprintln!(
+            "Simulated LCLS injector on Channel Access {served}: EPICS_CA_ADDR_LIST={reach} EPICS_CA_AUTO_ADDR_LIST=NO caget OTRS:IN20:571:XRMS"
+        );
+    }
     let (_, rest, state) = components.start_all(&pipeline)?;
     eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
@@ -221,6 +263,31 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("Scan {uuid} of {events} events started.");
     }
     serve_until_signal(components)
+}
+
+fn sim_ioc(args: SimIocArgs) -> anyhow::Result<()> {
+    let mut components = Components::new()?;
+    let config = SimIocConfig {
+        image_rate_hz: args.image_rate,
+        input_rate_hz: args.input_rate,
+        ..SimIocConfig::default()
+    };
+    let served = components.start_sim_ioc(&args.address, config)?;
+    eprintln!(
+        "beamflow sim-ioc: the simulated LCLS injector on Channel Access {served}. Try: EPICS_CA_ADDR_LIST={} EPICS_CA_AUTO_ADDR_LIST=NO camonitor OTRS:IN20:571:XRMS",
+        reachable(served)
+    );
+    serve_until_signal(components)
+}
+
+/// `host:port` a local client searches to reach a server bound on `served`.
+fn reachable(served: SocketAddr) -> String {
+    let host = if served.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        served.ip().to_string()
+    };
+    format!("{host}:{}", served.port())
 }
 
 fn controller(args: ControllerArgs) -> anyhow::Result<()> {

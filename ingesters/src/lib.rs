@@ -114,6 +114,12 @@ impl IngesterConfig {
         })
     }
 
+    /// Whether the source opens and closes a series with messages of their own (STINS header
+    /// and end), which a wrapped sequence's start and end events are for. PV sources have none.
+    pub fn brackets_series(&self) -> bool {
+        !matches!(self, IngesterConfig::EpicsCa(_))
+    }
+
     /// The `kind` name.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -112,6 +112,7 @@ pub struct EpicsCa {
     updates: Receiver<MonitorEvent>,
     overflow: Arc<AtomicU64>,
     outbox: VecDeque<SourceFrame>,
+    waiting_logged: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -179,6 +180,7 @@ impl EpicsCa {
             updates,
             overflow,
             outbox: VecDeque::new(),
+            waiting_logged: false,
             shutdown: Some(shutdown),
         })
     }
@@ -249,6 +251,16 @@ impl EpicsCa {
     }
 
     fn queue(&mut self, events: Vec<ClockEvent>) {
+        if !self.waiting_logged && self.clock.counts().waiting > 0 {
+            let missing: Vec<String> = self
+                .clock
+                .without_value()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            info!(?missing, "Events start once every PV has had a value.");
+            self.waiting_logged = true;
+        }
         for event in events {
             for (stream, frame) in event.frames {
                 self.outbox.push_back(SourceFrame {
@@ -324,6 +336,7 @@ impl Source for EpicsCa {
         serde_json::json!({
             "pvs": pvs,
             "clock": self.clock.counts(),
+            "waiting_for_first_value": self.clock.without_value(),
             "updates_dropped_full_queue": self.overflow.load(Ordering::Relaxed),
         })
     }

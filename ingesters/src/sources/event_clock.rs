@@ -4,6 +4,10 @@
 //! - `trigger`: each update of one stream (an image, or its array counter) makes an event; the
 //!   other streams attach their latest value, which keeps its own time stamp (its age is visible).
 //! - `period`: every `1 / rate_hz` seconds an event takes the latest value of every stream.
+//!
+//! Both make no event until every stream has had a value (counted as `waiting`): an event
+//! without a stream that exists only because its PV has not connected yet would make every
+//! worker wait out its deadline for a frame that cannot come.
 //! - `pulse_id`: updates are grouped by the LCLS pulse id in the low 17 bits of their time
 //!   stamp's nanoseconds; an event is complete when every stream has the id, or goes out with
 //!   what it has after `timeout_ms`. Events leave in the order their pulses were first seen.
@@ -63,6 +67,8 @@ pub struct ClockCounts {
     pub incomplete: u64,
     /// Updates without a pulse id, or for a pulse already gone out.
     pub unaligned: u64,
+    /// Triggers and ticks before every stream had a value.
+    pub waiting: u64,
 }
 
 struct Pulse {
@@ -111,11 +117,14 @@ impl EventClock {
             ClockConfig::Trigger { stream: trigger } => {
                 let fires = *trigger == stream;
                 self.latest.insert(stream, frame);
-                if fires {
+                if !fires {
+                    Vec::new()
+                } else if self.latest.len() < self.streams.len() {
+                    self.counts.waiting += 1;
+                    Vec::new()
+                } else {
                     let frames = self.latest_frames();
                     vec![self.event(frames)]
-                } else {
-                    Vec::new()
                 }
             }
             ClockConfig::Period { .. } => {
@@ -160,6 +169,10 @@ impl EventClock {
                     // A late tick is one event, not a burst of catch-up events.
                     let next = due + period;
                     self.due = Some(if next <= now { now + period } else { next });
+                    if self.latest.len() < self.streams.len() {
+                        self.counts.waiting += 1;
+                        continue;
+                    }
                     let frames = self.latest_frames();
                     events.push(self.event(frames));
                 }
@@ -201,6 +214,14 @@ impl EventClock {
     /// The counters so far.
     pub fn counts(&self) -> ClockCounts {
         self.counts
+    }
+
+    /// Streams that have had no value yet.
+    pub fn without_value(&self) -> Vec<&StreamName> {
+        self.streams
+            .iter()
+            .filter(|s| !self.latest.contains_key(*s))
+            .collect()
     }
 
     fn latest_frames(&self) -> Vec<(StreamName, PvFrame)> {
@@ -269,6 +290,13 @@ mod tests {
             streams(&["img", "bact"]),
         );
         clock.restart(t0);
+        assert!(clock.update("img".into(), frame(9.0, 0), t0).is_empty());
+        assert_eq!(
+            clock.counts().waiting,
+            1,
+            "no event before bact has a value"
+        );
+        assert_eq!(clock.without_value(), [&StreamName::from("bact")]);
         assert!(clock.update("bact".into(), frame(1.0, 0), t0).is_empty());
         let first = clock.update("img".into(), frame(10.0, 0), t0);
         assert_eq!(summary(&first), [(0, vec!["bact".into(), "img".into()])]);
@@ -284,13 +312,13 @@ mod tests {
         let t0 = Instant::now();
         let mut clock = EventClock::new(ClockConfig::Period { rate_hz: 10.0 }, streams(&["a"]));
         clock.restart(t0);
-        assert_eq!(summary(&clock.tick(t0)), [(0, vec![])]);
-        assert_eq!(clock.counts().incomplete, 1, "no value yet");
+        assert!(clock.tick(t0).is_empty());
+        assert_eq!(clock.counts().waiting, 1, "no value yet");
         clock.update("a".into(), frame(1.0, 0), t0);
         assert!(clock.tick(t0 + Duration::from_millis(50)).is_empty());
         assert_eq!(
             summary(&clock.tick(t0 + Duration::from_millis(100))),
-            [(1, vec!["a".into()])]
+            [(0, vec!["a".into()])]
         );
         // Half a second late: one event, then back on a 100 ms period from now.
         let late = t0 + Duration::from_millis(700);
