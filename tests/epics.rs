@@ -10,7 +10,9 @@ use std::time::Duration;
 use beamflow_ca::client::{ClientConfig, MonitorEvent, monitor};
 use beamflow_ca::{Native, Values};
 
-use crate::util::root;
+use serde_json::Value;
+
+use crate::util::{Running, eventually, http_address, http_get, numbers, root};
 
 /// An EPICS tool from the venv; missing it is a failure (run `.ci/run` once).
 fn epics_tool(name: &str) -> PathBuf {
@@ -443,4 +445,184 @@ pv = "QUAD:BACT"
     store.post("CAM:ArrayData", value(20, image(9)));
     pump(&mut source, "the image", &one_image);
     assert_eq!(source.status()["pvs"]["cam"]["dropped_images"], 4);
+}
+
+fn caget(port: u16, pv: &str) -> f64 {
+    let text = tool_output(port, "caget", &["-t", pv]);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("caget {pv}: {text:?}"))
+}
+
+/// README's first command as a new user runs it (ports bound to 0, CA on a free port): the
+/// simulated injector starts in the process, the `epics_ca` ingester watches it, a scan starts
+/// by itself, and results come back out over HTTP and as EPICS PVs read by EPICS 7's `caget`.
+#[test]
+fn runs_the_embedded_injector_and_serves_results_as_pvs() {
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args([
+        "run",
+        "--events",
+        "20",
+        "--http",
+        "127.0.0.1:0",
+        "--reducer-http",
+        "127.0.0.1:0",
+        "--control",
+        "tcp://127.0.0.1:0",
+    ]);
+    let mut run = Running::start(command);
+    let line = run.wait_for_line("beamflow is running.");
+    let state = http_address(&line);
+    let rest = http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("events started.");
+    eventually(60, "the scan to finish", || {
+        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/progress").1).ok()?;
+        (progress["finished"] == true).then_some(())
+    });
+    let status = eventually(10, "the reducer's final state", || {
+        let status: Value = serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
+        (status["finished"] == true).then_some(status)
+    });
+    assert_eq!(
+        status["events"], 20,
+        "20 OTR2 images, no start or end event: {status}"
+    );
+    assert_eq!(status["incomplete_events"], 0, "{status}");
+    assert_eq!(status["duplicates"], 0, "{status}");
+    let result: Value = serde_json::from_str(&http_get(state, "/api/v1/result").1).unwrap();
+    assert_eq!(
+        numbers(&result, "/machine/event_number"),
+        (0..20).collect::<Vec<_>>()
+    );
+    // The quad at its LCLS default: the sim's true size, carried through CA, worker and reducer.
+    let (truth_x, _) = beamflow::sim_ioc::screen_sizes(-3.2184);
+    for xrms in result
+        .pointer("/machine/values/xrms")
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
+        assert!(
+            (xrms.as_f64().unwrap() - truth_x * 1e6).abs() < 1e-6,
+            "{xrms}"
+        );
+    }
+    let means = result
+        .pointer("/screen/values/mean")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    assert_eq!(means.len(), 20);
+    // Pedestal 100 plus the spot's 300,000 counts over 640×480 pixels: ~101.
+    assert!(
+        means
+            .iter()
+            .all(|m| (m.as_f64().unwrap() - 100.98).abs() < 0.1),
+        "{means:?}"
+    );
+
+    let last_mean = means[19].as_f64().unwrap();
+    assert!((caget(port, "BEAMFLOW:INJ:OTR2:MEAN") - last_mean).abs() < 1e-3);
+    assert_eq!(caget(port, "BEAMFLOW:INJ:QE04:BACT"), -3.2184);
+    // caget asks for the full 2000 elements; a server pads past the current length with zeros.
+    let history = tool_output(port, "caget", &["-t", "BEAMFLOW:INJ:OTR2:MEAN_HISTORY"]);
+    let history: Vec<f64> = history
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(history.len(), 1 + 2000, "count, then the values");
+    for (served, mean) in history[1..=20].iter().zip(means) {
+        assert!(
+            (served - mean.as_f64().unwrap()).abs() < 1e-3,
+            "{served} vs {mean}"
+        );
+    }
+    assert_eq!(history[21], 0.0);
+}
+
+/// `beamflow sim-ioc` as EPICS 7's tools see it: `camonitor` follows the image counter, `caget`
+/// reads the image, and a `caput` of the scan quad moves its readback and the beam size on OTR2
+/// to the quad-scan reference dataset's exact size at that setting.
+#[test]
+fn sim_ioc_is_read_and_steered_with_epics_tools() {
+    use std::io::BufRead;
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args(["sim-ioc", "--image-rate", "20"]);
+    let mut sim = Running::start(command);
+    sim.wait_for_line("beamflow sim-ioc:");
+
+    let mut monitor = ca_env(&mut Command::new(epics_tool("camonitor")), port)
+        .args(["-t", "n", "OTRS:IN20:571:Image:ArrayCounter_RBV"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start camonitor");
+    let mut lines = std::io::BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let counts: Vec<i64> = (0..4)
+        .map(|_| {
+            let line = lines.next().expect("a camonitor line").unwrap();
+            line.split_whitespace().last().unwrap().parse().unwrap()
+        })
+        .collect();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert!(
+        counts.windows(2).all(|w| w[1] > w[0]),
+        "the counter advances: {counts:?}"
+    );
+
+    let image = tool_output(
+        port,
+        "caget",
+        &["-t", "-#", "307200", "OTRS:IN20:571:Image:ArrayData"],
+    );
+    let pixels: Vec<i64> = image
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pixels.len(), 640 * 480);
+    assert!(
+        pixels.iter().all(|p| (0..=4095).contains(p)),
+        "12-bit pixels"
+    );
+    assert_eq!(caget(port, "OTRS:IN20:571:Image:ArraySize0_RBV"), 640.0);
+
+    caput(port, &["QUAD:IN20:525:BCTRL", "2.5"]);
+    eventually_ca(port, "QUAD:IN20:525:BACT", 2.5);
+    // Reference dataset: 2.5 kG gives 32.160 µm in x and 76.669 µm in y on OTR2.
+    let reference = reference_sizes();
+    let xrms = eventually_value(port, "OTRS:IN20:571:XRMS", |x| {
+        (x - reference.0).abs() < 1e-3
+    });
+    let yrms = caget(port, "OTRS:IN20:571:YRMS");
+    assert!(
+        (xrms - reference.0).abs() < 1e-3 && (yrms - reference.1).abs() < 1e-3,
+        "{xrms} {yrms}"
+    );
+}
+
+/// The quad-scan reference dataset's exact OTR2 sizes at 2.5 kG, µm.
+fn reference_sizes() -> (f64, f64) {
+    let text = std::fs::read_to_string(root().join("../shared/data/quadscan/reference.json"))
+        .expect("the shared reference dataset");
+    let reference: Value = serde_json::from_str(&text).unwrap();
+    let settings = reference["scan"]["bctrl_kG"].as_array().unwrap();
+    let i = settings
+        .iter()
+        .position(|s| s.as_f64() == Some(2.5))
+        .unwrap();
+    let size = |plane: &str| reference["exact_sizes_m"][plane][i].as_f64().unwrap() * 1e6;
+    (size("x"), size("y"))
+}
+
+fn eventually_ca(port: u16, pv: &str, wanted: f64) {
+    eventually_value(port, pv, |v| v == wanted);
+}
+
+fn eventually_value(port: u16, pv: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    eventually(20, pv, || Some(caget(port, pv)).filter(|v| ok(*v)))
 }

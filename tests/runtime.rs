@@ -14,7 +14,7 @@ use beamflow_protocol::{DType, NdArray, WorkerTag};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::util::{Running, eventually, http_get, http_post};
+use crate::util::{Running, eventually, http_address, http_get, http_post, numbers, root};
 
 /// A STINS detector: header (msg 0), `frames` images (frame i, msg i + 1, every pixel = i), and
 /// series_end; `lost` msg_numbers are not sent; `pace` between images.
@@ -185,14 +185,6 @@ impl Drop for Beamline {
 }
 
 /// The address in the first `http://host:port/...` of a line a `beamflow` process printed.
-fn http_address(line: &str) -> SocketAddr {
-    line.split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no http://host:port/ in {line:?}"))
-}
-
 fn slots(n: u64, slot: impl Fn(u64) -> Value) -> Value {
     Value::Array((0..n).map(slot).collect())
 }
@@ -203,17 +195,6 @@ fn sequence(part: Value) -> Value {
 
 fn column(state: &Value, name: &str) -> Vec<Value> {
     state["history"]["values"][name].as_array().unwrap().clone()
-}
-
-fn numbers(state: &Value, path: &str) -> Vec<u64> {
-    state
-        .pointer(path)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect()
 }
 
 #[test]
@@ -541,12 +522,15 @@ fn a_recorded_live_scan_replays_to_the_same_state() {
     );
 }
 
-/// README's first command, as a new user runs it (with ports bound to 0): the embedded simulated
-/// beamline starts, scans by itself and says where to look.
+/// The simulated STINS detector example as README shows it (with ports bound to 0): it scans
+/// by itself and says where to look.
 #[test]
-fn processes_the_embedded_default_scans_by_itself() {
+fn processes_the_simulated_detector_example_by_itself() {
+    let pipeline = root().join("examples/sim.toml");
     let mut run = Running::spawn(&[
         "run",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
         "--events",
         "40",
         "--http",

@@ -73,8 +73,14 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn spawn(args: &[&str]) -> Self {
-        let mut child = beamflow()
-            .args(args)
+        let mut command = beamflow();
+        command.args(args);
+        Self::start(command)
+    }
+
+    /// Starts `command` (a `beamflow()` with arguments and environment).
+    pub(crate) fn start(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -152,4 +158,25 @@ pub(crate) fn eventually<T>(seconds: u64, what: &str, mut probe: impl FnMut() ->
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The `http://host:port` address in a line `beamflow` printed.
+pub(crate) fn http_address(line: &str) -> SocketAddr {
+    line.split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no http://host:port/ in {line:?}"))
+}
+
+/// The unsigned integers of the array at `path`.
+pub(crate) fn numbers(state: &serde_json::Value, path: &str) -> Vec<u64> {
+    state
+        .pointer(path)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
 }
