@@ -46,6 +46,7 @@ fn ca_env(command: &mut Command, port: u16) -> &mut Command {
         .env("EPICS_CAS_BEACON_ADDR_LIST", "127.0.0.1")
         .env("EPICS_CA_AUTO_ADDR_LIST", "NO")
         .env("EPICS_CA_ADDR_LIST", format!("127.0.0.1:{port}"))
+        .env("EPICS_CA_MAX_ARRAY_BYTES", "10000000")
 }
 
 /// A softIoc in its own process group: the wheel's `softIoc` is a launcher whose child is the
@@ -625,4 +626,194 @@ fn eventually_ca(port: u16, pv: &str, wanted: f64) {
 
 fn eventually_value(port: u16, pv: &str, ok: impl Fn(f64) -> bool) -> f64 {
     eventually(20, pv, || Some(caget(port, pv)).filter(|v| ok(*v)))
+}
+
+/// Image `n` of `tests/python/ca_images.py`: pixel i = (3i + 1000n) mod 65536.
+fn test_image_pixel(i: usize, n: u64) -> u16 {
+    ((i as u64 * 3 + n * 1000) % 65_536) as u16
+}
+
+/// Runs the `epics_ca` source on `PREFIX:` camera, waveform and scalar PVs until three images
+/// n ≥ 1 arrived, and checks every pixel, the attached values and that none was dropped.
+fn check_test_camera(port: u16, prefix: &str) {
+    use beamflow_ingesters::Source;
+    use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
+    use beamflow_protocol::streams::pv::PvFrame;
+
+    let config: EpicsCaConfig = toml::from_str(&format!(
+        r#"
+addr_list = "127.0.0.1:{port}"
+clock = {{ kind = "trigger", stream = "image" }}
+[pvs.image]
+pv = "{prefix}:Image:ArrayData"
+width_pv = "{prefix}:Image:ArraySize0_RBV"
+height_pv = "{prefix}:Image:ArraySize1_RBV"
+counter_pv = "{prefix}:Image:ArrayCounter_RBV"
+dtype = "uint16"
+[pvs.wave]
+pv = "{prefix}:WAVE"
+[pvs.scalar]
+pv = "{prefix}:SCALAR"
+"#
+    ))
+    .unwrap();
+    let mut source = EpicsCa::connect(&config).unwrap();
+    source.start_scan(&Default::default()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut events: std::collections::BTreeMap<u64, Vec<(String, PvFrame)>> = Default::default();
+    let mut images = Vec::new();
+    // An event's frames come out together; the last one is read whole.
+    let whole = |events: &std::collections::BTreeMap<u64, Vec<(String, PvFrame)>>,
+                 images: &[(u64, u64)]| {
+        images.len() >= 3
+            && events
+                .get(&images[2].0)
+                .is_some_and(|frames| frames.len() == 3)
+    };
+    while !whole(&events, &images) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "3 images within 30 s: {}",
+            source.status()
+        );
+        let Some(frame) = source.next_frame(Duration::from_millis(50)).unwrap() else {
+            continue;
+        };
+        let pv = PvFrame::parse(&frame.data.frames).unwrap();
+        if frame.stream.as_str() == "image" {
+            assert_eq!(pv.value.shape(), [480, 640], "{prefix}: rows × columns");
+            let pixels: Vec<u16> = pv
+                .value
+                .data()
+                .chunks(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let n = u64::from(pixels[0]) / 1000;
+            if n == 0 {
+                continue; // the IOC's initial image
+            }
+            let wrong = (0..pixels.len())
+                .filter(|&i| pixels[i] != test_image_pixel(i, n))
+                .count();
+            assert_eq!(wrong, 0, "{prefix}: image {n} has {wrong} wrong pixels");
+            assert!(
+                pixels.iter().any(|&p| p > 32_767),
+                "u16 values above int16's range"
+            );
+            images.push((frame.index, n));
+        }
+        events
+            .entry(frame.index)
+            .or_default()
+            .push((frame.stream.to_string(), pv));
+    }
+    for (index, n) in &images {
+        let event = &events[index];
+        let value = |stream: &str| {
+            event
+                .iter()
+                .find(|(s, _)| s == stream)
+                .map(|(_, pv)| pv.value.to_f64())
+                .unwrap()
+        };
+        let wave = value("wave");
+        assert_eq!(wave.len(), 100);
+        assert_eq!(
+            wave[1],
+            0.5 + *n as f64,
+            "{prefix}: the waveform of image {n}"
+        );
+        assert_eq!(
+            value("scalar"),
+            [*n as f64 / 4.0],
+            "{prefix}: the scalar of image {n}"
+        );
+    }
+    let numbers: Vec<u64> = images.iter().map(|(_, n)| *n).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "{prefix}: consecutive images {numbers:?}"
+    );
+    assert_eq!(
+        source.status()["pvs"]["image"]["dropped_images"],
+        0,
+        "{}",
+        source.status()
+    );
+}
+
+/// A caproto IOC (Python): a 640×480 image as big-endian int16 (DBR_SHORT), a waveform and a
+/// scalar, monitored by the `epics_ca` source.
+#[test]
+fn monitors_images_waveforms_and_scalars_from_caproto() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let port = free_ca_port();
+    let mut ioc = ca_env(&mut Command::new(crate::util::python()), port)
+        .arg(root().join("tests/python/ca_images.py"))
+        .args(["serve", "CP"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the caproto IOC");
+    let mut ready = String::new();
+    std::io::BufReader::new(ioc.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let ioc = Ioc(ioc);
+    check_test_camera(port, "CP");
+    drop(ioc);
+}
+
+/// An EPICS 7 softIoc: a USHORT waveform image (served as DBR_LONG), a DOUBLE waveform and an
+/// `ao`, written by a caproto client, monitored by the `epics_ca` source.
+#[test]
+fn monitors_images_waveforms_and_scalars_from_a_softioc() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("camera.db");
+    std::fs::write(
+        &db,
+        r#"
+record(waveform, "SI:Image:ArrayData") { field(FTVL, "USHORT") field(NELM, "307200") }
+record(longin, "SI:Image:ArraySize0_RBV") { field(VAL, "640") field(PINI, "YES") }
+record(longin, "SI:Image:ArraySize1_RBV") { field(VAL, "480") field(PINI, "YES") }
+record(longout, "SI:Image:ArrayCounter_RBV") {}
+record(waveform, "SI:WAVE") { field(FTVL, "DOUBLE") field(NELM, "100") }
+record(ao, "SI:SCALAR") { field(PREC, "3") }
+"#,
+    )
+    .unwrap();
+    let port = free_ca_port();
+    let ioc = Ioc::start(&db, port);
+    let info = eventually(20, "the softIoc to serve", || {
+        let output = ca_env(&mut Command::new(epics_tool("cainfo")), port)
+            .arg("SI:Image:ArrayData")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains("Native data type").then_some(text)
+    });
+    assert!(
+        info.contains("DBF_LONG"),
+        "EPICS 7 serves a USHORT waveform as LONG: {info}"
+    );
+    let mut writer = ca_env(&mut Command::new(crate::util::python()), port)
+        .arg(root().join("tests/python/ca_images.py"))
+        .args(["put", "SI", "12"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the caproto client");
+    let mut ready = String::new();
+    std::io::BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    check_test_camera(port, "SI");
+    let _ = writer.kill();
+    let _ = writer.wait();
+    drop(ioc);
 }
