@@ -817,3 +817,89 @@ record(ao, "SI:SCALAR") { field(PREC, "3") }
     let _ = writer.wait();
     drop(ioc);
 }
+
+/// The `epics_ca` source through an IOC restart: the loss shows in the status (one disconnect,
+/// the seconds down), events resume by themselves when the IOC is back, numbered on from where
+/// they stopped, and the values after the gap are the restarted IOC's.
+#[test]
+fn the_epics_ca_source_resumes_after_the_ioc_restarts() {
+    use beamflow_ingesters::Source;
+    use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
+    use beamflow_protocol::streams::pv::PvFrame;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("count.db");
+    std::fs::write(
+        &db,
+        r#"record(calc, "RS:COUNT") { field(SCAN, ".1 second") field(CALC, "A+1") field(INPA, "RS:COUNT NPP") }"#,
+    )
+    .unwrap();
+    let port = free_ca_port();
+    let config: EpicsCaConfig = toml::from_str(&format!(
+        r#"
+addr_list = "127.0.0.1:{port}"
+clock = {{ kind = "trigger", stream = "count" }}
+pvs = {{ count = {{ pv = "RS:COUNT" }} }}
+"#
+    ))
+    .unwrap();
+    let mut ioc = Ioc::start(&db, port);
+    let mut source = EpicsCa::connect(&config).unwrap();
+    source.start_scan(&Default::default()).unwrap();
+    // Events (index, count) until `done`; 30 s at most.
+    let mut events: Vec<(u64, f64)> = Vec::new();
+    let mut pump = |source: &mut EpicsCa,
+                    events: &mut Vec<(u64, f64)>,
+                    what: &str,
+                    done: &dyn Fn(&EpicsCa, &[(u64, f64)]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(source, events) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 30 s for {what}: {}",
+                source.status()
+            );
+            if let Some(frame) = source.next_frame(Duration::from_millis(20)).unwrap() {
+                let value = PvFrame::parse(&frame.data.frames).unwrap().value.to_f64()[0];
+                events.push((frame.index, value));
+            }
+        }
+    };
+    pump(
+        &mut source,
+        &mut events,
+        "counts from the first IOC",
+        &|_, e| e.len() >= 5 && e.last().unwrap().1 >= 5.0,
+    );
+    drop(ioc);
+    pump(&mut source, &mut events, "the loss to show", &|s, _| {
+        s.status()["pvs"]["count"]["connected"] == false
+    });
+    let before = events.len();
+    ioc = Ioc::start(&db, port);
+    pump(
+        &mut source,
+        &mut events,
+        "counts from the restarted IOC",
+        &|s, e| e.len() >= before + 3 && s.status()["pvs"]["count"]["connected"] == true,
+    );
+    let status = source.status();
+    assert_eq!(status["pvs"]["count"]["disconnects"], 1, "{status}");
+    assert!(
+        status["pvs"]["count"]["down_seconds"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
+    let indices: Vec<u64> = events.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        (0..events.len() as u64).collect::<Vec<_>>(),
+        "numbered on across the gap"
+    );
+    let (_, last_before) = events[before - 1];
+    let (_, first_after) = events[before];
+    assert!(
+        first_after < last_before,
+        "the restarted IOC counts from the start again: {events:?}"
+    );
+    drop(ioc);
+}

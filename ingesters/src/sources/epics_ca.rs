@@ -88,6 +88,10 @@ struct PvStatus {
     connected: bool,
     updates: u64,
     disconnects: u64,
+    /// Seconds spent disconnected, summed over every loss.
+    down_seconds: f64,
+    #[serde(skip)]
+    down_since: Option<Instant>,
     dropped_images: u64,
     malformed: u64,
     #[serde(skip)]
@@ -191,7 +195,16 @@ impl EpicsCa {
                 if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
                     let status = &mut self.status[stream];
                     status.connected = true;
-                    info!(stream = %self.streams[stream], pv = %status.pv, %server, "PV connected.");
+                    match status.down_since.take() {
+                        Some(since) => {
+                            let down = now.duration_since(since).as_secs_f64();
+                            status.down_seconds += down;
+                            info!(stream = %self.streams[stream], pv = %status.pv, %server, down_seconds = down, "PV reconnected; its values resume.");
+                        }
+                        None => {
+                            info!(stream = %self.streams[stream], pv = %status.pv, %server, "PV connected.");
+                        }
+                    }
                 }
             }
             MonitorEvent::Disconnected { pv } => {
@@ -199,9 +212,10 @@ impl EpicsCa {
                     let status = &mut self.status[stream];
                     if status.connected {
                         warn!(stream = %self.streams[stream], pv = %status.pv, "PV disconnected; reconnecting when its server is back.");
+                        status.disconnects += 1;
+                        status.down_since = Some(now);
                     }
                     status.connected = false;
-                    status.disconnects += 1;
                 }
             }
             MonitorEvent::Update { pv, value } => match self.roles.get(pv).copied() {
