@@ -903,3 +903,82 @@ pvs = {{ count = {{ pv = "RS:COUNT" }} }}
     );
     drop(ioc);
 }
+
+/// PV frames recorded live (the simulated injector through the embedded pipeline, with
+/// `dump_prefix` set) replay with `beamflow replay` to exactly the live state.
+#[test]
+fn recorded_pv_frames_replay_to_the_live_state() {
+    use beamflow::components::Components;
+    use beamflow::pipeline::Pipeline;
+    use beamflow::sim_ioc::SimIocConfig;
+    use beamflow_ingesters::IngesterConfig;
+
+    let text = std::fs::read_to_string(root().join("examples/injector.toml"))
+        .unwrap()
+        .replace("server = \"127.0.0.1\"", "server = \"127.0.0.1:0\"");
+    let mut pipeline = Pipeline::parse(&text).unwrap();
+    pipeline.controller.control = "tcp://127.0.0.1:0".to_owned();
+    pipeline.controller.http = "127.0.0.1:0".to_owned();
+    pipeline.reducer.http = "127.0.0.1:0".to_owned();
+    let mut components = Components::new().unwrap();
+    let served = components
+        .start_sim_ioc(
+            "127.0.0.1:0",
+            SimIocConfig {
+                image_rate_hz: 20.0,
+                ..SimIocConfig::default()
+            },
+        )
+        .unwrap();
+    for ingester in pipeline.ingesters.values_mut() {
+        if let IngesterConfig::EpicsCa(config) = ingester {
+            config.addr_list = Some(served.to_string());
+        }
+    }
+    let (_, rest, state) = components.start_all(&pipeline).unwrap();
+    components.wait_until_connected(&pipeline).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}/rec-", dir.path().display());
+    let (status, _) = crate::util::http_post(rest, "/api/v1/parameter/dump_prefix", &prefix);
+    assert_eq!(status, 200);
+    let uuid = components.start_scan_when_connected(&pipeline, 15).unwrap();
+    let live_status = eventually(60, "the reducer's final state", || {
+        let status: Value = serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
+        (status["finished"] == true).then_some(status)
+    });
+    assert_eq!(live_status["events"], 15, "{live_status}");
+    let live: Value = serde_json::from_str(&http_get(state, "/api/v1/result").1).unwrap();
+    let dump = dir.path().join(format!("rec-injector-{uuid}.cbors"));
+    eventually(10, "the ingester to close its dump", || {
+        let status: Value = serde_json::from_str(&http_get(rest, "/api/v1/status").1).ok()?;
+        (status["ingesters"]["injector"]["last_recording"] == dump.display().to_string())
+            .then_some(())
+    });
+    components.shutdown();
+
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, &text).unwrap();
+    let output = crate::util::beamflow_output(&[
+        "replay",
+        "--pipeline",
+        file.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        numbers(&live, "/machine/event_number"),
+        (0..15).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        replayed, live,
+        "replay of the recorded PV frames equals the live state"
+    );
+}

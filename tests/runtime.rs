@@ -184,7 +184,6 @@ impl Drop for Beamline {
     }
 }
 
-/// The address in the first `http://host:port/...` of a line a `beamflow` process printed.
 fn slots(n: u64, slot: impl Fn(u64) -> Value) -> Value {
     Value::Array((0..n).map(slot).collect())
 }
