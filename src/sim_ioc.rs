@@ -258,7 +258,8 @@ impl SimIoc {
                 next_inputs = next_due(next_inputs, input_period, now);
             }
             if now >= next_image {
-                self.shoot(now);
+                // Stamped with its slot, not the wake-up: pulse ids step evenly.
+                self.shoot(next_image);
                 next_image = next_due(next_image, image_period, now);
             }
             let wake = next_image.min(next_inputs);
@@ -272,8 +273,8 @@ impl SimIoc {
 
     /// The time stamp of `now`, with the pulse id of `now` since the start.
     fn stamp(&self, now: Instant) -> EpicsTime {
-        let pulses = (now - self.started).as_secs_f64() * PULSE_RATE_HZ;
-        let id = (pulses as u64 % u64::from(beamflow_ca::dbr::PULSE_ID_INVALID)) as u32;
+        let pulses = ((now - self.started).as_secs_f64() * PULSE_RATE_HZ).round() as u64;
+        let id = (pulses % u64::from(beamflow_ca::dbr::PULSE_ID_INVALID)) as u32;
         EpicsTime::now().with_pulse_id(id)
     }
 

@@ -982,3 +982,61 @@ fn recorded_pv_frames_replay_to_the_live_state() {
         "replay of the recorded PV frames equals the live state"
     );
 }
+
+/// The pulse-id clock on the simulated injector over CA: the sizes and the quad readback of one
+/// shot carry one time stamp (pulse id in the low nanosecond bits), so each event holds exactly
+/// one shot's values.
+#[test]
+fn the_pulse_id_clock_aligns_one_shots_values() {
+    use beamflow::components::Components;
+    use beamflow::sim_ioc::SimIocConfig;
+    use beamflow_ingesters::Source;
+    use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
+    use beamflow_protocol::streams::pv::{PvFrame, pulse_id};
+
+    let mut components = Components::new().unwrap();
+    let config = SimIocConfig {
+        image_rate_hz: 20.0,
+        ..SimIocConfig::default()
+    };
+    let served = components.start_sim_ioc("127.0.0.1:0", config).unwrap();
+    let config: EpicsCaConfig = toml::from_str(&format!(
+        r#"
+addr_list = "{served}"
+clock = {{ kind = "pulse_id", timeout_ms = 500 }}
+[pvs]
+xrms = {{ pv = "OTRS:IN20:571:XRMS" }}
+yrms = {{ pv = "OTRS:IN20:571:YRMS" }}
+qe04 = {{ pv = "QUAD:IN20:525:BACT" }}
+"#
+    ))
+    .unwrap();
+    let mut source = EpicsCa::connect(&config).unwrap();
+    source.start_scan(&Default::default()).unwrap();
+    let mut events: std::collections::BTreeMap<u64, Vec<Option<u32>>> = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while events.values().filter(|ids| ids.len() == 3).count() < 8 {
+        assert!(std::time::Instant::now() < deadline, "{}", source.status());
+        if let Some(frame) = source.next_frame(Duration::from_millis(20)).unwrap() {
+            let pv = PvFrame::parse(&frame.data.frames).unwrap();
+            events
+                .entry(frame.index)
+                .or_default()
+                .push(pulse_id(pv.nanos));
+        }
+    }
+    let complete: Vec<&Vec<Option<u32>>> = events.values().filter(|ids| ids.len() == 3).collect();
+    for ids in &complete {
+        assert!(
+            ids[0].is_some() && ids.iter().all(|id| *id == ids[0]),
+            "one pulse: {ids:?}"
+        );
+    }
+    // After the PVs' initial values (their own stamp): one shot per 18 pulses of 360 Hz at 20 Hz.
+    let firsts: Vec<u32> = complete.iter().skip(1).filter_map(|ids| ids[0]).collect();
+    assert!(
+        firsts.windows(2).all(|w| w[1] == w[0] + 18),
+        "consecutive shots: {firsts:?}"
+    );
+    components.shutdown();
+}
