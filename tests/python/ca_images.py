@@ -5,8 +5,10 @@
                               big-endian int16 carrying u16 bits), ArraySize0_RBV/ArraySize1_RBV,
                               ArrayCounter_RBV, PREFIX:WAVE (100 doubles) and PREFIX:SCALAR,
                               publishing image n = 1, 2, ... at 5 Hz until killed.
-  ca_images.py put PREFIX N   a caproto client writing images 1..N the same way into an EPICS 7
-                              softIoc (whose USHORT waveform it serves as DBR_LONG), 5 per second.
+  ca_images.py put PREFIX N [RATE]
+                              a caproto client writing images 1..N the same way into an EPICS 7
+                              softIoc (whose USHORT waveform it serves as DBR_LONG), RATE per
+                              second (default 5; bench/ca_ingest.py asks for 100).
 
 Image n: pixel i = (i * 3 + n * 1000) mod 65536, so a reader can check every pixel, and values
 above 32767 show that the u16 bits survive the signed encodings. The port comes from
@@ -57,7 +59,7 @@ def serve(prefix):
     run(Camera(prefix=prefix + ":").pvdb, interfaces=["127.0.0.1"])
 
 
-def put(prefix, count):
+def put(prefix, count, rate=5.0):
     from caproto.threading.client import Context
 
     context = Context()
@@ -67,12 +69,18 @@ def put(prefix, count):
         pv.wait_for_connection(timeout=10)
     print("ready", flush=True)
     data, counter, waveform, scalar = pvs
+    # Rendered once (the writer keeps up at 100 per second); image n is image n for n < 64.
+    frames = [image(n).astype(np.int32) for n in range(min(count + 1, 64))]
+    due = time.perf_counter()
     for n in range(1, count + 1):
-        counter.write([n], wait=True)
-        waveform.write(wave(n), wait=True)
-        scalar.write([n / 4], wait=True)
-        data.write(image(n).astype(np.int32), wait=True)
-        time.sleep(0.2)
+        # Only the image waits for its write to complete: at 100 Hz four round trips per image
+        # were more than this client can do (25 Hz).
+        counter.write([n], wait=False)
+        waveform.write(wave(n), wait=False)
+        scalar.write([n / 4], wait=False)
+        data.write(frames[n % len(frames)], wait=True)
+        due += 1.0 / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
     context.disconnect()
 
 
@@ -80,4 +88,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2])
     else:
-        put(sys.argv[2], int(sys.argv[3]))
+        put(sys.argv[2], int(sys.argv[3]), *(float(r) for r in sys.argv[4:5]))
