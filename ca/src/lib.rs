@@ -23,6 +23,13 @@
 //!
 //! At 20 k/s both take everything; at 100 k/s (with the IOC on the same two cores) the IOC
 //! coalesces what this client does not read in time.
+//!
+//! Through the `epics_ca` ingester (`.venv/bin/python bench/ca_ingest.py`, same machine): 2,000
+//! scalar updates/s from softIoc at 3 µs of CPU each, 640×480 images at 100 Hz from beamflow's
+//! sim IOC (and 98 Hz, the writer's limit, from softIoc as 32-bit LONG) with no image missed, at
+//! 0.85-1.2 ms of CPU per image. The targets (≥ 1 kHz scalars, ≥ 100 Hz images without
+//! loss) are met with this crate; the survey's figures for the alternatives were 409 Hz from
+//! caproto and 6.3 k/s from softIoc for `epics-ca-rs`, 6.8 k/s for the libca binding.
 
 pub mod client;
 pub mod convert;
