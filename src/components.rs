@@ -378,7 +378,7 @@ impl Components {
                 (events / PART) as usize,
             ));
         }
-        if events % PART > 0 {
+        if !events.is_multiple_of(PART) {
             parts.insert("rest".to_owned(), part(events % PART));
             sequence.push("rest".to_owned());
         }

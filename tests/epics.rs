@@ -825,7 +825,6 @@ record(ao, "SI:SCALAR") { field(PREC, "3") }
 fn the_epics_ca_source_resumes_after_the_ioc_restarts() {
     use beamflow_ingesters::Source;
     use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
-    use beamflow_protocol::streams::pv::PvFrame;
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("count.db");
@@ -846,42 +845,24 @@ pvs = {{ count = {{ pv = "RS:COUNT" }} }}
     let mut ioc = Ioc::start(&db, port);
     let mut source = EpicsCa::connect(&config).unwrap();
     source.start_scan(&Default::default()).unwrap();
-    // Events (index, count) until `done`; 30 s at most.
     let mut events: Vec<(u64, f64)> = Vec::new();
-    let mut pump = |source: &mut EpicsCa,
-                    events: &mut Vec<(u64, f64)>,
-                    what: &str,
-                    done: &dyn Fn(&EpicsCa, &[(u64, f64)]) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !done(source, events) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "waited 30 s for {what}: {}",
-                source.status()
-            );
-            if let Some(frame) = source.next_frame(Duration::from_millis(20)).unwrap() {
-                let value = PvFrame::parse(&frame.data.frames).unwrap().value.to_f64()[0];
-                events.push((frame.index, value));
-            }
-        }
-    };
-    pump(
+    pump_counts(
         &mut source,
         &mut events,
         "counts from the first IOC",
-        &|_, e| e.len() >= 5 && e.last().unwrap().1 >= 5.0,
+        |_, e| e.len() >= 5 && e.last().unwrap().1 >= 5.0,
     );
     drop(ioc);
-    pump(&mut source, &mut events, "the loss to show", &|s, _| {
+    pump_counts(&mut source, &mut events, "the loss to show", |s, _| {
         s.status()["pvs"]["count"]["connected"] == false
     });
     let before = events.len();
     ioc = Ioc::start(&db, port);
-    pump(
+    pump_counts(
         &mut source,
         &mut events,
         "counts from the restarted IOC",
-        &|s, e| e.len() >= before + 3 && s.status()["pvs"]["count"]["connected"] == true,
+        |s, e| e.len() >= before + 3 && s.status()["pvs"]["count"]["connected"] == true,
     );
     let status = source.status();
     assert_eq!(status["pvs"]["count"]["disconnects"], 1, "{status}");
@@ -1039,4 +1020,28 @@ qe04 = {{ pv = "QUAD:IN20:525:BACT" }}
         "consecutive shots: {firsts:?}"
     );
     components.shutdown();
+}
+
+/// Reads the source's events (index, first value) into `events` until `done` says so (30 s at
+/// most).
+fn pump_counts(
+    source: &mut beamflow_ingesters::sources::epics_ca::EpicsCa,
+    events: &mut Vec<(u64, f64)>,
+    what: &str,
+    done: impl Fn(&beamflow_ingesters::sources::epics_ca::EpicsCa, &[(u64, f64)]) -> bool,
+) {
+    use beamflow_ingesters::Source;
+    use beamflow_protocol::streams::pv::PvFrame;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done(source, events) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {what}: {}",
+            source.status()
+        );
+        if let Some(frame) = source.next_frame(Duration::from_millis(20)).unwrap() {
+            let value = PvFrame::parse(&frame.data.frames).unwrap().value.to_f64()[0];
+            events.push((frame.index, value));
+        }
+    }
 }
