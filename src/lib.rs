@@ -5,8 +5,10 @@
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - [`components`]: starting components from it, in one process or one each.
+//! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 
 pub mod components;
+pub mod emittance;
 pub mod pipeline;
 pub mod sim_ioc;

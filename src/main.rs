@@ -48,6 +48,8 @@ enum Command {
     /// A simulated LCLS injector served over Channel Access: moving magnets, a settable scan
     /// quad (QUAD:IN20:525:BCTRL), an OTR2 camera and its true beam sizes.
     SimIoc(SimIocArgs),
+    /// Fit a quad scan offline: read a scan (JSON) and print the emittance fit as JSON.
+    Emittance(EmittanceArgs),
 }
 
 /// The embedded default pipeline (`examples/injector.toml`): the simulated injector over CA.
@@ -83,6 +85,14 @@ struct RunArgs {
     /// the same address share it): host or host:port.
     #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
     ca_server: String,
+}
+
+#[derive(Args)]
+struct EmittanceArgs {
+    /// The scan: {energy_ev, quad_length_m, rmat_x, rmat_y, bctrl_kg, sizes_x_m, sizes_y_m,
+    /// errors_x_m?, errors_y_m?, design_twiss?: {beta_x, alpha_x, beta_y, alpha_y}}.
+    #[arg(long, value_name = "FILE.json")]
+    scan: PathBuf,
 }
 
 #[derive(Args)]
@@ -221,6 +231,7 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
         Command::Reducer(args) => reducer(args),
         Command::Replay(args) => replay(args, progress),
         Command::SimIoc(args) => sim_ioc(args),
+        Command::Emittance(args) => emittance(args),
     }
 }
 
@@ -263,6 +274,20 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("Scan {uuid} of {events} events started.");
     }
     serve_until_signal(components)
+}
+
+fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {
+    let text = std::fs::read(&args.scan)
+        .with_context(|| format!("{}: cannot read", args.scan.display()))?;
+    let scan: beamflow::emittance::ScanFile =
+        serde_json::from_slice(&text).with_context(|| format!("{}", args.scan.display()))?;
+    let report = scan
+        .report()
+        .with_context(|| format!("{}", args.scan.display()))?;
+    let mut out = serde_json::to_vec_pretty(&report)?;
+    out.push(b'\n');
+    std::io::stdout().write_all(&out)?;
+    Ok(())
 }
 
 fn sim_ioc(args: SimIocArgs) -> anyhow::Result<()> {

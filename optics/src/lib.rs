@@ -6,6 +6,8 @@
 //! screen) and the quad-scan fit (which turns sizes back into a beam matrix), so both use one
 //! definition of every convention.
 
+pub mod quad_scan;
+
 /// Speed of light, m/s.
 pub const SPEED_OF_LIGHT: f64 = 299_792_458.0;
 
