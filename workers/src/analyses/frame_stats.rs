@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use beamflow_protocol::streams::pv::{self, PvFrame};
-use beamflow_protocol::streams::stins::{self, StinsMessage};
+use beamflow_protocol::streams::stins;
 use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName};
 use serde::{Deserialize, Serialize};
 
+use crate::analyses::array_of;
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `frame_stats`.
@@ -72,29 +72,13 @@ impl Analysis for FrameStats {
             {
                 continue;
             }
-            match stream.typ.as_str() {
-                stins::TYP => {
-                    let message = stins::parse(stream).map_err(|error| AnalysisError::Stins {
-                        stream: name.clone(),
-                        error,
-                    })?;
-                    if let StinsMessage::Image { frame, data, .. } = message {
-                        output.insert(name.clone(), vec![stats(frame, &data)]);
-                    }
-                }
-                pv::TYP => {
-                    let frame = PvFrame::parse(&stream.frames).map_err(|error| {
-                        AnalysisError::Invalid(format!("stream {name}: {error}"))
-                    })?;
-                    // Scalars and waveforms are values, not frames: only images unless listed.
-                    if frame.value.shape().len() >= 2 || self.config.streams.is_some() {
-                        output.insert(
-                            name.clone(),
-                            vec![stats(event.event_number.0, &frame.value)],
-                        );
-                    }
-                }
-                _ => {}
+            // PV scalars and waveforms are values, not frames: only images unless listed.
+            if let Some((frame, array)) = array_of(name, stream, event.event_number)?
+                && (stream.typ.as_str() == stins::TYP
+                    || array.shape().len() >= 2
+                    || self.config.streams.is_some())
+            {
+                output.insert(name.clone(), vec![stats(frame, &array)]);
             }
         }
         Ok((!output.is_empty()).then_some(output))

@@ -3,12 +3,39 @@
 //! To add an analysis: write `analyses/<name>.rs` with a `<Name>Config` and an `impl Analysis`,
 //! then add one variant here and one arm in [`AnalysisConfig::build`].
 
+pub mod beam_image;
 pub mod frame_stats;
 pub mod pv_values;
 
+use beamflow_protocol::streams::pv::{self, PvFrame};
+use beamflow_protocol::streams::stins::{self, StinsMessage};
+use beamflow_protocol::{EventNumber, NdArray, StreamData, StreamName};
 use serde::Deserialize;
 
-use crate::DynAnalysis;
+use crate::{AnalysisError, DynAnalysis};
+
+/// The array a stream carries in this event, with its frame number: a STINS image (its
+/// `frame`) or a PV's value (the event's number). `None` for STINS header and end messages and
+/// for streams of other types.
+pub(crate) fn array_of(
+    name: &StreamName,
+    stream: &StreamData,
+    event: EventNumber,
+) -> Result<Option<(u64, NdArray)>, AnalysisError> {
+    match stream.typ.as_str() {
+        stins::TYP => match stins::parse(stream).map_err(|error| AnalysisError::Stins {
+            stream: name.clone(),
+            error,
+        })? {
+            StinsMessage::Image { frame, data, .. } => Ok(Some((frame, data))),
+            _ => Ok(None),
+        },
+        pv::TYP => PvFrame::parse(&stream.frames)
+            .map(|frame| Some((event.0, frame.value)))
+            .map_err(|error| AnalysisError::Invalid(format!("stream {name}: {error}"))),
+        _ => Ok(None),
+    }
+}
 
 /// One `[analyses.<name>]` table of the pipeline file.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +45,8 @@ pub enum AnalysisConfig {
     FrameStats(frame_stats::FrameStatsConfig),
     /// EPICS PV values with alarm and time stamp.
     PvValues(pv_values::PvValuesConfig),
+    /// Beam sizes and centroids from a screen image, with per-shot gates.
+    BeamImage(beam_image::BeamImageConfig),
 }
 
 impl AnalysisConfig {
@@ -28,6 +57,9 @@ impl AnalysisConfig {
                 Box::new(frame_stats::FrameStats::new(config.clone()))
             }
             AnalysisConfig::PvValues(config) => Box::new(pv_values::PvValues::new(config.clone())),
+            AnalysisConfig::BeamImage(config) => {
+                Box::new(beam_image::BeamImage::new(config.clone()))
+            }
         }
     }
 
@@ -36,6 +68,7 @@ impl AnalysisConfig {
         match self {
             AnalysisConfig::FrameStats(_) => "frame_stats",
             AnalysisConfig::PvValues(_) => "pv_values",
+            AnalysisConfig::BeamImage(_) => "beam_image",
         }
     }
 }
