@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod last;
+pub mod quad_scan;
 
 use beamflow_protocol::AnalysisName;
 use serde::Deserialize;
@@ -19,6 +20,8 @@ pub enum AccumulatorConfig {
     History(history::HistoryConfig),
     /// Latest value per key.
     Last(last::LastConfig),
+    /// Live quad-scan emittance from beam sizes and quad readbacks.
+    QuadScan(quad_scan::QuadScanConfig),
 }
 
 impl AccumulatorConfig {
@@ -27,6 +30,9 @@ impl AccumulatorConfig {
         Ok(match self {
             AccumulatorConfig::History(config) => Box::new(history::History::new(config.clone())?),
             AccumulatorConfig::Last(config) => Box::new(last::Last::new(config.clone())),
+            AccumulatorConfig::QuadScan(config) => {
+                Box::new(quad_scan::QuadScan::new(config.clone())?)
+            }
         })
     }
 
@@ -35,6 +41,7 @@ impl AccumulatorConfig {
         match self {
             AccumulatorConfig::History(config) => config.analysis.as_ref(),
             AccumulatorConfig::Last(config) => config.analysis.as_ref(),
+            AccumulatorConfig::QuadScan(config) => config.analysis.as_ref(),
         }
     }
 
@@ -43,6 +50,7 @@ impl AccumulatorConfig {
         match self {
             AccumulatorConfig::History(_) => "history",
             AccumulatorConfig::Last(_) => "last",
+            AccumulatorConfig::QuadScan(_) => "quad_scan",
         }
     }
 }

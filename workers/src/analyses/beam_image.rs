@@ -232,7 +232,7 @@ impl BeamImage {
             let max_sigma = self.config.max_sigma_px.unwrap_or(extent as f64 / 4.0);
             if !(self.config.min_sigma_px..=max_sigma).contains(&axis.sigma_px) {
                 rejected.push(format!(
-                    "{name}: σ {:.2} px outside [{}, {max_sigma}] px",
+                    "{name}: size σ {:.2} px outside [{}, {max_sigma}] px",
                     axis.sigma_px, self.config.min_sigma_px
                 ));
             }
@@ -827,7 +827,7 @@ max_count = 4095
         );
         let wide = synthetic_image([640, 480], (320.0, 240.0), (200.0, 10.0), 3_000_000.0, 8);
         assert!(
-            reasons(&wide).iter().any(|r| r.starts_with("x: σ")),
+            reasons(&wide).iter().any(|r| r.starts_with("x: size σ")),
             "{:?}",
             reasons(&wide)
         );
