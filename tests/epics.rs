@@ -1045,3 +1045,69 @@ fn pump_counts(
         }
     }
 }
+
+/// beamflow's client writes: to an EPICS 7 softIoc `ao` (read back by `caget`), and a write to
+/// one of beamflow's read-only PVs is refused with the server's status.
+#[test]
+fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
+    use beamflow_ca::client::{Put, monitor_and_put};
+    use beamflow_ca::server::PvStore;
+    use beamflow_ca::{EpicsTime, TimeValue};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("put.db");
+    std::fs::write(&db, r#"record(ao, "PUT:SETPOINT") { field(PREC, "3") }"#).unwrap();
+    let port = free_ca_port();
+    let ioc = Ioc::start(&db, port);
+    let runtime = runtime();
+    let store = PvStore::new();
+    let stamp = EpicsTime::now();
+    store.add(
+        "RO:VALUE",
+        TimeValue {
+            status: 0,
+            severity: 0,
+            stamp,
+            values: Values::Double(vec![1.0]),
+        },
+        1,
+        false,
+    );
+    let ours = serve(&runtime, &store);
+    let config = ClientConfig {
+        addr_list: vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], ours)),
+        ],
+    };
+    let (events_tx, events) = mpsc::channel();
+    let (puts_tx, puts) = tokio::sync::mpsc::channel(4);
+    runtime.spawn(monitor_and_put(
+        config,
+        vec!["PUT:SETPOINT".to_owned(), "RO:VALUE".to_owned()],
+        puts,
+        move |event| {
+            let _ = events_tx.send(event);
+        },
+    ));
+    let mut connected = 0;
+    while connected < 2 {
+        if let MonitorEvent::Connected { .. } = next(&events) {
+            connected += 1;
+        }
+    }
+    let put = |pv: usize, value: f64| {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        puts_tx.blocking_send(Put { pv, value, done }).unwrap();
+        runtime.block_on(answer).unwrap()
+    };
+    assert_eq!(put(0, 2.5), Ok(()));
+    assert_eq!(caget(port, "PUT:SETPOINT"), 2.5);
+    let refused = put(1, 7.0).unwrap_err();
+    assert!(refused.contains("refused"), "{refused}");
+    assert_eq!(
+        store.value("RO:VALUE").unwrap().values,
+        Values::Double(vec![1.0])
+    );
+    drop(ioc);
+}

@@ -1,7 +1,8 @@
 //! A Channel Access client that monitors PVs: it finds each name by UDP search, opens one TCP
 //! circuit per server, subscribes to the TIME form of each PV's native type, and reports every
 //! update, connection and loss. A lost circuit sends its PVs back to searching, so a restarted
-//! IOC is picked up without anyone's help.
+//! IOC is picked up without anyone's help. Monitored PVs can also be written ([`Put`], answered
+//! once the server has applied the value).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -10,11 +11,11 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::dbr::{Native, TimeValue};
+use crate::dbr::{Native, TimeValue, Values};
 use crate::wire::{
     self, DEFAULT_PORT, DONT_REPLY, ECA_NORMAL, Header, MINOR_VERSION, command, name_payload,
     put_message, split_message,
@@ -111,6 +112,23 @@ enum Circuit {
     Closed(SocketAddr, Vec<usize>),
 }
 
+/// A write of one number to a monitored PV (by its index), as DBR_DOUBLE with WRITE_NOTIFY.
+#[derive(Debug)]
+pub struct Put {
+    /// The PV.
+    pub pv: usize,
+    /// The value.
+    pub value: f64,
+    /// Answered with `Ok` once the server applied it, or why not.
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// What a circuit is asked to do.
+enum Request {
+    Create(usize, String),
+    Put(Put),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum PvState {
     Searching { next: Instant, period: Duration },
@@ -121,6 +139,17 @@ enum PvState {
 pub async fn monitor(
     config: ClientConfig,
     names: Vec<String>,
+    on_event: impl FnMut(MonitorEvent) + Send,
+) -> std::io::Result<()> {
+    let (_no_puts, puts) = mpsc::channel(1);
+    monitor_and_put(config, names, puts, on_event).await
+}
+
+/// [`monitor`], and writes what arrives on `puts` to the PVs' servers.
+pub async fn monitor_and_put(
+    config: ClientConfig,
+    names: Vec<String>,
+    mut puts: mpsc::Receiver<Put>,
     mut on_event: impl FnMut(MonitorEvent) + Send,
 ) -> std::io::Result<()> {
     let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
@@ -133,7 +162,9 @@ pub async fn monitor(
         };
         names.len()
     ];
-    let mut circuits: HashMap<SocketAddr, mpsc::Sender<(usize, String)>> = HashMap::new();
+    let mut circuits: HashMap<SocketAddr, mpsc::Sender<Request>> = HashMap::new();
+    let mut servers: Vec<Option<SocketAddr>> = vec![None; names.len()];
+    let mut puts_open = true;
     let (circuit_tx, mut circuit_rx) = mpsc::channel::<Circuit>(1024);
     let mut buffer = vec![0u8; 65536];
     loop {
@@ -156,12 +187,13 @@ pub async fn monitor(
                         continue;
                     }
                     *state = PvState::Found;
+                    servers[pv] = Some(server);
                     let name = names[pv].clone();
                     match circuits.get(&server) {
-                        Some(circuit) if circuit.send((pv, name.clone())).await.is_ok() => {}
+                        Some(circuit) if circuit.send(Request::Create(pv, name.clone())).await.is_ok() => {}
                         _ => {
-                            let (tx, rx) = mpsc::channel(names.len().max(1));
-                            let _ = tx.send((pv, name)).await;
+                            let (tx, rx) = mpsc::channel(names.len().max(1) + 16);
+                            let _ = tx.send(Request::Create(pv, name)).await;
                             circuits.insert(server, tx);
                             tokio::spawn(run_circuit(server, rx, circuit_tx.clone()));
                         }
@@ -174,6 +206,7 @@ pub async fn monitor(
                         && let Some(state) = states.get_mut(pv)
                     {
                         *state = PvState::Searching { next: Instant::now(), period: SEARCH_MIN };
+                        servers[pv] = None;
                     }
                     on_event(event);
                 }
@@ -182,10 +215,33 @@ pub async fn monitor(
                     for pv in pvs {
                         if let Some(state) = states.get_mut(pv) {
                             *state = PvState::Searching { next: Instant::now(), period: SEARCH_MIN };
+                            servers[pv] = None;
                         }
                         on_event(MonitorEvent::Disconnected { pv });
                     }
                 }
+            },
+            put = puts.recv(), if puts_open => match put {
+                Some(put) => {
+                    let circuit = servers
+                        .get(put.pv)
+                        .copied()
+                        .flatten()
+                        .and_then(|server| circuits.get(&server));
+                    match circuit {
+                        Some(circuit) => {
+                            if let Err(mpsc::error::SendError(Request::Put(put))) =
+                                circuit.send(Request::Put(put)).await
+                            {
+                                let _ = put.done.send(Err("the circuit closed".to_owned()));
+                            }
+                        }
+                        None => {
+                            let _ = put.done.send(Err("the PV is not connected".to_owned()));
+                        }
+                    }
+                }
+                None => puts_open = false,
             },
             () = tokio::time::sleep_until(wake) => {}
         }
@@ -266,7 +322,7 @@ struct Channel {
 /// One TCP circuit: creates channels as they are handed to it, subscribes, forwards updates.
 async fn run_circuit(
     server: SocketAddr,
-    mut requests: mpsc::Receiver<(usize, String)>,
+    mut requests: mpsc::Receiver<Request>,
     events: mpsc::Sender<Circuit>,
 ) {
     let mut channels: HashMap<u32, Channel> = HashMap::new();
@@ -277,15 +333,20 @@ async fn run_circuit(
     // Names handed over but not yet read are lost with the circuit too.
     requests.close();
     let mut pvs: Vec<usize> = channels.values().map(|c| c.pv).collect();
-    while let Ok((pv, _)) = requests.try_recv() {
-        pvs.push(pv);
+    while let Ok(request) = requests.try_recv() {
+        match request {
+            Request::Create(pv, _) => pvs.push(pv),
+            Request::Put(put) => {
+                let _ = put.done.send(Err("the circuit closed".to_owned()));
+            }
+        }
     }
     let _ = events.send(Circuit::Closed(server, pvs)).await;
 }
 
 async fn circuit(
     server: SocketAddr,
-    requests: &mut mpsc::Receiver<(usize, String)>,
+    requests: &mut mpsc::Receiver<Request>,
     events: &mpsc::Sender<Circuit>,
     channels: &mut HashMap<u32, Channel>,
 ) -> std::io::Result<()> {
@@ -311,18 +372,42 @@ async fn circuit(
     let mut input = BytesMut::with_capacity(1 << 16);
     let mut last_heard = Instant::now();
     let mut echo_sent = false;
+    // Writes waiting for their WRITE_NOTIFY answer, by I/O id; dropped with the circuit.
+    let mut pending: HashMap<u32, oneshot::Sender<Result<(), String>>> = HashMap::new();
+    let mut next_ioid = 1u32;
     loop {
         tokio::select! {
-            request = requests.recv() => {
-                let Some((pv, name)) = request else { return Ok(()) };
-                let cid = pv as u32;
-                channels.insert(cid, Channel { pv, sid: None });
-                put_message(
-                    &mut out,
-                    Header::new(command::CREATE_CHAN, 0, 0, cid, MINOR_VERSION.into()),
-                    &name_payload(&name),
-                );
-            }
+            request = requests.recv() => match request {
+                None => return Ok(()),
+                Some(Request::Create(pv, name)) => {
+                    let cid = pv as u32;
+                    channels.insert(cid, Channel { pv, sid: None });
+                    put_message(
+                        &mut out,
+                        Header::new(command::CREATE_CHAN, 0, 0, cid, MINOR_VERSION.into()),
+                        &name_payload(&name),
+                    );
+                }
+                Some(Request::Put(put)) => {
+                    match channels.get(&(put.pv as u32)).and_then(|c| c.sid) {
+                        Some(sid) => {
+                            let ioid = next_ioid;
+                            next_ioid = next_ioid.wrapping_add(1);
+                            let mut payload = BytesMut::new();
+                            Values::Double(vec![put.value]).write(&mut payload);
+                            put_message(
+                                &mut out,
+                                Header::new(command::WRITE_NOTIFY, Native::Double.code(), 1, sid, ioid),
+                                &payload,
+                            );
+                            pending.insert(ioid, put.done);
+                        }
+                        None => {
+                            let _ = put.done.send(Err("the channel is not created yet".to_owned()));
+                        }
+                    }
+                }
+            },
             read = stream.read_buf(&mut input) => {
                 if read? == 0 {
                     return Err(std::io::Error::new(
@@ -335,6 +420,17 @@ async fn circuit(
                 while let Some(message) = split_message(&mut input)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
                 {
+                    if message.header.command == command::WRITE_NOTIFY {
+                        if let Some(done) = pending.remove(&message.header.p2) {
+                            let status = message.header.p1;
+                            let _ = done.send(if status == ECA_NORMAL {
+                                Ok(())
+                            } else {
+                                Err(format!("the server refused the write (CA status {status})"))
+                            });
+                        }
+                        continue;
+                    }
                     handle(server, message, channels, events, &mut out).await;
                 }
             }
