@@ -9,11 +9,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use beamflow_ca::client::{ClientConfig, parse_addr_list};
 use beamflow_ca::server::{PvStore, resolve_address};
 use beamflow_controller::ensemble::{Ensemble, Pacing};
 use beamflow_controller::http::{Shared, lock};
 use beamflow_controller::mapping::{GENERIC_TAG, Part, Sequence, Slot, VirtualWorker};
 use beamflow_controller::node::ControlSocket;
+use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::Stop;
 use beamflow_protocol::{IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
@@ -25,6 +27,7 @@ use beamflow_workers::node::WorkerSettings;
 use beamflow_workers::process::Analyses;
 
 use crate::pipeline::Pipeline;
+use crate::scan_driver::{Endpoints, ScanService};
 use crate::sim_ioc::{SimIoc, SimIocConfig};
 
 struct Running {
@@ -42,6 +45,7 @@ pub struct Components {
     ensemble: Option<Shared>,
     view: Option<View>,
     ca_servers: Vec<CaServer>,
+    scans: Option<ScanService>,
 }
 
 /// A Channel Access server of this process: the address asked for, the one bound, its PVs.
@@ -68,6 +72,7 @@ impl Components {
             ensemble: None,
             view: None,
             ca_servers: Vec::new(),
+            scans: None,
         })
     }
 
@@ -182,14 +187,33 @@ impl Components {
         let socket = ControlSocket::bind(&self.context, &section.control)
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
+        let scans = ScanService::default();
         let http = {
-            let ensemble = ensemble.clone();
+            let app =
+                beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
             self.serve_http(&section.http, "controller", move |listener, shutdown| {
-                Box::pin(beamflow_controller::http::serve(
-                    listener, ensemble, shutdown,
-                ))
+                Box::pin(beamflow_controller::http::serve(listener, app, shutdown))
             })?
         };
+        scans.set_endpoints(Endpoints {
+            controller: http,
+            reducer: pipeline
+                .reducer
+                .http
+                .parse()
+                .map_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5001)), local_reach),
+            ca: pipeline
+                .ingesters
+                .values()
+                .find_map(|i| match i {
+                    IngesterConfig::EpicsCa(config) => config.addr_list.as_deref(),
+                    _ => None,
+                })
+                .map_or_else(ClientConfig::from_env, |list| ClientConfig {
+                    addr_list: parse_addr_list(list, beamflow_ca::wire::DEFAULT_PORT),
+                }),
+        });
+        self.scans = Some(scans);
         let loop_ensemble = ensemble.clone();
         self.spawn("controller".to_owned(), move |stop| {
             socket.run(loop_ensemble, stop);
@@ -223,6 +247,9 @@ impl Components {
         self.spawn("reducer".to_owned(), move |stop| {
             beamflow_reducer::node::run(&settings, &context, &thread_view, &stop).context("reducer")
         })?;
+        if let Some(scans) = &self.scans {
+            scans.set_reducer(address);
+        }
         if let Some(config) = &pipeline.reducer.pvs {
             let (store, bound) = self.ca_server(&config.server)?;
             let mut pvs = ResultPvs::new(config, &store);
@@ -440,4 +467,13 @@ impl Components {
         }
         self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
+}
+
+/// Where a client on this host reaches a server bound to `address` (an unspecified address is
+/// reached on loopback).
+pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
 }

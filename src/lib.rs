@@ -6,9 +6,11 @@
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - [`components`]: starting components from it, in one process or one each.
 //! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
+//! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 
 pub mod components;
 pub mod emittance;
 pub mod pipeline;
+pub mod scan_driver;
 pub mod sim_ioc;

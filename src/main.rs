@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use beamflow::components::Components;
+use beamflow::components::{Components, local_reach};
 use beamflow::pipeline::Pipeline;
 use beamflow::sim_ioc::SimIocConfig;
 use beamflow_ingesters::IngesterConfig;
@@ -50,6 +50,57 @@ enum Command {
     SimIoc(SimIocArgs),
     /// Fit a quad scan offline: read a scan (JSON) and print the emittance fit as JSON.
     Emittance(EmittanceArgs),
+    /// Drive a scan of the machine while the pipeline measures it.
+    #[command(subcommand)]
+    Scan(ScanCommand),
+}
+
+#[derive(Subcommand)]
+enum ScanCommand {
+    /// A quad scan: put each value over Channel Access, wait for the readback to settle, let
+    /// the pipeline's quad_scan accumulator collect --shots accepted shots; print the fit.
+    Quad(QuadArgs),
+}
+
+#[derive(Args)]
+struct QuadArgs {
+    /// The quad's setpoint PV.
+    #[arg(long, value_name = "PV")]
+    pv: String,
+    /// Its readback PV (default: BCTRL replaced by BACT).
+    #[arg(long, value_name = "PV")]
+    readback: Option<String>,
+    /// Settings FROM:TO:COUNT in kG, e.g. 0.5:4.5:9.
+    #[arg(long, value_name = "A:B:N")]
+    values: String,
+    /// Seconds to wait after the readback arrived.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+    /// Accepted shots per step.
+    #[arg(long, default_value_t = 5)]
+    shots: u64,
+    /// The readback has arrived within this (kG).
+    #[arg(long, default_value_t = 0.01)]
+    tolerance: f64,
+    /// Seconds a step may take before it is reported incomplete.
+    #[arg(long, default_value_t = 60.0)]
+    step_timeout: f64,
+    /// The quad_scan accumulator's name.
+    #[arg(long, default_value = "quad_scan")]
+    result: String,
+    /// The controller's REST address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
+    controller: SocketAddr,
+    /// The reducer's HTTP address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5001")]
+    reducer: SocketAddr,
+    /// Keep the running pipeline scan (its earlier steps stay in the fit).
+    #[arg(long)]
+    keep_scan: bool,
+    /// Put the quad back to its value before the scan at the end (it then becomes a step of
+    /// the live fit too, until a new pipeline scan starts).
+    #[arg(long)]
+    restore: bool,
 }
 
 /// The embedded default pipeline (`examples/injector.toml`): the simulated injector over CA.
@@ -232,6 +283,7 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
         Command::Replay(args) => replay(args, progress),
         Command::SimIoc(args) => sim_ioc(args),
         Command::Emittance(args) => emittance(args),
+        Command::Scan(ScanCommand::Quad(args)) => scan_quad(args),
     }
 }
 
@@ -255,7 +307,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let mut components = Components::new()?;
     if args.sim_ioc || args.pipeline.is_none() {
         let served = components.start_sim_ioc(&args.ca_server, SimIocConfig::default())?;
-        let reach = reachable(served);
+        let reach = local_reach(served).to_string();
         for ingester in pipeline.ingesters.values_mut() {
             if let IngesterConfig::EpicsCa(config) = ingester {
                 config.addr_list.get_or_insert_with(|| reach.clone());
@@ -274,6 +326,44 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("Scan {uuid} of {events} events started.");
     }
     serve_until_signal(components)
+}
+
+fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
+    use beamflow::scan_driver::{Endpoints, QuadScanRequest, parse_values, run};
+    let request = QuadScanRequest {
+        pv: args.pv,
+        readback: args.readback,
+        values: parse_values(&args.values)?,
+        settle_s: args.settle,
+        shots: args.shots,
+        tolerance_kg: args.tolerance,
+        result: args.result,
+        step_timeout_s: args.step_timeout,
+        new_scan: !args.keep_scan,
+        restore: args.restore,
+    };
+    let endpoints = Endpoints {
+        controller: args.controller,
+        reducer: args.reducer,
+        ca: beamflow_ca::client::ClientConfig::from_env(),
+    };
+    eprintln!(
+        "Quad scan of {} over {} settings; the fit is live at http://{}/api/v1/result/{}/fit",
+        request.pv,
+        request.values.len(),
+        endpoints.reducer,
+        request.result
+    );
+    let progress = Default::default();
+    let fit = run(&request, &endpoints, &progress)?;
+    let steps = progress
+        .lock()
+        .map(|p| serde_json::to_value(&p.steps).unwrap_or_default())
+        .unwrap_or_default();
+    let mut out = serde_json::to_vec_pretty(&serde_json::json!({ "steps": steps, "fit": fit }))?;
+    out.push(b'\n');
+    std::io::stdout().write_all(&out)?;
+    Ok(())
 }
 
 fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {
@@ -300,19 +390,9 @@ fn sim_ioc(args: SimIocArgs) -> anyhow::Result<()> {
     let served = components.start_sim_ioc(&args.address, config)?;
     eprintln!(
         "beamflow sim-ioc: the simulated LCLS injector on Channel Access {served}. Try: EPICS_CA_ADDR_LIST={} EPICS_CA_AUTO_ADDR_LIST=NO camonitor OTRS:IN20:571:XRMS",
-        reachable(served)
+        local_reach(served)
     );
     serve_until_signal(components)
-}
-
-/// `host:port` a local client searches to reach a server bound on `served`.
-fn reachable(served: SocketAddr) -> String {
-    let host = if served.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        served.ip().to_string()
-    };
-    format!("{host}:{}", served.port())
 }
 
 fn controller(args: ControllerArgs) -> anyhow::Result<()> {

@@ -322,20 +322,21 @@ impl SimIoc {
             stamp,
             values,
         };
-        self.store.post(
-            &format!("{SCREEN}:Image:ArrayData"),
-            at(Values::Short(image)),
-        );
-        self.store.post(
-            &format!("{SCREEN}:Image:ArrayCounter_RBV"),
-            at(Values::Long(vec![self.shots as i32])),
-        );
+        // The image last: a client triggered by it finds its shot's readback and sizes there.
+        self.store
+            .post(SCAN_QUAD_READBACK, double(self.quad_readback, stamp));
         self.store
             .post(&format!("{SCREEN}:XRMS"), double(x_m * 1e6, stamp));
         self.store
             .post(&format!("{SCREEN}:YRMS"), double(y_m * 1e6, stamp));
-        self.store
-            .post(SCAN_QUAD_READBACK, double(self.quad_readback, stamp));
+        self.store.post(
+            &format!("{SCREEN}:Image:ArrayCounter_RBV"),
+            at(Values::Long(vec![self.shots as i32])),
+        );
+        self.store.post(
+            &format!("{SCREEN}:Image:ArrayData"),
+            at(Values::Short(image)),
+        );
     }
 
     /// A Gaussian spot of rms `sigma_x` × `sigma_y` pixels near the centre, on the pedestal,

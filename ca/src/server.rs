@@ -2,29 +2,89 @@
 //! reads, monitors and writes over TCP circuits, and converts to whatever type and form a client
 //! asks for. `caget`, `camonitor`, `caput` and Phoebus talk to it as to any IOC.
 //!
-//! PVs live in a [`PvStore`]; posting a value there reaches every subscriber. A slow client gets
-//! the latest value, not a growing queue: each subscription keeps one pending update.
+//! PVs live in a [`PvStore`]; posting a value there reaches every subscriber. Each client
+//! circuit receives its monitor updates in the order they were posted (as an IOC's event queue
+//! does), so a client triggered by one PV finds the values posted before it already there. A
+//! slow client gets the latest value, not a growing queue: a subscription whose update is still
+//! waiting has it replaced, in its place in line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::convert;
 use crate::dbr::{Native, TimeValue, Values};
 use crate::wire::{self, ECA_NORMAL, Header, MINOR_VERSION, command, put_message, split_message};
 
-/// A PV's current value and whether clients may write it.
+/// A PV's current value, whether clients may write it, and the circuits subscribed to it.
 struct Pv {
     native: Native,
     max_count: usize,
     writable: bool,
     value: watch::Sender<Arc<TimeValue>>,
+    subscribers: Mutex<Vec<(Weak<Updates>, u32)>>,
+}
+
+impl Pv {
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<(Weak<Updates>, u32)>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One circuit's monitor updates in post order: subscription ids in line, each with its latest
+/// value; a subscription already in line keeps its place and takes the newer value.
+#[derive(Default)]
+struct Updates {
+    queue: Mutex<UpdateQueue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct UpdateQueue {
+    order: VecDeque<u32>,
+    pending: HashMap<u32, Arc<TimeValue>>,
+    /// Per subscription id: the DBR type and count it asked for.
+    forms: HashMap<u32, (u16, u32)>,
+}
+
+impl Updates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UpdateQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, subid: u32, value: Arc<TimeValue>) {
+        let mut queue = self.lock();
+        if !queue.forms.contains_key(&subid) {
+            return;
+        }
+        if queue.pending.insert(subid, value).is_none() {
+            queue.order.push_back(subid);
+        }
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    /// The next update: subscription id, its form and value.
+    fn pop(&self) -> Option<(u32, (u16, u32), Arc<TimeValue>)> {
+        let mut queue = self.lock();
+        while let Some(subid) = queue.order.pop_front() {
+            if let (Some(value), Some(form)) = (
+                queue.pending.remove(&subid),
+                queue.forms.get(&subid).copied(),
+            ) {
+                return Some((subid, form, value));
+            }
+        }
+        None
+    }
 }
 
 /// The PVs a server serves, shared with whoever posts their values.
@@ -57,6 +117,7 @@ impl PvStore {
             max_count: max_count.max(value.values.len()).max(1),
             writable,
             value: watch::Sender::new(Arc::new(value)),
+            subscribers: Mutex::new(Vec::new()),
         };
         self.lock().insert(name.to_owned(), Arc::new(pv));
     }
@@ -70,7 +131,16 @@ impl PvStore {
         if value.values.native() != pv.native {
             value.values = convert::convert(&value.values, pv.native);
         }
-        pv.value.send_replace(Arc::new(value));
+        let value = Arc::new(value);
+        pv.value.send_replace(Arc::clone(&value));
+        pv.subscribers()
+            .retain(|(updates, subid)| match updates.upgrade() {
+                Some(updates) => {
+                    updates.push(*subid, Arc::clone(&value));
+                    true
+                }
+                None => false,
+            });
         true
     }
 
@@ -206,16 +276,28 @@ struct Channel {
 }
 
 struct Subscription {
-    task: tokio::task::JoinHandle<()>,
+    pv: Arc<Pv>,
     sid: u32,
     dbr_type: u16,
     count: u32,
 }
 
+impl Subscription {
+    /// Stops updates of subscription `subid` of the circuit `updates`.
+    fn cancel(&self, updates: &Arc<Updates>, subid: u32) {
+        self.pv
+            .subscribers()
+            .retain(|(u, id)| !(*id == subid && std::ptr::eq(u.as_ptr(), Arc::as_ptr(updates))));
+        let mut queue = updates.lock();
+        queue.forms.remove(&subid);
+        queue.pending.remove(&subid);
+    }
+}
+
 async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();
-    // Monitor updates are written by their own tasks through this queue, one message each.
+    // Replies and monitor updates reach the socket through this queue.
     let (out_tx, mut out_rx) = mpsc::channel::<BytesMut>(256);
     let writer_task = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
@@ -227,6 +309,31 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
     let mut out = BytesMut::new();
     Header::new(command::VERSION, 0, MINOR_VERSION.into(), 0, 0).put(&mut out);
     let _ = out_tx.send(out.split()).await;
+    // Monitor updates, in post order, encoded and queued by one task.
+    let updates = Arc::new(Updates::default());
+    let monitor_task = {
+        let updates = Arc::clone(&updates);
+        let queue = out_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                while let Some((subid, (dbr_type, count), value)) = updates.pop() {
+                    let mut bytes = BytesMut::new();
+                    reply_value(
+                        &mut bytes,
+                        command::EVENT_ADD,
+                        &value,
+                        dbr_type,
+                        count,
+                        subid,
+                    );
+                    if queue.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                updates.ready.notified().await;
+            }
+        })
+    };
     let mut channels: HashMap<u32, Channel> = HashMap::new();
     let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
     let mut next_sid = 1u32;
@@ -306,42 +413,30 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                         );
                         continue;
                     }
-                    let mut updates = channel.pv.value.subscribe();
                     let (dbr_type, count, subid) = (h.data_type, h.count, h.p2);
-                    let queue = out_tx.clone();
-                    let task = tokio::spawn(async move {
-                        loop {
-                            let value = updates.borrow_and_update().clone();
-                            let mut bytes = BytesMut::new();
-                            reply_value(
-                                &mut bytes,
-                                command::EVENT_ADD,
-                                &value,
-                                dbr_type,
-                                count,
-                                subid,
-                            );
-                            if queue.send(bytes).await.is_err() || updates.changed().await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    });
-                    if let Some(old) = subscriptions.insert(
+                    if let Some(old) = subscriptions.remove(&subid) {
+                        old.cancel(&updates, subid);
+                    }
+                    updates.lock().forms.insert(subid, (dbr_type, count));
+                    channel
+                        .pv
+                        .subscribers()
+                        .push((Arc::downgrade(&updates), subid));
+                    // The first update is the current value.
+                    updates.push(subid, channel.pv.value.borrow().clone());
+                    subscriptions.insert(
                         subid,
                         Subscription {
-                            task,
+                            pv: Arc::clone(&channel.pv),
                             sid: h.p1,
                             dbr_type,
                             count,
                         },
-                    ) {
-                        old.task.abort();
-                    }
+                    );
                 }
                 command::EVENT_CANCEL => {
                     if let Some(subscription) = subscriptions.remove(&h.p2) {
-                        subscription.task.abort();
+                        subscription.cancel(&updates, h.p2);
                         Header::new(
                             command::EVENT_ADD,
                             subscription.dbr_type,
@@ -367,10 +462,10 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                 }
                 command::CLEAR_CHANNEL => {
                     channels.remove(&h.p1);
-                    subscriptions.retain(|_, s| {
+                    subscriptions.retain(|subid, s| {
                         let keep = s.sid != h.p1;
                         if !keep {
-                            s.task.abort();
+                            s.cancel(&updates, *subid);
                         }
                         keep
                     });
@@ -389,9 +484,10 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
             break Err(error);
         }
     };
-    for subscription in subscriptions.into_values() {
-        subscription.task.abort();
+    for (subid, subscription) in subscriptions {
+        subscription.cancel(&updates, subid);
     }
+    monitor_task.abort();
     drop(out_tx);
     let _ = writer_task.await;
     result

@@ -41,13 +41,14 @@ pub fn app(ensemble: Shared) -> Router {
         .with_state(ensemble)
 }
 
-/// Serves `app(ensemble)` on an already bound listener until `shutdown` resolves.
+/// Serves `app` (the controller's [`app`], perhaps with more routes merged) on an already bound
+/// listener until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    ensemble: Shared,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(ensemble))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
