@@ -569,13 +569,19 @@ async fn scan_progress(
 
 async fn start_scan(
     axum::extract::State(service): axum::extract::State<ScanService>,
-    request: Result<axum::Json<QuadScanRequest>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, axum::Json<Value>) {
     use axum::http::StatusCode;
     let detail = |status, text: String| (status, axum::Json(serde_json::json!({ "detail": text })));
-    let request = match request {
-        Ok(axum::Json(request)) => request,
-        Err(rejection) => return detail(StatusCode::BAD_REQUEST, rejection.body_text()),
+    // JSON whatever the Content-Type says, as the controller's other endpoints take it.
+    let request: QuadScanRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return detail(
+                StatusCode::BAD_REQUEST,
+                format!("quad scan request: {error}"),
+            );
+        }
     };
     let Some(endpoints) = service
         .endpoints

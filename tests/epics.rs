@@ -1111,3 +1111,123 @@ fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
     );
     drop(ioc);
 }
+
+/// The quad scan as an operator runs it from README: `beamflow run` (the simulated injector and
+/// the pipeline), then `beamflow scan quad` over the reference dataset's 9 settings. The
+/// emittance fitted live from OTR2 images agrees with the sim's truth (the reference beam:
+/// εn 0.5 µm in x, 0.4 µm in y) within 5 %, and the same fit is served by the reducer.
+#[test]
+fn a_quad_scan_of_the_simulated_injector_finds_its_emittance() {
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args([
+        "run",
+        "--http",
+        "127.0.0.1:0",
+        "--reducer-http",
+        "127.0.0.1:0",
+        "--control",
+        "tcp://127.0.0.1:0",
+    ]);
+    let mut run = Running::start(command);
+    let line = run.wait_for_line("beamflow is running.");
+    let state = http_address(&line);
+    let rest = http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("events started.");
+
+    let mut scan = crate::util::beamflow();
+    let output = ca_env(&mut scan, port)
+        .args([
+            "scan",
+            "quad",
+            "--pv",
+            "QUAD:IN20:525:BCTRL",
+            "--values",
+            "0.5:4.5:9",
+            "--settle",
+            "0.2",
+            "--shots",
+            "3",
+            "--controller",
+            &rest.to_string(),
+            "--reducer",
+            &state.to_string(),
+        ])
+        .output()
+        .expect("run beamflow scan quad");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let steps = printed["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 9);
+    assert!(steps.iter().all(|s| s["complete"] == true), "{steps:?}");
+
+    let served: Value =
+        serde_json::from_str(&http_get(state, "/api/v1/result/quad_scan").1).unwrap();
+    let fit = &served["fit"];
+    for (plane, truth) in [("x", 0.5e-6), ("y", 0.4e-6)] {
+        let emit = fit[plane]["norm_emit"].as_f64().unwrap();
+        assert!(
+            (emit - truth).abs() / truth < 0.05,
+            "{plane}: εn {emit} vs {truth}"
+        );
+        assert_eq!(fit[plane]["settings"], 9, "the requested settings only");
+        assert_eq!(fit[plane]["physical"], true);
+        assert!(
+            fit[plane]["errors_chi2_scaled"]["norm_emit"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        assert_eq!(printed["fit"][plane]["norm_emit"], fit[plane]["norm_emit"]);
+    }
+    let fitted: Vec<&Value> = served["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["fitted"] == true)
+        .collect();
+    assert_eq!(fitted.len(), 9);
+}
+
+/// The controller's API runs the same driver: `POST /api/v1/scan/quad` answers 202 at once,
+/// a second request while it runs 409, and `GET` shows the steps and, at the end, the fit.
+#[test]
+fn the_controller_api_runs_a_quad_scan() {
+    use crate::util::http_post;
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args([
+        "run",
+        "--http",
+        "127.0.0.1:0",
+        "--reducer-http",
+        "127.0.0.1:0",
+        "--control",
+        "tcp://127.0.0.1:0",
+    ]);
+    let mut run = Running::start(command);
+    let line = run.wait_for_line("beamflow is running.");
+    let rest = http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("events started.");
+    let request = serde_json::json!({
+        "pv": "QUAD:IN20:525:BCTRL", "values": [1.0, 2.5, 4.0], "settle_s": 0.1, "shots": 3,
+    });
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", "{\"pv\": 3}");
+    assert_eq!(status, 400, "{body}");
+    let progress = eventually(60, "the scan to end", || {
+        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/scan/quad").1).ok()?;
+        (progress["state"] != "running").then_some(progress)
+    });
+    assert_eq!(progress["state"], "done", "{progress}");
+    assert_eq!(progress["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(progress["fit"]["x"]["settings"], 3);
+    assert!(progress["fit"]["x"]["norm_emit"].as_f64().unwrap() > 0.0);
+}
