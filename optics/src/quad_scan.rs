@@ -483,6 +483,8 @@ fn bmag(optics: &ScanOptics, beam: BeamMatrix, settings: &[f64], design: DesignT
 
 /// Solves min ‖A x − b‖ for an n×3 `A` by Householder QR on column-scaled A; returns x and
 /// (AᵀA)⁻¹. `None` when A is rank deficient.
+// Indices, as in the algebra: iterators over rows and columns of a[i][j] would hide it.
+#[allow(clippy::needless_range_loop)]
 fn least_squares(rows: &[[f64; 3]], rhs: &[f64]) -> Option<([f64; 3], [[f64; 3]; 3])> {
     let n = rows.len();
     // Column scaling: σ11, σ12 and σ22 differ by orders of magnitude in their coefficients.

@@ -376,7 +376,7 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
             beam.transport(Matrix::drift(2.26).then_after(Matrix::thick_quad(k, 0.108)))
                 .rms_size()
         };
-        let wobble = if shot % 2 == 0 { 1.005 } else { 0.995 };
+        let wobble = if shot.is_multiple_of(2) { 1.005 } else { 0.995 };
         (
             size(Plane::X, (0.5e-6, 10.0, -1.0)) * wobble,
             size(Plane::Y, (0.4e-6, 4.0, 2.5)) * wobble,

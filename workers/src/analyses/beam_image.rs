@@ -223,7 +223,12 @@ impl BeamImage {
                 });
                 continue;
             }
-            if !(axis.snr >= self.config.min_snr) {
+            // NaN fails the gate too.
+            if axis
+                .snr
+                .partial_cmp(&self.config.min_snr)
+                .is_none_or(|o| o.is_lt())
+            {
                 rejected.push(format!(
                     "{name}: signal to noise {:.1} below {}",
                     axis.snr, self.config.min_snr
@@ -552,7 +557,7 @@ fn project(
 /// of the total.
 fn central_rms(profile: &[f64]) -> (f64, f64) {
     let total: f64 = profile.iter().sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return (f64::NAN, f64::NAN);
     }
     let mut running = 0.0;
@@ -595,6 +600,8 @@ struct GaussianFit {
 }
 
 /// Fits A·exp(−(i−μ)²/2σ²) + c to `profile` by Levenberg–Marquardt from the moments' guess.
+// Indices, as in the algebra of the 4×4 normal equations.
+#[allow(clippy::needless_range_loop)]
 fn fit_gaussian(profile: &[f64], mean: f64, sigma: f64, noise: f64) -> GaussianFit {
     let failed = GaussianFit {
         amplitude: f64::NAN,
@@ -706,6 +713,7 @@ fn finish(p: [f64; 4], chi2: f64, n: usize, noise: f64) -> GaussianFit {
 }
 
 /// Solves a 4×4 system by Gaussian elimination with partial pivoting.
+#[allow(clippy::needless_range_loop)]
 fn solve4(mut m: [[f64; 4]; 4], mut b: [f64; 4]) -> Option<[f64; 4]> {
     for col in 0..4 {
         let pivot = (col..4).max_by(|&i, &j| m[i][col].abs().total_cmp(&m[j][col].abs()))?;
