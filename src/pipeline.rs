@@ -169,7 +169,7 @@ mod tests {
         let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_statz\"\n").unwrap_err();
         assert_eq!(
             format!("{error:#}"),
-            "line 2, column 8: unknown variant `frame_statz`, expected `frame_stats` or `pv_values`"
+            "line 2, column 8: unknown variant `frame_statz`, expected one of `frame_stats`, `pv_values`, `beam_image`"
         );
         let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_stats\"\nstreamz = []\n")
             .unwrap_err();

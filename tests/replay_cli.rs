@@ -226,7 +226,7 @@ fn user_errors_are_one_line_naming_the_file() {
     assert_eq!(
         stderr.trim(),
         format!(
-            "beamflow: {}: line 2, column 8: unknown variant `frame_statz`, expected `frame_stats` or `pv_values`",
+            "beamflow: {}: line 2, column 8: unknown variant `frame_statz`, expected one of `frame_stats`, `pv_values`, `beam_image`",
             pipeline.display()
         )
     );

@@ -43,6 +43,9 @@ const CAPACITY: usize = 4096;
 /// Parts received per loop turn at most, so heartbeats and control messages are never starved.
 const BURST: usize = 256;
 
+/// Time a turn spends taking parts (and processing the events they complete) at most.
+const TURN_BUDGET: Duration = Duration::from_millis(100);
+
 /// Runs a worker until `stop` is raised.
 pub fn run(
     settings: &WorkerSettings,
@@ -159,8 +162,11 @@ pub fn run(
                 _ => {}
             }
         }
+        let turn = Instant::now();
         for _ in 0..BURST {
-            if core.is_full() {
+            // Heavy analyses run inside this loop: bounding its time keeps hellos (liveness)
+            // and control messages flowing whatever an event costs.
+            if core.is_full() || turn.elapsed() > TURN_BUDGET {
                 break;
             }
             match recv_parts(&parts) {
