@@ -5,8 +5,8 @@
 //! PVs live in a [`PvStore`]; posting a value there reaches every subscriber. Each client
 //! circuit receives its monitor updates in the order they were posted (as an IOC's event queue
 //! does), so a client triggered by one PV finds the values posted before it already there. A
-//! slow client gets the latest value, not a growing queue: a subscription whose update is still
-//! waiting has it replaced, in its place in line.
+//! slow client gets the latest value, not a growing queue: past a few waiting updates, a
+//! subscription's newest one is replaced in its place in line.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -39,18 +39,24 @@ impl Pv {
     }
 }
 
-/// One circuit's monitor updates in post order: subscription ids in line, each with its latest
-/// value; a subscription already in line keeps its place and takes the newer value.
+/// One circuit's monitor updates in post order. Each subscription holds up to
+/// [`PENDING_PER_SUBSCRIPTION`] updates in line (a burst of posts while the client reads
+/// slowly is absorbed, as an IOC's event queue does); beyond that its newest one is replaced,
+/// so a slow client costs bounded memory and still gets the latest value.
 #[derive(Default)]
 struct Updates {
     queue: Mutex<UpdateQueue>,
     ready: Notify,
 }
 
+/// Updates a subscription keeps waiting at most (EPICS RSRV keeps four).
+const PENDING_PER_SUBSCRIPTION: usize = 4;
+
 #[derive(Default)]
 struct UpdateQueue {
+    /// One entry per waiting update: whose it is.
     order: VecDeque<u32>,
-    pending: HashMap<u32, Arc<TimeValue>>,
+    pending: HashMap<u32, VecDeque<Arc<TimeValue>>>,
     /// Per subscription id: the DBR type and count it asked for.
     forms: HashMap<u32, (u16, u32)>,
 }
@@ -65,7 +71,13 @@ impl Updates {
         if !queue.forms.contains_key(&subid) {
             return;
         }
-        if queue.pending.insert(subid, value).is_none() {
+        let waiting = queue.pending.entry(subid).or_default();
+        if waiting.len() >= PENDING_PER_SUBSCRIPTION {
+            if let Some(newest) = waiting.back_mut() {
+                *newest = value;
+            }
+        } else {
+            waiting.push_back(value);
             queue.order.push_back(subid);
         }
         drop(queue);
@@ -76,10 +88,8 @@ impl Updates {
     fn pop(&self) -> Option<(u32, (u16, u32), Arc<TimeValue>)> {
         let mut queue = self.lock();
         while let Some(subid) = queue.order.pop_front() {
-            if let (Some(value), Some(form)) = (
-                queue.pending.remove(&subid),
-                queue.forms.get(&subid).copied(),
-            ) {
+            let value = queue.pending.get_mut(&subid).and_then(VecDeque::pop_front);
+            if let (Some(value), Some(form)) = (value, queue.forms.get(&subid).copied()) {
                 return Some((subid, form, value));
             }
         }
@@ -553,4 +563,50 @@ fn error(out: &mut BytesMut, request: &Header, cid: u32, status: u32, text: &str
         Header::new(command::ERROR, 0, 0, cid, status),
         &payload,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EpicsTime;
+
+    fn value(x: f64) -> Arc<TimeValue> {
+        Arc::new(TimeValue {
+            status: 0,
+            severity: 0,
+            stamp: EpicsTime::default(),
+            values: Values::Double(vec![x]),
+        })
+    }
+
+    fn drain(updates: &Updates) -> Vec<(u32, f64)> {
+        std::iter::from_fn(|| updates.pop())
+            .map(|(subid, _, v)| match &v.values {
+                Values::Double(x) => (subid, x[0]),
+                _ => (subid, f64::NAN),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn updates_leave_in_post_order_and_a_backlog_keeps_the_latest() {
+        let updates = Updates::default();
+        updates.lock().forms.insert(1, (20, 1));
+        updates.lock().forms.insert(2, (20, 1));
+        updates.push(1, value(1.0));
+        updates.push(2, value(10.0));
+        updates.push(1, value(2.0));
+        assert_eq!(drain(&updates), [(1, 1.0), (2, 10.0), (1, 2.0)]);
+        // Six posts while the client reads nothing: four wait, the last replaced by the newest.
+        for x in 1..=6 {
+            updates.push(1, value(f64::from(x)));
+        }
+        assert_eq!(drain(&updates), [(1, 1.0), (1, 2.0), (1, 3.0), (1, 6.0)]);
+        // A cancelled subscription's waiting updates go with it; unknown ids are ignored.
+        updates.push(2, value(11.0));
+        updates.lock().forms.remove(&2);
+        updates.lock().pending.remove(&2);
+        updates.push(3, value(0.0));
+        assert_eq!(drain(&updates), []);
+    }
 }
