@@ -173,7 +173,7 @@ impl Components {
         pipeline: &Pipeline,
     ) -> anyhow::Result<(String, SocketAddr)> {
         let section = &pipeline.controller;
-        let mut descriptions = Analyses::build(&pipeline.analyses).describe_parameters();
+        let mut descriptions = Analyses::build(&pipeline.analyses)?.describe_parameters();
         descriptions.extend(
             Reducer::new(&pipeline.accumulators, Parameters::default())?.describe_parameters(),
         );

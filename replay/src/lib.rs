@@ -135,7 +135,7 @@ struct Batch {
 
 /// Replays the dumps, publishing state and status to `view` as it goes and at the end.
 pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
-    let analyses = Analyses::build(&config.analyses);
+    let analyses = Analyses::build(&config.analyses)?;
     let mut reducer = Reducer::new(&config.accumulators, Parameters::default())?;
     let mut descriptions = analyses.describe_parameters();
     descriptions.extend(reducer.describe_parameters());

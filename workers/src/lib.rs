@@ -24,7 +24,7 @@ use beamflow_protocol::{EventData, ParameterDescription, Parameters, StreamName,
 use serde::Serialize;
 
 pub use analyses::AnalysisConfig;
-pub use process::{Analyses, Failure};
+pub use process::{Analyses, BuildError, Failure};
 
 /// An analysis: turns one event into at most one output, with no state that matters across
 /// events, so any worker (or replay thread) can process any event.
@@ -64,6 +64,19 @@ pub trait Analysis: Send + Sync + 'static {
         parameters: &Parameters,
     ) -> Result<Option<Self::Output>, AnalysisError>;
 
+    /// Processes several events queued together, one outcome each, in order. The default runs
+    /// them one by one; a model overrides it to evaluate them as one batch.
+    fn process_batch(
+        &self,
+        events: &[&EventData],
+        parameters: &Parameters,
+    ) -> Vec<Result<Option<Self::Output>, AnalysisError>> {
+        events
+            .iter()
+            .map(|event| self.process_event(event, parameters))
+            .collect()
+    }
+
     /// The parameters this analysis reads, with their types and defaults.
     fn describe_parameters(&self) -> Vec<ParameterDescription> {
         Vec::new()
@@ -101,6 +114,12 @@ pub trait DynAnalysis: Send + Sync {
         event: &EventData,
         parameters: &Parameters,
     ) -> Result<Option<Value>, AnalysisError>;
+    /// [`Analysis::process_batch`], converted as [`DynAnalysis::process`] converts.
+    fn process_batch(
+        &self,
+        events: &[&EventData],
+        parameters: &Parameters,
+    ) -> Vec<Result<Option<Value>, AnalysisError>>;
     /// See [`Analysis::describe_parameters`].
     fn describe_parameters(&self) -> Vec<ParameterDescription>;
     /// See [`Analysis::finish`].
@@ -117,6 +136,20 @@ impl<A: Analysis> DynAnalysis for A {
             Some(output) => Ok(Some(Value::from_serialize(&output)?)),
             None => Ok(None),
         }
+    }
+
+    fn process_batch(
+        &self,
+        events: &[&EventData],
+        parameters: &Parameters,
+    ) -> Vec<Result<Option<Value>, AnalysisError>> {
+        Analysis::process_batch(self, events, parameters)
+            .into_iter()
+            .map(|outcome| match outcome? {
+                Some(output) => Ok(Some(Value::from_serialize(&output)?)),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     fn describe_parameters(&self) -> Vec<ParameterDescription> {

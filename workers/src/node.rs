@@ -46,12 +46,24 @@ const BURST: usize = 256;
 /// Time a turn spends taking parts (and processing the events they complete) at most.
 const TURN_BUDGET: Duration = Duration::from_millis(100);
 
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Its sockets failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// An analysis of the pipeline cannot be built.
+    #[error(transparent)]
+    Build(#[from] crate::BuildError),
+}
+
 /// Runs a worker until `stop` is raised.
 pub fn run(
     settings: &WorkerSettings,
     context: &zmq::Context,
     stop: &Stop,
-) -> Result<(), TransportError> {
+) -> Result<(), WorkerError> {
+    let analyses = Analyses::build(&settings.analyses)?;
     let parts = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
     let endpoint = bind_any(&parts, &settings.host)?;
     let instance = instance_id();
@@ -62,7 +74,7 @@ pub fn run(
     )?;
     let mut core = WorkerCore::new(
         settings.name.clone(),
-        Analyses::build(&settings.analyses),
+        analyses,
         Parameters::default(),
         settings.event_timeout,
         CAPACITY,
@@ -188,7 +200,7 @@ pub fn run(
                     }
                     malformed += 1;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             }
         }
         processed.extend(core.poll(now));

@@ -24,15 +24,32 @@ pub struct Failure {
     pub error: AnalysisError,
 }
 
+/// An `[analyses.<name>]` table that cannot be built (a model that does not load, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("analysis {name}: {message}")]
+pub struct BuildError {
+    /// The analysis.
+    pub name: AnalysisName,
+    /// Why.
+    pub message: String,
+}
+
 impl Analyses {
     /// Builds every analysis of the pipeline file.
-    pub fn build(configs: &BTreeMap<AnalysisName, AnalysisConfig>) -> Self {
-        Self {
-            list: configs
-                .iter()
-                .map(|(name, config)| (name.clone(), config.build()))
-                .collect(),
-        }
+    pub fn build(configs: &BTreeMap<AnalysisName, AnalysisConfig>) -> Result<Self, BuildError> {
+        let list = configs
+            .iter()
+            .map(|(name, config)| {
+                config
+                    .build()
+                    .map(|analysis| (name.clone(), analysis))
+                    .map_err(|message| BuildError {
+                        name: name.clone(),
+                        message,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { list })
     }
 
     /// The parameters every analysis declares.
@@ -50,31 +67,60 @@ impl Analyses {
         parameters: &Parameters,
         worker: &WorkerName,
     ) -> (EventReport, Vec<Failure>) {
-        let mut results = Vec::new();
-        let mut failures = Vec::new();
-        for (name, analysis) in &self.list {
-            match analysis.process(event, parameters) {
-                Ok(Some(payload)) => results.push(ResultData {
+        let mut processed = self.process_many(&[event], parameters, worker);
+        processed.pop().unwrap_or_else(|| {
+            let report = EventReport {
+                event_number: event.event_number,
+                worker: worker.clone(),
+                results: Vec::new(),
+                missing: Vec::new(),
+            };
+            (report, Vec::new())
+        })
+    }
+
+    /// Runs every analysis on several events at once (each analysis sees the whole batch, so a
+    /// model can evaluate them together): one report and its failures per event, in order.
+    pub fn process_many(
+        &self,
+        events: &[&EventData],
+        parameters: &Parameters,
+        worker: &WorkerName,
+    ) -> Vec<(EventReport, Vec<Failure>)> {
+        let mut out: Vec<(EventReport, Vec<Failure>)> = events
+            .iter()
+            .map(|event| {
+                let report = EventReport {
                     event_number: event.event_number,
-                    analysis: name.clone(),
                     worker: worker.clone(),
-                    created_at: event.created_at,
-                    payload: Arc::new(payload),
-                }),
-                Ok(None) => {}
-                Err(error) => failures.push(Failure {
-                    analysis: name.clone(),
-                    error,
-                }),
+                    results: Vec::new(),
+                    missing: Vec::new(),
+                };
+                (report, Vec::new())
+            })
+            .collect();
+        for (name, analysis) in &self.list {
+            let outcomes = analysis.process_batch(events, parameters);
+            for ((event, (report, failures)), outcome) in
+                events.iter().zip(out.iter_mut()).zip(outcomes)
+            {
+                match outcome {
+                    Ok(Some(payload)) => report.results.push(ResultData {
+                        event_number: event.event_number,
+                        analysis: name.clone(),
+                        worker: worker.clone(),
+                        created_at: event.created_at,
+                        payload: Arc::new(payload),
+                    }),
+                    Ok(None) => {}
+                    Err(error) => failures.push(Failure {
+                        analysis: name.clone(),
+                        error,
+                    }),
+                }
             }
         }
-        let report = EventReport {
-            event_number: event.event_number,
-            worker: worker.clone(),
-            results,
-            missing: Vec::new(),
-        };
-        (report, failures)
+        out
     }
 
     /// Calls every analysis' `finish`.

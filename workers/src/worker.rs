@@ -121,18 +121,24 @@ impl WorkerCore {
         self.poll(now)
     }
 
-    /// Processes events that became ready by time alone (call it when no input arrives).
+    /// Processes events that became ready by time alone (call it when no input arrives). The
+    /// events ready together go to the analyses as one batch.
     pub fn poll(&mut self, now: Instant) -> Vec<Processed> {
         let ready = self.assembler.ready(now);
         self.counts.orphaned = self.assembler.orphaned();
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let events: Vec<&EventData> = ready.iter().map(|a| &a.event).collect();
+        let outcomes = self
+            .analyses
+            .process_many(&events, &self.parameters, &self.name);
+        self.counts.busy_micros += started.elapsed().as_micros() as u64;
         ready
             .into_iter()
-            .map(|assembled| {
-                let started = Instant::now();
-                let (mut report, failures) =
-                    self.analyses
-                        .process(&assembled.event, &self.parameters, &self.name);
-                self.counts.busy_micros += started.elapsed().as_micros() as u64;
+            .zip(outcomes)
+            .map(|(assembled, (mut report, failures))| {
                 self.counts.processed += 1;
                 self.counts.analysis_errors += failures.len() as u64;
                 self.counts.last_event = Some(report.event_number.0);
@@ -167,7 +173,8 @@ mod tests {
 
     fn core() -> WorkerCore {
         let config: AnalysisConfig = toml::from_str("kind = \"frame_stats\"").unwrap();
-        let analyses = Analyses::build(&BTreeMap::from([(AnalysisName::from("stats"), config)]));
+        let analyses =
+            Analyses::build(&BTreeMap::from([(AnalysisName::from("stats"), config)])).unwrap();
         WorkerCore::new(
             "w1".into(),
             analyses,

@@ -6,6 +6,7 @@
 pub mod beam_image;
 pub mod frame_stats;
 pub mod pv_values;
+pub mod surrogate;
 
 use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::streams::stins::{self, StinsMessage};
@@ -47,12 +48,14 @@ pub enum AnalysisConfig {
     PvValues(pv_values::PvValuesConfig),
     /// Beam sizes and centroids from a screen image, with per-shot gates.
     BeamImage(beam_image::BeamImageConfig),
+    /// A surrogate model evaluated on the event's PV values.
+    Surrogate(surrogate::SurrogateConfig),
 }
 
 impl AnalysisConfig {
-    /// Builds the analysis this table describes.
-    pub fn build(&self) -> Box<dyn DynAnalysis> {
-        match self {
+    /// Builds the analysis this table describes; the error says why it cannot be.
+    pub fn build(&self) -> Result<Box<dyn DynAnalysis>, String> {
+        Ok(match self {
             AnalysisConfig::FrameStats(config) => {
                 Box::new(frame_stats::FrameStats::new(config.clone()))
             }
@@ -60,7 +63,8 @@ impl AnalysisConfig {
             AnalysisConfig::BeamImage(config) => {
                 Box::new(beam_image::BeamImage::new(config.clone()))
             }
-        }
+            AnalysisConfig::Surrogate(config) => Box::new(surrogate::Surrogate::new(config)?),
+        })
     }
 
     /// The `kind` name.
@@ -69,6 +73,7 @@ impl AnalysisConfig {
             AnalysisConfig::FrameStats(_) => "frame_stats",
             AnalysisConfig::PvValues(_) => "pv_values",
             AnalysisConfig::BeamImage(_) => "beam_image",
+            AnalysisConfig::Surrogate(_) => "surrogate",
         }
     }
 }

@@ -1,0 +1,295 @@
+//! `surrogate`: a LUME-style model (`beamflow_surrogate`) evaluated on each event's PV values,
+//! as an ordinary stateless analysis. Each model input is read from the PV stream mapped to it
+//! (e.g. the `BACT` readback onto the model's `BCTRL` input); inputs with no stream in the event
+//! take their default. Every output carries the provenance of every input: `live`, `stale` (its
+//! CA time stamp older than `max_age_s` at the event) with its age, or `default`. Out-of-range
+//! inputs are flagged, or reject the event with `out_of_range = "reject"`. A non-finite output
+//! is an error, never a number. Events queued together are evaluated as one batch.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use beamflow_protocol::streams::pv::{self, PvFrame};
+use beamflow_protocol::{EventData, Parameters, StreamName};
+use beamflow_surrogate::{Evaluation, InputIssue, Model, Provenance};
+use serde::Deserialize;
+
+use crate::{Analysis, AnalysisError};
+
+/// Configuration of `surrogate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurrogateConfig {
+    /// The model directory (`model.yaml` and its weights).
+    pub model: PathBuf,
+    /// Model input name → the PV stream that feeds it.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, StreamName>,
+    /// A live value older than this (CA time stamp against the event's time) is stale.
+    #[serde(default = "max_age")]
+    pub max_age_s: f64,
+    /// What an out-of-range input does.
+    #[serde(default)]
+    pub out_of_range: OutOfRange,
+}
+
+fn max_age() -> f64 {
+    10.0
+}
+
+/// What an input outside the model's training range does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRange {
+    /// Evaluate and list it in `issues`.
+    #[default]
+    Flag,
+    /// No outputs for the event: an analysis error naming the input.
+    Reject,
+}
+
+/// The `surrogate` analysis.
+pub struct Surrogate {
+    config: SurrogateConfig,
+    model: Arc<Model>,
+}
+
+impl Surrogate {
+    /// Loads the model; the error names what is wrong with it.
+    pub fn new(config: &SurrogateConfig) -> Result<Self, String> {
+        let model = Model::load(&config.model).map_err(|error| error.to_string())?;
+        if let Some(unknown) = config
+            .inputs
+            .keys()
+            .find(|name| !model.spec().inputs.iter().any(|i| &i.name == *name))
+        {
+            return Err(format!(
+                "inputs maps {unknown:?}, which the model does not have"
+            ));
+        }
+        Ok(Self {
+            config: config.clone(),
+            model: Arc::new(model),
+        })
+    }
+
+    /// The model's input values in `event`, with provenance.
+    fn given(&self, event: &EventData) -> BTreeMap<String, (f64, Provenance)> {
+        let now = event.created_at;
+        self.config
+            .inputs
+            .iter()
+            .filter_map(|(input, stream)| {
+                let data = event.streams.get(stream)?;
+                if data.typ.as_str() != pv::TYP {
+                    return None;
+                }
+                let frame = PvFrame::parse(&data.frames).ok()?;
+                let value = frame.value.to_f64().first().copied()?;
+                let age_s = now.map(|now| {
+                    (now.as_nanosecond() - frame.timestamp().as_nanosecond()) as f64 / 1e9
+                });
+                let provenance = match age_s {
+                    Some(age_s) if age_s > self.config.max_age_s => Provenance::Stale { age_s },
+                    _ => Provenance::Live,
+                };
+                Some((input.clone(), (value, provenance)))
+            })
+            .collect()
+    }
+}
+
+impl Analysis for Surrogate {
+    type Output = Evaluation;
+
+    fn process_event(
+        &self,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Evaluation>, AnalysisError> {
+        self.process_batch(&[event], parameters)
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    fn process_batch(
+        &self,
+        events: &[&EventData],
+        _: &Parameters,
+    ) -> Vec<Result<Option<Evaluation>, AnalysisError>> {
+        let mut outcomes: Vec<Option<Result<Option<Evaluation>, AnalysisError>>> =
+            Vec::with_capacity(events.len());
+        let mut rows = Vec::new();
+        let mut placed = Vec::new();
+        for event in events {
+            let (inputs, issues) = self.model.prepare(&self.given(event));
+            let out_of_range: Vec<String> = issues
+                .iter()
+                .filter(|issue| matches!(issue, InputIssue::OutOfRange { .. }))
+                .map(ToString::to_string)
+                .collect();
+            if self.config.out_of_range == OutOfRange::Reject && !out_of_range.is_empty() {
+                outcomes.push(Some(Err(AnalysisError::Invalid(format!(
+                    "rejected: {}",
+                    out_of_range.join("; ")
+                )))));
+                continue;
+            }
+            placed.push(outcomes.len());
+            outcomes.push(None);
+            rows.push((inputs, issues));
+        }
+        match self.model.evaluate_named(rows) {
+            Ok(evaluations) => {
+                for (index, evaluation) in placed.into_iter().zip(evaluations) {
+                    outcomes[index] = Some(
+                        evaluation
+                            .map(Some)
+                            .map_err(|error| AnalysisError::Invalid(error.to_string())),
+                    );
+                }
+            }
+            Err(error) => {
+                for index in placed {
+                    outcomes[index] = Some(Err(AnalysisError::Invalid(error.to_string())));
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Ok(None)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use beamflow_protocol::{DType, EventNumber, NdArray};
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn model_dir() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/models/lcls_cu_injector"
+        ))
+    }
+
+    fn config(reject: bool) -> SurrogateConfig {
+        SurrogateConfig {
+            model: model_dir(),
+            inputs: BTreeMap::from([
+                ("QUAD:IN20:525:BCTRL".to_owned(), StreamName::from("qe04")),
+                (
+                    "SOLN:IN20:121:BCTRL".to_owned(),
+                    StreamName::from("solenoid"),
+                ),
+            ]),
+            max_age_s: 5.0,
+            out_of_range: if reject {
+                OutOfRange::Reject
+            } else {
+                OutOfRange::Flag
+            },
+        }
+    }
+
+    /// An event at Unix time 1e9 with `qe04` stamped `qe04_age` s earlier and a fresh solenoid.
+    fn event(n: u64, qe04: f64, qe04_age: u32) -> EventData {
+        let epics = |unix: i64| (unix - pv::EPICS_EPOCH_UNIX) as u32;
+        let frame = |name: &str, value: f64, secs: u32| PvFrame {
+            pv: name.to_owned(),
+            status: 0,
+            severity: 0,
+            secs,
+            nanos: 0,
+            value: NdArray::new(
+                vec![],
+                DType::Float64,
+                Bytes::from(value.to_le_bytes().to_vec()),
+            )
+            .expect("a scalar"),
+        };
+        let mut event = EventData::new(EventNumber(n));
+        event.created_at = Some(jiff::Timestamp::from_second(1_000_000_000).expect("valid"));
+        event.streams.insert(
+            "qe04".into(),
+            frame("QUAD:IN20:525:BACT", qe04, epics(1_000_000_000) - qe04_age).stream(),
+        );
+        event.streams.insert(
+            "solenoid".into(),
+            frame("SOLN:IN20:121:BACT", 0.478, epics(1_000_000_000)).stream(),
+        );
+        event
+    }
+
+    #[test]
+    fn a_batch_gives_each_event_its_outputs_with_the_provenance_of_every_input() {
+        let analysis = Surrogate::new(&config(false)).expect("loads");
+        let events = [event(1, -3.2, 0), event(2, -4.0, 30), event(3, 2.5, 0)];
+        let refs: Vec<&EventData> = events.iter().collect();
+        let outcomes = Analysis::process_batch(&analysis, &refs, &Parameters::default());
+        assert_eq!(outcomes.len(), 3);
+        let first = outcomes[0].as_ref().expect("ok").as_ref().expect("outputs");
+        assert_eq!(
+            first.inputs["QUAD:IN20:525:BCTRL"].provenance,
+            Provenance::Live
+        );
+        assert_eq!(first.inputs["QUAD:IN20:525:BCTRL"].value, -3.2);
+        assert_eq!(
+            first.inputs["QUAD:IN20:361:BCTRL"].provenance,
+            Provenance::Default
+        );
+        assert!(first.issues.is_empty());
+        let second = outcomes[1].as_ref().expect("ok").as_ref().expect("outputs");
+        assert_eq!(
+            second.inputs["QUAD:IN20:525:BCTRL"].provenance,
+            Provenance::Stale { age_s: 30.0 }
+        );
+        let third = outcomes[2]
+            .as_ref()
+            .expect("ok")
+            .as_ref()
+            .expect("flagged, evaluated");
+        assert_eq!(third.issues.len(), 1);
+        // The batch equals one-by-one evaluation.
+        let alone = analysis
+            .process_event(&events[0], &Parameters::default())
+            .expect("ok")
+            .expect("outputs");
+        assert_eq!(&alone, first);
+    }
+
+    #[test]
+    fn reject_mode_refuses_an_out_of_range_event_and_keeps_the_others() {
+        let analysis = Surrogate::new(&config(true)).expect("loads");
+        let events = [event(1, 2.5, 0), event(2, -3.2, 0)];
+        let refs: Vec<&EventData> = events.iter().collect();
+        let outcomes = Analysis::process_batch(&analysis, &refs, &Parameters::default());
+        let error = outcomes[0].as_ref().expect_err("rejected").to_string();
+        assert!(
+            error.contains("QUAD:IN20:525:BCTRL = 2.5 is outside"),
+            "{error}"
+        );
+        assert!(outcomes[1].is_ok());
+    }
+
+    #[test]
+    fn an_unknown_input_name_or_model_fails_at_build() {
+        let mut bad = config(false);
+        bad.inputs
+            .insert("QUAD:IN20:999:BCTRL".to_owned(), "x".into());
+        let error = Surrogate::new(&bad).err().expect("refused");
+        assert!(error.contains("QUAD:IN20:999:BCTRL"), "{error}");
+        let mut missing = config(false);
+        missing.model = PathBuf::from("/nonexistent/model");
+        assert!(
+            Surrogate::new(&missing)
+                .err()
+                .expect("refused")
+                .contains("model.yaml")
+        );
+    }
+}
