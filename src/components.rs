@@ -27,6 +27,7 @@ use beamflow_workers::node::WorkerSettings;
 use beamflow_workers::process::Analyses;
 
 use crate::pipeline::Pipeline;
+use crate::models_http::ModelService;
 use crate::scan_driver::{Endpoints, ScanService};
 use crate::sim_ioc::{SimIoc, SimIocConfig};
 
@@ -231,10 +232,11 @@ impl Components {
         http: &str,
     ) -> anyhow::Result<SocketAddr> {
         let view = View::new();
+        let models = ModelService::load(&pipeline.analyses, view.clone())?;
         let address = {
-            let view = view.clone();
+            let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
             self.serve_http(http, "reducer", move |listener, shutdown| {
-                Box::pin(beamflow_reducer::http::serve(listener, view, shutdown))
+                Box::pin(beamflow_reducer::http::serve(listener, app, shutdown))
             })?
         };
         let settings = ReducerSettings {

@@ -67,7 +67,7 @@ enum ModelCommand {
 
 #[derive(Args)]
 struct ModelEvalArgs {
-    /// The model directory (model.yaml and its safetensors).
+    /// The model directory (model.yaml and its safetensors), or builtin:lcls_cu_injector.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// The inputs: a JSON object {name: value}; `-` for standard input.
@@ -369,7 +369,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {
-    let model = beamflow_surrogate::Model::load(&args.model)?;
+    let model = beamflow_surrogate::Model::open(&args.model)?;
     let text = if args.inputs.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
@@ -605,7 +605,7 @@ fn start_server(addr: SocketAddr, view: View) -> anyhow::Result<Server> {
     eprintln!("Serving the reducer's state on http://{bound}/api/v1/result");
     let handle = runtime.spawn(beamflow_reducer::http::serve(
         listener,
-        view,
+        beamflow_reducer::http::app(view),
         shutdown_signal(),
     ));
     Ok((runtime, handle, bound))

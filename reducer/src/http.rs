@@ -2,6 +2,7 @@
 //! document. Handlers only read a snapshot behind a std lock that is never held across `.await`
 //! (mini-redis `db.rs`); the task applying results publishes new snapshots.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -53,6 +54,7 @@ pub struct Status {
 struct Snapshot {
     state: Arc<Value>,
     status: Arc<Status>,
+    latest: Arc<BTreeMap<String, Arc<Value>>>,
 }
 
 /// A shared, cheaply cloned handle on the latest published state and status.
@@ -74,6 +76,7 @@ impl View {
             inner: Arc::new(RwLock::new(Snapshot {
                 state: Arc::new(Value::Map(Default::default())),
                 status: Arc::new(Status::default()),
+                latest: Arc::default(),
             })),
         }
     }
@@ -83,6 +86,24 @@ impl View {
         let mut snapshot = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         snapshot.state = Arc::new(state);
         snapshot.status = Arc::new(status);
+    }
+
+    /// Replaces the latest result of each analysis.
+    pub fn publish_latest(&self, latest: BTreeMap<String, Arc<Value>>) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latest = Arc::new(latest);
+    }
+
+    /// The latest result of `analysis`.
+    pub fn latest(&self, analysis: &str) -> Option<Arc<Value>> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latest
+            .get(analysis)
+            .cloned()
     }
 
     /// Replaces only the status.
@@ -124,13 +145,14 @@ pub fn app(view: View) -> Router {
         .with_state(view)
 }
 
-/// Serves `app(view)` on an already bound listener until `shutdown` resolves.
+/// Serves `app` (the reducer's [`app`], perhaps with more routes merged) on an already bound
+/// listener until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    view: View,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(view))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -113,6 +113,7 @@ pub struct Reducer {
     slots: Vec<Slot>,
     parameters: Parameters,
     counts: ReducerCounts,
+    latest: BTreeMap<String, std::sync::Arc<Value>>,
 }
 
 impl Reducer {
@@ -139,6 +140,7 @@ impl Reducer {
             slots,
             parameters,
             counts: ReducerCounts::default(),
+            latest: BTreeMap::new(),
         })
     }
 
@@ -175,6 +177,13 @@ impl Reducer {
             }
         }
         self.counts.results += 1;
+        self.latest
+            .insert(result.analysis.to_string(), std::sync::Arc::clone(&result.payload));
+    }
+
+    /// The latest result of each analysis (for views such as a model's live inputs).
+    pub fn latest_results(&self) -> BTreeMap<String, std::sync::Arc<Value>> {
+        self.latest.clone()
     }
 
     /// Sets the parameters accumulators see from the next result on.

@@ -223,6 +223,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         ..Status::default()
     };
     view.publish(reducer.state(), status);
+    view.publish_latest(reducer.latest_results());
 }
 
 /// Why the reducer stopped.

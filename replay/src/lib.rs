@@ -177,6 +177,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
             if last_publish.elapsed() >= PUBLISH_INTERVAL {
                 summary.elapsed = started.elapsed();
                 view.publish(reducer.state(), status(summary, false));
+                view.publish_latest(reducer.latest_results());
                 last_publish = Instant::now();
             }
         },
@@ -195,6 +196,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
     summary.accumulator_errors = reducer.counts().accumulator_errors.clone();
     progress.finish_and_clear();
     view.publish(reducer.state(), status(&summary, true));
+    view.publish_latest(reducer.latest_results());
     debug!(
         events = summary.events,
         bad_records = summary.bad_records,

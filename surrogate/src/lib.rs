@@ -233,6 +233,41 @@ impl Model {
         Self::from_parts(spec, tensors)
     }
 
+    /// Loads a model from the text of its `model.yaml` and the bytes of its weights.
+    pub fn from_bytes(yaml: &str, weights: &[u8]) -> Result<Self, ModelError> {
+        let spec: ModelSpec =
+            serde_saphyr::from_str(yaml).map_err(|error| ModelError::Description {
+                path: PathBuf::from("model.yaml"),
+                message: error.to_string(),
+            })?;
+        let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
+        Self::from_parts(spec, tensors)
+    }
+
+    /// A model compiled into beamflow, by name (`lcls_cu_injector`).
+    pub fn builtin(name: &str) -> Option<Result<Self, ModelError>> {
+        match name {
+            "lcls_cu_injector" => Some(Self::from_bytes(
+                include_str!("../../models/lcls_cu_injector/model.yaml"),
+                include_bytes!("../../models/lcls_cu_injector/model.safetensors"),
+            )),
+            _ => None,
+        }
+    }
+
+    /// `builtin:<name>` for a model compiled in, else a model directory.
+    pub fn open(location: &Path) -> Result<Self, ModelError> {
+        if let Some(name) = location.to_str().and_then(|l| l.strip_prefix("builtin:")) {
+            return Self::builtin(name).unwrap_or_else(|| {
+                Err(ModelError::Description {
+                    path: location.to_owned(),
+                    message: format!("no model {name:?} is built in (there is lcls_cu_injector)"),
+                })
+            });
+        }
+        Self::load(location)
+    }
+
     /// Builds a model from its description and named tensors.
     pub fn from_parts(
         spec: ModelSpec,
@@ -612,7 +647,15 @@ mod tests {
 
     #[test]
     fn the_lcls_injector_model_reproduces_its_reference_outputs() {
-        let model = Model::load(&shared()).expect("loads");
+        for model in [
+            Model::load(&shared()).expect("loads"),
+            Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in"),
+        ] {
+            check_reference(&model);
+        }
+    }
+
+    fn check_reference(model: &Model) {
         let text = std::fs::read_to_string(shared().join("reference.json")).expect("reference");
         let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
         let points = reference["points"].as_array().expect("points");

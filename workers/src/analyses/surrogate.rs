@@ -21,7 +21,7 @@ use crate::{Analysis, AnalysisError};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SurrogateConfig {
-    /// The model directory (`model.yaml` and its weights).
+    /// The model directory (`model.yaml` and its weights), or `builtin:lcls_cu_injector`.
     pub model: PathBuf,
     /// Model input name → the PV stream that feeds it.
     #[serde(default)]
@@ -58,7 +58,7 @@ pub struct Surrogate {
 impl Surrogate {
     /// Loads the model; the error names what is wrong with it.
     pub fn new(config: &SurrogateConfig) -> Result<Self, String> {
-        let model = Model::load(&config.model).map_err(|error| error.to_string())?;
+        let model = Model::open(&config.model).map_err(|error| error.to_string())?;
         if let Some(unknown) = config
             .inputs
             .keys()
