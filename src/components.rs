@@ -26,8 +26,8 @@ use beamflow_reducer::result_pvs::ResultPvs;
 use beamflow_workers::node::WorkerSettings;
 use beamflow_workers::process::Analyses;
 
-use crate::pipeline::Pipeline;
 use crate::models_http::ModelService;
+use crate::pipeline::Pipeline;
 use crate::scan_driver::{Endpoints, ScanService};
 use crate::sim_ioc::{SimIoc, SimIocConfig};
 

@@ -541,6 +541,58 @@ fn runs_the_embedded_injector_and_serves_results_as_pvs() {
         );
     }
     assert_eq!(history[21], 0.0);
+
+    // The LCLS injector surrogate, evaluated on every event from the live readbacks.
+    let model = result
+        .pointer("/model/values/xrms_um")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    assert_eq!(model.len(), 20, "a prediction for every event");
+    assert!(
+        model.iter().all(|x| x.as_f64().is_some_and(|x| x > 0.0)),
+        "{model:?}"
+    );
+    let local = result
+        .pointer("/model/time_local/0")
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(
+        local.ends_with("-08:00") || local.ends_with("-07:00"),
+        "Los Angeles time: {local}"
+    );
+    let (status, inputs) = http_get(state, "/api/v1/model/lcls_injector/inputs");
+    assert_eq!(status, 200, "{inputs}");
+    let inputs: Value = serde_json::from_str(&inputs).unwrap();
+    assert_eq!(inputs["QUAD:IN20:525:BCTRL"]["provenance"], "live");
+    assert_eq!(
+        inputs["QUAD:IN20:525:BCTRL"]["value"], -3.2184,
+        "the BACT readback"
+    );
+    assert_eq!(inputs["CAMR:IN20:186:R_DIST"]["provenance"], "default");
+    let (status, body) = crate::util::http_post(
+        state,
+        "/api/v1/model/lcls_injector/evaluate",
+        r#"{"QUAD:IN20:525:BCTRL": -4.0}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let what_if: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        what_if["outputs"]["OTRS:IN20:571:XRMS"]["value"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let (status, body) = crate::util::http_post(
+        state,
+        "/api/v1/model/lcls_injector/evaluate",
+        r#"{"QUAD:IN20:525:BCTRL": 2.5}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("outside the model's range"), "{body}");
+    let (status, _) = http_get(state, "/api/v1/model/nonexistent");
+    assert_eq!(status, 404);
 }
 
 /// `beamflow sim-ioc` as EPICS 7's tools see it: `camonitor` follows the image counter, `caget`

@@ -8,6 +8,7 @@ mod emittance;
 mod epics;
 mod interop;
 mod mapping;
+mod model_cli;
 mod replay_cli;
 mod runtime;
 mod util;

@@ -177,8 +177,10 @@ impl Reducer {
             }
         }
         self.counts.results += 1;
-        self.latest
-            .insert(result.analysis.to_string(), std::sync::Arc::clone(&result.payload));
+        self.latest.insert(
+            result.analysis.to_string(),
+            std::sync::Arc::clone(&result.payload),
+        );
     }
 
     /// The latest result of each analysis (for views such as a model's live inputs).

@@ -32,6 +32,10 @@ pub struct HistoryConfig {
     /// constraints were honoured.
     #[serde(default)]
     pub worker_column: bool,
+    /// An IANA time zone (e.g. `America/Los_Angeles`): adds `time_local`, each row's time as
+    /// local date and time with its offset, for plots whose axis the control room reads.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 struct Row {
@@ -45,6 +49,7 @@ struct Row {
 pub struct History {
     config: HistoryConfig,
     rows: VecDeque<Row>,
+    zone: Option<jiff::tz::TimeZone>,
 }
 
 impl History {
@@ -58,9 +63,17 @@ impl History {
         if config.capacity == 0 {
             return Err("`capacity` must be at least 1".to_owned());
         }
+        let zone = match &config.time_zone {
+            Some(name) => Some(
+                jiff::tz::TimeZone::get(name)
+                    .map_err(|error| format!("time_zone {name:?}: {error}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             rows: VecDeque::with_capacity(config.capacity.min(65_536)),
             config,
+            zone,
         })
     }
 }
@@ -124,6 +137,22 @@ impl Accumulator for History {
                     .collect(),
             ),
         );
+        if let Some(zone) = &self.zone {
+            let local = |time: Option<f64>| -> Value {
+                time.and_then(|t| jiff::Timestamp::from_microsecond((t * 1e6).round() as i64).ok())
+                    .map_or(Value::Null, |t| {
+                        Value::from(
+                            t.to_zoned(zone.clone())
+                                .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
+                                .to_string(),
+                        )
+                    })
+            };
+            view.insert(
+                "time_local".to_owned(),
+                Value::Array(self.rows.iter().map(|r| local(r.time)).collect()),
+            );
+        }
         if self.config.worker_column {
             view.insert(
                 "worker".to_owned(),
@@ -233,5 +262,34 @@ mod tests {
     fn empty_values_are_refused() {
         let config: HistoryConfig = toml::from_str("values = {}").unwrap();
         assert!(History::new(config).is_err());
+    }
+
+    #[test]
+    fn a_time_zone_adds_local_times_and_an_unknown_one_is_refused() {
+        let config: HistoryConfig = toml::from_str(
+            r#"
+values = { mean = "det/0/mean" }
+time_zone = "America/Los_Angeles"
+"#,
+        )
+        .unwrap();
+        let mut history = History::new(config.clone()).unwrap();
+        history
+            .process_result(&result(1, Some(2.0)), &Parameters::default())
+            .unwrap();
+        let view = history.publish();
+        // 1_700_000_001 s is 2023-11-14 22:13:21 UTC, 14:13:21 in Los Angeles (PST, -08:00).
+        assert_eq!(
+            view.pointer("time_local/0"),
+            Some(&Value::from("2023-11-14T14:13:21.000-08:00"))
+        );
+        let mut wrong = config;
+        wrong.time_zone = Some("Mars/Olympus_Mons".to_owned());
+        assert!(
+            History::new(wrong)
+                .err()
+                .unwrap()
+                .contains("Mars/Olympus_Mons")
+        );
     }
 }
