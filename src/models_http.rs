@@ -59,16 +59,14 @@ impl ModelService {
             .with_state(self)
     }
 
-    fn model(&self, name: &str) -> Result<&Arc<Model>, Response> {
-        self.models.get(name).ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no model {name:?}; the pipeline's models: {:?}",
-                    self.models.keys().collect::<Vec<_>>()
-                ),
-            )
-        })
+    fn unknown(&self, name: &str) -> Response {
+        error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no model {name:?}; the pipeline's models: {:?}",
+                self.models.keys().collect::<Vec<_>>()
+            ),
+        )
     }
 }
 
@@ -77,8 +75,8 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn describe(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
-    match service.model(&name) {
-        Ok(model) => {
+    match service.models.get(&name) {
+        Some(model) => {
             let spec = model.spec();
             Json(json!({
                 "name": name,
@@ -90,7 +88,7 @@ async fn describe(State(service): State<ModelService>, Path(name): Path<String>)
             }))
             .into_response()
         }
-        Err(response) => response,
+        None => service.unknown(&name),
     }
 }
 
@@ -99,9 +97,8 @@ async fn evaluate(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let model = match service.model(&name) {
-        Ok(model) => Arc::clone(model),
-        Err(response) => return response,
+    let Some(model) = service.models.get(&name).cloned() else {
+        return service.unknown(&name);
     };
     let given: BTreeMap<String, f64> = match serde_json::from_slice(&body) {
         Ok(given) => given,
@@ -128,8 +125,8 @@ async fn evaluate(
 }
 
 async fn inputs(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
-    if let Err(response) = service.model(&name) {
-        return response;
+    if !service.models.contains_key(&name) {
+        return service.unknown(&name);
     }
     let Some(latest) = service.view.latest(&name) else {
         return error(
