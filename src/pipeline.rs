@@ -167,9 +167,13 @@ mod tests {
     #[test]
     fn errors_name_the_place_and_what_was_expected() {
         let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_statz\"\n").unwrap_err();
-        assert_eq!(
-            format!("{error:#}"),
-            "line 2, column 8: unknown variant `frame_statz`, expected one of `frame_stats`, `pv_values`, `beam_image`"
+        // The list of kinds grows with every analysis; the place and the first are what matter.
+        let text = format!("{error:#}");
+        assert!(
+            text.starts_with(
+                "line 2, column 8: unknown variant `frame_statz`, expected one of `frame_stats`"
+            ),
+            "{text}"
         );
         let error = Pipeline::parse("[analyses.stats]\nkind = \"frame_stats\"\nstreamz = []\n")
             .unwrap_err();
