@@ -37,6 +37,18 @@ struct Running {
     thread: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Which components of this process run, for the health endpoints.
+type Alive = Arc<Mutex<Vec<(String, Arc<std::sync::atomic::AtomicBool>)>>>;
+
+/// Clears a component's alive flag when its thread ends, however it ends.
+struct AliveGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Components started in this process.
 pub struct Components {
     context: zmq::Context,
@@ -47,6 +59,7 @@ pub struct Components {
     view: Option<View>,
     ca_servers: Vec<CaServer>,
     scans: Option<ScanService>,
+    alive: Alive,
 }
 
 /// A Channel Access server of this process: the address asked for, the one bound, its PVs.
@@ -74,6 +87,7 @@ impl Components {
             view: None,
             ca_servers: Vec::new(),
             scans: None,
+            alive: Alive::default(),
         })
     }
 
@@ -84,10 +98,19 @@ impl Components {
     ) -> anyhow::Result<()> {
         let stop = Stop::new();
         let thread_stop = stop.clone();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = AliveGuard(Arc::clone(&flag));
         let thread = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || body(thread_stop))
+            .spawn(move || {
+                let _guard = guard;
+                body(thread_stop)
+            })
             .with_context(|| format!("cannot start {name}"))?;
+        self.alive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.clone(), flag));
         self.running.push(Running { name, stop, thread });
         Ok(())
     }
@@ -165,6 +188,52 @@ impl Components {
             Ok(())
         })?;
         Ok(bound)
+    }
+
+    /// Serves `GET /healthz` and `GET /readyz` on `address` for probes: 200 with the components
+    /// of this process while every one of them runs (and at least one was started), 503 naming
+    /// the ones that stopped otherwise. Returns the bound address.
+    pub fn serve_health(&self, address: &str) -> anyhow::Result<SocketAddr> {
+        use axum::http::StatusCode;
+        let alive = Arc::clone(&self.alive);
+        let check = move || {
+            let list = alive
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (running, stopped): (Vec<_>, Vec<_>) = list
+                .iter()
+                .partition(|(_, flag)| flag.load(std::sync::atomic::Ordering::Relaxed));
+            let names = |v: Vec<&(String, Arc<std::sync::atomic::AtomicBool>)>| -> Vec<String> {
+                v.into_iter().map(|(name, _)| name.clone()).collect()
+            };
+            let healthy = stopped.is_empty() && !running.is_empty();
+            let body = serde_json::json!({ "running": names(running), "stopped": names(stopped) });
+            let status = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(body))
+        };
+        let app = axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get({
+                    let check = check.clone();
+                    move || std::future::ready(check())
+                }),
+            )
+            .route(
+                "/readyz",
+                axum::routing::get(move || std::future::ready(check())),
+            );
+        self.serve_http(address, "health", move |listener, shutdown| {
+            Box::pin(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            })
+        })
     }
 
     /// Starts the controller: its control socket and REST API. Returns the control endpoint

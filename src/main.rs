@@ -156,6 +156,9 @@ struct RunArgs {
     /// the same address share it): host or host:port.
     #[arg(long, value_name = "HOST[:PORT]", default_value = "127.0.0.1")]
     ca_server: String,
+    /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
+    health: Option<String>,
 }
 
 #[derive(Args)]
@@ -179,6 +182,9 @@ struct SimIocArgs {
     /// Updates of the moving injector inputs per second.
     #[arg(long, default_value_t = 2.0)]
     input_rate: f64,
+    /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
+    health: Option<String>,
 }
 
 #[derive(Args)]
@@ -192,6 +198,9 @@ struct ControllerArgs {
     /// The REST address (overrides the pipeline file).
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
+    /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
+    health: Option<String>,
 }
 
 #[derive(Args)]
@@ -202,6 +211,9 @@ struct Connect {
     /// The controller's control endpoint (default: the pipeline file's).
     #[arg(long, value_name = "ENDPOINT", env = "BEAMFLOW_CONTROLLER")]
     controller: Option<String>,
+    /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
+    health: Option<String>,
 }
 
 #[derive(Args)]
@@ -223,6 +235,10 @@ struct WorkerArgs {
     /// Its tags, comma-separated (default: the pipeline file's, normally "generic").
     #[arg(long, value_delimiter = ',', env = "BEAMFLOW_TAGS")]
     tags: Vec<String>,
+    /// The address other hosts reach it at (default: the pipeline file's [workers] host; in a
+    /// cluster, the pod's IP).
+    #[arg(long, value_name = "HOST", env = "BEAMFLOW_HOST")]
+    host: Option<String>,
 }
 
 #[derive(Args)]
@@ -232,6 +248,10 @@ struct ReducerArgs {
     /// The HTTP address of the state (overrides the pipeline file).
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
+    /// The address workers reach it at (default: the pipeline file's [reducer] host; in a
+    /// cluster, the pod's IP).
+    #[arg(long, value_name = "HOST", env = "BEAMFLOW_HOST")]
+    host: Option<String>,
 }
 
 #[derive(Args)]
@@ -365,7 +385,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         let uuid = components.start_scan_when_connected(&pipeline, events)?;
         eprintln!("Scan {uuid} of {events} events started.");
     }
-    serve_until_signal(components)
+    serve_until_signal(components, args.health.as_deref())
 }
 
 fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {
@@ -449,7 +469,7 @@ fn sim_ioc(args: SimIocArgs) -> anyhow::Result<()> {
         "beamflow sim-ioc: the simulated LCLS injector on Channel Access {served}. Try: EPICS_CA_ADDR_LIST={} EPICS_CA_AUTO_ADDR_LIST=NO camonitor OTRS:IN20:571:XRMS",
         local_reach(served)
     );
-    serve_until_signal(components)
+    serve_until_signal(components, args.health.as_deref())
 }
 
 fn controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -463,7 +483,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut components = Components::new()?;
     let (control, rest) = components.start_controller(&pipeline)?;
     eprintln!("beamflow controller: control {control}  REST http://{rest}/api/v1/progress");
-    serve_until_signal(components)
+    serve_until_signal(components, args.health.as_deref())
 }
 
 fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
@@ -471,11 +491,14 @@ fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
     let mut components = Components::new()?;
     components.start_ingester(&pipeline, &args.name, &controller)?;
     eprintln!("beamflow ingester {}: connected to {controller}", args.name);
-    serve_until_signal(components)
+    serve_until_signal(components, args.connect.health.as_deref())
 }
 
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let (pipeline, controller) = args.connect.load()?;
+    let (mut pipeline, controller) = args.connect.load()?;
+    if let Some(host) = args.host {
+        pipeline.workers.host = host;
+    }
     let tags: Vec<WorkerTag> = if args.tags.is_empty() {
         pipeline.workers.tags.clone()
     } else {
@@ -487,16 +510,19 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut components = Components::new()?;
     components.start_worker(&pipeline, &args.name, &tags, &controller)?;
     eprintln!("beamflow worker {}: connected to {controller}", args.name);
-    serve_until_signal(components)
+    serve_until_signal(components, args.connect.health.as_deref())
 }
 
 fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
-    let (pipeline, controller) = args.connect.load()?;
+    let (mut pipeline, controller) = args.connect.load()?;
+    if let Some(host) = args.host {
+        pipeline.reducer.host = host;
+    }
     let http = args.http.unwrap_or_else(|| pipeline.reducer.http.clone());
     let mut components = Components::new()?;
     let state = components.start_reducer(&pipeline, &controller, &http)?;
     eprintln!("beamflow reducer: state on http://{state}/api/v1/result  connected to {controller}");
-    serve_until_signal(components)
+    serve_until_signal(components, args.connect.health.as_deref())
 }
 
 impl Connect {
@@ -510,7 +536,11 @@ impl Connect {
     }
 }
 
-fn serve_until_signal(mut components: Components) -> anyhow::Result<()> {
+fn serve_until_signal(mut components: Components, health: Option<&str>) -> anyhow::Result<()> {
+    if let Some(address) = health {
+        let bound = components.serve_health(address)?;
+        eprintln!("Health: http://{bound}/healthz and /readyz");
+    }
     let stop = stop_on_signal();
     let outcome = components.wait(&stop);
     components.shutdown();

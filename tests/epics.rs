@@ -1283,3 +1283,25 @@ fn the_controller_api_runs_a_quad_scan() {
     assert_eq!(progress["fit"]["x"]["settings"], 3);
     assert!(progress["fit"]["x"]["norm_emit"].as_f64().unwrap() > 0.0);
 }
+
+/// The probes' endpoints: 200 naming the running components, 503 naming one that stopped.
+#[test]
+fn health_endpoints_report_running_and_stopped_components() {
+    use beamflow::components::Components;
+    use beamflow::sim_ioc::SimIocConfig;
+    let mut components = Components::new().unwrap();
+    components
+        .start_sim_ioc("127.0.0.1:0", SimIocConfig::default())
+        .unwrap();
+    let health = components.serve_health("127.0.0.1:0").unwrap();
+    let (status, body) = http_get(health, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["running"], serde_json::json!(["sim-ioc"]));
+    assert_eq!(http_get(health, "/readyz").0, 200);
+    assert!(components.kill("sim-ioc"));
+    let (status, body) = http_get(health, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"stopped\":[\"sim-ioc\"]"), "{body}");
+    components.shutdown();
+}
