@@ -182,6 +182,22 @@ fn drive(
 ) -> anyhow::Result<Value> {
     anyhow::ensure!(!request.values.is_empty(), "no values to scan");
     anyhow::ensure!(
+        (0.0..=3600.0).contains(&request.settle_s),
+        "settle_s must be 0 to 3600 s, got {}",
+        request.settle_s
+    );
+    anyhow::ensure!(
+        request.step_timeout_s > 0.0 && request.step_timeout_s <= 86_400.0,
+        "step_timeout_s must be above 0 and at most a day, got {}",
+        request.step_timeout_s
+    );
+    anyhow::ensure!(
+        request.tolerance_kg.is_finite() && request.tolerance_kg > 0.0,
+        "tolerance_kg must be a positive number, got {}",
+        request.tolerance_kg
+    );
+    anyhow::ensure!(request.shots >= 1, "shots must be at least 1");
+    anyhow::ensure!(
         request.values.iter().all(|v| v.is_finite()),
         "values must be finite numbers"
     );
@@ -440,7 +456,8 @@ impl Quad {
 
     /// Follows the readback until it is within `tolerance` of `value`; false at `deadline`.
     fn wait_readback(&mut self, value: f64, tolerance: f64, deadline: Instant) -> bool {
-        while (self.readback - value).abs() > tolerance {
+        // NaN is not arrived.
+        while !((self.readback - value).abs() <= tolerance) {
             if !self.next_event(deadline) && Instant::now() >= deadline {
                 return false;
             }
@@ -460,38 +477,40 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Resul
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("http://{addr}{path}: not an HTTP answer"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let body = &response[split + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("http://{addr}{path}: no status"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if head.contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
-        body.to_owned()
+        body.to_vec()
     };
-    Ok((status, body))
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+/// The body of a chunked answer; stops at the last chunk or at anything malformed.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[line_end + 2..];
+        let Some(size) = size.filter(|&n| n > 0 && n <= rest.len()) else {
             break;
         };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..size]);
+        body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
     }
     out
 }
@@ -513,7 +532,18 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), "abcdef");
+        assert_eq!(dechunk(b"4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"), b"abcdef");
+        // A chunk may end inside a multi-byte character: bytes are joined, then decoded.
+        let sigma = "σ".as_bytes();
+        let body = [
+            b"1\r\n".as_slice(),
+            &sigma[..1],
+            b"\r\n1\r\n",
+            &sigma[1..],
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(dechunk(&body), sigma);
     }
 }
 
@@ -608,8 +638,18 @@ async fn start_scan(
     let spawned = std::thread::Builder::new()
         .name("quad-scan".to_owned())
         .spawn(move || {
-            if let Err(error) = run(&request, &endpoints, &progress) {
-                tracing::warn!(error = %format!("{error:#}"), "Quad scan failed.");
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&request, &endpoints, &progress)
+            }));
+            match outcome {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %format!("{error:#}"), "Quad scan failed.")
+                }
+                Err(_) => update(&progress, |p| {
+                    p.state = "failed".to_owned();
+                    p.message = "the scan driver panicked".to_owned();
+                }),
             }
         });
     match spawned {

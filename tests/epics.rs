@@ -1305,3 +1305,91 @@ fn health_endpoints_report_running_and_stopped_components() {
     assert!(body.contains("\"stopped\":[\"sim-ioc\"]"), "{body}");
     components.shutdown();
 }
+
+/// A client asking beamflow's server for 4 billion elements of a one-element PV gets one, and a
+/// message announcing 200 MB closes only its own circuit: the server goes on serving.
+#[test]
+fn hostile_counts_and_sizes_do_not_reach_the_servers_memory() {
+    use std::io::{Read, Write};
+
+    use beamflow_ca::server::PvStore;
+    use beamflow_ca::wire::{Header, command, name_payload, put_message, split_message};
+    use beamflow_ca::{EpicsTime, TimeValue};
+    use bytes::BytesMut;
+
+    let runtime = runtime();
+    let store = PvStore::new();
+    let stamp = EpicsTime::now();
+    store.add(
+        "ONE",
+        TimeValue {
+            status: 0,
+            severity: 0,
+            stamp,
+            values: Values::Double(vec![4.5]),
+        },
+        1,
+        false,
+    );
+    let port = serve(&runtime, &store);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = BytesMut::new();
+    Header::new(command::VERSION, 0, 13, 0, 0).put(&mut out);
+    put_message(
+        &mut out,
+        Header::new(command::CREATE_CHAN, 0, 0, 7, 13),
+        &name_payload("ONE"),
+    );
+    stream.write_all(&out).unwrap();
+    let mut input = BytesMut::new();
+    let mut next = |stream: &mut std::net::TcpStream, wanted: u16| loop {
+        if let Some(message) = split_message(&mut input).unwrap() {
+            if message.header.command == wanted {
+                return message;
+            }
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the circuit");
+        input.extend_from_slice(&chunk[..n]);
+    };
+    let created = next(&mut stream, command::CREATE_CHAN);
+    let sid = created.header.p2;
+    // READ_NOTIFY of DBR_DOUBLE (6) with an extended header: count 0xFFFFFFFF.
+    let mut out = BytesMut::new();
+    Header::new(command::READ_NOTIFY, 6, u32::MAX, sid, 1).put(&mut out);
+    stream.write_all(&out).unwrap();
+    let reply = next(&mut stream, command::READ_NOTIFY);
+    assert_eq!(reply.header.count, 1, "one element, as the PV holds");
+    assert_eq!(&reply.payload[..8], &4.5f64.to_be_bytes());
+
+    // A second circuit announcing a 200 MB write is closed; the first still answers.
+    let mut rogue = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    rogue
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = BytesMut::new();
+    Header::new(command::WRITE_NOTIFY, 6, 25_000_000, sid, 2).put(&mut out);
+    let mut header = out.to_vec();
+    // Extended header: payload size 200 MB.
+    header[2..4].copy_from_slice(&0xFFFFu16.to_be_bytes());
+    let _ = rogue.write_all(&header[..16]);
+    let _ = rogue.write_all(&200_000_000u32.to_be_bytes());
+    let _ = rogue.write_all(&25_000_000u32.to_be_bytes());
+    let mut buffer = [0u8; 64];
+    let closed = loop {
+        match rogue.read(&mut buffer) {
+            Ok(0) | Err(_) => break true,
+            Ok(_) => continue,
+        }
+    };
+    assert!(closed);
+    let mut out = BytesMut::new();
+    Header::new(command::READ_NOTIFY, 6, 1, sid, 3).put(&mut out);
+    stream.write_all(&out).unwrap();
+    assert_eq!(next(&mut stream, command::READ_NOTIFY).header.p2, 3);
+}

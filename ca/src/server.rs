@@ -20,7 +20,10 @@ use tracing::{debug, warn};
 
 use crate::convert;
 use crate::dbr::{Native, TimeValue, Values};
-use crate::wire::{self, ECA_NORMAL, Header, MINOR_VERSION, command, put_message, split_message};
+use crate::wire::{
+    self, ECA_NORMAL, Header, MINOR_VERSION, command, put_message, split_message,
+    split_message_within,
+};
 
 /// A PV's current value, whether clients may write it, and the circuits subscribed to it.
 struct Pv {
@@ -102,6 +105,10 @@ impl Updates {
 pub struct PvStore {
     pvs: Arc<Mutex<HashMap<String, Arc<Pv>>>>,
 }
+
+/// The largest message a client may send (writes of waveforms included); a larger announcement
+/// closes the circuit.
+const CLIENT_PAYLOAD_LIMIT: u64 = 16 << 20;
 
 /// `ECA_PUTFAIL`: a write that could not be applied.
 const ECA_PUTFAIL: u32 = 160;
@@ -356,7 +363,7 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
         }
         let mut failed = None;
         loop {
-            let message = match split_message(&mut input) {
+            let message = match split_message_within(&mut input, CLIENT_PAYLOAD_LIMIT) {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(error) => {
@@ -397,12 +404,14 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                 command::READ_NOTIFY => match channels.get(&h.p1) {
                     Some(channel) => {
                         let value = channel.pv.value.borrow().clone();
+                        // Never more than the PV holds: the count comes from the client.
+                        let count = h.count.min(channel.pv.max_count as u32);
                         reply_value(
                             &mut out,
                             command::READ_NOTIFY,
                             &value,
                             h.data_type,
-                            h.count,
+                            count,
                             h.p2,
                         );
                     }
@@ -423,7 +432,8 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                         );
                         continue;
                     }
-                    let (dbr_type, count, subid) = (h.data_type, h.count, h.p2);
+                    let count = h.count.min(channel.pv.max_count as u32);
+                    let (dbr_type, subid) = (h.data_type, h.p2);
                     if let Some(old) = subscriptions.remove(&subid) {
                         old.cancel(&updates, subid);
                     }

@@ -153,6 +153,11 @@ pub fn payload_name(payload: &[u8]) -> String {
 
 /// Takes the first whole message off `buffer`; `None` until one has arrived.
 pub fn split_message(buffer: &mut BytesMut) -> Result<Option<Message>, CaError> {
+    split_message_within(buffer, MAX_PAYLOAD)
+}
+
+/// [`split_message`] refusing payloads over `limit` bytes.
+pub fn split_message_within(buffer: &mut BytesMut, limit: u64) -> Result<Option<Message>, CaError> {
     if buffer.len() < 16 {
         return Ok(None);
     }
@@ -171,15 +176,17 @@ pub fn split_message(buffer: &mut BytesMut) -> Result<Option<Message>, CaError> 
     } else {
         (16, u32::from(short_size), u32::from(short_count))
     };
-    if u64::from(payload_size) > MAX_PAYLOAD {
+    if u64::from(payload_size) > limit {
         return Err(CaError::TooLarge {
             size: payload_size.into(),
-            limit: MAX_PAYLOAD,
+            limit,
         });
     }
     let total = header_len + payload_size as usize;
     if buffer.len() < total {
-        buffer.reserve(total - buffer.len());
+        // Room for what is announced, a few MiB at a time: an announcement alone does not
+        // reserve its whole size.
+        buffer.reserve((total - buffer.len()).min(4 << 20));
         return Ok(None);
     }
     let mut message = buffer.split_to(total);

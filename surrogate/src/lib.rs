@@ -468,6 +468,16 @@ pub enum InputIssue {
         /// The name given.
         name: String,
     },
+    /// Its stream was in the event but gave no number (the default is used).
+    #[error("{name}: stream {stream} gave no value ({reason})")]
+    Unreadable {
+        /// The input.
+        name: String,
+        /// The stream mapped to it.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A model's answer: each output with its unit, each input as used.

@@ -9,7 +9,8 @@ fn bench(c: &mut Criterion) {
     let analysis = BeamImage::new(
         toml::from_str("stream = \"otr2\"\npixel_um = 12.66\nmax_count = 4095")
             .expect("a valid configuration"),
-    );
+    )
+    .expect("a valid analysis");
     let mut group = c.benchmark_group("beam_image");
     for [width, height] in [[640, 480], [1392, 1040]] {
         let image = synthetic_image(

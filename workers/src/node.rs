@@ -150,6 +150,9 @@ pub fn run(
                             processed.extend(core.handle(WorkerInput::Part(part), now));
                         } else if part_scan > scan {
                             early.push((part_scan, part));
+                        } else {
+                            // Held for a scan that was superseded before it started here.
+                            stale += 1;
                         }
                     }
                 }

@@ -173,6 +173,13 @@ impl EpicsCa {
                 ..PvStatus::default()
             })
             .collect();
+        if let ClockConfig::Period { rate_hz } = config.clock
+            && !(rate_hz > 0.0 && rate_hz <= 100_000.0)
+        {
+            return Err(SourceError::Config(format!(
+                "clock rate_hz must be above 0 and at most 100000, got {rate_hz}"
+            )));
+        }
         let clock = EventClock::new(config.clock.clone(), streams.iter().cloned().collect());
         Ok(Self {
             streams,
@@ -407,19 +414,31 @@ fn frame(
     dtype: Option<DType>,
 ) -> Result<PvFrame, String> {
     let (natural, bytes) = little_endian(&value.values, dtype)?;
-    let elements = value.values.len();
+    // A string is its bytes; anything else, its elements.
+    let elements = match value.values {
+        Values::String(_) => bytes.len(),
+        _ => value.values.len(),
+    };
     let shape = match shape {
-        Some([height, width]) if height * width > elements => {
-            return Err(format!(
-                "an image of {height}x{width} needs {} elements, the PV sent {elements}",
-                height * width
-            ));
+        Some([height, width]) => {
+            // Sizes come from the camera's PVs: a product that overflows is not an image.
+            let needed = height
+                .checked_mul(width)
+                .ok_or_else(|| format!("an image of {height}x{width} is not a size"))?;
+            if needed > elements {
+                return Err(format!(
+                    "an image of {height}x{width} needs {needed} elements, the PV sent {elements}"
+                ));
+            }
+            vec![height, width]
         }
-        Some([height, width]) => vec![height, width],
-        None if elements == 1 => vec![],
+        None if elements == 1 && !matches!(value.values, Values::String(_)) => vec![],
         None => vec![elements],
     };
     let used = shape.iter().product::<usize>() * natural.size();
+    if used > bytes.len() {
+        return Err(format!("{used} bytes needed, {} decoded", bytes.len()));
+    }
     let data = Bytes::from(bytes).slice(..used);
     let value_array = NdArray::new(shape, natural, data).map_err(|e| e.to_string())?;
     Ok(PvFrame {
@@ -550,5 +569,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error, "an image of 2x2 needs 4 elements, the PV sent 2");
+    }
+
+    #[test]
+    fn string_pvs_and_absurd_image_sizes_never_panic() {
+        let text = |s: &str| TimeValue {
+            status: 0,
+            severity: 0,
+            stamp: beamflow_ca::EpicsTime::default(),
+            values: Values::String(vec![s.to_owned()]),
+        };
+        let empty = frame("S", text(""), None, None).expect("an empty string is an empty array");
+        assert_eq!(empty.value.shape(), [0]);
+        let word = frame("S", text("OPEN"), None, None).expect("bytes");
+        assert_eq!(&word.value.data()[..], b"OPEN");
+        let huge = frame(
+            "I",
+            time_value(Values::Short(vec![1, 2])),
+            Some([usize::MAX, 2]),
+            None,
+        );
+        assert!(huge.is_err());
     }
 }

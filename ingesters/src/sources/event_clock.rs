@@ -164,7 +164,8 @@ impl EventClock {
         match self.config {
             ClockConfig::Trigger { .. } => {}
             ClockConfig::Period { rate_hz } => {
-                let period = Duration::from_secs_f64(1.0 / rate_hz.max(1e-6));
+                // At least a microsecond: a zero period would never leave this loop.
+                let period = Duration::from_secs_f64(1.0 / rate_hz.clamp(1e-6, 1e6));
                 while let Some(due) = self.due.filter(|due| *due <= now) {
                     // A late tick is one event, not a burst of catch-up events.
                     let next = due + period;

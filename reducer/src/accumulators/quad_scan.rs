@@ -137,12 +137,17 @@ pub struct StepView {
     pub not_fitted: Option<String>,
 }
 
+/// Steps kept at most: beyond, a shot whose readback matches none is counted, not grouped (a
+/// readback drifting for a day would otherwise make a step per shot).
+const MAX_STEPS: usize = 500;
+
 /// The `quad_scan` accumulator.
 pub struct QuadScan {
     config: QuadScanConfig,
     setup: ScanSetup,
     steps: Vec<Step>,
     without_setting: u64,
+    beyond_step_limit: u64,
     report: Option<ScanReport>,
 }
 
@@ -151,6 +156,9 @@ impl QuadScan {
     pub fn new(config: QuadScanConfig) -> Result<Self, String> {
         if !(config.energy_ev > 0.0 && config.quad_length_m > 0.0) {
             return Err("energy_ev and quad_length_m must be positive".to_owned());
+        }
+        if !(config.tolerance_kg.is_finite() && config.tolerance_kg > 0.0) {
+            return Err("tolerance_kg must be a positive number".to_owned());
         }
         if config.min_shots < 2 {
             return Err(
@@ -169,17 +177,21 @@ impl QuadScan {
             setup,
             steps: Vec::new(),
             without_setting: 0,
+            beyond_step_limit: 0,
             report: None,
         })
     }
 
     fn why_not_fitted(&self, step: &Step) -> Option<String> {
-        (step.x.n < self.config.min_shots).then(|| {
-            format!(
+        if step.x.n < self.config.min_shots {
+            return Some(format!(
                 "{} accepted shots of {} needed",
                 step.x.n, self.config.min_shots
-            )
-        })
+            ));
+        }
+        // Identical sizes give no error bar, and a zero error would weigh the point infinitely.
+        (!(step.x.spread() > 0.0 && step.y.spread() > 0.0))
+            .then(|| "the accepted sizes do not spread: no error bar".to_owned())
     }
 
     fn refit(&mut self) {
@@ -241,9 +253,15 @@ impl Accumulator for QuadScan {
             .position(|s| (s.setting() - setting).abs() <= tolerance)
         {
             Some(index) => index,
-            None => {
+            None if self.steps.len() < MAX_STEPS => {
                 self.steps.push(Step::default());
                 self.steps.len() - 1
+            }
+            None => {
+                self.beyond_step_limit += 1;
+                return Err(AccumulatorError::Invalid(format!(
+                    "{MAX_STEPS} steps already: the shot at {setting} kG is not grouped"
+                )));
             }
         };
         let step = &mut self.steps[index];
@@ -315,11 +333,13 @@ impl Accumulator for QuadScan {
             steps: Vec<StepView>,
             fit: Option<&'a ScanReport>,
             shots_without_setting: u64,
+            shots_beyond_step_limit: u64,
         }
         Value::from_serialize(&View {
             steps,
             fit: self.report.as_ref(),
             shots_without_setting: self.without_setting,
+            shots_beyond_step_limit: self.beyond_step_limit,
         })
         .unwrap_or_else(|error| Value::Text(format!("quad_scan view failed: {error}")))
     }

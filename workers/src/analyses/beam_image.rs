@@ -32,7 +32,8 @@ pub struct BeamImageConfig {
     /// `[x, y, width, height]` in pixels; the whole image when absent.
     #[serde(default)]
     pub roi: Option<[usize; 4]>,
-    /// Width of the ROI's border strips that estimate the background level and noise, px.
+    /// Width of the ROI's border strips that estimate the background level and noise, px (≥ 1;
+    /// after a dark frame they give the residual level and the noise).
     #[serde(default = "default_border")]
     pub border_px: usize,
     /// A binary parameter holding a dark frame (little-endian u16 or f32, the whole image),
@@ -128,9 +129,13 @@ pub struct BeamImage {
 const PARALLEL_PIXELS: usize = 1 << 20;
 
 impl BeamImage {
-    /// Builds the analysis.
-    pub fn new(config: BeamImageConfig) -> Self {
-        Self { config }
+    /// Builds the analysis; the border must be at least a pixel wide (its noise is what the
+    /// signal-to-noise gate divides by).
+    pub fn new(config: BeamImageConfig) -> Result<Self, String> {
+        if config.border_px == 0 {
+            return Err("border_px must be at least 1: the border gives the noise".to_owned());
+        }
+        Ok(Self { config })
     }
 
     /// Measures one image; `dark` is subtracted first when given.
@@ -755,6 +760,7 @@ max_count = 4095
             )
             .expect("valid"),
         )
+        .expect("a valid analysis")
     }
 
     #[test]
@@ -851,7 +857,8 @@ roi = [200, 150, 240, 180]
 "#,
             )
             .expect("valid"),
-        );
+        )
+        .expect("a valid analysis");
         let image = synthetic_image([640, 480], (318.0, 242.0), (20.0, 12.0), 300_000.0, 9);
         // A dark frame of 100 counts everywhere: the border then sees ~0.
         let dark = vec![100f32; 640 * 480];
@@ -900,6 +907,7 @@ attach = ["qe04"]
             .streams
             .insert("qe04".into(), frame("QUAD:BACT", bact).stream());
         let out = BeamImage::new(config)
+            .expect("a valid analysis")
             .process_event(&event, &Parameters::default())
             .expect("measured")
             .expect("an image");

@@ -61,7 +61,7 @@ impl AnalysisConfig {
             }
             AnalysisConfig::PvValues(config) => Box::new(pv_values::PvValues::new(config.clone())),
             AnalysisConfig::BeamImage(config) => {
-                Box::new(beam_image::BeamImage::new(config.clone()))
+                Box::new(beam_image::BeamImage::new(config.clone())?)
             }
             AnalysisConfig::Surrogate(config) => Box::new(surrogate::Surrogate::new(config)?),
         })

@@ -74,29 +74,47 @@ impl Surrogate {
         })
     }
 
-    /// The model's input values in `event`, with provenance.
-    fn given(&self, event: &EventData) -> BTreeMap<String, (f64, Provenance)> {
+    /// The model's input values in `event`, with provenance, and the mapped streams that were
+    /// there but gave no number.
+    fn given(&self, event: &EventData) -> (BTreeMap<String, (f64, Provenance)>, Vec<InputIssue>) {
         let now = event.created_at;
-        self.config
-            .inputs
-            .iter()
-            .filter_map(|(input, stream)| {
-                let data = event.streams.get(stream)?;
-                if data.typ.as_str() != pv::TYP {
-                    return None;
+        let mut given = BTreeMap::new();
+        let mut issues = Vec::new();
+        for (input, stream) in &self.config.inputs {
+            let Some(data) = event.streams.get(stream) else {
+                continue;
+            };
+            let read = if data.typ.as_str() != pv::TYP {
+                Err(format!("a {} stream, not a PV", data.typ))
+            } else {
+                PvFrame::parse(&data.frames)
+                    .map_err(|error| error.to_string())
+                    .and_then(|frame| {
+                        let value = frame.value.to_f64().first().copied();
+                        value
+                            .map(|v| (v, frame))
+                            .ok_or_else(|| "no elements".to_owned())
+                    })
+            };
+            match read {
+                Ok((value, frame)) => {
+                    let age_s = now.map(|now| {
+                        (now.as_nanosecond() - frame.timestamp().as_nanosecond()) as f64 / 1e9
+                    });
+                    let provenance = match age_s {
+                        Some(age_s) if age_s > self.config.max_age_s => Provenance::Stale { age_s },
+                        _ => Provenance::Live,
+                    };
+                    given.insert(input.clone(), (value, provenance));
                 }
-                let frame = PvFrame::parse(&data.frames).ok()?;
-                let value = frame.value.to_f64().first().copied()?;
-                let age_s = now.map(|now| {
-                    (now.as_nanosecond() - frame.timestamp().as_nanosecond()) as f64 / 1e9
-                });
-                let provenance = match age_s {
-                    Some(age_s) if age_s > self.config.max_age_s => Provenance::Stale { age_s },
-                    _ => Provenance::Live,
-                };
-                Some((input.clone(), (value, provenance)))
-            })
-            .collect()
+                Err(reason) => issues.push(InputIssue::Unreadable {
+                    name: input.clone(),
+                    stream: stream.to_string(),
+                    reason,
+                }),
+            }
+        }
+        (given, issues)
     }
 }
 
@@ -123,7 +141,9 @@ impl Analysis for Surrogate {
         let mut rows = Vec::new();
         let mut placed = Vec::new();
         for event in events {
-            let (inputs, issues) = self.model.prepare(&self.given(event));
+            let (given, unreadable) = self.given(event);
+            let (inputs, mut issues) = self.model.prepare(&given);
+            issues.extend(unreadable);
             let out_of_range: Vec<String> = issues
                 .iter()
                 .filter(|issue| matches!(issue, InputIssue::OutOfRange { .. }))
@@ -290,6 +310,37 @@ mod tests {
                 .err()
                 .expect("refused")
                 .contains("model.yaml")
+        );
+    }
+
+    #[test]
+    fn a_mapped_stream_without_a_number_is_an_issue_not_a_silent_default() {
+        let analysis = Surrogate::new(&config(false)).expect("loads");
+        let mut broken = event(1, -3.2, 0);
+        let empty = PvFrame {
+            pv: "QUAD:IN20:525:BACT".to_owned(),
+            status: 0,
+            severity: 0,
+            secs: 1,
+            nanos: 0,
+            value: NdArray::new(vec![0], DType::Float64, Bytes::new()).expect("empty"),
+        };
+        broken.streams.insert("qe04".into(), empty.stream());
+        let out = analysis
+            .process_event(&broken, &Parameters::default())
+            .expect("evaluated")
+            .expect("outputs");
+        assert_eq!(
+            out.inputs["QUAD:IN20:525:BCTRL"].provenance,
+            Provenance::Default
+        );
+        assert!(
+            out.issues
+                .iter()
+                .any(|i| i.to_string()
+                    == "QUAD:IN20:525:BCTRL: stream qe04 gave no value (no elements)"),
+            "{:?}",
+            out.issues
         );
     }
 }

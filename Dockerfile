@@ -1,0 +1,21 @@
+# The one beamflow image: every component, the simulated IOC and the tools are subcommands of
+# one binary. Build: docker build -t beamflow .
+FROM rust:1.95-slim-bookworm AS build
+# libzmq is built from source by the zmq crate (C++).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin beamflow
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin beamflow
+COPY --from=build /src/target/release/beamflow /usr/local/bin/beamflow
+# Non-root; the root filesystem can be read-only (nothing is written outside mounted volumes).
+USER 10001
+ENTRYPOINT ["/usr/local/bin/beamflow"]
+CMD ["--help"]

@@ -1,0 +1,119 @@
+{{/* The release's name, the prefix of every object. */}}
+{{- define "beamflow.fullname" -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "beamflow.labels" -}}
+app.kubernetes.io/name: beamflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.beamline }}
+beamflow.io/beamline: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "beamflow.selector" -}}
+app.kubernetes.io/name: beamflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "beamflow.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "beamflow.controllerEndpoint" -}}
+tcp://{{ include "beamflow.fullname" . }}-controller:5555
+{{- end -}}
+
+{{/*
+The pipeline file, as JSON: Helm reads every number of the values as a float, which TOML would
+write as 2000.0 where the pipeline wants an integer; JSON writes it as 2000. The cluster's own
+addresses are set here; the rest is the values' `pipeline`, unchanged.
+*/}}
+{{- define "beamflow.pipeline" -}}
+{{- $p := deepCopy (.Values.pipeline | default .Values.demoPipeline) -}}
+{{- $controller := default dict $p.controller -}}
+{{- $_ := set $controller "control" "tcp://0.0.0.0:5555" -}}
+{{- $_ := set $controller "http" "0.0.0.0:5000" -}}
+{{- $_ := set $p "controller" $controller -}}
+{{- $reducer := default dict $p.reducer -}}
+{{- $_ := set $reducer "http" "0.0.0.0:5001" -}}
+{{- $_ := set $p "reducer" $reducer -}}
+{{- if include "beamflow.simIoc" . -}}
+{{- range $name, $ingester := $p.ingesters -}}
+{{- if and (eq $ingester.kind "epics_ca") (not (hasKey $ingester "addr_list")) -}}
+{{- $_ := set $ingester "addr_list" (printf "%s-sim-ioc:5064" (include "beamflow.fullname" $)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toPrettyJson $p -}}
+{{- end -}}
+
+{{/* The pod security context every pod runs with: non-root, read-only root filesystem. */}}
+{{- define "beamflow.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "beamflow.containerSecurity" -}}
+securityContext:
+  readOnlyRootFilesystem: true
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: ["ALL"]
+{{- end -}}
+
+{{/* Environment every component gets. */}}
+{{- define "beamflow.env" -}}
+- name: BEAMFLOW_PIPELINE
+  value: /etc/beamflow/pipeline.json
+- name: BEAMFLOW_HOST
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: BEAMFLOW_HEALTH
+  value: "0.0.0.0:8080"
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end -}}
+
+{{- define "beamflow.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: health
+  periodSeconds: 10
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: {{ .path | default "/readyz" }}
+    port: {{ .port | default "health" }}
+  periodSeconds: 5
+{{- end -}}
+
+{{- define "beamflow.volumeMounts" -}}
+- name: pipeline
+  mountPath: /etc/beamflow
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{- define "beamflow.volumes" -}}
+- name: pipeline
+  configMap:
+    name: {{ include "beamflow.fullname" . }}-pipeline
+- name: tmp
+  emptyDir: {}
+{{- end -}}
+
+{{/* "true" when the simulated IOC runs: asked for, or the demo pipeline. */}}
+{{- define "beamflow.simIoc" -}}
+{{- if or .Values.simIoc.enabled (empty .Values.pipeline) -}}true{{- end -}}
+{{- end -}}
