@@ -456,8 +456,8 @@ impl Quad {
 
     /// Follows the readback until it is within `tolerance` of `value`; false at `deadline`.
     fn wait_readback(&mut self, value: f64, tolerance: f64, deadline: Instant) -> bool {
-        // NaN is not arrived.
-        while !((self.readback - value).abs() <= tolerance) {
+        // A NaN readback has not arrived.
+        while (self.readback - value).abs() > tolerance || self.readback.is_nan() {
             if !self.next_event(deadline) && Instant::now() >= deadline {
                 return false;
             }
