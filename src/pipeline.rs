@@ -130,10 +130,25 @@ impl Default for ReducerSection {
 
 impl Pipeline {
     /// Reads and checks a pipeline file; errors name the file, line and column.
+    /// A `.json` file is read as JSON (the Helm chart renders the pipeline so), anything else
+    /// as TOML.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the pipeline file", path.display()))?;
-        Self::parse(&text).with_context(|| format!("{}", path.display()))
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            Self::parse_json(&text)
+        } else {
+            Self::parse(&text)
+        };
+        parsed.with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses and checks a pipeline written as JSON (the same keys as the TOML).
+    pub fn parse_json(text: &str) -> anyhow::Result<Self> {
+        let pipeline: Pipeline = serde_json::from_str(text).map_err(|error| {
+            anyhow::anyhow!("line {}, column {}: {error}", error.line(), error.column())
+        })?;
+        pipeline.check()
     }
 
     /// Parses and checks pipeline TOML.
@@ -147,6 +162,12 @@ impl Pipeline {
             });
             anyhow::anyhow!("{}{}", place.unwrap_or_default(), error.message())
         })?;
+        pipeline.check()
+    }
+
+    /// What the types cannot say: accumulators name analyses that exist.
+    fn check(self) -> anyhow::Result<Self> {
+        let pipeline = self;
         for (name, accumulator) in &pipeline.accumulators {
             if let Some(source) = accumulator.analysis()
                 && !pipeline.analyses.contains_key(source)

@@ -6,6 +6,7 @@
 
 mod emittance;
 mod epics;
+mod helm;
 mod interop;
 mod mapping;
 mod model_cli;
