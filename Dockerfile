@@ -7,7 +7,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin beamflow
+# With the Kubernetes-aware controller (kube-rs): --scale-workers scales its release's workers.
+RUN cargo build --release --locked --bin beamflow --features kubernetes
 
 FROM debian:bookworm-slim
 RUN apt-get update \

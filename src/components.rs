@@ -60,6 +60,8 @@ pub struct Components {
     ca_servers: Vec<CaServer>,
     scans: Option<ScanService>,
     alive: Alive,
+    /// Routes served beside the health endpoints (the autoscaler's view).
+    extra_routes: Option<axum::Router>,
 }
 
 /// A Channel Access server of this process: the address asked for, the one bound, its PVs.
@@ -88,6 +90,7 @@ impl Components {
             ca_servers: Vec::new(),
             scans: None,
             alive: Alive::default(),
+            extra_routes: None,
         })
     }
 
@@ -226,7 +229,8 @@ impl Components {
             .route(
                 "/readyz",
                 axum::routing::get(move || std::future::ready(check())),
-            );
+            )
+            .merge(self.extra_routes.clone().unwrap_or_default());
         self.serve_http(address, "health", move |listener, shutdown| {
             Box::pin(async move {
                 axum::serve(listener, app)
@@ -291,6 +295,28 @@ impl Components {
         })?;
         self.ensemble = Some(ensemble);
         Ok((control, http))
+    }
+
+    /// Starts scaling the worker Deployment `deployment` of Helm release `release` (needs the
+    /// controller started here); `GET /api/v1/scaling` on the health port shows it.
+    #[cfg(feature = "kubernetes")]
+    pub fn start_autoscaler(
+        &mut self,
+        pipeline: &Pipeline,
+        deployment: String,
+        release: String,
+        policy: beamflow_controller::scaling::ScalePolicy,
+    ) -> anyhow::Result<()> {
+        let ensemble = self
+            .ensemble
+            .clone()
+            .context("no controller runs in this process")?;
+        let state = Arc::new(Mutex::new(crate::autoscale::ScalingState::default()));
+        self.extra_routes = Some(crate::autoscale::router(Arc::clone(&state)));
+        let window = pipeline.controller.window;
+        self.spawn("autoscaler".to_owned(), move |stop| {
+            crate::autoscale::run(ensemble, window, deployment, release, policy, state, &stop)
+        })
     }
 
     /// Starts the reducer; returns its HTTP address.

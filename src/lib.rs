@@ -4,12 +4,15 @@
 //! # Layout
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
+//! - `autoscale` (feature `kubernetes`): the worker autoscaler in a cluster.
 //! - [`components`]: starting components from it, in one process or one each.
 //! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
 //! - [`models_http`]: the reducer's model endpoints (describe, what-if, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 
+#[cfg(feature = "kubernetes")]
+pub mod autoscale;
 pub mod components;
 pub mod emittance;
 pub mod models_http;

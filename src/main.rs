@@ -201,6 +201,19 @@ struct ControllerArgs {
     /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
     #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
     health: Option<String>,
+    /// Scale this worker Deployment of the release between --min-workers and --max-workers
+    /// from the event backlog and worker load (in a cluster; needs the `kubernetes` feature).
+    #[arg(long, value_name = "DEPLOYMENT")]
+    scale_workers: Option<String>,
+    /// Fewest workers when scaling.
+    #[arg(long, default_value_t = 1)]
+    min_workers: u32,
+    /// Most workers when scaling.
+    #[arg(long, default_value_t = 8)]
+    max_workers: u32,
+    /// The Helm release, whose pods the controller reads.
+    #[arg(long, env = "BEAMFLOW_RELEASE", default_value = "beamflow")]
+    release: String,
 }
 
 #[derive(Args)]
@@ -482,8 +495,45 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     let mut components = Components::new()?;
     let (control, rest) = components.start_controller(&pipeline)?;
+    if let Some(deployment) = args.scale_workers {
+        start_autoscaler(
+            &mut components,
+            &pipeline,
+            deployment,
+            args.release,
+            args.min_workers,
+            args.max_workers,
+        )?;
+    }
     eprintln!("beamflow controller: control {control}  REST http://{rest}/api/v1/progress");
     serve_until_signal(components, args.health.as_deref())
+}
+
+#[cfg(feature = "kubernetes")]
+fn start_autoscaler(
+    components: &mut Components,
+    pipeline: &Pipeline,
+    deployment: String,
+    release: String,
+    min: u32,
+    max: u32,
+) -> anyhow::Result<()> {
+    let policy = beamflow_controller::scaling::ScalePolicy::between(min, max);
+    components.start_autoscaler(pipeline, deployment, release, policy)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn start_autoscaler(
+    _: &mut Components,
+    _: &Pipeline,
+    _: String,
+    _: String,
+    _: u32,
+    _: u32,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--scale-workers needs a beamflow built with the kubernetes feature (cargo build --features kubernetes; the container image has it)"
+    )
 }
 
 fn ingester(args: IngesterArgs) -> anyhow::Result<()> {

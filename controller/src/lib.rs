@@ -13,7 +13,10 @@
 
 pub mod ensemble;
 pub mod http;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod mapping;
 pub mod node;
 pub mod route;
+pub mod scaling;
 pub mod scan;
