@@ -61,7 +61,12 @@ pub fn run(
                 .map(|(name, s)| (name.clone(), s["busy_seconds"].as_f64().unwrap_or(0.0)))
                 .collect();
             let progress = ensemble.progress();
-            (busy, progress.last_assigned.saturating_sub(progress.completed_events))
+            (
+                busy,
+                progress
+                    .last_assigned
+                    .saturating_sub(progress.completed_events),
+            )
         };
         let now = Instant::now();
         let busy = meter.busy(&busy_seconds, now - looked);
@@ -91,7 +96,10 @@ pub fn run(
                     busy * 100.0
                 );
                 tracing::info!("Scaled: {why}.");
-                state.lock().unwrap_or_else(PoisonError::into_inner).last_change = Some(why);
+                state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .last_change = Some(why);
             }
             Ok(())
         });

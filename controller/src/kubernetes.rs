@@ -60,7 +60,11 @@ impl WorkerScaler {
     pub async fn scale(&self, replicas: u32) -> Result<(), kube::Error> {
         let patch = serde_json::json!({ "spec": { "replicas": replicas } });
         self.deployments
-            .patch_scale(&self.deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_scale(
+                &self.deployment,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         Ok(())
     }
@@ -71,7 +75,10 @@ impl WorkerScaler {
             "app.kubernetes.io/name=beamflow,app.kubernetes.io/instance={}",
             self.release
         );
-        let list = self.pods.list(&ListParams::default().labels(&selector)).await?;
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await?;
         Ok(list
             .items
             .into_iter()
@@ -118,7 +125,11 @@ mod tests {
             let seen = seen.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let path = parts.uri.path().to_owned();
                 let query = parts.uri.query().unwrap_or("").to_owned();
                 seen.lock().unwrap().push((
@@ -159,24 +170,43 @@ mod tests {
     #[tokio::test]
     async fn reads_replicas_scales_and_lists_the_releases_pods() {
         let seen = Seen::default();
-        let scaler =
-            WorkerScaler::with_client(recorded_api(seen.clone()), "beamflow", "beamline-workers", "beamline");
+        let scaler = WorkerScaler::with_client(
+            recorded_api(seen.clone()),
+            "beamflow",
+            "beamline-workers",
+            "beamline",
+        );
         assert_eq!(scaler.replicas().await.expect("scale"), 3);
         scaler.scale(5).await.expect("patched");
         let pods = scaler.pods().await.expect("pods");
         assert_eq!(
             pods,
             [
-                ReleasePod { name: "beamline-workers-7d9-abcde".into(), component: "worker".into(), ready: true },
-                ReleasePod { name: "beamline-ingester-eiger-5f-xyz".into(), component: "ingester".into(), ready: false },
+                ReleasePod {
+                    name: "beamline-workers-7d9-abcde".into(),
+                    component: "worker".into(),
+                    ready: true
+                },
+                ReleasePod {
+                    name: "beamline-ingester-eiger-5f-xyz".into(),
+                    component: "ingester".into(),
+                    ready: false
+                },
             ]
         );
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].0, "GET");
-        assert_eq!(seen[0].1, "/apis/apps/v1/namespaces/beamflow/deployments/beamline-workers/scale?");
+        assert_eq!(
+            seen[0].1,
+            "/apis/apps/v1/namespaces/beamflow/deployments/beamline-workers/scale?"
+        );
         assert_eq!(seen[1].0, "PATCH");
         assert_eq!(seen[1].2, r#"{"spec":{"replicas":5}}"#);
-        assert!(seen[2].1.starts_with("/api/v1/namespaces/beamflow/pods?"), "{}", seen[2].1);
+        assert!(
+            seen[2].1.starts_with("/api/v1/namespaces/beamflow/pods?"),
+            "{}",
+            seen[2].1
+        );
         assert!(
             seen[2].1.contains("labelSelector=app.kubernetes.io%2Fname%3Dbeamflow%2Capp.kubernetes.io%2Finstance%3Dbeamline"),
             "{}",

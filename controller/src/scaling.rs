@@ -159,7 +159,11 @@ mod tests {
     fn idle_workers_go_one_at_a_time_and_the_band_between_holds() {
         let policy = ScalePolicy::between(2, 8);
         assert_eq!(desired(&policy, sample(5, 0.1, 10), LONG), Some(4));
-        assert_eq!(desired(&policy, sample(2, 0.0, 0), LONG), None, "not below the minimum");
+        assert_eq!(
+            desired(&policy, sample(2, 0.0, 0), LONG),
+            None,
+            "not below the minimum"
+        );
         // In the band: nothing.
         assert_eq!(desired(&policy, sample(5, 0.5, 200), LONG), None);
         // Idle but a backlog: nothing either.
@@ -169,12 +173,24 @@ mod tests {
     #[test]
     fn cooldowns_keep_a_burst_from_flapping_and_bounds_apply_at_once() {
         let policy = ScalePolicy::between(1, 8);
-        assert_eq!(desired(&policy, sample(3, 0.99, 0), Duration::from_secs(10)), None);
-        assert_eq!(desired(&policy, sample(3, 0.05, 0), Duration::from_secs(60)), None);
-        assert_eq!(desired(&policy, sample(3, 0.05, 0), Duration::from_secs(121)), Some(2));
+        assert_eq!(
+            desired(&policy, sample(3, 0.99, 0), Duration::from_secs(10)),
+            None
+        );
+        assert_eq!(
+            desired(&policy, sample(3, 0.05, 0), Duration::from_secs(60)),
+            None
+        );
+        assert_eq!(
+            desired(&policy, sample(3, 0.05, 0), Duration::from_secs(121)),
+            Some(2)
+        );
         // Outside the bounds (edited by hand): back inside, whatever the cooldown.
         assert_eq!(desired(&policy, sample(0, 0.0, 0), Duration::ZERO), Some(1));
-        assert_eq!(desired(&policy, sample(12, 0.9, 0), Duration::ZERO), Some(8));
+        assert_eq!(
+            desired(&policy, sample(12, 0.9, 0), Duration::ZERO),
+            Some(8)
+        );
         // A NaN load is no load.
         assert_eq!(desired(&policy, sample(3, f64::NAN, 0), LONG), Some(2));
     }
@@ -185,7 +201,10 @@ mod tests {
         let at = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
             pairs.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
         };
-        assert_eq!(meter.busy(&at(&[("w1", 1.0), ("w2", 2.0)]), Duration::from_secs(10)), 0.15);
+        assert_eq!(
+            meter.busy(&at(&[("w1", 1.0), ("w2", 2.0)]), Duration::from_secs(10)),
+            0.15
+        );
         // 10 s later: w1 busy 8 s, w2 restarted and busy 1 s since.
         let busy = meter.busy(&at(&[("w1", 9.0), ("w2", 1.0)]), Duration::from_secs(10));
         assert!((busy - 0.45).abs() < 1e-12, "{busy}");
