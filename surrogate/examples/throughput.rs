@@ -2,7 +2,7 @@
 //! many), batches on one thread, and batches on two threads side by side (as two workers run).
 //! Prints JSON. Run with `RAYON_NUM_THREADS=1`, as the `beamflow` binary sets it.
 //!
-//! usage: throughput [MODEL]   (default builtin:lcls_cu_injector)
+//! usage: throughput [MODEL]   (default builtin:lcls_cu_injector; BATCH=n sets the batch, 256)
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     times.sort_by(f64::total_cmp);
     let single_us = times[times.len() / 2] * 1e6;
-    let batch = 256;
+    let batch: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(256);
     let rows = vec![defaults.clone(); batch];
     let per_thread = |model: &Model| -> Result<f64, String> {
         let start = Instant::now();
