@@ -14,28 +14,16 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from loopback_ca import ca_env, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bin"
 COUNT = ROOT / "target" / "release" / "examples" / "ca_count"
-
-
-def free_port():
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                    return port
-                except OSError:
-                    continue
 
 
 def main():
@@ -53,10 +41,7 @@ def main():
         f'record(calc, "BF:c{i}") {{ field(SCAN, "{args.period} second") '
         f'field(CALC, "A+1") field(INPA, "BF:c{i} NPP") }}\n' for i in range(args.pvs)))
     port = free_port()
-    env = dict(os.environ, EPICS_CAS_SERVER_PORT=str(port), EPICS_CA_SERVER_PORT=str(port),
-               EPICS_CAS_INTF_ADDR_LIST="127.0.0.1", EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
-               EPICS_CAS_BEACON_ADDR_LIST="127.0.0.1", EPICS_CA_AUTO_ADDR_LIST="NO",
-               EPICS_CA_ADDR_LIST=f"127.0.0.1:{port}")
+    env = ca_env(port)
     names = [f"BF:c{i}" for i in range(args.pvs)]
     ioc = subprocess.Popen([str(VENV / "softIoc"), "-S", "-d", str(db)], env=env,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -118,15 +118,12 @@ impl Components {
         Ok(())
     }
 
+    /// Serves `app` on `address` until shutdown; returns the bound address.
     fn serve_http(
         &self,
         address: &str,
         what: &str,
-        serve: impl FnOnce(
-            tokio::net::TcpListener,
-            std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-        )
-            -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
+        app: axum::Router,
     ) -> anyhow::Result<SocketAddr> {
         let listener = self
             .runtime
@@ -134,11 +131,12 @@ impl Components {
             .with_context(|| format!("{what}: cannot listen on {address}"))?;
         let bound = listener.local_addr()?;
         let stop = self.http_stop.clone();
-        let shutdown = Box::pin(async move { stop.notified().await });
-        let server = serve(listener, shutdown);
         let what = what.to_owned();
         self.runtime.spawn(async move {
-            if let Err(error) = server.await {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await;
+            if let Err(error) = served {
                 tracing::error!(%error, "{what} HTTP server failed");
             }
         });
@@ -231,13 +229,7 @@ impl Components {
                 axum::routing::get(move || std::future::ready(check())),
             )
             .merge(self.extra_routes.clone().unwrap_or_default());
-        self.serve_http(address, "health", move |listener, shutdown| {
-            Box::pin(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            })
-        })
+        self.serve_http(address, "health", app)
     }
 
     /// Starts the controller: its control socket and REST API. Returns the control endpoint
@@ -262,13 +254,8 @@ impl Components {
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
         let scans = ScanService::default();
-        let http = {
-            let app =
-                beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
-            self.serve_http(&section.http, "controller", move |listener, shutdown| {
-                Box::pin(beamflow_controller::http::serve(listener, app, shutdown))
-            })?
-        };
+        let app = beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
+        let http = self.serve_http(&section.http, "controller", app)?;
         scans.set_endpoints(Endpoints {
             controller: http,
             reducer: pipeline
@@ -328,12 +315,8 @@ impl Components {
     ) -> anyhow::Result<SocketAddr> {
         let view = View::new();
         let models = ModelService::load(&pipeline.analyses, view.clone())?;
-        let address = {
-            let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
-            self.serve_http(http, "reducer", move |listener, shutdown| {
-                Box::pin(beamflow_reducer::http::serve(listener, app, shutdown))
-            })?
-        };
+        let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
+        let address = self.serve_http(http, "reducer", app)?;
         let settings = ReducerSettings {
             controller: controller.to_owned(),
             host: pipeline.reducer.host.clone(),

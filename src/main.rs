@@ -683,11 +683,11 @@ fn start_server(addr: SocketAddr, view: View) -> anyhow::Result<Server> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     eprintln!("Serving the reducer's state on http://{bound}/api/v1/result");
-    let handle = runtime.spawn(beamflow_reducer::http::serve(
-        listener,
-        beamflow_reducer::http::app(view),
-        shutdown_signal(),
-    ));
+    let handle = runtime.spawn(async move {
+        axum::serve(listener, beamflow_reducer::http::app(view))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
     Ok((runtime, handle, bound))
 }
 

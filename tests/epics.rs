@@ -12,7 +12,7 @@ use beamflow_ca::{Native, Values};
 
 use serde_json::Value;
 
-use crate::util::{Running, eventually, http_address, http_get, numbers, root};
+use crate::util::{Running, eventually, finished_status, http_get, numbers, root, start_run};
 
 /// An EPICS tool from the venv; missing it is a failure (run `.ci/run` once).
 fn epics_tool(name: &str) -> PathBuf {
@@ -462,30 +462,10 @@ fn caget(port: u16, pv: &str) -> f64 {
 fn runs_the_embedded_injector_and_serves_results_as_pvs() {
     let port = free_ca_port();
     let mut command = crate::util::beamflow();
-    ca_env(&mut command, port).args([
-        "run",
-        "--events",
-        "20",
-        "--http",
-        "127.0.0.1:0",
-        "--reducer-http",
-        "127.0.0.1:0",
-        "--control",
-        "tcp://127.0.0.1:0",
-    ]);
-    let mut run = Running::start(command);
-    let line = run.wait_for_line("beamflow is running.");
-    let state = http_address(&line);
-    let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    run.wait_for_line("events started.");
-    eventually(60, "the scan to finish", || {
-        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/progress").1).ok()?;
-        (progress["finished"] == true).then_some(())
-    });
-    let status = eventually(10, "the reducer's final state", || {
-        let status: Value = serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
-        (status["finished"] == true).then_some(status)
-    });
+    ca_env(&mut command, port).args(["run", "--events", "20"]);
+    let pipeline = start_run(command);
+    let state = pipeline.state;
+    let status = finished_status(&pipeline);
     assert_eq!(
         status["events"], 20,
         "20 OTR2 images, no start or end event: {status}"
@@ -1172,20 +1152,9 @@ fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
 fn a_quad_scan_of_the_simulated_injector_finds_its_emittance() {
     let port = free_ca_port();
     let mut command = crate::util::beamflow();
-    ca_env(&mut command, port).args([
-        "run",
-        "--http",
-        "127.0.0.1:0",
-        "--reducer-http",
-        "127.0.0.1:0",
-        "--control",
-        "tcp://127.0.0.1:0",
-    ]);
-    let mut run = Running::start(command);
-    let line = run.wait_for_line("beamflow is running.");
-    let state = http_address(&line);
-    let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    run.wait_for_line("events started.");
+    ca_env(&mut command, port).arg("run");
+    let pipeline = start_run(command);
+    let (state, rest) = (pipeline.state, pipeline.rest);
 
     let mut scan = crate::util::beamflow();
     let output = ca_env(&mut scan, port)
@@ -1252,19 +1221,9 @@ fn the_controller_api_runs_a_quad_scan() {
     use crate::util::http_post;
     let port = free_ca_port();
     let mut command = crate::util::beamflow();
-    ca_env(&mut command, port).args([
-        "run",
-        "--http",
-        "127.0.0.1:0",
-        "--reducer-http",
-        "127.0.0.1:0",
-        "--control",
-        "tcp://127.0.0.1:0",
-    ]);
-    let mut run = Running::start(command);
-    let line = run.wait_for_line("beamflow is running.");
-    let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    run.wait_for_line("events started.");
+    ca_env(&mut command, port).arg("run");
+    let pipeline = start_run(command);
+    let rest = pipeline.rest;
     let request = serde_json::json!({
         "pv": "QUAD:IN20:525:BCTRL", "values": [1.0, 2.5, 4.0], "settle_s": 0.1, "shots": 3,
     });

@@ -525,32 +525,18 @@ fn a_recorded_live_scan_replays_to_the_same_state() {
 /// by itself and says where to look.
 #[test]
 fn processes_the_simulated_detector_example_by_itself() {
-    let pipeline = root().join("examples/sim.toml");
-    let mut run = Running::spawn(&[
+    let file = root().join("examples/sim.toml");
+    let mut command = crate::util::beamflow();
+    command.args([
         "run",
         "--pipeline",
-        pipeline.to_str().unwrap(),
+        file.to_str().unwrap(),
         "--events",
         "40",
-        "--http",
-        "127.0.0.1:0",
-        "--reducer-http",
-        "127.0.0.1:0",
-        "--control",
-        "tcp://127.0.0.1:0",
     ]);
-    let line = run.wait_for_line("beamflow is running.");
-    let state = http_address(&line);
-    let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    run.wait_for_line("events started.");
-    eventually(60, "the scan to finish", || {
-        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/progress").1).ok()?;
-        (progress["finished"] == true).then_some(())
-    });
-    let status = eventually(10, "the reducer's final state", || {
-        let status: Value = serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
-        (status["finished"] == true).then_some(status)
-    });
+    let pipeline = crate::util::start_run(command);
+    let state = pipeline.state;
+    let status = crate::util::finished_status(&pipeline);
     assert_eq!(
         status["events"], 42,
         "40 images, the start and the end: {status}"

@@ -180,3 +180,52 @@ pub(crate) fn numbers(state: &serde_json::Value, path: &str) -> Vec<u64> {
         .map(|v| v.as_u64().unwrap())
         .collect()
 }
+
+/// `beamflow run` as README's first command starts it, its HTTP ports and control socket bound
+/// to 0, once it says its scan started.
+pub(crate) struct RunningPipeline {
+    /// The process, killed when this is dropped.
+    _process: Running,
+    /// The reducer's HTTP address.
+    pub(crate) state: SocketAddr,
+    /// The controller's REST address.
+    pub(crate) rest: SocketAddr,
+}
+
+/// Starts `command` (a `beamflow()` with `run` and its own arguments and environment).
+pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
+    command.args([
+        "--http",
+        "127.0.0.1:0",
+        "--reducer-http",
+        "127.0.0.1:0",
+        "--control",
+        "tcp://127.0.0.1:0",
+    ]);
+    let mut run = Running::start(command);
+    let line = run.wait_for_line("beamflow is running.");
+    let state = http_address(&line);
+    let rest = http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("events started.");
+    RunningPipeline {
+        _process: run,
+        state,
+        rest,
+    }
+}
+
+/// Waits for the controller to finish the scan and the reducer to publish its final status;
+/// returns that status.
+pub(crate) fn finished_status(pipeline: &RunningPipeline) -> serde_json::Value {
+    let (rest, state) = (pipeline.rest, pipeline.state);
+    eventually(60, "the scan to finish", || {
+        let progress: serde_json::Value =
+            serde_json::from_str(&http_get(rest, "/api/v1/progress").1).ok()?;
+        (progress["finished"] == true).then_some(())
+    });
+    eventually(10, "the reducer's final state", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&http_get(state, "/api/v1/status").1).ok()?;
+        (status["finished"] == true).then_some(status)
+    })
+}

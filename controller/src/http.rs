@@ -41,18 +41,6 @@ pub fn app(ensemble: Shared) -> Router {
         .with_state(ensemble)
 }
 
-/// Serves `app` (the controller's [`app`], perhaps with more routes merged) on an already bound
-/// listener until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {

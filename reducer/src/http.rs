@@ -3,7 +3,6 @@
 //! (mini-redis `db.rs`); the task applying results publishes new snapshots.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{Path, Query, State};
@@ -11,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use beamflow_protocol::Value;
+use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
 
 /// The OpenAPI 3.1 description of this router.
@@ -54,7 +53,7 @@ pub struct Status {
 struct Snapshot {
     state: Arc<Value>,
     status: Arc<Status>,
-    latest: Arc<BTreeMap<String, Arc<Value>>>,
+    latest: Arc<BTreeMap<AnalysisName, Arc<Value>>>,
 }
 
 /// A shared, cheaply cloned handle on the latest published state and status.
@@ -89,7 +88,7 @@ impl View {
     }
 
     /// Replaces the latest result of each analysis.
-    pub fn publish_latest(&self, latest: BTreeMap<String, Arc<Value>>) {
+    pub fn publish_latest(&self, latest: BTreeMap<AnalysisName, Arc<Value>>) {
         self.inner
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -143,18 +142,6 @@ pub fn app(view: View) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .with_state(view)
-}
-
-/// Serves `app` (the reducer's [`app`], perhaps with more routes merged) on an already bound
-/// listener until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// An HTTP error as `{"error": "..."}` with its status code; every handler error goes through

@@ -113,7 +113,7 @@ pub struct Reducer {
     slots: Vec<Slot>,
     parameters: Parameters,
     counts: ReducerCounts,
-    latest: BTreeMap<String, std::sync::Arc<Value>>,
+    latest: BTreeMap<AnalysisName, std::sync::Arc<Value>>,
 }
 
 impl Reducer {
@@ -178,13 +178,13 @@ impl Reducer {
         }
         self.counts.results += 1;
         self.latest.insert(
-            result.analysis.to_string(),
+            result.analysis.clone(),
             std::sync::Arc::clone(&result.payload),
         );
     }
 
     /// The latest result of each analysis (for views such as a model's live inputs).
-    pub fn latest_results(&self) -> BTreeMap<String, std::sync::Arc<Value>> {
+    pub fn latest_results(&self) -> BTreeMap<AnalysisName, std::sync::Arc<Value>> {
         self.latest.clone()
     }
 

@@ -42,6 +42,8 @@ struct Row {
     event_number: EventNumber,
     worker: WorkerName,
     time: Option<f64>,
+    /// With a time zone: the time there, formatted once when the row is added.
+    time_local: Option<String>,
     values: Vec<f64>,
 }
 
@@ -112,6 +114,11 @@ impl Accumulator for History {
             event_number: result.event_number,
             worker: result.worker.clone(),
             time: result.created_at.map(|t| t.as_microsecond() as f64 * 1e-6),
+            time_local: self.zone.as_ref().zip(result.created_at).map(|(zone, t)| {
+                t.to_zoned(zone.clone())
+                    .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
+                    .to_string()
+            }),
             values,
         });
         Ok(())
@@ -137,20 +144,15 @@ impl Accumulator for History {
                     .collect(),
             ),
         );
-        if let Some(zone) = &self.zone {
-            let local = |time: Option<f64>| -> Value {
-                time.and_then(|t| jiff::Timestamp::from_microsecond((t * 1e6).round() as i64).ok())
-                    .map_or(Value::Null, |t| {
-                        Value::from(
-                            t.to_zoned(zone.clone())
-                                .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
-                                .to_string(),
-                        )
-                    })
-            };
+        if self.zone.is_some() {
             view.insert(
                 "time_local".to_owned(),
-                Value::Array(self.rows.iter().map(|r| local(r.time)).collect()),
+                Value::Array(
+                    self.rows
+                        .iter()
+                        .map(|r| r.time_local.clone().map_or(Value::Null, Value::from))
+                        .collect(),
+                ),
             );
         }
         if self.config.worker_column {

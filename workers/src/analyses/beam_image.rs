@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::{
     DType, EventData, NdArray, ParameterDescription, ParameterName, ParameterType, ParameterValue,
     Parameters, StreamName,
@@ -17,7 +16,7 @@ use beamflow_protocol::{
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::analyses::array_of;
+use crate::analyses::{array_of, pv_scalar};
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `beam_image`.
@@ -336,13 +335,7 @@ impl Analysis for BeamImage {
         }
         let mut output = self.measure(&image, dark.as_deref())?;
         for name in &self.config.attach {
-            let value = event
-                .streams
-                .get(name)
-                .filter(|s| s.typ.as_str() == pv::TYP)
-                .and_then(|s| PvFrame::parse(&s.frames).ok())
-                .and_then(|f| f.value.to_f64().first().copied());
-            if let Some(value) = value {
+            if let Some((value, _)) = event.streams.get(name).and_then(|s| pv_scalar(s).ok()) {
                 output.attached.insert(name.clone(), value);
             }
         }
@@ -746,6 +739,8 @@ fn solve4(mut m: [[f64; 4]; 4], mut b: [f64; 4]) -> Option<[f64; 4]> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+
+    use beamflow_protocol::streams::pv::PvFrame;
 
     use super::*;
 

@@ -38,6 +38,17 @@ pub(crate) fn array_of(
     }
 }
 
+/// The first element of a PV stream's value, with its frame: how analyses read a scalar PV
+/// carried in the event (a quad readback, a model input). The error says why there is none.
+pub(crate) fn pv_scalar(stream: &StreamData) -> Result<(f64, PvFrame), String> {
+    if stream.typ.as_str() != pv::TYP {
+        return Err(format!("a {} stream, not a PV", stream.typ));
+    }
+    let frame = PvFrame::parse(&stream.frames).map_err(|error| error.to_string())?;
+    let value = frame.value.to_f64().first().copied().ok_or("no elements")?;
+    Ok((value, frame))
+}
+
 /// One `[analyses.<name>]` table of the pipeline file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

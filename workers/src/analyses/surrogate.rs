@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::{EventData, Parameters, StreamName};
 use beamflow_surrogate::{Evaluation, InputIssue, Model, Provenance};
 use serde::Deserialize;
 
+use crate::analyses::pv_scalar;
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `surrogate`.
@@ -84,19 +84,7 @@ impl Surrogate {
             let Some(data) = event.streams.get(stream) else {
                 continue;
             };
-            let read = if data.typ.as_str() != pv::TYP {
-                Err(format!("a {} stream, not a PV", data.typ))
-            } else {
-                PvFrame::parse(&data.frames)
-                    .map_err(|error| error.to_string())
-                    .and_then(|frame| {
-                        let value = frame.value.to_f64().first().copied();
-                        value
-                            .map(|v| (v, frame))
-                            .ok_or_else(|| "no elements".to_owned())
-                    })
-            };
-            match read {
+            match pv_scalar(data) {
                 Ok((value, frame)) => {
                     let age_s = now.map(|now| {
                         (now.as_nanosecond() - frame.timestamp().as_nanosecond()) as f64 / 1e9
@@ -187,6 +175,8 @@ impl Analysis for Surrogate {
 mod tests {
     use beamflow_protocol::{DType, EventNumber, NdArray};
     use bytes::Bytes;
+
+    use beamflow_protocol::streams::pv::{self, PvFrame};
 
     use super::*;
 
