@@ -17,7 +17,7 @@ use beamflow_controller::mapping::{GENERIC_TAG, Part, Sequence, Slot, VirtualWor
 use beamflow_controller::node::ControlSocket;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
-use beamflow_net::Stop;
+use beamflow_net::{Reachable, Stop};
 use beamflow_protocol::{IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::Reducer;
 use beamflow_reducer::http::View;
@@ -30,6 +30,13 @@ use crate::models_http::ModelService;
 use crate::pipeline::Pipeline;
 use crate::scan_driver::{Endpoints, ScanService};
 use crate::sim_ioc::{SimIoc, SimIocConfig};
+
+/// Events in one live scan (`beamflow run` without `--events`): a day of OTR2 images at
+/// 10 Hz; with `--live` the next one starts when it ends.
+pub const LIVE_SCAN_EVENTS: u64 = 1_000_000;
+
+/// How often `beamflow run` prints its one-line status on a terminal.
+const STATUS_LINE_EVERY: Duration = Duration::from_secs(10);
 
 struct Running {
     name: String,
@@ -60,6 +67,8 @@ pub struct Components {
     ca_servers: Vec<CaServer>,
     scans: Option<ScanService>,
     alive: Alive,
+    /// Whether each component of this process hears the controller, for `/readyz`.
+    reachable: Arc<Mutex<Vec<(String, Reachable)>>>,
     /// Routes served beside the health endpoints (the autoscaler's view).
     extra_routes: Option<axum::Router>,
 }
@@ -90,6 +99,7 @@ impl Components {
             ca_servers: Vec::new(),
             scans: None,
             alive: Alive::default(),
+            reachable: Arc::default(),
             extra_routes: None,
         })
     }
@@ -105,9 +115,12 @@ impl Components {
         let guard = AliveGuard(Arc::clone(&flag));
         let thread = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || {
-                let _guard = guard;
-                body(thread_stop)
+            .spawn({
+                let span = tracing::info_span!("component", name = %name);
+                move || {
+                    let _guard = guard;
+                    span.in_scope(|| body(thread_stop))
+                }
             })
             .with_context(|| format!("cannot start {name}"))?;
         self.alive
@@ -191,13 +204,25 @@ impl Components {
         Ok(bound)
     }
 
-    /// Serves `GET /healthz` and `GET /readyz` on `address` for probes: 200 with the components
-    /// of this process while every one of them runs (and at least one was started), 503 naming
-    /// the ones that stopped otherwise. Returns the bound address.
+    /// A new readiness flag for the component `name`, which its loop keeps current.
+    fn reachable(&self, name: &str) -> Reachable {
+        let reachable = Reachable::default();
+        self.reachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.to_owned(), reachable.clone()));
+        reachable
+    }
+
+    /// Serves `GET /healthz` and `GET /readyz` on `address` for probes. `/healthz`: 200 with the
+    /// components of this process while every one of them runs (and at least one was started),
+    /// 503 naming the ones that stopped otherwise. `/readyz` also needs every component to hear
+    /// the controller (503 naming those that cannot reach it). Returns the bound address.
     pub fn serve_health(&self, address: &str) -> anyhow::Result<SocketAddr> {
         use axum::http::StatusCode;
         let alive = Arc::clone(&self.alive);
-        let check = move || {
+        let reachable = Arc::clone(&self.reachable);
+        let check = move |ready: bool| {
             let list = alive
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -207,8 +232,20 @@ impl Components {
             let names = |v: Vec<&(String, Arc<std::sync::atomic::AtomicBool>)>| -> Vec<String> {
                 v.into_iter().map(|(name, _)| name.clone()).collect()
             };
-            let healthy = stopped.is_empty() && !running.is_empty();
-            let body = serde_json::json!({ "running": names(running), "stopped": names(stopped) });
+            let unreachable: Vec<String> = reachable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|(_, r)| !r.is_reachable())
+                .map(|(name, _)| name.clone())
+                .collect();
+            let healthy =
+                stopped.is_empty() && !running.is_empty() && (!ready || unreachable.is_empty());
+            let body = serde_json::json!({
+                "running": names(running),
+                "stopped": names(stopped),
+                "controller_unreachable": unreachable,
+            });
             let status = if healthy {
                 StatusCode::OK
             } else {
@@ -221,12 +258,12 @@ impl Components {
                 "/healthz",
                 axum::routing::get({
                     let check = check.clone();
-                    move || std::future::ready(check())
+                    move || std::future::ready(check(false))
                 }),
             )
             .route(
                 "/readyz",
-                axum::routing::get(move || std::future::ready(check())),
+                axum::routing::get(move || std::future::ready(check(true))),
             )
             .merge(self.extra_routes.clone().unwrap_or_default());
         self.serve_http(address, "health", app)
@@ -321,6 +358,7 @@ impl Components {
             controller: controller.to_owned(),
             host: pipeline.reducer.host.clone(),
             accumulators: pipeline.accumulators.clone(),
+            reachable: self.reachable("reducer"),
         };
         let context = self.context.clone();
         let thread_view = view.clone();
@@ -364,6 +402,7 @@ impl Components {
             host: pipeline.workers.host.clone(),
             analyses: pipeline.analyses.clone(),
             event_timeout: Duration::from_millis(pipeline.workers.event_timeout_ms),
+            reachable: self.reachable(&format!("worker {name}")),
         };
         let context = self.context.clone();
         self.spawn(format!("worker {name}"), move |stop| {
@@ -388,6 +427,7 @@ impl Components {
             name: IngesterName::from(name),
             controller: controller.to_owned(),
             source,
+            reachable: self.reachable(&format!("ingester {name}")),
         };
         let context = self.context.clone();
         self.spawn(format!("ingester {name}"), move |stop| {
@@ -454,11 +494,38 @@ impl Components {
         pipeline: &Pipeline,
         events: u64,
     ) -> anyhow::Result<String> {
-        let streams = self.wait_until_connected(pipeline)?;
-        let ensemble = self
-            .ensemble
+        let sequence = self.sequence_when_connected(pipeline, events)?;
+        Ok(lock(self.controller()?).start(sequence, std::time::Instant::now())?)
+    }
+
+    /// Once every component is connected, starts the live scan: [`LIVE_SCAN_EVENTS`] events
+    /// over every stream, until a sequence is posted. Returns the scan's uuid.
+    pub fn start_live_scan_when_connected(&self, pipeline: &Pipeline) -> anyhow::Result<String> {
+        let sequence = self.sequence_when_connected(pipeline, LIVE_SCAN_EVENTS)?;
+        Ok(lock(self.controller()?).start_live(sequence, std::time::Instant::now())?)
+    }
+
+    /// Has the controller start the live scan again whenever no other scan runs
+    /// (`beamflow run --live`).
+    pub fn resume_live_scan(&self, pipeline: &Pipeline) -> anyhow::Result<()> {
+        let sequence = self.sequence_when_connected(pipeline, LIVE_SCAN_EVENTS)?;
+        lock(self.controller()?).resume_live(sequence);
+        Ok(())
+    }
+
+    fn controller(&self) -> anyhow::Result<&Shared> {
+        self.ensemble
             .as_ref()
-            .context("no controller runs in this process")?;
+            .context("no controller runs in this process")
+    }
+
+    /// A sequence of `events` events over every ingester's streams, once they are connected.
+    fn sequence_when_connected(
+        &self,
+        pipeline: &Pipeline,
+        events: u64,
+    ) -> anyhow::Result<Sequence> {
+        let streams = self.wait_until_connected(pipeline)?;
         // One part of up to 1000 events, repeated: the controller stores a repeated part once,
         // so a day-long live scan costs what a thousand events do.
         const PART: u64 = 1000;
@@ -490,8 +557,42 @@ impl Components {
             sequence.push("rest".to_owned());
         }
         let wrap = pipeline.ingesters.values().any(|i| i.brackets_series());
-        let sequence = Sequence::new(parts, sequence, wrap)?;
-        Ok(lock(ensemble).start(sequence, std::time::Instant::now())?)
+        Ok(Sequence::new(parts, sequence, wrap)?)
+    }
+
+    /// Prints one line every [`STATUS_LINE_EVERY`] (for a terminal): events per second, p99
+    /// latency, workers, PVs connected.
+    pub fn print_status_lines(&mut self) -> anyhow::Result<()> {
+        let ensemble = self.controller()?.clone();
+        let view = self
+            .view
+            .clone()
+            .context("no reducer runs in this process")?;
+        self.spawn("status-line".to_owned(), move |stop| {
+            let mut last: Option<(std::time::Instant, u64)> = None;
+            let mut next = std::time::Instant::now() + STATUS_LINE_EVERY;
+            while !stop.is_stopped() {
+                // Waking often keeps Ctrl-C prompt; the line itself is every 10 s.
+                std::thread::sleep(Duration::from_millis(200));
+                let now = std::time::Instant::now();
+                if now < next {
+                    continue;
+                }
+                next = now + STATUS_LINE_EVERY;
+                let status = lock(&ensemble).status();
+                let reduced = view.status();
+                let rate = last.map_or(0.0, |(at, events)| {
+                    reduced.events.saturating_sub(events) as f64
+                        / now.duration_since(at).as_secs_f64()
+                });
+                last = Some((now, reduced.events));
+                eprintln!(
+                    "{}",
+                    status_line(&status, rate, reduced.latency_ms.map(|l| l.p99))
+                );
+            }
+            Ok(())
+        })
     }
 
     /// The controller's state, when it runs here.
@@ -549,6 +650,44 @@ impl Components {
     }
 }
 
+/// `beamflow run`'s one-line status: the scan, events per second, p99 latency, workers, and PVs
+/// connected of those configured.
+fn status_line(status: &serde_json::Value, events_per_second: f64, p99_ms: Option<f64>) -> String {
+    let workers = status["workers"]
+        .as_object()
+        .map_or(0, serde_json::Map::len);
+    let pvs = status["ingesters"]
+        .as_object()
+        .into_iter()
+        .flat_map(|ingesters| ingesters.values())
+        .filter_map(|ingester| ingester["source"]["pvs"].as_object())
+        .flat_map(|pvs| pvs.values());
+    let (connected, configured) = pvs.fold((0, 0), |(c, n), pv| {
+        (c + usize::from(pv["connected"] == true), n + 1)
+    });
+    let scan = match (status["scan"].as_u64(), status["finished"].as_bool()) {
+        (Some(scan), Some(false)) => format!(
+            "scan {scan}{}: {}/{} events",
+            if status["live"] == true {
+                " (live)"
+            } else {
+                ""
+            },
+            status["completed_events"],
+            status["total_events"]
+        ),
+        _ => "no scan running".to_owned(),
+    };
+    let latency = p99_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+    let mut line = format!(
+        "{scan}, {events_per_second:.1} events/s, p99 latency {latency}, {workers} workers"
+    );
+    if configured > 0 {
+        line.push_str(&format!(", PVs connected {connected}/{configured}"));
+    }
+    line
+}
+
 /// Where a client on this host reaches a server bound to `address` (an unspecified address is
 /// reached on loopback).
 pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
@@ -556,4 +695,31 @@ pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     address
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_says_rate_latency_workers_and_pvs() {
+        let status = serde_json::json!({
+            "scan": 3, "live": true, "finished": false,
+            "completed_events": 120, "total_events": 1_000_000,
+            "workers": {"w1": {}, "w2": {}},
+            "ingesters": {"injector": {"source": {"pvs": {
+                "a": {"connected": true}, "b": {"connected": false}, "c": {"connected": true}
+            }}}},
+        });
+        assert_eq!(
+            status_line(&status, 9.96, Some(1.04)),
+            "scan 3 (live): 120/1000000 events, 10.0 events/s, p99 latency 1.0 ms, 2 workers, PVs connected 2/3"
+        );
+        let idle =
+            serde_json::json!({"scan": null, "finished": true, "workers": {}, "ingesters": {}});
+        assert_eq!(
+            status_line(&idle, 0.0, None),
+            "no scan running, 0.0 events/s, p99 latency -, 0 workers"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The `beamflow` command: one binary, one subcommand per component or tool.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use beamflow::components::{Components, local_reach};
 use beamflow::pipeline::Pipeline;
 use beamflow::sim_ioc::SimIocConfig;
+use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
 use beamflow_protocol::WorkerTag;
@@ -28,6 +29,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (coloured only on a terminal, unless NO_COLOR is set) or as one JSON
+    /// object per line for a log collector. Which lines: RUST_LOG (default info), e.g.
+    /// RUST_LOG=beamflow_ingesters=debug.
+    #[arg(long, global = true, value_enum, env = "BEAMFLOW_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -126,19 +138,22 @@ struct QuadArgs {
 /// The embedded default pipeline (`examples/injector.toml`): the simulated injector over CA.
 const DEFAULT_PIPELINE: &str = include_str!("../examples/injector.toml");
 
-/// Events in the scan `beamflow run` starts by itself without a pipeline file: a day of OTR2
-/// images at 10 Hz.
-const DEFAULT_EVENTS: u64 = 1_000_000;
-
 #[derive(Args)]
 struct RunArgs {
-    /// The pipeline file (TOML); default: the embedded simulated beamline.
+    /// The pipeline file (TOML or JSON); default: the embedded simulated beamline.
     #[arg(long, value_name = "P.toml")]
     pipeline: Option<PathBuf>,
-    /// Start a scan of this many frames per stream, each event on any worker, plus the start
-    /// and end events dranspose's wrapped sequences have (default without --pipeline: 100000).
-    #[arg(long, value_name = "N")]
+    /// Instead of the live scan, start a scan of this many frames per stream, each event on any
+    /// worker (plus the start and end events of a wrapped sequence for detector streams).
+    #[arg(long, value_name = "N", conflicts_with = "no_scan")]
     events: Option<u64>,
+    /// Start no scan: wait for one to be posted (POST /api/v1/sequence).
+    #[arg(long)]
+    no_scan: bool,
+    /// Resume the live scan whenever no other runs: a few seconds after each posted sequence
+    /// finishes, as a control room expects its histories to go on.
+    #[arg(long, conflicts_with = "no_scan")]
+    live: bool,
     /// The controller's REST address (overrides the pipeline file).
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
@@ -295,16 +310,11 @@ struct ReplayArgs {
 fn main() -> std::process::ExitCode {
     beamflow_net::reuse_large_buffers();
     single_threaded_candle();
+    let cli = Cli::parse();
     // indicatif draws nothing when standard error is not a terminal.
     let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let bar = progress.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(move || AroundProgress(bar.clone()))
-        .init();
-    match run(Cli::parse(), progress) {
+    init_logging(cli.log_format, &progress);
+    match run(cli, progress) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("beamflow: {error:#}");
@@ -328,6 +338,25 @@ fn single_threaded_candle() {
         unsafe {
             std::env::set_var("RAYON_NUM_THREADS", "1");
         }
+    }
+}
+
+/// Text lines for people (colour only on a terminal and without NO_COLOR, so files and pod logs
+/// carry no escape codes) or JSON lines for collectors; each line names its component's span.
+fn init_logging(format: LogFormat, progress: &ProgressBar) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let bar = progress.clone();
+    let writer = move || AroundProgress(bar.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 
@@ -361,12 +390,9 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
 }
 
 fn run_all(args: RunArgs) -> anyhow::Result<()> {
-    let (mut pipeline, events) = match &args.pipeline {
-        Some(path) => (Pipeline::load(path)?, args.events),
-        None => (
-            Pipeline::parse(DEFAULT_PIPELINE).context("the embedded pipeline")?,
-            Some(args.events.unwrap_or(DEFAULT_EVENTS)),
-        ),
+    let mut pipeline = match &args.pipeline {
+        Some(path) => Pipeline::load(path)?,
+        None => Pipeline::parse(DEFAULT_PIPELINE).context("the embedded pipeline")?,
     };
     if let Some(http) = args.http {
         pipeline.controller.http = http;
@@ -394,9 +420,26 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
     );
-    if let Some(events) = events {
+    if args.no_scan {
+        eprintln!("No scan started (--no-scan): post one to http://{rest}/api/v1/sequence.");
+    } else if let Some(events) = args.events {
         let uuid = components.start_scan_when_connected(&pipeline, events)?;
         eprintln!("Scan {uuid} of {events} events started.");
+    } else {
+        let uuid = components.start_live_scan_when_connected(&pipeline)?;
+        eprintln!(
+            "Live scan {uuid} started: every event as it comes, until a sequence is posted to http://{rest}/api/v1/sequence (--events N for a finite scan, --no-scan for none)."
+        );
+    }
+    if args.live {
+        components.resume_live_scan(&pipeline)?;
+        eprintln!(
+            "The live scan resumes {} s after each posted sequence finishes (--live).",
+            LIVE_RESUME_AFTER.as_secs()
+        );
+    }
+    if std::io::stderr().is_terminal() {
+        components.print_status_lines()?;
     }
     serve_until_signal(components, args.health.as_deref())
 }

@@ -4,7 +4,7 @@
 //! passed in, so liveness is tested without sleeping.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use beamflow_protocol::control::{
     ByteVec, FromController, Hello, LeasedEvent, LeasedFrame, Role, ToController,
@@ -23,6 +23,11 @@ use tracing::{info, warn};
 use crate::mapping::Sequence;
 use crate::route::{Assignment, Route};
 use crate::scan::{DEAD_AFTER, Progress, Reassignment, Scan};
+
+/// How long the live scan waits to resume after a posted sequence finished: scan software that
+/// polls `/api/v1/progress` every second or so sees its sequence `finished` before the live scan
+/// takes over the progress again.
+pub const LIVE_RESUME_AFTER: Duration = Duration::from_secs(5);
 
 /// The parameter every ingester understands: record handled events to `{prefix}{ingester}-{uuid}.cbors`.
 pub const DUMP_PREFIX: &str = "dump_prefix";
@@ -88,6 +93,7 @@ struct Member {
 struct Current {
     number: u64,
     uuid: String,
+    live: bool,
     scan: Scan,
     started: Instant,
     finish_sent: bool,
@@ -117,6 +123,16 @@ pub struct Ensemble {
     scans: u64,
     outbox: Vec<(Vec<u8>, FromController)>,
     counts: EnsembleCounts,
+    live: Option<LiveScan>,
+}
+
+/// The scan `beamflow run --live` resumes whenever no other scan runs.
+struct LiveScan {
+    sequence: Sequence,
+    /// Since when no scan has run.
+    idle_since: Option<Instant>,
+    /// The last reason it could not resume, logged once.
+    error: Option<String>,
 }
 
 impl Ensemble {
@@ -142,7 +158,28 @@ impl Ensemble {
             scans: 0,
             outbox: Vec::new(),
             counts: EnsembleCounts::default(),
+            live: None,
         }
+    }
+
+    /// Resume `sequence` as the live scan [`LIVE_RESUME_AFTER`] after any scan ends (or none
+    /// runs), so the control room's histories go on between the sequences scan software posts.
+    pub fn resume_live(&mut self, sequence: Sequence) {
+        self.live = Some(LiveScan {
+            sequence,
+            idle_since: None,
+            error: None,
+        });
+    }
+
+    /// Starts the live scan now (it then resumes whenever no other scan runs, if
+    /// [`Ensemble::resume_live`] asked for it).
+    pub fn start_live(&mut self, sequence: Sequence, now: Instant) -> Result<String, StartError> {
+        let uuid = self.start(sequence, now)?;
+        if let Some(current) = self.current.as_mut() {
+            current.live = true;
+        }
+        Ok(uuid)
     }
 
     /// Takes one control message from the component with socket identity `identity`.
@@ -195,11 +232,12 @@ impl Ensemble {
             status,
         };
         let tags = member.tags.clone();
+        self.outbox.push((identity.to_vec(), FromController::Heard));
         self.members.insert(key.clone(), member);
         let joined = previous != Some(hello.instance);
         if joined {
             // A new component, or a restarted one (which lost whatever it held).
-            info!(role = ?hello.role, name = %hello.name, restarted = previous.is_some(), "Component joined.");
+            info!(role = %hello.role, name = %hello.name, restarted = previous.is_some(), "Component joined.");
         }
         if hello.role == Role::Worker {
             let name = WorkerName::from(hello.name.as_str());
@@ -337,6 +375,7 @@ impl Ensemble {
         self.current = Some(Current {
             number: self.scans,
             uuid: uuid.clone(),
+            live: false,
             scan,
             started: now,
             finish_sent: false,
@@ -367,6 +406,7 @@ impl Ensemble {
     /// Periodic work: declares silent components dead, leases what the window allows, tells
     /// ingesters what they may release, and ends a finished scan.
     pub fn tick(&mut self, now: Instant) {
+        self.resume_live_when_idle(now);
         let silent: Vec<(Role, String)> = self
             .members
             .iter()
@@ -375,7 +415,7 @@ impl Ensemble {
             .collect();
         let mut dead_workers = BTreeSet::new();
         for key in silent {
-            warn!(role = ?key.0, name = %key.1, "No heartbeat for {DEAD_AFTER:?}: declared dead.");
+            warn!(role = %key.0, name = %key.1, "No heartbeat for {DEAD_AFTER:?}: declared dead.");
             self.members.remove(&key);
             if key.0 == Role::Worker {
                 dead_workers.insert(WorkerName::from(key.1.as_str()));
@@ -438,6 +478,39 @@ impl Ensemble {
             );
             for role in [Role::Ingester, Role::Worker, Role::Reducer] {
                 self.send_to_all(role, &message);
+            }
+        }
+    }
+
+    /// Starts the live scan again once no scan has run for [`LIVE_RESUME_AFTER`].
+    fn resume_live_when_idle(&mut self, now: Instant) {
+        let running = self.current.as_ref().is_some_and(|c| !c.finish_sent);
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if running {
+            live.idle_since = None;
+            return;
+        }
+        let since = *live.idle_since.get_or_insert(now);
+        if now.duration_since(since) < LIVE_RESUME_AFTER {
+            return;
+        }
+        let sequence = live.sequence.clone();
+        match self.start_live(sequence, now) {
+            Ok(uuid) => {
+                info!(%uuid, "Live scan resumed.");
+                if let Some(live) = self.live.as_mut() {
+                    live.error = None;
+                }
+            }
+            Err(error) => {
+                if let Some(live) = self.live.as_mut()
+                    && live.error.as_deref() != Some(&error.to_string())
+                {
+                    warn!(%error, "Cannot resume the live scan; trying again.");
+                    live.error = Some(error.to_string());
+                }
             }
         }
     }
@@ -676,6 +749,8 @@ impl Ensemble {
         json!({
             "scan": self.current.as_ref().map(|c| c.number),
             "uuid": self.current.as_ref().map(|c| c.uuid.clone()),
+            "live": self.current.as_ref().is_some_and(|c| c.live),
+            "resumes_live": self.live.is_some(),
             "last_assigned": progress.last_assigned,
             "completed_events": progress.completed_events,
             "total_events": progress.total_events,

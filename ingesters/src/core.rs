@@ -43,6 +43,13 @@ pub enum Placed {
     Hold(SourceFrame),
     /// Numbered before a frame already placed (repeated or out of order): dropped and counted.
     Stale,
+    /// Of a stream the scan's mapping does not name (an `epics_ca` clock event carries every
+    /// PV, a mapping may name a few): dropped and counted. Holding it would wait for a lease
+    /// that never comes and stop the source.
+    Unmapped,
+    /// Numbered past the scan's frames of its stream (a live source runs on after its scan):
+    /// dropped and counted, for the same reason.
+    BeyondScan,
 }
 
 /// Counters for the ingester's status.
@@ -62,6 +69,10 @@ pub struct IngesterCounts {
     pub stale_frames: u64,
     /// Frames read and dropped as the mapping says (`[]`).
     pub discarded_frames: u64,
+    /// Frames of streams the scan's mapping does not name, dropped.
+    pub unmapped_frames: u64,
+    /// Frames numbered past the scan's end, dropped.
+    pub frames_beyond_scan: u64,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +86,7 @@ struct Retained {
 #[derive(Debug)]
 pub struct IngesterCore {
     scan: u64,
+    frame_counts: BTreeMap<StreamName, u64>,
     leases: HashMap<(StreamName, u64), (EventNumber, Vec<WorkerName>)>,
     next: BTreeMap<StreamName, u64>,
     retained: BTreeMap<EventNumber, Retained>,
@@ -100,6 +112,7 @@ impl IngesterCore {
     pub fn with_retain_limit(limit: usize) -> Self {
         Self {
             scan: 0,
+            frame_counts: BTreeMap::new(),
             leases: HashMap::new(),
             next: BTreeMap::new(),
             retained: BTreeMap::new(),
@@ -110,10 +123,11 @@ impl IngesterCore {
         }
     }
 
-    /// A new scan: everything of the last one is dropped.
-    pub fn start_scan(&mut self, scan: u64) {
+    /// A new scan with `frames` frames of each stream: everything of the last one is dropped.
+    pub fn start_scan(&mut self, scan: u64, frames: BTreeMap<StreamName, u64>) {
         *self = Self {
             scan,
+            frame_counts: frames,
             counts: self.counts,
             ..Self::with_retain_limit(self.retain_limit)
         };
@@ -129,6 +143,14 @@ impl IngesterCore {
     /// SUB sources, drops).
     pub fn wants_frames(&self) -> bool {
         !self.leases.is_empty() && self.retained_bytes < self.retain_limit
+    }
+
+    /// Whether every frame the scan asks of the source has been read (or no scan runs): a live
+    /// source may then let go of what it receives, since it is stale by the next scan.
+    pub fn finished_reading(&self) -> bool {
+        self.frame_counts
+            .iter()
+            .all(|(stream, count)| self.next.get(stream).copied().unwrap_or(0) >= *count)
     }
 
     /// Takes leased events; for events re-leased after a worker died, returns the retained
@@ -173,6 +195,14 @@ impl IngesterCore {
 
     /// Places a frame from the source.
     pub fn place(&mut self, frame: SourceFrame, now: Timestamp) -> Placed {
+        let Some(&count) = self.frame_counts.get(&frame.stream).filter(|c| **c > 0) else {
+            self.counts.unmapped_frames += 1;
+            return Placed::Unmapped;
+        };
+        if frame.index >= count {
+            self.counts.frames_beyond_scan += 1;
+            return Placed::BeyondScan;
+        }
         let next = self.next.get(&frame.stream).copied().unwrap_or(0);
         if frame.index < next {
             self.counts.stale_frames += 1;
@@ -279,6 +309,10 @@ mod tests {
     use beamflow_protocol::control::LeasedFrame;
     use bytes::Bytes;
 
+    fn frames(counts: &[(&str, u64)]) -> BTreeMap<StreamName, u64> {
+        counts.iter().map(|(s, n)| ((*s).into(), *n)).collect()
+    }
+
     fn frame(index: u64) -> SourceFrame {
         SourceFrame {
             stream: "det".into(),
@@ -316,7 +350,7 @@ mod tests {
     fn frames_wait_for_their_lease_and_go_to_its_workers() {
         let now = Timestamp::now();
         let mut core = IngesterCore::new();
-        core.start_scan(1);
+        core.start_scan(1, frames(&[("det", 10), ("pcap", 10)]));
         assert!(!core.wants_frames());
         let Placed::Hold(held) = core.place(frame(0), now) else {
             panic!("no lease yet")
@@ -339,7 +373,7 @@ mod tests {
     fn a_gap_in_the_source_numbering_leaves_later_events_intact() {
         let now = Timestamp::now();
         let mut core = IngesterCore::new();
-        core.start_scan(1);
+        core.start_scan(1, frames(&[("det", 10), ("pcap", 10)]));
         core.lease((0..5).map(|n| leased(n, n, &["w1"], &[])).collect());
         core.place(frame(0), now);
         core.place(frame(1), now);
@@ -360,7 +394,7 @@ mod tests {
     fn reading_stops_at_the_retention_limit_until_the_reducer_catches_up() {
         // Each test frame is one or two bytes ("0".."9", "10"...): a limit of 3 bytes.
         let mut core = IngesterCore::with_retain_limit(3);
-        core.start_scan(1);
+        core.start_scan(1, frames(&[("det", 10), ("pcap", 10)]));
         core.lease((0..10).map(|n| leased(n, n, &["w1"], &[])).collect());
         let mut placed = 0;
         while core.wants_frames() {
@@ -387,7 +421,7 @@ mod tests {
     fn a_dead_workers_events_are_resent_from_retention_until_released() {
         let now = Timestamp::now();
         let mut core = IngesterCore::new();
-        core.start_scan(1);
+        core.start_scan(1, frames(&[("det", 10), ("pcap", 10)]));
         core.lease((0..3).map(|n| leased(n, n, &["w2"], &[])).collect());
         core.place(frame(0), now);
         core.place(frame(1), now);
@@ -414,7 +448,7 @@ mod tests {
     fn an_event_record_is_complete_once_every_stream_is_in() {
         let now = Timestamp::now();
         let mut core = IngesterCore::new();
-        core.start_scan(1);
+        core.start_scan(1, frames(&[("det", 10), ("pcap", 10)]));
         let mut event = leased(0, 0, &["w1"], &[]);
         event.frames.push(LeasedFrame {
             stream: "pcap".into(),
@@ -432,5 +466,29 @@ mod tests {
             panic!()
         };
         assert_eq!(complete.map(|e| e.streams.len()), Some(2));
+    }
+
+    /// Issue 13: a second sequence naming a few of an `epics_ca` ingester's PVs stalled, since
+    /// a frame of an unnamed stream was held for a lease that never came.
+    #[test]
+    fn frames_of_unmapped_streams_and_past_the_scan_are_dropped_not_held() {
+        let now = Timestamp::now();
+        let mut core = IngesterCore::new();
+        core.start_scan(1, frames(&[("det", 2)]));
+        core.lease((0..2).map(|n| leased(n, n, &["w1"], &[])).collect());
+        let mut other = frame(0);
+        other.stream = "cq01".into();
+        assert_eq!(core.place(other, now), Placed::Unmapped);
+        assert_eq!(sent_to(&core.place(frame(0), now)), [("w1".to_owned(), 0)]);
+        assert!(!core.finished_reading());
+        assert_eq!(sent_to(&core.place(frame(1), now)), [("w1".to_owned(), 1)]);
+        assert!(core.finished_reading());
+        assert_eq!(core.place(frame(2), now), Placed::BeyondScan);
+        let counts = core.counts();
+        assert_eq!((counts.unmapped_frames, counts.frames_beyond_scan), (1, 1));
+        assert!(
+            IngesterCore::new().finished_reading(),
+            "no scan: nothing to read"
+        );
     }
 }

@@ -72,6 +72,11 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// No scan needs frames now. A live source keeps its connections and status current and
+    /// lets go of what arrives, which would be stale by the next scan; a detector stream is
+    /// left unread, so that it blocks (its frames belong to its series).
+    fn idle(&mut self) {}
+
     /// The next frame, waiting at most `timeout`; `None` if none came.
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError>;
 

@@ -33,6 +33,8 @@ pub struct IngesterSettings {
     pub controller: String,
     /// Its source.
     pub source: IngesterConfig,
+    /// Kept current for the readiness probe.
+    pub reachable: beamflow_net::Reachable,
 }
 
 /// Frames read per loop turn at most, so control messages are never starved. A turn's parts
@@ -75,7 +77,6 @@ struct Node<'a> {
     uuid: String,
     dump_prefix: String,
     malformed: u64,
-    beyond_scan: u64,
     heartbeat: Heartbeat,
 }
 
@@ -92,7 +93,7 @@ pub fn run(
         &format!("ingester:{}:{instance:x}", settings.name),
     )?;
     let source = settings.source.build(settings.name.as_str(), context)?;
-    info!(ingester = %settings.name, kind = settings.source.kind(), streams = ?source.streams(), "Ingester up.");
+    info!(ingester = %settings.name, kind = settings.source.kind(), streams = %names(&source.streams()), "Ingester up.");
     let mut node = Node {
         settings,
         context,
@@ -107,8 +108,7 @@ pub fn run(
         uuid: String::new(),
         dump_prefix: String::new(),
         malformed: 0,
-        beyond_scan: 0,
-        heartbeat: Heartbeat::new(),
+        heartbeat: Heartbeat::new(&settings.controller, settings.reachable.clone()),
     };
     while !stop.is_stopped() {
         node.say_hello();
@@ -142,6 +142,9 @@ pub fn run(
             }
         }
         node.send(outbox, stop)?;
+        if node.held.is_none() && node.core.finished_reading() {
+            node.source.idle();
+        }
         if !read_any {
             // Nothing to read: wait for the controller (a lease, a scan) instead of spinning.
             let mut items = [node.control.as_poll_item(zmq::POLLIN)];
@@ -169,7 +172,6 @@ impl Node<'_> {
             "retained_bytes": self.core.retained_bytes(),
             "source": self.source.status(),
             "malformed_frames": self.malformed,
-            "frames_beyond_scan": self.beyond_scan,
             "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),
             "last_recording": self.last_recording.as_ref().map(|p| p.display().to_string()),
         });
@@ -190,7 +192,10 @@ impl Node<'_> {
         let mut sends = Vec::new();
         loop {
             let message = match try_recv_from_controller(&self.control) {
-                Ok(Some(message)) => message,
+                Ok(Some(message)) => {
+                    self.heartbeat.heard(Instant::now());
+                    message
+                }
                 Ok(None) => return Ok(sends),
                 Err(error) => {
                     warn!(%error, "Bad control message dropped.");
@@ -198,6 +203,9 @@ impl Node<'_> {
                 }
             };
             match message {
+                // The same scan again (the controller took this ingester for dead and it
+                // rejoined): its leases and retained frames are still good.
+                FromController::Scan { scan, .. } if scan == self.core.scan() => {}
                 FromController::Scan {
                     scan,
                     uuid,
@@ -206,12 +214,11 @@ impl Node<'_> {
                     ..
                 } => {
                     self.close_recording();
-                    if self.held.take().is_some() {
-                        // A frame beyond the last scan's end: its numbering belongs to that
-                        // scan's series, so it cannot be placed in this one.
-                        self.beyond_scan += 1;
-                    }
-                    self.core.start_scan(scan);
+                    // A frame held for the last scan's lease: its numbering belongs to that
+                    // scan's series, so it cannot be placed in this one.
+                    self.held = None;
+                    let frames: BTreeMap<StreamName, u64> = frames.into_iter().collect();
+                    self.core.start_scan(scan, frames.clone());
                     self.uuid = uuid;
                     if let Some((_, prefix)) = parameters
                         .iter()
@@ -219,7 +226,6 @@ impl Node<'_> {
                     {
                         self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
                     }
-                    let frames: BTreeMap<StreamName, u64> = frames.into_iter().collect();
                     self.source.start_scan(&frames)?;
                     self.open_recording();
                 }
@@ -278,7 +284,7 @@ impl Node<'_> {
             }
             // Its lease is still to come; nothing more is read until it does.
             Placed::Hold(frame) => self.held = Some(frame),
-            Placed::Stale => {}
+            Placed::Stale | Placed::Unmapped | Placed::BeyondScan => {}
         }
     }
 
@@ -342,4 +348,13 @@ impl Node<'_> {
             }
         }
     }
+}
+
+/// Names as a person reads them: `cq01 otr2`, not `[StreamName("cq01"), ...]`.
+fn names(streams: &[StreamName]) -> String {
+    streams
+        .iter()
+        .map(StreamName::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

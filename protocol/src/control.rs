@@ -29,6 +29,16 @@ pub enum Role {
     Reducer,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Ingester => "ingester",
+            Role::Worker => "worker",
+            Role::Reducer => "reducer",
+        })
+    }
+}
+
 /// A component introducing itself; sent again every [`HEARTBEAT_MS`] as its heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Hello {
@@ -200,6 +210,10 @@ pub enum FromController {
         #[n(0)]
         scan: u64,
     },
+    /// The answer to every hello: a component that hears nothing from the controller for
+    /// several heartbeats knows it cannot reach it (a component between scans hears nothing else).
+    #[n(8)]
+    Heard,
 }
 
 /// Encodes a control message.

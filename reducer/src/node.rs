@@ -37,6 +37,8 @@ pub struct ReducerSettings {
     pub host: String,
     /// The pipeline's accumulators.
     pub accumulators: BTreeMap<String, AccumulatorConfig>,
+    /// Kept current for the readiness probe.
+    pub reachable: beamflow_net::Reachable,
 }
 
 struct Live {
@@ -68,7 +70,7 @@ pub fn run(
     let mut early: Vec<(u64, EventReport)> = Vec::new();
     let mut stale = 0u64;
     let mut malformed = 0u64;
-    let mut heartbeat = Heartbeat::new();
+    let mut heartbeat = Heartbeat::new(&settings.controller, settings.reachable.clone());
     let mut published = Instant::now();
     info!(%endpoint, "Reducer up.");
     while !stop.is_stopped() {
@@ -102,7 +104,12 @@ pub fn run(
             warn!(%error, "Bad control message dropped.");
             None
         }) {
+            heartbeat.heard(Instant::now());
             match message {
+                // The same scan again (the controller took the reducer for dead and it
+                // rejoined): the state so far stays.
+                FromController::Scan { scan, .. }
+                    if live.as_ref().is_some_and(|l| l.scan == scan) => {}
                 FromController::Scan {
                     scan,
                     parameters: values,

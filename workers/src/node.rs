@@ -35,6 +35,8 @@ pub struct WorkerSettings {
     /// How long after its lease an event may wait for its streams before it is processed
     /// incomplete.
     pub event_timeout: Duration,
+    /// Kept current for the readiness probe.
+    pub reachable: beamflow_net::Reachable,
 }
 
 /// Events assembled at once at most (and early parts held for a scan not yet announced).
@@ -86,7 +88,7 @@ pub fn run(
     let mut stale = 0u64;
     let mut malformed = 0u64;
     let mut done = 0u64;
-    let mut heartbeat = Heartbeat::new();
+    let mut heartbeat = Heartbeat::new(&settings.controller, settings.reachable.clone());
     info!(worker = %settings.name, %endpoint, "Worker up.");
     while !stop.is_stopped() {
         let now = Instant::now();
@@ -127,6 +129,7 @@ pub fn run(
             warn!(%error, "Bad control message dropped.");
             None
         }) {
+            heartbeat.heard(Instant::now());
             match message {
                 FromController::Scan {
                     scan: number,
@@ -134,8 +137,12 @@ pub fn run(
                     parameters,
                     ..
                 } => {
-                    scan = number;
-                    core.new_scan(beamflow_net::parameters(parameters, &descriptions));
+                    // The same scan again (the controller took this worker for dead and it
+                    // rejoined): its events are under way here, so nothing restarts.
+                    if number != scan {
+                        scan = number;
+                        core.new_scan(beamflow_net::parameters(parameters, &descriptions));
+                    }
                     if let Some(endpoint) = endpoint
                         && reducer
                             .as_ref()

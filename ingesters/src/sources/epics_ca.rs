@@ -10,8 +10,16 @@
 //!
 //! The Channel Access client runs on its own thread; updates reach the source through a
 //! bounded queue (`queue`), and what does not fit is counted, never buffered without bound.
+//!
+//! Speaking up: a PV that no server answers is logged within [`NOT_FOUND_AFTER`] with the
+//! addresses searched, again at doubling intervals, and is `never_found` in the status (not
+//! `disconnected`, which needs a server that once answered). Connections that come and go
+//! together (an IOC restarting) are one line per server. Trigger and period clocks wait for a
+//! first value of every PV but those marked `optional`, whose events carry an INVALID/UDF
+//! placeholder until a value comes.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -72,6 +80,40 @@ pub struct PvConfig {
     /// 16-bit detector images from either encoding.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// Events flow without this PV: until it has a value, its frame is an INVALID/UDF
+    /// placeholder with no elements (as EPICS shows a record that was never processed).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// How long a PV may go unanswered before it is reported; the report repeats at doubling
+/// intervals up to [`NOT_FOUND_REPEAT_MAX`].
+pub const NOT_FOUND_AFTER: Duration = Duration::from_secs(5);
+const NOT_FOUND_REPEAT_MAX: Duration = Duration::from_secs(600);
+
+/// How long connection changes are gathered into one line per server.
+const GATHER_CHANGES: Duration = Duration::from_millis(200);
+
+/// Updates handled per call while no scan needs frames (each image is converted), so the
+/// ingester's loop still says hello to the controller in time.
+const IDLE_BURST: usize = 64;
+
+/// EPICS alarm status and severity of a value that never came: `UDF_ALARM`, `INVALID_ALARM`.
+const UDF_STATUS: u16 = 17;
+const INVALID_SEVERITY: u16 = 3;
+
+/// Where a PV's connection stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Connection {
+    /// Searched for, for less than [`NOT_FOUND_AFTER`].
+    #[default]
+    Searching,
+    /// No server has answered for [`NOT_FOUND_AFTER`] or more: a wrong name or address list.
+    NeverFound,
+    Connected,
+    /// Its server answered once and went away.
+    Disconnected,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +127,11 @@ enum Role {
 #[derive(Debug, Default, serde::Serialize)]
 struct PvStatus {
     pv: String,
+    state: Connection,
     connected: bool,
+    optional: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<SocketAddr>,
     updates: u64,
     disconnects: u64,
     /// Seconds spent disconnected, summed over every loss.
@@ -117,7 +163,23 @@ pub struct EpicsCa {
     overflow: Arc<AtomicU64>,
     outbox: VecDeque<SourceFrame>,
     waiting_logged: bool,
+    /// What the client searches, for the not-found report.
+    searched: String,
+    started: Instant,
+    /// When the not-found report is next due, and the interval after it.
+    not_found_report: (Instant, Duration),
+    /// Connections made and lost since the last log line, by server, and since when.
+    connection_changes: BTreeMap<SocketAddr, ConnectionChanges>,
+    changes_since: Option<Instant>,
+    queue_capacity: usize,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionChanges {
+    connected: Vec<usize>,
+    reconnected: Vec<(usize, f64)>,
+    lost: Vec<usize>,
 }
 
 impl EpicsCa {
@@ -162,6 +224,19 @@ impl EpicsCa {
             },
             None => ClientConfig::from_env(),
         };
+        let searched = match &config.addr_list {
+            Some(_) => "addr_list",
+            None => "EPICS_CA_ADDR_LIST",
+        };
+        let searched = format!(
+            "{} ({searched})",
+            client
+                .addr_list
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         let (sender, updates) = sync_channel(config.queue.max(1));
         let overflow = Arc::new(AtomicU64::new(0));
         let (shutdown, stopped) = tokio::sync::oneshot::channel();
@@ -170,6 +245,7 @@ impl EpicsCa {
             .iter()
             .map(|pv| PvStatus {
                 pv: pv.pv.clone(),
+                optional: pv.optional,
                 ..PvStatus::default()
             })
             .collect();
@@ -180,7 +256,14 @@ impl EpicsCa {
                 "clock rate_hz must be above 0 and at most 100000, got {rate_hz}"
             )));
         }
-        let clock = EventClock::new(config.clock.clone(), streams.iter().cloned().collect());
+        let mut clock = EventClock::new(config.clock.clone(), streams.iter().cloned().collect());
+        let now = Instant::now();
+        for (stream, pv) in streams.iter().zip(&configs) {
+            if pv.optional {
+                clock.update(stream.clone(), placeholder(&pv.pv)?, now);
+            }
+        }
+        clock.restart(now);
         Ok(Self {
             streams,
             configs,
@@ -192,6 +275,12 @@ impl EpicsCa {
             overflow,
             outbox: VecDeque::new(),
             waiting_logged: false,
+            searched,
+            started: now,
+            not_found_report: (now + NOT_FOUND_AFTER, NOT_FOUND_AFTER),
+            connection_changes: BTreeMap::new(),
+            changes_since: None,
+            queue_capacity: config.queue.max(1),
             shutdown: Some(shutdown),
         })
     }
@@ -202,15 +291,16 @@ impl EpicsCa {
                 if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
                     let status = &mut self.status[stream];
                     status.connected = true;
+                    status.state = Connection::Connected;
+                    status.server = Some(server);
+                    let changes = self.connection_changes.entry(server).or_default();
                     match status.down_since.take() {
                         Some(since) => {
                             let down = now.duration_since(since).as_secs_f64();
                             status.down_seconds += down;
-                            info!(stream = %self.streams[stream], pv = %status.pv, %server, down_seconds = down, "PV reconnected; its values resume.");
+                            changes.reconnected.push((stream, down));
                         }
-                        None => {
-                            info!(stream = %self.streams[stream], pv = %status.pv, %server, "PV connected.");
-                        }
+                        None => changes.connected.push(stream),
                     }
                 }
             }
@@ -218,9 +308,16 @@ impl EpicsCa {
                 if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
                     let status = &mut self.status[stream];
                     if status.connected {
-                        warn!(stream = %self.streams[stream], pv = %status.pv, "PV disconnected; reconnecting when its server is back.");
                         status.disconnects += 1;
                         status.down_since = Some(now);
+                        status.state = Connection::Disconnected;
+                        if let Some(server) = status.server {
+                            self.connection_changes
+                                .entry(server)
+                                .or_default()
+                                .lost
+                                .push(stream);
+                        }
                     }
                     status.connected = false;
                 }
@@ -273,13 +370,13 @@ impl EpicsCa {
 
     fn queue(&mut self, events: Vec<ClockEvent>) {
         if !self.waiting_logged && self.clock.counts().waiting > 0 {
-            let missing: Vec<String> = self
+            let missing: Vec<&str> = self
                 .clock
                 .without_value()
                 .iter()
-                .map(|s| s.to_string())
+                .map(|s| s.as_str())
                 .collect();
-            info!(?missing, "Events start once every PV has had a value.");
+            info!(missing = %missing.join(" "), "Events start once every PV has had a value.");
             self.waiting_logged = true;
         }
         for event in events {
@@ -291,6 +388,113 @@ impl EpicsCa {
                 });
             }
         }
+    }
+}
+
+impl EpicsCa {
+    /// Handles up to `at_most` of what the client has sent, then says what changed.
+    fn receive_waiting(&mut self, at_most: usize) {
+        for _ in 0..at_most {
+            let Ok(event) = self.updates.try_recv() else {
+                break;
+            };
+            self.handle(event, Instant::now());
+        }
+        self.speak_up(Instant::now());
+    }
+
+    /// One line per server whose PVs connected, came back or went away (an IOC restarting is
+    /// two lines, not one per PV: changes are gathered for [`GATHER_CHANGES`]), and the
+    /// not-found report when due.
+    fn speak_up(&mut self, now: Instant) {
+        if !self.connection_changes.is_empty() && self.changes_since.is_none() {
+            self.changes_since = Some(now);
+        }
+        let gathered = self
+            .changes_since
+            .is_some_and(|since| now.duration_since(since) >= GATHER_CHANGES);
+        let changes = if gathered {
+            self.changes_since = None;
+            std::mem::take(&mut self.connection_changes)
+        } else {
+            BTreeMap::new()
+        };
+        for (server, changes) in changes {
+            let names = |streams: &[usize]| -> String {
+                streams
+                    .iter()
+                    .map(|&s| self.status[s].pv.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let on_server = self
+                .status
+                .iter()
+                .filter(|s| s.server == Some(server))
+                .count();
+            if !changes.lost.is_empty() {
+                let lost = changes.lost.len();
+                let whole = if lost == on_server { "all its" } else { "" };
+                warn!(%server, lost, pvs = %names(&changes.lost),
+                    "IOC at {server} lost {whole} {lost} PVs; reconnecting when it is back.");
+            }
+            if !changes.reconnected.is_empty() {
+                let streams: Vec<usize> = changes.reconnected.iter().map(|(s, _)| *s).collect();
+                let down_seconds = changes
+                    .reconnected
+                    .iter()
+                    .map(|(_, d)| *d)
+                    .fold(0.0, f64::max);
+                info!(%server, pvs = %names(&streams), down_seconds,
+                    "IOC at {server} back: {} PVs reconnected; their values resume.", streams.len());
+            }
+            if !changes.connected.is_empty() {
+                info!(%server, pvs = %names(&changes.connected),
+                    "Connected to {} PVs on {server}.", changes.connected.len());
+            }
+        }
+        let (due, interval) = self.not_found_report;
+        if now < due {
+            return;
+        }
+        let mut never_found = Vec::new();
+        for status in &mut self.status {
+            if status.state == Connection::Searching {
+                status.state = Connection::NeverFound;
+            }
+            if status.state == Connection::NeverFound {
+                never_found.push((status.pv.as_str(), status.optional));
+            }
+        }
+        if never_found.is_empty() {
+            // Reported again only if a PV is still unanswered at the next interval.
+            self.not_found_report = (now + interval, interval);
+            return;
+        }
+        let required: Vec<&str> = never_found
+            .iter()
+            .filter(|(_, o)| !o)
+            .map(|(p, _)| *p)
+            .collect();
+        let optional: Vec<&str> = never_found
+            .iter()
+            .filter(|(_, o)| *o)
+            .map(|(p, _)| *p)
+            .collect();
+        let seconds = now.duration_since(self.started).as_secs();
+        let consequence = if required.is_empty() {
+            "events flow without these optional PVs"
+        } else {
+            "no events until every PV not marked optional has a value"
+        };
+        warn!(
+            pvs = %required.join(" "),
+            optional = %optional.join(" "),
+            searched = %self.searched,
+            "No server answered for {seconds} s: {consequence}. Check the PV names and the address list."
+        );
+        let next = (interval * 2).min(NOT_FOUND_REPEAT_MAX);
+        self.not_found_report = (now + next, next);
     }
 }
 
@@ -308,9 +512,17 @@ impl Source for EpicsCa {
     }
 
     fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+        // What arrived before the scan only updates the latest values: it must not become the
+        // new scan's first events with a time stamp of "now".
+        self.receive_waiting(self.queue_capacity);
         self.outbox.clear();
         self.clock.restart(Instant::now());
         Ok(())
+    }
+
+    fn idle(&mut self) {
+        self.receive_waiting(IDLE_BURST);
+        self.outbox.clear();
     }
 
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
@@ -336,8 +548,11 @@ impl Source for EpicsCa {
                 .updates
                 .recv_timeout(wake.saturating_duration_since(now))
             {
-                Ok(event) => self.handle(event, Instant::now()),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(event) => {
+                    self.handle(event, Instant::now());
+                    self.speak_up(Instant::now());
+                }
+                Err(RecvTimeoutError::Timeout) => self.speak_up(Instant::now()),
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(SourceError::Config(
                         "the Channel Access client stopped".to_owned(),
@@ -396,6 +611,20 @@ fn spawn_client(
         })
         .map_err(|error| SourceError::Config(format!("Channel Access thread: {error}")))?;
     Ok(())
+}
+
+/// An optional PV's frame until its first value: no elements, INVALID/UDF, no time stamp.
+fn placeholder(pv: &str) -> Result<PvFrame, SourceError> {
+    let value = NdArray::new(vec![0], DType::Float64, Bytes::new())
+        .map_err(|error| SourceError::Config(error.to_string()))?;
+    Ok(PvFrame {
+        pv: pv.to_owned(),
+        status: UDF_STATUS,
+        severity: INVALID_SEVERITY,
+        secs: 0,
+        nanos: 0,
+        value,
+    })
 }
 
 fn first_size(value: &TimeValue) -> Option<usize> {
