@@ -116,7 +116,7 @@ impl Components {
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn({
-                let span = tracing::info_span!("component", name = %name);
+                let span = tracing::info_span!("component", id = %name);
                 move || {
                     let _guard = guard;
                     span.in_scope(|| body(thread_stop))

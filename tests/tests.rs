@@ -11,6 +11,7 @@ mod helm;
 mod interop;
 mod mapping;
 mod model_cli;
+mod own_pipeline;
 mod replay_cli;
 mod runtime;
 mod util;

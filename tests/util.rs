@@ -206,7 +206,7 @@ pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
     let line = run.wait_for_line("beamflow is running.");
     let state = http_address(&line);
     let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    run.wait_for_line("events started.");
+    run.wait_for_line("started");
     RunningPipeline {
         _process: run,
         state,

@@ -20,6 +20,8 @@ use serde_json::json;
 use sha2::Digest as _;
 use tracing::{info, warn};
 
+use beamflow_protocol::parameters::{DEFAULT_DUMP_MAX_MB, DUMP_MAX_MB, DUMP_PREFIX};
+
 use crate::mapping::Sequence;
 use crate::route::{Assignment, Route};
 use crate::scan::{DEAD_AFTER, Progress, Reassignment, Scan};
@@ -28,9 +30,6 @@ use crate::scan::{DEAD_AFTER, Progress, Reassignment, Scan};
 /// polls `/api/v1/progress` every second or so sees its sequence `finished` before the live scan
 /// takes over the progress again.
 pub const LIVE_RESUME_AFTER: Duration = Duration::from_secs(5);
-
-/// The parameter every ingester understands: record handled events to `{prefix}{ingester}-{uuid}.cbors`.
-pub const DUMP_PREFIX: &str = "dump_prefix";
 
 /// How a scan is paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,16 +136,29 @@ struct LiveScan {
 
 impl Ensemble {
     /// A controller whose pipeline declares `descriptions` (the analyses' and accumulators'
-    /// parameters; `dump_prefix` is added).
+    /// parameters; the ingesters' `dump_prefix` and `dump_max_mb` are added).
     pub fn new(pacing: Pacing, mut descriptions: Vec<ParameterDescription>) -> Self {
-        if !descriptions.iter().any(|d| d.name.as_str() == DUMP_PREFIX) {
-            descriptions.push(ParameterDescription {
+        let recording = [
+            ParameterDescription {
                 name: DUMP_PREFIX.into(),
                 dtype: beamflow_protocol::ParameterType::Str,
                 default: ParameterValue::Str(String::new()),
-                description: "Record every handled event to {prefix}{ingester}-{scan uuid}.cbors"
+                description: "Record every handled event to {prefix}{ingester}-{scan uuid}.cbors, \
+                    with mapping-{uuid}.json and parameters-{uuid}.json beside them; takes effect at once"
                     .to_owned(),
-            });
+            },
+            ParameterDescription {
+                name: DUMP_MAX_MB.into(),
+                dtype: beamflow_protocol::ParameterType::Int,
+                default: ParameterValue::Int(DEFAULT_DUMP_MAX_MB),
+                description: "Close a dump file at this many MB and go on in the next (-1, -2, ...); 0: no limit"
+                    .to_owned(),
+            },
+        ];
+        for description in recording {
+            if !descriptions.iter().any(|d| d.name == description.name) {
+                descriptions.push(description);
+            }
         }
         descriptions.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
@@ -372,6 +384,7 @@ impl Ensemble {
             scan.heartbeat(name.into(), tags, now);
         }
         info!(scan = self.scans, %uuid, events = scan.progress().total_events, "Scan started.");
+        self.write_mapping_and_parameters(&uuid, scan.sequence());
         self.current = Some(Current {
             number: self.scans,
             uuid: uuid.clone(),
@@ -394,6 +407,39 @@ impl Ensemble {
         self.send_worker_endpoints();
         self.tick(now);
         Ok(uuid)
+    }
+
+    /// With `dump_prefix` set, writes the scan's mapping and every parameter beside the dumps
+    /// under dranspose's names: `{prefix}mapping-{uuid}.json` (`{"parts", "sequence"}`) and
+    /// `{prefix}parameters-{uuid}.json` (`[{"name", "data"}]`; `.cbor` when a value holds a NUL
+    /// byte, which JSON text cannot carry), so a recording replays with what made it.
+    fn write_mapping_and_parameters(&self, uuid: &str, sequence: &Sequence) {
+        let prefix = self
+            .parameter(DUMP_PREFIX)
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .unwrap_or_default();
+        if prefix.is_empty() {
+            return;
+        }
+        let parameters: Vec<(String, Bytes)> = self
+            .descriptions
+            .iter()
+            .filter_map(|d| Some((d.name.to_string(), self.parameter(d.name.as_str())?)))
+            .chain(
+                self.parameters
+                    .iter()
+                    .filter(|(name, _)| !self.descriptions.iter().any(|d| d.name == **name))
+                    .map(|(name, p)| (name.to_string(), p.data.clone())),
+            )
+            .collect();
+        for (path, written) in crate::recording::write(&prefix, uuid, sequence, &parameters) {
+            match written {
+                Ok(()) => info!(path = %path.display(), "Written beside the dumps."),
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "Cannot write beside the dumps.")
+                }
+            }
+        }
     }
 
     /// Ends the current scan early (`POST /api/v1/stop`).
@@ -640,6 +686,7 @@ impl Ensemble {
     /// Sets a parameter (validated against its description, if any); answers the new
     /// parameters hash, as dranspose does.
     pub fn set_parameter(&mut self, name: ParameterName, data: Bytes) -> Result<String, String> {
+        let name_is_dump_prefix = name.as_str() == DUMP_PREFIX;
         if let Some(description) = self.descriptions.iter().find(|d| d.name == name) {
             ParameterValue::parse(description.dtype, &data)
                 .map_err(|message| format!("parameter {name}: {message}"))?;
@@ -656,6 +703,12 @@ impl Ensemble {
         };
         for role in [Role::Ingester, Role::Worker, Role::Reducer] {
             self.send_to_all(role, &message);
+        }
+        // The ingesters start recording the running scan at once; its mapping goes beside.
+        if name_is_dump_prefix
+            && let Some(current) = self.current.as_ref().filter(|c| !c.finish_sent)
+        {
+            self.write_mapping_and_parameters(&current.uuid, current.scan.sequence());
         }
         Ok(self.parameters_hash())
     }

@@ -10,6 +10,7 @@
 //! - [`ensemble`]: the connected components, parameters and the current scan; what to tell whom.
 //! - [`node`]: the ROUTER socket loop around the ensemble.
 //! - [`http`]: the dranspose-compatible REST API over the same ensemble.
+//! - [`recording`]: the mapping and parameter files written beside the dumps.
 
 pub mod ensemble;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod kubernetes;
 pub mod mapping;
 pub mod node;
+pub mod recording;
 pub mod route;
 pub mod scaling;
 pub mod scan;

@@ -10,9 +10,11 @@
 //!   pipeline file's `kind`, with one file per source in [`sources`].
 //! - [`core`]: leases, frame placement, gaps, retention and re-sending, without sockets.
 //! - [`node`]: the ingester process's loop around a source and the core.
+//! - [`recording`]: handled events to `.cbors` dumps (`dump_prefix`).
 
 pub mod core;
 pub mod node;
+pub mod recording;
 pub mod sources;
 
 use std::collections::BTreeMap;

@@ -7,9 +7,6 @@
 //! it waits, and gives up on a worker the controller no longer lists.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
@@ -17,11 +14,11 @@ use beamflow_net::{
     send_to_controller, try_recv_from_controller,
 };
 use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::dump::DumpWriter;
 use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, WorkerName};
 use tracing::{info, warn};
 
 use crate::core::{IngesterCore, Placed, Send};
+use crate::recording::Recorder;
 use crate::{IngesterConfig, Source, SourceError, SourceFrame};
 
 /// An ingester's settings.
@@ -58,11 +55,6 @@ pub enum IngesterError {
     Source(#[from] SourceError),
 }
 
-struct Recording {
-    path: PathBuf,
-    writer: DumpWriter<BufWriter<File>>,
-}
-
 struct Node<'a> {
     settings: &'a IngesterSettings,
     context: &'a zmq::Context,
@@ -72,10 +64,7 @@ struct Node<'a> {
     core: IngesterCore,
     workers: BTreeMap<WorkerName, (String, zmq::Socket)>,
     held: Option<SourceFrame>,
-    recording: Option<Recording>,
-    last_recording: Option<PathBuf>,
-    uuid: String,
-    dump_prefix: String,
+    recorder: Recorder,
     malformed: u64,
     heartbeat: Heartbeat,
 }
@@ -103,10 +92,7 @@ pub fn run(
         core: IngesterCore::new(),
         workers: BTreeMap::new(),
         held: None,
-        recording: None,
-        last_recording: None,
-        uuid: String::new(),
-        dump_prefix: String::new(),
+        recorder: Recorder::new(settings.name.as_str()),
         malformed: 0,
         heartbeat: Heartbeat::new(&settings.controller, settings.reachable.clone()),
     };
@@ -156,7 +142,7 @@ pub fn run(
             );
         }
     }
-    node.close_recording();
+    node.recorder.finish_scan();
     Ok(())
 }
 
@@ -165,6 +151,7 @@ impl Node<'_> {
         if !self.heartbeat.due(Instant::now()) {
             return;
         }
+        let recording = self.recorder.status();
         let status = serde_json::json!({
             "scan": self.core.scan(),
             "counts": self.core.counts(),
@@ -172,8 +159,9 @@ impl Node<'_> {
             "retained_bytes": self.core.retained_bytes(),
             "source": self.source.status(),
             "malformed_frames": self.malformed,
-            "recording": self.recording.as_ref().map(|r| r.path.display().to_string()),
-            "last_recording": self.last_recording.as_ref().map(|p| p.display().to_string()),
+            "recording": recording.recording,
+            "last_recording": recording.last_recording,
+            "recorded_files": recording.files,
         });
         let hello = ToController::Hello(Hello {
             role: Role::Ingester,
@@ -213,21 +201,15 @@ impl Node<'_> {
                     parameters,
                     ..
                 } => {
-                    self.close_recording();
                     // A frame held for the last scan's lease: its numbering belongs to that
                     // scan's series, so it cannot be placed in this one.
                     self.held = None;
                     let frames: BTreeMap<StreamName, u64> = frames.into_iter().collect();
                     self.core.start_scan(scan, frames.clone());
-                    self.uuid = uuid;
-                    if let Some((_, prefix)) = parameters
-                        .iter()
-                        .find(|(name, _)| name.as_str() == "dump_prefix")
-                    {
-                        self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
-                    }
+                    self.recorder
+                        .parameters(parameters.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+                    self.recorder.start_scan(&uuid);
                     self.source.start_scan(&frames)?;
-                    self.open_recording();
                 }
                 FromController::Workers { endpoints } => self.connect_workers(endpoints)?,
                 FromController::Lease { scan, events } if scan == self.core.scan() => {
@@ -237,16 +219,11 @@ impl Node<'_> {
                     self.core.release(up_to);
                 }
                 FromController::Parameters { values } => {
-                    if let Some((_, prefix)) = values
-                        .iter()
-                        .find(|(name, _)| name.as_str() == "dump_prefix")
-                    {
-                        // Takes effect from the next scan, as in dranspose.
-                        self.dump_prefix = String::from_utf8_lossy(prefix).into_owned();
-                    }
+                    self.recorder
+                        .parameters(values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
                 }
                 FromController::Finish { scan } if scan == self.core.scan() => {
-                    self.close_recording();
+                    self.recorder.finish_scan();
                 }
                 _ => {}
             }
@@ -275,11 +252,8 @@ impl Node<'_> {
         match self.core.place(frame, Timestamp::now()) {
             Placed::Sent { sends, complete } => {
                 outbox.extend(sends);
-                if let (Some(event), Some(recording)) = (complete, self.recording.as_mut())
-                    && let Err(error) = recording.writer.write_event(&event)
-                {
-                    warn!(path = %recording.path.display(), %error, "Dump write failed; recording stopped.");
-                    self.recording = None;
+                if let Some(event) = complete {
+                    self.recorder.write(&event);
                 }
             }
             // Its lease is still to come; nothing more is read until it does.
@@ -316,37 +290,6 @@ impl Node<'_> {
             }
         }
         Ok(())
-    }
-
-    fn open_recording(&mut self) {
-        if self.dump_prefix.is_empty() {
-            return;
-        }
-        let path = PathBuf::from(format!(
-            "{}{}-{}.cbors",
-            self.dump_prefix, self.settings.name, self.uuid
-        ));
-        match File::create(&path) {
-            Ok(file) => {
-                info!(path = %path.display(), "Recording this scan.");
-                self.recording = Some(Recording {
-                    path,
-                    writer: DumpWriter::new(BufWriter::new(file)),
-                });
-            }
-            Err(error) => warn!(path = %path.display(), %error, "Cannot record this scan."),
-        }
-    }
-
-    fn close_recording(&mut self) {
-        if let Some(recording) = self.recording.take() {
-            match recording.writer.into_inner() {
-                Ok(_) => self.last_recording = Some(recording.path),
-                Err(error) => {
-                    warn!(path = %recording.path.display(), %error, "Dump not completely written.");
-                }
-            }
-        }
     }
 }
 

@@ -11,6 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ParameterName;
 
+/// The parameter every ingester understands, as in dranspose: record each handled event to
+/// `{prefix}{ingester}-{scan uuid}.cbors` (a folder prefix ends in `/`); empty: no recording.
+pub const DUMP_PREFIX: &str = "dump_prefix";
+
+/// The size in MB (10^6 bytes) at which an ingester closes a dump file and goes on in the next
+/// (`-1`, `-2`, ...); 0: no limit.
+pub const DUMP_MAX_MB: &str = "dump_max_mb";
+
+/// [`DUMP_MAX_MB`]'s default: a gigabyte.
+pub const DEFAULT_DUMP_MAX_MB: i64 = 1000;
+
 /// The type of a parameter's value, named as in dranspose's descriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -262,9 +273,66 @@ pub fn parse_parameter_file(bytes: &[u8]) -> Result<Vec<(ParameterName, Bytes)>,
         .collect()
 }
 
+/// Writes a dranspose parameter file, as its controller does beside the dumps: a JSON list
+/// `[{"name": ..., "data": "text"}]`, or, when some value holds a NUL byte (which its JSON text
+/// cannot carry), the same list as CBOR with that value as bytes. Returns the file's extension
+/// (`json` or `cbor`) and its bytes; [`parse_parameter_file`] reads both.
+pub fn encode_parameter_file(parameters: &[(String, Bytes)]) -> (&'static str, Vec<u8>) {
+    use crate::value::Value;
+    let binary = parameters.iter().any(|(_, data)| data.contains(&0));
+    let entry = |(name, data): &(String, Bytes)| {
+        let data = match std::str::from_utf8(data) {
+            Ok(text) if !data.contains(&0) => Value::Text(text.to_owned()),
+            _ => Value::Bytes(data.clone()),
+        };
+        Value::Map(
+            [
+                ("name".to_owned(), Value::Text(name.clone())),
+                ("data".to_owned(), data),
+            ]
+            .into(),
+        )
+    };
+    let list = Value::Array(parameters.iter().map(entry).collect());
+    if binary {
+        ("cbor", list.to_cbor())
+    } else {
+        let json: Vec<serde_json::Value> = parameters
+            .iter()
+            .map(|(name, data)| {
+                serde_json::json!({ "name": name, "data": String::from_utf8_lossy(data) })
+            })
+            .collect();
+        ("json", serde_json::to_vec(&json).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_files_round_trip_as_json_or_cbor() {
+        let text = vec![("dump_prefix".to_owned(), Bytes::from("/data/x-"))];
+        let (ext, bytes) = encode_parameter_file(&text);
+        assert_eq!(ext, "json");
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"[{"data":"/data/x-","name":"dump_prefix"}]"#
+        );
+        let mut binary = text.clone();
+        binary.push(("mask".to_owned(), Bytes::from_static(b"\x00\x01")));
+        let (ext, bytes) = encode_parameter_file(&binary);
+        assert_eq!(ext, "cbor");
+        let read = parse_parameter_file(&bytes).unwrap();
+        assert_eq!(
+            read,
+            binary
+                .iter()
+                .map(|(n, d)| (ParameterName::from(n.as_str()), d.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
 
     fn describe(name: &str, dtype: ParameterType, default: ParameterValue) -> ParameterDescription {
         ParameterDescription {

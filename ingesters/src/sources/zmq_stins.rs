@@ -238,7 +238,7 @@ mod tests {
         );
 
         let mut core = IngesterCore::new();
-        core.start_scan(1);
+        core.start_scan(1, [("det".into(), images + 2)].into());
         core.lease(
             (0..=images + 1)
                 .map(|n| LeasedEvent {
