@@ -324,3 +324,39 @@ fn serve_keeps_the_http_view_up_after_the_replay() {
     let status = running.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// Runs `beamflow replay` of `dump` through the example pipeline.
+fn replay_example(dump: &Path) -> std::process::Output {
+    beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &example_pipeline(),
+        "--dump",
+        &dump.display().to_string(),
+    ])
+}
+
+#[test]
+fn a_file_that_is_not_a_dump_is_a_usage_error_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notadump.txt");
+    std::fs::write(&path, "event,mean\n1,2.5\n").unwrap();
+    let output = replay_example(&path);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        format!(
+            "beamflow: {}: not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with 65 76 65)",
+            path.display()
+        )
+    );
+
+    // Other failures keep exit code 1: a missing file is not "not a dump".
+    let output = replay_example(&dir.path().join("missing.cbors"));
+    assert_eq!(output.status.code(), Some(1));
+}
