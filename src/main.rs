@@ -318,7 +318,15 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("beamflow: {error:#}");
-            std::process::ExitCode::FAILURE
+            // 2, as for clap's usage errors: the command line named a file that is not a dump.
+            let not_a_dump = error
+                .downcast_ref::<beamflow_replay::merge::InputError>()
+                .is_some_and(beamflow_replay::merge::InputError::is_not_a_dump);
+            if not_a_dump {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -324,3 +324,161 @@ fn serve_keeps_the_http_view_up_after_the_replay() {
     let status = running.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// Runs `beamflow replay` of `dump` through the example pipeline.
+fn replay_example(dump: &Path) -> std::process::Output {
+    beamflow_output(&[
+        "replay",
+        "--pipeline",
+        &example_pipeline(),
+        "--dump",
+        &dump.display().to_string(),
+    ])
+}
+
+#[test]
+fn a_file_that_is_not_a_dump_is_a_usage_error_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notadump.txt");
+    std::fs::write(&path, "event,mean\n1,2.5\n").unwrap();
+    let output = replay_example(&path);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        format!(
+            "beamflow: {}: not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with 65 76 65)",
+            path.display()
+        )
+    );
+
+    // Other failures keep exit code 1: a missing file is not "not a dump".
+    let output = replay_example(&dir.path().join("missing.cbors"));
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn a_replay_that_reads_no_event_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    // A scan without events leaves an empty dump: valid, but nothing to replay.
+    let empty = dir.path().join("empty.cbors");
+    File::create(&empty).unwrap();
+    let output = replay_example(&empty);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        format!(
+            "beamflow: no events to replay: {} holds none",
+            empty.display()
+        )
+    );
+
+    // A dump whose every record is bad: tag 55799 ( tag 42879 ( [] ) ), twice.
+    let bad = dir.path().join("bad.cbors");
+    let record = [0xd9, 0xd9, 0xf7, 0xd9, 0xa7, 0x7f, 0x80];
+    std::fs::write(&bad, [record, record].concat()).unwrap();
+    let output = replay_example(&bad);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            "beamflow: no events to replay: all 2 records read were bad and skipped (the first is logged above)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_summary_names_unread_streams_and_a_misspelt_history_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        r#"
+[analyses.stats]
+kind = "frame_stats"
+streams = ["det"]
+
+[accumulators.history]
+kind = "history"
+analysis = "stats"
+values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
+"#,
+    )
+    .unwrap();
+    let images = dir.path().join("det.cbors");
+    write_stins_events(&images, 0..20);
+    // Two PV streams recorded beside the images, which the pipeline does not read.
+    let pvs = dir.path().join("pvs.cbors");
+    let mut writer = DumpWriter::new(BufWriter::new(File::create(&pvs).unwrap()));
+    for n in 0..20 {
+        let mut event = EventData::new(EventNumber(n));
+        for stream in ["sq01", "cq01"] {
+            event.streams.insert(
+                stream.into(),
+                StreamData {
+                    typ: "EPICS_PV".into(),
+                    frames: vec![Bytes::from_static(b"not read")],
+                },
+            );
+        }
+        writer.write_event(&event).unwrap();
+    }
+    writer.into_inner().unwrap();
+
+    let mut running = Running::spawn(&[
+        "replay",
+        "--pipeline",
+        &pipeline.display().to_string(),
+        "--dump",
+        &images.display().to_string(),
+        "--dump",
+        &pvs.display().to_string(),
+        "--serve",
+        "127.0.0.1:0",
+    ]);
+    let line = running.wait_for_line("Serving the reducer's state on http://");
+    let addr = crate::util::http_address(&line);
+    let mut stderr = String::new();
+    while !stderr.contains("Replay done; still serving") {
+        let n = std::io::BufRead::read_line(&mut running.stderr, &mut stderr).unwrap();
+        assert!(n > 0, "beamflow exited early:\n{stderr}");
+    }
+    let summary: Vec<&str> = stderr
+        .lines()
+        .skip_while(|line| !line.starts_with("replayed 20 events"))
+        .collect();
+    assert_eq!(
+        summary[1..3],
+        [
+            "streams no analysis reads: cq01, sq01",
+            r#"accumulator history: column det_max path "det/0/maks" matched none of the first 20 results; "maks" is not a key of "det/0"; keys there: dtype, frame, max, mean, min, shape, sum"#,
+        ],
+        "{stderr}"
+    );
+    // Logged once, at warn, and never for the column that matched.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("Column path matched no result"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        // Field names may be styled, so only values are looked for.
+        warnings[0].contains("WARN") && warnings[0].contains("det/0/maks"),
+        "{stderr}"
+    );
+
+    let (code, body) = http_get(addr, "/api/v1/status");
+    assert_eq!(code, 200);
+    let status: Json = serde_json::from_str(&body).unwrap();
+    let unmatched = &status["unmatched_columns"]["history"];
+    assert_eq!(unmatched.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(unmatched[0]["column"], "det_max");
+    assert_eq!(unmatched[0]["path"], "det/0/maks");
+    assert_eq!(unmatched[0]["keys"][2], "max");
+}

@@ -13,7 +13,8 @@
 //! largest record, not the file. Frames are slices of the record's buffer: no byte is copied after
 //! the read itself. A record whose CBOR is valid but whose content is not an event is reported and
 //! skipped; bytes that are not CBOR at all end the file, since no later record boundary can be
-//! trusted.
+//! trusted. A stream whose first bytes are not the self-describe tag is not a dump at all (a text
+//! file, an HDF5 file) and is refused as a whole, rather than read as one long bad record.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -32,6 +33,8 @@ use crate::scan::{Scan, item_len};
 
 /// RFC 8949 "self-described CBOR" tag that opens every record.
 pub const SELF_DESCRIBE_TAG: u64 = 55799;
+/// [`SELF_DESCRIBE_TAG`] as encoded: the first three bytes of every dump.
+pub const SELF_DESCRIBE_BYTES: [u8; 3] = [0xd9, 0xd9, 0xf7];
 /// dranspose's tag for an `InternalWorkerMessage` (event number, streams, created_at).
 pub const EVENT_TAG: u64 = 42877;
 /// dranspose's tag for a `StreamData` (typ, frames).
@@ -53,6 +56,15 @@ const GROWTH: usize = 16 << 20;
 /// What went wrong reading a dump, with the record's index and byte offset in the stream.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    /// The stream does not start with [`SELF_DESCRIBE_BYTES`]: it is not a dump.
+    #[error(
+        "not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with {})",
+        hex(found)
+    )]
+    NotADump {
+        /// The stream's first bytes (at most three).
+        found: Vec<u8>,
+    },
     /// The source could not be read.
     #[error("record {record} at byte {offset}: read failed: {error}")]
     Io {
@@ -118,6 +130,12 @@ impl DumpError {
     pub fn is_recoverable(&self) -> bool {
         matches!(self, DumpError::BadRecord { .. })
     }
+}
+
+/// `d9 d9 f7`: bytes as an operator compares them with `xxd` output.
+fn hex(bytes: &[u8]) -> String {
+    let pairs: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    pairs.join(" ")
 }
 
 /// Read buffers come back here once every frame sliced from them is dropped, so a long replay
@@ -226,6 +244,8 @@ pub struct DumpReader<R> {
     offset: u64,
     /// Set after an error that makes the rest of the stream unreadable, or at the end.
     finished: bool,
+    /// Set once the stream's start was found to be a dump's (see [`DumpReader::check_start`]).
+    checked: bool,
 }
 
 impl DumpReader<Box<dyn Read + Send>> {
@@ -253,7 +273,34 @@ impl<R: Read> DumpReader<R> {
             record: 0,
             offset: 0,
             finished: false,
+            checked: false,
         }
+    }
+
+    /// Checks that the stream starts with the self-describe tag, as every dump does; reading
+    /// records checks it too, this lets a caller refuse a file before it starts any work. An
+    /// empty stream passes: it is a dump of a scan without events.
+    ///
+    /// Only the first record must carry the tag: records after it are still read without one,
+    /// since the tag is what tells a dump from another file, not what makes a record valid.
+    pub fn check_start(&mut self) -> Result<(), DumpError> {
+        if self.checked {
+            return Ok(());
+        }
+        if self.window.len() < SELF_DESCRIBE_BYTES.len() {
+            // One fill reads up to a chunk or the end, whichever comes first.
+            self.fill(SELF_DESCRIBE_BYTES.len())?;
+        }
+        let head = &self.window[..self.window.len().min(SELF_DESCRIBE_BYTES.len())];
+        // A stream shorter than the tag but starting like it is a truncated dump, reported as
+        // such by the record reader.
+        if head != &SELF_DESCRIBE_BYTES[..head.len()] {
+            return Err(DumpError::NotADump {
+                found: head.to_vec(),
+            });
+        }
+        self.checked = true;
+        Ok(())
     }
 
     /// Bytes consumed so far (uncompressed).
@@ -346,6 +393,10 @@ impl<R: Read> Iterator for DumpReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.finished {
             return None;
+        }
+        if let Err(error) = self.check_start() {
+            self.finished = true;
+            return Some(Err(error));
         }
         let (record, offset) = (self.record, self.offset);
         let result = match self.next_record_bytes() {
@@ -669,21 +720,82 @@ mod tests {
     }
 
     #[test]
-    fn accepts_records_without_created_at_or_self_describe_tag() {
+    fn accepts_records_without_created_at_and_later_records_without_the_tag() {
         let mut bytes = Vec::new();
         let mut e = Encoder::new(&mut bytes);
-        e.tag(Tag::new(EVENT_TAG))
-            .unwrap()
-            .array(2)
-            .unwrap()
-            .u64(9)
-            .unwrap()
-            .map(0)
-            .unwrap();
+        for (n, tagged) in [(9, true), (10, false)] {
+            if tagged {
+                e.tag(Tag::new(SELF_DESCRIBE_TAG)).unwrap();
+            }
+            e.tag(Tag::new(EVENT_TAG))
+                .unwrap()
+                .array(2)
+                .unwrap()
+                .u64(n)
+                .unwrap()
+                .map(0)
+                .unwrap();
+        }
         let read: Vec<_> = DumpReader::new(bytes.as_slice())
             .map(Result::unwrap)
             .collect();
-        assert_eq!(read, vec![EventData::new(EventNumber(9))]);
+        assert_eq!(
+            read,
+            vec![
+                EventData::new(EventNumber(9)),
+                EventData::new(EventNumber(10))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stream_without_the_self_describe_tag_is_not_a_dump() {
+        let mut reader = DumpReader::new(&b"event,mean\n1,2.5\n"[..]);
+        insta::assert_snapshot!(reader.check_start().unwrap_err(), @"not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with 65 76 65)");
+        // Reading says so once and stops, instead of skipping the file as one bad record.
+        let results: Vec<_> = DumpReader::new(&b"event,mean\n1,2.5\n"[..]).collect();
+        assert_eq!(results.len(), 1);
+        assert!(matches!(
+            results[0],
+            Err(DumpError::NotADump { ref found }) if found == b"eve"
+        ));
+
+        // Valid CBOR, even an event record, without the tag is not a dump either.
+        let mut untagged = record_to_vec(&EventData::new(EventNumber(1)));
+        untagged.drain(..SELF_DESCRIBE_BYTES.len());
+        assert!(matches!(
+            DumpReader::new(untagged.as_slice()).next(),
+            Some(Err(DumpError::NotADump { .. }))
+        ));
+        // Shorter than the tag: named by what is there.
+        insta::assert_snapshot!(DumpReader::new(&[0x0a][..]).check_start().unwrap_err(), @"not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with 0a)");
+    }
+
+    #[test]
+    fn a_dump_cut_inside_its_first_tag_is_truncated_not_a_foreign_file() {
+        let results: Vec<_> = DumpReader::new(&SELF_DESCRIBE_BYTES[..2]).collect();
+        assert!(
+            matches!(results[..], [Err(DumpError::Truncated { .. })]),
+            "{results:?}"
+        );
+    }
+
+    #[test]
+    fn a_gzip_file_is_checked_after_decompression() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.cbors.gz");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(b"not a dump").unwrap();
+        gz.finish().unwrap();
+        let error = DumpReader::open(&path).unwrap().check_start().unwrap_err();
+        assert!(
+            matches!(error, DumpError::NotADump { ref found } if found == b"not"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -712,6 +824,7 @@ mod tests {
 
     #[test]
     fn empty_input_is_an_empty_dump() {
+        assert!(DumpReader::new(&[][..]).check_start().is_ok());
         assert_eq!(DumpReader::new(&[][..]).count(), 0);
     }
 

@@ -35,6 +35,9 @@ pub struct Status {
     pub analysis_errors: std::collections::BTreeMap<String, u64>,
     /// Results an accumulator rejected, per accumulator.
     pub accumulator_errors: std::collections::BTreeMap<String, u64>,
+    /// Per accumulator, its configured paths (`history` columns) that matched none of the first
+    /// results: the column stays empty, most likely a misspelt path.
+    pub unmatched_columns: std::collections::BTreeMap<String, Vec<crate::Unmatched>>,
     /// Events per second so far.
     pub events_per_second: f64,
     /// The live scan's number (none in a replay).

@@ -12,6 +12,7 @@
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 //! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
+//! - [`unmatched`]: configured paths that match no result, reported once with the keys there.
 
 pub mod accumulators;
 pub mod http;
@@ -19,14 +20,16 @@ pub mod live;
 pub mod node;
 pub mod order;
 pub mod result_pvs;
+pub mod unmatched;
 
 use std::collections::BTreeMap;
 
 use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultData, Value};
 use serde::Serialize;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 pub use accumulators::AccumulatorConfig;
+pub use unmatched::Unmatched;
 
 /// An accumulator: folds results, in event order, into a view it publishes.
 ///
@@ -71,6 +74,12 @@ pub trait Accumulator: Send + 'static {
 
     /// Called once when a scan ends, before the last publish.
     fn finish(&mut self, _parameters: &Parameters) {}
+
+    /// Configured paths that matched none of the first results (see [`unmatched`]); the
+    /// reducer logs each new one once and serves them in the status.
+    fn unmatched(&self) -> &[Unmatched] {
+        &[]
+    }
 }
 
 /// Why an accumulator could not use a result; the reducer logs it with the event number, counts
@@ -97,6 +106,21 @@ struct Slot {
     source: Option<AnalysisName>,
     accumulator: Box<dyn Accumulator>,
     errors: u64,
+    /// How many of the accumulator's unmatched paths have been logged.
+    unmatched_logged: usize,
+}
+
+impl Slot {
+    /// Logs the unmatched paths the accumulator found since the last call.
+    fn log_unmatched(&mut self) {
+        let unmatched = self.accumulator.unmatched();
+        for found in unmatched.iter().skip(self.unmatched_logged) {
+            warn!(accumulator = %self.name, column = %found.column, path = %found.path,
+                results = found.results, reason = %found.reason, keys = %found.keys.join(", "),
+                "Column path matched no result; the column stays empty.");
+        }
+        self.unmatched_logged = unmatched.len();
+    }
 }
 
 /// Counters the reducer keeps; served in `/api/v1/status`.
@@ -133,6 +157,7 @@ impl Reducer {
                         message,
                     })?,
                     errors: 0,
+                    unmatched_logged: 0,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -175,6 +200,7 @@ impl Reducer {
                     .accumulator_errors
                     .insert(slot.name.clone(), slot.errors);
             }
+            slot.log_unmatched();
         }
         self.counts.results += 1;
         self.latest.insert(
@@ -197,7 +223,17 @@ impl Reducer {
     pub fn finish(&mut self) {
         for slot in &mut self.slots {
             slot.accumulator.finish(&self.parameters);
+            slot.log_unmatched();
         }
+    }
+
+    /// Per accumulator, its configured paths that matched none of the first results.
+    pub fn unmatched(&self) -> BTreeMap<String, Vec<Unmatched>> {
+        self.slots
+            .iter()
+            .filter(|slot| !slot.accumulator.unmatched().is_empty())
+            .map(|slot| (slot.name.clone(), slot.accumulator.unmatched().to_vec()))
+            .collect()
     }
 
     /// The whole state: each accumulator's view under its name.
@@ -213,5 +249,62 @@ impl Reducer {
     /// The counters so far.
     pub fn counts(&self) -> &ReducerCounts {
         &self.counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beamflow_protocol::EventNumber;
+    use std::sync::Arc;
+
+    #[test]
+    fn unmatched_columns_are_collected_per_accumulator_for_the_status() {
+        let configs: BTreeMap<String, AccumulatorConfig> = toml::from_str(
+            r#"
+[machine]
+kind = "history"
+values = { xrms = "xrmz/value", yrms = "yrms/value" }
+
+[last]
+kind = "last"
+"#,
+        )
+        .unwrap();
+        let mut reducer = Reducer::new(&configs, Parameters::default()).unwrap();
+        let pv = |v: f64| Value::Map([("value".to_owned(), Value::Float(v))].into());
+        for n in 0..3 {
+            reducer.apply(&ResultData {
+                event_number: EventNumber(n),
+                analysis: "pvs".into(),
+                worker: "w".into(),
+                created_at: None,
+                payload: Arc::new(Value::Map(
+                    [("xrms".to_owned(), pv(1.0)), ("yrms".to_owned(), pv(2.0))].into(),
+                )),
+            });
+        }
+        assert!(reducer.unmatched().is_empty(), "undecided before the end");
+        reducer.finish();
+        let status = crate::http::Status {
+            unmatched_columns: reducer.unmatched(),
+            ..Default::default()
+        };
+        insta::assert_json_snapshot!(serde_json::to_value(&status).unwrap()["unmatched_columns"], @r#"
+        {
+          "machine": [
+            {
+              "column": "xrms",
+              "keys": [
+                "xrms",
+                "yrms"
+              ],
+              "path": "xrmz/value",
+              "reason": "\"xrmz\" is not a key of the result",
+              "results": 3
+            }
+          ]
+        }
+        "#);
     }
 }

@@ -217,6 +217,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         results: reducer.counts().results,
         last_event: counts.order.released.checked_sub(1),
         accumulator_errors: reducer.counts().accumulator_errors.clone(),
+        unmatched_columns: reducer.unmatched(),
         events_per_second: if seconds > 0.0 {
             counts.order.released as f64 / seconds
         } else {

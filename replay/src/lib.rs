@@ -16,6 +16,10 @@
 //!
 //! - [`merge`]: dumps → events ordered by number.
 //! - this file: [`run`], the batching pipeline, counting and the [`Summary`].
+//!
+//! A replay that reads no event fails rather than reporting an empty state as a success, and
+//! the summary names what the pipeline file got wrong without failing: streams no analysis
+//! reads, and accumulator columns that matched no result.
 
 pub mod merge;
 
@@ -27,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use beamflow_protocol::{
-    AnalysisName, EventData, EventNumber, EventReport, ParameterName, Parameters, WorkerName,
+    AnalysisName, EventData, EventNumber, EventReport, ParameterName, Parameters, StreamName,
+    StreamType, WorkerName,
 };
 use beamflow_reducer::http::{Status, View};
-use beamflow_reducer::{AccumulatorConfig, Reducer};
+use beamflow_reducer::{AccumulatorConfig, Reducer, Unmatched};
 use beamflow_workers::{Analyses, AnalysisConfig, Failure};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -92,6 +97,11 @@ pub struct Summary {
     pub analysis_errors: BTreeMap<String, u64>,
     /// Results each accumulator rejected.
     pub accumulator_errors: BTreeMap<String, u64>,
+    /// Streams in the dumps that no analysis reads (a typo in a stream name, or a recorded
+    /// stream the pipeline forgot).
+    pub unread_streams: Vec<StreamName>,
+    /// Per accumulator, its columns whose path matched none of the first results.
+    pub unmatched_columns: BTreeMap<String, Vec<Unmatched>>,
 }
 
 impl Summary {
@@ -123,7 +133,18 @@ impl fmt::Display for Summary {
             self.bad_records,
             analysis_errors,
             accumulator_errors,
-        )
+        )?;
+        // One line each, after the counts, so that a script reading the first line is unaffected.
+        if !self.unread_streams.is_empty() {
+            let names: Vec<&str> = self.unread_streams.iter().map(StreamName::as_str).collect();
+            write!(f, "\nstreams no analysis reads: {}", names.join(", "))?;
+        }
+        for (accumulator, columns) in &self.unmatched_columns {
+            for column in columns {
+                write!(f, "\naccumulator {accumulator}: {column}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +180,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         .context("cannot start the reader thread")?;
 
     let mut summary = Summary::default();
+    let mut streams = BTreeMap::new();
     let mut last_publish = Instant::now();
     let stage = AnalysisStage {
         analyses: &analyses,
@@ -171,11 +193,13 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         &batches,
         &mut reducer,
         &mut summary,
+        &mut streams,
         |summary: &mut Summary, reducer: &Reducer| {
             progress.set_position(summary.bytes);
             progress.set_message(format!("{} events", summary.events));
             if last_publish.elapsed() >= PUBLISH_INTERVAL {
                 summary.elapsed = started.elapsed();
+                summary.unmatched_columns = reducer.unmatched();
                 view.publish(reducer.state(), status(summary, false));
                 view.publish_latest(reducer.latest_results());
                 last_publish = Instant::now();
@@ -188,12 +212,27 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         bail!("the reader thread panicked");
     }
     outcome?;
+    if summary.events == 0 {
+        progress.finish_and_clear();
+        return Err(nothing_read(&config.dumps, &summary));
+    }
 
     analyses.finish(&parameters);
     reducer.finish();
     summary.elapsed = started.elapsed();
     summary.results = reducer.counts().results;
     summary.accumulator_errors = reducer.counts().accumulator_errors.clone();
+    summary.unmatched_columns = reducer.unmatched();
+    summary.unread_streams = streams
+        .into_iter()
+        .filter(|(stream, typ)| {
+            !config
+                .analyses
+                .values()
+                .any(|analysis| analysis.reads_stream(stream, typ))
+        })
+        .map(|(stream, _)| stream)
+        .collect();
     progress.finish_and_clear();
     view.publish(reducer.state(), status(&summary, true));
     view.publish_latest(reducer.latest_results());
@@ -203,6 +242,20 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         "Replay finished."
     );
     Ok(summary)
+}
+
+/// Why a replay that read no event failed: an empty state is never what the user asked for,
+/// and a script must not take it for a result.
+fn nothing_read(dumps: &[PathBuf], summary: &Summary) -> anyhow::Error {
+    if summary.bad_records > 0 {
+        return anyhow::anyhow!(
+            "no events to replay: all {} records read were bad and skipped (the first is logged above)",
+            summary.bad_records
+        );
+    }
+    let names: Vec<String> = dumps.iter().map(|p| p.display().to_string()).collect();
+    let verb = if names.len() == 1 { "holds" } else { "hold" };
+    anyhow::anyhow!("no events to replay: {} {verb} none", names.join(", "))
 }
 
 fn read_batches(mut merged: Merged, sender: &SyncSender<Batch>) {
@@ -249,6 +302,7 @@ impl AnalysisStage<'_> {
         batches: &Receiver<Batch>,
         reducer: &mut Reducer,
         summary: &mut Summary,
+        streams: &mut BTreeMap<StreamName, StreamType>,
         mut on_batch: impl FnMut(&mut Summary, &Reducer),
     ) -> anyhow::Result<()> {
         let Self {
@@ -300,6 +354,13 @@ impl AnalysisStage<'_> {
                     reducer.apply(result);
                 }
             }
+            for event in &batch.events {
+                for (stream, data) in &event.streams {
+                    if !streams.contains_key(stream) {
+                        streams.insert(stream.clone(), data.typ.clone());
+                    }
+                }
+            }
             summary.events += batch.events.len() as u64;
             if let Some(last) = batch.events.last() {
                 summary.last_event = Some(last.event_number);
@@ -321,6 +382,7 @@ fn status(summary: &Summary, finished: bool) -> Status {
         bad_records: summary.bad_records,
         analysis_errors: summary.analysis_errors.clone(),
         accumulator_errors: summary.accumulator_errors.clone(),
+        unmatched_columns: summary.unmatched_columns.clone(),
         events_per_second: summary.events_per_second(),
         ..Status::default()
     }
@@ -349,4 +411,56 @@ fn style_progress(bar: &ProgressBar, config: &ReplayConfig) {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
     };
     bar.set_style(style);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_unread_streams_and_unmatched_columns_after_the_counts() {
+        let mut summary = Summary {
+            events: 3,
+            elapsed: Duration::from_secs(1),
+            ..Summary::default()
+        };
+        let counts = summary.to_string();
+        assert_eq!(counts.lines().count(), 1, "{counts}");
+        summary.unread_streams = vec!["cq01".into(), "sq01".into()];
+        summary.unmatched_columns.insert(
+            "machine".to_owned(),
+            vec![Unmatched {
+                column: "xrms".to_owned(),
+                path: "xrmz/value".to_owned(),
+                results: 3,
+                reason: "\"xrmz\" is not a key of the result".to_owned(),
+                keys: vec!["qe04".to_owned(), "xrms".to_owned()],
+            }],
+        );
+        let text = summary.to_string();
+        let (first, rest) = text.split_once('\n').unwrap();
+        assert_eq!(first, counts);
+        insta::assert_snapshot!(rest, @r#"
+        streams no analysis reads: cq01, sq01
+        accumulator machine: column xrms path "xrmz/value" matched none of the first 3 results; "xrmz" is not a key of the result; keys there: qe04, xrms
+        "#);
+    }
+
+    #[test]
+    fn reading_nothing_says_whether_the_dumps_were_empty_or_bad() {
+        let dumps = [PathBuf::from("a.cbors"), PathBuf::from("b.cbors")];
+        let empty = nothing_read(&dumps, &Summary::default());
+        assert_eq!(
+            empty.to_string(),
+            "no events to replay: a.cbors, b.cbors hold none"
+        );
+        let bad = Summary {
+            bad_records: 2,
+            ..Summary::default()
+        };
+        assert_eq!(
+            nothing_read(&dumps[..1], &bad).to_string(),
+            "no events to replay: all 2 records read were bad and skipped (the first is logged above)"
+        );
+    }
 }

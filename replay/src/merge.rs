@@ -64,13 +64,33 @@ pub struct Merged {
     pending: Vec<InputError>,
 }
 
+impl InputError {
+    /// Whether the file is not a dump at all: the command line named the wrong file, which
+    /// `beamflow replay` reports with its own exit code.
+    pub fn is_not_a_dump(&self) -> bool {
+        matches!(
+            self,
+            InputError::Record {
+                error: DumpError::NotADump { .. },
+                ..
+            }
+        )
+    }
+}
+
 impl Merged {
-    /// Opens every dump; a file that cannot be opened is an error for the whole replay.
+    /// Opens every dump; a file that cannot be opened, or is not a dump, is an error for the
+    /// whole replay. The check reads each file's first bytes now, so that a wrong file fails
+    /// before any work rather than replaying as one skipped record.
     pub fn open(paths: &[PathBuf]) -> Result<Self, InputError> {
         let sources = paths
             .iter()
             .map(|path| {
-                let reader = DumpReader::open(path).map_err(|error| InputError::Open {
+                let mut reader = DumpReader::open(path).map_err(|error| InputError::Open {
+                    path: path.clone(),
+                    error,
+                })?;
+                reader.check_start().map_err(|error| InputError::Record {
                     path: path.clone(),
                     error,
                 })?;
@@ -265,6 +285,34 @@ mod tests {
             .map(|e| e.unwrap().event_number.0)
             .collect();
         assert_eq!(numbers, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_dump_fails_the_open_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "a.cbors", "det", &[0]);
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "hello\n").unwrap();
+        let error = Merged::open(&[good.clone(), text.clone()]).err().unwrap();
+        assert!(error.is_not_a_dump());
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}: not a .cbors dump (it does not start with the CBOR self-describe tag d9 d9 f7 but with 68 65 6c)",
+                text.display()
+            )
+        );
+        // An empty file is a dump of a scan without events.
+        let empty = dir.path().join("empty.cbors");
+        std::fs::write(&empty, b"").unwrap();
+        let events: Vec<_> = Merged::open(&[good, empty]).unwrap().collect();
+        assert_eq!(events.len(), 1);
+        assert!(
+            !Merged::open(&[PathBuf::from("/nonexistent/x.cbors")])
+                .err()
+                .unwrap()
+                .is_not_a_dump()
+        );
     }
 
     #[test]

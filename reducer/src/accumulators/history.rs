@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value, WorkerName};
 use serde::Deserialize;
 
-use crate::{Accumulator, AccumulatorError};
+use crate::unmatched::PathWatch;
+use crate::{Accumulator, AccumulatorError, Unmatched};
 
 fn default_capacity() -> usize {
     10_000
@@ -52,6 +53,8 @@ pub struct History {
     config: HistoryConfig,
     rows: VecDeque<Row>,
     zone: Option<jiff::tz::TimeZone>,
+    /// A misspelt column path would leave its column empty without a word otherwise.
+    watch: PathWatch,
 }
 
 impl History {
@@ -74,6 +77,7 @@ impl History {
         };
         Ok(Self {
             rows: VecDeque::with_capacity(config.capacity.min(65_536)),
+            watch: PathWatch::new(config.values.clone()),
             config,
             zone,
         })
@@ -86,6 +90,7 @@ impl Accumulator for History {
         result: &ResultData,
         _: &Parameters,
     ) -> Result<(), AccumulatorError> {
+        self.watch.observe(&result.payload);
         let mut found = false;
         let mut values = Vec::with_capacity(self.config.values.len());
         for (column, path) in &self.config.values {
@@ -182,6 +187,14 @@ impl Accumulator for History {
         view.insert("values".to_owned(), Value::Map(values));
         Value::Map(view)
     }
+
+    fn finish(&mut self, _: &Parameters) {
+        self.watch.finish();
+    }
+
+    fn unmatched(&self) -> &[Unmatched] {
+        self.watch.unmatched()
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +270,50 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "column shape: det/0 is map, not a number"
+        );
+    }
+
+    #[test]
+    fn a_column_that_matches_no_result_is_reported_with_the_keys_there() {
+        let config: HistoryConfig = toml::from_str(
+            "values = { mean = \"det/0/mean\", max = \"det/0/mx\", gone = \"pcap/0\" }",
+        )
+        .unwrap();
+        let mut history = History::new(config).unwrap();
+        for n in 0..crate::unmatched::UNMATCHED_AFTER + 5 {
+            let mut result = result(n, Some(1.0));
+            if n >= crate::unmatched::UNMATCHED_AFTER {
+                // `mx` would match from here on: too late, it was reported already.
+                result.payload = std::sync::Arc::new(Value::Map(
+                    [(
+                        "det".to_owned(),
+                        Value::from(vec![Value::Map([("mx".to_owned(), Value::Int(1))].into())]),
+                    )]
+                    .into(),
+                ));
+            }
+            history
+                .process_result(&result, &Parameters::default())
+                .unwrap();
+        }
+        history.finish(&Parameters::default());
+        let reports: Vec<String> = history
+            .unmatched()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                r#"column gone path "pcap/0" matched none of the first 100 results; "pcap" is not a key of the result; keys there: det"#,
+                r#"column max path "det/0/mx" matched none of the first 100 results; "mx" is not a key of "det/0"; keys there: mean"#,
+            ]
+        );
+        // The column that matched is not reported, and still fills.
+        assert!(history.unmatched().iter().all(|u| u.column != "mean"));
+        assert_eq!(
+            history.publish().pointer("values/mean/0"),
+            Some(&Value::Float(1.0))
         );
     }
 

@@ -59,6 +59,13 @@ pub struct BeamImageConfig {
     pub attach: Vec<StreamName>,
 }
 
+impl BeamImageConfig {
+    /// The image stream and the attached PVs.
+    pub fn reads_stream(&self, stream: &StreamName) -> bool {
+        self.stream == *stream || self.attach.contains(stream)
+    }
+}
+
 fn one() -> f64 {
     1.0
 }

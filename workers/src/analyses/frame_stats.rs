@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use beamflow_protocol::streams::stins;
-use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName};
+use beamflow_protocol::streams::{pv, stins};
+use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName, StreamType};
 use serde::{Deserialize, Serialize};
 
 use crate::analyses::array_of;
@@ -20,6 +20,17 @@ pub struct FrameStatsConfig {
     /// Streams to compute statistics for; all readable streams when absent.
     #[serde(default)]
     pub streams: Option<Vec<StreamName>>,
+}
+
+impl FrameStatsConfig {
+    /// Listed streams, else every STINS and PV stream (a PV is read, if only to find it is
+    /// not an image).
+    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+        match &self.streams {
+            Some(listed) => listed.contains(stream),
+            None => matches!(typ.as_str(), stins::TYP | pv::TYP),
+        }
+    }
 }
 
 /// Statistics of one frame.

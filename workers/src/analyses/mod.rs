@@ -10,7 +10,7 @@ pub mod surrogate;
 
 use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::streams::stins::{self, StinsMessage};
-use beamflow_protocol::{EventNumber, NdArray, StreamData, StreamName};
+use beamflow_protocol::{EventNumber, NdArray, StreamData, StreamName, StreamType};
 use serde::Deserialize;
 
 use crate::{AnalysisError, DynAnalysis};
@@ -86,5 +86,69 @@ impl AnalysisConfig {
             AnalysisConfig::BeamImage(_) => "beam_image",
             AnalysisConfig::Surrogate(_) => "surrogate",
         }
+    }
+
+    /// Whether this analysis reads `stream` (of type `typ`) when an event carries it, from its
+    /// table alone: by name where the table names streams, else by type. A stream it picks by
+    /// content (a PV image, a long waveform) counts as read, so a stream said to be read by no
+    /// analysis really is not.
+    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+        match self {
+            AnalysisConfig::FrameStats(config) => config.reads_stream(stream, typ),
+            AnalysisConfig::PvValues(config) => config.reads_stream(stream, typ),
+            AnalysisConfig::BeamImage(config) => config.reads_stream(stream),
+            AnalysisConfig::Surrogate(config) => config.reads_stream(stream),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_analysis_says_which_streams_it_reads() {
+        let analyses: std::collections::BTreeMap<String, AnalysisConfig> = toml::from_str(
+            r#"
+all_images = { kind = "frame_stats" }
+listed = { kind = "frame_stats", streams = ["otr2"] }
+pvs = { kind = "pv_values" }
+some_pvs = { kind = "pv_values", streams = ["qe04"] }
+beam = { kind = "beam_image", stream = "otr2", attach = ["qe04"] }
+model = { kind = "surrogate", model = "builtin:lcls_cu_injector", inputs = { "QUAD:IN20:121:BCTRL" = "cq01" } }
+"#,
+        )
+        .unwrap();
+        let streams = [
+            ("otr2", "EPICS_PV"),
+            ("det", "STINS"),
+            ("qe04", "EPICS_PV"),
+            ("cq01", "EPICS_PV"),
+            ("pcap", "PCAP"),
+        ];
+        let read: Vec<(&str, Vec<&str>)> = analyses
+            .iter()
+            .map(|(name, config)| {
+                let read = streams
+                    .iter()
+                    .filter(|(stream, typ)| {
+                        config.reads_stream(&StreamName::from(*stream), &StreamType::from(*typ))
+                    })
+                    .map(|(stream, _)| *stream)
+                    .collect();
+                (name.as_str(), read)
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("all_images", vec!["otr2", "det", "qe04", "cq01"]),
+                ("beam", vec!["otr2", "qe04"]),
+                ("listed", vec!["otr2"]),
+                ("model", vec!["cq01"]),
+                ("pvs", vec!["otr2", "qe04", "cq01"]),
+                ("some_pvs", vec!["qe04"]),
+            ]
+        );
     }
 }

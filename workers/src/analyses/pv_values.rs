@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use beamflow_protocol::streams::pv::{self, PvFrame};
-use beamflow_protocol::{EventData, Parameters, StreamName};
+use beamflow_protocol::{EventData, Parameters, StreamName, StreamType};
 use serde::{Deserialize, Serialize};
 
 use crate::{Analysis, AnalysisError};
@@ -27,6 +27,17 @@ pub struct PvValuesConfig {
     /// Without `streams`: larger values (images) are left out.
     #[serde(default = "default_max_elements")]
     pub max_elements: usize,
+}
+
+impl PvValuesConfig {
+    /// PV streams, the listed ones when `streams` is set.
+    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+        typ.as_str() == pv::TYP
+            && self
+                .streams
+                .as_ref()
+                .is_none_or(|listed| listed.contains(stream))
+    }
 }
 
 impl Default for PvValuesConfig {

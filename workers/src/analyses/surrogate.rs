@@ -34,6 +34,13 @@ pub struct SurrogateConfig {
     pub out_of_range: OutOfRange,
 }
 
+impl SurrogateConfig {
+    /// The streams mapped to model inputs.
+    pub fn reads_stream(&self, stream: &StreamName) -> bool {
+        self.inputs.values().any(|input| input == stream)
+    }
+}
+
 fn max_age() -> f64 {
     10.0
 }
