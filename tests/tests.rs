@@ -10,6 +10,7 @@ mod helm;
 mod interop;
 mod mapping;
 mod model_cli;
+mod pipeline_check;
 mod replay_cli;
 mod runtime;
 mod util;
