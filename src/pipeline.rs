@@ -214,18 +214,14 @@ impl Pipeline {
     pub fn check(&self) -> Vec<Mistake> {
         let mut mistakes = Vec::new();
         let offered = self.offered_streams();
-        let known = |stream: &StreamName, streams: &BTreeSet<StreamName>, whose: &str| {
+        // `whose` offers are `streams`; `they` says so again before listing them.
+        let unknown = |stream: &StreamName, streams: &BTreeSet<StreamName>, whose, they| {
             let names = || streams.iter().map(StreamName::as_str);
-            let listed = names().collect::<Vec<_>>().join(", ");
             format!(
-                "stream {:?} is not offered by {whose}{}; {} {listed}",
+                "stream {:?} is not offered by {whose}{}; {they} {}",
                 stream.as_str(),
                 suggestion(stream.as_str(), names()),
-                if whose == "any ingester" {
-                    "the ingesters offer"
-                } else {
-                    "it offers"
-                }
+                names().collect::<Vec<_>>().join(", ")
             )
         };
 
@@ -245,7 +241,7 @@ impl Pipeline {
                 if let Some(own) = &own
                     && !own.contains(&stream)
                 {
-                    let message = known(&stream, own, "this ingester");
+                    let message = unknown(&stream, own, "this ingester", "it offers");
                     mistakes.push(Mistake::value(&table, &key, message));
                 }
             }
@@ -258,7 +254,8 @@ impl Pipeline {
             if let Some(offered) = &offered {
                 for (key, stream) in analysis.streams_named() {
                     if !offered.contains(&stream) {
-                        let message = known(&stream, offered, "any ingester");
+                        let message =
+                            unknown(&stream, offered, "any ingester", "the ingesters offer");
                         mistakes.push(Mistake::value(&table, &key, message));
                     }
                 }
@@ -462,7 +459,7 @@ impl Mistake {
             let Some((span, value)) = found else {
                 break;
             };
-            // A table made only by dotted headers has no text of its own to point at.
+            // An empty span points at nothing: the enclosing one is kept.
             if !span.is_empty() {
                 best = Some(span);
             }
