@@ -71,11 +71,15 @@ fn stins_series(
 
 fn pipeline(ingesters: &[(&str, &str)], workers: usize) -> String {
     let mut text = String::new();
+    // One history column per stream: a column for a stream no ingester offers is refused.
+    let mut columns = Vec::new();
     for (name, endpoint) in ingesters {
         text.push_str(&format!(
             "[ingesters.{name}]\nkind = \"zmq_stins\"\nupstream = \"{endpoint}\"\n\n"
         ));
+        columns.push(format!("{name} = \"{name}/0/mean\""));
     }
+    let columns = columns.join(", ");
     text.push_str(&format!(
         r#"
 [analyses.stats]
@@ -84,7 +88,7 @@ kind = "frame_stats"
 [accumulators.history]
 kind = "history"
 analysis = "stats"
-values = {{ det = "det/0/mean", pcap = "pcap/0/mean" }}
+values = {{ {columns} }}
 worker_column = true
 
 [controller]

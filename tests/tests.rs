@@ -12,6 +12,7 @@ mod interop;
 mod mapping;
 mod model_cli;
 mod own_pipeline;
+mod pipeline_check;
 mod replay_cli;
 mod runtime;
 mod util;

@@ -53,6 +53,14 @@ pub enum SourceError {
     /// The source's configuration cannot be used.
     #[error("{0}")]
     Config(String),
+    /// One key of the `[ingesters.<name>]` table cannot be used.
+    #[error("{key}: {message}")]
+    Table {
+        /// The key in the table, dotted as TOML writes it (`pvs."otr2".dtype`).
+        key: String,
+        /// What is wrong there.
+        message: String,
+    },
     /// A dump cannot be opened.
     #[error("{path}: {error}")]
     Open {
@@ -109,6 +117,7 @@ impl IngesterConfig {
         name: &str,
         context: &zmq::Context,
     ) -> Result<Box<dyn Source>, SourceError> {
+        self.check()?;
         Ok(match self {
             IngesterConfig::ZmqStins(config) => Box::new(sources::zmq_stins::ZmqStins::connect(
                 config, name, context,
@@ -135,5 +144,121 @@ impl IngesterConfig {
             IngesterConfig::Dump(_) => "dump",
             IngesterConfig::EpicsCa(_) => "epics_ca",
         }
+    }
+}
+
+/// What a pipeline check asks of a table before anything runs or connects.
+impl IngesterConfig {
+    /// The streams the source offers, `name` being the ingester's; `None` when only the source
+    /// knows (a dump without `streams`: its first record says, and the file may be on another
+    /// host than the one checking the pipeline).
+    pub fn stream_names(&self, name: &str) -> Option<Vec<StreamName>> {
+        let or_name = |streams: &[StreamName]| match streams {
+            [] => vec![StreamName::from(name)],
+            listed => listed.to_vec(),
+        };
+        match self {
+            IngesterConfig::ZmqStins(config) => Some(vec![StreamName::from(
+                config.stream.as_deref().unwrap_or(name),
+            )]),
+            IngesterConfig::Sim(config) => Some(or_name(&config.streams)),
+            IngesterConfig::Dump(config) if config.streams.is_empty() => None,
+            IngesterConfig::Dump(config) => Some(config.streams.clone()),
+            IngesterConfig::EpicsCa(config) => Some(config.pvs.keys().cloned().collect()),
+        }
+    }
+
+    /// The streams the table names, each with its key (`clock.stream`): each must be one this
+    /// ingester offers.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        match self {
+            IngesterConfig::EpicsCa(config) => config
+                .clock
+                .trigger()
+                .map(|stream| ("clock.stream".to_owned(), stream.clone()))
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What [`build`](Self::build) refuses before it connects: unknown `dtype` names, a clock
+    /// rate out of range. The error names the key.
+    pub fn check(&self) -> Result<(), SourceError> {
+        let IngesterConfig::EpicsCa(config) = self else {
+            return Ok(());
+        };
+        for (stream, pv) in &config.pvs {
+            if let Some(name) = &pv.dtype
+                && beamflow_protocol::DType::from_name(name).is_none()
+            {
+                return Err(SourceError::Table {
+                    key: format!("pvs.{:?}.dtype", stream.as_str()),
+                    message: format!(
+                        "unknown dtype {name:?}; expected a numpy type name: uint8, uint16, uint32, uint64, int8, int16, int32, int64, float32 or float64"
+                    ),
+                });
+            }
+        }
+        config.clock.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> IngesterConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn streams_are_known_without_building_but_for_a_dump_that_does_not_list_them() {
+        let names = |text: &str| config(text).stream_names("det");
+        let det = Some(vec![StreamName::from("det")]);
+        assert_eq!(names("kind = \"zmq_stins\"\nupstream = \"tcp://h:1\""), det);
+        assert_eq!(
+            names("kind = \"zmq_stins\"\nupstream = \"tcp://h:1\"\nstream = \"eiger\""),
+            Some(vec!["eiger".into()])
+        );
+        assert_eq!(names("kind = \"sim\""), det);
+        assert_eq!(names("kind = \"dump\"\npath = \"x.cbors\""), None);
+        assert_eq!(
+            names("kind = \"dump\"\npath = \"x.cbors\"\nstreams = [\"a\"]"),
+            Some(vec!["a".into()])
+        );
+        let ca = config(
+            "kind = \"epics_ca\"\nclock = { kind = \"trigger\", stream = \"img\" }\npvs = { img = { pv = \"I\" }, q = { pv = \"Q\" } }",
+        );
+        assert_eq!(ca.stream_names("x"), Some(vec!["img".into(), "q".into()]));
+        assert_eq!(
+            ca.streams_named(),
+            [("clock.stream".to_owned(), StreamName::from("img"))]
+        );
+    }
+
+    #[test]
+    fn a_bad_dtype_or_clock_rate_is_refused_at_its_key_before_connecting() {
+        let error = config(
+            "kind = \"epics_ca\"\nclock = { kind = \"period\", rate_hz = 10 }\npvs = { img = { pv = \"I\", dtype = \"uint61\" } }",
+        )
+        .check()
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "pvs.\"img\".dtype: unknown dtype \"uint61\"; expected a numpy type name"
+            ),
+            "{error}"
+        );
+        let error = config(
+            "kind = \"epics_ca\"\nclock = { kind = \"period\", rate_hz = 0 }\npvs = { img = { pv = \"I\" } }",
+        )
+        .build("ca", &zmq::Context::new())
+        .err()
+        .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "clock.rate_hz: must be above 0 and at most 100000, got 0"
+        );
     }
 }

@@ -51,7 +51,11 @@ fn default_rate() -> f64 {
 
 /// What one result PV serves.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+// Untagged, serde would say only "data did not match any variant"; this says what is expected.
+#[serde(
+    untagged,
+    expecting = "expected a state path string (\"last/values/x/sigma_um\") or a waveform table { path = \"...\", elements = N }"
+)]
 pub enum PvSource {
     /// A `/`-separated path to a number: a scalar DOUBLE PV.
     Scalar(String),
@@ -65,7 +69,8 @@ pub enum PvSource {
 }
 
 impl PvSource {
-    fn path(&self) -> &str {
+    /// The state path it serves.
+    pub fn path(&self) -> &str {
         match self {
             PvSource::Scalar(path) | PvSource::Waveform { path, .. } => path,
         }

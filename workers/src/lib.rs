@@ -6,6 +6,8 @@
 //!   hold, which turns outputs into [`Value`] trees exactly as they travel to the reducer.
 //! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`) and one
 //!   file per analysis.
+//! - [`check`]: what a pipeline check learns from an analysis's table: the keys its results can
+//!   hold, and mistakes located at a key.
 //! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
 //! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
 //!   worker and replay.
@@ -14,6 +16,7 @@
 
 pub mod analyses;
 pub mod assembly;
+pub mod check;
 pub mod node;
 pub mod process;
 pub mod worker;

@@ -20,6 +20,8 @@ use beamflow_protocol::StreamName;
 use beamflow_protocol::streams::pv::PvFrame;
 use serde::Deserialize;
 
+use crate::SourceError;
+
 /// `clock = { kind = ..., ... }` of an `epics_ca` ingester.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -41,6 +43,32 @@ pub enum ClockConfig {
         timeout_ms: u64,
     },
 }
+
+impl ClockConfig {
+    /// The triggering stream of a `trigger` clock.
+    pub fn trigger(&self) -> Option<&StreamName> {
+        match self {
+            ClockConfig::Trigger { stream } => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// What the clock cannot run with; the error names the key in the ingester's table.
+    pub fn check(&self) -> Result<(), SourceError> {
+        match *self {
+            ClockConfig::Period { rate_hz } if !(rate_hz > 0.0 && rate_hz <= MAX_RATE_HZ) => {
+                Err(SourceError::Table {
+                    key: "clock.rate_hz".to_owned(),
+                    message: format!("must be above 0 and at most {MAX_RATE_HZ}, got {rate_hz}"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The fastest `period` clock: beyond it, ticks would outpace any CA monitor.
+const MAX_RATE_HZ: f64 = 100_000.0;
 
 fn default_pulse_timeout() -> u64 {
     100

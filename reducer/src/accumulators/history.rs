@@ -39,6 +39,16 @@ pub struct HistoryConfig {
     pub time_zone: Option<String>,
 }
 
+impl HistoryConfig {
+    /// The number paths it reads from results, each with its key (`values.mean`).
+    pub fn result_paths(&self) -> Vec<(String, &str)> {
+        self.values
+            .iter()
+            .map(|(column, path)| (format!("values.{column:?}"), path.as_str()))
+            .collect()
+    }
+}
+
 struct Row {
     event_number: EventNumber,
     worker: WorkerName,

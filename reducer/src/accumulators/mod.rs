@@ -54,3 +54,16 @@ impl AccumulatorConfig {
         }
     }
 }
+
+/// What a pipeline check asks of a table before anything runs.
+impl AccumulatorConfig {
+    /// The paths of numbers it reads from its analysis's results, each with its key in the
+    /// table (`values.mean`): each must be one the analysis can produce.
+    pub fn result_paths(&self) -> Vec<(String, &str)> {
+        match self {
+            AccumulatorConfig::History(config) => config.result_paths(),
+            AccumulatorConfig::Last(_) => Vec::new(),
+            AccumulatorConfig::QuadScan(config) => config.result_paths(),
+        }
+    }
+}

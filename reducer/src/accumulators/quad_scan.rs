@@ -50,6 +50,20 @@ pub struct QuadScanConfig {
     pub design_twiss: Option<DesignTwissXy>,
 }
 
+impl QuadScanConfig {
+    /// The number paths it reads from shots, each with its key.
+    pub fn result_paths(&self) -> Vec<(String, &str)> {
+        [
+            ("setting", &self.setting),
+            ("size_x", &self.size_x),
+            ("size_y", &self.size_y),
+        ]
+        .into_iter()
+        .map(|(key, path)| (key.to_owned(), path.as_str()))
+        .collect()
+    }
+}
+
 fn size_x() -> String {
     "x/sigma_m".to_owned()
 }

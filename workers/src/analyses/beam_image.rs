@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analyses::{array_of, pv_scalar};
+use crate::check::{ResultKeys, TableError};
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `beam_image`.
@@ -63,6 +64,65 @@ impl BeamImageConfig {
     /// The image stream and the attached PVs.
     pub fn reads_stream(&self, stream: &StreamName) -> bool {
         self.stream == *stream || self.attach.contains(stream)
+    }
+
+    /// What building refuses: the border must be at least a pixel wide (its noise is what the
+    /// signal-to-noise gate divides by).
+    pub fn check(&self) -> Result<(), TableError> {
+        if self.border_px == 0 {
+            return Err(TableError::value(
+                "border_px",
+                "must be at least 1: the border gives the noise",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The streams the table names, each with its key.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        let attached = self.attach.iter().enumerate();
+        std::iter::once(("stream".to_owned(), self.stream.clone()))
+            .chain(attached.map(|(i, stream)| (format!("attach[{i}]"), stream.clone())))
+            .collect()
+    }
+
+    /// What its results hold: a [`BeamImageOutput`].
+    pub fn result_keys(&self) -> ResultKeys {
+        let number = || ResultKeys::Number;
+        let axis = ResultKeys::named(
+            [
+                "centroid_px",
+                "centroid_um",
+                "rms95_px",
+                "sigma_px",
+                "sigma_um",
+                "sigma_m",
+                "amplitude",
+                "offset",
+                "snr",
+                "chi2_dof",
+            ],
+            &number(),
+        );
+        ResultKeys::Map(vec![
+            ("x".to_owned(), axis.clone()),
+            ("y".to_owned(), axis),
+            ("background".to_owned(), number()),
+            ("noise".to_owned(), number()),
+            ("saturated_pixels".to_owned(), number()),
+            ("accepted".to_owned(), ResultKeys::Text),
+            (
+                "rejected".to_owned(),
+                ResultKeys::List {
+                    len: None,
+                    each: Box::new(ResultKeys::Text),
+                },
+            ),
+            (
+                "attached".to_owned(),
+                ResultKeys::named(&self.attach, &number()),
+            ),
+        ])
     }
 }
 
@@ -135,12 +195,9 @@ pub struct BeamImage {
 const PARALLEL_PIXELS: usize = 1 << 20;
 
 impl BeamImage {
-    /// Builds the analysis; the border must be at least a pixel wide (its noise is what the
-    /// signal-to-noise gate divides by).
+    /// Builds the analysis; [`BeamImageConfig::check`] says what it refuses.
     pub fn new(config: BeamImageConfig) -> Result<Self, String> {
-        if config.border_px == 0 {
-            return Err("border_px must be at least 1: the border gives the noise".to_owned());
-        }
+        config.check().map_err(|error| error.to_string())?;
         Ok(Self { config })
     }
 

@@ -11,6 +11,7 @@ use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName, Strea
 use serde::{Deserialize, Serialize};
 
 use crate::analyses::array_of;
+use crate::check::{ResultKeys, listed_streams};
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `frame_stats`.
@@ -30,6 +31,37 @@ impl FrameStatsConfig {
             Some(listed) => listed.contains(stream),
             None => matches!(typ.as_str(), stins::TYP | pv::TYP),
         }
+    }
+
+    /// The streams the table names, each with its key.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        listed_streams(self.streams.as_deref())
+    }
+
+    /// What its results hold: per stream, a list of one frame's statistics.
+    pub fn result_keys(&self) -> ResultKeys {
+        let number = || ResultKeys::Number;
+        let stats = ResultKeys::Map(vec![
+            ("frame".to_owned(), number()),
+            (
+                "shape".to_owned(),
+                ResultKeys::List {
+                    len: None,
+                    each: Box::new(number()),
+                },
+            ),
+            ("dtype".to_owned(), ResultKeys::Text),
+            ("sum".to_owned(), number()),
+            ("mean".to_owned(), number()),
+            ("min".to_owned(), number()),
+            ("max".to_owned(), number()),
+        ]);
+        // One frame per stream and event: `process_event` makes a one-element list.
+        let frames = ResultKeys::List {
+            len: Some(1),
+            each: Box::new(stats),
+        };
+        ResultKeys::streams(self.streams.as_deref(), frames)
     }
 }
 

@@ -11,6 +11,7 @@ use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::{EventData, Parameters, StreamName, StreamType};
 use serde::{Deserialize, Serialize};
 
+use crate::check::{ResultKeys, listed_streams};
 use crate::{Analysis, AnalysisError};
 
 fn default_max_elements() -> usize {
@@ -46,6 +47,25 @@ impl Default for PvValuesConfig {
             streams: None,
             max_elements: default_max_elements(),
         }
+    }
+}
+
+impl PvValuesConfig {
+    /// The streams the table names, each with its key.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        listed_streams(self.streams.as_deref())
+    }
+
+    /// What its results hold: per stream, a [`PvValue`].
+    pub fn result_keys(&self) -> ResultKeys {
+        let value = ResultKeys::Map(vec![
+            ("value".to_owned(), ResultKeys::Numbers),
+            ("severity".to_owned(), ResultKeys::Number),
+            ("status".to_owned(), ResultKeys::Number),
+            ("time".to_owned(), ResultKeys::Number),
+            ("pulse_id".to_owned(), ResultKeys::Number),
+        ]);
+        ResultKeys::streams(self.streams.as_deref(), value)
     }
 }
 

@@ -15,6 +15,7 @@ use beamflow_surrogate::{Evaluation, InputIssue, Model, Provenance};
 use serde::Deserialize;
 
 use crate::analyses::pv_scalar;
+use crate::check::{ResultKeys, TableError};
 use crate::{Analysis, AnalysisError};
 
 /// Configuration of `surrogate`.
@@ -56,6 +57,16 @@ pub enum OutOfRange {
     Reject,
 }
 
+impl SurrogateConfig {
+    /// The streams the table names, each with its key.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        self.inputs
+            .iter()
+            .map(|(input, stream)| (format!("inputs.{input:?}"), stream.clone()))
+            .collect()
+    }
+}
+
 /// The `surrogate` analysis.
 pub struct Surrogate {
     config: SurrogateConfig,
@@ -65,20 +76,66 @@ pub struct Surrogate {
 impl Surrogate {
     /// Loads the model; the error names what is wrong with it.
     pub fn new(config: &SurrogateConfig) -> Result<Self, String> {
-        let model = Model::open(&config.model).map_err(|error| error.to_string())?;
+        Self::checked(config).map_err(|error| error.to_string())
+    }
+
+    /// Loads the model and checks that every mapped input is one of its inputs; the error
+    /// names the key at fault.
+    pub fn checked(config: &SurrogateConfig) -> Result<Self, TableError> {
+        let model = Model::open(&config.model)
+            .map_err(|error| TableError::value("model", error.to_string()))?;
+        let names = || model.spec().inputs.iter().map(|i| i.name.as_str());
         if let Some(unknown) = config
             .inputs
             .keys()
-            .find(|name| !model.spec().inputs.iter().any(|i| &i.name == *name))
+            .find(|name| !names().any(|i| i == *name))
         {
-            return Err(format!(
-                "inputs maps {unknown:?}, which the model does not have"
+            return Err(TableError::name(
+                format!("inputs.{unknown:?}"),
+                format!(
+                    "{unknown:?} is not an input of the model{}",
+                    crate::check::suggestion(unknown, names())
+                ),
             ));
         }
         Ok(Self {
             config: config.clone(),
             model: Arc::new(model),
         })
+    }
+
+    /// What its results hold: an [`Evaluation`] of this model.
+    pub fn result_keys(&self) -> ResultKeys {
+        let spec = self.model.spec();
+        let text = ResultKeys::Text;
+        let number = ResultKeys::Number;
+        let output = ResultKeys::Map(vec![
+            ("value".to_owned(), number.clone()),
+            ("unit".to_owned(), text.clone()),
+        ]);
+        let input = ResultKeys::Map(vec![
+            ("value".to_owned(), number.clone()),
+            ("unit".to_owned(), text.clone()),
+            ("provenance".to_owned(), text),
+            ("age_s".to_owned(), number),
+        ]);
+        ResultKeys::Map(vec![
+            (
+                "outputs".to_owned(),
+                ResultKeys::named(spec.outputs.iter().map(|o| &o.name), &output),
+            ),
+            (
+                "inputs".to_owned(),
+                ResultKeys::named(spec.inputs.iter().map(|i| &i.name), &input),
+            ),
+            (
+                "issues".to_owned(),
+                ResultKeys::List {
+                    len: None,
+                    each: Box::new(ResultKeys::Unknown),
+                },
+            ),
+        ])
     }
 
     /// The model's input values in `event`, with provenance, and the mapped streams that were
