@@ -182,9 +182,30 @@ struct ConnectionChanges {
     lost: Vec<usize>,
 }
 
+impl EpicsCaConfig {
+    /// What the table cannot say by its types: dtype names and the clock's rate (the trigger
+    /// stream's existence is the pipeline's check, which knows every stream).
+    pub fn check(&self) -> Result<(), SourceError> {
+        for (stream, pv) in &self.pvs {
+            if let Some(name) = &pv.dtype
+                && DType::from_name(name).is_none()
+            {
+                return Err(SourceError::Table {
+                    key: format!("pvs.{:?}.dtype", stream.as_str()),
+                    message: format!(
+                        "unknown dtype {name:?}; expected a numpy type name: uint8, uint16, uint32, uint64, int8, int16, int32, int64, float32 or float64"
+                    ),
+                });
+            }
+        }
+        self.clock.check()
+    }
+}
+
 impl EpicsCa {
     /// Starts monitoring the configured PVs.
     pub fn connect(config: &EpicsCaConfig) -> Result<Self, SourceError> {
+        config.check()?;
         let streams: Vec<StreamName> = config.pvs.keys().cloned().collect();
         let configs: Vec<PvConfig> = config.pvs.values().cloned().collect();
         let mut names = Vec::new();
@@ -249,13 +270,6 @@ impl EpicsCa {
                 ..PvStatus::default()
             })
             .collect();
-        if let ClockConfig::Period { rate_hz } = config.clock
-            && !(rate_hz > 0.0 && rate_hz <= 100_000.0)
-        {
-            return Err(SourceError::Config(format!(
-                "clock rate_hz must be above 0 and at most 100000, got {rate_hz}"
-            )));
-        }
         let mut clock = EventClock::new(config.clock.clone(), streams.iter().cloned().collect());
         let now = Instant::now();
         for (stream, pv) in streams.iter().zip(&configs) {
