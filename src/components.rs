@@ -569,8 +569,8 @@ impl Components {
             .clone()
             .context("no reducer runs in this process")?;
         self.spawn("status-line".to_owned(), move |stop| {
-            let mut last: Option<(std::time::Instant, u64)> = None;
-            let mut next = std::time::Instant::now() + STATUS_LINE_EVERY;
+            let mut last = (std::time::Instant::now(), view.status().events);
+            let mut next = last.0 + STATUS_LINE_EVERY;
             while !stop.is_stopped() {
                 // Waking often keeps Ctrl-C prompt; the line itself is every 10 s.
                 std::thread::sleep(Duration::from_millis(200));
@@ -581,11 +581,9 @@ impl Components {
                 next = now + STATUS_LINE_EVERY;
                 let status = lock(&ensemble).status();
                 let reduced = view.status();
-                let rate = last.map_or(0.0, |(at, events)| {
-                    reduced.events.saturating_sub(events) as f64
-                        / now.duration_since(at).as_secs_f64()
-                });
-                last = Some((now, reduced.events));
+                let rate = reduced.events.saturating_sub(last.1) as f64
+                    / now.duration_since(last.0).as_secs_f64();
+                last = (now, reduced.events);
                 eprintln!(
                     "{}",
                     status_line(&status, rate, reduced.latency_ms.map(|l| l.p99))

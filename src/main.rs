@@ -311,8 +311,12 @@ fn main() -> std::process::ExitCode {
     beamflow_net::reuse_large_buffers();
     single_threaded_candle();
     let cli = Cli::parse();
-    // indicatif draws nothing when standard error is not a terminal.
-    let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    // Only replay draws a bar (indicatif draws nothing when standard error is not a terminal);
+    // a hidden one elsewhere, or each log line would redraw an empty bar after it.
+    let progress = match cli.command {
+        Command::Replay(_) => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        _ => ProgressBar::hidden(),
+    };
     init_logging(cli.log_format, &progress);
     match run(cli, progress) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -103,6 +103,36 @@ impl AnalysisConfig {
     }
 }
 
+/// What a pipeline check asks of a table before anything runs.
+impl AnalysisConfig {
+    /// The streams this table names, each with its key in the table (`attach[0]`): each must be
+    /// one the pipeline's ingesters offer.
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        match self {
+            AnalysisConfig::FrameStats(config) => config.streams_named(),
+            AnalysisConfig::PvValues(config) => config.streams_named(),
+            AnalysisConfig::BeamImage(config) => config.streams_named(),
+            AnalysisConfig::Surrogate(config) => config.streams_named(),
+        }
+    }
+
+    /// Runs the checks [`build`](Self::build) runs (a surrogate loads its model) and says what
+    /// the results can hold; the error names the key at fault.
+    pub fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(match self {
+            AnalysisConfig::FrameStats(config) => config.result_keys(),
+            AnalysisConfig::PvValues(config) => config.result_keys(),
+            AnalysisConfig::BeamImage(config) => {
+                config.check()?;
+                config.result_keys()
+            }
+            AnalysisConfig::Surrogate(config) => {
+                surrogate::Surrogate::checked(config)?.result_keys()
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,35 +181,5 @@ model = { kind = "surrogate", model = "builtin:lcls_cu_injector", inputs = { "QU
                 ("some_pvs", vec!["qe04"]),
             ]
         );
-    }
-}
-
-/// What a pipeline check asks of a table before anything runs.
-impl AnalysisConfig {
-    /// The streams this table names, each with its key in the table (`attach[0]`): each must be
-    /// one the pipeline's ingesters offer.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
-        match self {
-            AnalysisConfig::FrameStats(config) => config.streams_named(),
-            AnalysisConfig::PvValues(config) => config.streams_named(),
-            AnalysisConfig::BeamImage(config) => config.streams_named(),
-            AnalysisConfig::Surrogate(config) => config.streams_named(),
-        }
-    }
-
-    /// Runs the checks [`build`](Self::build) runs (a surrogate loads its model) and says what
-    /// the results can hold; the error names the key at fault.
-    pub fn check(&self) -> Result<ResultKeys, TableError> {
-        Ok(match self {
-            AnalysisConfig::FrameStats(config) => config.result_keys(),
-            AnalysisConfig::PvValues(config) => config.result_keys(),
-            AnalysisConfig::BeamImage(config) => {
-                config.check()?;
-                config.result_keys()
-            }
-            AnalysisConfig::Surrogate(config) => {
-                surrogate::Surrogate::checked(config)?.result_keys()
-            }
-        })
     }
 }
