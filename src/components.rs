@@ -560,7 +560,7 @@ impl Components {
         Ok(Sequence::new(parts, sequence, wrap)?)
     }
 
-    /// Prints one line every [`STATUS_LINE_EVERY`] (for a terminal): events per second, p99
+    /// Prints one line every 10 s (for a terminal): events per second, p99
     /// latency, workers, PVs connected.
     pub fn print_status_lines(&mut self) -> anyhow::Result<()> {
         let ensemble = self.controller()?.clone();

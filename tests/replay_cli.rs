@@ -402,18 +402,19 @@ fn the_summary_names_unread_streams_and_a_misspelt_history_column() {
         r#"
 [analyses.stats]
 kind = "frame_stats"
-streams = ["det"]
 
 [accumulators.history]
 kind = "history"
 analysis = "stats"
-values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
+values = { det_mean = "det/0/mean", det_max = "dte/0/max" }
 "#,
     )
     .unwrap();
     let images = dir.path().join("det.cbors");
     write_stins_events(&images, 0..20);
-    // Two PV streams recorded beside the images, which the pipeline does not read.
+    // Two streams of a type no analysis reads, recorded beside the images. Which streams a
+    // dump holds is known only when it is read: the load-time check cannot see the typo in
+    // "dte/0/max", so the replay reports it.
     let pvs = dir.path().join("pvs.cbors");
     let mut writer = DumpWriter::new(BufWriter::new(File::create(&pvs).unwrap()));
     for n in 0..20 {
@@ -422,7 +423,7 @@ values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
             event.streams.insert(
                 stream.into(),
                 StreamData {
-                    typ: "EPICS_PV".into(),
+                    typ: "pcap".into(),
                     frames: vec![Bytes::from_static(b"not read")],
                 },
             );
@@ -457,7 +458,7 @@ values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
         summary[1..3],
         [
             "streams no analysis reads: cq01, sq01",
-            r#"accumulator history: column det_max path "det/0/maks" matched none of the first 20 results; "maks" is not a key of "det/0"; keys there: dtype, frame, max, mean, min, shape, sum"#,
+            r#"accumulator history: column det_max path "dte/0/max" matched none of the first 20 results; "dte" is not a key of the result; keys there: det"#,
         ],
         "{stderr}"
     );
@@ -469,7 +470,7 @@ values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(
         // Field names may be styled, so only values are looked for.
-        warnings[0].contains("WARN") && warnings[0].contains("det/0/maks"),
+        warnings[0].contains("WARN") && warnings[0].contains("dte/0/max"),
         "{stderr}"
     );
 
@@ -479,6 +480,6 @@ values = { det_mean = "det/0/mean", det_max = "det/0/maks" }
     let unmatched = &status["unmatched_columns"]["history"];
     assert_eq!(unmatched.as_array().map(Vec::len), Some(1), "{status}");
     assert_eq!(unmatched[0]["column"], "det_max");
-    assert_eq!(unmatched[0]["path"], "det/0/maks");
-    assert_eq!(unmatched[0]["keys"][2], "max");
+    assert_eq!(unmatched[0]["path"], "dte/0/max");
+    assert_eq!(unmatched[0]["keys"][0], "det");
 }
