@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::epics::{Ioc, ca_env, free_ca_port};
 use crate::util::{
-    Running, RunningPipeline, beamflow, eventually, finished_status, http_address, http_get,
-    http_post, root, start_run,
+    Running, RunningPipeline, any_ports, beamflow, eventually, finished_status, http_address,
+    http_get, http_post, root, start_run,
 };
 
 /// Events in the live scan `beamflow run` starts (`beamflow::components::LIVE_SCAN_EVENTS`).
@@ -214,15 +214,8 @@ fn a_misspelled_pv_is_named_and_an_optional_one_lets_events_flow() {
         .env("RUST_LOG", "warn")
         .args(["run", "--pipeline"])
         .arg(&pipeline)
-        .arg("--sim-ioc")
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--reducer-http",
-            "127.0.0.1:0",
-            "--control",
-            "tcp://127.0.0.1:0",
-        ]);
+        .arg("--sim-ioc");
+    any_ports(&mut command);
     let mut run = Running::start(command);
     let line = run.wait_for_line("beamflow is running.");
     let rest = http_address(line.split("Progress:").nth(1).unwrap());
@@ -318,15 +311,8 @@ fn logs_carry_no_colour_name_their_component_and_speak_json() {
         command
             .args(["run", "--pipeline"])
             .arg(root().join("examples/sim.toml"))
-            .args(["--events", "5", "--log-format", format])
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--reducer-http",
-                "127.0.0.1:0",
-                "--control",
-                "tcp://127.0.0.1:0",
-            ]);
+            .args(["--events", "5", "--log-format", format]);
+        any_ports(&mut command);
         stderr_until(command, "Scan finished.")
     };
     let text = run("text");
@@ -384,15 +370,8 @@ kind = "pv_values"
     ca_env(&mut command, port)
         .env("RUST_LOG", "info")
         .args(["run", "--pipeline"])
-        .arg(&pipeline)
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--reducer-http",
-            "127.0.0.1:0",
-            "--control",
-            "tcp://127.0.0.1:0",
-        ]);
+        .arg(&pipeline);
+    any_ports(&mut command);
     let mut run = Running::start(command);
     let connected = run.wait_for_line("Connected to 3 PVs");
     assert!(

@@ -192,8 +192,8 @@ pub(crate) struct RunningPipeline {
     pub(crate) rest: SocketAddr,
 }
 
-/// Starts `command` (a `beamflow()` with `run` and its own arguments and environment).
-pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
+/// `beamflow run`'s HTTP ports and control socket bound to 0 on loopback.
+pub(crate) fn any_ports(command: &mut Command) -> &mut Command {
     command.args([
         "--http",
         "127.0.0.1:0",
@@ -201,7 +201,12 @@ pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
         "127.0.0.1:0",
         "--control",
         "tcp://127.0.0.1:0",
-    ]);
+    ])
+}
+
+/// Starts `command` (a `beamflow()` with `run` and its own arguments and environment).
+pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
+    any_ports(&mut command);
     let mut run = Running::start(command);
     let line = run.wait_for_line("beamflow is running.");
     let state = http_address(&line);

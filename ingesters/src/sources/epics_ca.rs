@@ -87,7 +87,7 @@ pub struct PvConfig {
 }
 
 /// How long a PV may go unanswered before it is reported; the report repeats at doubling
-/// intervals up to [`NOT_FOUND_REPEAT_MAX`].
+/// intervals up to ten minutes.
 pub const NOT_FOUND_AFTER: Duration = Duration::from_secs(5);
 const NOT_FOUND_REPEAT_MAX: Duration = Duration::from_secs(600);
 
