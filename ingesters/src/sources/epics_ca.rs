@@ -91,8 +91,11 @@ pub struct PvConfig {
 pub const NOT_FOUND_AFTER: Duration = Duration::from_secs(5);
 const NOT_FOUND_REPEAT_MAX: Duration = Duration::from_secs(600);
 
-/// How long connection changes are gathered into one line per server.
-const GATHER_CHANGES: Duration = Duration::from_millis(200);
+/// Connection changes are gathered into one line per server until none has come for this long
+/// (the PVs of a restarted IOC are found again over a few search rounds), or for
+/// [`GATHER_AT_MOST`].
+const GATHER_CHANGES: Duration = Duration::from_millis(300);
+const GATHER_AT_MOST: Duration = Duration::from_secs(3);
 
 /// Updates handled per call while no scan needs frames (each image is converted), so the
 /// ingester's loop still says hello to the controller in time.
@@ -168,9 +171,10 @@ pub struct EpicsCa {
     started: Instant,
     /// When the not-found report is next due, and the interval after it.
     not_found_report: (Instant, Duration),
-    /// Connections made and lost since the last log line, by server, and since when.
+    /// Connections made and lost since the last log line, by server; when the first and the
+    /// last of them came, and how many there were then.
     connection_changes: BTreeMap<SocketAddr, ConnectionChanges>,
-    changes_since: Option<Instant>,
+    changes_seen: Option<(Instant, Instant, usize)>,
     queue_capacity: usize,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -293,7 +297,7 @@ impl EpicsCa {
             started: now,
             not_found_report: (now + NOT_FOUND_AFTER, NOT_FOUND_AFTER),
             connection_changes: BTreeMap::new(),
-            changes_since: None,
+            changes_seen: None,
             queue_capacity: config.queue.max(1),
             shutdown: Some(shutdown),
         })
@@ -418,17 +422,30 @@ impl EpicsCa {
     }
 
     /// One line per server whose PVs connected, came back or went away (an IOC restarting is
-    /// two lines, not one per PV: changes are gathered for [`GATHER_CHANGES`]), and the
-    /// not-found report when due.
+    /// two lines, not one per PV), and the not-found report when due.
     fn speak_up(&mut self, now: Instant) {
-        if !self.connection_changes.is_empty() && self.changes_since.is_none() {
-            self.changes_since = Some(now);
-        }
-        let gathered = self
-            .changes_since
-            .is_some_and(|since| now.duration_since(since) >= GATHER_CHANGES);
+        let count: usize = self
+            .connection_changes
+            .values()
+            .map(|c| c.connected.len() + c.reconnected.len() + c.lost.len())
+            .sum();
+        let gathered = match self.changes_seen {
+            _ if count == 0 => false,
+            Some((first, last, seen)) if seen == count => {
+                now.duration_since(last) >= GATHER_CHANGES
+                    || now.duration_since(first) >= GATHER_AT_MOST
+            }
+            Some((first, _, _)) => {
+                self.changes_seen = Some((first, now, count));
+                now.duration_since(first) >= GATHER_AT_MOST
+            }
+            None => {
+                self.changes_seen = Some((now, now, count));
+                false
+            }
+        };
         let changes = if gathered {
-            self.changes_since = None;
+            self.changes_seen = None;
             std::mem::take(&mut self.connection_changes)
         } else {
             BTreeMap::new()
