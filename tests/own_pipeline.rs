@@ -64,14 +64,16 @@ fn a_copied_pipeline_runs_live_and_sequence_after_sequence() {
     });
     assert_eq!(live["total_events"], LIVE, "{live}");
     assert_eq!(live["finished"], false, "{live}");
-    let status = json(running.rest, "/api/v1/status");
-    let pvs = status["ingesters"]["injector"]["source"]["pvs"]
-        .as_object()
-        .unwrap();
+    // The ingester's status comes with its next hello.
+    let pvs = eventually(10, "every PV connected in the status", || {
+        let status = json(running.rest, "/api/v1/status");
+        let pvs = status["ingesters"]["injector"]["source"]["pvs"].clone();
+        let pvs = pvs.as_object()?.clone();
+        pvs.values()
+            .all(|pv| pv["state"] == "connected")
+            .then_some(pvs)
+    });
     assert_eq!(pvs.len(), 14);
-    for (stream, pv) in pvs {
-        assert_eq!(pv["state"], "connected", "{stream}: {pv}");
-    }
 
     // The ingester's clock event carries all 14 PVs; these name two, then one.
     let otr2_and_xrms = |n: u64| {
