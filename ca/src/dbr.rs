@@ -1,5 +1,6 @@
 //! DBR values: the seven native types and their TIME form (alarm status, severity and time stamp
-//! before the values, with the type's own padding).
+//! before the values, with the type's own padding), the EPICS alarm codes, and the [`Metadata`]
+//! (units, precision, limits) the GR and CTRL forms carry.
 
 use beamflow_protocol::streams::pv::{EPICS_EPOCH_UNIX, epics_timestamp};
 use bytes::{Buf, BufMut};
@@ -227,6 +228,113 @@ impl EpicsTime {
             nanos = ((nanos - 1_000_000_000) & !PULSE_ID_MASK) | (pulse_id & PULSE_ID_MASK);
         }
         Self { secs, nanos }
+    }
+}
+
+/// EPICS alarm severities and statuses (`alarm.h` of EPICS base).
+pub mod alarm {
+    /// Alarm severities: how bad.
+    pub mod severity {
+        /// No alarm.
+        pub const NO_ALARM: u16 = 0;
+        /// A warning (LOW/HIGH limits).
+        pub const MINOR: u16 = 1;
+        /// An alarm (LOLO/HIHI limits).
+        pub const MAJOR: u16 = 2;
+        /// The value is not to be trusted.
+        pub const INVALID: u16 = 3;
+    }
+
+    /// Alarm statuses: why.
+    pub mod status {
+        /// No alarm.
+        pub const NO_ALARM: u16 = 0;
+        /// At or above the HIHI limit.
+        pub const HIHI: u16 = 3;
+        /// At or above the HIGH limit.
+        pub const HIGH: u16 = 4;
+        /// At or below the LOLO limit.
+        pub const LOLO: u16 = 5;
+        /// At or below the LOW limit.
+        pub const LOW: u16 = 6;
+        /// Communication with the source failed.
+        pub const COMM: u16 = 9;
+        /// A device did not answer in time.
+        pub const TIMEOUT: u16 = 10;
+        /// An input outside the range its hardware (or model) covers.
+        pub const HW_LIMIT: u16 = 11;
+        /// A software-defined alarm.
+        pub const SOFT: u16 = 15;
+        /// The value was never defined.
+        pub const UDF: u16 = 17;
+    }
+}
+
+/// Bytes of the units field in the GR and CTRL forms (`MAX_UNITS_SIZE`, its NUL included).
+pub const UNITS_SIZE: usize = 8;
+
+/// A low and a high limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// The low limit.
+    pub low: f64,
+    /// The high limit.
+    pub high: f64,
+}
+
+/// Alarm limits, as an `ai` record's LOLO, LOW, HIGH and HIHI; NaN where none is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlarmLimits {
+    /// MAJOR at or below.
+    pub lolo: f64,
+    /// MINOR at or below.
+    pub low: f64,
+    /// MINOR at or above.
+    pub high: f64,
+    /// MAJOR at or above.
+    pub hihi: f64,
+}
+
+impl Default for AlarmLimits {
+    /// None set: NaN, which displays read as "no limit" where 0 would be a limit at zero.
+    fn default() -> Self {
+        Self {
+            lolo: f64::NAN,
+            low: f64::NAN,
+            high: f64::NAN,
+            hihi: f64::NAN,
+        }
+    }
+}
+
+/// What a PV's GR and CTRL forms carry beside the value: an `ai` record's EGU, PREC, HOPR/LOPR
+/// (display), DRVH/DRVL (control) and alarm limits. The default is what a PV without any shows:
+/// no units, precision 0, limits 0 (displays then scale to the data) and no alarm limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata {
+    /// Engineering units; sent as at most [`UNITS_SIZE`] − 1 bytes of UTF-8.
+    pub units: String,
+    /// Digits after the decimal point displays show (PREC; only floating-point types carry it).
+    pub precision: i16,
+    /// The range displays draw.
+    pub display: Limits,
+    /// The range a writer may set.
+    pub control: Limits,
+    /// Where MINOR and MAJOR begin.
+    pub alarm: AlarmLimits,
+}
+
+impl Metadata {
+    /// The units field: the units cut to whole characters within [`UNITS_SIZE`] − 1 bytes,
+    /// NUL-padded.
+    pub fn units_field(&self) -> [u8; UNITS_SIZE] {
+        let mut end = self.units.len().min(UNITS_SIZE - 1);
+        while !self.units.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut field = [0; UNITS_SIZE];
+        field[..end].copy_from_slice(&self.units.as_bytes()[..end]);
+        field
     }
 }
 

@@ -2,7 +2,8 @@
 //! reads, monitors and writes over TCP circuits, and converts to whatever type and form a client
 //! asks for. `caget`, `camonitor`, `caput` and Phoebus talk to it as to any IOC.
 //!
-//! PVs live in a [`PvStore`]; posting a value there reaches every subscriber. Each client
+//! PVs live in a [`PvStore`], each with the units, precision and limits its GR and CTRL answers
+//! carry ([`Metadata`]); posting a value there reaches every subscriber. Each client
 //! circuit receives its monitor updates in the order they were posted (as an IOC's event queue
 //! does), so a client triggered by one PV finds the values posted before it already there. A
 //! slow client gets the latest value, not a growing queue: past a few waiting updates, a
@@ -19,17 +20,19 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::convert;
-use crate::dbr::{Native, TimeValue, Values};
+use crate::dbr::{Metadata, Native, TimeValue, Values};
 use crate::wire::{
     self, ECA_NORMAL, Header, MINOR_VERSION, command, put_message, split_message,
     split_message_within,
 };
 
-/// A PV's current value, whether clients may write it, and the circuits subscribed to it.
+/// A PV's current value, whether clients may write it, what its GR and CTRL forms carry, and
+/// the circuits subscribed to it.
 struct Pv {
     native: Native,
     max_count: usize,
     writable: bool,
+    metadata: Arc<Metadata>,
     value: watch::Sender<Arc<TimeValue>>,
     subscribers: Mutex<Vec<(Weak<Updates>, u32)>>,
 }
@@ -60,8 +63,16 @@ struct UpdateQueue {
     /// One entry per waiting update: whose it is.
     order: VecDeque<u32>,
     pending: HashMap<u32, VecDeque<Arc<TimeValue>>>,
-    /// Per subscription id: the DBR type and count it asked for.
-    forms: HashMap<u32, (u16, u32)>,
+    /// Per subscription id: the DBR type and count it asked for, and its PV's metadata.
+    forms: HashMap<u32, Form>,
+}
+
+/// What a subscription asked for and what its answers carry besides the value.
+#[derive(Clone)]
+struct Form {
+    dbr_type: u16,
+    count: u32,
+    metadata: Arc<Metadata>,
 }
 
 impl Updates {
@@ -88,11 +99,11 @@ impl Updates {
     }
 
     /// The next update: subscription id, its form and value.
-    fn pop(&self) -> Option<(u32, (u16, u32), Arc<TimeValue>)> {
+    fn pop(&self) -> Option<(u32, Form, Arc<TimeValue>)> {
         let mut queue = self.lock();
         while let Some(subid) = queue.order.pop_front() {
             let value = queue.pending.get_mut(&subid).and_then(VecDeque::pop_front);
-            if let (Some(value), Some(form)) = (value, queue.forms.get(&subid).copied()) {
+            if let (Some(value), Some(form)) = (value, queue.forms.get(&subid).cloned()) {
                 return Some((subid, form, value));
             }
         }
@@ -127,12 +138,26 @@ impl PvStore {
         self.pvs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds (or replaces) a PV with its first value; `max_count` bounds its element count.
+    /// Adds (or replaces) a PV with its first value; `max_count` bounds its element count. Its
+    /// GR and CTRL forms carry no units and no limits.
     pub fn add(&self, name: &str, value: TimeValue, max_count: usize, writable: bool) {
+        self.add_with_metadata(name, value, max_count, writable, Metadata::default());
+    }
+
+    /// [`PvStore::add`], with the units, precision and limits its GR and CTRL forms carry.
+    pub fn add_with_metadata(
+        &self,
+        name: &str,
+        value: TimeValue,
+        max_count: usize,
+        writable: bool,
+        metadata: Metadata,
+    ) {
         let pv = Pv {
             native: value.values.native(),
             max_count: max_count.max(value.values.len()).max(1),
             writable,
+            metadata: Arc::new(metadata),
             value: watch::Sender::new(Arc::new(value)),
             subscribers: Mutex::new(Vec::new()),
         };
@@ -164,6 +189,11 @@ impl PvStore {
     /// The current value of a PV.
     pub fn value(&self, name: &str) -> Option<TimeValue> {
         self.get(name).map(|pv| (**pv.value.borrow()).clone())
+    }
+
+    /// The units, precision and limits a PV's GR and CTRL forms carry.
+    pub fn metadata(&self, name: &str) -> Option<Arc<Metadata>> {
+        self.get(name).map(|pv| Arc::clone(&pv.metadata))
     }
 
     /// A receiver that sees every value posted to the PV from now on (the latest one at least).
@@ -333,16 +363,9 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
         let queue = out_tx.clone();
         tokio::spawn(async move {
             loop {
-                while let Some((subid, (dbr_type, count), value)) = updates.pop() {
+                while let Some((subid, form, value)) = updates.pop() {
                     let mut bytes = BytesMut::new();
-                    reply_value(
-                        &mut bytes,
-                        command::EVENT_ADD,
-                        &value,
-                        dbr_type,
-                        count,
-                        subid,
-                    );
+                    reply_value(&mut bytes, command::EVENT_ADD, &value, &form, subid);
                     if queue.send(bytes).await.is_err() {
                         return;
                     }
@@ -405,15 +428,12 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                     Some(channel) => {
                         let value = channel.pv.value.borrow().clone();
                         // Never more than the PV holds: the count comes from the client.
-                        let count = h.count.min(channel.pv.max_count as u32);
-                        reply_value(
-                            &mut out,
-                            command::READ_NOTIFY,
-                            &value,
-                            h.data_type,
-                            count,
-                            h.p2,
-                        );
+                        let form = Form {
+                            dbr_type: h.data_type,
+                            count: h.count.min(channel.pv.max_count as u32),
+                            metadata: Arc::clone(&channel.pv.metadata),
+                        };
+                        reply_value(&mut out, command::READ_NOTIFY, &value, &form, h.p2);
                     }
                     None => error(&mut out, &h, u32::MAX, ECA_BADTYPE, "unknown channel"),
                 },
@@ -437,7 +457,14 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
                     if let Some(old) = subscriptions.remove(&subid) {
                         old.cancel(&updates, subid);
                     }
-                    updates.lock().forms.insert(subid, (dbr_type, count));
+                    updates.lock().forms.insert(
+                        subid,
+                        Form {
+                            dbr_type,
+                            count,
+                            metadata: Arc::clone(&channel.pv.metadata),
+                        },
+                    );
                     channel
                         .pv
                         .subscribers()
@@ -513,18 +540,17 @@ async fn serve_client(stream: TcpStream, store: PvStore) -> std::io::Result<()> 
     result
 }
 
-fn reply_value(
-    out: &mut BytesMut,
-    cmd: u16,
-    value: &TimeValue,
-    dbr_type: u16,
-    count: u32,
-    id: u32,
-) {
+fn reply_value(out: &mut BytesMut, cmd: u16, value: &TimeValue, form: &Form, id: u32) {
     let mut payload = Vec::new();
-    let written = convert::write(value, dbr_type, count as usize, &mut payload);
-    let mut header = Header::new(cmd, dbr_type, written as u32, ECA_NORMAL, id);
-    if convert::requested(dbr_type).is_none() {
+    let written = convert::write(
+        value,
+        &form.metadata,
+        form.dbr_type,
+        form.count as usize,
+        &mut payload,
+    );
+    let mut header = Header::new(cmd, form.dbr_type, written as u32, ECA_NORMAL, id);
+    if convert::requested(form.dbr_type).is_none() {
         header.p1 = ECA_BADTYPE;
     }
     put_message(out, header, &payload);
@@ -601,8 +627,13 @@ mod tests {
     #[test]
     fn updates_leave_in_post_order_and_a_backlog_keeps_the_latest() {
         let updates = Updates::default();
-        updates.lock().forms.insert(1, (20, 1));
-        updates.lock().forms.insert(2, (20, 1));
+        let form = Form {
+            dbr_type: 20,
+            count: 1,
+            metadata: Arc::default(),
+        };
+        updates.lock().forms.insert(1, form.clone());
+        updates.lock().forms.insert(2, form);
         updates.push(1, value(1.0));
         updates.push(2, value(10.0));
         updates.push(1, value(2.0));
