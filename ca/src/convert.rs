@@ -146,7 +146,15 @@ pub fn write(
     let Some((form, native)) = requested(dbr_type) else {
         return 0;
     };
-    let mut values = convert(&value.values, native);
+    let mut values = match (&value.values, native) {
+        // As an IOC prints a floating-point record for DBR_STRING (`caget -s`): with its PREC.
+        // Precision 0 is also "none set" here, so a PV without metadata prints every digit.
+        (Values::Double(x), Native::String) if metadata.precision > 0 => {
+            let digits = usize::from(metadata.precision.unsigned_abs()).min(17);
+            Values::String(x.iter().map(|x| format!("{x:.digits$}")).collect())
+        }
+        (values, native) => convert(values, native),
+    };
     let count = if count == 0 { values.len() } else { count };
     truncate_or_pad(&mut values, count);
     match form {
@@ -344,6 +352,26 @@ mod tests {
         assert_eq!(&metadata("mm·mrad").units_field(), b"mm\xc2\xb7mra\0");
         // A two-byte character that would straddle the seventh byte goes whole.
         assert_eq!(&metadata("abcdefµ").units_field(), b"abcdef\0\0");
+    }
+
+    #[test]
+    fn a_double_read_as_a_string_has_the_pvs_precision() {
+        let text = |metadata: &Metadata| {
+            let mut out = Vec::new();
+            write(
+                &value(Values::Double(vec![32.1849])),
+                metadata,
+                0,
+                0,
+                &mut out,
+            );
+            Values::read(Native::String, 1, &out).unwrap()
+        };
+        assert_eq!(text(&described()), Values::String(vec!["32.18".into()]));
+        assert_eq!(
+            text(&Metadata::default()),
+            Values::String(vec!["32.1849".into()])
+        );
     }
 
     #[test]
