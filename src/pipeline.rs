@@ -329,8 +329,8 @@ impl Pipeline {
                         Segment::key(pv),
                     ];
                     let key = match source {
-                        PvSource::Scalar(_) => "",
-                        PvSource::Waveform { .. } => "path",
+                        PvSource::Path(_) => "",
+                        PvSource::Table(_) => "path",
                     };
                     let message =
                         format!("no accumulator publishes {path:?}: {}", state_words(&why));
@@ -663,14 +663,14 @@ mod tests {
                 r#""last/values/x/sigma_um""#,
                 r#""last/values/x/sigma_umm""#
             ),
-            r#"line 111, column 18: reducer.pvs.values."OTR2:SIGMA_X": no accumulator publishes "last/values/x/sigma_umm": "last/values/x" has no key "sigma_umm"; did you mean "sigma_um"?"#
+            r#"line 114, column 27: reducer.pvs.values."OTR2:SIGMA_X".path: no accumulator publishes "last/values/x/sigma_umm": "last/values/x" has no key "sigma_umm"; did you mean "sigma_um"?"#
         );
         assert_eq!(
             typo(
                 r#""quad_scan/fit/x/norm_emit""#,
                 r#""quad_scna/fit/x/norm_emit""#
             ),
-            r#"line 113, column 13: reducer.pvs.values.EMITN_X: no accumulator publishes "quad_scna/fit/x/norm_emit": the state has no key "quad_scna"; did you mean "quad_scan"?"#
+            r#"line 116, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scna/fit/x/norm_emit": the state has no key "quad_scna"; did you mean "quad_scan"?"#
         );
     }
 
@@ -715,13 +715,24 @@ mod tests {
     }
 
     #[test]
-    fn an_untagged_enum_says_what_it_expects() {
+    fn a_result_pv_table_names_a_misspelt_key_and_says_what_is_wrong() {
         assert_eq!(
             typo(
-                r#"{ path = "screen/values/mean", elements = 2000 }"#,
-                r#"{ path = "screen/values/mean", elemnts = 2000 }"#
+                r#"{ path = "screen/values/mean", elements = 2000,"#,
+                r#"{ path = "screen/values/mean", elemnts = 2000,"#
             ),
-            r#"line 117, column 23: expected a state path string ("last/values/x/sigma_um") or a waveform table { path = "...", elements = N }"#
+            "line 120, column 54: unknown field `elemnts`, expected one of `path`, `elements`, `scale`, `units`, `precision`, `display`, `control`, `alarm`, `max_age_s`"
+        );
+        assert_eq!(
+            typo(
+                r#"units = "kG", precision = 4"#,
+                r#"units = "kG·m/s²", precision = 4"#
+            ),
+            r#"line 113, column 15: units "kG·m/s²" is 9 bytes; Channel Access carries at most 7"#
+        );
+        assert_eq!(
+            typo(r#""QE04:BACT" = { path"#, r#""QE04:BACT" = 4 # { path"#),
+            r#"line 113, column 15: invalid type: integer `4`, expected a state path string ("last/values/x/sigma_um") or a table { path = "...", units = "µm", precision = 2, display = [lo, hi], control = [lo, hi], alarm = { lolo, low, high, hihi }, max_age_s = 2, scale = 1, elements = N }"#
         );
     }
 
