@@ -14,5 +14,6 @@ mod model_cli;
 mod own_pipeline;
 mod pipeline_check;
 mod replay_cli;
+mod result_pvs;
 mod runtime;
 mod util;
