@@ -491,7 +491,11 @@ fn unchanged_since(
         _ => &null,
     };
     match origin {
-        Some(seen) if seen.holder == *holder && seen.event_number == *event_number => seen.since,
+        Some(seen)
+            if identical(&seen.holder, holder) && identical(&seen.event_number, event_number) =>
+        {
+            seen.since
+        }
         // Cloned only on a change: with a new result each period, once a period.
         _ => {
             *origin = Some(Origin {
@@ -501,6 +505,24 @@ fn unchanged_since(
             });
             now
         }
+    }
+}
+
+/// Equal, NaN included: `==` would call a result holding a NaN (a rejected shot's size) changed
+/// at every look, and it would never age.
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| identical(a, b))
+        }
+        (Value::Map(a), Value::Map(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, a), (kb, b))| ka == kb && identical(a, b))
+        }
+        (a, b) => a == b,
     }
 }
 
@@ -841,6 +863,31 @@ mod tests {
         pvs.update_at(&result(31.0, 2), at(14.0));
         pvs.update_at(&result(31.0, 2), at(15.9));
         assert_eq!(alarm(&store, "SIGMA_X"), NO_ALARM, "changed at 14 s");
+    }
+
+    #[test]
+    fn a_result_holding_a_nan_still_ages() {
+        let config = config(
+            r#"
+            [values]
+            "SIGMA_Y" = { path = "last/values/y/sigma_um", max_age_s = 2 }
+            "#,
+        );
+        let store = PvStore::new();
+        let mut pvs = ResultPvs::new(&config, &store);
+        // Built by hand: serde_json has no NaN to give.
+        let map = |key: &str, value: Value| Value::Map([(key.to_owned(), value)].into());
+        let y = Value::Map(
+            [
+                ("sigma_um".to_owned(), Value::Float(30.0)),
+                ("snr".to_owned(), Value::Float(f64::NAN)),
+            ]
+            .into(),
+        );
+        let with_nan = map("last", map("values", map("y", y)));
+        pvs.update_at(&with_nan, at(10.0));
+        pvs.update_at(&with_nan, at(12.5));
+        assert_eq!(alarm(&store, "SIGMA_Y"), INVALID_COMM);
     }
 
     /// The `surrogate` analysis' evaluation: outputs beside the inputs as used and the issues.
