@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::epics::{ca_env, epics_tool, free_ca_port, tool_output};
 use crate::util::{Running, beamflow, eventually, root, start_run};
@@ -156,7 +155,6 @@ fn results_turn_invalid_within_max_age_when_their_ioc_is_gone() {
     sim.child.kill().unwrap();
     sim.child.wait().unwrap();
     let killed = jiff::Timestamp::now();
-    let killed_at = Instant::now();
     for pv in pvs {
         let fields = eventually(20, &format!("{pv} INVALID"), || {
             let (status, severity, fields) = alarm(pv);
@@ -175,7 +173,6 @@ fn results_turn_invalid_within_max_age_when_their_ioc_is_gone() {
             "{pv} turned INVALID {late:.2} s after the kill: {fields:?}"
         );
     }
-    assert!(killed_at.elapsed() < Duration::from_secs(20));
 }
 
 /// The "Timestamp" of a `caget -d DBR_TIME_*` answer, printed in UTC.
