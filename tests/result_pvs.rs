@@ -151,7 +151,6 @@ fn results_turn_invalid_within_max_age_when_their_ioc_is_gone() {
         });
     }
 
-    let mut sim = sim;
     sim.child.kill().unwrap();
     sim.child.wait().unwrap();
     let killed = jiff::Timestamp::now();
