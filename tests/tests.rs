@@ -16,3 +16,4 @@ mod pipeline_check;
 mod replay_cli;
 mod runtime;
 mod util;
+mod what_if;
