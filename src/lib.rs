@@ -7,7 +7,8 @@
 //! - `autoscale` (feature `kubernetes`): the worker autoscaler in a cluster.
 //! - [`components`]: starting components from it, in one process or one each.
 //! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
-//! - [`models_http`]: the reducer's model endpoints (describe, what-if, live inputs).
+//! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
+//!   machine or the defaults, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 

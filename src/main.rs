@@ -73,7 +73,9 @@ enum Command {
 #[derive(Subcommand)]
 enum ModelCommand {
     /// Evaluate a model on inputs from a JSON object {name: value} (defaults fill the rest)
-    /// and print the outputs as JSON; out-of-range or unknown inputs are refused with reasons.
+    /// and print the outputs as JSON. With --sweep, evaluate every swept value in one batch and
+    /// print one JSON line each: the evaluation plus `sweep` {name: value}. Out-of-range or
+    /// unknown inputs (given or swept) are refused with every reason.
     Eval(ModelEvalArgs),
 }
 
@@ -82,9 +84,15 @@ struct ModelEvalArgs {
     /// The model directory (model.yaml and its safetensors), or builtin:lcls_cu_injector.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// The inputs: a JSON object {name: value}; `-` for standard input.
+    /// The inputs: a JSON object {name: value}; `-` for standard input. Without it, the
+    /// model's defaults.
     #[arg(long, value_name = "FILE.json")]
-    inputs: PathBuf,
+    inputs: Option<PathBuf>,
+    /// Step an input over COUNT evenly spaced values from FROM to TO, both included (e.g.
+    /// QUAD:IN20:525:BCTRL=-6:-2:9); a swept input overrides --inputs. Repeat for a grid, the
+    /// first sweep varying slowest.
+    #[arg(long, value_name = "NAME=FROM:TO:COUNT")]
+    sweep: Vec<beamflow_surrogate::Sweep>,
 }
 
 #[derive(Subcommand)]
@@ -457,19 +465,50 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {
+    use beamflow_surrogate::{Base, Sweep};
     let model = beamflow_surrogate::Model::open(&args.model)?;
-    let text = if args.inputs.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())?
-    } else {
-        std::fs::read_to_string(&args.inputs)
-            .with_context(|| format!("{}: cannot read", args.inputs.display()))?
+    let given: std::collections::BTreeMap<String, f64> = match &args.inputs {
+        None => Default::default(),
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?
+            };
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: an object {{name: number}}", path.display()))?
+        }
     };
-    let given: std::collections::BTreeMap<String, f64> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: an object {{name: number}}", args.inputs.display()))?;
-    let evaluation = model.what_if(&given)?;
-    let mut out = serde_json::to_vec_pretty(&evaluation)?;
-    out.push(b'\n');
-    std::io::stdout().write_all(&out)?;
+    if args.sweep.is_empty() {
+        let evaluation = model.what_if(&given)?;
+        let mut out = serde_json::to_vec_pretty(&evaluation)?;
+        out.push(b'\n');
+        std::io::stdout().write_all(&out)?;
+        return Ok(());
+    }
+    let swept = Sweep::grid(&args.sweep)?;
+    // The file's inputs go into every row rather than into the base, so that they are refused
+    // when out of range, as without --sweep.
+    let rows: Vec<_> = swept
+        .iter()
+        .map(|sweep| {
+            let mut row = given.clone();
+            row.extend(sweep.iter().map(|(name, value)| (name.clone(), *value)));
+            row
+        })
+        .collect();
+    let evaluations = model.what_if_batch(&Base::new(), &rows)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (sweep, evaluation) in swept.iter().zip(evaluations) {
+        let mut line = serde_json::json!(evaluation);
+        if let Some(object) = line.as_object_mut() {
+            object.insert("sweep".to_owned(), serde_json::json!(sweep));
+        }
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

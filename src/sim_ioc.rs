@@ -2,10 +2,16 @@
 //! CA server, so the whole EPICS path runs with nothing else installed.
 //!
 //! - The 15 injector inputs of `physics.md` §1.2 (solenoid, quads, correctors, L0A/L0B phases)
-//!   move as lume-visualizations' fake IOC moves them: centre + A·sin(2πt/period + phase) +
-//!   uniform noise, clamped to the trained range. Magnets (`…:BCTRL`) also serve a `…:BACT`.
-//! - The scan quad `QUAD:IN20:525:BCTRL` (QE04) is writable and holds its setting; its `BACT`
-//!   ramps to it at [`RAMP_KG_PER_S`].
+//!   move in the shape lume-visualizations' fake IOC gives them: centre + A·sin(2πt/period +
+//!   phase) + uniform noise of 3 % of A, with its periods, phases and amplitude rule. For the
+//!   LCLS surrogate's inputs the defaults and ranges are read from the built-in model, the
+//!   centre is the model's default and A is [`SimIocConfig::swing`] (a tenth) of the fake IOC's
+//!   amplitude, kept inside the range. The fake IOC's full swing stays in every input's range
+//!   too, but moves ten inputs far from their defaults at once, where the surrogate predicts
+//!   OTR2 sizes from 43 to 4,500 µm (and a negative y size): a demo of extrapolation, not of
+//!   a machine. Magnets (`…:BCTRL`) also serve a `…:BACT`.
+//! - The scan quad `QUAD:IN20:525:BCTRL` (QE04) is writable and holds its setting (at start
+//!   [`SCAN_QUAD_START_KG`]); its `BACT` ramps to it at [`RAMP_KG_PER_S`].
 //! - The OTR2 screen `OTRS:IN20:571` shows the beam of the quad-scan reference dataset
 //!   (`../shared/data/quadscan/reference.json`: 135 MeV, thick 0.108 m quad, 2.26 m drift, the
 //!   truth Twiss below) at the current `BACT`: a Gaussian spot on a 640×480 12-bit image with a
@@ -24,9 +30,13 @@ use beamflow_ca::server::PvStore;
 use beamflow_ca::{EpicsTime, TimeValue, Values};
 use beamflow_net::Stop;
 use beamflow_optics::{BeamMatrix, Energy, Matrix, Plane, Twiss};
+use beamflow_surrogate::{LCLS_CU_INJECTOR, ModelSpec};
 
 /// The scan quad's setpoint.
 pub const SCAN_QUAD: &str = "QUAD:IN20:525:BCTRL";
+/// The scan quad's setting at start: LCLS's QE04 as `physics.md` quotes it (the surrogate's
+/// default, −3.218399988942528 kG, rounded), so a reading shows which of the two it is.
+pub const SCAN_QUAD_START_KG: f64 = -3.2184;
 /// The scan quad's readback.
 pub const SCAN_QUAD_READBACK: &str = "QUAD:IN20:525:BACT";
 /// The OTR2 screen's PV prefix.
@@ -53,7 +63,9 @@ const DRIFT_TO_SCREEN_M: f64 = 2.26;
 const TRUTH_X: (f64, f64, f64) = (0.5e-6, 10.0, -1.0);
 const TRUTH_Y: (f64, f64, f64) = (0.4e-6, 4.0, 2.5);
 
-/// An injector input of `physics.md` §1.2: name, model default, trained range, period (s).
+/// An injector input of `physics.md` §1.2 as the simulation moves it: name, default, range,
+/// period (s).
+#[derive(Debug, Clone, PartialEq)]
 struct Input {
     name: &'static str,
     default: f64,
@@ -62,49 +74,77 @@ struct Input {
     period_s: f64,
 }
 
-const INPUTS: [Input; 15] = [
-    input("SOLN:IN20:121:BCTRL", 0.47797, 0.37741, 0.49838, 29.0),
-    input("QUAD:IN20:121:BCTRL", -0.0014992, -0.020984, 0.020999, 17.0),
-    input("QUAD:IN20:122:BCTRL", -0.0006873, -0.020999, 0.020999, 21.0),
-    input("ACCL:IN20:300:L0A_PDES", -9.53597, -24.9987, 9.9918, 37.0),
-    input("ACCL:IN20:400:L0B_PDES", 9.85566, -24.9997, 9.9989, 33.0),
-    input("QUAD:IN20:361:BCTRL", -2.00059, -4.31805, -1.08004, 27.0),
-    input("QUAD:IN20:371:BCTRL", 2.00059, 1.09135, 4.30968, 25.0),
-    input("QUAD:IN20:425:BCTRL", -1.08076, -7.55976, -1.08076, 35.0),
-    input("QUAD:IN20:441:BCTRL", -0.17939, -1.07822, 7.55988, 22.0),
-    input("QUAD:IN20:511:BCTRL", 2.85217, -1.07925, 7.55829, 39.0),
-    input(SCAN_QUAD, -3.21840, -7.55793, -1.08003, 15.0),
-    // Bmad inputs without a trained range: the fake IOC swings them ±25 %.
-    input(
-        "QUAD:IN20:631:BCTRL",
-        7.33536,
-        7.33536 * 0.75,
-        7.33536 * 1.25,
-        1.0,
-    ),
-    input(
-        "QUAD:IN20:651:BCTRL",
-        -5.82109,
-        -5.82109 * 1.25,
-        -5.82109 * 0.75,
-        29.0,
-    ),
-    input("XCOR:IN20:641:BCTRL", 0.0, 0.0, 0.0, 1.0),
-    input("YCOR:IN20:642:BCTRL", 0.0, 0.0, 0.0, 1.0),
-];
-
-const fn input(name: &'static str, default: f64, min: f64, max: f64, period_s: f64) -> Input {
-    Input {
-        name,
-        default,
-        min,
-        max,
-        period_s,
-    }
+/// Where an input's default and range come from.
+#[derive(Debug, Clone, Copy)]
+enum Domain {
+    /// An input of the LCLS surrogate: its `model.yaml`.
+    Model,
+    /// Not a surrogate input (Bmad's): default, min and max as the fake IOC sets them.
+    Given(f64, f64, f64),
 }
 
-/// An input's motion, by the fake IOC's rule: the swing is 0.45 of the room on the near side of
-/// the default; where that room is under 15 % of the half range, the centre moves to mid-range.
+/// The fake IOC's inputs in its table order (which sets their phases) with their periods.
+const TABLE: [(&str, f64, Domain); 15] = [
+    ("SOLN:IN20:121:BCTRL", 29.0, Domain::Model),
+    ("QUAD:IN20:121:BCTRL", 17.0, Domain::Model),
+    ("QUAD:IN20:122:BCTRL", 21.0, Domain::Model),
+    ("ACCL:IN20:300:L0A_PDES", 37.0, Domain::Model),
+    ("ACCL:IN20:400:L0B_PDES", 33.0, Domain::Model),
+    ("QUAD:IN20:361:BCTRL", 27.0, Domain::Model),
+    ("QUAD:IN20:371:BCTRL", 25.0, Domain::Model),
+    ("QUAD:IN20:425:BCTRL", 35.0, Domain::Model),
+    ("QUAD:IN20:441:BCTRL", 22.0, Domain::Model),
+    ("QUAD:IN20:511:BCTRL", 39.0, Domain::Model),
+    (SCAN_QUAD, 15.0, Domain::Model),
+    // Bmad inputs without a trained range: the fake IOC swings them ±25 %.
+    (
+        "QUAD:IN20:631:BCTRL",
+        1.0,
+        Domain::Given(7.33536, 7.33536 * 0.75, 7.33536 * 1.25),
+    ),
+    (
+        "QUAD:IN20:651:BCTRL",
+        29.0,
+        Domain::Given(-5.82109, -5.82109 * 1.25, -5.82109 * 0.75),
+    ),
+    ("XCOR:IN20:641:BCTRL", 1.0, Domain::Given(0.0, 0.0, 0.0)),
+    ("YCOR:IN20:642:BCTRL", 1.0, Domain::Given(0.0, 0.0, 0.0)),
+];
+
+/// The table's inputs, the surrogate's with the default and range of the built-in model.
+///
+/// # Panics
+///
+/// If the built-in model's description does not parse or lacks one of the table's inputs:
+/// both are compiled in, and the tests below load them.
+fn inputs() -> Vec<Input> {
+    let spec = ModelSpec::builtin(LCLS_CU_INJECTOR)
+        .and_then(Result::ok)
+        .expect("the built-in model's description is valid");
+    TABLE
+        .iter()
+        .map(|&(name, period_s, domain)| {
+            let (default, min, max) = match domain {
+                Domain::Given(default, min, max) => (default, min, max),
+                Domain::Model => {
+                    let input = spec
+                        .input(name)
+                        .expect("every surrogate input of the table is the model's");
+                    (input.default, input.range[0], input.range[1])
+                }
+            };
+            Input {
+                name,
+                default,
+                min,
+                max,
+                period_s,
+            }
+        })
+        .collect()
+}
+
+/// An input's motion.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Motion {
     centre: f64,
@@ -112,8 +152,13 @@ struct Motion {
     phase: f64,
 }
 
+/// The noise's full width, in units of the amplitude (the fake IOC's `--noise-scale`).
+const NOISE: f64 = 0.03;
+
 impl Motion {
-    fn of(input: &Input, index: usize) -> Self {
+    /// The fake IOC's rule: the swing is 0.45 of the room on the near side of the default;
+    /// where that room is under 15 % of the half range, the centre moves to mid-range.
+    fn fake_ioc(input: &Input, index: usize) -> Self {
         let half_span = (input.max - input.min) / 2.0;
         let mut centre = input.default;
         let mut room = (input.default - input.min).min(input.max - input.default);
@@ -125,8 +170,35 @@ impl Motion {
             centre,
             amplitude: 0.45 * room,
             // The fake IOC's phases: 1.0 to 5.6 rad in table order.
-            phase: 1.0 + index as f64 * 4.6 / (INPUTS.len() - 1) as f64,
+            phase: 1.0 + index as f64 * 4.6 / (TABLE.len() - 1) as f64,
         }
+    }
+
+    /// The fake IOC's motion with its amplitude scaled by `swing`, centred on the default and
+    /// moved inward just enough that the sine and its noise stay inside the range (QE01's
+    /// default is the top of its range; the fake IOC moved its centre 3 kG away instead).
+    fn scaled(input: &Input, index: usize, swing: f64) -> Self {
+        let fake = Self::fake_ioc(input, index);
+        let amplitude = swing * fake.amplitude;
+        // Sine plus half the noise's width, plus a little for rounding.
+        let reach = amplitude * (1.0 + NOISE / 2.0) * (1.0 + 1e-9);
+        let centre = if input.max - input.min > 2.0 * reach {
+            input.default.clamp(input.min + reach, input.max - reach)
+        } else {
+            (input.min + input.max) / 2.0
+        };
+        Self {
+            centre,
+            amplitude,
+            phase: fake.phase,
+        }
+    }
+
+    /// The value at `t` seconds with `noise` uniform in [0, 1), clamped to the input's range.
+    fn at(&self, input: &Input, t: f64, noise: f64) -> f64 {
+        let jitter = NOISE * self.amplitude * (noise - 0.5);
+        (self.centre + self.amplitude * (2.0 * PI * t / input.period_s + self.phase).sin() + jitter)
+            .clamp(input.min, input.max)
     }
 }
 
@@ -139,6 +211,11 @@ pub struct SimIocConfig {
     pub input_rate_hz: f64,
     /// Image width and height, pixels.
     pub shape: [usize; 2],
+    /// The inputs' swing as a fraction of the fake IOC's amplitude (1: its full amplitude,
+    /// though still centred on the defaults). At 0.1 the surrogate's OTR2 prediction moves
+    /// over about 190 to 620 µm (x) and 95 to 190 µm (y) around its defaults' 305 × 124 µm;
+    /// at 1, over 30 to 4,300 µm (x) and −16 to 2,300 µm (y).
+    pub swing: f64,
 }
 
 impl Default for SimIocConfig {
@@ -147,6 +224,7 @@ impl Default for SimIocConfig {
             image_rate_hz: 10.0,
             input_rate_hz: 2.0,
             shape: [640, 480],
+            swing: 0.1,
         }
     }
 }
@@ -155,6 +233,7 @@ impl Default for SimIocConfig {
 pub struct SimIoc {
     config: SimIocConfig,
     store: PvStore,
+    inputs: Vec<Input>,
     motions: Vec<Motion>,
     random: SplitMix,
     noise: Vec<f32>,
@@ -170,19 +249,29 @@ const PULSE_RATE_HZ: f64 = 360.0;
 
 impl SimIoc {
     /// Adds the injector's PVs to `store` with their first values.
+    ///
+    /// # Panics
+    ///
+    /// If the built-in surrogate's description is broken (it is compiled in and tested).
     pub fn new(config: SimIocConfig, store: &PvStore) -> Self {
         let now = Instant::now();
         let stamp = EpicsTime::now();
-        let motions: Vec<Motion> = INPUTS
+        let inputs = inputs();
+        let motions: Vec<Motion> = inputs
             .iter()
             .enumerate()
-            .map(|(i, input)| Motion::of(input, i))
+            .map(|(i, input)| Motion::scaled(input, i, config.swing))
             .collect();
-        for input in &INPUTS {
+        for input in &inputs {
             let writable = input.name == SCAN_QUAD;
-            store.add(input.name, double(input.default, stamp), 1, writable);
+            let first = if writable {
+                SCAN_QUAD_START_KG
+            } else {
+                input.default
+            };
+            store.add(input.name, double(first, stamp), 1, writable);
             if let Some(readback) = readback_name(input.name) {
-                store.add(&readback, double(input.default, stamp), 1, false);
+                store.add(&readback, double(first, stamp), 1, false);
             }
         }
         let [width, height] = config.shape;
@@ -227,13 +316,11 @@ impl SimIoc {
         // One table of normal deviates, read from a random offset per image: rendering stays
         // well under a millisecond per frame, and noise differs frame to frame.
         let noise = (0..(1 << 20)).map(|_| random.normal() as f32).collect();
-        let default = INPUTS
-            .iter()
-            .find(|i| i.name == SCAN_QUAD)
-            .map_or(0.0, |i| i.default);
+        let default = SCAN_QUAD_START_KG;
         Self {
             config,
             store: store.clone(),
+            inputs,
             motions,
             random,
             noise,
@@ -282,15 +369,11 @@ impl SimIoc {
     pub fn move_inputs(&mut self, now: Instant) {
         let stamp = self.stamp(now);
         let t = (now - self.started).as_secs_f64();
-        for (input, motion) in INPUTS.iter().zip(&self.motions) {
+        for (input, motion) in self.inputs.iter().zip(&self.motions) {
             if input.name == SCAN_QUAD {
                 continue;
             }
-            let jitter = 0.03 * motion.amplitude * (self.random.uniform() - 0.5);
-            let value = (motion.centre
-                + motion.amplitude * (2.0 * PI * t / input.period_s + motion.phase).sin()
-                + jitter)
-                .clamp(input.min, input.max);
+            let value = motion.at(input, t, self.random.uniform());
             self.store.post(input.name, double(value, stamp));
             if let Some(readback) = readback_name(input.name) {
                 self.store.post(&readback, double(value, stamp));
@@ -450,6 +533,8 @@ impl SplitMix {
 
 #[cfg(test)]
 mod tests {
+    use beamflow_surrogate::{Base, Model, Provenance};
+
     use super::*;
 
     fn reference() -> serde_json::Value {
@@ -487,15 +572,115 @@ mod tests {
             ("QUAD:IN20:631:BCTRL", 7.33536, 0.825),
             ("QUAD:IN20:525:BCTRL", -3.2184, 0.962),
         ];
+        let inputs = inputs();
         for (name, centre, amplitude) in expected {
-            let index = INPUTS.iter().position(|i| i.name == name).expect("listed");
-            let motion = Motion::of(&INPUTS[index], index);
+            let index = inputs.iter().position(|i| i.name == name).expect("listed");
+            let motion = Motion::fake_ioc(&inputs[index], index);
             assert!((motion.centre - centre).abs() < 0.006, "{name}: {motion:?}");
             assert!(
                 (motion.amplitude - amplitude).abs() / amplitude < 0.006,
                 "{name}: {motion:?}"
             );
         }
+    }
+
+    /// The surrogate's inputs as the pipeline reads them from the sim (readbacks for magnets).
+    fn surrogate_inputs(store: &PvStore, model: &Model) -> Base {
+        model
+            .spec()
+            .inputs
+            .iter()
+            .filter_map(|input| {
+                let pv = readback_name(&input.name).unwrap_or_else(|| input.name.clone());
+                let value = store
+                    .value(&pv)
+                    .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied())?;
+                Some((input.name.clone(), (value, Provenance::Live)))
+            })
+            .collect()
+    }
+
+    /// Issue 14: over 10 minutes of simulated input updates every surrogate input stays in the
+    /// model's range, the model never flags one, and its OTR2 prediction stays a beam around
+    /// its defaults' rather than swinging over two orders of magnitude.
+    #[test]
+    fn gh_14_the_sims_inputs_stay_where_the_surrogate_is_trained() {
+        let model =
+            Model::open(std::path::Path::new("builtin:lcls_cu_injector")).expect("built in");
+        let store = PvStore::new();
+        let mut ioc = SimIoc::new(SimIocConfig::default(), &store);
+        let start = ioc.started;
+        let mut rows = Vec::new();
+        // 2 updates a second, as `beamflow sim-ioc` makes them, for 10 minutes: every period
+        // (15 to 39 s) many times over, in many combinations.
+        for step in 0..1200u64 {
+            ioc.move_inputs(start + Duration::from_millis(500 * step));
+            let given = surrogate_inputs(&store, &model);
+            assert_eq!(given.len(), 11, "the sim serves 11 surrogate inputs");
+            for (name, (value, _)) in &given {
+                let [low, high] = model.spec().input(name).expect("an input").range;
+                assert!(
+                    (low..=high).contains(value),
+                    "{name} = {value} at step {step}"
+                );
+            }
+            let (inputs, issues) = model.prepare(&given);
+            assert_eq!(issues, [], "step {step}");
+            rows.push((inputs, issues));
+        }
+        let evaluations = model.evaluate_named(rows).expect("evaluates");
+        let (mut x, mut y) = ((f64::INFINITY, 0f64), (f64::INFINITY, 0f64));
+        for evaluation in evaluations {
+            let evaluation = evaluation.expect("finite");
+            assert!(evaluation.issues.is_empty());
+            let xrms = evaluation.outputs["OTRS:IN20:571:XRMS"].value;
+            let yrms = evaluation.outputs["OTRS:IN20:571:YRMS"].value;
+            x = (x.0.min(xrms), x.1.max(xrms));
+            y = (y.0.min(yrms), y.1.max(yrms));
+        }
+        // The defaults give 304.6 × 124.3 µm.
+        assert!(x.0 > 150.0 && x.1 < 700.0, "XRMS over {x:?} µm");
+        assert!(y.0 > 80.0 && y.1 < 250.0, "YRMS over {y:?} µm");
+        // The scan quad is the operator's: the sim never moves it.
+        let qe04 = store
+            .value(SCAN_QUAD_READBACK)
+            .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied());
+        assert_eq!(qe04, Some(SCAN_QUAD_START_KG));
+    }
+
+    #[test]
+    fn the_motions_keep_the_fake_iocs_shape_scaled_into_the_range() {
+        let inputs = inputs();
+        for (index, input) in inputs.iter().enumerate() {
+            let fake = Motion::fake_ioc(input, index);
+            let scaled = Motion::scaled(input, index, 0.1);
+            assert_eq!(scaled.phase, fake.phase, "{}", input.name);
+            assert!(
+                (scaled.amplitude - 0.1 * fake.amplitude).abs() <= 1e-12 * fake.amplitude.abs(),
+                "{}",
+                input.name
+            );
+            for noise in [0.0, 0.999_999] {
+                for t in 0..400 {
+                    let value = scaled.at(input, f64::from(t) * 0.25, noise);
+                    // Inside without the clamp's help.
+                    let unclamped = scaled.centre
+                        + scaled.amplitude
+                            * (2.0 * PI * f64::from(t) * 0.25 / input.period_s + scaled.phase)
+                                .sin()
+                        + NOISE * scaled.amplitude * (noise - 0.5);
+                    assert_eq!(value, unclamped, "{} at {t}", input.name);
+                }
+            }
+        }
+        // QE01's default is the top of its range: the centre moves down just enough.
+        let qe01 = inputs
+            .iter()
+            .position(|i| i.name == "QUAD:IN20:425:BCTRL")
+            .expect("listed");
+        let motion = Motion::scaled(&inputs[qe01], qe01, 0.1);
+        assert!(motion.centre < inputs[qe01].default);
+        assert!(inputs[qe01].default - motion.centre < 1.02 * motion.amplitude);
     }
 
     #[test]

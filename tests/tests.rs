@@ -17,3 +17,4 @@ mod replay_cli;
 mod result_pvs;
 mod runtime;
 mod util;
+mod what_if;

@@ -7,10 +7,28 @@
 //! 1/δ(σ²)ᵢ = 1/(2 σᵢ δσᵢ). The system is solved by a Householder QR of the weighted, column-scaled
 //! matrix rather than the normal equations, whose squared condition number would cost the
 //! noise-free case its 1e-8 agreement with the truth.
+//!
+//! A fit can be a clean number and still be wrong, so [`ScanSetup::report`] says when not to
+//! trust one: no waist inside the scanned range, a design matrix too ill-conditioned to separate
+//! σ11, σ12 and σ22 (above [`CONDITION_LIMIT`]), an unphysical beam matrix, or no degrees of
+//! freedom. [`ScanReport::summary`] is the short table for a terminal.
+
+use std::fmt;
 
 use serde::Serialize;
 
 use crate::{BeamMatrix, Energy, Matrix, Plane, Twiss};
+
+/// Above this condition number of the weighted, column-scaled design matrix a fit is flagged as
+/// ill-conditioned.
+///
+/// Column scaling (each column of the weighted matrix to unit length) takes out the units of
+/// σ11 (m²), σ12 (m·rad) and σ22 (rad²), which differ by orders of magnitude, so what is left
+/// measures the scan's geometry: how differently the settings weigh the three unknowns. The
+/// reference scan of `physics.md` (0.5 … 4.5 kG) sits at 4 (x) and 67 (y), a −6 … 6 kG scan at 3
+/// and 15; a scan over 2 … 3 kG reaches 1.0e3 in y, where 3 % size noise moves εn,y by half.
+/// The limit is about 15× the worst plane of a good scan.
+pub const CONDITION_LIMIT: f64 = 1e3;
 
 /// One measured step: the quad setting and the rms size on the screen with its error.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -104,7 +122,10 @@ pub struct PlaneFit {
     pub alpha: f64,
     /// Errors trusting the size errors as given.
     pub errors_apriori: TwissErrors,
-    /// Errors scaled by √(χ²/dof): the honest ones when the size errors are estimates.
+    /// Errors scaled by max(1, √(χ²/dof)): the honest ones when the size errors are estimates.
+    /// Never below the a-priori ones: a χ²/dof under 1 more likely means overestimated size
+    /// errors (or luck) than a better measurement, so it does not shrink the error bars. NaN
+    /// without degrees of freedom.
     pub errors_chi2_scaled: TwissErrors,
     /// Σ wᵢ² (σ²ᵢ − model)².
     pub chi2: f64,
@@ -114,6 +135,9 @@ pub struct PlaneFit {
     pub reduced_chi2: f64,
     /// Distinct settings.
     pub settings: usize,
+    /// Condition number of the weighted, column-scaled design matrix; above
+    /// [`CONDITION_LIMIT`] the settings barely separate σ11, σ12 and σ22.
+    pub condition: f64,
     /// BMAG, when a design was given and the fit is physical.
     pub bmag: Option<Bmag>,
 }
@@ -173,7 +197,11 @@ pub fn fit_plane(
         ]);
         rhs.push(weight * p.size_m * p.size_m);
     }
-    let (theta, covariance) = least_squares(&rows, &rhs).ok_or(FitError::Singular)?;
+    let Solution {
+        theta,
+        covariance,
+        condition,
+    } = least_squares(&rows, &rhs).ok_or(FitError::Singular)?;
     let chi2: f64 = rows
         .iter()
         .zip(&rhs)
@@ -221,7 +249,7 @@ pub fn fit_plane(
         alpha: t.alpha,
         errors_apriori: errors(1.0),
         errors_chi2_scaled: errors(if dof > 0 {
-            reduced_chi2.sqrt()
+            reduced_chi2.sqrt().max(1.0)
         } else {
             f64::NAN
         }),
@@ -229,6 +257,7 @@ pub fn fit_plane(
         dof,
         reduced_chi2,
         settings: settings.len(),
+        condition,
         bmag,
     })
 }
@@ -315,25 +344,21 @@ impl ScanSetup {
                 Some(fit) => Curve::of(&optics, fit.beam(), &points),
                 None => Curve::default(),
             };
+            let warnings = plane_warnings(&optics, fit.as_ref(), error.as_deref(), &points);
             PlaneReport {
                 fit,
                 error,
                 points,
                 curve,
+                warnings,
             }
         };
         let x = plane(Plane::X, x);
         let y = plane(Plane::Y, y);
-        let mut warnings = Vec::new();
-        for (name, report) in [("x", &x), ("y", &y)] {
-            match (&report.fit, &report.error) {
-                (_, Some(error)) => warnings.push(format!("{name}: {error}")),
-                (Some(fit), None) if !fit.physical => warnings.push(format!(
-                    "{name}: unphysical fit (σ11σ22 ≤ σ12² or a negative σ11/σ22); the sizes do not fit a beam"
-                )),
-                _ => {}
-            }
-        }
+        let warnings = [("x", &x), ("y", &y)]
+            .into_iter()
+            .flat_map(|(name, report)| report.warnings.iter().map(move |w| format!("{name}: {w}")))
+            .collect();
         let norm_emit_4d = match (&x.fit, &y.fit) {
             (Some(a), Some(b)) => (a.norm_emit * b.norm_emit).sqrt(),
             _ => f64::NAN,
@@ -356,8 +381,85 @@ pub struct ScanReport {
     pub y: PlaneReport,
     /// √(εn,x · εn,y), m·rad (NaN unless both planes fitted).
     pub norm_emit_4d: f64,
-    /// Why a plane has no fit or an unphysical one.
+    /// Every plane's warnings, each prefixed with its plane (`x: …`), then any about the scan
+    /// as a whole.
     pub warnings: Vec<String>,
+}
+
+impl ScanReport {
+    /// A short text table for a terminal (the same as `Display`): per plane εn ± error (µm),
+    /// β ± error (m), α ± error, the smallest BMAG, χ²/dof and the number of settings, then
+    /// √(εn,x·εn,y) and every warning, one per line. The errors are the χ²-scaled ones, which
+    /// are never below the a-priori ones (the a-priori ones with no degrees of freedom).
+    ///
+    /// ```text
+    /// plane  εn [µm]          β [m]             α                 BMAG    χ²/dof  settings
+    /// x      0.500 ± 0.013    10.000 ± 0.345    -1.000 ± 0.045    1.186   0.00    9
+    /// y      0.400 ± 0.013    4.000 ± 0.152     2.500 ± 0.130     1.112   0.00    9
+    /// εn,4d  0.447 µm
+    /// ```
+    pub fn summary(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for ScanReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<6} {:<16} {:<17} {:<17} {:<7} {:<7} settings",
+            "plane", "εn [µm]", "β [m]", "α", "BMAG", "χ²/dof"
+        )?;
+        for (name, plane) in [("x", &self.x), ("y", &self.y)] {
+            let Some(fit) = &plane.fit else {
+                writeln!(
+                    f,
+                    "{name:<6} no fit: {}",
+                    plane.error.as_deref().unwrap_or("unknown")
+                )?;
+                continue;
+            };
+            if !fit.physical {
+                writeln!(
+                    f,
+                    "{name:<6} unphysical beam matrix ({} settings)",
+                    fit.settings
+                )?;
+                continue;
+            }
+            // No degrees of freedom: only the a-priori errors exist.
+            let errors = if fit.dof > 0 {
+                fit.errors_chi2_scaled
+            } else {
+                fit.errors_apriori
+            };
+            let pair = |value: f64, error: f64| format!("{value:.3} ± {error:.3}");
+            let bmag = fit
+                .bmag
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.3}", b.min));
+            let reduced = if fit.dof > 0 {
+                format!("{:.2}", fit.reduced_chi2)
+            } else {
+                "-".to_owned()
+            };
+            writeln!(
+                f,
+                "{name:<6} {:<16} {:<17} {:<17} {bmag:<7} {reduced:<7} {}",
+                pair(fit.norm_emit * 1e6, errors.norm_emit * 1e6),
+                pair(fit.beta, errors.beta),
+                pair(fit.alpha, errors.alpha),
+                fit.settings
+            )?;
+        }
+        if self.norm_emit_4d.is_finite() {
+            writeln!(f, "{:<6} {:.3} µm", "εn,4d", self.norm_emit_4d * 1e6)?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        Ok(())
+    }
 }
 
 /// One plane's fit (its fields at the top level), or the reason there is none.
@@ -373,6 +475,121 @@ pub struct PlaneReport {
     pub points: Vec<ScanPoint>,
     /// The fitted sizes over the scanned range.
     pub curve: Curve,
+    /// Why not to trust this plane's fit, or why there is none: no waist in the scanned range,
+    /// an ill-conditioned or unphysical fit, no degrees of freedom.
+    pub warnings: Vec<String>,
+}
+
+/// Why not to trust one plane's fit, in words for an operator; empty when nothing is known to
+/// be wrong.
+///
+/// - `error`, when there is no fit at all;
+/// - no waist in the scanned range: the smallest measured size is at an end of the range *and*
+///   the fitted size is smallest at that end too. Without a minimum in between, the curvature
+///   that εn comes from rests on extrapolation. The fit's view is asked as well because noise
+///   can put the smallest measured size at the end when the waist is near it: the reference
+///   scan's 3 % case has its y waist at 0.95 kG, half a step from the 0.5 kG end, and its
+///   smallest measured y size at 0.5 kG;
+/// - a condition number above [`CONDITION_LIMIT`];
+/// - an unphysical beam matrix;
+/// - no degrees of freedom: three settings fix three unknowns, χ² is zero whatever the data,
+///   and the χ²-scaled errors do not exist.
+fn plane_warnings(
+    optics: &ScanOptics,
+    fit: Option<&PlaneFit>,
+    error: Option<&str>,
+    points: &[ScanPoint],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(error) = error {
+        warnings.push(error.to_owned());
+    }
+    let Some(fit) = fit else {
+        return warnings;
+    };
+    if let Some(end) = minimum_at_an_end(points)
+        && fitted_minimum_at(optics, fit.beam(), points) == Some(end)
+    {
+        warnings.push(format!(
+            "no waist in the scanned range: the smallest size is at the {end} end of the scan, so the fit extrapolates and εn, β, α may be far off; scan past the minimum"
+        ));
+    }
+    if fit.condition > CONDITION_LIMIT {
+        warnings.push(format!(
+            "ill-conditioned: the design matrix's condition number is {:.2e} (limit {CONDITION_LIMIT:.0e}), the settings barely separate σ11, σ12 and σ22; scan a wider range",
+            fit.condition
+        ));
+    }
+    if !fit.physical {
+        warnings.push(
+            "unphysical fit (σ11σ22 ≤ σ12² or a negative σ11/σ22); the sizes do not fit a beam"
+                .to_owned(),
+        );
+    }
+    if fit.dof == 0 {
+        warnings.push(format!(
+            "{} points for 3 unknowns (dof = 0): the fit passes through every point, so χ² says nothing and there are no χ²-scaled errors; add settings",
+            points.len()
+        ));
+    }
+    warnings
+}
+
+/// An end of the scan: the lowest or the highest setting.
+type End = &'static str;
+
+/// Which end of the scan holds the smallest measured size, if one does. Sizes at one setting
+/// are averaged first.
+fn minimum_at_an_end(points: &[ScanPoint]) -> Option<End> {
+    let mut sorted: Vec<&ScanPoint> = points.iter().collect();
+    sorted.sort_by(|a, b| a.bctrl_kg.total_cmp(&b.bctrl_kg));
+    let mut means: Vec<(f64, f64, usize)> = Vec::new();
+    for p in sorted {
+        match means.last_mut() {
+            Some((setting, sum, n)) if (p.bctrl_kg - *setting).abs() < 1e-9 => {
+                *sum += p.size_m;
+                *n += 1;
+            }
+            _ => means.push((p.bctrl_kg, p.size_m, 1)),
+        }
+    }
+    let sizes: Vec<f64> = means.iter().map(|(_, sum, n)| sum / *n as f64).collect();
+    end_of_minimum(&sizes)
+}
+
+/// Which end of the scan the fitted size is smallest at, on 201 settings spanning the points'.
+fn fitted_minimum_at(optics: &ScanOptics, beam: BeamMatrix, points: &[ScanPoint]) -> Option<End> {
+    let (low, high) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
+            (l.min(p.bctrl_kg), h.max(p.bctrl_kg))
+        });
+    let squares: Vec<f64> = (0..=200)
+        .map(|i| {
+            let setting = low + (high - low) * f64::from(i) / 200.0;
+            beam.transport(optics.transfer(setting)).s11
+        })
+        .collect();
+    end_of_minimum(&squares)
+}
+
+/// "low" or "high" when the smallest of at least 3 values is the first or the last.
+fn end_of_minimum(values: &[f64]) -> Option<End> {
+    if values.len() < 3 {
+        return None;
+    }
+    let index = values
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)?;
+    if index == 0 {
+        Some("low")
+    } else if index == values.len() - 1 {
+        Some("high")
+    } else {
+        None
+    }
 }
 
 /// The model's screen size over a range of settings.
@@ -481,11 +698,21 @@ fn bmag(optics: &ScanOptics, beam: BeamMatrix, settings: &[f64], design: DesignT
     }
 }
 
-/// Solves min ‖A x − b‖ for an n×3 `A` by Householder QR on column-scaled A; returns x and
-/// (AᵀA)⁻¹. `None` when A is rank deficient.
+/// A least-squares solution.
+struct Solution {
+    /// The parameters x.
+    theta: [f64; 3],
+    /// (AᵀA)⁻¹.
+    covariance: [[f64; 3]; 3],
+    /// The 2-norm condition number of the column-scaled A.
+    condition: f64,
+}
+
+/// Solves min ‖A x − b‖ for an n×3 `A` by Householder QR on column-scaled A. `None` when A is
+/// rank deficient.
 // Indices, as in the algebra: iterators over rows and columns of a[i][j] would hide it.
 #[allow(clippy::needless_range_loop)]
-fn least_squares(rows: &[[f64; 3]], rhs: &[f64]) -> Option<([f64; 3], [[f64; 3]; 3])> {
+fn least_squares(rows: &[[f64; 3]], rhs: &[f64]) -> Option<Solution> {
     let n = rows.len();
     // Column scaling: σ11, σ12 and σ22 differ by orders of magnitude in their coefficients.
     let mut scale = [0.0f64; 3];
@@ -562,10 +789,61 @@ fn least_squares(rows: &[[f64; 3]], rhs: &[f64]) -> Option<([f64; 3], [[f64; 3];
             covariance[i][j] = s * scale[i] * scale[j];
         }
     }
-    Some((
-        [y[0] * scale[0], y[1] * scale[1], y[2] * scale[2]],
+    // The scaled A and R share their singular values: those of R are the square roots of the
+    // eigenvalues of RᵀR.
+    let mut gram = [[0.0f64; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            gram[i][j] = (0..3).map(|k| r[k][i] * r[k][j]).sum();
+        }
+    }
+    let eigen = symmetric_eigenvalues(gram);
+    let largest = eigen.iter().copied().fold(0.0, f64::max);
+    let smallest = eigen.iter().copied().fold(f64::INFINITY, f64::min);
+    let condition = if smallest > 0.0 {
+        (largest / smallest).sqrt()
+    } else {
+        f64::INFINITY
+    };
+    Some(Solution {
+        theta: [y[0] * scale[0], y[1] * scale[1], y[2] * scale[2]],
         covariance,
-    ))
+        condition,
+    })
+}
+
+/// The eigenvalues of a symmetric 3×3 matrix by cyclic Jacobi rotations (a few sweeps reach
+/// rounding; no library for one 3×3 matrix per fit).
+#[allow(clippy::needless_range_loop)]
+fn symmetric_eigenvalues(mut a: [[f64; 3]; 3]) -> [f64; 3] {
+    for _ in 0..50 {
+        let off: f64 = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
+        let diagonal: f64 = (0..3).map(|i| a[i][i] * a[i][i]).sum();
+        if off <= diagonal * 1e-32 {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q] == 0.0 {
+                continue;
+            }
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            // signum(0) is 1: a 45° rotation, as it should be.
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let c = 1.0 / (t * t + 1.0).sqrt();
+            let s = t * c;
+            for k in 0..3 {
+                let (akp, akq) = (a[k][p], a[k][q]);
+                a[k][p] = c * akp - s * akq;
+                a[k][q] = s * akp + c * akq;
+            }
+            for k in 0..3 {
+                let (apk, aqk) = (a[p][k], a[q][k]);
+                a[p][k] = c * apk - s * aqk;
+                a[q][k] = s * apk + c * aqk;
+            }
+        }
+    }
+    [a[0][0], a[1][1], a[2][2]]
 }
 
 #[cfg(test)]
@@ -742,6 +1020,207 @@ mod tests {
         let fit = fit_plane(&optics, &wrong, None).expect("solvable");
         assert!(!fit.physical, "{fit:?}");
         assert!(fit.norm_emit.is_nan() && fit.errors_apriori.beta.is_nan());
+    }
+
+    /// The reference scan's optics and truth as `ScanSetup` and noise-free sizes at `settings`.
+    fn setup_and_sizes(settings: &[f64]) -> (ScanSetup, Vec<ScanPoint>, Vec<ScanPoint>) {
+        let reference = reference();
+        let setup = ScanSetup {
+            energy_ev: 135e6,
+            quad_length_m: 0.108,
+            rmat_x: [[1.0, 2.26], [0.0, 1.0]],
+            rmat_y: [[1.0, 2.26], [0.0, 1.0]],
+            design_twiss: Some(DesignTwissXy {
+                beta_x: 1.113,
+                alpha_x: -0.069,
+                beta_y: 1.113,
+                alpha_y: -0.070,
+            }),
+        };
+        let truth = |key: &str| {
+            let t = &reference["truth"][key];
+            BeamMatrix::from_twiss(Twiss {
+                emittance: t["emit_geometric"].as_f64().expect("ε"),
+                beta: t["beta"].as_f64().expect("β"),
+                alpha: t["alpha"].as_f64().expect("α"),
+            })
+        };
+        let sizes = |plane: Plane, key: &str| {
+            let optics = setup.optics(plane);
+            let beam = truth(key);
+            let sizes: Vec<f64> = settings
+                .iter()
+                .map(|&s| optics.screen_size(beam, s))
+                .collect();
+            points(settings, &sizes, 0.03)
+        };
+        let x = sizes(Plane::X, "x");
+        let y = sizes(Plane::Y, "y");
+        (setup, x, y)
+    }
+
+    /// ±3 % in a fixed pattern: noise that does not depend on a generator.
+    fn wobble(points: &mut [ScanPoint], amplitude: f64) {
+        for (i, p) in points.iter_mut().enumerate() {
+            let sign = [1.0, -1.0, -1.0, 1.0, 0.5, -0.5][i % 6];
+            p.size_m *= 1.0 + amplitude * sign;
+        }
+    }
+
+    #[test]
+    fn the_reference_scan_has_no_warnings_and_its_condition_numbers() {
+        let settings: Vec<f64> = (1..=9).map(|i| 0.5 * f64::from(i)).collect();
+        let (setup, x, y) = setup_and_sizes(&settings);
+        let report = setup.report(x, y);
+        assert_eq!(report.warnings, Vec::<String>::new());
+        // numpy.linalg.cond of the column-normalised weighted matrix: 4.2 (x) and 66.8 (y).
+        let fit = |plane: &PlaneReport| plane.fit.clone().expect("a fit");
+        assert!(
+            (fit(&report.x).condition - 4.2).abs() < 0.05,
+            "{}",
+            fit(&report.x).condition
+        );
+        assert!(
+            (fit(&report.y).condition - 66.8).abs() < 0.05,
+            "{}",
+            fit(&report.y).condition
+        );
+    }
+
+    /// Issue 14: a scan from −6 to −2 kG never reaches the waist in either plane; its fit is a
+    /// clean number and must say it is not to be trusted.
+    #[test]
+    fn gh_14_a_scan_that_never_reaches_the_waist_says_so() {
+        let settings: Vec<f64> = (0..9).map(|i| -6.0 + 0.5 * f64::from(i)).collect();
+        let (setup, mut x, mut y) = setup_and_sizes(&settings);
+        // Noise-free, the fit is still exact: the warning is about trust, not the arithmetic.
+        let exact = setup.report(x.clone(), y.clone());
+        let norm_emit = exact.x.fit.as_ref().expect("a fit").norm_emit;
+        assert!(relative(norm_emit, 0.5e-6) < 1e-6, "{norm_emit}");
+        wobble(&mut x, -0.01);
+        wobble(&mut y, -0.01);
+        let report = setup.report(x, y);
+        let fit = report.x.fit.as_ref().expect("a fit");
+        assert!(fit.physical);
+        assert!(
+            fit.norm_emit > 2e-6,
+            "1 % noise moves εn,x from 0.5 to 2.5 µm: {}",
+            fit.norm_emit
+        );
+        for plane in ["x", "y"] {
+            assert!(
+                report.warnings.iter().any(|w| w
+                    .starts_with(&format!("{plane}: no waist in the scanned range"))
+                    && w.contains("the high end")),
+                "{:?}",
+                report.warnings
+            );
+        }
+        assert!(report.summary().contains("warning: x: no waist"));
+    }
+
+    #[test]
+    fn noise_that_puts_the_smallest_size_at_the_end_is_no_missing_waist() {
+        let reference = reference();
+        let inputs = &reference["cases"][1]["inputs"];
+        let settings = numbers(&inputs["bctrl_kG"]);
+        let plane = |key: &str| -> Vec<ScanPoint> {
+            let sizes = numbers(&inputs[format!("sizes_{key}_m")]);
+            let errors = numbers(&inputs[format!("sizes_err_{key}_m")]);
+            settings
+                .iter()
+                .zip(sizes.iter().zip(&errors))
+                .map(|(&bctrl_kg, (&size_m, &error_m))| ScanPoint {
+                    bctrl_kg,
+                    size_m,
+                    error_m,
+                })
+                .collect()
+        };
+        let y = plane("y");
+        assert_eq!(minimum_at_an_end(&y), Some("low"), "the 3 % case's y sizes");
+        let (setup, _, _) = setup_and_sizes(&settings);
+        let report = setup.report(plane("x"), y);
+        assert_eq!(report.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_reduced_chi2_below_one_never_shrinks_the_error_bars() {
+        let settings: Vec<f64> = (1..=9).map(|i| 0.5 * f64::from(i)).collect();
+        let (setup, mut x, y) = setup_and_sizes(&settings);
+        // 0.5 % deviations against 3 % errors: χ²/dof far below 1.
+        wobble(&mut x, 0.005);
+        let report = setup.report(x, y);
+        let fit = report.x.fit.expect("a fit");
+        assert!(fit.reduced_chi2 < 0.2, "{}", fit.reduced_chi2);
+        assert_eq!(fit.errors_chi2_scaled, fit.errors_apriori);
+        // And above 1 they grow by √(χ²/dof), as before.
+        let (_, mut noisy, _) = setup_and_sizes(&settings);
+        wobble(&mut noisy, 0.06);
+        let fit = fit_plane(&setup.optics(Plane::X), &noisy, None).expect("a fit");
+        assert!(fit.reduced_chi2 > 1.0, "{}", fit.reduced_chi2);
+        let ratio = fit.errors_chi2_scaled.norm_emit / fit.errors_apriori.norm_emit;
+        assert!((ratio - fit.reduced_chi2.sqrt()).abs() < 1e-12, "{ratio}");
+    }
+
+    #[test]
+    fn no_degrees_of_freedom_and_an_ill_conditioned_scan_are_warned() {
+        let (setup, x, y) = setup_and_sizes(&[0.5, 2.5, 4.5]);
+        let report = setup.report(x, y);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("x: 3 points for 3 unknowns (dof = 0)")),
+            "{:?}",
+            report.warnings
+        );
+        assert!(
+            report
+                .x
+                .fit
+                .expect("a fit")
+                .errors_chi2_scaled
+                .norm_emit
+                .is_nan()
+        );
+        // 2 … 3 kG: y's three columns are nearly parallel.
+        let settings: Vec<f64> = (0..9).map(|i| 2.0 + 0.125 * f64::from(i)).collect();
+        let (setup, x, y) = setup_and_sizes(&settings);
+        let report = setup.report(x, y);
+        let condition = report.y.fit.as_ref().expect("a fit").condition;
+        assert!(condition > CONDITION_LIMIT, "{condition}");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("y: ill-conditioned")),
+            "{:?}",
+            report.warnings
+        );
+        assert!(!report.warnings.iter().any(|w| w.starts_with("x: ill")));
+    }
+
+    #[test]
+    fn the_summary_is_a_short_table() {
+        let settings: Vec<f64> = (1..=9).map(|i| 0.5 * f64::from(i)).collect();
+        let (setup, x, y) = setup_and_sizes(&settings);
+        let summary = setup.report(x, y).summary();
+        assert_eq!(
+            summary,
+            "\
+plane  εn [µm]          β [m]             α                 BMAG    χ²/dof  settings
+x      0.500 ± 0.013    10.000 ± 0.345    -1.000 ± 0.045    1.186   0.00    9
+y      0.400 ± 0.013    4.000 ± 0.152     2.500 ± 0.130     1.112   0.00    9
+εn,4d  0.447 µm
+"
+        );
+        let (setup, x, y) = setup_and_sizes(&[1.0, 2.0]);
+        let summary = setup.report(x, y).summary();
+        assert!(
+            summary.contains("x      no fit: 2 distinct quad settings; a fit needs at least 3\n"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
+/// The name of the built-in LCLS Cu-injector surrogate (`builtin:lcls_cu_injector`).
+pub const LCLS_CU_INJECTOR: &str = "lcls_cu_injector";
+
+const LCLS_CU_INJECTOR_YAML: &str = include_str!("../../models/lcls_cu_injector/model.yaml");
+
 /// `model.yaml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +98,27 @@ pub struct ModelSpec {
     /// Undone on the network's output, in order.
     #[serde(default)]
     pub output_transformers: Vec<Transformer>,
+}
+
+impl ModelSpec {
+    /// The description of a model compiled into beamflow, without loading its weights (the
+    /// simulated injector reads its inputs' defaults and ranges from it).
+    pub fn builtin(name: &str) -> Option<Result<Self, ModelError>> {
+        match name {
+            LCLS_CU_INJECTOR => Some(serde_saphyr::from_str(LCLS_CU_INJECTOR_YAML).map_err(
+                |error| ModelError::Description {
+                    path: PathBuf::from("builtin:lcls_cu_injector/model.yaml"),
+                    message: error.to_string(),
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// The input called `name`.
+    pub fn input(&self, name: &str) -> Option<&InputSpec> {
+        self.inputs.iter().find(|input| input.name == name)
+    }
 }
 
 fn f64_name() -> String {
@@ -247,8 +273,8 @@ impl Model {
     /// A model compiled into beamflow, by name (`lcls_cu_injector`).
     pub fn builtin(name: &str) -> Option<Result<Self, ModelError>> {
         match name {
-            "lcls_cu_injector" => Some(Self::from_bytes(
-                include_str!("../../models/lcls_cu_injector/model.yaml"),
+            LCLS_CU_INJECTOR => Some(Self::from_bytes(
+                LCLS_CU_INJECTOR_YAML,
                 include_bytes!("../../models/lcls_cu_injector/model.safetensors"),
             )),
             _ => None,
@@ -480,6 +506,19 @@ pub enum InputIssue {
     },
 }
 
+impl InputIssue {
+    /// The input (or the name given) the issue is about.
+    pub fn name(&self) -> &str {
+        match self {
+            InputIssue::OutOfRange { name, .. }
+            | InputIssue::ReadOnly { name, .. }
+            | InputIssue::NotFinite { name }
+            | InputIssue::Unknown { name }
+            | InputIssue::Unreadable { name, .. } => name,
+        }
+    }
+}
+
 /// A model's answer: each output with its unit, each input as used.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluation {
@@ -630,17 +669,182 @@ impl Model {
         &self,
         given: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Evaluation, EvaluationError> {
-        let given = given
-            .iter()
-            .map(|(name, value)| (name.clone(), (*value, Provenance::Request)))
-            .collect();
-        let (inputs, issues) = self.prepare(&given);
-        if !issues.is_empty() {
-            return Err(EvaluationError::Inputs(issues));
-        }
-        self.evaluate_named(vec![(inputs, issues)])?
+        self.what_if_from(&Base::new(), given)
+    }
+
+    /// A what-if request on top of `base` (e.g. the live machine): `given` values, then `base`'s
+    /// with their provenance, then defaults. The request's own unknown, out-of-range or
+    /// read-only-violating values refuse it with every reason; `base`'s are only flagged in
+    /// `issues`, as the live analysis flags them, because a what-if about the machine must work
+    /// while the machine is outside the model's range.
+    pub fn what_if_from(
+        &self,
+        base: &Base,
+        given: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<Evaluation, EvaluationError> {
+        self.what_if_batch(base, std::slice::from_ref(given))?
             .pop()
-            .unwrap_or_else(|| Err(EvaluationError::Inputs(Vec::new())))
+            .ok_or(EvaluationError::Inputs(Vec::new()))
+    }
+
+    /// [`Model::what_if_from`] for many requests on one base, evaluated as one batch. Any
+    /// refused value refuses the whole batch, with every distinct reason.
+    pub fn what_if_batch(
+        &self,
+        base: &Base,
+        rows: &[std::collections::BTreeMap<String, f64>],
+    ) -> Result<Vec<Evaluation>, EvaluationError> {
+        let mut refused: Vec<InputIssue> = Vec::new();
+        let mut prepared = Vec::with_capacity(rows.len());
+        for given in rows {
+            let mut merged = base.clone();
+            for (name, value) in given {
+                merged.insert(name.clone(), (*value, Provenance::Request));
+            }
+            let (inputs, issues) = self.prepare(&merged);
+            let (theirs, flagged): (Vec<_>, Vec<_>) = issues
+                .into_iter()
+                .partition(|issue| given.contains_key(issue.name()));
+            for issue in theirs {
+                if !refused.contains(&issue) {
+                    refused.push(issue);
+                }
+            }
+            prepared.push((inputs, flagged));
+        }
+        if !refused.is_empty() {
+            return Err(EvaluationError::Inputs(refused));
+        }
+        self.evaluate_named(prepared)?.into_iter().collect()
+    }
+}
+
+/// What a what-if starts from: input name → value and where it came from (inputs not in it take
+/// their defaults).
+pub type Base = std::collections::BTreeMap<String, (f64, Provenance)>;
+
+/// At most this many rows in one sweep: a typo in a count must not fill the memory.
+pub const MAX_SWEEP_ROWS: usize = 1_000_000;
+
+/// One input stepped over evenly spaced values: `NAME=FROM:TO:COUNT`, both ends included
+/// (`QUAD:IN20:525:BCTRL=-6:-2:9`). PV names hold colons, so the name ends at the last `=`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    /// The input.
+    pub name: String,
+    /// Its values, in order.
+    pub values: Vec<f64>,
+}
+
+/// Why a sweep cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SweepError {
+    /// Not `NAME=FROM:TO:COUNT`.
+    #[error("{0:?} is not NAME=FROM:TO:COUNT (e.g. QUAD:IN20:525:BCTRL=-6:-2:9)")]
+    Syntax(String),
+    /// An end that is not a finite number, or a count below 1.
+    #[error("{text:?}: {reason}")]
+    Value {
+        /// The sweep as given.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// One input swept twice.
+    #[error("{0} is swept twice")]
+    Twice(String),
+    /// More rows than [`MAX_SWEEP_ROWS`].
+    #[error("{0} rows; at most {MAX_SWEEP_ROWS} in one sweep")]
+    TooLarge(usize),
+}
+
+impl std::str::FromStr for Sweep {
+    type Err = SweepError;
+
+    fn from_str(text: &str) -> Result<Self, SweepError> {
+        let syntax = || SweepError::Syntax(text.to_owned());
+        let (name, range) = text.rsplit_once('=').ok_or_else(syntax)?;
+        let parts: Vec<&str> = range.split(':').collect();
+        let [from, to, count] = parts.as_slice() else {
+            return Err(syntax());
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(syntax());
+        }
+        let value = |reason: String| SweepError::Value {
+            text: text.to_owned(),
+            reason,
+        };
+        let number = |part: &str, what: &str| -> Result<f64, SweepError> {
+            part.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| value(format!("{what} {part:?} is not a finite number")))
+        };
+        let from = number(from, "FROM")?;
+        let to = number(to, "TO")?;
+        let count: usize = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&c| c >= 1)
+            .ok_or_else(|| {
+                value(format!(
+                    "COUNT {count:?} is not a whole number of at least 1"
+                ))
+            })?;
+        if count > MAX_SWEEP_ROWS {
+            return Err(SweepError::TooLarge(count));
+        }
+        let values = (0..count)
+            .map(|i| match i {
+                0 => from,
+                // The end exactly as written, not as from + (to − from) rounds it.
+                i if i == count - 1 => to,
+                i => from + (to - from) * i as f64 / (count - 1) as f64,
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_owned(),
+            values,
+        })
+    }
+}
+
+impl Sweep {
+    /// Every combination of the sweeps' values, the first sweep varying slowest; one row with
+    /// no values when there are no sweeps.
+    pub fn grid(
+        sweeps: &[Sweep],
+    ) -> Result<Vec<std::collections::BTreeMap<String, f64>>, SweepError> {
+        for (i, sweep) in sweeps.iter().enumerate() {
+            if sweeps[..i].iter().any(|s| s.name == sweep.name) {
+                return Err(SweepError::Twice(sweep.name.clone()));
+            }
+        }
+        let total = sweeps
+            .iter()
+            .try_fold(1usize, |n, s| n.checked_mul(s.values.len()))
+            .unwrap_or(usize::MAX);
+        if total > MAX_SWEEP_ROWS {
+            return Err(SweepError::TooLarge(total));
+        }
+        let mut rows = vec![std::collections::BTreeMap::new()];
+        for sweep in sweeps {
+            rows = rows
+                .into_iter()
+                .flat_map(|row| {
+                    sweep.values.iter().map(move |&value| {
+                        let mut row = row.clone();
+                        row.insert(sweep.name.clone(), value);
+                        row
+                    })
+                })
+                .collect();
+        }
+        Ok(rows)
     }
 }
 
@@ -821,6 +1025,153 @@ network:
             error.contains("QUAD:IN20:999:BCTRL is not an input of the model"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_what_if_on_a_base_keeps_its_provenance_and_refuses_only_the_requests_values() {
+        let model = Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in");
+        let base = Base::from([
+            ("QUAD:IN20:525:BCTRL".to_owned(), (-3.0, Provenance::Live)),
+            (
+                "SOLN:IN20:121:BCTRL".to_owned(),
+                (0.47, Provenance::Stale { age_s: 12.0 }),
+            ),
+            // The machine outside the range: flagged, still evaluated.
+            ("QUAD:IN20:361:BCTRL".to_owned(), (-5.0, Provenance::Live)),
+        ]);
+        let given = std::collections::BTreeMap::from([("QUAD:IN20:371:BCTRL".to_owned(), 2.5)]);
+        let evaluation = model.what_if_from(&base, &given).expect("evaluated");
+        let input = |name: &str| evaluation.inputs[name].clone();
+        assert_eq!(input("QUAD:IN20:525:BCTRL").value, -3.0);
+        assert_eq!(input("QUAD:IN20:525:BCTRL").provenance, Provenance::Live);
+        assert_eq!(
+            input("SOLN:IN20:121:BCTRL").provenance,
+            Provenance::Stale { age_s: 12.0 }
+        );
+        assert_eq!(input("QUAD:IN20:371:BCTRL").provenance, Provenance::Request);
+        assert_eq!(input("QUAD:IN20:441:BCTRL").provenance, Provenance::Default);
+        assert_eq!(evaluation.issues.len(), 1, "{:?}", evaluation.issues);
+        assert_eq!(evaluation.issues[0].name(), "QUAD:IN20:361:BCTRL");
+        // A request's value overrides the base; its own out-of-range value refuses it.
+        let given = std::collections::BTreeMap::from([("QUAD:IN20:525:BCTRL".to_owned(), -4.0)]);
+        let moved = model.what_if_from(&base, &given).expect("evaluated");
+        assert_eq!(moved.inputs["QUAD:IN20:525:BCTRL"].value, -4.0);
+        let given = std::collections::BTreeMap::from([("QUAD:IN20:361:BCTRL".to_owned(), -5.0)]);
+        let error = model.what_if_from(&base, &given).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("QUAD:IN20:361:BCTRL = -5 is outside"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_sweep_is_read_with_colons_in_the_name_and_keeps_its_ends_exact() {
+        let sweep: Sweep = "QUAD:IN20:525:BCTRL=-3.218399988942528:-1.1:3"
+            .parse()
+            .expect("valid");
+        assert_eq!(sweep.name, "QUAD:IN20:525:BCTRL");
+        assert_eq!(sweep.values, [-3.218399988942528, -2.159199994471264, -1.1]);
+        let one: Sweep = "a=2:5:1".parse().expect("valid");
+        assert_eq!(one.values, [2.0]);
+        for (text, message) in [
+            (
+                "QUAD:IN20:525:BCTRL",
+                "\"QUAD:IN20:525:BCTRL\" is not NAME=FROM:TO:COUNT (e.g. QUAD:IN20:525:BCTRL=-6:-2:9)",
+            ),
+            (
+                "a=1:2",
+                "\"a=1:2\" is not NAME=FROM:TO:COUNT (e.g. QUAD:IN20:525:BCTRL=-6:-2:9)",
+            ),
+            ("a=x:2:3", "\"a=x:2:3\": FROM \"x\" is not a finite number"),
+            (
+                "a=1:2:0",
+                "\"a=1:2:0\": COUNT \"0\" is not a whole number of at least 1",
+            ),
+            (
+                "a=1:2:2000000",
+                "2000000 rows; at most 1000000 in one sweep",
+            ),
+        ] {
+            let error = text.parse::<Sweep>().expect_err(text).to_string();
+            assert_eq!(error, message);
+        }
+        let grid = Sweep::grid(&[
+            "a=1:2:2".parse().expect("valid"),
+            "b=0:1:3".parse().expect("valid"),
+        ])
+        .expect("small");
+        assert_eq!(grid.len(), 6);
+        assert_eq!((grid[1]["a"], grid[1]["b"]), (1.0, 0.5));
+        assert_eq!((grid[3]["a"], grid[3]["b"]), (2.0, 0.0));
+        let twice = Sweep::grid(&[
+            "a=1:2:2".parse().expect("valid"),
+            "a=0:1:3".parse().expect("valid"),
+        ]);
+        assert_eq!(twice, Err(SweepError::Twice("a".to_owned())));
+        assert_eq!(Sweep::grid(&[]).expect("one row"), [Default::default()]);
+    }
+
+    #[test]
+    fn a_sweep_through_a_reference_point_reproduces_it_in_one_batch() {
+        let model = Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in");
+        let text = std::fs::read_to_string(shared().join("reference.json")).expect("reference");
+        let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let point = &reference["points"][3];
+        let name = "QUAD:IN20:525:BCTRL";
+        let at = point["inputs"][name].as_f64().expect("a value");
+        let base: Base = point["inputs"]
+            .as_object()
+            .expect("inputs")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    (v.as_f64().expect("a number"), Provenance::Request),
+                )
+            })
+            .collect();
+        // The reference value as the sweep's far end, reached exactly.
+        let sweep: Sweep = format!("{name}=-7:{at}:5").parse().expect("valid");
+        let rows = Sweep::grid(&[sweep]).expect("small");
+        let evaluations = model.what_if_batch(&base, &rows).expect("in range");
+        assert_eq!(evaluations.len(), 5);
+        let last = &evaluations[4];
+        for (output, want) in point["outputs"].as_object().expect("outputs") {
+            let want = want.as_f64().expect("a number");
+            let got = last.outputs[output].value;
+            assert!(
+                ((got - want) / want).abs() < 1e-9,
+                "{output}: {got} vs {want}"
+            );
+        }
+        // One batch gives what one-by-one evaluation gives.
+        let alone = model.what_if_from(&base, &rows[1]).expect("in range");
+        assert_eq!(alone, evaluations[1]);
+        // An out-of-range row refuses the batch, each reason once.
+        let rows =
+            Sweep::grid(&["QUAD:IN20:525:BCTRL=-9:-8:3".parse().expect("valid")]).expect("small");
+        let EvaluationError::Inputs(issues) =
+            model.what_if_batch(&base, &rows).expect_err("refused")
+        else {
+            panic!("refused for its inputs");
+        };
+        assert_eq!(issues.len(), 3, "{issues:?}");
+    }
+
+    #[test]
+    fn the_builtin_spec_is_the_models() {
+        let spec = ModelSpec::builtin(LCLS_CU_INJECTOR)
+            .expect("built in")
+            .expect("valid");
+        let model = Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in");
+        assert_eq!(&spec, model.spec());
+        assert_eq!(
+            spec.input("QUAD:IN20:525:BCTRL").map(|i| i.default),
+            Some(-3.218399988942528)
+        );
+        assert!(ModelSpec::builtin("nothing").is_none());
     }
 
     #[test]
