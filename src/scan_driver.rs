@@ -309,8 +309,11 @@ impl ScanStop {
                 .try_send(put)
                 .map_err(|_| "the CA client is busy or gone".to_owned())
                 .and_then(|()| {
+                    // The timer is made inside the runtime: it needs the runtime's clock.
                     runtime
-                        .block_on(tokio::time::timeout(Duration::from_secs(2), answer))
+                        .block_on(async {
+                            tokio::time::timeout(Duration::from_secs(2), answer).await
+                        })
                         .map_err(|_| "no answer within 2 s".to_owned())?
                         .map_err(|_| "the CA client stopped".to_owned())?
                 });
