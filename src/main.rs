@@ -593,7 +593,7 @@ fn stop_scan_on_signals(
                 let name = signals.next().await;
                 let _ = first.set(name);
                 eprintln!(
-                    "{name}: stopping the scan after this step's wait ({name} again to exit at once)."
+                    "{name}: stopping the scan and putting the quad back ({name} again to exit at once)."
                 );
                 stop.stop();
                 Some(signals.next().await)

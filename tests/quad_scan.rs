@@ -317,9 +317,16 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
     let scan_before = status()["scan"].clone();
     assert!(scan_before.is_u64(), "{scan_before}");
 
-    let args = ["--values", "-4:-2:3", "--settle", "0.2", "--shots", "3"];
-    let (exit, report, stderr) = Scan::start(scan_command(port, rest, state, &args)).finish();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("scan.json");
+    let mut command = scan_command(port, rest, state, &["--values", "-4:-2:3"]);
+    command
+        .args(["--settle", "0.2", "--shots", "3", "--out"])
+        .arg(&file);
+    let (exit, printed, stderr) = Scan::start(command).finish();
     assert!(exit.success(), "{stderr}");
+    assert_eq!(printed, Value::Null, "the report goes to --out only");
+    let report: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let fit_at_return = result(state, "quad_scan/fit");
     let values: Vec<f64> = report["steps"]
         .as_array()
