@@ -107,11 +107,13 @@ struct QuadArgs {
     /// The quad's setpoint PV.
     #[arg(long, value_name = "PV")]
     pv: String,
-    /// Its readback PV (default: BCTRL replaced by BACT).
+    /// Its readback PV; needed unless the setpoint ends in BCTRL (then BACT).
     #[arg(long, value_name = "PV")]
     readback: Option<String>,
-    /// Settings FROM:TO:COUNT in kG, e.g. 0.5:4.5:9.
-    #[arg(long, value_name = "A:B:N")]
+    /// Settings FROM:TO:COUNT in kG, e.g. 0.5:4.5:9 or -6:-2:5.
+    // A value may start with '-' (QE04 runs at negative kG): `--values -6:-2:5` as well as
+    // `--values=-6:-2:5`.
+    #[arg(long, value_name = "A:B:N", allow_hyphen_values = true)]
     values: String,
     /// Seconds to wait after the readback arrived.
     #[arg(long, default_value_t = 1.0)]
@@ -122,25 +124,35 @@ struct QuadArgs {
     /// The readback has arrived within this (kG).
     #[arg(long, default_value_t = 0.01)]
     tolerance: f64,
-    /// Seconds a step may take before it is reported incomplete.
+    /// Seconds a step may take before it is reported incomplete (also the longest wait for the
+    /// readback when putting the quad back).
     #[arg(long, default_value_t = 60.0)]
     step_timeout: f64,
     /// The quad_scan accumulator's name.
     #[arg(long, default_value = "quad_scan")]
     result: String,
+    /// The measurement's id in the accumulator (default: qs- and the start time in ms).
+    #[arg(long, value_name = "ID")]
+    measurement: Option<String>,
     /// The controller's REST address.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
     controller: SocketAddr,
     /// The reducer's HTTP address.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5001")]
     reducer: SocketAddr,
-    /// Keep the running pipeline scan (its earlier steps stay in the fit).
+    /// Leave the quad at the last setting instead of putting it back (at the end or when
+    /// stopped).
     #[arg(long)]
-    keep_scan: bool,
-    /// Put the quad back to its value before the scan at the end (it then becomes a step of
-    /// the live fit too, until a new pipeline scan starts).
-    #[arg(long)]
+    no_restore: bool,
+    /// Putting the quad back is the default now; accepted so older scripts still run.
+    #[arg(long, hide = true, conflicts_with = "no_restore")]
     restore: bool,
+    /// Write the JSON report here instead of to standard output.
+    #[arg(long, value_name = "FILE.json")]
+    out: Option<PathBuf>,
+    /// Keep the fit's 50-point model curves in the JSON report.
+    #[arg(long)]
+    curves: bool,
 }
 
 /// The embedded default pipeline (`examples/injector.toml`): the simulated injector over CA.
@@ -513,7 +525,9 @@ fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {
 }
 
 fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
-    use beamflow::scan_driver::{Endpoints, QuadScanRequest, parse_values, run};
+    use beamflow::scan_driver::{
+        Endpoints, QuadScanRequest, ScanStop, fit_summary, parse_values, run,
+    };
     let request = QuadScanRequest {
         pv: args.pv,
         readback: args.readback,
@@ -523,31 +537,166 @@ fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
         tolerance_kg: args.tolerance,
         result: args.result,
         step_timeout_s: args.step_timeout,
-        new_scan: !args.keep_scan,
-        restore: args.restore,
+        restore: !args.no_restore,
+        measurement: args.measurement,
     };
     let endpoints = Endpoints {
         controller: args.controller,
         reducer: args.reducer,
         ca: beamflow_ca::client::ClientConfig::from_env(),
     };
+    let stop = ScanStop::new();
+    let signal = stop_scan_on_signals(stop.clone());
     eprintln!(
-        "Quad scan of {} over {} settings; the fit is live at http://{}/api/v1/result/{}/fit",
+        "Quad scan of {} over {} settings; the fit is live at http://{}/api/v1/result/{}/live/fit ({}).",
         request.pv,
         request.values.len(),
         endpoints.reducer,
-        request.result
+        request.result,
+        if request.restore {
+            "Ctrl-C stops it and puts the quad back"
+        } else {
+            "Ctrl-C stops it"
+        }
     );
     let progress = Default::default();
-    let fit = run(&request, &endpoints, &progress)?;
-    let steps = progress
-        .lock()
-        .map(|p| serde_json::to_value(&p.steps).unwrap_or_default())
-        .unwrap_or_default();
-    let mut out = serde_json::to_vec_pretty(&serde_json::json!({ "steps": steps, "fit": fit }))?;
+    let outcome = run(&request, &endpoints, &progress, &stop, &|line| {
+        eprintln!("{line}");
+    })?;
+    let mut report = serde_json::to_value(&outcome)?;
+    if !args.curves {
+        for plane in ["x", "y"] {
+            if let Some(plane) = report["fit"][plane].as_object_mut() {
+                plane.remove("curve");
+            }
+        }
+    }
+    let mut out = serde_json::to_vec_pretty(&report)?;
     out.push(b'\n');
-    std::io::stdout().write_all(&out)?;
+    match &args.out {
+        Some(path) => std::fs::write(path, &out)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?,
+        None => std::io::stdout().write_all(&out)?,
+    }
+    let complete = outcome.steps.iter().filter(|s| s.complete).count();
+    let restored = outcome.restored.as_ref().map_or_else(
+        || format!("{} left at its last setting", outcome.pv),
+        |r| {
+            format!(
+                "{} back at {} kG (readback {} kG)",
+                outcome.pv, r.setpoint, r.readback
+            )
+        },
+    );
+    eprintln!(
+        "Measurement {} {}: {complete} of {} steps complete; {restored}.\n{}",
+        outcome.measurement,
+        outcome.state,
+        request.values.len(),
+        fit_summary(&outcome.fit)
+    );
+    if outcome.state == "stopped" {
+        let by = signal.get().copied().unwrap_or("a signal");
+        anyhow::bail!(
+            "the scan was stopped by {by} after {} of {} steps; the fit above is partial",
+            outcome.steps.iter().filter(|s| s.problem.is_none()).count(),
+            request.values.len()
+        );
+    }
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM stops the scan, which then closes its measurement, puts the quad back and
+/// reports; a second one exits at once, after one put of the quad's old setting (not waiting
+/// for the readback). Returns the first signal's name once one came.
+fn stop_scan_on_signals(
+    stop: beamflow::scan_driver::ScanStop,
+) -> std::sync::Arc<std::sync::OnceLock<&'static str>> {
+    let seen = std::sync::Arc::new(std::sync::OnceLock::new());
+    let first = seen.clone();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let watcher = std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let forced = runtime.block_on(async {
+                // Registered before the scan starts: from here on a signal stops it, never the
+                // process.
+                let mut signals = ScanSignals::new().ok()?;
+                let _ = ready_tx.send(());
+                let name = signals.next().await;
+                let _ = first.set(name);
+                eprintln!(
+                    "{name}: stopping the scan and putting the quad back ({name} again to exit at once)."
+                );
+                stop.stop();
+                Some(signals.next().await)
+            });
+            if let Some(name) = forced {
+                eprintln!("{name} again: exiting now.");
+                for line in stop.rescue() {
+                    eprintln!("{line}");
+                }
+                // The scan's thread may be blocked in a CA or HTTP wait; only exiting ends it.
+                #[allow(clippy::exit)]
+                std::process::exit(130);
+            }
+        });
+    // Without the watcher (or its signals) a signal ends the process as it always would.
+    if watcher.is_err()
+        || ready
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .is_err()
+    {
+        tracing::warn!(
+            "Cannot watch for Ctrl-C: a signal ends the scan without restoring the quad."
+        );
+    }
+    seen
+}
+
+/// SIGINT and SIGTERM, as one stream of names.
+#[cfg(unix)]
+struct ScanSignals(tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl ScanSignals {
+    /// Registers both; call inside a runtime.
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self(
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.0.recv() => "SIGINT",
+            _ = self.1.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+struct ScanSignals;
+
+#[cfg(not(unix))]
+impl ScanSignals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {

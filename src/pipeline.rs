@@ -387,8 +387,38 @@ fn view_keys(accumulator: &AccumulatorConfig, results: ResultKeys) -> ResultKeys
             ("values".to_owned(), results),
             ("event_number".to_owned(), ResultKeys::Unknown),
         ]),
-        AccumulatorConfig::QuadScan(_) => ResultKeys::Unknown,
+        AccumulatorConfig::QuadScan(_) => quad_scan_view(),
     }
+}
+
+/// `quad_scan`'s view (`beamflow_reducer::accumulators::quad_scan`): the last closed
+/// measurement's `fit` and `steps`, the open one under `live`, the closed ones under
+/// `measurements/<id>`. The fit's keys are the optics report's, not checked here.
+fn quad_scan_view() -> ResultKeys {
+    let steps = || ResultKeys::List {
+        len: None,
+        each: Box::new(ResultKeys::Unknown),
+    };
+    let measurement = ResultKeys::Map(vec![
+        ("id".to_owned(), ResultKeys::Text),
+        ("state".to_owned(), ResultKeys::Text),
+        ("started_at".to_owned(), ResultKeys::Text),
+        ("ended_at".to_owned(), ResultKeys::Text),
+        ("steps".to_owned(), steps()),
+        ("fit".to_owned(), ResultKeys::Unknown),
+        ("shots_without_setting".to_owned(), ResultKeys::Number),
+        ("shots_beyond_step_limit".to_owned(), ResultKeys::Number),
+    ]);
+    ResultKeys::Map(vec![
+        ("measurement_parameter".to_owned(), ResultKeys::Text),
+        ("last_measurement".to_owned(), ResultKeys::Text),
+        ("fit".to_owned(), ResultKeys::Unknown),
+        ("steps".to_owned(), steps()),
+        ("live".to_owned(), measurement),
+        // Keyed by measurement ids, known only at run time.
+        ("measurements".to_owned(), ResultKeys::Unknown),
+        ("shots_outside_measurement".to_owned(), ResultKeys::Number),
+    ])
 }
 
 /// A mistake [`Pipeline::check`] found, at a key of the file.
@@ -672,6 +702,26 @@ mod tests {
             ),
             r#"line 116, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scna/fit/x/norm_emit": the state has no key "quad_scna"; did you mean "quad_scan"?"#
         );
+        assert_eq!(
+            typo(
+                r#""quad_scan/fit/x/norm_emit""#,
+                r#""quad_scan/live/fti/x/norm_emit""#
+            ),
+            r#"line 113, column 13: reducer.pvs.values.EMITN_X: no accumulator publishes "quad_scan/live/fti/x/norm_emit": "quad_scan/live" has no key "fti"; did you mean "fit"?"#
+        );
+    }
+
+    /// The running measurement's fit and a kept one's are PV paths as good as the last fit.
+    #[test]
+    fn result_pvs_may_read_the_running_and_the_kept_quad_scan_measurements() {
+        for path in [
+            "quad_scan/live/fit/x/norm_emit",
+            "quad_scan/measurements/qs-1/fit/y/norm_emit",
+            "quad_scan/shots_outside_measurement",
+        ] {
+            let text = INJECTOR.replacen(r#""quad_scan/fit/x/norm_emit""#, &format!("{path:?}"), 1);
+            assert!(Pipeline::parse(&text).is_ok(), "{path}");
+        }
     }
 
     #[test]

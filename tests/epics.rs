@@ -1160,7 +1160,8 @@ fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
 /// The quad scan as an operator runs it from README: `beamflow run` (the simulated injector and
 /// the pipeline), then `beamflow scan quad` over the reference dataset's 9 settings. The
 /// emittance fitted live from OTR2 images agrees with the sim's truth (the reference beam:
-/// εn 0.5 µm in x, 0.4 µm in y) within 5 %, and the same fit is served by the reducer.
+/// εn 0.5 µm in x, 0.4 µm in y) within 5 %, the same fit is served by the reducer as its last
+/// measurement's, and the quad is back where it was.
 #[test]
 fn a_quad_scan_of_the_simulated_injector_finds_its_emittance() {
     let port = free_ca_port();
@@ -1198,9 +1199,21 @@ fn a_quad_scan_of_the_simulated_injector_finds_its_emittance() {
     let steps = printed["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 9);
     assert!(steps.iter().all(|s| s["complete"] == true), "{steps:?}");
+    assert_eq!(printed["state"], "done");
+    assert_eq!(printed["restored"]["arrived"], true, "{printed}");
+    assert_eq!(
+        caget(port, "QUAD:IN20:525:BCTRL"),
+        -3.2184,
+        "the quad is back"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("εn (µm)"), "the summary table: {stderr}");
+    assert!(printed["fit"]["x"].get("curve").is_none(), "{printed}");
 
     let served: Value =
         serde_json::from_str(&http_get(state, "/api/v1/result/quad_scan").1).unwrap();
+    assert_eq!(served["last_measurement"], printed["measurement"]);
+    assert_eq!(served["live"], Value::Null);
     let fit = &served["fit"];
     for (plane, truth) in [("x", 0.5e-6), ("y", 0.4e-6)] {
         let emit = fit[plane]["norm_emit"].as_f64().unwrap();
@@ -1228,7 +1241,8 @@ fn a_quad_scan_of_the_simulated_injector_finds_its_emittance() {
 }
 
 /// The controller's API runs the same driver: `POST /api/v1/scan/quad` answers 202 at once,
-/// a second request while it runs 409, and `GET` shows the steps and, at the end, the fit.
+/// a second request while it runs 409, and `GET` shows the steps and, at the end, the fit and
+/// where the quad went back to.
 #[test]
 fn the_controller_api_runs_a_quad_scan() {
     use crate::util::http_post;
@@ -1254,6 +1268,8 @@ fn the_controller_api_runs_a_quad_scan() {
     assert_eq!(progress["steps"].as_array().unwrap().len(), 3);
     assert_eq!(progress["fit"]["x"]["settings"], 3);
     assert!(progress["fit"]["x"]["norm_emit"].as_f64().unwrap() > 0.0);
+    assert_eq!(progress["restored"]["setpoint"], -3.2184, "{progress}");
+    assert_eq!(progress["restored"]["arrived"], true, "{progress}");
 }
 
 /// The probes' endpoints: 200 naming the running components, 503 naming one that stopped.

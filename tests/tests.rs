@@ -13,6 +13,7 @@ mod mapping;
 mod model_cli;
 mod own_pipeline;
 mod pipeline_check;
+mod quad_scan;
 mod replay_cli;
 mod result_pvs;
 mod runtime;

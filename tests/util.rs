@@ -124,6 +124,16 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Strin
     http(addr, "POST", path, body)
 }
 
+/// A plain HTTP/1.1 request of any method; returns the status code and body.
+pub(crate) fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    http(addr, method, path, body)
+}
+
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     write!(

@@ -72,6 +72,11 @@ pub trait Accumulator: Send + 'static {
         Vec::new()
     }
 
+    /// Called when the parameters change (and once with the first ones), between two results:
+    /// what it changes applies from the next result on. `quad_scan` opens and closes its
+    /// measurements here, so a measurement closed while no shots arrive still closes.
+    fn parameters_changed(&mut self, _parameters: &Parameters) {}
+
     /// Called once when a scan ends, before the last publish.
     fn finish(&mut self, _parameters: &Parameters) {}
 
@@ -161,12 +166,14 @@ impl Reducer {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let mut reducer = Self {
             slots,
-            parameters,
+            parameters: Parameters::default(),
             counts: ReducerCounts::default(),
             latest: BTreeMap::new(),
-        })
+        };
+        reducer.set_parameters(parameters);
+        Ok(reducer)
     }
 
     /// The parameters every accumulator declares.
@@ -214,9 +221,13 @@ impl Reducer {
         self.latest.clone()
     }
 
-    /// Sets the parameters accumulators see from the next result on.
+    /// Sets the parameters accumulators see from the next result on, and tells each
+    /// accumulator (its [`Accumulator::parameters_changed`]).
     pub fn set_parameters(&mut self, parameters: Parameters) {
         self.parameters = parameters;
+        for slot in &mut self.slots {
+            slot.accumulator.parameters_changed(&self.parameters);
+        }
     }
 
     /// Calls every accumulator's `finish`.
@@ -306,5 +317,40 @@ kind = "last"
           ]
         }
         "#);
+    }
+
+    /// Parameters reach accumulators when they change, between results, and at the start.
+    #[test]
+    fn parameter_changes_reach_accumulators_between_results() {
+        use beamflow_protocol::ParameterValue;
+        let configs: BTreeMap<String, AccumulatorConfig> = toml::from_str(
+            r#"
+[qs]
+kind = "quad_scan"
+setting = "qe04"
+energy_ev = 135e6
+quad_length_m = 0.108
+rmat_x = [[1.0, 2.26], [0.0, 1.0]]
+rmat_y = [[1.0, 2.26], [0.0, 1.0]]
+"#,
+        )
+        .unwrap();
+        let measuring = |id: &str| {
+            let value = ParameterValue::Str(id.to_owned()).to_bytes();
+            Parameters::resolve([("quad_scan_measurement".into(), value)], &[]).unwrap()
+        };
+        let reducer = Reducer::new(&configs, measuring("at-start")).unwrap();
+        assert_eq!(
+            reducer.state().pointer("qs/live/id"),
+            Some(&Value::Text("at-start".to_owned()))
+        );
+        let mut reducer = Reducer::new(&configs, Parameters::default()).unwrap();
+        assert_eq!(reducer.state().pointer("qs/live"), Some(&Value::Null));
+        reducer.set_parameters(measuring("m1"));
+        reducer.set_parameters(measuring(""));
+        assert_eq!(
+            reducer.state().pointer("qs/measurements/m1/state"),
+            Some(&Value::Text("finished".to_owned()))
+        );
     }
 }

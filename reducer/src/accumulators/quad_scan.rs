@@ -7,11 +7,37 @@
 //!
 //! Nothing is dropped silently: each step lists its shots, accepted shots and the reasons the
 //! others were rejected, and says why it is not in the fit when it is not.
+//!
+//! # Measurements
+//!
+//! Shots are grouped only inside a *measurement*, opened and closed by a text parameter
+//! (`measurement_parameter`, default `quad_scan_measurement`): a non-empty value opens a
+//! measurement of that id, an empty value closes it, another id closes it and opens the new one.
+//! Shots outside a measurement are counted and otherwise left alone, so the pipeline's scan (and
+//! every live history) runs on across quad scans while each fit holds its own shots only.
+//!
+//! The rule for which shots a measurement holds: those the reducer applies between learning that
+//! it opened and learning that it closed. Parameters reach the reducer beside the results, not
+//! inside them, so a shot taken just before the opening but applied just after it can be in;
+//! `beamflow scan quad` opens a measurement only once the quad has settled at its first value and
+//! closes it (and waits for the reducer to say so) before moving the quad again, so such a shot
+//! is at a setting of the scan anyway. A parameter is a better channel than a write endpoint on
+//! the reducer because it is versioned and recorded by the controller and reaches a reducer that
+//! restarts; a new pipeline scan builds the accumulator afresh, an open measurement then opens
+//! again empty.
+//!
+//! A closed measurement is frozen (its steps, fit, times and how it ended) and kept with the
+//! previous ones, the oldest dropped beyond `keep_measurements`; the view's `fit` and `steps` are
+//! the last closed measurement's, so a result PV on `quad_scan/fit/...` holds still between quad
+//! scans, and `live` is the open one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use beamflow_optics::quad_scan::{DesignTwissXy, ScanPoint, ScanReport, ScanSetup};
-use beamflow_protocol::{AnalysisName, Parameters, ResultData, Value};
+use beamflow_protocol::{
+    AnalysisName, ParameterDescription, ParameterType, ParameterValue, Parameters, ResultData,
+    Timestamp, Value,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Accumulator, AccumulatorError};
@@ -48,6 +74,12 @@ pub struct QuadScanConfig {
     /// Design Twiss at the screen, for BMAG.
     #[serde(default)]
     pub design_twiss: Option<DesignTwissXy>,
+    /// The text parameter that opens (an id) and closes (empty) a measurement.
+    #[serde(default = "measurement_parameter")]
+    pub measurement_parameter: String,
+    /// Closed measurements kept, the oldest dropped first (at least 1).
+    #[serde(default = "keep_measurements")]
+    pub keep_measurements: usize,
 }
 
 impl QuadScanConfig {
@@ -76,6 +108,15 @@ fn tolerance() -> f64 {
 fn min_shots() -> u64 {
     3
 }
+fn measurement_parameter() -> String {
+    DEFAULT_MEASUREMENT_PARAMETER.to_owned()
+}
+fn keep_measurements() -> usize {
+    10
+}
+
+/// The parameter that opens and closes measurements unless the table names another.
+pub const DEFAULT_MEASUREMENT_PARAMETER: &str = "quad_scan_measurement";
 
 /// Running sums of one plane's accepted sizes at a step.
 #[derive(Debug, Clone, Default)]
@@ -155,14 +196,66 @@ pub struct StepView {
 /// readback drifting for a day would otherwise make a step per shot).
 const MAX_STEPS: usize = 500;
 
-/// The `quad_scan` accumulator.
-pub struct QuadScan {
-    config: QuadScanConfig,
-    setup: ScanSetup,
+/// One measurement's shots, grouped into steps, and their fit.
+#[derive(Debug, Clone, Default)]
+struct Steps {
     steps: Vec<Step>,
     without_setting: u64,
     beyond_step_limit: u64,
     report: Option<ScanReport>,
+}
+
+/// How a measurement ended, or that it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasurementState {
+    /// Open: shots go into it.
+    Running,
+    /// Closed by an empty parameter.
+    Finished,
+    /// Closed because another measurement opened.
+    Replaced,
+    /// Closed because the pipeline's scan ended.
+    Ended,
+}
+
+/// An open measurement.
+#[derive(Debug, Clone)]
+struct Measurement {
+    id: String,
+    started_at: Timestamp,
+    steps: Steps,
+}
+
+/// One measurement as the view shows it.
+#[derive(Debug, Clone, Serialize)]
+struct MeasurementView<'a> {
+    id: &'a str,
+    state: MeasurementState,
+    started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<String>,
+    steps: Vec<StepView>,
+    fit: Option<&'a ScanReport>,
+    shots_without_setting: u64,
+    shots_beyond_step_limit: u64,
+}
+
+/// A closed measurement, frozen as its view.
+#[derive(Debug, Clone)]
+struct Frozen {
+    id: String,
+    view: Value,
+}
+
+/// The `quad_scan` accumulator.
+pub struct QuadScan {
+    config: QuadScanConfig,
+    setup: ScanSetup,
+    live: Option<Measurement>,
+    /// Oldest first.
+    frozen: VecDeque<Frozen>,
+    outside: u64,
 }
 
 impl QuadScan {
@@ -179,6 +272,14 @@ impl QuadScan {
                 "min_shots must be at least 2: a step's size error is its spread".to_owned(),
             );
         }
+        if config.keep_measurements == 0 {
+            return Err(
+                "keep_measurements must be at least 1: the last one is the view's fit".to_owned(),
+            );
+        }
+        if config.measurement_parameter.trim().is_empty() {
+            return Err("measurement_parameter must name a parameter".to_owned());
+        }
         let setup = ScanSetup {
             energy_ev: config.energy_ev,
             quad_length_m: config.quad_length_m,
@@ -189,18 +290,56 @@ impl QuadScan {
         Ok(Self {
             config,
             setup,
-            steps: Vec::new(),
-            without_setting: 0,
-            beyond_step_limit: 0,
-            report: None,
+            live: None,
+            frozen: VecDeque::new(),
+            outside: 0,
         })
     }
 
-    fn why_not_fitted(&self, step: &Step) -> Option<String> {
-        if step.x.n < self.config.min_shots {
+    /// Closes the open measurement, if any, and keeps it frozen.
+    fn close(&mut self, state: MeasurementState) {
+        let Some(measurement) = self.live.take() else {
+            return;
+        };
+        let view = self
+            .view_of(&measurement, state, Some(Timestamp::now()))
+            .unwrap_or_else(|error| Value::Text(format!("quad_scan view failed: {error}")));
+        // An id measured again replaces its earlier measurement: ids name measurements.
+        self.frozen.retain(|f| f.id != measurement.id);
+        self.frozen.push_back(Frozen {
+            id: measurement.id,
+            view,
+        });
+        while self.frozen.len() > self.config.keep_measurements {
+            self.frozen.pop_front();
+        }
+    }
+
+    fn view_of(
+        &self,
+        measurement: &Measurement,
+        state: MeasurementState,
+        ended_at: Option<Timestamp>,
+    ) -> Result<Value, beamflow_protocol::value::SerializeError> {
+        Value::from_serialize(&MeasurementView {
+            id: &measurement.id,
+            state,
+            started_at: measurement.started_at.to_string(),
+            ended_at: ended_at.map(|t| t.to_string()),
+            steps: measurement.steps.view(&self.config),
+            fit: measurement.steps.report.as_ref(),
+            shots_without_setting: measurement.steps.without_setting,
+            shots_beyond_step_limit: measurement.steps.beyond_step_limit,
+        })
+    }
+}
+
+impl Steps {
+    fn why_not_fitted(step: &Step, config: &QuadScanConfig) -> Option<String> {
+        if step.x.n < config.min_shots {
             return Some(format!(
                 "{} accepted shots of {} needed",
-                step.x.n, self.config.min_shots
+                step.x.n, config.min_shots
             ));
         }
         // Identical sizes give no error bar, and a zero error would weigh the point infinitely.
@@ -208,13 +347,13 @@ impl QuadScan {
             .then(|| "the accepted sizes do not spread: no error bar".to_owned())
     }
 
-    fn refit(&mut self) {
+    fn refit(&mut self, config: &QuadScanConfig, setup: &ScanSetup) {
         let mut x = Vec::new();
         let mut y = Vec::new();
         for step in self
             .steps
             .iter()
-            .filter(|s| self.why_not_fitted(s).is_none())
+            .filter(|s| Self::why_not_fitted(s, config).is_none())
         {
             let point = |sizes: &Sizes| ScanPoint {
                 bctrl_kg: step.setting(),
@@ -227,40 +366,28 @@ impl QuadScan {
         let by_setting = |a: &ScanPoint, b: &ScanPoint| a.bctrl_kg.total_cmp(&b.bctrl_kg);
         x.sort_by(by_setting);
         y.sort_by(by_setting);
-        self.report = Some(self.setup.report(x, y));
+        self.report = Some(setup.report(x, y));
     }
-}
 
-/// The reason's kind without its numbers, so "x: signal to noise 3.2 below 5" counts with
-/// every other x signal-to-noise rejection.
-fn reason_kind(reason: &str) -> String {
-    let end = reason
-        .find(|c: char| c.is_ascii_digit() || c == '(')
-        .unwrap_or(reason.len());
-    reason[..end]
-        .trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace())
-        .to_owned()
-}
-
-impl Accumulator for QuadScan {
-    fn process_result(
+    /// Groups one shot into its step and refits.
+    fn add(
         &mut self,
-        result: &ResultData,
-        _: &Parameters,
+        payload: &Value,
+        config: &QuadScanConfig,
+        setup: &ScanSetup,
     ) -> Result<(), AccumulatorError> {
-        let payload = &result.payload;
         let Some(setting) = payload
-            .pointer(&self.config.setting)
+            .pointer(&config.setting)
             .and_then(Value::as_f64)
             .filter(|s| s.is_finite())
         else {
             self.without_setting += 1;
             return Err(AccumulatorError::Invalid(format!(
                 "no quad setting at {:?} in the shot",
-                self.config.setting
+                config.setting
             )));
         };
-        let tolerance = self.config.tolerance_kg;
+        let tolerance = config.tolerance_kg;
         let index = match self
             .steps
             .iter()
@@ -283,11 +410,7 @@ impl Accumulator for QuadScan {
         step.setting_sum += setting;
         let accepted = matches!(payload.pointer("accepted"), Some(Value::Bool(true)));
         let size = |path: &str| payload.pointer(path).and_then(Value::as_f64);
-        match (
-            accepted,
-            size(&self.config.size_x),
-            size(&self.config.size_y),
-        ) {
+        match (accepted, size(&config.size_x), size(&config.size_y)) {
             (true, Some(x), Some(y)) if x.is_finite() && y.is_finite() => {
                 step.x.add(x);
                 step.y.add(y);
@@ -314,16 +437,15 @@ impl Accumulator for QuadScan {
                 }
             }
         }
-        self.refit();
+        self.refit(config, setup);
         Ok(())
     }
 
-    fn publish(&self) -> Value {
-        let steps: Vec<StepView> = self
-            .steps
+    fn view(&self, config: &QuadScanConfig) -> Vec<StepView> {
+        self.steps
             .iter()
             .map(|step| {
-                let not_fitted = self.why_not_fitted(step);
+                let not_fitted = Self::why_not_fitted(step, config);
                 let error = |s: &Sizes| s.spread() / (s.n as f64).sqrt();
                 let mean = |s: &Sizes| if s.n > 0 { s.mean() } else { f64::NAN };
                 StepView {
@@ -341,21 +463,118 @@ impl Accumulator for QuadScan {
                     not_fitted,
                 }
             })
-            .collect();
-        #[derive(Serialize)]
-        struct View<'a> {
-            steps: Vec<StepView>,
-            fit: Option<&'a ScanReport>,
-            shots_without_setting: u64,
-            shots_beyond_step_limit: u64,
+            .collect()
+    }
+}
+
+/// The reason's kind without its numbers, so "x: signal to noise 3.2 below 5" counts with
+/// every other x signal-to-noise rejection.
+fn reason_kind(reason: &str) -> String {
+    let end = reason
+        .find(|c: char| c.is_ascii_digit() || c == '(')
+        .unwrap_or(reason.len());
+    reason[..end]
+        .trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace())
+        .to_owned()
+}
+
+impl Accumulator for QuadScan {
+    fn process_result(
+        &mut self,
+        result: &ResultData,
+        _: &Parameters,
+    ) -> Result<(), AccumulatorError> {
+        let Some(measurement) = self.live.as_mut() else {
+            self.outside += 1;
+            return Ok(());
+        };
+        measurement
+            .steps
+            .add(&result.payload, &self.config, &self.setup)
+    }
+
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        vec![ParameterDescription {
+            name: self.config.measurement_parameter.as_str().into(),
+            dtype: ParameterType::Str,
+            default: ParameterValue::Str(String::new()),
+            description: "quad_scan: the open measurement's id (shots are fitted only inside \
+                one); empty closes it, another id closes it and opens that one"
+                .to_owned(),
+        }]
+    }
+
+    fn parameters_changed(&mut self, parameters: &Parameters) {
+        let wanted = parameters
+            .str(&self.config.measurement_parameter)
+            .map(str::trim)
+            .unwrap_or_default();
+        if self.live.as_ref().is_some_and(|m| m.id == wanted) {
+            return;
         }
-        Value::from_serialize(&View {
-            steps,
-            fit: self.report.as_ref(),
-            shots_without_setting: self.without_setting,
-            shots_beyond_step_limit: self.beyond_step_limit,
-        })
-        .unwrap_or_else(|error| Value::Text(format!("quad_scan view failed: {error}")))
+        if wanted.is_empty() {
+            self.close(MeasurementState::Finished);
+            return;
+        }
+        self.close(MeasurementState::Replaced);
+        self.live = Some(Measurement {
+            id: wanted.to_owned(),
+            started_at: Timestamp::now(),
+            steps: Steps::default(),
+        });
+    }
+
+    fn finish(&mut self, _: &Parameters) {
+        self.close(MeasurementState::Ended);
+    }
+
+    fn publish(&self) -> Value {
+        let last = self.frozen.back();
+        let of_last = |key: &str| {
+            last.and_then(|f| f.view.pointer(key))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let live = match &self.live {
+            Some(measurement) => self
+                .view_of(measurement, MeasurementState::Running, None)
+                .unwrap_or_else(|error| Value::Text(format!("quad_scan view failed: {error}"))),
+            None => Value::Null,
+        };
+        let entries = [
+            (
+                "measurement_parameter",
+                Value::Text(self.config.measurement_parameter.clone()),
+            ),
+            (
+                "last_measurement",
+                last.map_or(Value::Null, |f| Value::Text(f.id.clone())),
+            ),
+            ("fit", of_last("fit")),
+            (
+                "steps",
+                last.and_then(|f| f.view.pointer("steps"))
+                    .cloned()
+                    .unwrap_or(Value::Array(Vec::new())),
+            ),
+            ("live", live),
+            (
+                "measurements",
+                Value::Map(
+                    self.frozen
+                        .iter()
+                        .map(|f| (f.id.clone(), f.view.clone()))
+                        .collect(),
+                ),
+            ),
+            ("shots_outside_measurement", Value::Int(self.outside as i64)),
+        ];
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
+        )
     }
 }
 
@@ -419,7 +638,7 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
 
     #[test]
     fn steps_group_by_readback_and_the_fit_finds_the_beam() {
-        let mut scan = QuadScan::new(config()).expect("valid");
+        let mut scan = opened("m1");
         let mut n = 0;
         for step in 1..=9 {
             let bctrl = 0.5 * f64::from(step);
@@ -446,6 +665,9 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
         )
         .expect("used");
         let view = serde_json::to_value(scan.publish()).expect("json");
+        let view = &view["live"];
+        assert_eq!(view["id"], "m1");
+        assert_eq!(view["state"], "running");
         let steps = view["steps"].as_array().expect("steps");
         assert_eq!(steps.len(), 10);
         assert_eq!(steps[9]["fitted"], false);
@@ -471,6 +693,19 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
         assert_eq!(fit["warnings"], serde_json::json!([]));
     }
 
+    /// The parameters with the measurement parameter at `id` ("" closes).
+    fn measuring(id: &str) -> Parameters {
+        let value = ParameterValue::Str(id.to_owned()).to_bytes();
+        Parameters::resolve([(DEFAULT_MEASUREMENT_PARAMETER.into(), value)], &[]).expect("text")
+    }
+
+    /// A scan with measurement `id` open.
+    fn opened(id: &str) -> QuadScan {
+        let mut scan = QuadScan::new(config()).expect("valid");
+        scan.parameters_changed(&measuring(id));
+        scan
+    }
+
     fn shot_at(n: &mut u64, setting: f64, x: f64, y: f64) -> ResultData {
         *n += 1;
         shot(*n, setting, x, y, &[])
@@ -478,7 +713,7 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
 
     #[test]
     fn two_settings_are_too_few_and_a_shot_without_a_setting_is_an_error() {
-        let mut scan = QuadScan::new(config()).expect("valid");
+        let mut scan = opened("m1");
         let mut n = 0;
         for bctrl in [1.0, 2.0] {
             for shot in 0..3 {
@@ -488,6 +723,7 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
             }
         }
         let view = serde_json::to_value(scan.publish()).expect("json");
+        let view = &view["live"];
         let warnings = view["fit"]["warnings"].as_array().expect("warnings");
         assert!(
             warnings
@@ -502,7 +738,120 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
         );
         assert!(scan.process_result(&bare, &Parameters::default()).is_err());
         let view = serde_json::to_value(scan.publish()).expect("json");
-        assert_eq!(view["shots_without_setting"], 1);
+        assert_eq!(view["live"]["shots_without_setting"], 1);
+    }
+
+    /// Three settings with three shots each of the reference beam, from event `*n` on.
+    fn three_steps(scan: &mut QuadScan, n: &mut u64, settings: [f64; 3]) {
+        for bctrl in settings {
+            for shot in 0..3 {
+                let (x, y) = sizes(bctrl, shot);
+                scan.process_result(&shot_at(n, bctrl, x, y), &Parameters::default())
+                    .expect("used");
+            }
+        }
+    }
+
+    #[test]
+    fn shots_outside_a_measurement_are_counted_not_fitted() {
+        let mut scan = QuadScan::new(config()).expect("valid");
+        let mut n = 0;
+        three_steps(&mut scan, &mut n, [1.0, 2.0, 3.0]);
+        let view = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(view["shots_outside_measurement"], 9);
+        assert_eq!(view["live"], serde_json::Value::Null);
+        assert_eq!(view["fit"], serde_json::Value::Null);
+        assert_eq!(view["steps"], serde_json::json!([]));
+        assert_eq!(view["measurement_parameter"], "quad_scan_measurement");
+        assert_eq!(
+            scan.describe_parameters()[0].name.as_str(),
+            "quad_scan_measurement"
+        );
+    }
+
+    #[test]
+    fn a_closed_measurement_is_frozen_and_the_view_fit_is_the_last_closed() {
+        let mut scan = opened("m1");
+        let mut n = 0;
+        three_steps(&mut scan, &mut n, [1.0, 2.0, 3.0]);
+        // Another parameter changing leaves the measurement open.
+        scan.parameters_changed(&measuring("m1"));
+        assert!(scan.live.is_some());
+        scan.parameters_changed(&measuring(""));
+        let closed = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(closed["live"], serde_json::Value::Null);
+        assert_eq!(closed["last_measurement"], "m1");
+        let m1 = &closed["measurements"]["m1"];
+        assert_eq!(m1["state"], "finished");
+        assert_eq!(m1["id"], "m1");
+        let (started, ended) = (
+            m1["started_at"].as_str().expect("a time"),
+            m1["ended_at"].as_str().expect("a time"),
+        );
+        let time = |t: &str| t.parse::<Timestamp>().expect("RFC 3339");
+        assert!(time(started) <= time(ended), "{started} {ended}");
+        assert_eq!(m1["fit"]["x"]["settings"], 3);
+        assert_eq!(closed["fit"], m1["fit"]);
+        assert_eq!(closed["steps"], m1["steps"]);
+
+        // Shots after the close (the ramp back, the quad at rest) change nothing.
+        three_steps(&mut scan, &mut n, [1.5, 2.5, 3.5]);
+        let later = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(later["fit"], closed["fit"]);
+        assert_eq!(later["measurements"], closed["measurements"]);
+        assert_eq!(later["shots_outside_measurement"], 9);
+
+        // The next measurement starts empty; while it runs the view's fit is still m1's.
+        scan.parameters_changed(&measuring("m2"));
+        three_steps(&mut scan, &mut n, [0.5, 1.5, 4.0]);
+        let running = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(running["fit"], closed["fit"]);
+        assert_eq!(running["live"]["id"], "m2");
+        assert_eq!(running["live"]["fit"]["x"]["settings"], 3);
+        let points = |fit: &serde_json::Value| fit["x"]["points"].clone();
+        assert_ne!(points(&running["live"]["fit"]), points(&closed["fit"]));
+        // Opening m3 closes m2 as replaced.
+        scan.parameters_changed(&measuring("m3"));
+        let replaced = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(replaced["measurements"]["m2"]["state"], "replaced");
+        assert_eq!(replaced["last_measurement"], "m2");
+        assert_eq!(replaced["live"]["id"], "m3");
+        assert_eq!(replaced["live"]["steps"], serde_json::json!([]));
+        // The pipeline's scan ending closes it too.
+        scan.finish(&Parameters::default());
+        let ended = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(ended["measurements"]["m3"]["state"], "ended");
+    }
+
+    #[test]
+    fn closed_measurements_are_bounded_oldest_dropped_first() {
+        let mut scan = QuadScan::new(config()).expect("valid");
+        for i in 0..13 {
+            scan.parameters_changed(&measuring(&format!("m{i:02}")));
+            scan.parameters_changed(&measuring(""));
+        }
+        let view = serde_json::to_value(scan.publish()).expect("json");
+        let kept: Vec<&String> = view["measurements"]
+            .as_object()
+            .expect("a map")
+            .keys()
+            .collect();
+        assert_eq!(kept.len(), 10, "{kept:?}");
+        assert_eq!(kept[0], "m03");
+        assert_eq!(view["last_measurement"], "m12");
+        // An id measured again replaces its earlier measurement.
+        scan.parameters_changed(&measuring("m05"));
+        scan.parameters_changed(&measuring(""));
+        let view = serde_json::to_value(scan.publish()).expect("json");
+        assert_eq!(view["measurements"].as_object().map(|m| m.len()), Some(10));
+        assert_eq!(view["last_measurement"], "m05");
+        assert!(
+            QuadScan::new(QuadScanConfig {
+                keep_measurements: 0,
+                ..config()
+            })
+            .is_err()
+        );
     }
 
     #[test]

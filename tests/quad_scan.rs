@@ -1,0 +1,381 @@
+//! `beamflow scan quad` and `/api/v1/scan/quad` against the simulated injector (issue 14): a
+//! scan leaves the machine as it found it. Nothing is put before the pipeline and the PVs
+//! answer; a signal or `DELETE` stops the scan, puts the quad back and reports the partial fit;
+//! the pipeline's scan runs on across a quad scan, whose frozen fit then holds still.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+
+use serde_json::Value;
+
+use crate::epics::{ca_env, free_ca_port, tool_output};
+use crate::util::{RunningPipeline, eventually, http_get, http_post, start_run};
+
+/// The scan quad QE04 and its readback on the simulated injector.
+const QE04: &str = "QUAD:IN20:525:BCTRL";
+const QE04_READBACK: &str = "QUAD:IN20:525:BACT";
+
+/// The sim's QE04 setting before anyone writes to it, kG.
+const QE04_DEFAULT: f64 = -3.2184;
+
+fn caget(port: u16, pv: &str) -> f64 {
+    // caget waits 1 s for a search answer by default; a loaded CI box can take longer.
+    let text = tool_output(port, "caget", &["-w", "10", "-t", pv]);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("caget {pv}: {text:?}"))
+}
+
+/// `beamflow run` with the simulated injector on CA `port`.
+fn pipeline(port: u16) -> RunningPipeline {
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).arg("run");
+    start_run(command)
+}
+
+/// `beamflow scan quad` on QE04 against `pipeline`, with `args` after the addresses.
+fn scan_command(port: u16, controller: SocketAddr, reducer: SocketAddr, args: &[&str]) -> Command {
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port)
+        .args(["scan", "quad", "--pv", QE04, "--controller"])
+        .arg(controller.to_string())
+        .arg("--reducer")
+        .arg(reducer.to_string())
+        .args(args);
+    command
+}
+
+/// A `beamflow scan quad` whose standard error is read line by line and whose report is read
+/// at its end.
+struct Scan {
+    child: Child,
+    stderr: BufReader<ChildStderr>,
+    seen: String,
+}
+
+impl Scan {
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start beamflow scan quad");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        Self {
+            child,
+            stderr,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads standard error until a line contains `needle`.
+    fn wait_for_line(&mut self, needle: &str) {
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("read stderr");
+            assert!(
+                n > 0,
+                "the scan exited before printing {needle:?}; it printed:\n{}",
+                self.seen
+            );
+            self.seen.push_str(&line);
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {name}");
+    }
+
+    /// Waits for the exit; the exit status, the report on standard output (null when there is
+    /// none) and all of standard error.
+    fn finish(mut self) -> (ExitStatus, Value, String) {
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).expect("read stderr");
+        self.seen.push_str(&rest);
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut stdout)
+            .expect("read stdout");
+        let status = self.child.wait().expect("wait");
+        let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (status, report, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn result(state: SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(state, &format!("/api/v1/result/{path}"));
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Ctrl-C in the middle of a scan: stepping stops, the measurement closes with the steps so
+/// far, the quad goes back to where it was and waits there, the partial fit is printed and the
+/// command says it was stopped. A second Ctrl-C exits at once, the quad's old setting put once.
+#[test]
+fn a_signal_stops_the_scan_and_puts_the_quad_back() {
+    let port = free_ca_port();
+    let pipeline = pipeline(port);
+    let (state, rest) = (pipeline.state, pipeline.rest);
+    let initial = caget(port, QE04_READBACK);
+    assert!((initial - QE04_DEFAULT).abs() < 1e-9, "{initial}");
+
+    // A settle of 1 s: steps 4 and 5 take seconds, the signal lands well before the end.
+    let args = [
+        "--values",
+        "-6:-2:5",
+        "--settle",
+        "1",
+        "--shots",
+        "3",
+        "--tolerance",
+        "0.01",
+    ];
+    let mut scan = Scan::start(scan_command(port, rest, state, &args));
+    scan.wait_for_line("Step 3 of 5");
+    scan.signal("-INT");
+    let (status, report, stderr) = scan.finish();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    assert!(stderr.contains("plane"), "the summary table: {stderr}");
+    assert_eq!(report["state"], "stopped", "{report}");
+    let steps = report["steps"].as_array().unwrap();
+    assert!((3..5).contains(&steps.len()), "{steps:?}");
+    assert!(
+        steps[..3].iter().all(|s| s["complete"] == true),
+        "{steps:?}"
+    );
+    assert!(
+        report["fit"]["x"]["settings"].as_u64().unwrap() >= 3,
+        "the partial fit: {report}"
+    );
+    assert!(report["fit"]["x"]["points"].as_array().unwrap().len() >= 3);
+    assert!(
+        report["fit"]["x"].get("curve").is_none(),
+        "no curves without --curves"
+    );
+    let restored = &report["restored"];
+    assert_eq!(restored["arrived"], true, "{report}");
+    assert!(
+        (restored["readback"].as_f64().unwrap() - initial).abs() <= 0.01,
+        "{restored}"
+    );
+    assert_eq!(caget(port, QE04), initial, "the setpoint is back");
+    assert!((caget(port, QE04_READBACK) - initial).abs() <= 0.01);
+    let id = report["measurement"].as_str().unwrap();
+    let frozen = result(state, &format!("quad_scan/measurements/{id}"));
+    assert_eq!(
+        frozen["fit"]["x"]["norm_emit"],
+        report["fit"]["x"]["norm_emit"]
+    );
+    assert_eq!(result(state, "quad_scan/live"), Value::Null);
+
+    // Twice: out at once (130), the old setting put without waiting, the measurement closed.
+    let mut scan = Scan::start(scan_command(port, rest, state, &args));
+    scan.wait_for_line("Step 1 of 5");
+    scan.signal("-INT");
+    scan.wait_for_line("SIGINT: stopping");
+    scan.signal("-INT");
+    let (status, _, stderr) = scan.finish();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("exiting now"), "{stderr}");
+    assert_eq!(caget(port, QE04), initial, "the setpoint is back: {stderr}");
+    eventually(20, "the readback back", || {
+        ((caget(port, QE04_READBACK) - initial).abs() <= 0.01).then_some(())
+    });
+    eventually(10, "no measurement open", || {
+        (result(state, "quad_scan/live") == Value::Null).then_some(())
+    });
+}
+
+/// `DELETE /api/v1/scan/quad` does for an API scan what Ctrl-C does for the command.
+#[test]
+fn delete_stops_an_api_scan_and_puts_the_quad_back() {
+    let port = free_ca_port();
+    let pipeline = pipeline(port);
+    let rest = pipeline.rest;
+    let initial = caget(port, QE04_READBACK);
+    let delete = || crate::util::http_request(rest, "DELETE", "/api/v1/scan/quad", "");
+    assert_eq!(delete().0, 409, "nothing to stop yet");
+    let request = serde_json::json!({
+        "pv": QE04, "values": [-6.0, -5.0, -4.0, -3.5, -2.0], "settle_s": 1.0, "shots": 3,
+    });
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 202, "{body}");
+    let progress =
+        || -> Value { serde_json::from_str(&http_get(rest, "/api/v1/scan/quad").1).unwrap() };
+    eventually(90, "three steps", || {
+        (progress()["steps"].as_array()?.len() >= 3).then_some(())
+    });
+    let (status, body) = delete();
+    assert_eq!(status, 202, "{body}");
+    let done = eventually(60, "the scan to stop", || {
+        let p = progress();
+        (p["state"] != "running" && p["state"] != "stopping").then_some(p)
+    });
+    assert_eq!(done["state"], "stopped", "{done}");
+    assert!(done["steps"].as_array().unwrap().len() < 5, "{done}");
+    assert!(
+        done["fit"]["x"]["settings"].as_u64().unwrap() >= 3,
+        "{done}"
+    );
+    assert_eq!(done["restored"]["arrived"], true, "{done}");
+    assert_eq!(caget(port, QE04), initial);
+    assert!((caget(port, QE04_READBACK) - initial).abs() <= 0.01);
+    assert_eq!(delete().0, 409, "nothing left to stop");
+}
+
+/// A port nobody listens on.
+fn dead_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// With the controller unreachable, with no such accumulator, or with a setpoint whose readback
+/// cannot be derived, the command fails before anything reaches the magnet.
+#[test]
+fn nothing_is_put_unless_the_pipeline_and_the_pvs_answer() {
+    let port = free_ca_port();
+    let pipeline = pipeline(port);
+    let (state, rest) = (pipeline.state, pipeline.rest);
+    let untouched = |stderr: &str| {
+        assert_eq!(
+            caget(port, QE04),
+            QE04_DEFAULT,
+            "a put reached QE04: {stderr}"
+        );
+    };
+    let fails = |command: Command, needle: &str| {
+        let (status, report, stderr) = Scan::start(command).finish();
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+        assert_eq!(report, Value::Null, "no report: {report}");
+        untouched(&stderr);
+        stderr
+    };
+    let values = ["--values", "-6:-2:3"];
+    let stderr = fails(
+        scan_command(port, dead_port(), state, &values),
+        "controller",
+    );
+    assert!(stderr.contains("nothing was put"), "{stderr}");
+    fails(scan_command(port, rest, dead_port(), &values), "reducer");
+    let mut missing = scan_command(port, rest, state, &values);
+    missing.args(["--result", "quad_scna"]);
+    fails(missing, "no accumulator \"quad_scna\"");
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args([
+        "scan",
+        "quad",
+        "--pv",
+        "QUAD:IN20:525:BDES",
+        "--values",
+        "-6:-2:3",
+        "--controller",
+    ]);
+    command
+        .arg(rest.to_string())
+        .arg("--reducer")
+        .arg(state.to_string());
+    fails(command, "--readback");
+}
+
+/// `--values -4:-2:3` (QE04 runs at negative kG) scans those settings; the pipeline's scan runs
+/// on across the quad scan (same scan, event numbers going on), and the measurement's fit,
+/// frozen when the command returns, holds still while live shots go on.
+#[test]
+fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
+    let port = free_ca_port();
+    let pipeline = pipeline(port);
+    let (state, rest) = (pipeline.state, pipeline.rest);
+    let status =
+        || -> Value { serde_json::from_str(&http_get(state, "/api/v1/status").1).unwrap() };
+    // None until the reducer publishes its first state.
+    let events = || -> Option<Vec<u64>> {
+        let (status, body) = http_get(state, "/api/v1/result/machine/event_number");
+        let events: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        events.as_array()?.iter().map(Value::as_u64).collect()
+    };
+    let before = eventually(30, "live events", || events().filter(|e| e.len() >= 5));
+    let scan_before = status()["scan"].clone();
+    assert!(scan_before.is_u64(), "{scan_before}");
+
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("scan.json");
+    let mut command = scan_command(port, rest, state, &["--values", "-4:-2:3"]);
+    command
+        .args(["--settle", "0.2", "--shots", "3", "--out"])
+        .arg(&file);
+    let (exit, printed, stderr) = Scan::start(command).finish();
+    assert!(exit.success(), "{stderr}");
+    assert_eq!(printed, Value::Null, "the report goes to --out only");
+    let report: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let fit_at_return = result(state, "quad_scan/fit");
+    let values: Vec<f64> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [-4.0, -3.0, -2.0], "{report}");
+    assert_eq!(report["state"], "done");
+    assert_eq!(fit_at_return["x"]["settings"], 3, "{fit_at_return}");
+    assert_eq!(
+        fit_at_return["x"]["norm_emit"],
+        report["fit"]["x"]["norm_emit"]
+    );
+    assert!(stderr.contains("plane"), "the summary table: {stderr}");
+
+    // The same pipeline scan, its event numbers going on from before the quad scan.
+    assert_eq!(status()["scan"], scan_before);
+    let after = events().unwrap();
+    let last_before = *before.last().unwrap();
+    assert!(
+        after.contains(&last_before),
+        "{last_before} not in {after:?}"
+    );
+    assert!(after.last().unwrap() > &last_before, "{after:?}");
+
+    // Twenty more live shots (the quad back at its default) leave the frozen fit alone.
+    let later = last_before.max(*after.last().unwrap()) + 20;
+    eventually(30, "twenty more events", || {
+        (events()?.last().copied()? >= later).then_some(())
+    });
+    assert_eq!(result(state, "quad_scan/fit"), fit_at_return);
+    assert!(
+        result(state, "quad_scan/shots_outside_measurement")
+            .as_u64()
+            .unwrap()
+            >= 20
+    );
+
+    // `--values=-6:-2:5` parses too (checked by clap; the scan itself is refused: wrong
+    // accumulator, so nothing moves).
+    let mut equals = scan_command(
+        port,
+        rest,
+        state,
+        &["--values=-6:-2:5", "--result", "machine"],
+    );
+    equals.env("RUST_LOG", "warn");
+    let (exit, _, stderr) = Scan::start(equals).finish();
+    assert!(!exit.success());
+    assert!(stderr.contains("not a quad_scan accumulator"), "{stderr}");
+}
