@@ -633,8 +633,16 @@ impl Components {
         Ok(())
     }
 
-    /// Stops everything and waits for the threads.
+    /// Stops everything and waits for the threads; a quad scan running here first closes its
+    /// measurement and restores the quad (up to a minute), while the pipeline still serves it.
     pub fn shutdown(self) {
+        if let Some(scans) = &self.scans
+            && !scans.stop_and_wait(Duration::from_secs(60))
+        {
+            tracing::error!(
+                "The quad scan did not finish restoring within a minute; check the quad's setting."
+            );
+        }
         for running in &self.running {
             running.stop.stop();
         }

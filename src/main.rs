@@ -707,6 +707,8 @@ fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {
     let report = scan
         .report()
         .with_context(|| format!("{}", args.scan.display()))?;
+    // The table for a person, the JSON for a program.
+    eprint!("{}", report.summary());
     let mut out = serde_json::to_vec_pretty(&report)?;
     out.push(b'\n');
     std::io::stdout().write_all(&out)?;

@@ -1086,6 +1086,38 @@ impl ScanService {
         }
     }
 
+    /// Stops a running scan as `DELETE` does and waits up to `patience` for it to close its
+    /// measurement and restore the quad; whether it did. For a shutdown of the process that
+    /// runs it: the magnet must not be left at an intermediate setting.
+    pub fn stop_and_wait(&self, patience: Duration) -> bool {
+        let state = || {
+            self.progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .state
+                .clone()
+        };
+        if !matches!(state().as_str(), "running" | "stopping") {
+            return true;
+        }
+        tracing::warn!(
+            "Stopping the running quad scan before shutting down; the quad is restored."
+        );
+        self.stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop();
+        let deadline = Instant::now() + patience;
+        while matches!(state().as_str(), "running" | "stopping") {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // The driver runs on its own thread and reports through its progress.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// `POST /api/v1/scan/quad` (a [`QuadScanRequest`]; 202, 409 while one runs),
     /// `GET /api/v1/scan/quad` ([`Progress`]) and `DELETE /api/v1/scan/quad` (stops the running
     /// scan, which then closes its measurement and restores the quad; 202, 409 when none runs).

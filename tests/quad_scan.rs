@@ -242,6 +242,57 @@ fn delete_stops_an_api_scan_and_puts_the_quad_back() {
     assert_eq!(delete().0, 409, "nothing left to stop");
 }
 
+/// Stopping `beamflow run` while an API scan moves the quad puts the quad back first: the sim
+/// runs in its own process, so its QE04 is read after the pipeline's process has ended.
+#[test]
+fn stopping_the_pipeline_mid_scan_puts_the_quad_back() {
+    let sim_port = free_ca_port();
+    let mut sim = crate::util::beamflow();
+    ca_env(&mut sim, sim_port).args(["sim-ioc", "--address", &format!("127.0.0.1:{sim_port}")]);
+    let mut sim = crate::util::Running::start(sim);
+    sim.wait_for_line("beamflow sim-ioc:");
+    // The result PVs move to a port of their own: the sim's process serves its own.
+    let embedded =
+        std::fs::read_to_string(crate::util::root().join("examples/injector.toml")).unwrap();
+    let served_at = r#"server = "127.0.0.1"  "#;
+    assert_eq!(embedded.matches(served_at).count(), 1, "{served_at}");
+    let text = embedded.replacen(
+        served_at,
+        &format!(r#"server = "127.0.0.1:{}"  "#, free_ca_port()),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("injector.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, sim_port)
+        .args(["run", "--pipeline"])
+        .arg(&path);
+    crate::util::any_ports(&mut command);
+    let mut run = crate::util::Running::start(command);
+    let line = run.wait_for_line("beamflow is running.");
+    let rest = crate::util::http_address(line.split("Progress:").nth(1).unwrap());
+    run.wait_for_line("started");
+    let initial = caget(sim_port, QE04);
+    let request = serde_json::json!({
+        "pv": QE04, "values": [-6.0, -5.5, -5.0, -4.5], "settle_s": 1.0, "shots": 3,
+    });
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 202, "{body}");
+    eventually(90, "the quad away from its setting", || {
+        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/scan/quad").1).ok()?;
+        (!progress["steps"].as_array()?.is_empty()).then_some(())
+    });
+    assert_ne!(caget(sim_port, QE04), initial, "the scan moved the quad");
+    let pid = run.child.id().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = run.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(caget(sim_port, QE04), initial, "the setpoint put back");
+    assert!((caget(sim_port, QE04_READBACK) - initial).abs() <= 0.01);
+}
+
 /// A port nobody listens on.
 fn dead_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
