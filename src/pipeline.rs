@@ -707,7 +707,7 @@ mod tests {
                 r#""quad_scan/fit/x/norm_emit""#,
                 r#""quad_scan/live/fti/x/norm_emit""#
             ),
-            r#"line 113, column 13: reducer.pvs.values.EMITN_X: no accumulator publishes "quad_scan/live/fti/x/norm_emit": "quad_scan/live" has no key "fti"; did you mean "fit"?"#
+            r#"line 116, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scan/live/fti/x/norm_emit": "quad_scan/live" has no key "fti"; did you mean "fit"?"#
         );
     }
 
