@@ -17,11 +17,13 @@
 //! every live history) runs on across quad scans while each fit holds its own shots only.
 //!
 //! The rule for which shots a measurement holds: those the reducer applies between learning that
-//! it opened and learning that it closed. Parameters reach the reducer beside the results, not
-//! inside them, so a shot taken just before the opening but applied just after it can be in;
-//! `beamflow scan quad` opens a measurement only once the quad has settled at its first value and
-//! closes it (and waits for the reducer to say so) before moving the quad again, so such a shot
-//! is at a setting of the scan anyway. A parameter is a better channel than a write endpoint on
+//! it opened and learning that it closed, and that were taken (the event's `created_at`, the
+//! ingester's clock) after it opened. Parameters reach the reducer beside the results, not
+//! inside them, and a loaded pipeline applies shots seconds after they were taken: without the
+//! second condition, shots from before the quad moved (at the setting the scan started from)
+//! entered the fit as a step of their own. `beamflow scan quad` opens a measurement only once the
+//! quad has settled at its first value and closes it (and waits for the reducer to say so)
+//! before moving the quad again. A parameter is a better channel than a write endpoint on
 //! the reducer because it is versioned and recorded by the controller and reaches a reducer that
 //! restarts; a new pipeline scan builds the accumulator afresh, an open measurement then opens
 //! again empty.
@@ -488,6 +490,14 @@ impl Accumulator for QuadScan {
             self.outside += 1;
             return Ok(());
         };
+        // Taken before the measurement opened, applied after: not part of it.
+        if result
+            .created_at
+            .is_some_and(|taken| taken < measurement.started_at)
+        {
+            self.outside += 1;
+            return Ok(());
+        }
         measurement
             .steps
             .add(&result.payload, &self.config, &self.setup)
@@ -873,6 +883,31 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
                 "x: beam not fully on screen (centre 620.1 px ± 3 σ leaves the 640 px ROI)"
             ),
             "x: beam not fully on screen"
+        );
+    }
+
+    /// Issue 14: on a loaded box the reducer applied shots taken at the scan's starting setting
+    /// after the measurement opened, and they became a fitted step of their own.
+    #[test]
+    fn shots_taken_before_the_measurement_opened_are_outside_it() {
+        let mut scan = opened("m1");
+        let opened_at = scan.live.as_ref().map(|m| m.started_at).expect("open");
+        let mut early = shot(1, -3.2184, 4e-4, 1.6e-4, &[]);
+        early.created_at = Some(opened_at - jiff::SignedDuration::from_secs(2));
+        scan.process_result(&early, &Parameters::default())
+            .expect("counted, not an error");
+        let mut late = shot(2, -4.0, 4.6e-4, 1.9e-4, &[]);
+        late.created_at = Some(opened_at + jiff::SignedDuration::from_millis(10));
+        scan.process_result(&late, &Parameters::default())
+            .expect("a shot");
+        let view = scan.publish();
+        let Some(Value::Array(steps)) = view.pointer("live/steps") else {
+            panic!("no live steps: {view:?}")
+        };
+        assert_eq!(steps.len(), 1, "{view:?}");
+        assert_eq!(
+            view.pointer("shots_outside_measurement"),
+            Some(&Value::Int(1))
         );
     }
 }
