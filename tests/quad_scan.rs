@@ -393,6 +393,13 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
         report["fit"]["x"]["norm_emit"]
     );
     assert!(stderr.contains("plane"), "the summary table: {stderr}");
+    // -4 … -2 kG never reaches x's waist (at about +0.95 kG): the fit says so.
+    let warnings = report["fit"]["warnings"].to_string();
+    assert!(warnings.contains("x: no waist"), "{warnings}");
+    assert!(
+        stderr.contains("no waist"),
+        "the table shows the warning: {stderr}"
+    );
 
     // The same pipeline scan, its event numbers going on from before the quad scan.
     assert_eq!(status()["scan"], scan_before);
