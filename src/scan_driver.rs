@@ -775,10 +775,17 @@ pub fn fit_summary(fit: &Value) -> String {
             continue;
         }
         let micro = |v: &Value| Value::from(v.as_f64().map(|x| x * 1e6));
+        let error = micro(&p["errors_chi2_scaled"]["norm_emit"]);
+        // Two significant digits of the error, and the value to the same place: a clean
+        // simulated scan's 0.0003 µm must not print as "± 0.000".
+        let digits = error
+            .as_f64()
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .map_or(3, |e| (1 - e.log10().floor() as i64).clamp(3, 6) as usize);
         let emit = format!(
             "{} ± {}",
-            number(&micro(&p["norm_emit"]), 3),
-            number(&micro(&p["errors_chi2_scaled"]["norm_emit"]), 3)
+            number(&micro(&p["norm_emit"]), digits),
+            number(&error, digits)
         );
         out.push_str(&format!(
             "{plane:<6}{emit:>22}{:>10}{:>9}{:>8}{:>9}\n",
@@ -1037,6 +1044,17 @@ mod tests {
         }
         assert!(lines[2].contains("not fitted: fewer than 3 settings"));
         assert_eq!(lines[3], "warning: y: fewer than 3 settings");
+    }
+
+    #[test]
+    fn a_small_error_keeps_two_significant_digits() {
+        let fit = serde_json::json!({
+            "x": {"norm_emit": 0.500053e-6, "errors_chi2_scaled": {"norm_emit": 0.00031e-6}},
+            "y": {"norm_emit": 0.4e-6, "errors_chi2_scaled": {"norm_emit": 0.05e-6}},
+        });
+        let summary = fit_summary(&fit);
+        assert!(summary.contains("0.50005 ± 0.00031"), "{summary}");
+        assert!(summary.contains("0.400 ± 0.050"), "{summary}");
     }
 
     #[test]
