@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use beamflow_ca::client::{ClientConfig, MonitorEvent, monitor, parse_addr_list};
 use beamflow_ca::convert::numbers;
+use beamflow_ca::dbr::alarm;
 use beamflow_ca::wire::DEFAULT_PORT;
 use beamflow_ca::{TimeValue, Values};
 use beamflow_protocol::streams::pv::PvFrame;
@@ -100,10 +101,6 @@ const GATHER_AT_MOST: Duration = Duration::from_secs(3);
 /// Updates handled per call while no scan needs frames (each image is converted), so the
 /// ingester's loop still says hello to the controller in time.
 const IDLE_BURST: usize = 64;
-
-/// EPICS alarm status and severity of a value that never came: `UDF_ALARM`, `INVALID_ALARM`.
-const UDF_STATUS: u16 = 17;
-const INVALID_SEVERITY: u16 = 3;
 
 /// Where a PV's connection stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -650,8 +647,8 @@ fn placeholder(pv: &str) -> Result<PvFrame, SourceError> {
         .map_err(|error| SourceError::Config(error.to_string()))?;
     Ok(PvFrame {
         pv: pv.to_owned(),
-        status: UDF_STATUS,
-        severity: INVALID_SEVERITY,
+        status: alarm::status::UDF,
+        severity: alarm::severity::INVALID,
         secs: 0,
         nanos: 0,
         value,
