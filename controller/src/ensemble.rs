@@ -71,6 +71,16 @@ pub enum StartError {
     NoWorkerWithTag(String),
 }
 
+/// Why a parameter cannot be set (answered as HTTP 400 with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter {name}: {reason}")]
+pub struct ParameterError {
+    /// The parameter.
+    pub name: ParameterName,
+    /// Why its value does not parse as its declared type.
+    pub reason: String,
+}
+
 /// A parameter value with its version, as dranspose keeps them.
 #[derive(Debug, Clone)]
 struct Versioned {
@@ -685,11 +695,17 @@ impl Ensemble {
 
     /// Sets a parameter (validated against its description, if any); answers the new
     /// parameters hash, as dranspose does.
-    pub fn set_parameter(&mut self, name: ParameterName, data: Bytes) -> Result<String, String> {
+    pub fn set_parameter(
+        &mut self,
+        name: ParameterName,
+        data: Bytes,
+    ) -> Result<String, ParameterError> {
         let name_is_dump_prefix = name.as_str() == DUMP_PREFIX;
         if let Some(description) = self.descriptions.iter().find(|d| d.name == name) {
-            ParameterValue::parse(description.dtype, &data)
-                .map_err(|message| format!("parameter {name}: {message}"))?;
+            ParameterValue::parse(description.dtype, &data).map_err(|reason| ParameterError {
+                name: name.clone(),
+                reason,
+            })?;
         }
         self.parameters.insert(
             name,

@@ -1,6 +1,6 @@
 //! The controller's REST API, path for path dranspose's (DESIGN.md §2), so scan software that
-//! drives dranspose drives beamflow. Errors are `{"detail": "..."}` with the status code, as
-//! dranspose's FastAPI answers them, because its clients read that field.
+//! drives dranspose drives beamflow. Errors are [`ApiError`]s, `{"detail": "..."}` with the
+//! status code, as dranspose's FastAPI answers them, because its clients read that field.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -8,13 +8,15 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ensemble::Ensemble;
+use beamflow_net::http::ApiError;
+
+use crate::ensemble::{Ensemble, ParameterError, StartError};
 use crate::mapping::{MappingError, Sequence};
 
 /// The controller's state as the API and the socket loop share it.
@@ -41,17 +43,21 @@ pub fn app(ensemble: Shared) -> Router {
         .with_state(ensemble)
 }
 
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "detail": self.1 }))).into_response()
+impl From<MappingError> for ApiError {
+    fn from(error: MappingError) -> Self {
+        ApiError::bad_request(error.to_string())
     }
 }
 
-impl From<MappingError> for ApiError {
-    fn from(error: MappingError) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, error.to_string())
+impl From<ParameterError> for ApiError {
+    fn from(error: ParameterError) -> Self {
+        ApiError::bad_request(error.to_string())
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> Self {
+        ApiError::bad_request(error.to_string())
     }
 }
 
@@ -92,9 +98,7 @@ async fn post_mapping(
 }
 
 fn start(ensemble: &Shared, sequence: Sequence) -> Result<Response, ApiError> {
-    let uuid = lock(ensemble)
-        .start(sequence, Instant::now())
-        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let uuid = lock(ensemble).start(sequence, Instant::now())?;
     Ok(axum::Json(uuid).into_response())
 }
 
@@ -132,9 +136,7 @@ async fn post_parameter(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let hash = lock(&ensemble)
-        .set_parameter(name.into(), body)
-        .map_err(|message| ApiError(StatusCode::BAD_REQUEST, message))?;
+    let hash = lock(&ensemble).set_parameter(name.into(), body)?;
     Ok(axum::Json(hash).into_response())
 }
 
@@ -144,12 +146,12 @@ async fn get_parameter(
 ) -> Result<Response, ApiError> {
     let data = lock(&ensemble)
         .parameter(&name)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "Parameter not found".to_owned()))?;
+        .ok_or_else(|| ApiError::not_found("Parameter not found"))?;
     Ok(([(header::CONTENT_TYPE, "application/x.bytes")], data).into_response())
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "Not Found".to_owned())
+    ApiError::not_found("Not Found")
 }
 
 #[cfg(test)]
@@ -157,7 +159,7 @@ mod tests {
     use super::*;
     use crate::ensemble::Pacing;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 

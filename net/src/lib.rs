@@ -14,6 +14,7 @@
 //! | component ↔ controller | DEALER → ROUTER (the controller binds), [`control`] messages |
 
 mod ffi;
+pub mod http;
 
 pub use ffi::reuse_large_buffers;
 

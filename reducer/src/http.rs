@@ -1,15 +1,16 @@
 //! The reducer's HTTP view: `GET /api/v1/result[/{path}]`, `GET /api/v1/status` and the OpenAPI
-//! document. Handlers only read a snapshot behind a std lock that is never held across `.await`
+//! document; errors are [`ApiError`]s. Handlers only read a snapshot behind a std lock that is never held across `.await`
 //! (mini-redis `db.rs`); the task applying results publishes new snapshots.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use beamflow_net::http::ApiError;
 use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
 
@@ -147,21 +148,26 @@ pub fn app(view: View) -> Router {
         .with_state(view)
 }
 
-/// An HTTP error as `{"error": "..."}` with its status code; every handler error goes through
-/// this one `IntoResponse`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
+/// Why `?slice=` cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SliceError {
+    /// The spec has no `:`.
+    #[error("slice {spec:?} is not of the form a:b")]
+    NotARange {
+        /// The spec as given.
+        spec: String,
+    },
+    /// One end is neither empty nor an integer.
+    #[error("slice bound {bound:?} is not an integer")]
+    NotAnInteger {
+        /// The end as given.
+        bound: String,
+    },
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+impl From<SliceError> for ApiError {
+    fn from(error: SliceError) -> Self {
+        ApiError::bad_request(error.to_string())
     }
 }
 
@@ -180,23 +186,19 @@ async fn result_at(
     Query(query): Query<SliceQuery>,
 ) -> Result<Response, ApiError> {
     let state = view.state();
-    let node = state.pointer(&path).ok_or_else(|| ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: format!("no result at {path:?}"),
-    })?;
+    let node = state
+        .pointer(&path)
+        .ok_or_else(|| ApiError::not_found(format!("no result at {path:?}")))?;
     match query.slice {
         None => Ok(json_response(node)),
         Some(spec) => {
             let Value::Array(items) = node else {
-                return Err(ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    message: format!("{path:?} is {}, only arrays can be sliced", node.kind()),
-                });
+                return Err(ApiError::bad_request(format!(
+                    "{path:?} is {}, only arrays can be sliced",
+                    node.kind()
+                )));
             };
-            let range = parse_slice(&spec, items.len()).map_err(|message| ApiError {
-                status: StatusCode::BAD_REQUEST,
-                message,
-            })?;
+            let range = parse_slice(&spec, items.len())?;
             Ok(json_response(&Value::Array(items[range].to_vec())))
         }
     }
@@ -211,37 +213,31 @@ async fn openapi() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: "no such endpoint; see /api/v1/openapi.json".to_owned(),
-    }
+    ApiError::not_found("no such endpoint; see /api/v1/openapi.json")
 }
 
 fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("cannot encode the state as JSON: {error}"),
+        Err(error) => {
+            ApiError::internal(format!("cannot encode the state as JSON: {error}")).into_response()
         }
-        .into_response(),
     }
 }
 
 /// Parses `a:b` with Python's rules: either end may be omitted, negatives count from the end,
 /// out-of-range ends are clamped.
-fn parse_slice(spec: &str, len: usize) -> Result<std::ops::Range<usize>, String> {
-    let (start, end) = spec
-        .split_once(':')
-        .ok_or_else(|| format!("slice {spec:?} is not of the form a:b"))?;
-    let bound = |text: &str, default: usize| -> Result<usize, String> {
+fn parse_slice(spec: &str, len: usize) -> Result<std::ops::Range<usize>, SliceError> {
+    let (start, end) = spec.split_once(':').ok_or_else(|| SliceError::NotARange {
+        spec: spec.to_owned(),
+    })?;
+    let bound = |text: &str, default: usize| -> Result<usize, SliceError> {
         if text.trim().is_empty() {
             return Ok(default);
         }
-        let i: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("slice bound {text:?} is not an integer"))?;
+        let i: i64 = text.trim().parse().map_err(|_| SliceError::NotAnInteger {
+            bound: text.to_owned(),
+        })?;
         let len = len as i64;
         Ok((if i < 0 { len + i } else { i }).clamp(0, len) as usize)
     };
@@ -254,7 +250,7 @@ fn parse_slice(spec: &str, len: usize) -> Result<std::ops::Range<usize>, String>
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -332,19 +328,19 @@ mod tests {
         insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/nope").await, @r#"
         (
             404,
-            "{\"error\":\"no result at \\\"history/nope\\\"\"}",
+            "{\"detail\":\"no result at \\\"history/nope\\\"\"}",
         )
         "#);
         insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/name?slice=0:1").await, @r#"
         (
             400,
-            "{\"error\":\"\\\"history/name\\\" is text, only arrays can be sliced\"}",
+            "{\"detail\":\"\\\"history/name\\\" is text, only arrays can be sliced\"}",
         )
         "#);
         insta::assert_debug_snapshot!(get(&view, "/api/v1/result/history/mean?slice=x:1").await, @r#"
         (
             400,
-            "{\"error\":\"slice bound \\\"x\\\" is not an integer\"}",
+            "{\"detail\":\"slice bound \\\"x\\\" is not an integer\"}",
         )
         "#);
         assert_eq!(get(&view, "/nowhere").await.0, StatusCode::NOT_FOUND);
