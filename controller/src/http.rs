@@ -2,6 +2,8 @@
 //! drives dranspose drives beamflow. Errors are [`ApiError`]s, `{"detail": "..."}` with the
 //! status code, as dranspose's FastAPI answers them, because its clients read that field.
 
+mod views;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 

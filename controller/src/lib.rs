@@ -7,9 +7,10 @@
 //! - [`mapping`]: the dranspose mapping/sequence JSON, validated, and questions about it.
 //! - [`route`]: which real workers get each stream's frame of each event.
 //! - [`scan`]: a scan's leases, window, liveness and re-routing after a worker dies.
-//! - [`ensemble`]: the connected components, parameters and the current scan; what to tell whom.
+//! - [`ensemble`]: the connected components, parameters and the current scan; what to tell whom
+//!   (its methods split by concern: membership, parameters, the scan lifecycle).
 //! - [`node`]: the ROUTER socket loop around the ensemble.
-//! - [`http`]: the dranspose-compatible REST API over the same ensemble.
+//! - [`http`]: the dranspose-compatible REST API over the same ensemble, and its views of it.
 //! - [`recording`]: the mapping and parameter files written beside the dumps.
 
 pub mod ensemble;
