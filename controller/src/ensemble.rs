@@ -27,7 +27,6 @@ pub(crate) use lifecycle::Current;
 use lifecycle::LiveScan;
 pub use lifecycle::{LIVE_RESUME_AFTER, StartError};
 pub(crate) use membership::Member;
-pub use parameters::ParameterError;
 use parameters::Versioned;
 
 /// How a scan is paced.

@@ -1,6 +1,7 @@
 //! The controller's REST API, path for path dranspose's (DESIGN.md §2), so scan software that
 //! drives dranspose drives beamflow. Errors are [`ApiError`]s, `{"detail": "..."}` with the
-//! status code, as dranspose's FastAPI answers them, because its clients read that field.
+//! status code, as dranspose's FastAPI answers them, because its clients read that field. The
+//! routes are one table, [`routes`], which the OpenAPI document is tested against.
 
 mod views;
 
@@ -12,33 +13,43 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use beamflow_net::http::ApiError;
+use beamflow_net::http::{ApiError, Route, router};
 
-use crate::ensemble::{Ensemble, ParameterError, StartError};
+use crate::ensemble::{Ensemble, StartError};
 use crate::mapping::{MappingError, Sequence};
 
 /// The controller's state as the API and the socket loop share it.
 pub type Shared = Arc<Mutex<Ensemble>>;
 
+/// The OpenAPI 3.1 description of the controller's server: these routes and the quad-scan
+/// service's, which `beamflow run` serves beside them.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The controller's routes: they build [`app`], and the test below holds [`OPENAPI`] to them.
+pub fn routes() -> Vec<Route<Shared>> {
+    vec![
+        Route::post("/api/v1/sequence", post_sequence),
+        Route::get("/api/v1/sequence", get_sequence),
+        Route::post("/api/v1/mapping", post_mapping),
+        Route::get("/api/v1/mapping", get_sequence),
+        Route::post("/api/v1/stop", stop),
+        Route::get("/api/v1/progress", progress),
+        Route::get("/api/v1/status", status),
+        Route::get("/api/v1/config", config),
+        Route::get("/api/v1/load", load),
+        Route::get("/api/v1/parameters", parameters),
+        Route::post("/api/v1/parameter/{name}", post_parameter),
+        Route::get("/api/v1/parameter/{name}", get_parameter),
+        Route::get("/api/v1/openapi.json", openapi),
+    ]
+}
+
 /// The router.
 pub fn app(ensemble: Shared) -> Router {
-    Router::new()
-        .route("/api/v1/sequence", post(post_sequence).get(get_sequence))
-        .route("/api/v1/mapping", post(post_mapping).get(get_sequence))
-        .route("/api/v1/stop", post(stop))
-        .route("/api/v1/progress", get(progress))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/config", get(config))
-        .route("/api/v1/load", get(load))
-        .route("/api/v1/parameters", get(parameters))
-        .route(
-            "/api/v1/parameter/{name}",
-            post(post_parameter).get(get_parameter),
-        )
+    router(routes())
         .fallback(not_found)
         // A mapping of a long scan is large (about 20 bytes per slot): 10^6 events fit.
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
@@ -47,12 +58,6 @@ pub fn app(ensemble: Shared) -> Router {
 
 impl From<MappingError> for ApiError {
     fn from(error: MappingError) -> Self {
-        ApiError::bad_request(error.to_string())
-    }
-}
-
-impl From<ParameterError> for ApiError {
-    fn from(error: ParameterError) -> Self {
         ApiError::bad_request(error.to_string())
     }
 }
@@ -138,7 +143,9 @@ async fn post_parameter(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let hash = lock(&ensemble).set_parameter(name.into(), body)?;
+    let hash = lock(&ensemble)
+        .set_parameter(name.into(), body)
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
     Ok(axum::Json(hash).into_response())
 }
 
@@ -150,6 +157,10 @@ async fn get_parameter(
         .parameter(&name)
         .ok_or_else(|| ApiError::not_found("Parameter not found"))?;
     Ok(([(header::CONTENT_TYPE, "application/x.bytes")], data).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -224,5 +235,29 @@ mod tests {
         );
         let (_, described) = call(&app, "GET", "/api/v1/parameters", "").await;
         assert!(described.contains("dump_prefix"), "{described}");
+    }
+
+    /// The quad-scan service's routes, which `beamflow run` merges into this server.
+    const QUAD_SCAN: [(&str, &str); 3] = [
+        ("/api/v1/scan/quad", "get"),
+        ("/api/v1/scan/quad", "post"),
+        ("/api/v1/scan/quad", "delete"),
+    ];
+
+    #[tokio::test]
+    async fn the_openapi_document_describes_every_route_the_server_serves() {
+        let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
+            .iter()
+            .map(Route::operation)
+            .chain(
+                QUAD_SCAN
+                    .iter()
+                    .map(|(path, method)| ((*path).to_owned(), (*method).to_owned())),
+            )
+            .collect();
+        let documented = beamflow_net::http::documented(OPENAPI).unwrap();
+        assert_eq!(documented, served);
+        let (status, body) = call(&fresh_app(), "GET", "/api/v1/openapi.json", "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, OPENAPI));
     }
 }

@@ -5,16 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use beamflow_net::http::ApiError;
+use beamflow_net::http::{ApiError, Route, router};
 use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
 
-/// The OpenAPI 3.1 description of this router.
+/// The OpenAPI 3.1 description of the reducer's server: these routes and the model endpoints,
+/// which the reducer of `beamflow run` and `beamflow reducer` serves beside them (`beamflow
+/// replay` serves only these).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What `GET /api/v1/status` reports.
@@ -136,16 +137,20 @@ impl View {
     }
 }
 
+/// The reducer's routes: they build [`app`], and the test below holds [`OPENAPI`] to them.
+pub fn routes() -> Vec<Route<View>> {
+    vec![
+        Route::get("/api/v1/result", whole_result),
+        Route::get("/api/v1/result/", whole_result),
+        Route::get("/api/v1/result/{*path}", result_at),
+        Route::get("/api/v1/status", status),
+        Route::get("/api/v1/openapi.json", openapi),
+    ]
+}
+
 /// The router; the same for replay and the live reducer.
 pub fn app(view: View) -> Router {
-    Router::new()
-        .route("/api/v1/result", get(whole_result))
-        .route("/api/v1/result/", get(whole_result))
-        .route("/api/v1/result/{*path}", get(result_at))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/openapi.json", get(openapi))
-        .fallback(not_found)
-        .with_state(view)
+    router(routes()).fallback(not_found).with_state(view)
 }
 
 /// Why `?slice=` cannot be applied.
@@ -354,18 +359,29 @@ mod tests {
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(status["events"], 4);
         assert_eq!(status["source"], "replay");
-        let (_, body) = get(&view, "/api/v1/openapi.json").await;
-        let document: serde_json::Value = serde_json::from_str(&body).unwrap();
-        for path in [
-            "/api/v1/result",
-            "/api/v1/result/{path}",
-            "/api/v1/status",
-            "/api/v1/openapi.json",
-        ] {
-            assert!(
-                document["paths"][path].is_object(),
-                "{path} missing from the OpenAPI document"
-            );
-        }
+        let (code, body) = get(&view, "/api/v1/openapi.json").await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, OPENAPI));
+    }
+
+    /// The model endpoints, which the reducer of `beamflow run` serves beside these routes.
+    const MODELS: [(&str, &str); 4] = [
+        ("/api/v1/model", "get"),
+        ("/api/v1/model/{name}", "get"),
+        ("/api/v1/model/{name}/evaluate", "post"),
+        ("/api/v1/model/{name}/inputs", "get"),
+    ];
+
+    #[test]
+    fn the_openapi_document_describes_every_route_the_server_serves() {
+        let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
+            .iter()
+            .map(Route::operation)
+            .chain(
+                MODELS
+                    .iter()
+                    .map(|(path, method)| ((*path).to_owned(), (*method).to_owned())),
+            )
+            .collect();
+        assert_eq!(beamflow_net::http::documented(OPENAPI).unwrap(), served);
     }
 }

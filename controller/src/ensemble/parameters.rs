@@ -2,7 +2,9 @@
 //! written beside the dumps with the scan's mapping.
 
 use beamflow_protocol::control::{ByteVec, FromController, Role};
-use beamflow_protocol::parameters::{DEFAULT_DUMP_MAX_MB, DUMP_MAX_MB, DUMP_PREFIX};
+use beamflow_protocol::parameters::{
+    DEFAULT_DUMP_MAX_MB, DUMP_MAX_MB, DUMP_PREFIX, ParameterError,
+};
 use beamflow_protocol::{ParameterDescription, ParameterName, ParameterValue};
 use bytes::Bytes;
 use sha2::Digest as _;
@@ -10,16 +12,6 @@ use tracing::{info, warn};
 
 use super::Ensemble;
 use crate::mapping::Sequence;
-
-/// Why a parameter cannot be set (answered as HTTP 400 with this text).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("parameter {name}: {reason}")]
-pub struct ParameterError {
-    /// The parameter.
-    pub name: ParameterName,
-    /// Why its value does not parse as its declared type.
-    pub reason: String,
-}
 
 /// A parameter value with its version, as dranspose keeps them.
 #[derive(Debug, Clone)]
@@ -69,9 +61,11 @@ impl Ensemble {
     ) -> Result<String, ParameterError> {
         let name_is_dump_prefix = name.as_str() == DUMP_PREFIX;
         if let Some(description) = self.descriptions.iter().find(|d| d.name == name) {
-            ParameterValue::parse(description.dtype, &data).map_err(|reason| ParameterError {
-                name: name.clone(),
-                reason,
+            ParameterValue::parse(description.dtype, &data).map_err(|message| {
+                ParameterError::Invalid {
+                    name: name.clone(),
+                    message,
+                }
             })?;
         }
         self.parameters.insert(
