@@ -257,6 +257,10 @@ mod tests {
             .collect();
         let documented = beamflow_net::http::documented(OPENAPI).unwrap();
         assert_eq!(documented, served);
+        assert_eq!(
+            beamflow_net::http::dangling_refs(OPENAPI).unwrap(),
+            Vec::<String>::new()
+        );
         let (status, body) = call(&fresh_app(), "GET", "/api/v1/openapi.json", "").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, OPENAPI));
     }

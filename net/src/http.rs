@@ -178,6 +178,34 @@ pub fn documented(document: &str) -> Result<BTreeSet<Operation>, serde_json::Err
         .collect())
 }
 
+/// The `$ref`s of an OpenAPI document that point nowhere in it.
+pub fn dangling_refs(document: &str) -> Result<Vec<String>, serde_json::Error> {
+    fn refs<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(target)) = map.get("$ref") {
+                    found.push(target);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let document: serde_json::Value = serde_json::from_str(document)?;
+    let mut found = Vec::new();
+    refs(&document, &mut found);
+    Ok(found
+        .into_iter()
+        .filter(|target| {
+            target
+                .strip_prefix('#')
+                .is_none_or(|pointer| document.pointer(pointer).is_none())
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +276,17 @@ mod tests {
             "/b": {"delete": {}}
         }}"#;
         assert_eq!(operations, documented(document).unwrap());
+    }
+
+    #[test]
+    fn a_ref_to_nothing_is_found() {
+        let document = r##"{"paths": {"/a": {"get": {"responses": {
+            "200": {"$ref": "#/components/responses/Fine"},
+            "404": {"$ref": "#/components/responses/Missing"}
+        }}}}, "components": {"responses": {"Fine": {}}}}"##;
+        assert_eq!(
+            dangling_refs(document).unwrap(),
+            ["#/components/responses/Missing"]
+        );
     }
 }

@@ -383,5 +383,9 @@ mod tests {
             )
             .collect();
         assert_eq!(beamflow_net::http::documented(OPENAPI).unwrap(), served);
+        assert_eq!(
+            beamflow_net::http::dangling_refs(OPENAPI).unwrap(),
+            Vec::<String>::new()
+        );
     }
 }
