@@ -13,8 +13,10 @@ use beamflow_net::{
     Heartbeat, Stop, TransportError, control_client, instance_id, push_to, send_parts,
     send_to_controller, try_recv_from_controller,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, WorkerName};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, Hello, IngesterStatus, Role, ToController,
+};
+use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, Value, WorkerName};
 use tracing::{info, warn};
 
 use crate::core::{IngesterCore, Placed, Send};
@@ -152,17 +154,17 @@ impl Node<'_> {
             return;
         }
         let recording = self.recorder.status();
-        let status = serde_json::json!({
-            "scan": self.core.scan(),
-            "counts": self.core.counts(),
-            "retained_events": self.core.retained(),
-            "retained_bytes": self.core.retained_bytes(),
-            "source": self.source.status(),
-            "malformed_frames": self.malformed,
-            "recording": recording.recording,
-            "last_recording": recording.last_recording,
-            "recorded_files": recording.files,
-        });
+        let status = IngesterStatus {
+            scan: self.core.scan(),
+            counts: self.core.counts(),
+            retained_events: self.core.retained(),
+            retained_bytes: self.core.retained_bytes(),
+            source: Value::from_serialize(&self.source.status()).unwrap_or_default(),
+            malformed_frames: self.malformed,
+            recording: recording.recording,
+            last_recording: recording.last_recording,
+            recorded_files: recording.files,
+        };
         let hello = ToController::Hello(Hello {
             role: Role::Ingester,
             name: self.settings.name.to_string(),
@@ -170,7 +172,7 @@ impl Node<'_> {
             tags: Vec::new(),
             streams: self.source.streams(),
             endpoint: None,
-            status: status.to_string(),
+            status: ComponentStatus::Ingester(status),
         });
         let _ = send_to_controller(&self.control, &hello);
     }

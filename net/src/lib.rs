@@ -578,7 +578,7 @@ mod tests {
             tags: vec![],
             streams: vec![],
             endpoint: None,
-            status: "{}".into(),
+            status: control::ComponentStatus::empty(Role::Worker),
         });
         send_to_controller(&dealer, &hello).unwrap();
         // Blocking receive (5 s timeout) of the first message, then a non-blocking one.

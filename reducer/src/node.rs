@@ -10,7 +10,9 @@ use beamflow_net::{
     Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_reports,
     send_to_controller, socket, try_recv_from_controller,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, Hello, ReducerStatus, Role, ToController,
+};
 use beamflow_protocol::{EventNumber, EventReport, Parameters};
 use tracing::{info, warn};
 
@@ -76,12 +78,12 @@ pub fn run(
     while !stop.is_stopped() {
         let now = Instant::now();
         if heartbeat.due(now) {
-            let status = serde_json::json!({
-                "scan": live.as_ref().map(|l| l.scan),
-                "counts": live.as_ref().map(|l| l.core.counts()),
-                "stale_reports": stale,
-                "malformed_reports": malformed,
-            });
+            let status = ReducerStatus {
+                scan: live.as_ref().map(|l| l.scan),
+                counts: live.as_ref().map(|l| l.core.counts()),
+                stale_reports: stale,
+                malformed_reports: malformed,
+            };
             let hello = ToController::Hello(Hello {
                 role: Role::Reducer,
                 name: "reducer".to_owned(),
@@ -89,7 +91,7 @@ pub fn run(
                 tags: Vec::new(),
                 streams: Vec::new(),
                 endpoint: Some(endpoint.clone()),
-                status: status.to_string(),
+                status: ComponentStatus::Reducer(status),
             });
             let _ = send_to_controller(&control, &hello);
         }

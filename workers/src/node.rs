@@ -11,7 +11,9 @@ use beamflow_net::{
     Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, push_to, recv_parts,
     send_reports, send_to_controller, socket, try_recv_from_controller,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, Hello, Role, ToController, WorkerStatus,
+};
 use beamflow_protocol::{AnalysisName, EventData, EventReport, Parameters, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
@@ -93,14 +95,15 @@ pub fn run(
     while !stop.is_stopped() {
         let now = Instant::now();
         if heartbeat.due(now) {
-            let status = serde_json::json!({
-                "scan": scan,
-                "counts": core.counts(),
-                "busy_seconds": core.counts().busy_micros as f64 / 1e6,
-                "last_event": core.counts().last_event,
-                "stale_parts": stale,
-                "malformed_parts": malformed,
-            });
+            let counts = core.counts();
+            let status = WorkerStatus {
+                scan,
+                counts,
+                busy_seconds: counts.busy_micros as f64 / 1e6,
+                last_event: counts.last_event,
+                stale_parts: stale,
+                malformed_parts: malformed,
+            };
             let hello = ToController::Hello(Hello {
                 role: Role::Worker,
                 name: settings.name.to_string(),
@@ -108,7 +111,7 @@ pub fn run(
                 tags: settings.tags.iter().cloned().collect(),
                 streams: Vec::new(),
                 endpoint: Some(endpoint.clone()),
-                status: status.to_string(),
+                status: ComponentStatus::Worker(status),
             });
             let _ = send_to_controller(&control, &hello);
         }
