@@ -278,6 +278,8 @@ mod value_cbor {
 pub const HEARTBEAT_MS: u64 = 500;
 
 /// Component → controller.
+// A hello goes out twice a second per component: its size is no cost worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ToController {
     /// Introduction and heartbeat.
