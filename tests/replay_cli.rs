@@ -483,3 +483,35 @@ values = { det_mean = "det/0/mean", det_max = "dte/0/max" }
     assert_eq!(unmatched[0]["path"], "dte/0/max");
     assert_eq!(unmatched[0]["keys"][0], "det");
 }
+
+/// Issue 15: a process that logs at ERROR fails the test that ran it, unless the test declared
+/// that error. A replay over a damaged dump logs its first bad record at ERROR.
+#[test]
+fn gh_15_an_error_log_fails_the_test_unless_it_is_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = damaged_dump(dir.path()).display().to_string();
+    let pipeline = example_pipeline();
+    let serve = |allowed: &[&str]| {
+        let mut running = Running::spawn(&[
+            "replay",
+            "--pipeline",
+            &pipeline,
+            "--dump",
+            &dump,
+            "--serve",
+            "127.0.0.1:0",
+        ]);
+        running.allow_errors(allowed);
+        running.wait_for_line("Replay done; still serving");
+        running
+    };
+    let undeclared = serve(&[]);
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(undeclared)))
+        .expect_err("an undeclared ERROR fails the test");
+    let message = failure.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("logged at ERROR") && message.contains("Skipped a bad record"),
+        "{message}"
+    );
+    drop(serve(&["Skipped a bad record"]));
+}
