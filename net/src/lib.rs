@@ -12,6 +12,10 @@
 //! | ingester → worker | PUSH (one per worker) → PULL (the worker binds) |
 //! | worker → reducer | PUSH → PULL (the reducer binds) |
 //! | component ↔ controller | DEALER → ROUTER (the controller binds), [`control`] messages |
+//!
+//! What every component loop does besides its own work (hello on time, the controller's
+//! reachability, a repeated scan, messages ahead of their scan, malformed ones) is one shape in
+//! `link.rs`: [`ControlLink`], [`Early`], [`Malformed`].
 
 mod ffi;
 mod link;
