@@ -53,9 +53,27 @@ pub(crate) fn beamflow() -> Command {
     command
 }
 
-/// Runs `beamflow` to completion.
+/// Runs `beamflow` to completion; fails the test if it logged at ERROR (see [`Running`]).
 pub(crate) fn beamflow_output(args: &[&str]) -> Output {
-    beamflow().args(args).output().expect("run beamflow")
+    beamflow_output_allowing(args, &[])
+}
+
+/// Runs `beamflow` to completion; fails the test if it logged at ERROR, but for lines that
+/// contain one of `allowed`.
+pub(crate) fn beamflow_output_allowing(args: &[&str], allowed: &[&str]) -> Output {
+    let output = beamflow().args(args).output().expect("run beamflow");
+    let unexpected: Vec<_> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| is_error(line) && !allowed.iter().any(|allowed| line.contains(allowed)))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "beamflow {} logged at ERROR (declare expected errors):\n{}",
+        args.join(" "),
+        unexpected.join("\n")
+    );
+    output
 }
 
 /// Decodes lowercase hex.
