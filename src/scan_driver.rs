@@ -316,6 +316,7 @@ impl ScanStop {
                         })
                         .map_err(|_| "no answer within 2 s".to_owned())?
                         .map_err(|_| "the CA client stopped".to_owned())?
+                        .map_err(|error| error.to_string())
                 });
             done.push(match answered {
                 Ok(()) => {

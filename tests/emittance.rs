@@ -2,12 +2,47 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{beamflow_output, root};
+use crate::util::{beamflow_output, data, root};
 
 fn reference() -> Value {
-    let text = std::fs::read_to_string(root().join("../shared/data/quadscan/reference.json"))
-        .expect("the shared reference dataset");
+    let text = std::fs::read_to_string(data("quadscan_reference.json"))
+        .expect("the quad-scan reference dataset");
     serde_json::from_str(&text).unwrap()
+}
+
+/// The reference data the tests read are copies, so the repository's tests stand alone; this one
+/// test holds them to the originals, the independent implementation's output beside the
+/// repository (`../shared`), which stay the oracle.
+#[test]
+fn the_reference_data_are_the_shared_originals() {
+    let shared = root().join("../shared");
+    for (original, copy) in [
+        (
+            "data/quadscan/reference.json",
+            data("quadscan_reference.json"),
+        ),
+        (
+            "models/lcls_cu_injector/reference.json",
+            data("lcls_cu_injector_reference.json"),
+        ),
+        (
+            "models/lcls_cu_injector/model.safetensors",
+            root().join("models/lcls_cu_injector/model.safetensors"),
+        ),
+        (
+            "models/lcls_cu_injector/model.yaml",
+            root().join("models/lcls_cu_injector/model.yaml"),
+        ),
+    ] {
+        let original = shared.join(original);
+        let original = std::fs::read(&original)
+            .unwrap_or_else(|error| panic!("{}: {error}", original.display()));
+        assert!(
+            std::fs::read(&copy).unwrap() == original,
+            "{} differs from the shared original",
+            copy.display()
+        );
+    }
 }
 
 fn run(scan: &Value) -> std::process::Output {

@@ -1,9 +1,14 @@
-//! `beamflow model eval`: the surrogate as a tool, on the shared model's reference vectors, one
-//! point at a time and in sweeps.
+//! `beamflow model eval`: the surrogate as a tool, on the model's reference vectors, one point at
+//! a time and in sweeps.
 
 use serde_json::Value;
 
-use crate::util::{beamflow, root};
+use crate::util::{beamflow, data, root};
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(data("lcls_cu_injector_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
 
 fn eval(model: &str, inputs: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -24,10 +29,9 @@ fn eval(model: &str, inputs: &str) -> std::process::Output {
 
 #[test]
 fn evaluates_the_reference_points_and_refuses_out_of_range_inputs() {
-    let shared = root().join("../shared/models/lcls_cu_injector");
-    let text = std::fs::read_to_string(shared.join("reference.json")).unwrap();
-    let reference: Value = serde_json::from_str(&text).unwrap();
-    for model in [shared.to_str().unwrap(), "builtin:lcls_cu_injector"] {
+    let directory = root().join("models/lcls_cu_injector");
+    let reference = reference();
+    for model in [directory.to_str().unwrap(), "builtin:lcls_cu_injector"] {
         for point in reference["points"].as_array().unwrap() {
             let output = eval(model, &point["inputs"].to_string());
             assert!(
@@ -85,9 +89,7 @@ fn sweep(model: &str, inputs: &str, sweeps: &[&str]) -> std::process::Output {
 /// reproduces the point's outputs at that step; one JSON line per step.
 #[test]
 fn gh_14_a_sweep_through_a_reference_point_reproduces_it() {
-    let shared = root().join("../shared/models/lcls_cu_injector");
-    let text = std::fs::read_to_string(shared.join("reference.json")).unwrap();
-    let reference: Value = serde_json::from_str(&text).unwrap();
+    let reference = reference();
     let name = "QUAD:IN20:525:BCTRL";
     for point in reference["points"].as_array().unwrap() {
         let at = point["inputs"][name].as_f64().unwrap();

@@ -12,7 +12,13 @@ use beamflow_protocol::{DType, EventData, EventNumber, NdArray, StreamData};
 use bytes::Bytes;
 use serde_json::Value as Json;
 
-use crate::util::{Running, beamflow_output, data, http_get, root};
+use crate::util::{Running, beamflow_output, beamflow_output_allowing, data, http_get, root};
+
+/// What a replay logs at ERROR for the first bad record it skips.
+const BAD_RECORD: &str = "Skipped a bad record";
+
+/// What a replay logs at ERROR for the first analysis that fails.
+const ANALYSIS_FAILED: &str = "Analysis failed";
 
 fn example_pipeline() -> String {
     root().join("examples/pipeline.toml").display().to_string()
@@ -132,7 +138,10 @@ fn bad_records_are_counted_and_skipped_or_fatal_with_strict() {
     let path = damaged_dump(dir.path());
     let dump = path.display().to_string();
     let pipeline = example_pipeline();
-    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump]);
+    let output = beamflow_output_allowing(
+        &["replay", "--pipeline", &pipeline, "--dump", &dump],
+        &[BAD_RECORD],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("replayed 9 events"), "{stderr}");
@@ -185,7 +194,10 @@ fn a_frame_that_is_not_stins_is_an_analysis_error_with_its_event_number() {
     let dump = path.display().to_string();
     let pipeline = example_pipeline();
 
-    let output = beamflow_output(&["replay", "--pipeline", &pipeline, "--dump", &dump]);
+    let output = beamflow_output_allowing(
+        &["replay", "--pipeline", &pipeline, "--dump", &dump],
+        &[ANALYSIS_FAILED],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -325,15 +337,19 @@ fn serve_keeps_the_http_view_up_after_the_replay() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-/// Runs `beamflow replay` of `dump` through the example pipeline.
-fn replay_example(dump: &Path) -> std::process::Output {
-    beamflow_output(&[
-        "replay",
-        "--pipeline",
-        &example_pipeline(),
-        "--dump",
-        &dump.display().to_string(),
-    ])
+/// Runs `beamflow replay` of `dump` through the example pipeline; it may log the ERROR lines
+/// `allowed` names.
+fn replay_example(dump: &Path, allowed: &[&str]) -> std::process::Output {
+    beamflow_output_allowing(
+        &[
+            "replay",
+            "--pipeline",
+            &example_pipeline(),
+            "--dump",
+            &dump.display().to_string(),
+        ],
+        allowed,
+    )
 }
 
 #[test]
@@ -341,7 +357,7 @@ fn a_file_that_is_not_a_dump_is_a_usage_error_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notadump.txt");
     std::fs::write(&path, "event,mean\n1,2.5\n").unwrap();
-    let output = replay_example(&path);
+    let output = replay_example(&path, &[]);
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -357,7 +373,7 @@ fn a_file_that_is_not_a_dump_is_a_usage_error_with_exit_code_2() {
     );
 
     // Other failures keep exit code 1: a missing file is not "not a dump".
-    let output = replay_example(&dir.path().join("missing.cbors"));
+    let output = replay_example(&dir.path().join("missing.cbors"), &[]);
     assert_eq!(output.status.code(), Some(1));
 }
 
@@ -367,7 +383,7 @@ fn a_replay_that_reads_no_event_fails() {
     // A scan without events leaves an empty dump: valid, but nothing to replay.
     let empty = dir.path().join("empty.cbors");
     File::create(&empty).unwrap();
-    let output = replay_example(&empty);
+    let output = replay_example(&empty, &[]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr).trim(),
@@ -381,7 +397,7 @@ fn a_replay_that_reads_no_event_fails() {
     let bad = dir.path().join("bad.cbors");
     let record = [0xd9, 0xd9, 0xf7, 0xd9, 0xa7, 0x7f, 0x80];
     std::fs::write(&bad, [record, record].concat()).unwrap();
-    let output = replay_example(&bad);
+    let output = replay_example(&bad, &[BAD_RECORD]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
@@ -482,4 +498,36 @@ values = { det_mean = "det/0/mean", det_max = "dte/0/max" }
     assert_eq!(unmatched[0]["column"], "det_max");
     assert_eq!(unmatched[0]["path"], "dte/0/max");
     assert_eq!(unmatched[0]["keys"][0], "det");
+}
+
+/// Issue 15: a process that logs at ERROR fails the test that ran it, unless the test declared
+/// that error. A replay over a damaged dump logs its first bad record at ERROR.
+#[test]
+fn gh_15_an_error_log_fails_the_test_unless_it_is_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = damaged_dump(dir.path()).display().to_string();
+    let pipeline = example_pipeline();
+    let serve = |allowed: &[&str]| {
+        let mut running = Running::spawn(&[
+            "replay",
+            "--pipeline",
+            &pipeline,
+            "--dump",
+            &dump,
+            "--serve",
+            "127.0.0.1:0",
+        ]);
+        running.allow_errors(allowed);
+        running.wait_for_line("Replay done; still serving");
+        running
+    };
+    let undeclared = serve(&[]);
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(undeclared)))
+        .expect_err("an undeclared ERROR fails the test");
+    let message = failure.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("logged at ERROR") && message.contains(BAD_RECORD),
+        "{message}"
+    );
+    drop(serve(&[BAD_RECORD]));
 }

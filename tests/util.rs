@@ -1,9 +1,10 @@
 //! Helpers shared by the end-to-end tests.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 
 /// The workspace root.
 pub(crate) fn root() -> PathBuf {
@@ -52,9 +53,27 @@ pub(crate) fn beamflow() -> Command {
     command
 }
 
-/// Runs `beamflow` to completion.
+/// Runs `beamflow` to completion; fails the test if it logged at ERROR (see [`Running`]).
 pub(crate) fn beamflow_output(args: &[&str]) -> Output {
-    beamflow().args(args).output().expect("run beamflow")
+    beamflow_output_allowing(args, &[])
+}
+
+/// Runs `beamflow` to completion; fails the test if it logged at ERROR, but for lines that
+/// contain one of `allowed`.
+pub(crate) fn beamflow_output_allowing(args: &[&str], allowed: &[&str]) -> Output {
+    let output = beamflow().args(args).output().expect("run beamflow");
+    let unexpected: Vec<_> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| is_error(line) && !allowed.iter().any(|allowed| line.contains(allowed)))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "beamflow {} logged at ERROR (declare expected errors):\n{}",
+        args.join(" "),
+        unexpected.join("\n")
+    );
+    output
 }
 
 /// Decodes lowercase hex.
@@ -66,9 +85,16 @@ pub(crate) fn unhex(text: &str) -> Vec<u8> {
 }
 
 /// A running `beamflow` whose standard error is read line by line.
+///
+/// Like dranspose's `fail_on_error_log`, a process that logged at ERROR fails the test when it
+/// is dropped, unless the test declared those errors with [`Running::allow_errors`]: an
+/// ERROR means data loss or that an operator must act, which no test expects by accident.
 pub(crate) struct Running {
     pub(crate) child: Child,
-    pub(crate) stderr: BufReader<std::process::ChildStderr>,
+    pub(crate) stderr: Stderr,
+    errors: Arc<Mutex<Vec<String>>>,
+    allowed: Vec<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -85,8 +111,43 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start beamflow");
-        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        Self { child, stderr }
+        let pipe = BufReader::new(child.stderr.take().expect("stderr"));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (lines, receiver) = mpsc::channel();
+        // Every line is read as it comes, whether or not the test reads it, so an ERROR logged
+        // after the test's last read is still seen.
+        let reader = std::thread::spawn({
+            let errors = Arc::clone(&errors);
+            move || {
+                for line in pipe.split(b'\n') {
+                    let Ok(mut line) = line else { break };
+                    let text = String::from_utf8_lossy(&line);
+                    if is_error(&text) {
+                        errors.lock().unwrap().push(text.into_owned());
+                    }
+                    line.push(b'\n');
+                    // The test may have stopped reading; the lines are still checked.
+                    let _ = lines.send(line);
+                }
+            }
+        });
+        Self {
+            child,
+            stderr: Stderr {
+                lines: receiver,
+                line: Vec::new(),
+                at: 0,
+            },
+            errors,
+            allowed: Vec::new(),
+            reader: Some(reader),
+        }
+    }
+
+    /// Declares the ERROR lines this test provokes, each by a part of its text.
+    pub(crate) fn allow_errors(&mut self, substrings: &[&str]) {
+        self.allowed
+            .extend(substrings.iter().map(|&substring| substring.to_owned()));
     }
 
     /// Reads standard error until a line contains `needle`; returns that line.
@@ -105,26 +166,113 @@ impl Running {
             seen.push_str(&line);
         }
     }
+
+    /// Stops the process and returns the ERROR lines it logged that the test did not allow.
+    fn unexpected_errors(&mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            // The pipe closes with the process, unless something it started still holds it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !reader.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors
+            .iter()
+            .filter(|line| !self.allowed.iter().any(|allowed| line.contains(allowed)))
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let unexpected = self.unexpected_errors();
+        // A test already failing says why; a second panic would abort instead.
+        if !unexpected.is_empty() && !std::thread::panicking() {
+            panic!(
+                "beamflow logged at ERROR (declare expected errors with allow_errors):\n{}",
+                unexpected.join("\n")
+            );
+        }
     }
 }
 
-/// A plain HTTP/1.1 GET; returns the status code and body.
+/// Whether a log line is at ERROR, in the text or the JSON format.
+fn is_error(line: &str) -> bool {
+    line.contains(" ERROR ") || line.contains("\"level\":\"ERROR\"")
+}
+
+/// A running `beamflow`'s standard error, line by line as [`Running`]'s reader passes it on.
+pub(crate) struct Stderr {
+    lines: mpsc::Receiver<Vec<u8>>,
+    line: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Stderr {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Stderr {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.at == self.line.len() {
+            // A closed channel is the end of the output.
+            self.line = self.lines.recv().unwrap_or_default();
+            self.at = 0;
+        }
+        Ok(&self.line[self.at..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.at = (self.at + amount).min(self.line.len());
+    }
+}
+
+/// The answer to an HTTP request: the status code and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let response = match method {
+        "GET" => agent.get(&url).call(),
+        "DELETE" => agent.delete(&url).call(),
+        "POST" => agent.post(&url).send(body),
+        "PUT" => agent.put(&url).send(body),
+        other => panic!("no {other} requests in these tests"),
+    };
+    let mut response = response.unwrap_or_else(|error| panic!("{method} {url}: {error}"));
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .unwrap_or_else(|error| panic!("{method} {url}: reading the body: {error}"));
+    (status, body)
+}
+
+/// A GET; returns the status code and body.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "")
 }
 
-/// A plain HTTP/1.1 POST of `body`; returns the status code and body.
+/// A POST of `body`; returns the status code and body.
 pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     http(addr, "POST", path, body)
 }
 
-/// A plain HTTP/1.1 request of any method; returns the status code and body.
+/// A request of any method (`GET`, `POST`, `PUT`, `DELETE`); returns the status code and body.
 pub(crate) fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -132,25 +280,6 @@ pub(crate) fn http_request(
     body: &str,
 ) -> (u16, String) {
     http(addr, method, path, body)
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
 }
 
 /// Polls `probe` every 20 ms until it gives a value, failing the test after `seconds`. For
@@ -194,7 +323,7 @@ pub(crate) fn numbers(state: &serde_json::Value, path: &str) -> Vec<u64> {
 /// `beamflow run` as README's first command starts it, its HTTP ports and control socket bound
 /// to 0, once it says its scan started.
 pub(crate) struct RunningPipeline {
-    /// The process, killed when this is dropped.
+    /// The process, killed (and checked for ERROR lines) when this is dropped.
     _process: Running,
     /// The reducer's HTTP address.
     pub(crate) state: SocketAddr,

@@ -120,7 +120,24 @@ pub struct Put {
     /// The value.
     pub value: f64,
     /// Answered with `Ok` once the server applied it, or why not.
-    pub done: oneshot::Sender<Result<(), String>>,
+    pub done: oneshot::Sender<Result<(), PutError>>,
+}
+
+/// Why a [`Put`] was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// The circuit to the PV's server closed before the answer.
+    #[error("the circuit closed")]
+    CircuitClosed,
+    /// The PV has no server yet.
+    #[error("the PV is not connected")]
+    NotConnected,
+    /// The server has not created the PV's channel yet.
+    #[error("the channel is not created yet")]
+    NotCreated,
+    /// The server answered with this CA status instead of `ECA_NORMAL`.
+    #[error("the server refused the write (CA status {0})")]
+    Refused(u32),
 }
 
 /// What a circuit is asked to do.
@@ -233,11 +250,11 @@ pub async fn monitor_and_put(
                             if let Err(mpsc::error::SendError(Request::Put(put))) =
                                 circuit.send(Request::Put(put)).await
                             {
-                                let _ = put.done.send(Err("the circuit closed".to_owned()));
+                                let _ = put.done.send(Err(PutError::CircuitClosed));
                             }
                         }
                         None => {
-                            let _ = put.done.send(Err("the PV is not connected".to_owned()));
+                            let _ = put.done.send(Err(PutError::NotConnected));
                         }
                     }
                 }
@@ -337,7 +354,7 @@ async fn run_circuit(
         match request {
             Request::Create(pv, _) => pvs.push(pv),
             Request::Put(put) => {
-                let _ = put.done.send(Err("the circuit closed".to_owned()));
+                let _ = put.done.send(Err(PutError::CircuitClosed));
             }
         }
     }
@@ -373,7 +390,7 @@ async fn circuit(
     let mut last_heard = Instant::now();
     let mut echo_sent = false;
     // Writes waiting for their WRITE_NOTIFY answer, by I/O id; dropped with the circuit.
-    let mut pending: HashMap<u32, oneshot::Sender<Result<(), String>>> = HashMap::new();
+    let mut pending: HashMap<u32, oneshot::Sender<Result<(), PutError>>> = HashMap::new();
     let mut next_ioid = 1u32;
     loop {
         tokio::select! {
@@ -403,7 +420,7 @@ async fn circuit(
                             pending.insert(ioid, put.done);
                         }
                         None => {
-                            let _ = put.done.send(Err("the channel is not created yet".to_owned()));
+                            let _ = put.done.send(Err(PutError::NotCreated));
                         }
                     }
                 }
@@ -426,7 +443,7 @@ async fn circuit(
                             let _ = done.send(if status == ECA_NORMAL {
                                 Ok(())
                             } else {
-                                Err(format!("the server refused the write (CA status {status})"))
+                                Err(PutError::Refused(status))
                             });
                         }
                         continue;

@@ -215,15 +215,20 @@ pub fn default_port() -> u16 {
         .unwrap_or(wire::DEFAULT_PORT)
 }
 
+/// A server address that is neither `host:port` nor an IP address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither host:port nor an IP address")]
+pub struct AddressError(pub String);
+
 /// `host:port`, or a bare IP address on [`default_port`].
-pub fn resolve_address(spec: &str) -> Result<SocketAddr, String> {
+pub fn resolve_address(spec: &str) -> Result<SocketAddr, AddressError> {
     let spec = spec.trim();
     if let Ok(address) = spec.parse::<SocketAddr>() {
         return Ok(address);
     }
     spec.parse::<std::net::IpAddr>()
         .map(|ip| SocketAddr::new(ip, default_port()))
-        .map_err(|_| format!("{spec:?} is neither host:port nor an IP address"))
+        .map_err(|_| AddressError(spec.to_owned()))
 }
 
 /// A bound server: its TCP address is also the UDP search port.

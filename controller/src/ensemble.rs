@@ -153,7 +153,7 @@ mod tests {
                 vec![]
             },
             endpoint: Some(format!("tcp://{name}")),
-            status: "{}".into(),
+            status: beamflow_protocol::control::ComponentStatus::empty(role),
         })
     }
 

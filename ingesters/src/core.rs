@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use beamflow_protocol::control::LeasedEvent;
 use beamflow_protocol::{EventData, EventNumber, StreamData, StreamName, Timestamp, WorkerName};
-use serde::Serialize;
 use tracing::warn;
 
 use crate::SourceFrame;
@@ -52,28 +51,7 @@ pub enum Placed {
     BeyondScan,
 }
 
-/// Counters for the ingester's status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct IngesterCounts {
-    /// Frames placed in events.
-    pub frames: u64,
-    /// Parts sent to workers (a broadcast frame counts once per worker).
-    pub parts_sent: u64,
-    /// Parts sent again after a worker died.
-    pub parts_resent: u64,
-    /// Frames the source's numbering skipped (lost upstream); their events lack the stream.
-    pub gap_frames: u64,
-    /// Gaps, each one or more frames.
-    pub gaps: u64,
-    /// Frames numbered before one already placed, dropped.
-    pub stale_frames: u64,
-    /// Frames read and dropped as the mapping says (`[]`).
-    pub discarded_frames: u64,
-    /// Frames of streams the scan's mapping does not name, dropped.
-    pub unmapped_frames: u64,
-    /// Frames numbered past the scan's end, dropped.
-    pub frames_beyond_scan: u64,
-}
+pub use beamflow_protocol::control::IngesterCounts;
 
 #[derive(Debug, Default)]
 struct Retained {

@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, control_client, instance_id, push_to, send_parts,
-    send_to_controller, try_recv_from_controller,
+    ControlLink, Introduction, Malformed, Stop, TransportError, push_to, send_parts,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, WorkerName};
-use tracing::{info, warn};
+use beamflow_protocol::control::{ComponentStatus, FromController, IngesterStatus, Role};
+use beamflow_protocol::{EventData, IngesterName, StreamName, Timestamp, Value, WorkerName};
+use tracing::info;
 
 use crate::core::{IngesterCore, Placed, Send};
 use crate::recording::Recorder;
@@ -56,17 +55,14 @@ pub enum IngesterError {
 }
 
 struct Node<'a> {
-    settings: &'a IngesterSettings,
     context: &'a zmq::Context,
-    control: zmq::Socket,
-    instance: u64,
+    control: ControlLink,
     source: Box<dyn Source>,
     core: IngesterCore,
     workers: BTreeMap<WorkerName, (String, zmq::Socket)>,
     held: Option<SourceFrame>,
     recorder: Recorder,
-    malformed: u64,
-    heartbeat: Heartbeat,
+    malformed: Malformed,
 }
 
 /// Runs an ingester until `stop` is raised.
@@ -75,26 +71,30 @@ pub fn run(
     context: &zmq::Context,
     stop: &Stop,
 ) -> Result<(), IngesterError> {
-    let instance = instance_id();
-    let control = control_client(
+    let source = settings.source.build(settings.name.as_str(), context)?;
+    let introduction = Introduction {
+        role: Role::Ingester,
+        name: settings.name.to_string(),
+        tags: Vec::new(),
+        streams: source.streams(),
+        endpoint: None,
+    };
+    let control = ControlLink::connect(
         context,
         &settings.controller,
-        &format!("ingester:{}:{instance:x}", settings.name),
+        introduction,
+        settings.reachable.clone(),
     )?;
-    let source = settings.source.build(settings.name.as_str(), context)?;
     info!(ingester = %settings.name, kind = settings.source.kind(), streams = %names(&source.streams()), "Ingester up.");
     let mut node = Node {
-        settings,
         context,
         control,
-        instance,
         source,
         core: IngesterCore::new(),
         workers: BTreeMap::new(),
         held: None,
         recorder: Recorder::new(settings.name.as_str()),
-        malformed: 0,
-        heartbeat: Heartbeat::new(&settings.controller, settings.reachable.clone()),
+        malformed: Malformed::new("frame from the source"),
     };
     while !stop.is_stopped() {
         node.say_hello();
@@ -118,12 +118,7 @@ pub fn run(
                     node.place(frame, &mut outbox);
                 }
                 Ok(None) => break,
-                Err(SourceError::Malformed { stream, message }) => {
-                    if node.malformed == 0 {
-                        warn!(%stream, %message, "Malformed frame from the source skipped (counted from now on).");
-                    }
-                    node.malformed += 1;
-                }
+                Err(error @ SourceError::Malformed { .. }) => node.malformed.count(&error),
                 Err(error) => return Err(error.into()),
             }
         }
@@ -133,10 +128,10 @@ pub fn run(
         }
         if !read_any {
             // Nothing to read: wait for the controller (a lease, a scan) instead of spinning.
-            let mut items = [node.control.as_poll_item(zmq::POLLIN)];
+            let mut items = [node.control.poll_item()];
             let _ = zmq::poll(
                 &mut items,
-                node.heartbeat
+                node.control
                     .wait_ms(Instant::now())
                     .min(IDLE.as_millis() as i64),
             );
@@ -148,52 +143,31 @@ pub fn run(
 
 impl Node<'_> {
     fn say_hello(&mut self) {
-        if !self.heartbeat.due(Instant::now()) {
-            return;
-        }
-        let recording = self.recorder.status();
-        let status = serde_json::json!({
-            "scan": self.core.scan(),
-            "counts": self.core.counts(),
-            "retained_events": self.core.retained(),
-            "retained_bytes": self.core.retained_bytes(),
-            "source": self.source.status(),
-            "malformed_frames": self.malformed,
-            "recording": recording.recording,
-            "last_recording": recording.last_recording,
-            "recorded_files": recording.files,
+        let (core, source, recorder) = (&self.core, &self.source, &self.recorder);
+        let malformed_frames = self.malformed.total();
+        self.control.heartbeat(Instant::now(), || {
+            let recording = recorder.status();
+            ComponentStatus::Ingester(IngesterStatus {
+                scan: core.scan(),
+                counts: core.counts(),
+                retained_events: core.retained(),
+                retained_bytes: core.retained_bytes(),
+                source: Value::from_serialize(&source.status()).unwrap_or_default(),
+                malformed_frames,
+                recording: recording.recording,
+                last_recording: recording.last_recording,
+                recorded_files: recording.files,
+            })
         });
-        let hello = ToController::Hello(Hello {
-            role: Role::Ingester,
-            name: self.settings.name.to_string(),
-            instance: self.instance,
-            tags: Vec::new(),
-            streams: self.source.streams(),
-            endpoint: None,
-            status: status.to_string(),
-        });
-        let _ = send_to_controller(&self.control, &hello);
     }
 
     /// Handles every waiting control message; returns parts to re-send.
     fn control_messages(&mut self) -> Result<Vec<Send>, IngesterError> {
         let mut sends = Vec::new();
-        loop {
-            let message = match try_recv_from_controller(&self.control) {
-                Ok(Some(message)) => {
-                    self.heartbeat.heard(Instant::now());
-                    message
-                }
-                Ok(None) => return Ok(sends),
-                Err(error) => {
-                    warn!(%error, "Bad control message dropped.");
-                    continue;
-                }
-            };
+        while let Some(message) = self.control.receive() {
             match message {
-                // The same scan again (the controller took this ingester for dead and it
-                // rejoined): its leases and retained frames are still good.
-                FromController::Scan { scan, .. } if scan == self.core.scan() => {}
+                // Its leases and retained frames are still good.
+                FromController::Scan { scan, .. } if !self.control.new_scan(scan) => {}
                 FromController::Scan {
                     scan,
                     uuid,
@@ -228,6 +202,7 @@ impl Node<'_> {
                 _ => {}
             }
         }
+        Ok(sends)
     }
 
     fn connect_workers(

@@ -12,11 +12,17 @@
 //! | ingester → worker | PUSH (one per worker) → PULL (the worker binds) |
 //! | worker → reducer | PUSH → PULL (the reducer binds) |
 //! | component ↔ controller | DEALER → ROUTER (the controller binds), [`control`] messages |
+//!
+//! What every component loop does besides its own work (hello on time, the controller's
+//! reachability, a repeated scan, messages ahead of their scan, malformed ones) is one shape in
+//! `link.rs`: [`ControlLink`], [`Early`], [`Malformed`].
 
 mod ffi;
 pub mod http;
+mod link;
 
 pub use ffi::reuse_large_buffers;
+pub use link::{ControlLink, Early, Introduction, Malformed, Reachable, UNREACHABLE_AFTER};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,82 +47,6 @@ pub fn instance_id() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     let count = STARTED.fetch_add(1, Ordering::Relaxed);
     nanos ^ (u64::from(std::process::id()) << 40) ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-/// Whether a component hears its controller, for its readiness probe: false until the first
-/// answer, and while nothing has come for [`UNREACHABLE_AFTER`].
-#[derive(Debug, Clone, Default)]
-pub struct Reachable(Arc<AtomicBool>);
-
-impl Reachable {
-    /// Whether the controller answered lately.
-    pub fn is_reachable(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Silence from the controller after which a component says it cannot reach it: six missed
-/// answers to its hellos.
-pub const UNREACHABLE_AFTER: std::time::Duration =
-    std::time::Duration::from_millis(6 * control::HEARTBEAT_MS);
-
-/// A component's heartbeat clock: says when the next hello is due, and notices (and logs once)
-/// when the controller has stopped answering.
-#[derive(Debug)]
-pub struct Heartbeat {
-    next: std::time::Instant,
-    controller: String,
-    last_heard: std::time::Instant,
-    reachable: Reachable,
-    said_unreachable: bool,
-}
-
-impl Heartbeat {
-    /// Due at once; `controller` is the endpoint named in the log, `reachable` is kept current.
-    pub fn new(controller: &str, reachable: Reachable) -> Self {
-        let now = std::time::Instant::now();
-        reachable.0.store(false, Ordering::Relaxed);
-        Self {
-            next: now,
-            controller: controller.to_owned(),
-            last_heard: now,
-            reachable,
-            said_unreachable: false,
-        }
-    }
-
-    /// Whether a hello is due now; if so, the next one is due a period later.
-    pub fn due(&mut self, now: std::time::Instant) -> bool {
-        if now < self.next {
-            return false;
-        }
-        self.next = now + std::time::Duration::from_millis(control::HEARTBEAT_MS);
-        let silent = now.saturating_duration_since(self.last_heard);
-        if silent >= UNREACHABLE_AFTER {
-            self.reachable.0.store(false, Ordering::Relaxed);
-            if !self.said_unreachable {
-                self.said_unreachable = true;
-                tracing::warn!(controller = %self.controller, silent_s = silent.as_secs_f64(),
-                    "Cannot reach the controller; still trying. Check --controller (or BEAMFLOW_CONTROLLER) and that the controller runs.");
-            }
-        }
-        true
-    }
-
-    /// A message came from the controller.
-    pub fn heard(&mut self, now: std::time::Instant) {
-        self.last_heard = now;
-        self.reachable.0.store(true, Ordering::Relaxed);
-        if self.said_unreachable {
-            self.said_unreachable = false;
-            tracing::info!(controller = %self.controller, "Controller reachable again.");
-        }
-    }
-
-    /// Milliseconds until the next hello, for `poll`.
-    pub fn wait_ms(&self, now: std::time::Instant) -> i64 {
-        self.next.saturating_duration_since(now).as_millis() as i64
-    }
 }
 
 /// A shared "please stop" flag for component loops, which check it between receive timeouts.
@@ -579,7 +509,7 @@ mod tests {
             tags: vec![],
             streams: vec![],
             endpoint: None,
-            status: "{}".into(),
+            status: control::ComponentStatus::empty(Role::Worker),
         });
         send_to_controller(&dealer, &hello).unwrap();
         // Blocking receive (5 s timeout) of the first message, then a non-blocking one.

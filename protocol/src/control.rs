@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::CborError;
 use crate::ids::{EventNumber, ParameterName, StreamName, WorkerName, WorkerTag};
+use crate::value::Value;
 
 /// The part a component plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize)]
@@ -40,7 +41,7 @@ impl std::fmt::Display for Role {
 }
 
 /// A component introducing itself; sent again every [`HEARTBEAT_MS`] as its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Hello {
     /// Its role.
     #[n(0)]
@@ -61,16 +62,225 @@ pub struct Hello {
     /// Where a worker receives event parts, or the reducer receives reports.
     #[n(5)]
     pub endpoint: Option<String>,
-    /// The component's counters, as JSON, for the controller's `/api/v1/status`.
+    /// The component's counters, for the controller's `/api/v1/status`.
     #[n(6)]
-    pub status: String,
+    pub status: ComponentStatus,
+}
+
+/// A component's counters as its hello carries them. Serialized, each is the JSON object the
+/// controller's `/api/v1/status` shows for that component, so the variant adds no level.
+#[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize)]
+#[serde(untagged)]
+pub enum ComponentStatus {
+    /// An ingester's.
+    #[n(0)]
+    Ingester(#[n(0)] IngesterStatus),
+    /// A worker's.
+    #[n(1)]
+    Worker(#[n(0)] WorkerStatus),
+    /// The reducer's.
+    #[n(2)]
+    Reducer(#[n(0)] ReducerStatus),
+}
+
+impl ComponentStatus {
+    /// What a component of `role` says before it has counted anything.
+    pub fn empty(role: Role) -> Self {
+        match role {
+            Role::Ingester => Self::Ingester(IngesterStatus::default()),
+            Role::Worker => Self::Worker(WorkerStatus::default()),
+            Role::Reducer => Self::Reducer(ReducerStatus::default()),
+        }
+    }
+}
+
+/// An ingester's status.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode, Serialize)]
+pub struct IngesterStatus {
+    /// The scan it is in (0 before the first).
+    #[n(0)]
+    pub scan: u64,
+    /// Its counters for the scan.
+    #[n(1)]
+    pub counts: IngesterCounts,
+    /// Events whose frames it keeps for re-sending.
+    #[n(2)]
+    pub retained_events: usize,
+    /// The bytes of those frames.
+    #[n(3)]
+    pub retained_bytes: usize,
+    /// The source's own state (connections, per-stream counters), as each kind of source
+    /// reports it.
+    #[n(4)]
+    #[cbor(with = "value_cbor")]
+    pub source: Value,
+    /// Frames from the source that did not parse.
+    #[n(5)]
+    pub malformed_frames: u64,
+    /// The dump file being written.
+    #[n(6)]
+    pub recording: Option<String>,
+    /// The last dump file closed.
+    #[n(7)]
+    pub last_recording: Option<String>,
+    /// Dump files written so far.
+    #[n(8)]
+    pub recorded_files: u64,
+}
+
+/// Counters of an ingester's scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct IngesterCounts {
+    /// Frames placed in events.
+    #[n(0)]
+    pub frames: u64,
+    /// Parts sent to workers (a broadcast frame counts once per worker).
+    #[n(1)]
+    pub parts_sent: u64,
+    /// Parts sent again after a worker died.
+    #[n(2)]
+    pub parts_resent: u64,
+    /// Frames the source's numbering skipped (lost upstream); their events lack the stream.
+    #[n(3)]
+    pub gap_frames: u64,
+    /// Gaps, each one or more frames.
+    #[n(4)]
+    pub gaps: u64,
+    /// Frames numbered before one already placed, dropped.
+    #[n(5)]
+    pub stale_frames: u64,
+    /// Frames read and dropped as the mapping says (`[]`).
+    #[n(6)]
+    pub discarded_frames: u64,
+    /// Frames of streams the scan's mapping does not name, dropped.
+    #[n(7)]
+    pub unmapped_frames: u64,
+    /// Frames numbered past the scan's end, dropped.
+    #[n(8)]
+    pub frames_beyond_scan: u64,
+}
+
+/// A worker's status.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode, Serialize)]
+pub struct WorkerStatus {
+    /// The scan it is in (0 before the first).
+    #[n(0)]
+    pub scan: u64,
+    /// Its counters since it started.
+    #[n(1)]
+    pub counts: WorkerCounts,
+    /// Time spent in analyses, in seconds (the autoscaler's load).
+    #[n(2)]
+    pub busy_seconds: f64,
+    /// The last event processed.
+    #[n(3)]
+    pub last_event: Option<u64>,
+    /// Parts of a scan already over, dropped.
+    #[n(4)]
+    pub stale_parts: u64,
+    /// Parts that did not decode.
+    #[n(5)]
+    pub malformed_parts: u64,
+}
+
+/// A worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct WorkerCounts {
+    /// Events processed.
+    #[n(0)]
+    pub processed: u64,
+    /// Of those, processed with streams missing.
+    #[n(1)]
+    pub incomplete: u64,
+    /// Parts that came after their event was processed, or twice.
+    #[n(2)]
+    pub late_or_duplicate: u64,
+    /// Parts whose lease never came.
+    #[n(3)]
+    pub orphaned: u64,
+    /// Analyses that failed on an event.
+    #[n(4)]
+    pub analysis_errors: u64,
+    /// The last event processed.
+    #[n(5)]
+    pub last_event: Option<u64>,
+    /// Time spent in analyses, in microseconds.
+    #[n(6)]
+    pub busy_micros: u64,
+}
+
+/// The reducer's status.
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode, Serialize)]
+pub struct ReducerStatus {
+    /// The scan it reduces, once one started.
+    #[n(0)]
+    pub scan: Option<u64>,
+    /// Its counters for that scan.
+    #[n(1)]
+    pub counts: Option<LiveCounts>,
+    /// Reports of a scan already over, dropped.
+    #[n(2)]
+    pub stale_reports: u64,
+    /// Reports that did not decode.
+    #[n(3)]
+    pub malformed_reports: u64,
+}
+
+/// The reducer's counters of a scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct LiveCounts {
+    /// Events applied in order, and duplicates dropped.
+    #[n(0)]
+    pub order: OrderCounts,
+    /// Events some worker processed with streams missing.
+    #[n(1)]
+    pub incomplete_events: u64,
+    /// Reports from a worker its event had been taken away from (kept, in case it is given back).
+    #[n(2)]
+    pub unexpected_reports: u64,
+}
+
+/// The reorder buffer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct OrderCounts {
+    /// Events released in order.
+    #[n(0)]
+    pub released: u64,
+    /// Results dropped because an equal (event, analysis) result was already kept or applied.
+    #[n(1)]
+    pub duplicates: u64,
+}
+
+/// A [`Value`] inside a derived message: it has its own CBOR coding, not minicbor's traits.
+mod value_cbor {
+    use minicbor::encode::{Error, Write};
+    use minicbor::{Decoder, Encoder};
+
+    use crate::value::Value;
+
+    pub(super) fn encode<C, W: Write>(
+        value: &Value,
+        encoder: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), Error<W::Error>> {
+        value.encode(encoder)
+    }
+
+    pub(super) fn decode<C>(
+        decoder: &mut Decoder<'_>,
+        _: &mut C,
+    ) -> Result<Value, minicbor::decode::Error> {
+        Value::decode(decoder).map_err(|error| minicbor::decode::Error::message(error.message))
+    }
 }
 
 /// How often components say hello.
 pub const HEARTBEAT_MS: u64 = 500;
 
 /// Component → controller.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+// A hello goes out twice a second per component: its size is no cost worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum ToController {
     /// Introduction and heartbeat.
     #[n(0)]
@@ -245,7 +455,33 @@ mod tests {
             tags: vec!["generic".into()],
             streams: vec![],
             endpoint: Some("tcp://127.0.0.1:5000".into()),
-            status: "{}".into(),
+            status: ComponentStatus::Worker(WorkerStatus {
+                scan: 3,
+                busy_seconds: 0.25,
+                last_event: Some(9),
+                ..WorkerStatus::default()
+            }),
+        });
+        assert_eq!(decode::<ToController>(&encode(&hello)).unwrap(), hello);
+        let source = Value::Map(
+            [(
+                "pvs".to_owned(),
+                Value::from(vec![Value::Null, Value::from(1.5)]),
+            )]
+            .into(),
+        );
+        let hello = ToController::Hello(Hello {
+            role: Role::Ingester,
+            name: "i1".into(),
+            instance: 8,
+            tags: vec![],
+            streams: vec!["det".into()],
+            endpoint: None,
+            status: ComponentStatus::Ingester(IngesterStatus {
+                source,
+                recording: Some("/tmp/x-i1.cbors".into()),
+                ..IngesterStatus::default()
+            }),
         });
         assert_eq!(decode::<ToController>(&encode(&hello)).unwrap(), hello);
         let lease = FromController::Lease {
@@ -269,6 +505,20 @@ mod tests {
             parameters: vec![("dump_prefix".into(), ByteVec::from(b"/tmp/x-".to_vec()))],
         };
         assert_eq!(decode::<FromController>(&encode(&scan)).unwrap(), scan);
+    }
+
+    #[test]
+    fn a_status_serializes_as_the_components_own_object() {
+        let status = ComponentStatus::Reducer(ReducerStatus {
+            scan: Some(2),
+            counts: Some(LiveCounts::default()),
+            stale_reports: 1,
+            malformed_reports: 0,
+        });
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"scan":2,"counts":{"order":{"released":0,"duplicates":0},"incomplete_events":0,"unexpected_reports":0},"stale_reports":1,"malformed_reports":0}"#
+        );
     }
 
     #[test]

@@ -403,10 +403,10 @@ impl<R: Read> Iterator for DumpReader<R> {
             Ok(Some(bytes)) => {
                 self.record += 1;
                 self.offset += bytes.len() as u64;
-                decode_with(&bytes, &mut self.names).map_err(|message| DumpError::BadRecord {
+                decode_with(&bytes, &mut self.names).map_err(|error| DumpError::BadRecord {
                     record,
                     offset,
-                    message,
+                    message: error.to_string(),
                 })
             }
             Ok(None) => {
@@ -423,34 +423,36 @@ impl<R: Read> Iterator for DumpReader<R> {
 }
 
 /// Decodes one record; frames share `record`'s memory. The error says what was expected.
-pub fn decode_record(record: &Bytes) -> Result<EventData, String> {
+pub fn decode_record(record: &Bytes) -> Result<EventData, RecordError> {
     decode_with(record, &mut Names::default())
 }
 
-fn decode_with(record: &Bytes, names: &mut Names) -> Result<EventData, String> {
+fn decode_with(record: &Bytes, names: &mut Names) -> Result<EventData, RecordError> {
     let mut d = Decoder::new(record);
     let mut tag = expect_tag(&mut d, "record")?;
     if tag == SELF_DESCRIBE_TAG {
         tag = expect_tag(&mut d, "record after tag 55799")?;
     }
     if tag != EVENT_TAG {
-        return Err(format!("expected tag {EVENT_TAG} (event), found tag {tag}"));
+        return Err(RecordError::new(format!(
+            "expected tag {EVENT_TAG} (event), found tag {tag}"
+        )));
     }
     let fields = match d.array() {
         Ok(Some(n @ (2 | 3))) => n,
         Ok(Some(n)) => {
-            return Err(format!(
+            return Err(RecordError::new(format!(
                 "expected an event array of 2 or 3 items, found {n}"
-            ));
+            )));
         }
-        Ok(None) => return Err("expected a definite-length event array".to_owned()),
+        Ok(None) => return Err(RecordError::new("expected a definite-length event array")),
         Err(_) => return Err(found("an event array", &d)),
     };
     let event_number = d
         .u64()
         .map(EventNumber)
         .map_err(|_| found("an unsigned event number", &d))?;
-    let context = |message: String| format!("event {event_number}: {message}");
+    let context = |error: RecordError| error.within(format_args!("event {event_number}"));
     let streams = decode_streams(&mut d, record, names).map_err(context)?;
     let created_at = if fields == 3 {
         decode_created_at(&mut d).map_err(context)?
@@ -458,10 +460,10 @@ fn decode_with(record: &Bytes, names: &mut Names) -> Result<EventData, String> {
         None
     };
     if d.position() != record.len() {
-        return Err(context(format!(
+        return Err(context(RecordError::new(format!(
             "{} bytes after the event",
             record.len() - d.position()
-        )));
+        ))));
     }
     Ok(EventData {
         event_number,
@@ -474,7 +476,7 @@ fn decode_streams(
     d: &mut Decoder<'_>,
     record: &Bytes,
     names: &mut Names,
-) -> Result<BTreeMap<StreamName, StreamData>, String> {
+) -> Result<BTreeMap<StreamName, StreamData>, RecordError> {
     let count = match d.map() {
         Ok(Some(n)) => n,
         _ => return Err(found("a definite-length map of streams", d)),
@@ -482,15 +484,17 @@ fn decode_streams(
     let mut streams = BTreeMap::new();
     for _ in 0..count {
         let name = names.stream(d.str().map_err(|_| found("a stream name", d))?);
-        let in_stream = |message: String| format!("stream {name}: {message}");
+        let in_stream = |error: RecordError| error.within(format_args!("stream {name}"));
         let tag = expect_tag(d, "stream").map_err(in_stream)?;
         if tag != STREAM_TAG {
-            return Err(in_stream(format!(
+            return Err(in_stream(RecordError::new(format!(
                 "expected tag {STREAM_TAG} (stream data), found tag {tag}"
-            )));
+            ))));
         }
         if !matches!(d.array(), Ok(Some(2))) {
-            return Err(in_stream("expected a [typ, frames] array".to_owned()));
+            return Err(in_stream(RecordError::new(
+                "expected a [typ, frames] array",
+            )));
         }
         let typ = names.typ(d.str().map_err(|_| in_stream(found("a typ string", d)))?);
         let frame_count = match d.array() {
@@ -499,22 +503,22 @@ fn decode_streams(
         };
         let mut frames = Vec::with_capacity(frame_count.min(64) as usize);
         for index in 0..frame_count {
-            let frame = d
-                .bytes()
-                .map_err(|_| in_stream(format!("frame {index}: {}", found("a byte string", d))))?;
+            let frame = d.bytes().map_err(|_| {
+                in_stream(found("a byte string", d).within(format_args!("frame {index}")))
+            })?;
             frames.push(record.slice_ref(frame));
         }
         if streams
             .insert(name.clone(), StreamData { typ, frames })
             .is_some()
         {
-            return Err(format!("stream {name} appears twice"));
+            return Err(RecordError::new(format!("stream {name} appears twice")));
         }
     }
     Ok(streams)
 }
 
-fn decode_created_at(d: &mut Decoder<'_>) -> Result<Option<Timestamp>, String> {
+fn decode_created_at(d: &mut Decoder<'_>) -> Result<Option<Timestamp>, RecordError> {
     match d.datatype() {
         Ok(Type::Null | Type::Undefined) => {
             let _ = d.skip();
@@ -527,9 +531,9 @@ fn decode_created_at(d: &mut Decoder<'_>) -> Result<Option<Timestamp>, String> {
     match tag {
         DATETIME_TAG => {
             let text = d.str().map_err(|_| found("an RFC 3339 string", d))?;
-            text.parse::<Timestamp>()
-                .map(Some)
-                .map_err(|error| format!("created_at {text:?} is not RFC 3339: {error}"))
+            text.parse::<Timestamp>().map(Some).map_err(|error| {
+                RecordError::new(format!("created_at {text:?} is not RFC 3339: {error}"))
+            })
         }
         EPOCH_TAG => {
             let seconds = match d.datatype() {
@@ -539,23 +543,48 @@ fn decode_created_at(d: &mut Decoder<'_>) -> Result<Option<Timestamp>, String> {
             .ok_or_else(|| found("epoch seconds", d))?;
             Timestamp::from_microsecond((seconds * 1e6).round() as i64)
                 .map(Some)
-                .map_err(|error| format!("created_at {seconds} is out of range: {error}"))
+                .map_err(|error| {
+                    RecordError::new(format!("created_at {seconds} is out of range: {error}"))
+                })
         }
-        other => Err(format!("expected created_at tag 0 or 1, found tag {other}")),
+        other => Err(RecordError::new(format!(
+            "expected created_at tag 0 or 1, found tag {other}"
+        ))),
     }
 }
 
-fn expect_tag(d: &mut Decoder<'_>, what: &str) -> Result<u64, String> {
+fn expect_tag(d: &mut Decoder<'_>, what: &str) -> Result<u64, RecordError> {
     d.tag()
         .map(Tag::as_u64)
-        .map_err(|_| format!("{what}: {}", found("a tag", d)))
+        .map_err(|_| found("a tag", d).within(what))
 }
 
 /// "expected X, found <type> at byte N" for the item at the decoder's position.
-fn found(expected: &str, d: &Decoder<'_>) -> String {
-    match d.datatype() {
+fn found(expected: &str, d: &Decoder<'_>) -> RecordError {
+    RecordError::new(match d.datatype() {
         Ok(ty) => format!("expected {expected}, found {ty} at byte {}", d.position()),
         Err(_) => format!("expected {expected} at byte {}", d.position()),
+    })
+}
+
+/// Why a record is not an event: what was expected and what was found, prefixed by where
+/// (`event 3: stream det: frame 0: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RecordError {
+    message: String,
+}
+
+impl RecordError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The same error inside `place` (an event, a stream, a frame).
+    fn within(self, place: impl std::fmt::Display) -> Self {
+        Self::new(format!("{place}: {}", self.message))
     }
 }
 

@@ -72,22 +72,25 @@ impl ParameterValue {
     }
 
     /// Parses the bytes form as `dtype`.
-    pub fn parse(dtype: ParameterType, data: &Bytes) -> Result<Self, String> {
-        let text = || std::str::from_utf8(data).map_err(|_| "value is not UTF-8 text".to_owned());
+    pub fn parse(dtype: ParameterType, data: &Bytes) -> Result<Self, ValueError> {
+        let text = || std::str::from_utf8(data).map_err(|_| ValueError::NotText);
         Ok(match dtype {
             ParameterType::Str => ParameterValue::Str(text()?.to_owned()),
             ParameterType::Int => {
                 let t = text()?.trim();
-                ParameterValue::Int(t.parse().map_err(|_| format!("{t:?} is not an integer"))?)
+                ParameterValue::Int(
+                    t.parse()
+                        .map_err(|_| ValueError::NotInteger(t.to_owned()))?,
+                )
             }
             ParameterType::Float => {
                 let t = text()?.trim();
-                ParameterValue::Float(t.parse().map_err(|_| format!("{t:?} is not a number"))?)
+                ParameterValue::Float(t.parse().map_err(|_| ValueError::NotNumber(t.to_owned()))?)
             }
             ParameterType::Bool => match text()?.trim() {
                 "True" | "true" | "1" => ParameterValue::Bool(true),
                 "False" | "false" | "0" | "" => ParameterValue::Bool(false),
-                other => return Err(format!("{other:?} is not True or False")),
+                other => return Err(ValueError::NotBool(other.to_owned())),
             },
             ParameterType::Binary => ParameterValue::Binary(data.clone()),
         })
@@ -107,16 +110,33 @@ pub struct ParameterDescription {
     pub description: String,
 }
 
+/// Bytes that are not a value of the parameter's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Text was expected.
+    #[error("value is not UTF-8 text")]
+    NotText,
+    /// An integer was expected.
+    #[error("{0:?} is not an integer")]
+    NotInteger(String),
+    /// A number was expected.
+    #[error("{0:?} is not a number")]
+    NotNumber(String),
+    /// A boolean was expected.
+    #[error("{0:?} is not True or False")]
+    NotBool(String),
+}
+
 /// A parameter that is not what its description says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParameterError {
     /// The value does not parse as the declared type.
-    #[error("parameter {name}: {message}")]
+    #[error("parameter {name}: {error}")]
     Invalid {
         /// The parameter.
         name: ParameterName,
         /// What was wrong.
-        message: String,
+        error: ValueError,
     },
     /// The parameter file is not a list of `{name, data}`.
     #[error("parameter file: {0}")]
@@ -140,10 +160,10 @@ impl Parameters {
         for (name, data) in raw {
             let value = match descriptions.iter().find(|d| d.name == name) {
                 Some(description) => {
-                    ParameterValue::parse(description.dtype, &data).map_err(|message| {
+                    ParameterValue::parse(description.dtype, &data).map_err(|error| {
                         ParameterError::Invalid {
                             name: name.clone(),
-                            message,
+                            error,
                         }
                     })?
                 }

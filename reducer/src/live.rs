@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::Reducer;
-use crate::order::{Offer, OrderCounts, Reorder};
+use crate::order::{Offer, Reorder};
 
 /// What reaches the reducer.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,16 +25,7 @@ pub enum ReducerInput {
     Report(EventReport),
 }
 
-/// Counters for `/api/v1/status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LiveCounts {
-    /// Events applied in order, and duplicates dropped.
-    pub order: OrderCounts,
-    /// Events some worker processed with streams missing.
-    pub incomplete_events: u64,
-    /// Reports from a worker its event had been taken away from (kept, in case it is given back).
-    pub unexpected_reports: u64,
-}
+pub use beamflow_protocol::control::LiveCounts;
 
 /// The reducer's state: the reorder buffer in front of the accumulators.
 pub struct ReducerCore {

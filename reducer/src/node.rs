@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, recv_reports,
-    send_to_controller, socket, try_recv_from_controller,
+    ControlLink, Early, Introduction, Malformed, Stop, TransportError, bind_any, recv_reports,
+    socket,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::{EventNumber, EventReport, Parameters};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, ReducerStatus, Role, ToController,
+};
+use beamflow_protocol::{EventNumber, Parameters};
 use tracing::{info, warn};
 
 use crate::http::{Status, View};
@@ -58,58 +60,44 @@ pub fn run(
 ) -> Result<(), ReducerError> {
     let reports = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
     let endpoint = bind_any(&reports, &settings.host)?;
-    let instance = instance_id();
-    let control = control_client(
+    let introduction = Introduction {
+        role: Role::Reducer,
+        name: "reducer".to_owned(),
+        tags: Vec::new(),
+        streams: Vec::new(),
+        endpoint: Some(endpoint.clone()),
+    };
+    let mut control = ControlLink::connect(
         context,
         &settings.controller,
-        &format!("reducer:{instance:x}"),
+        introduction,
+        settings.reachable.clone(),
     )?;
     let descriptions =
         Reducer::new(&settings.accumulators, Parameters::default())?.describe_parameters();
     let mut live: Option<Live> = None;
-    let mut early: Vec<(u64, EventReport)> = Vec::new();
-    let mut stale = 0u64;
-    let mut malformed = 0u64;
-    let mut heartbeat = Heartbeat::new(&settings.controller, settings.reachable.clone());
+    let mut early = Early::new(CAPACITY);
+    let mut malformed = Malformed::new("report");
     let mut published = Instant::now();
     info!(%endpoint, "Reducer up.");
     while !stop.is_stopped() {
         let now = Instant::now();
-        if heartbeat.due(now) {
-            let status = serde_json::json!({
-                "scan": live.as_ref().map(|l| l.scan),
-                "counts": live.as_ref().map(|l| l.core.counts()),
-                "stale_reports": stale,
-                "malformed_reports": malformed,
-            });
-            let hello = ToController::Hello(Hello {
-                role: Role::Reducer,
-                name: "reducer".to_owned(),
-                instance,
-                tags: Vec::new(),
-                streams: Vec::new(),
-                endpoint: Some(endpoint.clone()),
-                status: status.to_string(),
-            });
-            let _ = send_to_controller(&control, &hello);
-        }
-        let mut items = [
-            control.as_poll_item(zmq::POLLIN),
-            reports.as_poll_item(zmq::POLLIN),
-        ];
-        if let Err(error) = zmq::poll(&mut items, heartbeat.wait_ms(now).min(50)) {
+        control.heartbeat(now, || {
+            ComponentStatus::Reducer(ReducerStatus {
+                scan: live.as_ref().map(|l| l.scan),
+                counts: live.as_ref().map(|l| l.core.counts()),
+                stale_reports: early.stale(),
+                malformed_reports: malformed.total(),
+            })
+        });
+        let mut items = [control.poll_item(), reports.as_poll_item(zmq::POLLIN)];
+        if let Err(error) = zmq::poll(&mut items, control.wait_ms(now).min(50)) {
             warn!(%error, "Reducer poll failed.");
         }
-        while let Some(message) = try_recv_from_controller(&control).unwrap_or_else(|error| {
-            warn!(%error, "Bad control message dropped.");
-            None
-        }) {
-            heartbeat.heard(Instant::now());
+        while let Some(message) = control.receive() {
             match message {
-                // The same scan again (the controller took the reducer for dead and it
-                // rejoined): the state so far stays.
-                FromController::Scan { scan, .. }
-                    if live.as_ref().is_some_and(|l| l.scan == scan) => {}
+                // The state so far stays.
+                FromController::Scan { scan, .. } if !control.new_scan(scan) => {}
                 FromController::Scan {
                     scan,
                     parameters: values,
@@ -118,10 +106,9 @@ pub fn run(
                     let parameters = beamflow_net::parameters(values, &descriptions);
                     let reducer = Reducer::new(&settings.accumulators, parameters)?;
                     let mut core = ReducerCore::new(reducer, EventNumber(0), CAPACITY);
-                    for (_, report) in early.extract_if(.., |(s, _)| *s == scan) {
+                    for report in early.release(scan) {
                         core.handle(ReducerInput::Report(report));
                     }
-                    early.retain(|(s, _)| *s > scan);
                     live = Some(Live {
                         scan,
                         core,
@@ -164,23 +151,16 @@ pub fn run(
             match recv_reports(&reports) {
                 Ok(received) => {
                     for (scan, report) in received {
-                        match live.as_mut() {
-                            Some(live) if live.scan == scan => {
-                                live.core.handle(ReducerInput::Report(report));
-                            }
-                            Some(live) if live.scan > scan => stale += 1,
-                            _ if early.len() < CAPACITY => early.push((scan, report)),
-                            _ => stale += 1,
+                        let current = live.as_ref().map(|l| l.scan);
+                        if let (Some(live), Some(report)) =
+                            (live.as_mut(), early.sort(current, scan, report))
+                        {
+                            live.core.handle(ReducerInput::Report(report));
                         }
                     }
                 }
                 Err(TransportError::TimedOut) => break,
-                Err(TransportError::Malformed(error)) => {
-                    if malformed == 0 {
-                        warn!(%error, "Malformed report dropped (counted from now on).");
-                    }
-                    malformed += 1;
-                }
+                Err(TransportError::Malformed(error)) => malformed.count(&error),
                 Err(error) => return Err(error.into()),
             }
         }
@@ -188,11 +168,10 @@ pub fn run(
             let next = live.core.next_event();
             if next > live.reduced {
                 live.reduced = next;
-                let reduced = ToController::Reduced {
+                control.send(&ToController::Reduced {
                     scan: live.scan,
                     up_to: next,
-                };
-                let _ = send_to_controller(&control, &reduced);
+                });
             }
         }
         if now.duration_since(published) >= PUBLISH {

@@ -41,14 +41,7 @@ impl Pending {
     }
 }
 
-/// Counters for `/api/v1/status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OrderCounts {
-    /// Events released in order.
-    pub released: u64,
-    /// Results dropped because an equal (event, analysis) result was already kept or applied.
-    pub duplicates: u64,
-}
+pub use beamflow_protocol::control::OrderCounts;
 
 /// The reorder buffer.
 #[derive(Debug)]

@@ -176,37 +176,63 @@ impl AlarmConfig {
     }
 }
 
+/// What is wrong with a result PV's table, in an operator's words.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum TableError {
+    #[error("units {units:?} is {bytes} bytes; Channel Access carries at most {}", UNITS_SIZE - 1)]
+    UnitsTooLong { units: String, bytes: usize },
+    #[error("elements must be at least 1")]
+    NoElements,
+    #[error("scale must be a finite non-zero number, not {0}")]
+    Scale(f64),
+    #[error("{key} = [{low}, {high}] must be finite and low ≤ high")]
+    Range {
+        key: &'static str,
+        low: f64,
+        high: f64,
+    },
+    #[error("alarm limits apply to scalars; a waveform (elements) has none")]
+    AlarmOnWaveform,
+    #[error("alarm.{name} = {limit} is not a finite number")]
+    AlarmNotFinite { name: &'static str, limit: f64 },
+    #[error(
+        "alarm.{name} = {limit} is above alarm.{next} = {next_limit}: limits go lolo ≤ low ≤ high ≤ hihi"
+    )]
+    AlarmOrder {
+        name: &'static str,
+        limit: f64,
+        next: &'static str,
+        next_limit: f64,
+    },
+    #[error("max_age_s must be a positive number of seconds, not {0}")]
+    MaxAge(f64),
+}
+
 impl PvTable {
     /// What is wrong with the table, in an operator's words.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), TableError> {
         let units = self.units.len();
         if units >= UNITS_SIZE {
-            return Err(format!(
-                "units {:?} is {units} bytes; Channel Access carries at most {}",
-                self.units,
-                UNITS_SIZE - 1
-            ));
+            return Err(TableError::UnitsTooLong {
+                units: self.units.clone(),
+                bytes: units,
+            });
         }
         if self.elements == Some(0) {
-            return Err("elements must be at least 1".to_owned());
+            return Err(TableError::NoElements);
         }
         if !self.scale.is_finite() || self.scale == 0.0 {
-            return Err(format!(
-                "scale must be a finite non-zero number, not {}",
-                self.scale
-            ));
+            return Err(TableError::Scale(self.scale));
         }
         for (key, range) in [("display", self.display), ("control", self.control)] {
             if let Some([low, high]) = range
                 && !(low.is_finite() && high.is_finite() && low <= high)
             {
-                return Err(format!(
-                    "{key} = [{low}, {high}] must be finite and low ≤ high"
-                ));
+                return Err(TableError::Range { key, low, high });
             }
         }
         if self.elements.is_some() && !self.alarm.is_empty() {
-            return Err("alarm limits apply to scalars; a waveform (elements) has none".to_owned());
+            return Err(TableError::AlarmOnWaveform);
         }
         let AlarmConfig {
             lolo,
@@ -214,25 +240,26 @@ impl PvTable {
             high,
             hihi,
         } = self.alarm;
-        let set: Vec<(&str, f64)> = [("lolo", lolo), ("low", low), ("high", high), ("hihi", hihi)]
-            .into_iter()
-            .filter_map(|(name, limit)| Some((name, limit?)))
-            .collect();
-        if let Some((name, limit)) = set.iter().find(|(_, limit)| !limit.is_finite()) {
-            return Err(format!("alarm.{name} = {limit} is not a finite number"));
+        let set: Vec<(&'static str, f64)> =
+            [("lolo", lolo), ("low", low), ("high", high), ("hihi", hihi)]
+                .into_iter()
+                .filter_map(|(name, limit)| Some((name, limit?)))
+                .collect();
+        if let Some(&(name, limit)) = set.iter().find(|(_, limit)| !limit.is_finite()) {
+            return Err(TableError::AlarmNotFinite { name, limit });
         }
         if let Some(pair) = set.windows(2).find(|pair| pair[0].1 > pair[1].1) {
-            return Err(format!(
-                "alarm.{} = {} is above alarm.{} = {}: limits go lolo ≤ low ≤ high ≤ hihi",
-                pair[0].0, pair[0].1, pair[1].0, pair[1].1
-            ));
+            return Err(TableError::AlarmOrder {
+                name: pair[0].0,
+                limit: pair[0].1,
+                next: pair[1].0,
+                next_limit: pair[1].1,
+            });
         }
         if let Some(age) = self.max_age_s
             && !(age.is_finite() && age > 0.0)
         {
-            return Err(format!(
-                "max_age_s must be a positive number of seconds, not {age}"
-            ));
+            return Err(TableError::MaxAge(age));
         }
         Ok(())
     }

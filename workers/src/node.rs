@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    Heartbeat, Stop, TransportError, bind_any, control_client, instance_id, push_to, recv_parts,
-    send_reports, send_to_controller, socket, try_recv_from_controller,
+    ControlLink, Early, Introduction, Malformed, Stop, TransportError, bind_any, push_to,
+    recv_parts, send_reports, socket,
 };
-use beamflow_protocol::control::{FromController, Hello, Role, ToController};
-use beamflow_protocol::{AnalysisName, EventData, EventReport, Parameters, WorkerName, WorkerTag};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, Role, ToController, WorkerStatus,
+};
+use beamflow_protocol::{AnalysisName, EventReport, Parameters, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
 use crate::AnalysisConfig;
@@ -68,11 +70,18 @@ pub fn run(
     let analyses = Analyses::build(&settings.analyses)?;
     let parts = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
     let endpoint = bind_any(&parts, &settings.host)?;
-    let instance = instance_id();
-    let control = control_client(
+    let introduction = Introduction {
+        role: Role::Worker,
+        name: settings.name.to_string(),
+        tags: settings.tags.iter().cloned().collect(),
+        streams: Vec::new(),
+        endpoint: Some(endpoint.clone()),
+    };
+    let mut control = ControlLink::connect(
         context,
         &settings.controller,
-        &format!("worker:{}:{instance:x}", settings.name),
+        introduction,
+        settings.reachable.clone(),
     )?;
     let mut core = WorkerCore::new(
         settings.name.clone(),
@@ -83,38 +92,26 @@ pub fn run(
     );
     let descriptions = core.describe_parameters();
     let mut reducer: Option<(String, zmq::Socket)> = None;
-    let mut scan = 0u64;
-    let mut early: Vec<(u64, EventData)> = Vec::new();
-    let mut stale = 0u64;
-    let mut malformed = 0u64;
-    let mut done = 0u64;
-    let mut heartbeat = Heartbeat::new(&settings.controller, settings.reachable.clone());
+    let mut early = Early::new(CAPACITY);
+    let mut malformed = Malformed::new("event part");
     info!(worker = %settings.name, %endpoint, "Worker up.");
     while !stop.is_stopped() {
         let now = Instant::now();
-        if heartbeat.due(now) {
-            let status = serde_json::json!({
-                "scan": scan,
-                "counts": core.counts(),
-                "busy_seconds": core.counts().busy_micros as f64 / 1e6,
-                "last_event": core.counts().last_event,
-                "stale_parts": stale,
-                "malformed_parts": malformed,
-            });
-            let hello = ToController::Hello(Hello {
-                role: Role::Worker,
-                name: settings.name.to_string(),
-                instance,
-                tags: settings.tags.iter().cloned().collect(),
-                streams: Vec::new(),
-                endpoint: Some(endpoint.clone()),
-                status: status.to_string(),
-            });
-            let _ = send_to_controller(&control, &hello);
-        }
-        let wait = heartbeat.wait_ms(now).min(50);
+        let scan = control.scan().unwrap_or(0);
+        control.heartbeat(now, || {
+            let counts = core.counts();
+            ComponentStatus::Worker(WorkerStatus {
+                scan,
+                counts,
+                busy_seconds: counts.busy_micros as f64 / 1e6,
+                last_event: counts.last_event,
+                stale_parts: early.stale(),
+                malformed_parts: malformed.total(),
+            })
+        });
+        let wait = control.wait_ms(now).min(50);
         let mut items = [
-            control.as_poll_item(zmq::POLLIN),
+            control.poll_item(),
             parts.as_poll_item(if core.is_full() {
                 zmq::PollEvents::empty()
             } else {
@@ -125,22 +122,17 @@ pub fn run(
             warn!(%error, "Worker poll failed.");
         }
         let mut processed = Vec::new();
-        while let Some(message) = try_recv_from_controller(&control).unwrap_or_else(|error| {
-            warn!(%error, "Bad control message dropped.");
-            None
-        }) {
-            heartbeat.heard(Instant::now());
+        while let Some(message) = control.receive() {
             match message {
                 FromController::Scan {
-                    scan: number,
+                    scan,
                     reducer: endpoint,
                     parameters,
                     ..
                 } => {
-                    // The same scan again (the controller took this worker for dead and it
-                    // rejoined): its events are under way here, so nothing restarts.
-                    if number != scan {
-                        scan = number;
+                    // A scan repeated to this worker (it rejoined) is under way here: nothing
+                    // restarts.
+                    if control.new_scan(scan) {
                         core.new_scan(beamflow_net::parameters(parameters, &descriptions));
                     }
                     if let Some(endpoint) = endpoint
@@ -151,22 +143,11 @@ pub fn run(
                         let push = push_to(context, &endpoint, 200)?;
                         reducer = Some((endpoint, push));
                     }
-                    let held = std::mem::take(&mut early);
-                    for (part_scan, part) in held {
-                        if part_scan == scan {
-                            processed.extend(core.handle(WorkerInput::Part(part), now));
-                        } else if part_scan > scan {
-                            early.push((part_scan, part));
-                        } else {
-                            // Held for a scan that was superseded before it started here.
-                            stale += 1;
-                        }
+                    for part in early.release(scan) {
+                        processed.extend(core.handle(WorkerInput::Part(part), now));
                     }
                 }
-                FromController::Expect {
-                    scan: number,
-                    events,
-                } if number == scan => {
+                FromController::Expect { scan, events } if control.scan() == Some(scan) => {
                     for (event_number, streams) in events {
                         processed.extend(core.handle(
                             WorkerInput::Expect {
@@ -180,7 +161,7 @@ pub fn run(
                 FromController::Parameters { values } => {
                     core.set_parameters(beamflow_net::parameters(values, &descriptions));
                 }
-                FromController::Finish { scan: number } if number == scan => core.finish(),
+                FromController::Finish { scan } if control.scan() == Some(scan) => core.finish(),
                 _ => {}
             }
         }
@@ -194,22 +175,13 @@ pub fn run(
             match recv_parts(&parts) {
                 Ok(received) => {
                     for (part_scan, part) in received {
-                        if part_scan == scan {
+                        if let Some(part) = early.sort(control.scan(), part_scan, part) {
                             processed.extend(core.handle(WorkerInput::Part(part), now));
-                        } else if part_scan > scan && early.len() < CAPACITY {
-                            early.push((part_scan, part));
-                        } else {
-                            stale += 1;
                         }
                     }
                 }
                 Err(TransportError::TimedOut) => break,
-                Err(TransportError::Malformed(error)) => {
-                    if malformed == 0 {
-                        warn!(%error, "Malformed event part dropped (counted from now on).");
-                    }
-                    malformed += 1;
-                }
+                Err(TransportError::Malformed(error)) => malformed.count(&error),
                 Err(error) => return Err(error.into()),
             }
         }
@@ -219,17 +191,16 @@ pub fn run(
                 warn!(event = %outcome.report.event_number, analysis = %failure.analysis, error = %failure.error, "Analysis failed.");
             }
         }
-        if let Some((_, push)) = &reducer
-            && !processed.is_empty()
-        {
+        if processed.is_empty() {
+            continue;
+        }
+        let scan = control.scan().unwrap_or(0);
+        if let Some((_, push)) = &reducer {
             let reports: Vec<&EventReport> = processed.iter().map(|o| &o.report).collect();
             send_blocking(push, scan, &reports, stop)?;
         }
-        done += processed.len() as u64;
-        if done > 0 {
-            let _ = send_to_controller(&control, &ToController::Done { scan, events: done });
-            done = 0;
-        }
+        let events = processed.len() as u64;
+        control.send(&ToController::Done { scan, events });
     }
     Ok(())
 }

@@ -32,24 +32,7 @@ pub struct Processed {
     pub failures: Vec<Failure>,
 }
 
-/// Counters for the worker's status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WorkerCounts {
-    /// Events processed.
-    pub processed: u64,
-    /// Of those, processed with streams missing.
-    pub incomplete: u64,
-    /// Parts that came after their event was processed, or twice.
-    pub late_or_duplicate: u64,
-    /// Parts whose lease never came.
-    pub orphaned: u64,
-    /// Analyses that failed on an event.
-    pub analysis_errors: u64,
-    /// The last event processed.
-    pub last_event: Option<u64>,
-    /// Time spent in analyses, in microseconds.
-    pub busy_micros: u64,
-}
+pub use beamflow_protocol::control::WorkerCounts;
 
 /// A worker's state: its analyses and the events being assembled.
 pub struct WorkerCore {

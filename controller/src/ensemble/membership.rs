@@ -32,7 +32,7 @@ impl Ensemble {
 
     pub(super) fn hello(&mut self, identity: &[u8], hello: Hello, now: Instant) {
         let key = (hello.role, hello.name.clone());
-        let status = serde_json::from_str(&hello.status).unwrap_or(serde_json::Value::Null);
+        let status = serde_json::to_value(&hello.status).unwrap_or(serde_json::Value::Null);
         let previous = self.members.get(&key).map(|m| m.instance);
         let member = Member {
             identity: identity.to_vec(),

@@ -61,10 +61,10 @@ impl Ensemble {
     ) -> Result<String, ParameterError> {
         let name_is_dump_prefix = name.as_str() == DUMP_PREFIX;
         if let Some(description) = self.descriptions.iter().find(|d| d.name == name) {
-            ParameterValue::parse(description.dtype, &data).map_err(|message| {
+            ParameterValue::parse(description.dtype, &data).map_err(|error| {
                 ParameterError::Invalid {
                     name: name.clone(),
-                    message,
+                    error,
                 }
             })?;
         }

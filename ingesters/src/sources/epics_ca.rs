@@ -374,9 +374,9 @@ impl EpicsCa {
                 let events = self.clock.update(self.streams[stream].clone(), frame, now);
                 self.queue(events);
             }
-            Err(message) => {
+            Err(error) => {
                 if status.malformed == 0 {
-                    warn!(stream = %self.streams[stream], pv = %status.pv, %message, "PV value skipped (counted from now on).");
+                    warn!(stream = %self.streams[stream], pv = %status.pv, %error, "PV value skipped (counted from now on).");
                 }
                 status.malformed += 1;
             }
@@ -662,6 +662,26 @@ fn first_size(value: &TimeValue) -> Option<usize> {
         .map(|&n| n as usize)
 }
 
+/// A PV value that cannot become a frame.
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    #[error("an image of {height}x{width} is not a size")]
+    ImageSize { height: usize, width: usize },
+    #[error("an image of {height}x{width} needs {needed} elements, the PV sent {elements}")]
+    TooFewElements {
+        height: usize,
+        width: usize,
+        needed: usize,
+        elements: usize,
+    },
+    #[error("{used} bytes needed, {decoded} decoded")]
+    TooFewBytes { used: usize, decoded: usize },
+    #[error("a string PV cannot be read as {}", .0.name())]
+    StringAs(DType),
+    #[error(transparent)]
+    Shape(#[from] beamflow_protocol::array::ShapeMismatch),
+}
+
 /// A PV update as a frame: its values as `dtype` (or their own type), shaped as an image when
 /// `shape` is known, a scalar for one element, a waveform otherwise.
 fn frame(
@@ -669,7 +689,7 @@ fn frame(
     value: TimeValue,
     shape: Option<[usize; 2]>,
     dtype: Option<DType>,
-) -> Result<PvFrame, String> {
+) -> Result<PvFrame, ValueError> {
     let (natural, bytes) = little_endian(&value.values, dtype)?;
     // A string is its bytes; anything else, its elements.
     let elements = match value.values {
@@ -681,11 +701,14 @@ fn frame(
             // Sizes come from the camera's PVs: a product that overflows is not an image.
             let needed = height
                 .checked_mul(width)
-                .ok_or_else(|| format!("an image of {height}x{width} is not a size"))?;
+                .ok_or(ValueError::ImageSize { height, width })?;
             if needed > elements {
-                return Err(format!(
-                    "an image of {height}x{width} needs {needed} elements, the PV sent {elements}"
-                ));
+                return Err(ValueError::TooFewElements {
+                    height,
+                    width,
+                    needed,
+                    elements,
+                });
             }
             vec![height, width]
         }
@@ -694,10 +717,13 @@ fn frame(
     };
     let used = shape.iter().product::<usize>() * natural.size();
     if used > bytes.len() {
-        return Err(format!("{used} bytes needed, {} decoded", bytes.len()));
+        return Err(ValueError::TooFewBytes {
+            used,
+            decoded: bytes.len(),
+        });
     }
     let data = Bytes::from(bytes).slice(..used);
-    let value_array = NdArray::new(shape, natural, data).map_err(|e| e.to_string())?;
+    let value_array = NdArray::new(shape, natural, data)?;
     Ok(PvFrame {
         pv: pv.to_owned(),
         status: value.status,
@@ -710,7 +736,7 @@ fn frame(
 
 /// The values' little-endian bytes as `dtype` (integers keep their low bits, as a u16 image
 /// served as int16 or int32 needs), or in their own type.
-fn little_endian(values: &Values, dtype: Option<DType>) -> Result<(DType, Vec<u8>), String> {
+fn little_endian(values: &Values, dtype: Option<DType>) -> Result<(DType, Vec<u8>), ValueError> {
     let natural = match values {
         Values::String(_) => DType::Uint8,
         Values::Short(_) => DType::Int16,
@@ -723,7 +749,7 @@ fn little_endian(values: &Values, dtype: Option<DType>) -> Result<(DType, Vec<u8
     let target = dtype.unwrap_or(natural);
     if let Values::String(strings) = values {
         if target != DType::Uint8 {
-            return Err(format!("a string PV cannot be read as {}", target.name()));
+            return Err(ValueError::StringAs(target));
         }
         return Ok((
             target,
@@ -825,7 +851,10 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert_eq!(error, "an image of 2x2 needs 4 elements, the PV sent 2");
+        assert_eq!(
+            error.to_string(),
+            "an image of 2x2 needs 4 elements, the PV sent 2"
+        );
     }
 
     #[test]
