@@ -1,5 +1,7 @@
-//! One file per source. To add one: write `sources/<transport>_<protocol>.rs` with a config and
-//! an `impl Source`, then add one variant to [`crate::IngesterConfig`] and one arm in its `build`.
+//! One file per source. To add one: write `sources/<transport>_<protocol>.rs` with a config that
+//! implements [`SourceKind`](crate::SourceKind) and a struct that implements
+//! [`Source`](crate::Source), then add its `pub mod` here and its line in the registry in
+//! `lib.rs`.
 
 pub mod dump;
 pub mod epics_ca;
@@ -8,6 +10,16 @@ pub mod sim;
 pub mod zmq_stins;
 
 use std::time::{Duration, Instant};
+
+use beamflow_protocol::StreamName;
+
+/// The listed streams, or the one named after the ingester when none are listed.
+pub(crate) fn listed_or_named(streams: &[StreamName], name: &str) -> Vec<StreamName> {
+    match streams {
+        [] => vec![StreamName::from(name)],
+        listed => listed.to_vec(),
+    }
+}
 
 /// Paces a simulated or replayed source at a fixed rate; without one, frames come as fast as
 /// they are read.

@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 
 use beamflow_protocol::{
     DType, EventData, NdArray, ParameterDescription, ParameterName, ParameterType, ParameterValue,
-    Parameters, StreamName,
+    Parameters, StreamName, StreamType,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::analyses::{array_of, pv_scalar};
+use crate::analyses::{AnalysisKind, array_of, pv_scalar};
 use crate::check::{ResultKeys, TableError};
-use crate::{Analysis, AnalysisError};
+use crate::{Analysis, AnalysisError, DynAnalysis};
 
 /// Configuration of `beam_image`.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,32 +60,56 @@ pub struct BeamImageConfig {
     pub attach: Vec<StreamName>,
 }
 
-impl BeamImageConfig {
+impl AnalysisKind for BeamImageConfig {
+    const KIND: &str = "beam_image";
+    const SUMMARY: &str = "beam sizes and centroids from a screen image (background, projections, \
+        Gaussian fit, rms95), with per-shot gates and their reasons";
+
+    fn build(&self) -> Result<Box<dyn DynAnalysis>, TableError> {
+        Ok(Box::new(BeamImage::new(self.clone())?))
+    }
+
     /// The image stream and the attached PVs.
-    pub fn reads_stream(&self, stream: &StreamName) -> bool {
+    fn reads_stream(&self, stream: &StreamName, _: &StreamType) -> bool {
         self.stream == *stream || self.attach.contains(stream)
     }
 
-    /// What building refuses: the border must be at least a pixel wide (its noise is what the
-    /// signal-to-noise gate divides by).
-    pub fn check(&self) -> Result<(), TableError> {
-        if self.border_px == 0 {
-            return Err(TableError::value(
-                "border_px",
-                "must be at least 1: the border gives the noise",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The streams the table names, each with its key.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
         let attached = self.attach.iter().enumerate();
         std::iter::once(("stream".to_owned(), self.stream.clone()))
             .chain(attached.map(|(i, stream)| (format!("attach[{i}]"), stream.clone())))
             .collect()
     }
 
+    /// What building refuses: the border must be at least a pixel wide (its noise is what the
+    /// signal-to-noise gate divides by).
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        if self.border_px == 0 {
+            return Err(TableError::value(
+                "border_px",
+                "must be at least 1: the border gives the noise",
+            ));
+        }
+        Ok(self.result_keys())
+    }
+
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        self.dark_parameter
+            .iter()
+            .map(|name| ParameterDescription {
+                name: name.clone(),
+                dtype: ParameterType::Binary,
+                default: ParameterValue::Binary(Default::default()),
+                description: format!(
+                    "dark frame of stream {}: the whole image as little-endian u16 or f32",
+                    self.stream
+                ),
+            })
+            .collect()
+    }
+}
+
+impl BeamImageConfig {
     /// What its results hold: a [`BeamImageOutput`].
     pub fn result_keys(&self) -> ResultKeys {
         let number = || ResultKeys::Number;
@@ -196,8 +220,8 @@ const PARALLEL_PIXELS: usize = 1 << 20;
 
 impl BeamImage {
     /// Builds the analysis; [`BeamImageConfig::check`] says what it refuses.
-    pub fn new(config: BeamImageConfig) -> Result<Self, String> {
-        config.check().map_err(|error| error.to_string())?;
+    pub fn new(config: BeamImageConfig) -> Result<Self, TableError> {
+        config.check()?;
         Ok(Self { config })
     }
 
@@ -404,22 +428,6 @@ impl Analysis for BeamImage {
             }
         }
         Ok(Some(output))
-    }
-
-    fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        self.config
-            .dark_parameter
-            .iter()
-            .map(|name| ParameterDescription {
-                name: name.clone(),
-                dtype: ParameterType::Binary,
-                default: ParameterValue::Binary(Default::default()),
-                description: format!(
-                    "dark frame of stream {}: the whole image as little-endian u16 or f32",
-                    self.config.stream
-                ),
-            })
-            .collect()
     }
 }
 
