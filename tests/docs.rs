@@ -449,3 +449,59 @@ fn the_checks_catch_what_they_are_for() {
         ["run"]
     );
 }
+
+/// The fenced blocks of `lang` in a Markdown text, without their fences.
+fn code_blocks<'a>(markdown: &'a str, lang: &str) -> Vec<&'a str> {
+    let open = format!("```{lang}\n");
+    markdown
+        .split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .collect()
+}
+
+/// Lines before the tests, and of those the ones that are neither blank nor comments.
+fn template_size(source: &str) -> (usize, usize) {
+    let (body, _) = source.split_once("#[cfg(test)]").unwrap_or((source, ""));
+    let lines: Vec<&str> = body.trim_end().lines().collect();
+    let code = lines
+        .iter()
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with("//"))
+        .count();
+    (lines.len(), code)
+}
+
+#[test]
+fn the_tutorial_is_the_template_word_for_word() {
+    let tutorial = std::fs::read_to_string(root().join("docs/tutorials/analysis.md")).unwrap();
+    let analysis =
+        std::fs::read_to_string(root().join("workers/src/analyses/centroid.rs")).unwrap();
+    let accumulator =
+        std::fs::read_to_string(root().join("reducer/src/accumulators/mean.rs")).unwrap();
+    let blocks = code_blocks(&tutorial, "rust");
+    assert_eq!(blocks.len(), 3, "the file, its tests, the accumulator");
+    for block in &blocks {
+        assert!(
+            analysis.contains(block) || accumulator.contains(block),
+            "docs/tutorials/analysis.md: a rust block is not in centroid.rs or mean.rs:\n{block}"
+        );
+    }
+    assert!(analysis.starts_with(blocks[0]) && analysis.trim_end().ends_with(blocks[1]));
+    assert!(accumulator.starts_with(blocks[2]));
+    let ((lines, code), (acc_lines, acc_code)) =
+        (template_size(&analysis), template_size(&accumulator));
+    let sizes = format!(
+        "the analysis file is {lines} lines ({code} of code) before its tests, of which the\n\
+         analysis proper (`impl Analysis`) is 25; the accumulator file is {acc_lines} lines \
+         ({acc_code} of code)."
+    );
+    assert!(
+        tutorial.contains(&sizes),
+        "the tutorial should say: {sizes}"
+    );
+    for block in code_blocks(&tutorial, "toml") {
+        if let Err(error) = Pipeline::parse(block) {
+            panic!("docs/tutorials/analysis.md: {error:#}\n{block}");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
 //! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
 //!   worker and replay.
+//! - [`testing`]: an analysis run over a recorded `.cbors` dump, for tests.
 //! - [`worker`]: a worker's loop body without sockets: leases and parts in, reports out.
 //! - [`node`]: the worker process's socket loop around it.
 
@@ -19,11 +20,12 @@ pub mod assembly;
 pub mod check;
 pub mod node;
 pub mod process;
+pub mod testing;
 pub mod worker;
 
 use beamflow_protocol::streams::stins::StinsError;
 use beamflow_protocol::value::SerializeError;
-use beamflow_protocol::{EventData, Parameters, StreamName, Value};
+use beamflow_protocol::{EventData, Parameters, ReadError, StreamName, Value};
 use serde::Serialize;
 
 pub use analyses::{AnalysisConfig, AnalysisKind};
@@ -96,6 +98,9 @@ pub enum AnalysisError {
         /// What the parser found.
         error: StinsError,
     },
+    /// A stream could not be read as the analysis asked ([`EventData::image`], ...).
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The output could not become a result tree.
     #[error("{0}")]
     Output(#[from] SerializeError),

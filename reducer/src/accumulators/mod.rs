@@ -6,6 +6,7 @@
 
 pub mod history;
 pub mod last;
+pub mod mean;
 pub mod quad_scan;
 
 use beamflow_protocol::{AnalysisName, ParameterDescription};
@@ -129,6 +130,7 @@ registry! {
     History(history::HistoryConfig),
     Last(last::LastConfig),
     QuadScan(quad_scan::QuadScanConfig),
+    Mean(mean::MeanConfig),
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `pub mod` and its line in [`registry!`] below.
 
 pub mod beam_image;
+pub mod centroid;
 pub mod frame_stats;
 pub mod pv_values;
 pub mod surrogate;
@@ -68,8 +69,10 @@ pub trait AnalysisKind {
     /// Whether it reads `stream` (of type `typ`) when an event carries it, from its table
     /// alone: by name where the table names streams, else by type. A stream it picks by content
     /// (a PV image, a long waveform) counts as read, so a stream said to be read by no analysis
-    /// really is not.
-    fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool;
+    /// really is not. By default every stream counts as read.
+    fn reads_stream(&self, _stream: &StreamName, _typ: &StreamType) -> bool {
+        true
+    }
 
     /// The streams the table names, each with its key in the table (`attach[0]`): each must be
     /// one the pipeline's ingesters offer.
@@ -78,8 +81,11 @@ pub trait AnalysisKind {
     }
 
     /// Runs the checks [`build`](Self::build) runs (a surrogate loads its model) and says what
-    /// the results can hold; the error names the key at fault.
-    fn check(&self) -> Result<ResultKeys, TableError>;
+    /// the results can hold; the error names the key at fault. By default nothing is refused
+    /// and the results can hold anything.
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(ResultKeys::Unknown)
+    }
 
     /// The parameters it reads, with their types and defaults: from the table, so describing
     /// them builds nothing (and loads no model).
@@ -164,6 +170,7 @@ registry! {
     PvValues(pv_values::PvValuesConfig),
     BeamImage(beam_image::BeamImageConfig),
     Surrogate(surrogate::SurrogateConfig),
+    Centroid(centroid::CentroidConfig),
 }
 
 #[cfg(test)]
