@@ -509,15 +509,58 @@ impl Steps {
     }
 }
 
-/// The reason's kind without its numbers, so "x: signal to noise 3.2 below 5" counts with
-/// every other x signal-to-noise rejection.
+/// What a step counts a rejected shot under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RejectionKind<'a> {
+    /// One of `beam_image`'s gates, named as its `Rejection::kind` names it (the gate and its
+    /// plane, without numbers), so "x: signal to noise 3.2 below 5" counts with every other x
+    /// signal-to-noise rejection.
+    Gate(&'static str),
+    /// Another analysis's reason: its text up to the first number or parenthesis.
+    Other(&'a str),
+}
+
+/// `beam_image`'s gates, as `beamflow_workers::analyses::beam_image::Rejection::kind` names
+/// them; its reasons' texts start with these (the reducer reads results, not that crate).
+const BEAM_IMAGE_GATES: [&str; 9] = [
+    "saturated",
+    "x: signal to noise",
+    "y: signal to noise",
+    "x: no Gaussian fits the projection",
+    "y: no Gaussian fits the projection",
+    "x: size",
+    "y: size",
+    "x: beam not fully on screen",
+    "y: beam not fully on screen",
+];
+
+impl<'a> RejectionKind<'a> {
+    fn of(reason: &'a str) -> Self {
+        if let Some(gate) = BEAM_IMAGE_GATES
+            .iter()
+            .find(|gate| reason.starts_with(*gate))
+        {
+            return RejectionKind::Gate(gate);
+        }
+        let end = reason
+            .find(|c: char| c.is_ascii_digit() || c == '(')
+            .unwrap_or(reason.len());
+        RejectionKind::Other(
+            reason[..end].trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace()),
+        )
+    }
+
+    fn as_str(self) -> &'a str {
+        match self {
+            RejectionKind::Gate(gate) => gate,
+            RejectionKind::Other(text) => text,
+        }
+    }
+}
+
+/// The key a reason is counted under in a step's `rejected`.
 fn reason_kind(reason: &str) -> String {
-    let end = reason
-        .find(|c: char| c.is_ascii_digit() || c == '(')
-        .unwrap_or(reason.len());
-    reason[..end]
-        .trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace())
-        .to_owned()
+    RejectionKind::of(reason).as_str().to_owned()
 }
 
 impl Accumulator for QuadScan {
@@ -912,6 +955,14 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
                 "x: beam not fully on screen (centre 620.1 px ± 3 σ leaves the 640 px ROI)"
             ),
             "x: beam not fully on screen"
+        );
+        assert_eq!(
+            RejectionKind::of("y: no Gaussian fits the projection"),
+            RejectionKind::Gate("y: no Gaussian fits the projection")
+        );
+        assert_eq!(
+            RejectionKind::of("dark frame: 3 pixels missing"),
+            RejectionKind::Other("dark frame")
         );
     }
 
