@@ -7,8 +7,8 @@
 //! # Layout
 //!
 //! - [`Source`]: what a source implements; [`SourceKind`], what its config knows before it
-//!   connects; [`IngesterConfig`], the registry keyed by the pipeline file's `kind`, with one
-//!   file per source in [`sources`].
+//!   connects; [`sources`], one file per source and the registry, [`IngesterConfig`], keyed
+//!   by the pipeline file's `kind`.
 //! - [`core`]: leases, frame placement, gaps, retention and re-sending, without sockets.
 //! - [`node`]: the ingester process's loop around a source and the core.
 //! - [`recording`]: handled events to `.cbors` dumps (`dump_prefix`).
@@ -18,12 +18,13 @@ pub mod node;
 pub mod recording;
 pub mod sources;
 
+pub use sources::{IngesterConfig, KINDS};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beamflow_net::TransportError;
 use beamflow_protocol::{StreamData, StreamName};
-use serde::Deserialize;
 
 /// One frame of one stream, numbered by the source.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +99,8 @@ pub trait Source: Send {
 }
 
 /// What a source's config knows about its kind before anything connects. Implemented by each
-/// `<Name>Config` in the source's own file; the registry line in [`registry!`] does the rest.
+/// `<Name>Config` in the source's own file; its line in the registry in [`sources`] does the
+/// rest.
 pub trait SourceKind {
     /// The pipeline file's `kind`, the file stem.
     const KIND: &'static str;
@@ -129,94 +131,6 @@ pub trait SourceKind {
     fn check(&self) -> Result<(), SourceError> {
         Ok(())
     }
-}
-
-/// From one line per source, `Variant(module::Config)`, the `[ingesters.<name>]` config enum
-/// (its `kind` is the variant in snake_case, checked against [`SourceKind::KIND`] by a test),
-/// the dispatch to [`SourceKind`], and [`KINDS`].
-macro_rules! registry {
-    ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
-        /// One `[ingesters.<name>]` table of the pipeline file; `kind` picks the source.
-        ///
-        /// Non-exhaustive: code outside the crate that matches on kinds says what it does for
-        /// one added later, so adding one touches only its file and its registry line.
-        #[derive(Debug, Clone, Deserialize)]
-        #[serde(tag = "kind", rename_all = "snake_case")]
-        #[non_exhaustive]
-        pub enum IngesterConfig {
-            $(
-                #[doc = concat!("`", stringify!($module), "`: [`sources::", stringify!($module),
-                    "::", stringify!($config), "`].")]
-                $variant(sources::$module::$config),
-            )+
-        }
-
-        /// Every source `kind` with its summary, in registry order.
-        pub const KINDS: &[(&str, &str)] = &[
-            $((<sources::$module::$config as SourceKind>::KIND,
-                <sources::$module::$config as SourceKind>::SUMMARY),)+
-        ];
-
-        impl IngesterConfig {
-            /// The `kind` name.
-            pub fn kind(&self) -> &'static str {
-                match self {
-                    $(IngesterConfig::$variant(_) => <sources::$module::$config as SourceKind>::KIND,)+
-                }
-            }
-
-            /// See [`SourceKind::BRACKETS_SERIES`].
-            pub fn brackets_series(&self) -> bool {
-                match self {
-                    $(IngesterConfig::$variant(_) =>
-                        <sources::$module::$config as SourceKind>::BRACKETS_SERIES,)+
-                }
-            }
-
-            /// See [`SourceKind::build`]; runs [`check`](Self::check) first.
-            pub fn build(
-                &self,
-                name: &str,
-                context: &zmq::Context,
-            ) -> Result<Box<dyn Source>, SourceError> {
-                self.check()?;
-                match self {
-                    $(IngesterConfig::$variant(config) => config.build(name, context),)+
-                }
-            }
-        }
-
-        /// What a pipeline check asks of a table before anything runs or connects.
-        impl IngesterConfig {
-            /// See [`SourceKind::stream_names`].
-            pub fn stream_names(&self, name: &str) -> Option<Vec<StreamName>> {
-                match self {
-                    $(IngesterConfig::$variant(config) => config.stream_names(name),)+
-                }
-            }
-
-            /// See [`SourceKind::streams_named`].
-            pub fn streams_named(&self) -> Vec<(String, StreamName)> {
-                match self {
-                    $(IngesterConfig::$variant(config) => config.streams_named(),)+
-                }
-            }
-
-            /// See [`SourceKind::check`].
-            pub fn check(&self) -> Result<(), SourceError> {
-                match self {
-                    $(IngesterConfig::$variant(config) => config.check(),)+
-                }
-            }
-        }
-    };
-}
-
-registry! {
-    ZmqStins(zmq_stins::ZmqStinsConfig),
-    Sim(sim::SimConfig),
-    Dump(dump::DumpConfig),
-    EpicsCa(epics_ca::EpicsCaConfig),
 }
 
 #[cfg(test)]
