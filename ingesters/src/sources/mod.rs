@@ -1,6 +1,6 @@
 //! One file per source, and the registry. To add one: write
 //! `sources/<transport>_<protocol>.rs` with a config that implements [`SourceKind`] and a struct
-//! that implements [`Source`], then add its `pub mod` and its line in [`registry!`] here.
+//! that implements [`Source`], then add its `pub mod` and its line in `registry!` here.
 
 pub mod dump;
 pub mod epics_ca;

@@ -2,7 +2,7 @@
 //!
 //! To add one: write `accumulators/<name>.rs` with a `<Name>Config` that implements
 //! [`AccumulatorKind`] and a struct that implements [`Accumulator`], then add its `pub mod` and
-//! its line in [`registry!`] below.
+//! its line in `registry!` below.
 
 pub mod history;
 pub mod last;
@@ -35,7 +35,7 @@ impl TableError {
 }
 
 /// What an accumulator's config knows about its kind before anything is built. Implemented by
-/// each `<Name>Config` in the accumulator's own file; the registry line in [`registry!`] does
+/// each `<Name>Config` in the accumulator's own file; the registry line in `registry!` does
 /// the rest.
 pub trait AccumulatorKind {
     /// The pipeline file's `kind`, the file stem.

@@ -2,7 +2,7 @@
 //!
 //! To add an analysis: write `analyses/<name>.rs` with a `<Name>Config` that implements
 //! [`AnalysisKind`] and a struct that implements [`Analysis`](crate::Analysis), then add its
-//! `pub mod` and its line in [`registry!`] below.
+//! `pub mod` and its line in `registry!` below.
 
 pub mod beam_image;
 pub mod centroid;
@@ -56,7 +56,7 @@ pub(crate) fn pv_scalar(stream: &StreamData) -> Result<(f64, PvFrame), String> {
 
 /// What an analysis's config knows about its kind before anything is built: the facts the
 /// registry, a pipeline check and the controller ask for. Implemented by each `<Name>Config`
-/// in the analysis's own file; the registry line in [`registry!`] does the rest.
+/// in the analysis's own file; the registry line in `registry!` does the rest.
 pub trait AnalysisKind {
     /// The pipeline file's `kind`, the file stem.
     const KIND: &'static str;
