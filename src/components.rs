@@ -18,13 +18,11 @@ use beamflow_controller::node::ControlSocket;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::{Reachable, Stop};
-use beamflow_protocol::{IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
-use beamflow_reducer::Reducer;
+use beamflow_protocol::{IngesterName, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
 use beamflow_workers::node::WorkerSettings;
-use beamflow_workers::process::Analyses;
 
 use crate::models_http::ModelService;
 use crate::pipeline::Pipeline;
@@ -276,10 +274,7 @@ impl Components {
         pipeline: &Pipeline,
     ) -> anyhow::Result<(String, SocketAddr)> {
         let section = &pipeline.controller;
-        let mut descriptions = Analyses::build(&pipeline.analyses)?.describe_parameters();
-        descriptions.extend(
-            Reducer::new(&pipeline.accumulators, Parameters::default())?.describe_parameters(),
-        );
+        let descriptions = pipeline.describe_parameters();
         let ensemble: Shared = Arc::new(Mutex::new(Ensemble::new(
             Pacing {
                 window: section.window,

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use beamflow_ingesters::{IngesterConfig, SourceError};
-use beamflow_protocol::{AnalysisName, IngesterName, StreamName, WorkerTag};
+use beamflow_protocol::{AnalysisName, IngesterName, ParameterDescription, StreamName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
 use beamflow_reducer::result_pvs::{PvSource, ResultPvsConfig};
 use beamflow_workers::AnalysisConfig;
@@ -130,6 +130,14 @@ impl Default for ReducerSection {
 }
 
 impl Pipeline {
+    /// The parameters the analyses and then the accumulators read, from their tables alone:
+    /// nothing is built, so describing them loads no model.
+    pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        let mut descriptions = beamflow_workers::process::describe_parameters(&self.analyses);
+        descriptions.extend(beamflow_reducer::describe_parameters(&self.accumulators));
+        descriptions
+    }
+
     /// Reads and checks a pipeline file; errors name the file, line and column, one mistake a
     /// line. A `.json` file is read as JSON (the Helm chart renders the pipeline so), anything
     /// else as TOML.
@@ -297,8 +305,8 @@ impl Pipeline {
                 views.push((name.clone(), ResultKeys::Unknown));
                 continue;
             }
-            if let Err(message) = accumulator.build() {
-                mistakes.push(Mistake::value(&table, "", message));
+            if let Err(error) = accumulator.build() {
+                mistakes.push(Mistake::value(&table, "", error.to_string()));
             }
             let keys = results_of(source);
             for (key, path) in accumulator.result_paths() {
@@ -388,6 +396,8 @@ fn view_keys(accumulator: &AccumulatorConfig, results: ResultKeys) -> ResultKeys
             ("event_number".to_owned(), ResultKeys::Unknown),
         ]),
         AccumulatorConfig::QuadScan(_) => quad_scan_view(),
+        // A kind not described here: any path into its view is accepted.
+        _ => ResultKeys::Unknown,
     }
 }
 
@@ -588,6 +598,51 @@ mod tests {
         assert_eq!(INJECTOR.matches(from).count(), 1, "{from}");
         let text = INJECTOR.replacen(from, to, 1);
         format!("{:#}", Pipeline::parse(&text).unwrap_err())
+    }
+
+    #[test]
+    fn parameters_are_described_from_the_tables_without_building_anything() {
+        // The model does not exist: describing parameters must not load it.
+        let pipeline: Pipeline = toml::from_str(
+            r#"
+[analyses.beam]
+kind = "beam_image"
+stream = "otr2"
+dark_parameter = "otr2_dark"
+[analyses.model]
+kind = "surrogate"
+model = "/nonexistent/model"
+[accumulators.scan]
+kind = "quad_scan"
+setting = "attached/qe04"
+energy_ev = 135e6
+quad_length_m = 0.108
+rmat_x = [[1, 2], [0, 1]]
+rmat_y = [[1, 2], [0, 1]]
+"#,
+        )
+        .unwrap();
+        let described: Vec<(String, String)> = pipeline
+            .describe_parameters()
+            .into_iter()
+            .map(|d| (d.name.to_string(), d.description))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                (
+                    "otr2_dark".to_owned(),
+                    "dark frame of stream otr2: the whole image as little-endian u16 or f32"
+                        .to_owned()
+                ),
+                (
+                    "quad_scan_measurement".to_owned(),
+                    "quad_scan: the open measurement's id (shots are fitted only inside one); \
+                     empty closes it, another id closes it and opens that one"
+                        .to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

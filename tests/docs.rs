@@ -2,8 +2,9 @@
 //! root README, no README or doc points outside the repository (a clone has nothing beside it),
 //! and no `--help` text states a default as a number written by hand.
 //!
-//! Nothing here keeps a list of its own: the kinds come from the pipeline loader's error for an
-//! unknown kind, the subcommands from `beamflow --help`, the documents from walking the tree.
+//! Nothing here keeps a list of its own: the kinds and their summaries come from the registries
+//! (`KINDS`, checked against the pipeline loader's error for an unknown kind), the subcommands
+//! from `beamflow --help`, the documents from walking the tree.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -18,6 +19,11 @@ const NOT_A_KIND: &str = "no_such_kind";
 struct Registry {
     /// The pipeline file's table (`[ingesters.<name>]`).
     table: &'static str,
+    /// Each kind with its summary, from the registry itself.
+    kinds: &'static [(&'static str, &'static str)],
+    /// How the root README's "kind | output / view" table names one (`analysis`); `None` when
+    /// that table has no rows for this registry.
+    word: Option<&'static str>,
     /// The crate whose README has a row per kind.
     krate: &'static str,
     /// The folder of one file per kind, as the root README's "What works today" row names it.
@@ -27,16 +33,22 @@ struct Registry {
 const REGISTRIES: [Registry; 3] = [
     Registry {
         table: "ingesters",
+        kinds: beamflow_ingesters::KINDS,
+        word: None,
         krate: "ingesters",
         folder: "ingesters/src/sources/",
     },
     Registry {
         table: "analyses",
+        kinds: beamflow_workers::analyses::KINDS,
+        word: Some("analysis"),
         krate: "workers",
         folder: "workers/src/analyses/",
     },
     Registry {
         table: "accumulators",
+        kinds: beamflow_reducer::accumulators::KINDS,
+        word: Some("accumulator"),
         krate: "reducer",
         folder: "reducer/src/accumulators/",
     },
@@ -70,14 +82,20 @@ fn every_registered_kind_has_a_readme_row() {
     let root_readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let mut missing = Vec::new();
     for registry in &REGISTRIES {
-        let kinds = registered_kinds(registry.table);
+        let kinds: Vec<&str> = registry.kinds.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(
+            registered_kinds(registry.table),
+            kinds,
+            "[{}]: the loader accepts other kinds than the registry lists",
+            registry.table
+        );
         let crate_dir = root().join(registry.krate);
         let readme = std::fs::read_to_string(crate_dir.join("README.md")).unwrap();
         let works_today = root_readme
             .lines()
             .find(|line| line.starts_with('|') && line.contains(&format!("`{}`", registry.folder)))
             .unwrap_or_default();
-        for kind in &kinds {
+        for (kind, summary) in registry.kinds {
             let row_start = format!("| `{kind}` |");
             match readme.lines().find(|line| line.starts_with(&row_start)) {
                 None => missing.push(format!(
@@ -107,6 +125,14 @@ fn every_registered_kind_has_a_readme_row() {
                             registry.krate
                         ));
                     }
+                    // The last column is the summary the kind's config declares.
+                    if !row.ends_with(&format!("| {summary} |")) {
+                        missing.push(format!(
+                            "{}/README.md: the row of `{kind}` should end \"| {summary} |\" (its \
+                             SUMMARY)",
+                            registry.krate
+                        ));
+                    }
                 }
             }
             if !works_today.contains(&format!("`{kind}`")) {
@@ -115,6 +141,35 @@ fn every_registered_kind_has_a_readme_row() {
                     registry.folder
                 ));
             }
+            if let Some(word) = registry.word
+                && !root_readme
+                    .lines()
+                    .any(|line| line.starts_with(&format!("| {word} `{kind}` |")))
+            {
+                missing.push(format!(
+                    "README.md: the kind table has no row \"| {word} `{kind}` |\""
+                ));
+            }
+        }
+        // And no row documents a kind that is not registered.
+        let documented = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split_once("` |"))
+            .map(|(kind, _)| kind);
+        let root_documented = registry.word.into_iter().flat_map(|word| {
+            let prefix = format!("| {word} `");
+            root_readme.lines().filter_map(move |line| {
+                Some(line.strip_prefix(&prefix)?.split_once("` |")?.0.to_owned())
+            })
+        });
+        for kind in documented
+            .map(str::to_owned)
+            .chain(root_documented)
+            .filter(|kind| !kinds.contains(&kind.as_str()))
+        {
+            missing.push(format!(
+                "a README row documents `{kind}`, which no registry has"
+            ));
         }
     }
     assert!(
@@ -393,4 +448,65 @@ fn the_checks_catch_what_they_are_for() {
         subcommands("Commands:\n  run  Runs\n  help  Help\n\nOptions:\n"),
         ["run"]
     );
+}
+
+/// The fenced blocks of `lang` in a Markdown text, without their fences.
+fn code_blocks<'a>(markdown: &'a str, lang: &str) -> Vec<&'a str> {
+    let open = format!("```{lang}\n");
+    markdown
+        .split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .collect()
+}
+
+/// Lines before the tests, and of those the ones that are neither blank nor comments.
+fn template_size(source: &str) -> (usize, usize) {
+    let (body, _) = source.split_once("#[cfg(test)]").unwrap_or((source, ""));
+    let lines: Vec<&str> = body.trim_end().lines().collect();
+    let code = lines
+        .iter()
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with("//"))
+        .count();
+    (lines.len(), code)
+}
+
+#[test]
+fn the_tutorial_is_the_template_word_for_word() {
+    let tutorial = std::fs::read_to_string(root().join("docs/tutorials/analysis.md")).unwrap();
+    let analysis =
+        std::fs::read_to_string(root().join("workers/src/analyses/centroid.rs")).unwrap();
+    let accumulator =
+        std::fs::read_to_string(root().join("reducer/src/accumulators/mean.rs")).unwrap();
+    let blocks = code_blocks(&tutorial, "rust");
+    assert_eq!(blocks.len(), 3, "the file, its tests, the accumulator");
+    for block in &blocks {
+        assert!(
+            analysis.contains(block) || accumulator.contains(block),
+            "docs/tutorials/analysis.md: a rust block is not in centroid.rs or mean.rs:\n{block}"
+        );
+    }
+    assert!(analysis.starts_with(blocks[0]) && analysis.trim_end().ends_with(blocks[1]));
+    assert!(accumulator.starts_with(blocks[2]));
+    let ((lines, code), (acc_lines, acc_code)) =
+        (template_size(&analysis), template_size(&accumulator));
+    let proper = analysis
+        .lines()
+        .skip_while(|line| !line.starts_with("impl Analysis for"))
+        .position(|line| line == "}")
+        .map_or(0, |last| last + 1);
+    let sizes = format!(
+        "the analysis file is {lines} lines ({code} of code) before its tests, of which the\n\
+         analysis proper (`impl Analysis`) is {proper}; the accumulator file is {acc_lines} lines \
+         ({acc_code} of code)."
+    );
+    assert!(
+        tutorial.contains(&sizes),
+        "the tutorial should say: {sizes}"
+    );
+    for block in code_blocks(&tutorial, "toml") {
+        if let Err(error) = Pipeline::parse(block) {
+            panic!("docs/tutorials/analysis.md: {error:#}\n{block}");
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //!
 //! # Layout
 //!
-//! - [`Source`]: what a source implements; [`IngesterConfig`], the registry keyed by the
-//!   pipeline file's `kind`, with one file per source in [`sources`].
+//! - [`Source`]: what a source implements; [`SourceKind`], what its config knows before it
+//!   connects; [`sources`], one file per source and the registry, [`IngesterConfig`], keyed
+//!   by the pipeline file's `kind`.
 //! - [`core`]: leases, frame placement, gaps, retention and re-sending, without sockets.
 //! - [`node`]: the ingester process's loop around a source and the core.
 //! - [`recording`]: handled events to `.cbors` dumps (`dump_prefix`).
@@ -17,12 +18,13 @@ pub mod node;
 pub mod recording;
 pub mod sources;
 
+pub use sources::{IngesterConfig, KINDS};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beamflow_net::TransportError;
 use beamflow_protocol::{StreamData, StreamName};
-use serde::Deserialize;
 
 /// One frame of one stream, numbered by the source.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,99 +98,38 @@ pub trait Source: Send {
     }
 }
 
-/// One `[ingesters.<name>]` table of the pipeline file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum IngesterConfig {
-    /// PULL from a STINS detector stream (MAX IV's `stream1`).
-    ZmqStins(sources::zmq_stins::ZmqStinsConfig),
-    /// Synthetic STINS images of a configured shape and rate.
-    Sim(sources::sim::SimConfig),
-    /// A recorded `.cbors` dump played as a live source.
-    Dump(sources::dump::DumpConfig),
-    /// EPICS process variables over Channel Access.
-    EpicsCa(sources::epics_ca::EpicsCaConfig),
-}
-
-impl IngesterConfig {
-    /// Builds the source; `name` is the ingester's name (the default stream name).
-    pub fn build(
-        &self,
-        name: &str,
-        context: &zmq::Context,
-    ) -> Result<Box<dyn Source>, SourceError> {
-        self.check()?;
-        Ok(match self {
-            IngesterConfig::ZmqStins(config) => Box::new(sources::zmq_stins::ZmqStins::connect(
-                config, name, context,
-            )?),
-            IngesterConfig::Sim(config) => Box::new(sources::sim::Sim::new(config, name)),
-            IngesterConfig::Dump(config) => Box::new(sources::dump::Dump::new(config)?),
-            IngesterConfig::EpicsCa(config) => {
-                Box::new(sources::epics_ca::EpicsCa::connect(config)?)
-            }
-        })
-    }
-
+/// What a source's config knows about its kind before anything connects. Implemented by each
+/// `<Name>Config` in the source's own file; its line in the registry in [`sources`] does the
+/// rest.
+pub trait SourceKind {
+    /// The pipeline file's `kind`, the file stem.
+    const KIND: &'static str;
+    /// What it reads, in one line: the crate README's row for it says exactly this.
+    const SUMMARY: &'static str;
     /// Whether the source opens and closes a series with messages of their own (STINS header
     /// and end), which a wrapped sequence's start and end events are for. PV sources have none.
-    pub fn brackets_series(&self) -> bool {
-        !matches!(self, IngesterConfig::EpicsCa(_))
-    }
+    /// No default: a wrong answer either way breaks sequences silently.
+    const BRACKETS_SERIES: bool;
 
-    /// The `kind` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            IngesterConfig::ZmqStins(_) => "zmq_stins",
-            IngesterConfig::Sim(_) => "sim",
-            IngesterConfig::Dump(_) => "dump",
-            IngesterConfig::EpicsCa(_) => "epics_ca",
-        }
-    }
-}
+    /// Builds the source, after [`check`](Self::check); `name` is the ingester's name (the
+    /// default stream name).
+    fn build(&self, name: &str, context: &zmq::Context) -> Result<Box<dyn Source>, SourceError>;
 
-/// What a pipeline check asks of a table before anything runs or connects.
-impl IngesterConfig {
     /// The streams the source offers, `name` being the ingester's; `None` when only the source
     /// knows (a dump without `streams`: its first record says, and the file may be on another
     /// host than the one checking the pipeline).
-    pub fn stream_names(&self, name: &str) -> Option<Vec<StreamName>> {
-        let or_name = |streams: &[StreamName]| match streams {
-            [] => vec![StreamName::from(name)],
-            listed => listed.to_vec(),
-        };
-        match self {
-            IngesterConfig::ZmqStins(config) => Some(vec![StreamName::from(
-                config.stream.as_deref().unwrap_or(name),
-            )]),
-            IngesterConfig::Sim(config) => Some(or_name(&config.streams)),
-            IngesterConfig::Dump(config) if config.streams.is_empty() => None,
-            IngesterConfig::Dump(config) => Some(config.streams.clone()),
-            IngesterConfig::EpicsCa(config) => Some(config.pvs.keys().cloned().collect()),
-        }
-    }
+    fn stream_names(&self, name: &str) -> Option<Vec<StreamName>>;
 
     /// The streams the table names, each with its key (`clock.stream`): each must be one this
     /// ingester offers.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
-        match self {
-            IngesterConfig::EpicsCa(config) => config
-                .clock
-                .trigger()
-                .map(|stream| ("clock.stream".to_owned(), stream.clone()))
-                .into_iter()
-                .collect(),
-            _ => Vec::new(),
-        }
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
+        Vec::new()
     }
 
-    /// What [`build`](Self::build) refuses before it connects: unknown `dtype` names, a clock
-    /// rate out of range. The error names the key.
-    pub fn check(&self) -> Result<(), SourceError> {
-        match self {
-            IngesterConfig::EpicsCa(config) => config.check(),
-            _ => Ok(()),
-        }
+    /// What building refuses before it connects: unknown `dtype` names, a clock rate out of
+    /// range. The error names the key.
+    fn check(&self) -> Result<(), SourceError> {
+        Ok(())
     }
 }
 
@@ -198,6 +139,26 @@ mod tests {
 
     fn config(text: &str) -> IngesterConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn each_kind_is_its_variant_in_snake_case() {
+        let error = toml::from_str::<IngesterConfig>("kind = \"no_such_kind\"").unwrap_err();
+        let accepted: Vec<&str> = KINDS.iter().map(|(kind, _)| *kind).collect();
+        let listed = error.to_string();
+        let listed: Vec<&str> = listed.split('`').skip(3).step_by(2).collect();
+        assert_eq!(listed, accepted, "{error}");
+    }
+
+    #[test]
+    fn only_pv_sources_do_not_bracket_a_series() {
+        let brackets = |text: &str| config(text).brackets_series();
+        assert!(brackets("kind = \"sim\""));
+        assert!(brackets("kind = \"dump\"\npath = \"x.cbors\""));
+        assert!(brackets("kind = \"zmq_stins\"\nupstream = \"tcp://h:1\""));
+        assert!(!brackets(
+            "kind = \"epics_ca\"\nclock = { kind = \"period\", rate_hz = 10 }\npvs = {}"
+        ));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! # Layout
 //!
 //! - [`ids`]: `EventNumber`, `StreamName`, `WorkerName`, ... newtypes.
-//! - [`event`]: `StreamData`, `EventData`, `ResultData`.
+//! - [`event`]: `StreamData`, `EventData` with its readers (`image`, `scalar`, ...),
+//!   `ResultData`.
 //! - [`value`]: `Value`, the self-describing tree results and reducer state are made of.
 //! - [`parameters`]: typed parameters and dranspose parameter files.
 //! - [`mod@array`]: `NdArray`, typed shaped frames.
@@ -38,7 +39,7 @@ pub mod value;
 
 pub use array::{DType, NdArray};
 pub use error::CborError;
-pub use event::{EventData, EventReport, ResultData, StreamData};
+pub use event::{EventData, EventReport, ReadError, ResultData, StreamData};
 pub use ids::{
     AnalysisName, EventNumber, IngesterName, ParameterName, StreamName, StreamType, WorkerName,
     WorkerTag,

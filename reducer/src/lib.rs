@@ -28,7 +28,7 @@ use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultDa
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
-pub use accumulators::AccumulatorConfig;
+pub use accumulators::{AccumulatorConfig, AccumulatorKind};
 pub use unmatched::Unmatched;
 
 /// An accumulator: folds results, in event order, into a view it publishes.
@@ -67,11 +67,6 @@ pub trait Accumulator: Send + 'static {
     /// The current view, served under the accumulator's name.
     fn publish(&self) -> Value;
 
-    /// The parameters this accumulator reads, with their types and defaults.
-    fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        Vec::new()
-    }
-
     /// Called when the parameters change (and once with the first ones), between two results:
     /// what it changes applies from the next result on. `quad_scan` opens and closes its
     /// measurements here, so a measurement closed while no shots arrive still closes.
@@ -98,12 +93,13 @@ pub enum AccumulatorError {
 
 /// A pipeline-file accumulator table that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("accumulator {name}: {message}")]
+#[error("accumulator {name}: {error}")]
 pub struct ConfigError {
     /// The accumulator's name.
     pub name: String,
     /// What is wrong with its table.
-    pub message: String,
+    #[source]
+    pub error: accumulators::TableError,
 }
 
 struct Slot {
@@ -137,9 +133,21 @@ pub struct ReducerCounts {
     pub accumulator_errors: BTreeMap<String, u64>,
 }
 
+/// The parameters the accumulators of these tables read, from the tables alone (nothing is
+/// built).
+pub fn describe_parameters(
+    configs: &BTreeMap<String, AccumulatorConfig>,
+) -> Vec<ParameterDescription> {
+    configs
+        .values()
+        .flat_map(AccumulatorConfig::describe_parameters)
+        .collect()
+}
+
 /// Applies results to the configured accumulators.
 pub struct Reducer {
     slots: Vec<Slot>,
+    descriptions: Vec<ParameterDescription>,
     parameters: Parameters,
     counts: ReducerCounts,
     latest: BTreeMap<AnalysisName, std::sync::Arc<Value>>,
@@ -157,9 +165,9 @@ impl Reducer {
                 Ok(Slot {
                     name: name.clone(),
                     source: config.analysis().cloned(),
-                    accumulator: config.build().map_err(|message| ConfigError {
+                    accumulator: config.build().map_err(|error| ConfigError {
                         name: name.clone(),
-                        message,
+                        error,
                     })?,
                     errors: 0,
                     unmatched_logged: 0,
@@ -168,6 +176,7 @@ impl Reducer {
             .collect::<Result<_, _>>()?;
         let mut reducer = Self {
             slots,
+            descriptions: describe_parameters(configs),
             parameters: Parameters::default(),
             counts: ReducerCounts::default(),
             latest: BTreeMap::new(),
@@ -178,10 +187,7 @@ impl Reducer {
 
     /// The parameters every accumulator declares.
     pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        self.slots
-            .iter()
-            .flat_map(|s| s.accumulator.describe_parameters())
-            .collect()
+        self.descriptions.clone()
     }
 
     /// Applies one result to every accumulator that takes results from its analysis. A failing

@@ -4,13 +4,14 @@
 //!
 //! - [`Analysis`]: what an analysis implements; [`DynAnalysis`], the object-safe form runtimes
 //!   hold, which turns outputs into [`Value`] trees exactly as they travel to the reducer.
-//! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`) and one
-//!   file per analysis.
+//! - [`analyses`]: the registry ([`AnalysisConfig`], keyed by the pipeline file's `kind`, one line
+//!   per [`AnalysisKind`]) and one file per analysis.
 //! - [`check`]: what a pipeline check learns from an analysis's table: the keys its results can
 //!   hold, and mistakes located at a key.
 //! - [`assembly`]: events assembled from ingesters' parts by event number, with deadlines.
 //! - [`process`]: a pipeline's analyses run on one event, giving its report; shared by the live
 //!   worker and replay.
+//! - [`testing`]: an analysis run over a recorded `.cbors` dump, for tests.
 //! - [`worker`]: a worker's loop body without sockets: leases and parts in, reports out.
 //! - [`node`]: the worker process's socket loop around it.
 
@@ -19,14 +20,15 @@ pub mod assembly;
 pub mod check;
 pub mod node;
 pub mod process;
+pub mod testing;
 pub mod worker;
 
 use beamflow_protocol::streams::stins::StinsError;
 use beamflow_protocol::value::SerializeError;
-use beamflow_protocol::{EventData, ParameterDescription, Parameters, StreamName, Value};
+use beamflow_protocol::{EventData, Parameters, ReadError, StreamName, Value};
 use serde::Serialize;
 
-pub use analyses::AnalysisConfig;
+pub use analyses::{AnalysisConfig, AnalysisKind};
 pub use process::{Analyses, BuildError, Failure};
 
 /// An analysis: turns one event into at most one output, with no state that matters across
@@ -80,11 +82,6 @@ pub trait Analysis: Send + Sync + 'static {
             .collect()
     }
 
-    /// The parameters this analysis reads, with their types and defaults.
-    fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        Vec::new()
-    }
-
     /// Called once when a scan ends.
     fn finish(&self, _parameters: &Parameters) {}
 }
@@ -101,6 +98,9 @@ pub enum AnalysisError {
         /// What the parser found.
         error: StinsError,
     },
+    /// A stream could not be read as the analysis asked ([`EventData::image`], ...).
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The output could not become a result tree.
     #[error("{0}")]
     Output(#[from] SerializeError),
@@ -123,8 +123,6 @@ pub trait DynAnalysis: Send + Sync {
         events: &[&EventData],
         parameters: &Parameters,
     ) -> Vec<Result<Option<Value>, AnalysisError>>;
-    /// See [`Analysis::describe_parameters`].
-    fn describe_parameters(&self) -> Vec<ParameterDescription>;
     /// See [`Analysis::finish`].
     fn finish(&self, parameters: &Parameters);
 }
@@ -153,10 +151,6 @@ impl<A: Analysis> DynAnalysis for A {
                 None => Ok(None),
             })
             .collect()
-    }
-
-    fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        Analysis::describe_parameters(self)
     }
 
     fn finish(&self, parameters: &Parameters) {

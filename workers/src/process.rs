@@ -8,11 +8,24 @@ use beamflow_protocol::{
     AnalysisName, EventData, EventReport, ParameterDescription, Parameters, ResultData, WorkerName,
 };
 
+use crate::check::TableError;
 use crate::{AnalysisConfig, AnalysisError, DynAnalysis};
+
+/// The parameters the analyses of these tables read, from the tables alone: nothing is built,
+/// so the controller describes a surrogate's parameters without loading its model.
+pub fn describe_parameters(
+    configs: &BTreeMap<AnalysisName, AnalysisConfig>,
+) -> Vec<ParameterDescription> {
+    configs
+        .values()
+        .flat_map(AnalysisConfig::describe_parameters)
+        .collect()
+}
 
 /// Every analysis of a pipeline, by name.
 pub struct Analyses {
     list: Vec<(AnalysisName, Box<dyn DynAnalysis>)>,
+    parameters: Vec<ParameterDescription>,
 }
 
 /// An analysis that failed on an event: logged and counted by the caller, never fatal.
@@ -26,12 +39,13 @@ pub struct Failure {
 
 /// An `[analyses.<name>]` table that cannot be built (a model that does not load, ...).
 #[derive(Debug, thiserror::Error)]
-#[error("analysis {name}: {message}")]
+#[error("analysis {name}: {error}")]
 pub struct BuildError {
     /// The analysis.
     pub name: AnalysisName,
-    /// Why.
-    pub message: String,
+    /// The key at fault and why.
+    #[source]
+    pub error: TableError,
 }
 
 impl Analyses {
@@ -43,21 +57,21 @@ impl Analyses {
                 config
                     .build()
                     .map(|analysis| (name.clone(), analysis))
-                    .map_err(|message| BuildError {
+                    .map_err(|error| BuildError {
                         name: name.clone(),
-                        message,
+                        error,
                     })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { list })
+        Ok(Self {
+            list,
+            parameters: describe_parameters(configs),
+        })
     }
 
     /// The parameters every analysis declares.
     pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        self.list
-            .iter()
-            .flat_map(|(_, a)| a.describe_parameters())
-            .collect()
+        self.parameters.clone()
     }
 
     /// Runs every analysis on `event`: one report with every result, and the failures.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::sources::Pace;
-use crate::{Source, SourceError, SourceFrame};
+use crate::{Source, SourceError, SourceFrame, SourceKind};
 
 /// `[ingesters.<name>]` with `kind = "dump"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +36,22 @@ pub struct Dump {
     counters: BTreeMap<StreamName, u64>,
     pace: Pace,
     bad_records: u64,
+}
+
+impl SourceKind for DumpConfig {
+    const KIND: &str = "dump";
+    const SUMMARY: &str = "a recorded `.cbors` dump played as a live source";
+    const BRACKETS_SERIES: bool = true;
+
+    fn build(&self, _: &str, _: &zmq::Context) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Dump::new(self)?))
+    }
+
+    /// Unknown without `streams`: the first record says, and the file may be on another host
+    /// than the one checking the pipeline.
+    fn stream_names(&self, _: &str) -> Option<Vec<StreamName>> {
+        (!self.streams.is_empty()).then(|| self.streams.clone())
+    }
 }
 
 impl Dump {

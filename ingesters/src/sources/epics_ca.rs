@@ -37,7 +37,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::sources::event_clock::{ClockConfig, ClockEvent, EventClock};
-use crate::{Source, SourceError, SourceFrame};
+use crate::{Source, SourceError, SourceFrame, SourceKind};
 
 /// `[ingesters.<name>]` with `kind = "epics_ca"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -183,10 +183,31 @@ struct ConnectionChanges {
     lost: Vec<usize>,
 }
 
-impl EpicsCaConfig {
+impl SourceKind for EpicsCaConfig {
+    const KIND: &str = "epics_ca";
+    const SUMMARY: &str = "EPICS PVs over Channel Access (scalars, waveforms, areaDetector \
+        images), cut into events by a trigger PV, a period or the LCLS pulse id";
+    const BRACKETS_SERIES: bool = false;
+
+    fn build(&self, _: &str, _: &zmq::Context) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(EpicsCa::connect(self)?))
+    }
+
+    fn stream_names(&self, _: &str) -> Option<Vec<StreamName>> {
+        Some(self.pvs.keys().cloned().collect())
+    }
+
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
+        self.clock
+            .trigger()
+            .map(|stream| ("clock.stream".to_owned(), stream.clone()))
+            .into_iter()
+            .collect()
+    }
+
     /// What the table cannot say by its types: dtype names and the clock's rate (the trigger
     /// stream's existence is the pipeline's check, which knows every stream).
-    pub fn check(&self) -> Result<(), SourceError> {
+    fn check(&self) -> Result<(), SourceError> {
         for (stream, pv) in &self.pvs {
             if let Some(name) = &pv.dtype
                 && DType::from_name(name).is_none()

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::sources::Pace;
-use crate::{Source, SourceError, SourceFrame};
+use crate::{Source, SourceError, SourceFrame, SourceKind};
 
 /// `[ingesters.<name>]` with `kind = "sim"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +51,21 @@ pub struct Sim {
     turn: usize,
     rng: u64,
     images: u64,
+}
+
+impl SourceKind for SimConfig {
+    const KIND: &str = "sim";
+    const SUMMARY: &str =
+        "synthetic STINS images (a drifting Gaussian spot on noise) of a configured shape and rate";
+    const BRACKETS_SERIES: bool = true;
+
+    fn build(&self, name: &str, _: &zmq::Context) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Sim::new(self, name)))
+    }
+
+    fn stream_names(&self, name: &str) -> Option<Vec<StreamName>> {
+        Some(crate::sources::listed_or_named(&self.streams, name))
+    }
 }
 
 impl Sim {

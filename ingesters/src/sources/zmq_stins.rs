@@ -18,7 +18,7 @@ use beamflow_protocol::{StreamData, StreamName};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::{Source, SourceError, SourceFrame};
+use crate::{Source, SourceError, SourceFrame, SourceKind};
 
 /// `[ingesters.<name>]` with `kind = "zmq_stins"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +62,23 @@ pub struct ZmqStins {
     base: Option<u64>,
     warned_headerless: bool,
     warned_disagreement: bool,
+}
+
+impl SourceKind for ZmqStinsConfig {
+    const KIND: &str = "zmq_stins";
+    const SUMMARY: &str = "a STINS detector stream (MAX IV's `stream1`), PULL or SUB; frames \
+        placed by `msg_number`, losses counted as gaps";
+    const BRACKETS_SERIES: bool = true;
+
+    fn build(&self, name: &str, context: &zmq::Context) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(ZmqStins::connect(self, name, context)?))
+    }
+
+    fn stream_names(&self, name: &str) -> Option<Vec<StreamName>> {
+        Some(vec![StreamName::from(
+            self.stream.as_deref().unwrap_or(name),
+        )])
+    }
 }
 
 impl ZmqStins {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value, WorkerName};
 use serde::Deserialize;
 
+use crate::accumulators::{AccumulatorKind, TableError};
 use crate::unmatched::PathWatch;
 use crate::{Accumulator, AccumulatorError, Unmatched};
 
@@ -39,9 +40,19 @@ pub struct HistoryConfig {
     pub time_zone: Option<String>,
 }
 
-impl HistoryConfig {
-    /// The number paths it reads from results, each with its key (`values.mean`).
-    pub fn result_paths(&self) -> Vec<(String, &str)> {
+impl AccumulatorKind for HistoryConfig {
+    const KIND: &str = "history";
+    const SUMMARY: &str = "`{event_number: [..], time: [..], values: {column: [..]}}`";
+
+    fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
+        Ok(Box::new(History::new(self.clone())?))
+    }
+
+    fn analysis(&self) -> Option<&AnalysisName> {
+        self.analysis.as_ref()
+    }
+
+    fn result_paths(&self) -> Vec<(String, &str)> {
         self.values
             .iter()
             .map(|(column, path)| (format!("values.{column:?}"), path.as_str()))
@@ -69,20 +80,20 @@ pub struct History {
 
 impl History {
     /// Builds the accumulator; needs at least one value and a capacity.
-    pub fn new(config: HistoryConfig) -> Result<Self, String> {
+    pub fn new(config: HistoryConfig) -> Result<Self, TableError> {
         if config.values.is_empty() {
-            return Err(
-                "`values` names no column; add e.g. values = { mean = \"det/0/mean\" }".to_owned(),
-            );
+            return Err(TableError::new(
+                "values",
+                "`values` names no column; add e.g. values = { mean = \"det/0/mean\" }",
+            ));
         }
         if config.capacity == 0 {
-            return Err("`capacity` must be at least 1".to_owned());
+            return Err(TableError::new("capacity", "`capacity` must be at least 1"));
         }
         let zone = match &config.time_zone {
-            Some(name) => Some(
-                jiff::tz::TimeZone::get(name)
-                    .map_err(|error| format!("time_zone {name:?}: {error}"))?,
-            ),
+            Some(name) => Some(jiff::tz::TimeZone::get(name).map_err(|error| {
+                TableError::new("time_zone", format!("time_zone {name:?}: {error}"))
+            })?),
             None => None,
         };
         Ok(Self {
@@ -358,6 +369,7 @@ time_zone = "America/Los_Angeles"
             History::new(wrong)
                 .err()
                 .unwrap()
+                .to_string()
                 .contains("Mars/Olympus_Mons")
         );
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value};
 use serde::Deserialize;
 
+use crate::accumulators::{AccumulatorKind, TableError};
 use crate::{Accumulator, AccumulatorError};
 
 /// Configuration of `last`.
@@ -17,6 +18,19 @@ pub struct LastConfig {
     /// Take results only from this analysis (default: all).
     #[serde(default)]
     pub analysis: Option<AnalysisName>,
+}
+
+impl AccumulatorKind for LastConfig {
+    const KIND: &str = "last";
+    const SUMMARY: &str = "`{values: {key: latest}, event_number: {key: n}}`";
+
+    fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
+        Ok(Box::new(Last::new(self.clone())))
+    }
+
+    fn analysis(&self) -> Option<&AnalysisName> {
+        self.analysis.as_ref()
+    }
 }
 
 /// The latest result carrying a key; the value is looked up in it when publishing, so a result

@@ -1,69 +1,148 @@
 //! The accumulator registry: one variant per accumulator, keyed by the pipeline file's `kind`.
 //!
-//! To add one: write `accumulators/<name>.rs` with a `<Name>Config` and an `impl Accumulator`,
-//! then add one variant and one arm in each match below.
+//! To add one: write `accumulators/<name>.rs` with a `<Name>Config` that implements
+//! [`AccumulatorKind`] and a struct that implements [`Accumulator`], then add its `pub mod` and
+//! its line in `registry!` below.
 
 pub mod history;
 pub mod last;
+pub mod mean;
 pub mod quad_scan;
 
-use beamflow_protocol::AnalysisName;
+use beamflow_protocol::{AnalysisName, ParameterDescription};
 use serde::Deserialize;
 
 use crate::Accumulator;
 
-/// One `[accumulators.<name>]` table of the pipeline file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AccumulatorConfig {
-    /// Bounded time series of named scalars.
-    History(history::HistoryConfig),
-    /// Latest value per key.
-    Last(last::LastConfig),
-    /// Live quad-scan emittance from beam sizes and quad readbacks.
-    QuadScan(quad_scan::QuadScanConfig),
+/// A mistake in one `[accumulators.<name>]` table, found when building it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TableError {
+    /// The key at fault, as TOML writes it.
+    pub key: &'static str,
+    /// What is wrong, naming the key.
+    pub message: String,
 }
 
-impl AccumulatorConfig {
-    /// Builds the accumulator; the error says what is wrong with the table.
-    pub fn build(&self) -> Result<Box<dyn Accumulator>, String> {
-        Ok(match self {
-            AccumulatorConfig::History(config) => Box::new(history::History::new(config.clone())?),
-            AccumulatorConfig::Last(config) => Box::new(last::Last::new(config.clone())),
-            AccumulatorConfig::QuadScan(config) => {
-                Box::new(quad_scan::QuadScan::new(config.clone())?)
-            }
-        })
+impl TableError {
+    /// A mistake at `key`.
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
+        }
     }
+}
+
+/// What an accumulator's config knows about its kind before anything is built. Implemented by
+/// each `<Name>Config` in the accumulator's own file; the registry line in `registry!` does
+/// the rest.
+pub trait AccumulatorKind {
+    /// The pipeline file's `kind`, the file stem.
+    const KIND: &'static str;
+    /// What it publishes, in one line: the crate README's row for it says exactly this.
+    const SUMMARY: &'static str;
+
+    /// Builds the accumulator; the error says what is wrong with the table.
+    fn build(&self) -> Result<Box<dyn Accumulator>, TableError>;
 
     /// The analysis whose results it takes; all analyses when `None`.
-    pub fn analysis(&self) -> Option<&AnalysisName> {
-        match self {
-            AccumulatorConfig::History(config) => config.analysis.as_ref(),
-            AccumulatorConfig::Last(config) => config.analysis.as_ref(),
-            AccumulatorConfig::QuadScan(config) => config.analysis.as_ref(),
-        }
+    fn analysis(&self) -> Option<&AnalysisName>;
+
+    /// The paths of numbers it reads from its analysis's results, each with its key in the
+    /// table (`values.mean`): each must be one the analysis can produce.
+    fn result_paths(&self) -> Vec<(String, &str)> {
+        Vec::new()
     }
 
-    /// The `kind` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AccumulatorConfig::History(_) => "history",
-            AccumulatorConfig::Last(_) => "last",
-            AccumulatorConfig::QuadScan(_) => "quad_scan",
-        }
+    /// The parameters it reads, with their types and defaults, from the table alone.
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        Vec::new()
     }
 }
 
-/// What a pipeline check asks of a table before anything runs.
-impl AccumulatorConfig {
-    /// The paths of numbers it reads from its analysis's results, each with its key in the
-    /// table (`values.mean`): each must be one the analysis can produce.
-    pub fn result_paths(&self) -> Vec<(String, &str)> {
-        match self {
-            AccumulatorConfig::History(config) => config.result_paths(),
-            AccumulatorConfig::Last(_) => Vec::new(),
-            AccumulatorConfig::QuadScan(config) => config.result_paths(),
+/// From one line per accumulator, `Variant(module::Config)`, the `[accumulators.<name>]`
+/// config enum (its `kind` is the variant in snake_case, checked against
+/// [`AccumulatorKind::KIND`] by a test), the dispatch to [`AccumulatorKind`], and [`KINDS`].
+macro_rules! registry {
+    ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
+        /// One `[accumulators.<name>]` table of the pipeline file; `kind` picks the accumulator.
+        ///
+        /// Non-exhaustive: code outside the crate that matches on kinds says what it does for
+        /// one added later, so adding one touches only its file and its registry line.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum AccumulatorConfig {
+            $(
+                #[doc = concat!("`", stringify!($module), "`: [`", stringify!($module), "::",
+                    stringify!($config), "`].")]
+                $variant($module::$config),
+            )+
         }
+
+        /// Every accumulator `kind` with its summary, in registry order.
+        pub const KINDS: &[(&str, &str)] = &[
+            $((<$module::$config as AccumulatorKind>::KIND,
+                <$module::$config as AccumulatorKind>::SUMMARY),)+
+        ];
+
+        impl AccumulatorConfig {
+            /// The `kind` name.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(AccumulatorConfig::$variant(_) => <$module::$config as AccumulatorKind>::KIND,)+
+                }
+            }
+
+            /// See [`AccumulatorKind::build`].
+            pub fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.build(),)+
+                }
+            }
+
+            /// See [`AccumulatorKind::analysis`].
+            pub fn analysis(&self) -> Option<&AnalysisName> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.analysis(),)+
+                }
+            }
+
+            /// See [`AccumulatorKind::result_paths`].
+            pub fn result_paths(&self) -> Vec<(String, &str)> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.result_paths(),)+
+                }
+            }
+
+            /// See [`AccumulatorKind::describe_parameters`].
+            pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.describe_parameters(),)+
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    History(history::HistoryConfig),
+    Last(last::LastConfig),
+    QuadScan(quad_scan::QuadScanConfig),
+    Mean(mean::MeanConfig),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_its_variant_in_snake_case() {
+        let error = toml::from_str::<AccumulatorConfig>("kind = \"no_such_kind\"").unwrap_err();
+        let accepted: Vec<&str> = KINDS.iter().map(|(kind, _)| *kind).collect();
+        let listed = error.to_string();
+        let listed: Vec<&str> = listed.split('`').skip(3).step_by(2).collect();
+        assert_eq!(listed, accepted, "{error}");
     }
 }

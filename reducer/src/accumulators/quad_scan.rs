@@ -42,6 +42,7 @@ use beamflow_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::accumulators::{AccumulatorKind, TableError};
 use crate::{Accumulator, AccumulatorError};
 
 /// Configuration of `quad_scan`.
@@ -84,9 +85,32 @@ pub struct QuadScanConfig {
     pub keep_measurements: usize,
 }
 
-impl QuadScanConfig {
+impl AccumulatorKind for QuadScanConfig {
+    const KIND: &str = "quad_scan";
+    const SUMMARY: &str = "live quad-scan emittance: `{steps: [..], shots_without_setting, fit}` \
+        (εn, β, α, BMAG, error bars per plane)";
+
+    fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
+        Ok(Box::new(QuadScan::new(self.clone())?))
+    }
+
+    fn analysis(&self) -> Option<&AnalysisName> {
+        self.analysis.as_ref()
+    }
+
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        vec![ParameterDescription {
+            name: self.measurement_parameter.as_str().into(),
+            dtype: ParameterType::Str,
+            default: ParameterValue::Str(String::new()),
+            description: "quad_scan: the open measurement's id (shots are fitted only inside \
+                one); empty closes it, another id closes it and opens that one"
+                .to_owned(),
+        }]
+    }
+
     /// The number paths it reads from shots, each with its key.
-    pub fn result_paths(&self) -> Vec<(String, &str)> {
+    fn result_paths(&self) -> Vec<(String, &str)> {
         [
             ("setting", &self.setting),
             ("size_x", &self.size_x),
@@ -262,25 +286,41 @@ pub struct QuadScan {
 
 impl QuadScan {
     /// Builds the accumulator; the optics must be finite and the energy and length positive.
-    pub fn new(config: QuadScanConfig) -> Result<Self, String> {
+    pub fn new(config: QuadScanConfig) -> Result<Self, TableError> {
+        let key = if config.energy_ev > 0.0 {
+            "quad_length_m"
+        } else {
+            "energy_ev"
+        };
         if !(config.energy_ev > 0.0 && config.quad_length_m > 0.0) {
-            return Err("energy_ev and quad_length_m must be positive".to_owned());
+            return Err(TableError::new(
+                key,
+                "energy_ev and quad_length_m must be positive",
+            ));
         }
         if !(config.tolerance_kg.is_finite() && config.tolerance_kg > 0.0) {
-            return Err("tolerance_kg must be a positive number".to_owned());
+            return Err(TableError::new(
+                "tolerance_kg",
+                "tolerance_kg must be a positive number",
+            ));
         }
         if config.min_shots < 2 {
-            return Err(
-                "min_shots must be at least 2: a step's size error is its spread".to_owned(),
-            );
+            return Err(TableError::new(
+                "min_shots",
+                "min_shots must be at least 2: a step's size error is its spread",
+            ));
         }
         if config.keep_measurements == 0 {
-            return Err(
-                "keep_measurements must be at least 1: the last one is the view's fit".to_owned(),
-            );
+            return Err(TableError::new(
+                "keep_measurements",
+                "keep_measurements must be at least 1: the last one is the view's fit",
+            ));
         }
         if config.measurement_parameter.trim().is_empty() {
-            return Err("measurement_parameter must name a parameter".to_owned());
+            return Err(TableError::new(
+                "measurement_parameter",
+                "measurement_parameter must name a parameter",
+            ));
         }
         let setup = ScanSetup {
             energy_ev: config.energy_ev,
@@ -469,15 +509,58 @@ impl Steps {
     }
 }
 
-/// The reason's kind without its numbers, so "x: signal to noise 3.2 below 5" counts with
-/// every other x signal-to-noise rejection.
+/// What a step counts a rejected shot under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RejectionKind<'a> {
+    /// One of `beam_image`'s gates, named as its `Rejection::kind` names it (the gate and its
+    /// plane, without numbers), so "x: signal to noise 3.2 below 5" counts with every other x
+    /// signal-to-noise rejection.
+    Gate(&'static str),
+    /// Another analysis's reason: its text up to the first number or parenthesis.
+    Other(&'a str),
+}
+
+/// `beam_image`'s gates, as `beamflow_workers::analyses::beam_image::Rejection::kind` names
+/// them; its reasons' texts start with these (the reducer reads results, not that crate).
+const BEAM_IMAGE_GATES: [&str; 9] = [
+    "saturated",
+    "x: signal to noise",
+    "y: signal to noise",
+    "x: no Gaussian fits the projection",
+    "y: no Gaussian fits the projection",
+    "x: size",
+    "y: size",
+    "x: beam not fully on screen",
+    "y: beam not fully on screen",
+];
+
+impl<'a> RejectionKind<'a> {
+    fn of(reason: &'a str) -> Self {
+        if let Some(gate) = BEAM_IMAGE_GATES
+            .iter()
+            .find(|gate| reason.starts_with(*gate))
+        {
+            return RejectionKind::Gate(gate);
+        }
+        let end = reason
+            .find(|c: char| c.is_ascii_digit() || c == '(')
+            .unwrap_or(reason.len());
+        RejectionKind::Other(
+            reason[..end].trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace()),
+        )
+    }
+
+    fn as_str(self) -> &'a str {
+        match self {
+            RejectionKind::Gate(gate) => gate,
+            RejectionKind::Other(text) => text,
+        }
+    }
+}
+
+/// The key a reason is counted under in a step's `rejected`.
 fn reason_kind(reason: &str) -> String {
-    let end = reason
-        .find(|c: char| c.is_ascii_digit() || c == '(')
-        .unwrap_or(reason.len());
-    reason[..end]
-        .trim_end_matches(|c: char| c == 'σ' || c == ':' || c.is_whitespace())
-        .to_owned()
+    RejectionKind::of(reason).as_str().to_owned()
 }
 
 impl Accumulator for QuadScan {
@@ -501,17 +584,6 @@ impl Accumulator for QuadScan {
         measurement
             .steps
             .add(&result.payload, &self.config, &self.setup)
-    }
-
-    fn describe_parameters(&self) -> Vec<ParameterDescription> {
-        vec![ParameterDescription {
-            name: self.config.measurement_parameter.as_str().into(),
-            dtype: ParameterType::Str,
-            default: ParameterValue::Str(String::new()),
-            description: "quad_scan: the open measurement's id (shots are fitted only inside \
-                one); empty closes it, another id closes it and opens that one"
-                .to_owned(),
-        }]
     }
 
     fn parameters_changed(&mut self, parameters: &Parameters) {
@@ -774,7 +846,7 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
         assert_eq!(view["steps"], serde_json::json!([]));
         assert_eq!(view["measurement_parameter"], "quad_scan_measurement");
         assert_eq!(
-            scan.describe_parameters()[0].name.as_str(),
+            config().describe_parameters()[0].name.as_str(),
             "quad_scan_measurement"
         );
     }
@@ -883,6 +955,14 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
                 "x: beam not fully on screen (centre 620.1 px ± 3 σ leaves the 640 px ROI)"
             ),
             "x: beam not fully on screen"
+        );
+        assert_eq!(
+            RejectionKind::of("y: no Gaussian fits the projection"),
+            RejectionKind::Gate("y: no Gaussian fits the projection")
+        );
+        assert_eq!(
+            RejectionKind::of("dark frame: 3 pixels missing"),
+            RejectionKind::Other("dark frame")
         );
     }
 

@@ -10,9 +10,9 @@ use beamflow_protocol::streams::{pv, stins};
 use beamflow_protocol::{DType, EventData, NdArray, Parameters, StreamName, StreamType};
 use serde::{Deserialize, Serialize};
 
-use crate::analyses::array_of;
-use crate::check::{ResultKeys, listed_streams};
-use crate::{Analysis, AnalysisError};
+use crate::analyses::{AnalysisKind, array_of};
+use crate::check::{ResultKeys, TableError, listed_streams};
+use crate::{Analysis, AnalysisError, DynAnalysis};
 
 /// Configuration of `frame_stats`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -23,21 +23,34 @@ pub struct FrameStatsConfig {
     pub streams: Option<Vec<StreamName>>,
 }
 
-impl FrameStatsConfig {
+impl AnalysisKind for FrameStatsConfig {
+    const KIND: &str = "frame_stats";
+    const SUMMARY: &str =
+        "per STINS or PV image stream: `[{frame, shape, dtype, sum, mean, min, max}]`";
+
+    fn build(&self) -> Result<Box<dyn DynAnalysis>, TableError> {
+        Ok(Box::new(FrameStats::new(self.clone())))
+    }
+
     /// Listed streams, else every STINS and PV stream (a PV is read, if only to find it is
     /// not an image).
-    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+    fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
         match &self.streams {
             Some(listed) => listed.contains(stream),
             None => matches!(typ.as_str(), stins::TYP | pv::TYP),
         }
     }
 
-    /// The streams the table names, each with its key.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
         listed_streams(self.streams.as_deref())
     }
 
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(self.result_keys())
+    }
+}
+
+impl FrameStatsConfig {
     /// What its results hold: per stream, a list of one frame's statistics.
     pub fn result_keys(&self) -> ResultKeys {
         let number = || ResultKeys::Number;

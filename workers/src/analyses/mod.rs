@@ -1,16 +1,20 @@
 //! The analysis registry: one variant per analysis, keyed by the pipeline file's `kind`.
 //!
-//! To add an analysis: write `analyses/<name>.rs` with a `<Name>Config` and an `impl Analysis`,
-//! then add one variant here and one arm in [`AnalysisConfig::build`].
+//! To add an analysis: write `analyses/<name>.rs` with a `<Name>Config` that implements
+//! [`AnalysisKind`] and a struct that implements [`Analysis`](crate::Analysis), then add its
+//! `pub mod` and its line in `registry!` below.
 
 pub mod beam_image;
+pub mod centroid;
 pub mod frame_stats;
 pub mod pv_values;
 pub mod surrogate;
 
 use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::streams::stins::{self, StinsMessage};
-use beamflow_protocol::{EventNumber, NdArray, StreamData, StreamName, StreamType};
+use beamflow_protocol::{
+    EventNumber, NdArray, ParameterDescription, StreamData, StreamName, StreamType,
+};
 use serde::Deserialize;
 
 use crate::check::{ResultKeys, TableError};
@@ -50,92 +54,137 @@ pub(crate) fn pv_scalar(stream: &StreamData) -> Result<(f64, PvFrame), String> {
     Ok((value, frame))
 }
 
-/// One `[analyses.<name>]` table of the pipeline file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AnalysisConfig {
-    /// Per stream and frame: shape, sum, mean, min, max.
-    FrameStats(frame_stats::FrameStatsConfig),
-    /// EPICS PV values with alarm and time stamp.
-    PvValues(pv_values::PvValuesConfig),
-    /// Beam sizes and centroids from a screen image, with per-shot gates.
-    BeamImage(beam_image::BeamImageConfig),
-    /// A surrogate model evaluated on the event's PV values.
-    Surrogate(surrogate::SurrogateConfig),
-}
+/// What an analysis's config knows about its kind before anything is built: the facts the
+/// registry, a pipeline check and the controller ask for. Implemented by each `<Name>Config`
+/// in the analysis's own file; the registry line in `registry!` does the rest.
+pub trait AnalysisKind {
+    /// The pipeline file's `kind`, the file stem.
+    const KIND: &'static str;
+    /// What it gives per event, in one line: the crate README's row for it says exactly this.
+    const SUMMARY: &'static str;
 
-impl AnalysisConfig {
-    /// Builds the analysis this table describes; the error says why it cannot be.
-    pub fn build(&self) -> Result<Box<dyn DynAnalysis>, String> {
-        Ok(match self {
-            AnalysisConfig::FrameStats(config) => {
-                Box::new(frame_stats::FrameStats::new(config.clone()))
-            }
-            AnalysisConfig::PvValues(config) => Box::new(pv_values::PvValues::new(config.clone())),
-            AnalysisConfig::BeamImage(config) => {
-                Box::new(beam_image::BeamImage::new(config.clone())?)
-            }
-            AnalysisConfig::Surrogate(config) => Box::new(surrogate::Surrogate::new(config)?),
-        })
+    /// Builds the analysis; the error names the key at fault.
+    fn build(&self) -> Result<Box<dyn DynAnalysis>, TableError>;
+
+    /// Whether it reads `stream` (of type `typ`) when an event carries it, from its table
+    /// alone: by name where the table names streams, else by type. A stream it picks by content
+    /// (a PV image, a long waveform) counts as read, so a stream said to be read by no analysis
+    /// really is not. By default every stream counts as read.
+    fn reads_stream(&self, _stream: &StreamName, _typ: &StreamType) -> bool {
+        true
     }
 
-    /// The `kind` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AnalysisConfig::FrameStats(_) => "frame_stats",
-            AnalysisConfig::PvValues(_) => "pv_values",
-            AnalysisConfig::BeamImage(_) => "beam_image",
-            AnalysisConfig::Surrogate(_) => "surrogate",
-        }
-    }
-
-    /// Whether this analysis reads `stream` (of type `typ`) when an event carries it, from its
-    /// table alone: by name where the table names streams, else by type. A stream it picks by
-    /// content (a PV image, a long waveform) counts as read, so a stream said to be read by no
-    /// analysis really is not.
-    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
-        match self {
-            AnalysisConfig::FrameStats(config) => config.reads_stream(stream, typ),
-            AnalysisConfig::PvValues(config) => config.reads_stream(stream, typ),
-            AnalysisConfig::BeamImage(config) => config.reads_stream(stream),
-            AnalysisConfig::Surrogate(config) => config.reads_stream(stream),
-        }
-    }
-}
-
-/// What a pipeline check asks of a table before anything runs.
-impl AnalysisConfig {
-    /// The streams this table names, each with its key in the table (`attach[0]`): each must be
+    /// The streams the table names, each with its key in the table (`attach[0]`): each must be
     /// one the pipeline's ingesters offer.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
-        match self {
-            AnalysisConfig::FrameStats(config) => config.streams_named(),
-            AnalysisConfig::PvValues(config) => config.streams_named(),
-            AnalysisConfig::BeamImage(config) => config.streams_named(),
-            AnalysisConfig::Surrogate(config) => config.streams_named(),
-        }
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
+        Vec::new()
     }
 
     /// Runs the checks [`build`](Self::build) runs (a surrogate loads its model) and says what
-    /// the results can hold; the error names the key at fault.
-    pub fn check(&self) -> Result<ResultKeys, TableError> {
-        Ok(match self {
-            AnalysisConfig::FrameStats(config) => config.result_keys(),
-            AnalysisConfig::PvValues(config) => config.result_keys(),
-            AnalysisConfig::BeamImage(config) => {
-                config.check()?;
-                config.result_keys()
-            }
-            AnalysisConfig::Surrogate(config) => {
-                surrogate::Surrogate::checked(config)?.result_keys()
-            }
-        })
+    /// the results can hold; the error names the key at fault. By default nothing is refused
+    /// and the results can hold anything.
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(ResultKeys::Unknown)
     }
+
+    /// The parameters it reads, with their types and defaults: from the table, so describing
+    /// them builds nothing (and loads no model).
+    fn describe_parameters(&self) -> Vec<ParameterDescription> {
+        Vec::new()
+    }
+}
+
+/// From one line per analysis, `Variant(module::Config)`, the `[analyses.<name>]` config enum
+/// (its `kind` is the variant in snake_case, checked against [`AnalysisKind::KIND`] by a test),
+/// the dispatch to [`AnalysisKind`], and [`KINDS`].
+macro_rules! registry {
+    ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
+        /// One `[analyses.<name>]` table of the pipeline file; `kind` picks the analysis.
+        ///
+        /// Non-exhaustive: code outside the crate that matches on kinds says what it does for
+        /// one added later, so adding one touches only its file and its registry line.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum AnalysisConfig {
+            $(
+                #[doc = concat!("`", stringify!($module), "`: [`", stringify!($module), "::",
+                    stringify!($config), "`].")]
+                $variant($module::$config),
+            )+
+        }
+
+        /// Every analysis `kind` with its summary, in registry order.
+        pub const KINDS: &[(&str, &str)] = &[
+            $((<$module::$config as AnalysisKind>::KIND, <$module::$config as AnalysisKind>::SUMMARY),)+
+        ];
+
+        impl AnalysisConfig {
+            /// The `kind` name.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(AnalysisConfig::$variant(_) => <$module::$config as AnalysisKind>::KIND,)+
+                }
+            }
+
+            /// See [`AnalysisKind::build`].
+            pub fn build(&self) -> Result<Box<dyn DynAnalysis>, TableError> {
+                match self {
+                    $(AnalysisConfig::$variant(config) => config.build(),)+
+                }
+            }
+
+            /// See [`AnalysisKind::reads_stream`].
+            pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+                match self {
+                    $(AnalysisConfig::$variant(config) => config.reads_stream(stream, typ),)+
+                }
+            }
+
+            /// See [`AnalysisKind::streams_named`].
+            pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+                match self {
+                    $(AnalysisConfig::$variant(config) => config.streams_named(),)+
+                }
+            }
+
+            /// See [`AnalysisKind::check`].
+            pub fn check(&self) -> Result<ResultKeys, TableError> {
+                match self {
+                    $(AnalysisConfig::$variant(config) => config.check(),)+
+                }
+            }
+
+            /// See [`AnalysisKind::describe_parameters`].
+            pub fn describe_parameters(&self) -> Vec<ParameterDescription> {
+                match self {
+                    $(AnalysisConfig::$variant(config) => config.describe_parameters(),)+
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    FrameStats(frame_stats::FrameStatsConfig),
+    PvValues(pv_values::PvValuesConfig),
+    BeamImage(beam_image::BeamImageConfig),
+    Surrogate(surrogate::SurrogateConfig),
+    Centroid(centroid::CentroidConfig),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_is_its_variant_in_snake_case() {
+        let error = toml::from_str::<AnalysisConfig>("kind = \"no_such_kind\"").unwrap_err();
+        let accepted: Vec<&str> = KINDS.iter().map(|(kind, _)| *kind).collect();
+        let listed = error.to_string();
+        let listed: Vec<&str> = listed.split('`').skip(3).step_by(2).collect();
+        assert_eq!(listed, accepted, "{error}");
+    }
 
     #[test]
     fn each_analysis_says_which_streams_it_reads() {

@@ -11,8 +11,9 @@ use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::{EventData, Parameters, StreamName, StreamType};
 use serde::{Deserialize, Serialize};
 
-use crate::check::{ResultKeys, listed_streams};
-use crate::{Analysis, AnalysisError};
+use crate::analyses::AnalysisKind;
+use crate::check::{ResultKeys, TableError, listed_streams};
+use crate::{Analysis, AnalysisError, DynAnalysis};
 
 fn default_max_elements() -> usize {
     16
@@ -30,17 +31,6 @@ pub struct PvValuesConfig {
     pub max_elements: usize,
 }
 
-impl PvValuesConfig {
-    /// PV streams, the listed ones when `streams` is set.
-    pub fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
-        typ.as_str() == pv::TYP
-            && self
-                .streams
-                .as_ref()
-                .is_none_or(|listed| listed.contains(stream))
-    }
-}
-
 impl Default for PvValuesConfig {
     fn default() -> Self {
         Self {
@@ -50,12 +40,33 @@ impl Default for PvValuesConfig {
     }
 }
 
-impl PvValuesConfig {
-    /// The streams the table names, each with its key.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+impl AnalysisKind for PvValuesConfig {
+    const KIND: &str = "pv_values";
+    const SUMMARY: &str = "per PV stream: `{value, severity, status, time, pulse_id}`";
+
+    fn build(&self) -> Result<Box<dyn DynAnalysis>, TableError> {
+        Ok(Box::new(PvValues::new(self.clone())))
+    }
+
+    /// PV streams, the listed ones when `streams` is set.
+    fn reads_stream(&self, stream: &StreamName, typ: &StreamType) -> bool {
+        typ.as_str() == pv::TYP
+            && self
+                .streams
+                .as_ref()
+                .is_none_or(|listed| listed.contains(stream))
+    }
+
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
         listed_streams(self.streams.as_deref())
     }
 
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(self.result_keys())
+    }
+}
+
+impl PvValuesConfig {
     /// What its results hold: per stream, a [`PvValue`].
     pub fn result_keys(&self) -> ResultKeys {
         let value = ResultKeys::Map(vec![

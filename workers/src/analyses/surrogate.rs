@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use beamflow_protocol::{EventData, Parameters, StreamName};
+use beamflow_protocol::{EventData, Parameters, StreamName, StreamType};
 use beamflow_surrogate::{Evaluation, InputIssue, Model, Provenance};
 use serde::Deserialize;
 
-use crate::analyses::pv_scalar;
+use crate::analyses::{AnalysisKind, pv_scalar};
 use crate::check::{ResultKeys, TableError};
 use crate::{Analysis, AnalysisError};
 
@@ -35,13 +35,6 @@ pub struct SurrogateConfig {
     pub out_of_range: OutOfRange,
 }
 
-impl SurrogateConfig {
-    /// The streams mapped to model inputs.
-    pub fn reads_stream(&self, stream: &StreamName) -> bool {
-        self.inputs.values().any(|input| input == stream)
-    }
-}
-
 fn max_age() -> f64 {
     10.0
 }
@@ -57,13 +50,31 @@ pub enum OutOfRange {
     Reject,
 }
 
-impl SurrogateConfig {
-    /// The streams the table names, each with its key.
-    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+impl AnalysisKind for SurrogateConfig {
+    const KIND: &str = "surrogate";
+    const SUMMARY: &str = "a surrogate model evaluated on the event's PV values: outputs with \
+        units, every input's provenance, issues";
+
+    // `DynAnalysis` is not imported: its `process_batch` would shadow `Analysis`'s below.
+    fn build(&self) -> Result<Box<dyn crate::DynAnalysis>, TableError> {
+        Ok(Box::new(Surrogate::checked(self)?))
+    }
+
+    /// The streams mapped to model inputs.
+    fn reads_stream(&self, stream: &StreamName, _: &StreamType) -> bool {
+        self.inputs.values().any(|input| input == stream)
+    }
+
+    fn streams_named(&self) -> Vec<(String, StreamName)> {
         self.inputs
             .iter()
             .map(|(input, stream)| (format!("inputs.{input:?}"), stream.clone()))
             .collect()
+    }
+
+    /// Loads the model, as building does.
+    fn check(&self) -> Result<ResultKeys, TableError> {
+        Ok(Surrogate::checked(self)?.result_keys())
     }
 }
 
@@ -74,11 +85,6 @@ pub struct Surrogate {
 }
 
 impl Surrogate {
-    /// Loads the model; the error names what is wrong with it.
-    pub fn new(config: &SurrogateConfig) -> Result<Self, String> {
-        Self::checked(config).map_err(|error| error.to_string())
-    }
-
     /// Loads the model and checks that every mapped input is one of its inputs; the error
     /// names the key at fault.
     pub fn checked(config: &SurrogateConfig) -> Result<Self, TableError> {
@@ -301,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_batch_gives_each_event_its_outputs_with_the_provenance_of_every_input() {
-        let analysis = Surrogate::new(&config(false)).expect("loads");
+        let analysis = Surrogate::checked(&config(false)).expect("loads");
         let events = [event(1, -3.2, 0), event(2, -4.0, 30), event(3, 2.5, 0)];
         let refs: Vec<&EventData> = events.iter().collect();
         let outcomes = Analysis::process_batch(&analysis, &refs, &Parameters::default());
@@ -338,7 +344,7 @@ mod tests {
 
     #[test]
     fn reject_mode_refuses_an_out_of_range_event_and_keeps_the_others() {
-        let analysis = Surrogate::new(&config(true)).expect("loads");
+        let analysis = Surrogate::checked(&config(true)).expect("loads");
         let events = [event(1, 2.5, 0), event(2, -3.2, 0)];
         let refs: Vec<&EventData> = events.iter().collect();
         let outcomes = Analysis::process_batch(&analysis, &refs, &Parameters::default());
@@ -355,21 +361,22 @@ mod tests {
         let mut bad = config(false);
         bad.inputs
             .insert("QUAD:IN20:999:BCTRL".to_owned(), "x".into());
-        let error = Surrogate::new(&bad).err().expect("refused");
+        let error = Surrogate::checked(&bad).err().expect("refused").to_string();
         assert!(error.contains("QUAD:IN20:999:BCTRL"), "{error}");
         let mut missing = config(false);
         missing.model = PathBuf::from("/nonexistent/model");
         assert!(
-            Surrogate::new(&missing)
+            Surrogate::checked(&missing)
                 .err()
                 .expect("refused")
+                .to_string()
                 .contains("model.yaml")
         );
     }
 
     #[test]
     fn a_mapped_stream_without_a_number_is_an_issue_not_a_silent_default() {
-        let analysis = Surrogate::new(&config(false)).expect("loads");
+        let analysis = Surrogate::checked(&config(false)).expect("loads");
         let mut broken = event(1, -3.2, 0);
         let empty = PvFrame {
             pv: "QUAD:IN20:525:BACT".to_owned(),
