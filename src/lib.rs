@@ -6,7 +6,6 @@
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - `autoscale` (feature `kubernetes`): the worker autoscaler in a cluster.
 //! - [`components`]: starting components from it, in one process or one each.
-//! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
 //! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
 //!   machine or the defaults, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
@@ -15,7 +14,6 @@
 #[cfg(feature = "kubernetes")]
 pub mod autoscale;
 pub mod components;
-pub mod emittance;
 pub mod models_http;
 pub mod pipeline;
 pub mod scan_driver;

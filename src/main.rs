@@ -702,7 +702,7 @@ impl ScanSignals {
 fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {
     let text = std::fs::read(&args.scan)
         .with_context(|| format!("{}: cannot read", args.scan.display()))?;
-    let scan: beamflow::emittance::ScanFile =
+    let scan: beamflow_optics::scan_file::ScanFile =
         serde_json::from_slice(&text).with_context(|| format!("{}", args.scan.display()))?;
     let report = scan
         .report()
