@@ -335,11 +335,14 @@ impl Components {
             .ensemble
             .clone()
             .context("no controller runs in this process")?;
-        let state = Arc::new(Mutex::new(crate::autoscale::ScalingState::default()));
-        self.extra_routes = Some(crate::autoscale::router(Arc::clone(&state)));
+        let state = Arc::new(Mutex::new(beamflow_controller::autoscale::ScalingState::default()));
+        self.extra_routes = Some(beamflow_controller::autoscale::router(Arc::clone(&state)));
         let window = pipeline.controller.window;
         self.spawn("autoscaler".to_owned(), move |stop| {
-            crate::autoscale::run(ensemble, window, deployment, release, policy, state, &stop)
+            beamflow_controller::autoscale::run(
+                ensemble, window, deployment, release, policy, state, &stop,
+            )?;
+            Ok(())
         })
     }
 

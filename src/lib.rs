@@ -4,15 +4,12 @@
 //! # Layout
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
-//! - `autoscale` (feature `kubernetes`): the worker autoscaler in a cluster.
 //! - [`components`]: starting components from it, in one process or one each.
 //! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
 //!   machine or the defaults, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
 
-#[cfg(feature = "kubernetes")]
-pub mod autoscale;
 pub mod components;
 pub mod models_http;
 pub mod pipeline;

@@ -10,8 +10,12 @@
 //! - [`ensemble`]: the connected components, parameters and the current scan; what to tell whom.
 //! - [`node`]: the ROUTER socket loop around the ensemble.
 //! - [`http`]: the dranspose-compatible REST API over the same ensemble.
+//! - `kubernetes` and `autoscale` (feature `kubernetes`): the Helm release's pods and worker
+//!   Deployment, and the autoscaler that sizes it from [`scaling`]'s policy.
 //! - [`recording`]: the mapping and parameter files written beside the dumps.
 
+#[cfg(feature = "kubernetes")]
+pub mod autoscale;
 pub mod ensemble;
 pub mod http;
 #[cfg(feature = "kubernetes")]
