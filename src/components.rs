@@ -29,7 +29,7 @@ use beamflow_workers::process::Analyses;
 use crate::models_http::ModelService;
 use crate::pipeline::Pipeline;
 use crate::scan_driver::{Endpoints, ScanService};
-use crate::sim_ioc::{SimIoc, SimIocConfig};
+use beamflow_sim::ioc::{SimIoc, SimIocConfig};
 
 /// Events in one live scan (`beamflow run` without `--events`): a day of OTR2 images at
 /// 10 Hz; with `--live` the next one starts when it ends.

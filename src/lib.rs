@@ -8,10 +8,11 @@
 //! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
 //!   machine or the defaults, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
-//! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
+//! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access (`beamflow_sim::ioc`).
 
 pub mod components;
 pub mod models_http;
 pub mod pipeline;
 pub mod scan_driver;
-pub mod sim_ioc;
+// The simulated injector's old path in this crate, which the integration tests use.
+pub use beamflow_sim::ioc as sim_ioc;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use beamflow::components::{Components, local_reach};
 use beamflow::pipeline::Pipeline;
-use beamflow::sim_ioc::SimIocConfig;
+use beamflow_sim::ioc::SimIocConfig;
 use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
