@@ -18,15 +18,17 @@ use beamflow_controller::node::ControlSocket;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::{Reachable, Stop};
-use beamflow_protocol::{IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
+use beamflow_protocol::{AnalysisName, IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::Reducer;
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
 use beamflow_workers::node::WorkerSettings;
+use beamflow_surrogate::Model;
+use beamflow_surrogate::http::ModelService;
+use beamflow_workers::AnalysisConfig;
 use beamflow_workers::process::Analyses;
 
-use crate::models_http::ModelService;
 use crate::pipeline::Pipeline;
 use crate::scan_driver::{Endpoints, ScanService};
 use beamflow_sim::ioc::{SimIoc, SimIocConfig};
@@ -354,7 +356,7 @@ impl Components {
         http: &str,
     ) -> anyhow::Result<SocketAddr> {
         let view = View::new();
-        let models = ModelService::load(&pipeline.analyses, view.clone())?;
+        let models = model_service(&pipeline.analyses, view.clone())?;
         let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
         let address = self.serve_http(http, "reducer", app)?;
         let settings = ReducerSettings {
@@ -704,6 +706,26 @@ pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     address
+}
+
+/// The model endpoints over the models of the pipeline's `surrogate` analyses, reading their
+/// live inputs from the reducer's view.
+fn model_service(
+    analyses: &BTreeMap<AnalysisName, AnalysisConfig>,
+    view: View,
+) -> anyhow::Result<ModelService> {
+    let mut models = BTreeMap::new();
+    for (name, config) in analyses {
+        if let AnalysisConfig::Surrogate(config) = config {
+            let model = Model::open(&config.model)
+                .map_err(|error| anyhow::anyhow!("analysis {name}: {error}"))?;
+            models.insert(name.to_string(), model);
+        }
+    }
+    Ok(ModelService::new(models, move |name| {
+        view.latest(name)
+            .and_then(|result| serde_json::to_value(&*result).ok())
+    }))
 }
 
 #[cfg(test)]

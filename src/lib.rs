@@ -5,13 +5,10 @@
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - [`components`]: starting components from it, in one process or one each.
-//! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
-//!   machine or the defaults, live inputs).
 //! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access (`beamflow_sim::ioc`).
 
 pub mod components;
-pub mod models_http;
 pub mod pipeline;
 pub mod scan_driver;
 // The simulated injector's old path in this crate, which the integration tests use.
