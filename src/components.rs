@@ -15,22 +15,24 @@ use beamflow_controller::ensemble::{Ensemble, Pacing};
 use beamflow_controller::http::{Shared, lock};
 use beamflow_controller::mapping::{GENERIC_TAG, Part, Sequence, Slot, VirtualWorker};
 use beamflow_controller::node::ControlSocket;
+use beamflow_controller::quad_scan::{Endpoints, ScanService};
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::{Reachable, Stop};
-use beamflow_protocol::{AnalysisName, IngesterName, Parameters, StreamName, WorkerName, WorkerTag};
+use beamflow_protocol::{
+    AnalysisName, IngesterName, Parameters, StreamName, WorkerName, WorkerTag,
+};
 use beamflow_reducer::Reducer;
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
-use beamflow_workers::node::WorkerSettings;
 use beamflow_surrogate::Model;
 use beamflow_surrogate::http::ModelService;
 use beamflow_workers::AnalysisConfig;
+use beamflow_workers::node::WorkerSettings;
 use beamflow_workers::process::Analyses;
 
 use crate::pipeline::Pipeline;
-use crate::scan_driver::{Endpoints, ScanService};
 use beamflow_sim::ioc::{SimIoc, SimIocConfig};
 
 /// Events in one live scan (`beamflow run` without `--events`): a day of OTR2 images at
@@ -337,7 +339,9 @@ impl Components {
             .ensemble
             .clone()
             .context("no controller runs in this process")?;
-        let state = Arc::new(Mutex::new(beamflow_controller::autoscale::ScalingState::default()));
+        let state = Arc::new(Mutex::new(
+            beamflow_controller::autoscale::ScalingState::default(),
+        ));
         self.extra_routes = Some(beamflow_controller::autoscale::router(Arc::clone(&state)));
         let window = pipeline.controller.window;
         self.spawn("autoscaler".to_owned(), move |stop| {

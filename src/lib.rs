@@ -5,11 +5,9 @@
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
 //! - [`components`]: starting components from it, in one process or one each.
-//! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access (`beamflow_sim::ioc`).
 
 pub mod components;
 pub mod pipeline;
-pub mod scan_driver;
 // The simulated injector's old path in this crate, which the integration tests use.
 pub use beamflow_sim::ioc as sim_ioc;

@@ -12,6 +12,7 @@
 //! - [`http`]: the dranspose-compatible REST API over the same ensemble.
 //! - `kubernetes` and `autoscale` (feature `kubernetes`): the Helm release's pods and worker
 //!   Deployment, and the autoscaler that sizes it from [`scaling`]'s policy.
+//! - [`quad_scan`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`recording`]: the mapping and parameter files written beside the dumps.
 
 #[cfg(feature = "kubernetes")]
@@ -22,6 +23,7 @@ pub mod http;
 pub mod kubernetes;
 pub mod mapping;
 pub mod node;
+pub mod quad_scan;
 pub mod recording;
 pub mod route;
 pub mod scaling;
