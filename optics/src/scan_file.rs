@@ -134,7 +134,17 @@ mod tests {
             .expect("equal lengths");
         assert_eq!(report.x.points[1].error_m, 2e-6);
         assert_eq!(report.y.points[1].error_m, ASSUMED_RELATIVE_ERROR * 2e-4);
-        assert!(report.warnings.iter().any(|w| w.starts_with("y: no size errors")));
-        assert!(!report.warnings.iter().any(|w| w.starts_with("x: no size errors")));
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("y: no size errors"))
+        );
+        assert!(
+            !report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("x: no size errors"))
+        );
     }
 }

@@ -52,6 +52,9 @@ mod tests {
         let normal: Vec<f64> = (0..n).map(|_| a.normal()).collect();
         let mean = normal.iter().sum::<f64>() / f64::from(n);
         let var = normal.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / f64::from(n);
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 }

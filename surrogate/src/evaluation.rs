@@ -302,7 +302,6 @@ impl Model {
 /// their defaults).
 pub type Base = std::collections::BTreeMap<String, (f64, Provenance)>;
 
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;

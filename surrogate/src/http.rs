@@ -197,12 +197,9 @@ async fn list(State(service): State<ModelService>) -> Response {
 
 async fn describe(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
     match service.models.get(&name) {
-        Some(model) => Json(description(
-            &name,
-            model,
-            (service.latest)(&name).is_some(),
-        ))
-        .into_response(),
+        Some(model) => {
+            Json(description(&name, model, (service.latest)(&name).is_some())).into_response()
+        }
         None => service.unknown(&name),
     }
 }

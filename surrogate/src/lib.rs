@@ -30,9 +30,11 @@ pub mod model;
 pub mod spec;
 pub mod sweep;
 
-pub use spec::{InputSpec, LCLS_CU_INJECTOR, Layer, ModelSpec, OutputSpec, Transformer};
+pub use evaluation::{
+    Base, Evaluation, EvaluationError, InputIssue, InputValue, OutputValue, Provenance,
+};
 pub use model::{Model, ModelError};
-pub use evaluation::{Base, Evaluation, EvaluationError, InputIssue, InputValue, OutputValue, Provenance};
+pub use spec::{InputSpec, LCLS_CU_INJECTOR, Layer, ModelSpec, OutputSpec, Transformer};
 pub use sweep::{MAX_SWEEP_ROWS, Sweep, SweepError};
 
 #[cfg(test)]

@@ -53,7 +53,6 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
-
 /// A loaded, checked model.
 #[derive(Debug)]
 pub struct Model {
@@ -280,7 +279,6 @@ impl Model {
         Ok(x.to_vec2::<f64>()?)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

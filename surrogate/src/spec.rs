@@ -10,7 +10,8 @@ use crate::ModelError;
 /// The name of the built-in LCLS Cu-injector surrogate (`builtin:lcls_cu_injector`).
 pub const LCLS_CU_INJECTOR: &str = "lcls_cu_injector";
 
-pub(crate) const LCLS_CU_INJECTOR_YAML: &str = include_str!("../../models/lcls_cu_injector/model.yaml");
+pub(crate) const LCLS_CU_INJECTOR_YAML: &str =
+    include_str!("../../models/lcls_cu_injector/model.yaml");
 
 /// `model.yaml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -138,7 +139,6 @@ pub enum Layer {
 fn one() -> f64 {
     1.0
 }
-
 
 #[cfg(test)]
 mod tests {

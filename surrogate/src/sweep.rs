@@ -125,14 +125,13 @@ impl Sweep {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{Base, EvaluationError, Model, Provenance};
     use crate::test_data::shared;
+    use crate::{Base, EvaluationError, Model, Provenance};
 
     #[test]
     fn a_sweep_is_read_with_colons_in_the_name_and_keeps_its_ends_exact() {
