@@ -59,8 +59,6 @@ fn yes() -> bool {
     true
 }
 
-/// How long the reducer may take to show a measurement opened or closed (it publishes every
-
 /// Parses `A:B:N` into N settings from A to B inclusive; the ends may be negative.
 pub fn parse_values(text: &str) -> Result<Vec<f64>, ScanError> {
     let parts: Vec<&str> = text.split(':').collect();
