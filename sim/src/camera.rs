@@ -64,7 +64,18 @@ impl Camera {
     }
 
     /// A `width` × `height` image of `spot`, row-major.
-    pub fn render(&mut self, [width, height]: [usize; 2], spot: Spot) -> Vec<u16> {
+    pub fn render(&mut self, shape: [usize; 2], spot: Spot) -> Vec<u16> {
+        self.render_as(shape, spot, |count| count)
+    }
+
+    /// [`render`](Self::render) with each count stored as `pixel` makes it: the caller's pixel
+    /// type is built in the one pass over the image, which a simulator pays for every frame.
+    pub fn render_as<T>(
+        &mut self,
+        [width, height]: [usize; 2],
+        spot: Spot,
+        pixel: impl Fn(u16) -> T,
+    ) -> Vec<T> {
         let Sensor {
             pedestal,
             read_noise,
@@ -91,7 +102,7 @@ impl Camera {
             for (col, &x) in gx.iter().enumerate() {
                 let noise = self.noise[(base + col) & mask];
                 let counts = pedestal as f32 + row_peak * x + read_noise as f32 * noise;
-                image.push(counts.round().clamp(0.0, full_scale as f32) as u16);
+                image.push(pixel(counts.round().clamp(0.0, full_scale as f32) as u16));
             }
         }
         image

@@ -443,10 +443,7 @@ impl SimIoc {
             counts: SPOT_COUNTS,
         };
         self.camera
-            .render(self.config.shape, spot)
-            .into_iter()
-            .map(|p| p as i16)
-            .collect()
+            .render_as(self.config.shape, spot, |count| count as i16)
     }
 }
 
