@@ -15,19 +15,21 @@ use beamflow_controller::ensemble::{Ensemble, Pacing};
 use beamflow_controller::http::{Shared, lock};
 use beamflow_controller::mapping::{GENERIC_TAG, Part, Sequence, Slot, VirtualWorker};
 use beamflow_controller::node::ControlSocket;
+use beamflow_controller::quad_scan::{Endpoints, ScanService};
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::{Reachable, Stop};
-use beamflow_protocol::{IngesterName, StreamName, WorkerName, WorkerTag};
+use beamflow_protocol::{AnalysisName, IngesterName, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
+use beamflow_surrogate::Model;
+use beamflow_surrogate::http::ModelService;
+use beamflow_workers::AnalysisConfig;
 use beamflow_workers::node::WorkerSettings;
 
-use crate::models_http::ModelService;
 use crate::pipeline::Pipeline;
-use crate::scan_driver::{Endpoints, ScanService};
-use crate::sim_ioc::{SimIoc, SimIocConfig};
+use beamflow_sim::ioc::{SimIoc, SimIocConfig};
 
 /// Events in one live scan (`beamflow run` without `--events`): a day of OTR2 images at
 /// 10 Hz; with `--live` the next one starts when it ends.
@@ -330,11 +332,16 @@ impl Components {
             .ensemble
             .clone()
             .context("no controller runs in this process")?;
-        let state = Arc::new(Mutex::new(crate::autoscale::ScalingState::default()));
-        self.extra_routes = Some(crate::autoscale::router(Arc::clone(&state)));
+        let state = Arc::new(Mutex::new(
+            beamflow_controller::autoscale::ScalingState::default(),
+        ));
+        self.extra_routes = Some(beamflow_controller::autoscale::router(Arc::clone(&state)));
         let window = pipeline.controller.window;
         self.spawn("autoscaler".to_owned(), move |stop| {
-            crate::autoscale::run(ensemble, window, deployment, release, policy, state, &stop)
+            beamflow_controller::autoscale::run(
+                ensemble, window, deployment, release, policy, state, &stop,
+            )?;
+            Ok(())
         })
     }
 
@@ -346,7 +353,7 @@ impl Components {
         http: &str,
     ) -> anyhow::Result<SocketAddr> {
         let view = View::new();
-        let models = ModelService::load(&pipeline.analyses, view.clone())?;
+        let models = model_service(&pipeline.analyses, view.clone())?;
         let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
         let address = self.serve_http(http, "reducer", app)?;
         let settings = ReducerSettings {
@@ -696,6 +703,26 @@ pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     address
+}
+
+/// The model endpoints over the models of the pipeline's `surrogate` analyses, reading their
+/// live inputs from the reducer's view.
+fn model_service(
+    analyses: &BTreeMap<AnalysisName, AnalysisConfig>,
+    view: View,
+) -> anyhow::Result<ModelService> {
+    let mut models = BTreeMap::new();
+    for (name, config) in analyses {
+        if let AnalysisConfig::Surrogate(config) = config {
+            let model = Model::open(&config.model)
+                .map_err(|error| anyhow::anyhow!("analysis {name}: {error}"))?;
+            models.insert(name.to_string(), model);
+        }
+    }
+    Ok(ModelService::new(models, move |name| {
+        view.latest(name)
+            .and_then(|result| serde_json::to_value(&*result).ok())
+    }))
 }
 
 #[cfg(test)]

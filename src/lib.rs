@@ -4,19 +4,10 @@
 //! # Layout
 //!
 //! - [`pipeline`]: the one TOML file that describes a beamline's pipeline.
-//! - `autoscale` (feature `kubernetes`): the worker autoscaler in a cluster.
 //! - [`components`]: starting components from it, in one process or one each.
-//! - [`emittance`]: the offline quad-scan fit of `beamflow emittance`.
-//! - [`models_http`]: the reducer's model endpoints (list, describe, what-if on the live
-//!   machine or the defaults, live inputs).
-//! - [`scan_driver`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
-//! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access.
+//! - [`sim_ioc`]: the simulated LCLS injector served over Channel Access (`beamflow_sim::ioc`).
 
-#[cfg(feature = "kubernetes")]
-pub mod autoscale;
 pub mod components;
-pub mod emittance;
-pub mod models_http;
 pub mod pipeline;
-pub mod scan_driver;
-pub mod sim_ioc;
+// The simulated injector's old path in this crate, which the integration tests use.
+pub use beamflow_sim::ioc as sim_ioc;

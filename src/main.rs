@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use beamflow::components::{Components, local_reach};
 use beamflow::pipeline::Pipeline;
-use beamflow::sim_ioc::SimIocConfig;
 use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
 use beamflow_protocol::WorkerTag;
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
+use beamflow_sim::ioc::SimIocConfig;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use tracing_subscriber::EnvFilter;
@@ -525,7 +525,7 @@ fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {
 }
 
 fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
-    use beamflow::scan_driver::{
+    use beamflow_controller::quad_scan::{
         Endpoints, QuadScanRequest, ScanStop, fit_summary, parse_values, run,
     };
     let request = QuadScanRequest {
@@ -610,7 +610,7 @@ fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
 /// reports; a second one exits at once, after one put of the quad's old setting (not waiting
 /// for the readback). Returns the first signal's name once one came.
 fn stop_scan_on_signals(
-    stop: beamflow::scan_driver::ScanStop,
+    stop: beamflow_controller::quad_scan::ScanStop,
 ) -> std::sync::Arc<std::sync::OnceLock<&'static str>> {
     let seen = std::sync::Arc::new(std::sync::OnceLock::new());
     let first = seen.clone();
@@ -702,7 +702,7 @@ impl ScanSignals {
 fn emittance(args: EmittanceArgs) -> anyhow::Result<()> {
     let text = std::fs::read(&args.scan)
         .with_context(|| format!("{}: cannot read", args.scan.display()))?;
-    let scan: beamflow::emittance::ScanFile =
+    let scan: beamflow_optics::scan_file::ScanFile =
         serde_json::from_slice(&text).with_context(|| format!("{}", args.scan.display()))?;
     let report = scan
         .report()

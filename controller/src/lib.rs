@@ -11,14 +11,20 @@
 //!   (its methods split by concern: membership, parameters, the scan lifecycle).
 //! - [`node`]: the ROUTER socket loop around the ensemble.
 //! - [`http`]: the dranspose-compatible REST API over the same ensemble, and its views of it.
+//! - `kubernetes` and `autoscale` (feature `kubernetes`): the Helm release's pods and worker
+//!   Deployment, and the autoscaler that sizes it from [`scaling`]'s policy.
+//! - [`quad_scan`]: the quad-scan driver (`beamflow scan quad`, `/api/v1/scan/quad`).
 //! - [`recording`]: the mapping and parameter files written beside the dumps.
 
+#[cfg(feature = "kubernetes")]
+pub mod autoscale;
 pub mod ensemble;
 pub mod http;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod mapping;
 pub mod node;
+pub mod quad_scan;
 pub mod recording;
 pub mod route;
 pub mod scaling;

@@ -4,9 +4,10 @@
 //!
 //! Shared by the simulated injector (which turns a quad setting into the beam size on its
 //! screen) and the quad-scan fit (which turns sizes back into a beam matrix), so both use one
-//! definition of every convention.
+//! definition of every convention. [`scan_file`] is the file `beamflow emittance` fits offline.
 
 pub mod quad_scan;
+pub mod scan_file;
 
 /// Speed of light, m/s.
 pub const SPEED_OF_LIGHT: f64 = 299_792_458.0;

@@ -1,12 +1,14 @@
 //! A simulated detector: per scan, one STINS series per stream (a header, images, a
 //! series_end) as long as the scan needs, at a configured rate. The image is a Gaussian spot
-//! that drifts slowly, on a pedestal with noise, so live views have something to show.
+//! that drifts slowly, on a pedestal with noise, so live views have something to show; it is
+//! drawn by the simulations' one camera model ([`beamflow_sim::camera`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beamflow_protocol::streams::stins;
 use beamflow_protocol::{DType, NdArray, StreamData, StreamName};
+use beamflow_sim::camera::{Camera, Sensor, Spot};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -36,6 +38,16 @@ fn default_rate() -> f64 {
     100.0
 }
 
+/// A 12-bit camera with about the read noise of the first simulator's ±10 counts.
+const SENSOR: Sensor = Sensor {
+    pedestal: 100.0,
+    read_noise: 6.0,
+    full_scale: 4095.0,
+};
+
+/// The spot's peak above the pedestal, counts.
+const PEAK: f64 = 3000.0;
+
 struct Series {
     stream: StreamName,
     length: u64,
@@ -49,7 +61,7 @@ pub struct Sim {
     pace: Pace,
     series: Vec<Series>,
     turn: usize,
-    rng: u64,
+    camera: Camera,
     images: u64,
 }
 
@@ -82,7 +94,7 @@ impl Sim {
             pace: Pace::new(config.rate_hz),
             series: Vec::new(),
             turn: 0,
-            rng: 0x2545_f491_4f6c_dd1d,
+            camera: Camera::new(SENSOR, 0x2545_f491_4f6c_dd1d),
             images: 0,
         }
     }
@@ -94,20 +106,20 @@ impl Sim {
             width as f64 * (0.5 + 0.15 * t.sin()),
             height as f64 * (0.5 + 0.1 * (0.7 * t).cos()),
         );
-        let (sx, sy) = (width as f64 / 10.0, height as f64 / 12.0);
-        let mut pixels = Vec::with_capacity(height * width * 2);
-        for y in 0..height {
-            for x in 0..width {
-                // xorshift64: cheap noise, no dependency.
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                let noise = (self.rng % 21) as f64 - 10.0;
-                let (dx, dy) = ((x as f64 - cx) / sx, (y as f64 - cy) / sy);
-                let value = 100.0 + 3000.0 * (-0.5 * (dx * dx + dy * dy)).exp() + noise;
-                pixels.extend_from_slice(&(value.clamp(0.0, 4095.0) as u16).to_le_bytes());
-            }
-        }
+        let (sigma_x, sigma_y) = (width as f64 / 10.0, height as f64 / 12.0);
+        let spot = Spot {
+            x: cx,
+            y: cy,
+            sigma_x,
+            sigma_y,
+            counts: PEAK * 2.0 * std::f64::consts::PI * sigma_x * sigma_y,
+        };
+        let pixels: Vec<u8> = self
+            .camera
+            .render([width, height], spot)
+            .into_iter()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         self.images += 1;
         NdArray::new(vec![height, width], DType::Uint16, Bytes::from(pixels))
             .expect("the buffer is built to the shape")

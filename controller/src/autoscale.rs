@@ -1,17 +1,19 @@
 //! The controller's worker autoscaler in a cluster (feature `kubernetes`): every
 //! [`PERIOD`] it measures the backlog and the workers' load from the ensemble, asks
-//! [`beamflow_controller::scaling::desired`], and sets the worker Deployment's replicas;
-//! `GET /api/v1/scaling` shows what it saw and did, with the release's pods.
+//! [`crate::scaling::desired`], and sets the worker Deployment's replicas through
+//! [`crate::kubernetes`]; `GET /api/v1/scaling` shows what it saw and did, with the release's
+//! pods.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use beamflow_controller::http::{Shared, lock};
-use beamflow_controller::kubernetes::{ReleasePod, WorkerScaler};
-use beamflow_controller::scaling::{LoadMeter, Sample, ScalePolicy, desired};
 use beamflow_net::Stop;
 use serde::Serialize;
+
+use crate::http::{Shared, lock};
+use crate::kubernetes::{ReleasePod, WorkerScaler};
+use crate::scaling::{LoadMeter, Sample, ScalePolicy, desired};
 
 /// How often the autoscaler looks.
 pub const PERIOD: Duration = Duration::from_secs(15);
@@ -33,6 +35,24 @@ pub struct ScalingState {
     pub error: Option<String>,
 }
 
+/// Why the autoscaler could not start; once running, API errors are shown in its state and
+/// the round is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum AutoscaleError {
+    /// Its async runtime.
+    #[error("the autoscaler's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The in-cluster client.
+    #[error("Kubernetes API client for deployment {deployment:?}: {source}")]
+    Client {
+        /// The worker Deployment.
+        deployment: String,
+        /// What the client said.
+        #[source]
+        source: kube::Error,
+    },
+}
+
 /// Runs until `stop`; `state` is what the HTTP route serves.
 pub fn run(
     ensemble: Shared,
@@ -42,11 +62,17 @@ pub fn run(
     policy: ScalePolicy,
     state: Arc<Mutex<ScalingState>>,
     stop: &Stop,
-) -> anyhow::Result<()> {
+) -> Result<(), AutoscaleError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    let scaler = runtime.block_on(WorkerScaler::in_cluster(&deployment, &release))?;
+        .build()
+        .map_err(AutoscaleError::Runtime)?;
+    let scaler = runtime
+        .block_on(WorkerScaler::in_cluster(&deployment, &release))
+        .map_err(|source| AutoscaleError::Client {
+            deployment: deployment.clone(),
+            source,
+        })?;
     let mut meter = LoadMeter::default();
     let mut looked = Instant::now();
     let mut changed = Instant::now() - Duration::from_secs(3600);

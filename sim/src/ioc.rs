@@ -32,6 +32,9 @@ use beamflow_net::Stop;
 use beamflow_optics::{BeamMatrix, Energy, Matrix, Plane, Twiss};
 use beamflow_surrogate::{LCLS_CU_INJECTOR, ModelSpec};
 
+use crate::camera::{Camera, Sensor, Spot};
+use crate::random::SplitMix;
+
 /// The scan quad's setpoint.
 pub const SCAN_QUAD: &str = "QUAD:IN20:525:BCTRL";
 /// The scan quad's setting at start: LCLS's QE04 as `physics.md` quotes it (the surrogate's
@@ -54,6 +57,13 @@ pub const READ_NOISE: f64 = 4.0;
 pub const SPOT_COUNTS: f64 = 300_000.0;
 /// The camera's largest count (12 bits).
 pub const FULL_SCALE: f64 = 4095.0;
+
+/// OTR2's camera.
+const OTR2: Sensor = Sensor {
+    pedestal: PEDESTAL,
+    read_noise: READ_NOISE,
+    full_scale: FULL_SCALE,
+};
 
 /// The beam at the scan quad's entrance and the optics to the screen, from the quad-scan
 /// reference dataset.
@@ -236,7 +246,7 @@ pub struct SimIoc {
     inputs: Vec<Input>,
     motions: Vec<Motion>,
     random: SplitMix,
-    noise: Vec<f32>,
+    camera: Camera,
     started: Instant,
     quad_setpoint: f64,
     quad_readback: f64,
@@ -312,18 +322,14 @@ impl SimIoc {
             pixels,
             false,
         );
-        let mut random = SplitMix(2719);
-        // One table of normal deviates, read from a random offset per image: rendering stays
-        // well under a millisecond per frame, and noise differs frame to frame.
-        let noise = (0..(1 << 20)).map(|_| random.normal() as f32).collect();
         let default = SCAN_QUAD_START_KG;
         Self {
             config,
             store: store.clone(),
             inputs,
             motions,
-            random,
-            noise,
+            random: SplitMix::new(2719),
+            camera: Camera::new(OTR2, 2720),
             started: now,
             quad_setpoint: default,
             quad_readback: default,
@@ -422,38 +428,22 @@ impl SimIoc {
         );
     }
 
-    /// A Gaussian spot of rms `sigma_x` × `sigma_y` pixels near the centre, on the pedestal,
-    /// with read noise, rounded and clipped to the 12-bit range; row-major, as the camera sends
-    /// it (raw u16 bits in DBR_SHORT, as caproto serves them).
+    /// A Gaussian spot of rms `sigma_x` × `sigma_y` pixels near the centre on OTR2's camera;
+    /// row-major, as the camera sends it (raw u16 bits in DBR_SHORT, as caproto serves them).
     fn render(&mut self, sigma_x: f64, sigma_y: f64) -> Vec<i16> {
         let [width, height] = self.config.shape;
         // A little pointing jitter, as a real beam has.
-        let x0 = width as f64 / 2.0 + 0.3 * self.random.normal();
-        let y0 = height as f64 / 2.0 + 0.3 * self.random.normal();
-        let peak = SPOT_COUNTS / (2.0 * PI * sigma_x * sigma_y);
-        let profile = |n: usize, centre: f64, sigma: f64| -> Vec<f32> {
-            (0..n)
-                .map(|i| {
-                    let u = (i as f64 - centre) / sigma;
-                    (-0.5 * u * u).exp() as f32
-                })
-                .collect()
+        let x = width as f64 / 2.0 + 0.3 * self.camera.random().normal();
+        let y = height as f64 / 2.0 + 0.3 * self.camera.random().normal();
+        let spot = Spot {
+            x,
+            y,
+            sigma_x,
+            sigma_y,
+            counts: SPOT_COUNTS,
         };
-        let gx = profile(width, x0, sigma_x);
-        let gy = profile(height, y0, sigma_y);
-        let mask = self.noise.len() - 1;
-        let offset = self.random.next() as usize & mask;
-        let mut image = Vec::with_capacity(width * height);
-        for (row, &y) in gy.iter().enumerate() {
-            let row_peak = peak as f32 * y;
-            let base = offset + row * width;
-            for (col, &x) in gx.iter().enumerate() {
-                let noise = self.noise[(base + col) & mask];
-                let counts = PEDESTAL as f32 + row_peak * x + READ_NOISE as f32 * noise;
-                image.push(counts.round().clamp(0.0, FULL_SCALE as f32) as u16 as i16);
-            }
-        }
-        image
+        self.camera
+            .render_as(self.config.shape, spot, |count| count as i16)
     }
 }
 
@@ -506,31 +496,6 @@ fn next_due(due: Instant, period: Duration, now: Instant) -> Instant {
     if next < now { now + period } else { next }
 }
 
-/// SplitMix64: a small, fast, seedable generator; the simulation needs noise, not cryptography.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u = 1.0 - self.uniform();
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (2.0 * PI * v).cos()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use beamflow_surrogate::{Base, Model, Provenance};
@@ -540,7 +505,7 @@ mod tests {
     fn reference() -> serde_json::Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/quadscan/reference.json"
+            "/../../shared/data/quadscan/reference.json"
         );
         let text = std::fs::read_to_string(path).expect("the shared reference dataset");
         serde_json::from_str(&text).expect("valid JSON")

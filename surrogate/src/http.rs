@@ -18,7 +18,9 @@
 //! - `GET /api/v1/model/{name}/inputs`: the latest live values the `surrogate` analysis `name`
 //!   used, with their provenance ("apply current machine values").
 //!
-//! `{name}` is the `surrogate` analysis's name in the pipeline file.
+//! `{name}` is the `surrogate` analysis's name in the pipeline file. The live inputs live in
+//! the reducer's results; the reducer's process passes a closure that reads them
+//! ([`LatestResult`]), so this crate knows nothing of the reducer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,38 +30,38 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use beamflow_protocol::Value;
-use beamflow_reducer::http::View;
-use beamflow_surrogate::{Base, EvaluationError, Model, Provenance};
-use beamflow_workers::AnalysisConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// The models of a pipeline's `surrogate` analyses, and the reducer's view for their inputs.
+use crate::{Base, EvaluationError, Model, Provenance};
+
+/// The latest result the `surrogate` analysis of a name published, as JSON (an
+/// [`Evaluation`](crate::Evaluation)); `None` before its first.
+pub type LatestResult = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
+
+/// The models of a pipeline's `surrogate` analyses, by analysis name, and where their latest
+/// results are read.
 #[derive(Clone)]
 pub struct ModelService {
     models: Arc<BTreeMap<String, Arc<Model>>>,
-    view: View,
+    latest: LatestResult,
 }
 
 impl ModelService {
-    /// Loads the model of every `surrogate` analysis in `analyses`.
-    pub fn load(
-        analyses: &BTreeMap<beamflow_protocol::AnalysisName, AnalysisConfig>,
-        view: View,
-    ) -> anyhow::Result<Self> {
-        let mut models = BTreeMap::new();
-        for (name, config) in analyses {
-            if let AnalysisConfig::Surrogate(config) = config {
-                let model = Model::open(&config.model)
-                    .map_err(|error| anyhow::anyhow!("analysis {name}: {error}"))?;
-                models.insert(name.to_string(), Arc::new(model));
-            }
+    /// Serves `models` (analysis name → its model); `latest` reads an analysis's latest result.
+    pub fn new(
+        models: BTreeMap<String, Model>,
+        latest: impl Fn(&str) -> Option<Value> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            models: Arc::new(
+                models
+                    .into_iter()
+                    .map(|(name, model)| (name, Arc::new(model)))
+                    .collect(),
+            ),
+            latest: Arc::new(latest),
         }
-        Ok(Self {
-            models: Arc::new(models),
-            view,
-        })
     }
 
     /// The routes above.
@@ -120,7 +122,7 @@ impl WhatIf {
                 inputs: BTreeMap::new(),
             });
         }
-        let value: serde_json::Value =
+        let value: Value =
             serde_json::from_slice(body).map_err(|why| format!("the body is not JSON: {why}"))?;
         let structured = value
             .as_object()
@@ -142,20 +144,20 @@ impl WhatIf {
 
 /// The inputs in the latest result of the analysis `name`, each with the provenance it had
 /// there; `None` before its first result.
-fn live_base(view: &View, name: &str) -> Option<Base> {
-    let latest = view.latest(name)?;
-    let inputs = latest.pointer("inputs")?.as_map()?;
+fn live_base(latest: &LatestResult, name: &str) -> Option<Base> {
+    let latest = latest(name)?;
+    let inputs = latest.get("inputs")?.as_object()?;
     Some(
         inputs
             .iter()
             .filter_map(|(input, entry)| {
-                let value = entry.pointer("value")?.as_f64()?;
-                let provenance = match entry.pointer("provenance")? {
-                    Value::Text(text) => match text.as_str() {
+                let value = entry.get("value")?.as_f64()?;
+                let provenance = match entry.get("provenance")? {
+                    Value::String(text) => match text.as_str() {
                         "live" => Provenance::Live,
                         "stale" => Provenance::Stale {
                             age_s: entry
-                                .pointer("age_s")
+                                .get("age_s")
                                 .and_then(Value::as_f64)
                                 .unwrap_or(f64::NAN),
                         },
@@ -171,7 +173,7 @@ fn live_base(view: &View, name: &str) -> Option<Base> {
     )
 }
 
-fn description(name: &str, model: &Model, live: bool) -> serde_json::Value {
+fn description(name: &str, model: &Model, live: bool) -> Value {
     let spec = model.spec();
     json!({
         "name": name,
@@ -185,22 +187,19 @@ fn description(name: &str, model: &Model, live: bool) -> serde_json::Value {
 }
 
 async fn list(State(service): State<ModelService>) -> Response {
-    let models: Vec<serde_json::Value> = service
+    let models: Vec<Value> = service
         .models
         .iter()
-        .map(|(name, model)| description(name, model, service.view.latest(name).is_some()))
+        .map(|(name, model)| description(name, model, (service.latest)(name).is_some()))
         .collect();
     Json(json!({ "models": models })).into_response()
 }
 
 async fn describe(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
     match service.models.get(&name) {
-        Some(model) => Json(description(
-            &name,
-            model,
-            service.view.latest(&name).is_some(),
-        ))
-        .into_response(),
+        Some(model) => {
+            Json(description(&name, model, (service.latest)(&name).is_some())).into_response()
+        }
         None => service.unknown(&name),
     }
 }
@@ -217,7 +216,7 @@ async fn evaluate(
         Ok(request) => request,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let live = live_base(&service.view, &name);
+    let live = live_base(&service.latest, &name);
     let (kind, base) = match (request.base, live) {
         (Some(BaseKind::Live) | None, Some(live)) => (BaseKind::Live, live),
         (Some(BaseKind::Live), None) => {
@@ -255,13 +254,13 @@ async fn inputs(State(service): State<ModelService>, Path(name): Path<String>) -
     if !service.models.contains_key(&name) {
         return service.unknown(&name);
     }
-    let Some(latest) = service.view.latest(&name) else {
+    let Some(latest) = (service.latest)(&name) else {
         return error(
             StatusCode::NOT_FOUND,
             format!("the analysis {name} has evaluated no event yet"),
         );
     };
-    match latest.pointer("inputs") {
+    match latest.get("inputs") {
         Some(inputs) => Json(inputs).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -273,10 +272,10 @@ async fn inputs(State(service): State<ModelService>, Path(name): Path<String>) -
 #[cfg(test)]
 mod tests {
     use std::path::Path as FilePath;
+    use std::sync::Mutex;
 
     use axum::body::Body;
     use axum::http::Request;
-    use beamflow_protocol::AnalysisName;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -284,17 +283,22 @@ mod tests {
 
     const NAME: &str = "lcls_injector";
 
-    fn service() -> ModelService {
+    /// The service and the analysis's latest result, which the test publishes.
+    fn service() -> (ModelService, Arc<Mutex<Option<Value>>>) {
         let model = Model::open(FilePath::new("builtin:lcls_cu_injector")).expect("built in");
-        ModelService {
-            models: Arc::new(BTreeMap::from([(NAME.to_owned(), Arc::new(model))])),
-            view: View::new(),
-        }
+        let published: Arc<Mutex<Option<Value>>> = Arc::default();
+        let read = Arc::clone(&published);
+        let service = ModelService::new(BTreeMap::from([(NAME.to_owned(), model)]), move |name| {
+            (name == NAME)
+                .then(|| read.lock().expect("not poisoned").clone())
+                .flatten()
+        });
+        (service, published)
     }
 
     /// Publishes what the `surrogate` analysis publishes after an event: QE04 live at −3.0 kG,
     /// the solenoid stale, the rest defaults.
-    fn live(service: &ModelService) {
+    fn live((service, published): &(ModelService, Arc<Mutex<Option<Value>>>)) {
         let model = &service.models[NAME];
         let given = Base::from([
             ("QUAD:IN20:525:BCTRL".to_owned(), (-3.0, Provenance::Live)),
@@ -309,19 +313,15 @@ mod tests {
             .pop()
             .expect("one")
             .expect("finite");
-        let payload = Value::from_serialize(&evaluation).expect("a tree");
-        service.view.publish_latest(BTreeMap::from([(
-            AnalysisName::from(NAME),
-            Arc::new(payload),
-        )]));
+        *published.lock().expect("not poisoned") = Some(json!(evaluation));
     }
 
     async fn call(
-        service: &ModelService,
+        (service, _): &(ModelService, Arc<Mutex<Option<Value>>>),
         method: &str,
         uri: &str,
         body: &str,
-    ) -> (StatusCode, serde_json::Value) {
+    ) -> (StatusCode, Value) {
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -343,7 +343,10 @@ mod tests {
         (status, serde_json::from_slice(&bytes).expect("JSON"))
     }
 
-    async fn evaluate(service: &ModelService, body: &str) -> (StatusCode, serde_json::Value) {
+    async fn evaluate(
+        service: &(ModelService, Arc<Mutex<Option<Value>>>),
+        body: &str,
+    ) -> (StatusCode, Value) {
         call(
             service,
             "POST",
@@ -353,7 +356,7 @@ mod tests {
         .await
     }
 
-    fn input<'a>(answer: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    fn input<'a>(answer: &'a Value, name: &str) -> &'a Value {
         &answer["inputs"][name]
     }
 
@@ -408,9 +411,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{live_answer}");
         assert_eq!(input(&live_answer, "QUAD:IN20:525:BCTRL")["value"], -3.0);
         // Nothing requested on the live base: the live analysis's own prediction.
-        let latest = service.view.latest(NAME).expect("published");
+        let latest = service.1.lock().expect("not poisoned").clone();
         let xrms = latest
-            .pointer("outputs/OTRS:IN20:571:XRMS/value")
+            .as_ref()
+            .and_then(|l| l.pointer("/outputs/OTRS:IN20:571:XRMS/value"))
             .and_then(Value::as_f64)
             .expect("a prediction");
         assert_eq!(live_answer["outputs"]["OTRS:IN20:571:XRMS"]["value"], xrms);
