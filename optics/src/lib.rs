@@ -182,7 +182,7 @@ mod tests {
     fn reference() -> serde_json::Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/quadscan/reference.json"
+            "/../tests/data/quadscan_reference.json"
         );
         let text = std::fs::read_to_string(path).expect("the shared reference dataset");
         serde_json::from_str(&text).expect("valid JSON")

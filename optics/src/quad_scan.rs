@@ -853,7 +853,7 @@ mod tests {
     fn reference() -> serde_json::Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/quadscan/reference.json"
+            "/../tests/data/quadscan_reference.json"
         );
         serde_json::from_str(&std::fs::read_to_string(path).expect("reference dataset"))
             .expect("valid JSON")

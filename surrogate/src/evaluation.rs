@@ -307,11 +307,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::test_data::shared;
+    use crate::test_data::model_dir;
 
     #[test]
     fn what_if_fills_defaults_and_refuses_out_of_range_and_unknown_inputs() {
-        let model = Model::load(&shared()).expect("loads");
+        let model = Model::load(&model_dir()).expect("loads");
         let defaults = model
             .what_if(&Default::default())
             .expect("the defaults evaluate");
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn stale_read_only_and_non_finite_inputs_are_flagged() {
-        let model = Model::load(&shared()).expect("loads");
+        let model = Model::load(&model_dir()).expect("loads");
         let given = std::collections::BTreeMap::from([
             (
                 "SOLN:IN20:121:BCTRL".to_owned(),

@@ -41,15 +41,24 @@ pub use sweep::{MAX_SWEEP_ROWS, Sweep, SweepError};
 mod test_data {
     use std::path::PathBuf;
 
-    pub(crate) fn shared() -> PathBuf {
+    /// The model as the binary compiles it in.
+    pub(crate) fn model_dir() -> PathBuf {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/models/lcls_cu_injector"
+            "/../models/lcls_cu_injector"
+        ))
+    }
+
+    /// The model's outputs at five points, evaluated by its authors' PyTorch code in float64.
+    pub(crate) fn reference() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/lcls_cu_injector_reference.json"
         ))
     }
 
     pub(crate) fn spec() -> crate::ModelSpec {
-        let text = std::fs::read_to_string(shared().join("model.yaml")).expect("yaml");
+        let text = std::fs::read_to_string(model_dir().join("model.yaml")).expect("yaml");
         serde_saphyr::from_str(&text).expect("valid")
     }
 }

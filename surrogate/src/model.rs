@@ -283,12 +283,12 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_data::{shared, spec};
+    use crate::test_data::{model_dir, reference, spec};
 
     #[test]
     fn the_lcls_injector_model_reproduces_its_reference_outputs() {
         for model in [
-            Model::load(&shared()).expect("loads"),
+            Model::load(&model_dir()).expect("loads"),
             Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in"),
         ] {
             check_reference(&model);
@@ -296,7 +296,7 @@ mod tests {
     }
 
     fn check_reference(model: &Model) {
-        let text = std::fs::read_to_string(shared().join("reference.json")).expect("reference");
+        let text = std::fs::read_to_string(reference()).expect("reference");
         let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
         let points = reference["points"].as_array().expect("points");
         let batch: Vec<Vec<f64>> = points
@@ -323,7 +323,7 @@ mod tests {
     }
 
     fn tensors() -> HashMap<String, Tensor> {
-        candle_core::safetensors::load(shared().join("model.safetensors"), &Device::Cpu)
+        candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu)
             .expect("weights")
     }
 
@@ -351,7 +351,7 @@ mod tests {
         );
 
         let dir = tempfile::tempdir().expect("dir");
-        let text = std::fs::read_to_string(shared().join("model.yaml"))
+        let text = std::fs::read_to_string(model_dir().join("model.yaml"))
             .expect("yaml")
             .replacen("kind: elu", "kind: gelu", 1);
         std::fs::write(dir.path().join("model.yaml"), text).expect("write");

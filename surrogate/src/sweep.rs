@@ -130,7 +130,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::test_data::shared;
+    use crate::test_data::{model_dir, reference};
     use crate::{Base, EvaluationError, Model, Provenance};
 
     #[test]
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn a_sweep_through_a_reference_point_reproduces_it_in_one_batch() {
         let model = Model::open(Path::new("builtin:lcls_cu_injector")).expect("built in");
-        let text = std::fs::read_to_string(shared().join("reference.json")).expect("reference");
+        let text = std::fs::read_to_string(reference()).expect("reference");
         let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
         let point = &reference["points"][3];
         let name = "QUAD:IN20:525:BCTRL";

@@ -253,7 +253,7 @@ mod tests {
     fn model_dir() -> PathBuf {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/models/lcls_cu_injector"
+            "/../models/lcls_cu_injector"
         ))
     }
 
