@@ -581,14 +581,14 @@ impl Components {
                     continue;
                 }
                 next = now + STATUS_LINE_EVERY;
-                let status = lock(&ensemble).status();
+                let glance = Glance::of(&lock(&ensemble));
                 let reduced = view.status();
                 let rate = reduced.events.saturating_sub(last.1) as f64
                     / now.duration_since(last.0).as_secs_f64();
                 last = (now, reduced.events);
                 eprintln!(
                     "{}",
-                    status_line(&status, rate, reduced.latency_ms.map(|l| l.p99))
+                    status_line(&glance, rate, reduced.latency_ms.map(|l| l.p99))
                 );
             }
             Ok(())
@@ -658,40 +658,58 @@ impl Components {
     }
 }
 
+/// What `beamflow run`'s status line shows of the controller's state.
+#[derive(Debug, Default)]
+struct Glance {
+    /// The running scan's number, whether it is live, events applied and events in it.
+    scan: Option<(u64, bool, u64, u64)>,
+    workers: usize,
+    pvs_connected: usize,
+    pvs_configured: usize,
+}
+
+impl Glance {
+    fn of(ensemble: &Ensemble) -> Self {
+        let progress = ensemble.progress();
+        let scan = ensemble
+            .running_scan()
+            .map(|(scan, live)| (scan, live, progress.completed_events, progress.total_events));
+        // A PV source's status lists its PVs by name, each with `connected`.
+        let pvs: Vec<bool> = ensemble
+            .ingester_statuses()
+            .filter_map(|(_, status)| status.source.pointer("pvs")?.as_map())
+            .flat_map(|pvs| pvs.values())
+            .map(|pv| pv.pointer("connected") == Some(&beamflow_protocol::Value::Bool(true)))
+            .collect();
+        Self {
+            scan,
+            workers: ensemble.worker_statuses().count(),
+            pvs_connected: pvs.iter().filter(|connected| **connected).count(),
+            pvs_configured: pvs.len(),
+        }
+    }
+}
+
 /// `beamflow run`'s one-line status: the scan, events per second, p99 latency, workers, and PVs
 /// connected of those configured.
-fn status_line(status: &serde_json::Value, events_per_second: f64, p99_ms: Option<f64>) -> String {
-    let workers = status["workers"]
-        .as_object()
-        .map_or(0, serde_json::Map::len);
-    let pvs = status["ingesters"]
-        .as_object()
-        .into_iter()
-        .flat_map(|ingesters| ingesters.values())
-        .filter_map(|ingester| ingester["source"]["pvs"].as_object())
-        .flat_map(|pvs| pvs.values());
-    let (connected, configured) = pvs.fold((0, 0), |(c, n), pv| {
-        (c + usize::from(pv["connected"] == true), n + 1)
-    });
-    let scan = match (status["scan"].as_u64(), status["finished"].as_bool()) {
-        (Some(scan), Some(false)) => format!(
-            "scan {scan}{}: {}/{} events",
-            if status["live"] == true {
-                " (live)"
-            } else {
-                ""
-            },
-            status["completed_events"],
-            status["total_events"]
+fn status_line(glance: &Glance, events_per_second: f64, p99_ms: Option<f64>) -> String {
+    let scan = match glance.scan {
+        Some((scan, live, completed, total)) => format!(
+            "scan {scan}{}: {completed}/{total} events",
+            if live { " (live)" } else { "" }
         ),
-        _ => "no scan running".to_owned(),
+        None => "no scan running".to_owned(),
     };
     let latency = p99_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+    let workers = glance.workers;
     let mut line = format!(
         "{scan}, {events_per_second:.1} events/s, p99 latency {latency}, {workers} workers"
     );
-    if configured > 0 {
-        line.push_str(&format!(", PVs connected {connected}/{configured}"));
+    if glance.pvs_configured > 0 {
+        line.push_str(&format!(
+            ", PVs connected {}/{}",
+            glance.pvs_connected, glance.pvs_configured
+        ));
     }
     line
 }
@@ -731,22 +749,18 @@ mod tests {
 
     #[test]
     fn the_status_line_says_rate_latency_workers_and_pvs() {
-        let status = serde_json::json!({
-            "scan": 3, "live": true, "finished": false,
-            "completed_events": 120, "total_events": 1_000_000,
-            "workers": {"w1": {}, "w2": {}},
-            "ingesters": {"injector": {"source": {"pvs": {
-                "a": {"connected": true}, "b": {"connected": false}, "c": {"connected": true}
-            }}}},
-        });
+        let running = Glance {
+            scan: Some((3, true, 120, 1_000_000)),
+            workers: 2,
+            pvs_connected: 2,
+            pvs_configured: 3,
+        };
         assert_eq!(
-            status_line(&status, 9.96, Some(1.04)),
+            status_line(&running, 9.96, Some(1.04)),
             "scan 3 (live): 120/1000000 events, 10.0 events/s, p99 latency 1.0 ms, 2 workers, PVs connected 2/3"
         );
-        let idle =
-            serde_json::json!({"scan": null, "finished": true, "workers": {}, "ingesters": {}});
         assert_eq!(
-            status_line(&idle, 0.0, None),
+            status_line(&Glance::default(), 0.0, None),
             "no scan running, 0.0 events/s, p99 latency -, 0 workers"
         );
     }

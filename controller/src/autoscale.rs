@@ -79,12 +79,9 @@ pub fn run(
     while !stop.is_stopped() {
         let (busy_seconds, backlog) = {
             let ensemble = lock(&ensemble);
-            let status = ensemble.status();
-            let busy: BTreeMap<String, f64> = status["workers"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(name, s)| (name.clone(), s["busy_seconds"].as_f64().unwrap_or(0.0)))
+            let busy: BTreeMap<String, f64> = ensemble
+                .worker_statuses()
+                .map(|(name, status)| (name.clone(), status.busy_seconds))
                 .collect();
             let progress = ensemble.progress();
             (

@@ -405,6 +405,14 @@ impl Ensemble {
         )
     }
 
+    /// The scan running now, if one is: its number and whether it is a live scan.
+    pub fn running_scan(&self) -> Option<(u64, bool)> {
+        self.current
+            .as_ref()
+            .filter(|c| !c.finish_sent)
+            .map(|c| (c.number, c.live))
+    }
+
     /// The current scan's mapping, as `GET /api/v1/sequence` returns it.
     pub fn sequence(&self) -> Option<&Sequence> {
         self.current.as_ref().map(|c| c.scan.sequence())

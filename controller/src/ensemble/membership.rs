@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use beamflow_protocol::control::{FromController, Hello, Role};
+use beamflow_protocol::control::{
+    ComponentStatus, FromController, Hello, IngesterStatus, Role, WorkerStatus,
+};
 use beamflow_protocol::{StreamName, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
@@ -19,7 +21,7 @@ pub(crate) struct Member {
     pub(crate) streams: BTreeSet<StreamName>,
     pub(crate) endpoint: Option<String>,
     pub(super) last_seen: Instant,
-    pub(crate) status: serde_json::Value,
+    pub(crate) status: ComponentStatus,
 }
 
 impl Ensemble {
@@ -32,7 +34,6 @@ impl Ensemble {
 
     pub(super) fn hello(&mut self, identity: &[u8], hello: Hello, now: Instant) {
         let key = (hello.role, hello.name.clone());
-        let status = serde_json::to_value(&hello.status).unwrap_or(serde_json::Value::Null);
         let previous = self.members.get(&key).map(|m| m.instance);
         let member = Member {
             identity: identity.to_vec(),
@@ -41,7 +42,7 @@ impl Ensemble {
             streams: hello.streams.into_iter().collect(),
             endpoint: hello.endpoint,
             last_seen: now,
-            status,
+            status: hello.status,
         };
         let tags = member.tags.clone();
         self.outbox.push((identity.to_vec(), FromController::Heard));
@@ -91,6 +92,24 @@ impl Ensemble {
             .iter()
             .filter(move |((r, _), _)| *r == role)
             .map(|((_, name), member)| (name, member))
+    }
+
+    /// Each worker's counters, as its latest hello carried them.
+    pub fn worker_statuses(&self) -> impl Iterator<Item = (&String, &WorkerStatus)> {
+        self.members_with(Role::Worker)
+            .filter_map(|(name, m)| match &m.status {
+                ComponentStatus::Worker(status) => Some((name, status)),
+                _ => None,
+            })
+    }
+
+    /// Each ingester's counters and its source's state, as its latest hello carried them.
+    pub fn ingester_statuses(&self) -> impl Iterator<Item = (&String, &IngesterStatus)> {
+        self.members_with(Role::Ingester)
+            .filter_map(|(name, m)| match &m.status {
+                ComponentStatus::Ingester(status) => Some((name, status)),
+                _ => None,
+            })
     }
 
     pub(super) fn send_to_all(&mut self, role: Role, message: &FromController) {

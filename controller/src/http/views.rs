@@ -40,7 +40,10 @@ impl Ensemble {
     pub fn status(&self) -> serde_json::Value {
         let components = |role: Role| -> BTreeMap<String, serde_json::Value> {
             self.members_with(role)
-                .map(|(name, m)| (name.clone(), m.status.clone()))
+                .map(|(name, m)| {
+                    let status = serde_json::to_value(&m.status).unwrap_or(serde_json::Value::Null);
+                    (name.clone(), status)
+                })
                 .collect()
         };
         let progress = self.progress();
@@ -72,11 +75,11 @@ impl Ensemble {
             .saturating_duration_since(current.started)
             .as_secs_f64();
         let loads: BTreeMap<String, serde_json::Value> = self
-            .members_with(Role::Worker)
-            .map(|(name, m)| {
+            .worker_statuses()
+            .map(|(name, status)| {
                 let worker = WorkerName::from(name.as_str());
-                let busy = m.status.get("busy_seconds").cloned().unwrap_or(json!(0.0));
-                let last = m.status.get("last_event").cloned().unwrap_or(json!(null));
+                let busy = status.busy_seconds;
+                let last = status.last_event;
                 (
                     name.clone(),
                     json!({
