@@ -109,6 +109,25 @@ impl Camera {
     }
 }
 
+/// Sum and rms of a projection: how the tests read a rendered beam back.
+#[cfg(test)]
+pub(crate) fn moments(profile: &[f64]) -> (f64, f64) {
+    let total: f64 = profile.iter().sum();
+    let mean = profile
+        .iter()
+        .enumerate()
+        .map(|(i, v)| i as f64 * v)
+        .sum::<f64>()
+        / total;
+    let var = profile
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as f64 - mean).powi(2) * v)
+        .sum::<f64>()
+        / total;
+    (total, var.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,24 +137,6 @@ mod tests {
         read_noise: 4.0,
         full_scale: 4095.0,
     };
-
-    /// Sum and rms of a projection.
-    fn moments(profile: &[f64]) -> (f64, f64) {
-        let total: f64 = profile.iter().sum();
-        let mean = profile
-            .iter()
-            .enumerate()
-            .map(|(i, v)| i as f64 * v)
-            .sum::<f64>()
-            / total;
-        let var = profile
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as f64 - mean).powi(2) * v)
-            .sum::<f64>()
-            / total;
-        (total, var.sqrt())
-    }
 
     #[test]
     fn the_spot_has_its_counts_and_size_and_the_dark_its_noise() {

@@ -670,24 +670,8 @@ mod tests {
                 py[row] += signal;
             }
         }
-        let rms = |profile: &[f64]| {
-            let total: f64 = profile.iter().sum();
-            let mean = profile
-                .iter()
-                .enumerate()
-                .map(|(i, v)| i as f64 * v)
-                .sum::<f64>()
-                / total;
-            let var = profile
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as f64 - mean).powi(2) * v)
-                .sum::<f64>()
-                / total;
-            (total, var.sqrt())
-        };
-        let (total, x) = rms(&px);
-        let (_, y) = rms(&py);
+        let (total, x) = crate::camera::moments(&px);
+        let (_, y) = crate::camera::moments(&py);
         assert!((total - SPOT_COUNTS).abs() / SPOT_COUNTS < 0.01, "{total}");
         assert!((x - sigma_x).abs() / sigma_x < 0.02, "{x}");
         assert!((y - sigma_y).abs() / sigma_y < 0.02, "{y}");
