@@ -1,12 +1,8 @@
 //! One file per source, and the registry. To add one: write
 //! `sources/<transport>_<protocol>.rs` with a config that implements [`SourceKind`] and a struct
-//! that implements [`Source`], then add its `pub mod` and its line in `registry!` here.
+//! that implements [`Source`], then add its line in `registry!` here (which declares the module too).
 
-pub mod dump;
-pub mod epics_ca;
 pub mod event_clock;
-pub mod sim;
-pub mod zmq_stins;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +24,8 @@ pub(crate) fn listed_or_named(streams: &[StreamName], name: &str) -> Vec<StreamN
 /// the dispatch to [`SourceKind`], and [`KINDS`].
 macro_rules! registry {
     ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
+        $(pub mod $module;)+
+
         /// One `[ingesters.<name>]` table of the pipeline file; `kind` picks the source.
         ///
         /// Non-exhaustive: code outside the crate that matches on kinds says what it does for

@@ -1,13 +1,8 @@
 //! The accumulator registry: one variant per accumulator, keyed by the pipeline file's `kind`.
 //!
 //! To add one: write `accumulators/<name>.rs` with a `<Name>Config` that implements
-//! [`AccumulatorKind`] and a struct that implements [`Accumulator`], then add its `pub mod` and
-//! its line in `registry!` below.
-
-pub mod history;
-pub mod last;
-pub mod mean;
-pub mod quad_scan;
+//! [`AccumulatorKind`] and a struct that implements [`Accumulator`], then add its line in
+//! `registry!` below (which declares the module too).
 
 use beamflow_protocol::{AnalysisName, ParameterDescription};
 use serde::Deserialize;
@@ -66,6 +61,8 @@ pub trait AccumulatorKind {
 /// [`AccumulatorKind::KIND`] by a test), the dispatch to [`AccumulatorKind`], and [`KINDS`].
 macro_rules! registry {
     ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
+        $(pub mod $module;)+
+
         /// One `[accumulators.<name>]` table of the pipeline file; `kind` picks the accumulator.
         ///
         /// Non-exhaustive: code outside the crate that matches on kinds says what it does for

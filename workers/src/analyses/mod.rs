@@ -2,13 +2,7 @@
 //!
 //! To add an analysis: write `analyses/<name>.rs` with a `<Name>Config` that implements
 //! [`AnalysisKind`] and a struct that implements [`Analysis`](crate::Analysis), then add its
-//! `pub mod` and its line in `registry!` below.
-
-pub mod beam_image;
-pub mod centroid;
-pub mod frame_stats;
-pub mod pv_values;
-pub mod surrogate;
+//! line in `registry!` below (which declares the module too).
 
 use beamflow_protocol::streams::pv::{self, PvFrame};
 use beamflow_protocol::streams::stins::{self, StinsMessage};
@@ -99,6 +93,8 @@ pub trait AnalysisKind {
 /// the dispatch to [`AnalysisKind`], and [`KINDS`].
 macro_rules! registry {
     ($($variant:ident($module:ident::$config:ident)),+ $(,)?) => {
+        $(pub mod $module;)+
+
         /// One `[analyses.<name>]` table of the pipeline file; `kind` picks the analysis.
         ///
         /// Non-exhaustive: code outside the crate that matches on kinds says what it does for
