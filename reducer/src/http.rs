@@ -363,23 +363,17 @@ mod tests {
         assert_eq!((code, body.as_str()), (StatusCode::OK, OPENAPI));
     }
 
-    /// The model endpoints, which the reducer of `beamflow run` serves beside these routes.
-    const MODELS: [(&str, &str); 4] = [
-        ("/api/v1/model", "get"),
-        ("/api/v1/model/{name}", "get"),
-        ("/api/v1/model/{name}/evaluate", "post"),
-        ("/api/v1/model/{name}/inputs", "get"),
-    ];
-
+    /// The document also describes the model endpoints, which the reducer of `beamflow run`
+    /// serves beside these routes.
     #[test]
     fn the_openapi_document_describes_every_route_the_server_serves() {
         let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
             .iter()
             .map(Route::operation)
             .chain(
-                MODELS
+                beamflow_surrogate::http::routes()
                     .iter()
-                    .map(|(path, method)| ((*path).to_owned(), (*method).to_owned())),
+                    .map(Route::operation),
             )
             .collect();
         assert_eq!(beamflow_net::http::documented(OPENAPI).unwrap(), served);

@@ -26,10 +26,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use beamflow_net::http::{ApiError, Route};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -64,29 +62,31 @@ impl ModelService {
         }
     }
 
-    /// The routes above.
+    /// The routes above, serving these models.
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/api/v1/model", get(list))
-            .route("/api/v1/model/{name}", get(describe))
-            .route("/api/v1/model/{name}/evaluate", post(evaluate))
-            .route("/api/v1/model/{name}/inputs", get(inputs))
-            .with_state(self)
+        beamflow_net::http::router(routes()).with_state(self)
     }
 
-    fn unknown(&self, name: &str) -> Response {
-        error(
-            StatusCode::NOT_FOUND,
-            format!(
+    /// The model `name`, or the 404 naming the pipeline's models.
+    fn model(&self, name: &str) -> Result<Arc<Model>, ApiError> {
+        self.models.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(format!(
                 "no model {name:?}; the pipeline's models: {:?}",
                 self.models.keys().collect::<Vec<_>>()
-            ),
-        )
+            ))
+        })
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+/// The model endpoints, as a table: [`ModelService::router`] serves it, and the OpenAPI
+/// document of the server it is merged into is checked against it.
+pub fn routes() -> Vec<Route<ModelService>> {
+    vec![
+        Route::get("/api/v1/model", list),
+        Route::get("/api/v1/model/{name}", describe),
+        Route::post("/api/v1/model/{name}/evaluate", evaluate),
+        Route::get("/api/v1/model/{name}/inputs", inputs),
+    ]
 }
 
 /// Which inputs a what-if starts from.
@@ -113,30 +113,41 @@ struct WhatIf {
 /// PV names), so a flat body cannot be mistaken for it.
 const STRUCTURED_KEYS: [&str; 2] = ["base", "inputs"];
 
+/// Why a what-if body was refused (400).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Not JSON at all.
+    #[error("the body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Has `base` or `inputs`, but is not the structured form.
+    #[error(
+        "the body must be {{\"base\": \"live\"|\"default\", \"inputs\": {{input: number}}}}: {0}"
+    )]
+    Structured(serde_json::Error),
+    /// Neither form.
+    #[error(
+        "the body must be an object {{input: number}} or {{\"base\": ..., \"inputs\": {{...}}}}: {0}"
+    )]
+    Flat(serde_json::Error),
+}
+
 impl WhatIf {
     /// Either form of the body; an empty body is `{}`.
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    fn parse(body: &[u8]) -> Result<Self, BodyError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self {
                 base: None,
                 inputs: BTreeMap::new(),
             });
         }
-        let value: Value =
-            serde_json::from_slice(body).map_err(|why| format!("the body is not JSON: {why}"))?;
+        let value: Value = serde_json::from_slice(body).map_err(BodyError::NotJson)?;
         let structured = value
             .as_object()
             .is_some_and(|o| STRUCTURED_KEYS.iter().any(|key| o.contains_key(*key)));
         if structured {
-            serde_json::from_value(value).map_err(|why| {
-                format!(
-                    "the body must be {{\"base\": \"live\"|\"default\", \"inputs\": {{input: number}}}}: {why}"
-                )
-            })
+            serde_json::from_value(value).map_err(BodyError::Structured)
         } else {
-            let inputs = serde_json::from_value(value).map_err(|why| {
-                format!("the body must be an object {{input: number}} or {{\"base\": ..., \"inputs\": {{...}}}}: {why}")
-            })?;
+            let inputs = serde_json::from_value(value).map_err(BodyError::Flat)?;
             Ok(Self { base: None, inputs })
         }
     }
@@ -186,46 +197,41 @@ fn description(name: &str, model: &Model, live: bool) -> Value {
     })
 }
 
-async fn list(State(service): State<ModelService>) -> Response {
+async fn list(State(service): State<ModelService>) -> Json<Value> {
     let models: Vec<Value> = service
         .models
         .iter()
         .map(|(name, model)| description(name, model, (service.latest)(name).is_some()))
         .collect();
-    Json(json!({ "models": models })).into_response()
+    Json(json!({ "models": models }))
 }
 
-async fn describe(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
-    match service.models.get(&name) {
-        Some(model) => {
-            Json(description(&name, model, (service.latest)(&name).is_some())).into_response()
-        }
-        None => service.unknown(&name),
-    }
+async fn describe(
+    State(service): State<ModelService>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let model = service.model(&name)?;
+    Ok(Json(description(
+        &name,
+        &model,
+        (service.latest)(&name).is_some(),
+    )))
 }
 
 async fn evaluate(
     State(service): State<ModelService>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let Some(model) = service.models.get(&name).cloned() else {
-        return service.unknown(&name);
-    };
-    let request = match WhatIf::parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+) -> Result<Json<Value>, ApiError> {
+    let model = service.model(&name)?;
+    let request = WhatIf::parse(&body).map_err(|why| ApiError::bad_request(why.to_string()))?;
     let live = live_base(&service.latest, &name);
     let (kind, base) = match (request.base, live) {
         (Some(BaseKind::Live) | None, Some(live)) => (BaseKind::Live, live),
         (Some(BaseKind::Live), None) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!(
-                    "no live inputs yet: the analysis {name} has evaluated no event; ask with \"base\": \"default\" or wait"
-                ),
-            );
+            return Err(ApiError::conflict(format!(
+                "no live inputs yet: the analysis {name} has evaluated no event; ask with \"base\": \"default\" or wait"
+            )));
         }
         (Some(BaseKind::Default), _) | (None, None) => (BaseKind::Default, Base::new()),
     };
@@ -236,36 +242,30 @@ async fn evaluate(
             if let Some(object) = answer.as_object_mut() {
                 object.insert("base".to_owned(), json!(kind));
             }
-            Json(answer).into_response()
+            Ok(Json(answer))
         }
-        Err(EvaluationError::Inputs(issues)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "error": EvaluationError::Inputs(issues.clone()).to_string(),
-                "issues": issues,
-            })),
-        )
-            .into_response(),
-        Err(other) => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        Err(EvaluationError::Inputs(issues)) => {
+            let listed = json!(issues);
+            let detail = EvaluationError::Inputs(issues).to_string();
+            Err(ApiError::unprocessable(detail).with("issues", listed))
+        }
+        Err(other) => Err(ApiError::internal(other.to_string())),
     }
 }
 
-async fn inputs(State(service): State<ModelService>, Path(name): Path<String>) -> Response {
-    if !service.models.contains_key(&name) {
-        return service.unknown(&name);
-    }
-    let Some(latest) = (service.latest)(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("the analysis {name} has evaluated no event yet"),
-        );
-    };
+async fn inputs(
+    State(service): State<ModelService>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    service.model(&name)?;
+    let latest = (service.latest)(&name).ok_or_else(|| {
+        ApiError::not_found(format!("the analysis {name} has evaluated no event yet"))
+    })?;
     match latest.get("inputs") {
-        Some(inputs) => Json(inputs).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("the latest result of {name} has no inputs"),
-        ),
+        Some(inputs) => Ok(Json(inputs.clone())),
+        None => Err(ApiError::not_found(format!(
+            "the latest result of {name} has no inputs"
+        ))),
     }
 }
 
@@ -275,7 +275,7 @@ mod tests {
     use std::sync::Mutex;
 
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -377,6 +377,12 @@ mod tests {
         );
         let (status, answer) = evaluate(&service, r#"{"base": "live"}"#).await;
         assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert!(
+            answer["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("no live inputs yet")),
+            "{answer}"
+        );
 
         live(&service);
         let (status, answer) = evaluate(&service, r#"{"QUAD:IN20:371:BCTRL": 2.5}"#).await;
@@ -427,7 +433,7 @@ mod tests {
         let (status, answer) = evaluate(&service, r#"{"base": "machine"}"#).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert!(
-            answer["error"]
+            answer["detail"]
                 .as_str()
                 .is_some_and(|e| e.contains("unknown variant `machine`")),
             "{answer}"
@@ -447,6 +453,7 @@ mod tests {
             Some(2),
             "{answer}"
         );
+        assert!(answer["detail"].is_string(), "{answer}");
         // An empty body is a what-if with nothing changed.
         let (status, answer) = evaluate(&service, "").await;
         assert_eq!(status, StatusCode::OK, "{answer}");
@@ -496,7 +503,11 @@ mod tests {
         live(&service);
         let (_, answer) = call(&service, "GET", "/api/v1/model", "").await;
         assert_eq!(answer["models"][0]["default_base"], "live");
-        let (status, _) = call(&service, "GET", "/api/v1/model/nothing", "").await;
+        let (status, answer) = call(&service, "GET", "/api/v1/model/nothing", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            answer,
+            json!({"detail": "no model \"nothing\"; the pipeline's models: [\"lcls_injector\"]"})
+        );
     }
 }
