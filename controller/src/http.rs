@@ -237,22 +237,17 @@ mod tests {
         assert!(described.contains("dump_prefix"), "{described}");
     }
 
-    /// The quad-scan service's routes, which `beamflow run` merges into this server.
-    const QUAD_SCAN: [(&str, &str); 3] = [
-        ("/api/v1/scan/quad", "get"),
-        ("/api/v1/scan/quad", "post"),
-        ("/api/v1/scan/quad", "delete"),
-    ];
-
+    /// The document also describes the quad-scan service's routes, which `beamflow run`
+    /// merges into this server.
     #[tokio::test]
     async fn the_openapi_document_describes_every_route_the_server_serves() {
         let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
             .iter()
             .map(Route::operation)
             .chain(
-                QUAD_SCAN
+                crate::quad_scan::http::routes()
                     .iter()
-                    .map(|(path, method)| ((*path).to_owned(), (*method).to_owned())),
+                    .map(Route::operation),
             )
             .collect();
         let documented = beamflow_net::http::documented(OPENAPI).unwrap();

@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use beamflow_net::http::{ApiError, Route};
+use serde_json::{Value, json};
 
 use super::driver::{Endpoints, Progress, ScanStop, SharedProgress, run, update};
 use super::request::QuadScanRequest;
@@ -75,20 +79,22 @@ impl ScanService {
     /// `GET /api/v1/scan/quad` ([`Progress`]) and `DELETE /api/v1/scan/quad` (stops the running
     /// scan, which then closes its measurement and restores the quad; 202, 409 when none runs).
     pub fn router(self) -> axum::Router {
-        use axum::routing::get;
-        axum::Router::new()
-            .route(
-                "/api/v1/scan/quad",
-                get(scan_progress).post(start_scan).delete(stop_scan),
-            )
-            .with_state(self)
+        beamflow_net::http::router(routes()).with_state(self)
     }
 }
 
-async fn scan_progress(
-    axum::extract::State(service): axum::extract::State<ScanService>,
-) -> axum::Json<Progress> {
-    axum::Json(
+/// `/api/v1/scan/quad`, as a table: [`ScanService::router`] serves it, and the OpenAPI document
+/// of the controller it is merged into is checked against it.
+pub fn routes() -> Vec<Route<ScanService>> {
+    vec![
+        Route::get("/api/v1/scan/quad", scan_progress),
+        Route::post("/api/v1/scan/quad", start_scan),
+        Route::delete("/api/v1/scan/quad", stop_scan),
+    ]
+}
+
+async fn scan_progress(State(service): State<ScanService>) -> Json<Progress> {
+    Json(
         service
             .progress
             .lock()
@@ -98,9 +104,8 @@ async fn scan_progress(
 }
 
 async fn stop_scan(
-    axum::extract::State(service): axum::extract::State<ScanService>,
-) -> (axum::http::StatusCode, axum::Json<Value>) {
-    use axum::http::StatusCode;
+    State(service): State<ScanService>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut progress = service
         .progress
         .lock()
@@ -113,56 +118,33 @@ async fn stop_scan(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .stop();
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "stopping": true })),
-            )
         }
-        "stopping" => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "stopping": true })),
-        ),
-        _ => (
-            StatusCode::CONFLICT,
-            axum::Json(serde_json::json!({ "detail": "no quad scan is running" })),
-        ),
+        "stopping" => {}
+        _ => return Err(ApiError::conflict("no quad scan is running")),
     }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "stopping": true }))))
 }
 
 async fn start_scan(
-    axum::extract::State(service): axum::extract::State<ScanService>,
+    State(service): State<ScanService>,
     body: axum::body::Bytes,
-) -> (axum::http::StatusCode, axum::Json<Value>) {
-    use axum::http::StatusCode;
-    let detail = |status, text: String| (status, axum::Json(serde_json::json!({ "detail": text })));
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     // JSON whatever the Content-Type says, as the controller's other endpoints take it.
-    let request: QuadScanRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return detail(
-                StatusCode::BAD_REQUEST,
-                format!("quad scan request: {error}"),
-            );
-        }
-    };
-    let Some(endpoints) = service
+    let request: QuadScanRequest = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("quad scan request: {error}")))?;
+    let endpoints = service
         .endpoints
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone()
-    else {
-        return detail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller is still starting".to_owned(),
-        );
-    };
+        .ok_or_else(|| ApiError::unavailable("the controller is still starting"))?;
     {
         let mut progress = service
             .progress
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if matches!(progress.state.as_str(), "running" | "stopping") {
-            return detail(StatusCode::CONFLICT, "a quad scan is running".to_owned());
+            return Err(ApiError::conflict("a quad scan is running"));
         }
         progress.state = "running".to_owned();
     }
@@ -189,20 +171,69 @@ async fn start_scan(
             }
         });
     match spawned {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "started": true })),
-        ),
+        Ok(_) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
         Err(error) => {
             service
                 .progress
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .state = "failed".to_owned();
-            detail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot start the scan: {error}"),
-            )
+            Err(ApiError::internal(format!(
+                "cannot start the scan: {error}"
+            )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn call(service: &ScanService, method: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri("/api/v1/scan/quad")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = service.clone().router().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn refusals_answer_a_detail_and_start_nothing() {
+        let service = ScanService::default();
+        assert_eq!(
+            call(&service, "DELETE", "").await,
+            (
+                StatusCode::CONFLICT,
+                json!({"detail": "no quad scan is running"})
+            )
+        );
+        let (status, answer) = call(&service, "POST", "[]").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("quad scan request: ")),
+            "{answer}"
+        );
+        let request = json!({"pv": "Q:BCTRL", "values": [1.0]}).to_string();
+        assert_eq!(
+            call(&service, "POST", &request).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"detail": "the controller is still starting"})
+            )
+        );
+        let (status, progress) = call(&service, "GET", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(progress["state"], "running", "{progress}");
     }
 }
