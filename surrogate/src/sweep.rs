@@ -130,7 +130,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::test_data::{model_dir, reference};
+    use crate::test_data::reference;
     use crate::{Base, EvaluationError, Model, Provenance};
 
     #[test]
