@@ -164,7 +164,8 @@ impl ControlLink {
     }
 
     /// The next message from the controller, if one is waiting; one that does not decode is
-    /// logged and skipped.
+    /// logged and skipped. A failing socket is logged and reads as nothing waiting: the loop
+    /// goes on with its own work and tries again next turn.
     pub fn receive(&mut self) -> Option<FromController> {
         loop {
             match crate::try_recv_from_controller(&self.socket) {
@@ -173,7 +174,12 @@ impl ControlLink {
                     return Some(message);
                 }
                 Ok(None) => return None,
-                Err(error) => warn!(%error, "Bad control message dropped."),
+                Err(error) => {
+                    warn!(%error, "Bad control message dropped.");
+                    if !matches!(error, TransportError::Malformed(_) | TransportError::Empty) {
+                        return None;
+                    }
+                }
             }
         }
     }
