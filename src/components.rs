@@ -361,6 +361,7 @@ impl Components {
             host: pipeline.reducer.host.clone(),
             accumulators: pipeline.accumulators.clone(),
             reachable: self.reachable("reducer"),
+            checkpoint: None,
         };
         let context = self.context.clone();
         let thread_view = view.clone();

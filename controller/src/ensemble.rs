@@ -110,6 +110,7 @@ impl Ensemble {
                     current.scan.reduced(up_to);
                 }
             }
+            ToController::Resumed { .. } => {}
         }
     }
 

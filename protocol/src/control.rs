@@ -158,6 +158,17 @@ pub struct IngesterCounts {
     /// Frames numbered past the scan's end, dropped.
     #[n(8)]
     pub frames_beyond_scan: u64,
+    /// Frames whose event the reducer had already completed without them (this ingester fell
+    /// behind the others by more than the workers' event timeout), dropped.
+    #[n(9)]
+    pub late_frames: u64,
+    /// Frames numbered implausibly far past the last one placed (a corrupt counter), rejected.
+    #[n(10)]
+    pub implausible_frames: u64,
+    /// Frames leased to this ingester's predecessor (it restarted mid-scan), which no source can
+    /// send again: their events lack the stream wherever the predecessor had not sent them.
+    #[n(11)]
+    pub predecessor_frames: u64,
 }
 
 /// A worker's status.
@@ -224,6 +235,12 @@ pub struct ReducerStatus {
     /// Reports that did not decode.
     #[n(3)]
     pub malformed_reports: u64,
+    /// Events of the scan restored from its checkpoint when this reducer took it over.
+    #[n(4)]
+    pub restored_events: u64,
+    /// The checkpoint file of the scan, if the reducer keeps one.
+    #[n(5)]
+    pub checkpoint: Option<String>,
 }
 
 /// The reducer's counters of a scan.
@@ -305,6 +322,18 @@ pub enum ToController {
         #[n(1)]
         up_to: EventNumber,
     },
+    /// The reducer's answer to every `Scan`: the next event it will apply. A reducer that had
+    /// the scan already says where it is; a restarted one says where its checkpoint ends (0
+    /// without one). The controller rewinds the scan to there.
+    #[n(3)]
+    Resumed {
+        /// The scan.
+        #[n(0)]
+        scan: u64,
+        /// The next event it will apply.
+        #[n(1)]
+        at: EventNumber,
+    },
 }
 
 /// One stream's frame of a leased event, as an ingester needs it.
@@ -357,6 +386,11 @@ pub enum FromController {
         /// Every parameter's current value (dranspose's bytes form).
         #[n(4)]
         parameters: Vec<(ParameterName, ByteVec)>,
+        /// For an ingester that restarted mid-scan: per stream, the frame index its source's
+        /// first frame takes. Leased frames below it were its predecessor's and cannot be sent
+        /// again: they are gaps. Empty when the scan is new to the ingester.
+        #[n(5)]
+        first_frames: Vec<(StreamName, u64)>,
     },
     /// For ingesters: where each live worker takes event parts.
     #[n(1)]
@@ -424,6 +458,23 @@ pub enum FromController {
     /// several heartbeats knows it cannot reach it (a component between scans hears nothing else).
     #[n(8)]
     Heard,
+    /// The scan goes on from event `from` (the reducer restarted, or the controller did):
+    /// everything downstream of `from` is recomputed from the ingesters' retained frames.
+    /// Workers forget the events from `from` on and send reports to `reducer`; ingesters forget
+    /// the routes of those events (keeping the frames) and wait for their leases again; the
+    /// reducer drops what it buffered of them.
+    #[n(9)]
+    Rewind {
+        /// The scan.
+        #[n(0)]
+        scan: u64,
+        /// The first event recomputed.
+        #[n(1)]
+        from: EventNumber,
+        /// Where the reducer takes reports now.
+        #[n(2)]
+        reducer: Option<String>,
+    },
 }
 
 /// Encodes a control message.
@@ -503,7 +554,15 @@ mod tests {
             frames: vec![("det".into(), 10)],
             reducer: None,
             parameters: vec![("dump_prefix".into(), ByteVec::from(b"/tmp/x-".to_vec()))],
+            first_frames: vec![("det".into(), 4)],
         };
+        assert_eq!(decode::<FromController>(&encode(&scan)).unwrap(), scan);
+        let rewind = FromController::Rewind {
+            scan: 1,
+            from: EventNumber(7),
+            reducer: Some("tcp://127.0.0.1:9".into()),
+        };
+        assert_eq!(decode::<FromController>(&encode(&rewind)).unwrap(), rewind);
         assert_eq!(decode::<FromController>(&encode(&scan)).unwrap(), scan);
     }
 
@@ -514,10 +573,12 @@ mod tests {
             counts: Some(LiveCounts::default()),
             stale_reports: 1,
             malformed_reports: 0,
+            restored_events: 0,
+            checkpoint: None,
         });
         assert_eq!(
             serde_json::to_string(&status).unwrap(),
-            r#"{"scan":2,"counts":{"order":{"released":0,"duplicates":0},"incomplete_events":0,"unexpected_reports":0},"stale_reports":1,"malformed_reports":0}"#
+            r#"{"scan":2,"counts":{"order":{"released":0,"duplicates":0},"incomplete_events":0,"unexpected_reports":0},"stale_reports":1,"malformed_reports":0,"restored_events":0,"checkpoint":null}"#
         );
     }
 

@@ -41,6 +41,9 @@ pub struct ReducerSettings {
     pub accumulators: BTreeMap<String, AccumulatorConfig>,
     /// Kept current for the readiness probe.
     pub reachable: beamflow_net::Reachable,
+    /// The folder where each scan's checkpoint is kept, so a restarted reducer resumes the
+    /// scan where its checkpoint ends; `None`: no checkpoint, a restart loses the state.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 struct Live {
@@ -88,6 +91,7 @@ pub fn run(
                 counts: live.as_ref().map(|l| l.core.counts()),
                 stale_reports: early.stale(),
                 malformed_reports: malformed.total(),
+                ..ReducerStatus::default()
             })
         });
         let mut items = [control.poll_item(), reports.as_poll_item(zmq::POLLIN)];

@@ -98,6 +98,7 @@ impl Ensemble {
                 .collect(),
             reducer: self.reducer_endpoint(),
             parameters: self.parameter_values(),
+            first_frames: Vec::new(),
         })
     }
 
