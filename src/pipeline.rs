@@ -54,6 +54,10 @@ pub struct Pipeline {
     /// `[reducer]`: where it serves its state.
     #[serde(default)]
     pub reducer: ReducerSection,
+    /// The pipeline's state folder: the reducer's checkpoint of the running scan and the
+    /// controller's record of it, so either can be restarted mid-scan.
+    #[serde(default)]
+    pub state: Option<std::path::PathBuf>,
 }
 
 /// `[controller]`.
