@@ -277,13 +277,17 @@ impl Components {
     ) -> anyhow::Result<(String, SocketAddr)> {
         let section = &pipeline.controller;
         let descriptions = pipeline.describe_parameters();
-        let ensemble: Shared = Arc::new(Mutex::new(Ensemble::new(
+        let mut ensemble = Ensemble::new(
             Pacing {
                 window: section.window,
                 worker_limit: section.worker_limit,
             },
             descriptions,
-        )));
+        );
+        if let Some(folder) = &pipeline.state {
+            ensemble = ensemble.with_state(folder.clone())?;
+        }
+        let ensemble: Shared = Arc::new(Mutex::new(ensemble));
         let socket = ControlSocket::bind(&self.context, &section.control)
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
@@ -361,7 +365,7 @@ impl Components {
             host: pipeline.reducer.host.clone(),
             accumulators: pipeline.accumulators.clone(),
             reachable: self.reachable("reducer"),
-            checkpoint: None,
+            checkpoint: pipeline.state.as_ref().map(|folder| folder.join("reducer")),
         };
         let context = self.context.clone();
         let thread_view = view.clone();

@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use beamflow::components::{Components, local_reach};
@@ -732,6 +732,7 @@ fn sim_ioc(args: SimIocArgs) -> anyhow::Result<()> {
 
 fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&args.pipeline)?;
+    pipeline.state = Some(state_folder(&pipeline, &args.pipeline));
     if let Some(control) = args.control {
         pipeline.controller.control = control;
     }
@@ -810,6 +811,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
     let (mut pipeline, controller) = args.connect.load()?;
+    pipeline.state = Some(state_folder(&pipeline, &args.connect.pipeline));
     if let Some(host) = args.host {
         pipeline.reducer.host = host;
     }
@@ -818,6 +820,27 @@ fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
     let state = components.start_reducer(&pipeline, &controller, &http)?;
     eprintln!("beamflow reducer: state on http://{state}/api/v1/result  connected to {controller}");
     serve_until_signal(components, args.connect.health.as_deref())
+}
+
+/// The pipeline's state folder: its `state` key, or one of the system's temporary folder named
+/// after the pipeline file, so a controller or reducer restarted on the same host finds what its
+/// predecessor kept (`beamflow run` keeps none: its components cannot restart alone).
+fn state_folder(pipeline: &Pipeline, file: &Path) -> PathBuf {
+    if let Some(folder) = &pipeline.state {
+        return folder.clone();
+    }
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&file, &mut hasher);
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "pipeline".into(), |s| s.to_string_lossy());
+    let folder = std::env::temp_dir().join("beamflow-state").join(format!(
+        "{stem}-{:016x}",
+        std::hash::Hasher::finish(&hasher)
+    ));
+    tracing::info!(folder = %folder.display(), "State folder (set the pipeline's `state` key to choose one).");
+    folder
 }
 
 impl Connect {

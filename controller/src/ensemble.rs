@@ -9,12 +9,14 @@
 //! - `membership`: who is connected, liveness, and sending to them.
 //! - `parameters`: the parameters, their versions and what is written beside the dumps.
 //! - `lifecycle`: starting, leasing, re-routing and finishing a scan; the live scan.
+//! - `recovery`: going on after a reducer, ingester or the controller itself restarted.
 //!
 //! The REST API's views of it (`config`, `status`, `load`) are in [`crate::http`].
 
 mod lifecycle;
 mod membership;
 mod parameters;
+mod recovery;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -28,6 +30,7 @@ use lifecycle::LiveScan;
 pub use lifecycle::{LIVE_RESUME_AFTER, StartError};
 pub(crate) use membership::Member;
 use parameters::Versioned;
+pub use recovery::RecordError;
 
 /// How a scan is paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,20 @@ pub struct EnsembleCounts {
     pub reassigned_events: u64,
     /// Control messages that did not decode.
     pub bad_messages: u64,
+    /// Times a reducer or ingester fell silent past 2 s and was waited for.
+    pub stalls: u64,
+    /// Reducers that restarted mid-scan.
+    pub reducer_restarts: u64,
+    /// Ingesters that restarted mid-scan.
+    pub ingester_restarts: u64,
+    /// Scans resumed from the record a previous controller left.
+    pub resumed_scans: u64,
+    /// Rewinds: the scan went on from where the reducer resumed.
+    pub rewinds: u64,
+    /// Events leased again by rewinds.
+    pub rewound_events: u64,
+    /// Events the reducer's state lacks: released before any checkpoint covered them.
+    pub lost_events: u64,
 }
 
 /// The controller's state.
@@ -69,6 +86,10 @@ pub struct Ensemble {
     outbox: Vec<(Vec<u8>, FromController)>,
     counts: EnsembleCounts,
     live: Option<LiveScan>,
+    /// Where the running scan is recorded, for a restarted controller.
+    state: Option<std::path::PathBuf>,
+    /// The last turn of the controller's loop: a long gap is its own absence.
+    last_tick: Option<Instant>,
 }
 
 impl Ensemble {
@@ -86,6 +107,8 @@ impl Ensemble {
             outbox: Vec::new(),
             counts: EnsembleCounts::default(),
             live: None,
+            state: None,
+            last_tick: None,
         }
     }
 
@@ -104,13 +127,15 @@ impl Ensemble {
                 }
             }
             ToController::Reduced { scan, up_to } => {
-                if let Some(current) = self.current.as_mut()
+                if self.name_of(Role::Reducer, identity).is_some()
+                    && let Some(current) = self.current.as_mut()
                     && current.number == scan
+                    && !current.awaiting_reducer
                 {
                     current.scan.reduced(up_to);
                 }
             }
-            ToController::Resumed { .. } => {}
+            ToController::Resumed { scan, at } => self.resumed(identity, scan, at),
         }
     }
 
@@ -173,6 +198,17 @@ mod tests {
         ensemble.receive(b"w2", hello(Role::Worker, "w2", 1), t0);
         ensemble.take_outbox();
         ensemble
+    }
+
+    /// Ticks every 100 ms from `from` to `to`, as the control loop does (a longer gap between
+    /// ticks is the controller's own absence, which counts against nobody).
+    pub(super) fn tick_through(ensemble: &mut Ensemble, from: Instant, to: Instant) {
+        let mut now = from;
+        while now < to {
+            ensemble.tick(now);
+            now += std::time::Duration::from_millis(100);
+        }
+        ensemble.tick(to);
     }
 
     pub(super) fn leased_to(outbox: &[(Vec<u8>, FromController)], worker: &str) -> Vec<u64> {

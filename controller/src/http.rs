@@ -110,7 +110,14 @@ fn start(ensemble: &Shared, sequence: Sequence) -> Result<Response, ApiError> {
 }
 
 async fn get_sequence(State(ensemble): State<Shared>) -> Response {
-    axum::Json(json!(lock(&ensemble).sequence())).into_response()
+    // A sequence can hold millions of slots: it is serialised after the lock is let go, off
+    // the async threads, so the control loop never waits for it.
+    let sequence = lock(&ensemble).sequence();
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&sequence)).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(error)) => ApiError::internal(error.to_string()).into_response(),
+        Err(error) => ApiError::internal(error.to_string()).into_response(),
+    }
 }
 
 async fn stop(State(ensemble): State<Shared>) -> Response {

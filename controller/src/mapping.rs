@@ -382,6 +382,54 @@ impl Sequence {
     pub fn sequence(&self) -> &[String] {
         &self.sequence
     }
+
+    /// The sequence as it was asked for (`parts`, `sequence` and `all_wrap`), for the
+    /// controller's record of the running scan; [`Sequence::from_record`] builds it again.
+    pub fn to_record(&self) -> serde_json::Value {
+        let wrapped = self.parts.contains_key(START_END_PART);
+        let parts: BTreeMap<&String, &Part> = self
+            .parts
+            .iter()
+            .filter(|(name, _)| *name != START_END_PART)
+            .collect();
+        let sequence: Vec<&String> = self
+            .sequence
+            .iter()
+            .filter(|name| *name != START_END_PART)
+            .collect();
+        serde_json::json!({"parts": parts, "sequence": sequence, "all_wrap": wrapped})
+    }
+
+    /// A sequence from [`Sequence::to_record`]'s form.
+    pub fn from_record(record: serde_json::Value) -> Result<Self, MappingError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Record {
+            parts: BTreeMap<String, Part>,
+            sequence: Vec<String>,
+            all_wrap: bool,
+        }
+        let record: Record =
+            serde_json::from_value(record).map_err(|e| MappingError::Json(e.to_string()))?;
+        Self::new(record.parts, record.sequence, record.all_wrap)
+    }
+
+    /// Frames `stream` has in the events before `event`: the index its frame of `event` (or
+    /// the next event with one) takes.
+    pub fn frames_before(&self, stream: &StreamName, event: EventNumber) -> u64 {
+        let Some(index) = self.frames.get(stream) else {
+            return 0;
+        };
+        let Some((occurrence, _, offset)) = self.locate(event) else {
+            return self.frame_count(stream);
+        };
+        let within = self
+            .sequence
+            .get(occurrence)
+            .and_then(|name| index.offsets.get(name))
+            .map_or(0, |offsets| offsets.partition_point(|o| *o < offset as u64));
+        index.before.get(occurrence).copied().unwrap_or(0) + within as u64
+    }
 }
 
 fn frame_indexes(
@@ -446,6 +494,33 @@ mod tests {
         },
         "sequence": ["main", "slow", "main"]
     }"#;
+
+    #[test]
+    fn a_recorded_sequence_is_the_same_sequence() {
+        for wrapped in [false, true] {
+            let sequence = Sequence::from_json(EXAMPLE.as_bytes(), wrapped).unwrap();
+            let record = serde_json::to_string(&sequence.to_record()).unwrap();
+            let again = Sequence::from_record(serde_json::from_str(&record).unwrap()).unwrap();
+            assert_eq!(again, sequence);
+        }
+    }
+
+    #[test]
+    fn frames_before_an_event_count_the_streams_frames_in_earlier_events() {
+        let sequence = Sequence::from_json(EXAMPLE.as_bytes(), true).unwrap();
+        let pcap = StreamName::from("pcap");
+        // Events: 0 start | 1-4 main | 5 slow | 6-9 main | 10 end; pcap has frames in 0, 2, 4,
+        // 7, 9 and 10.
+        let before: Vec<u64> = (0..=12)
+            .map(|e| sequence.frames_before(&pcap, EventNumber(e)))
+            .collect();
+        assert_eq!(before, [0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 6]);
+        for e in 0..=10 {
+            if let Some(frame) = sequence.frame_of_event(&pcap, EventNumber(e)) {
+                assert_eq!(sequence.frames_before(&pcap, EventNumber(e)), frame);
+            }
+        }
+    }
 
     #[test]
     fn parses_dranspose_json_and_wraps() {

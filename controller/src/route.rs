@@ -176,6 +176,12 @@ impl Router {
         self.load.remove(worker);
     }
 
+    /// Forgets every worker's unfinished events (a rewind: none of them is awaited any more).
+    /// The bindings stay, so a constraint keeps its worker across the rewind.
+    pub fn reset_load(&mut self) {
+        self.load.clear();
+    }
+
     /// Unfinished events of `worker`.
     pub fn load(&self, worker: &WorkerName) -> u64 {
         self.load.get(worker).copied().unwrap_or(0)

@@ -7,6 +7,7 @@
 //! unfinished events. Nothing downstream can therefore queue more than a window of events.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beamflow_protocol::{EventNumber, WorkerName, WorkerTag};
@@ -50,7 +51,8 @@ pub struct Reassignment {
 /// The controller's state for one scan.
 #[derive(Debug)]
 pub struct Scan {
-    sequence: Sequence,
+    /// Shared, so `GET /api/v1/sequence` serialises it without holding the controller's lock.
+    sequence: Arc<Sequence>,
     router: Router,
     workers: BTreeMap<WorkerName, Live>,
     /// Next event to lease.
@@ -69,7 +71,7 @@ impl Scan {
     /// unfinished events per worker.
     pub fn new(sequence: Sequence, window: u64, worker_limit: u64) -> Self {
         Self {
-            sequence,
+            sequence: Arc::new(sequence),
             router: Router::new(),
             workers: BTreeMap::new(),
             next: 0,
@@ -199,8 +201,28 @@ impl Scan {
         Ok(reassigned)
     }
 
+    /// Goes on from event `from`: everything leased from there on is forgotten, to be leased
+    /// again (the reducer restarted, or the controller did and lost its leases). The workers'
+    /// unfinished counts restart from zero, since none of their events is awaited any more.
+    pub fn rewind(&mut self, from: EventNumber) {
+        self.next = from.0;
+        self.reduced = from.0;
+        self.outstanding.clear();
+        self.router.reset_load();
+    }
+
+    /// Events leased and not yet reduced, in order.
+    pub fn outstanding(&self) -> impl Iterator<Item = &Assignment> {
+        self.outstanding.values()
+    }
+
+    /// The next event to lease.
+    pub fn next_event(&self) -> EventNumber {
+        EventNumber(self.next)
+    }
+
     /// The scan's mapping.
-    pub fn sequence(&self) -> &Sequence {
+    pub fn sequence(&self) -> &Arc<Sequence> {
         &self.sequence
     }
 

@@ -2,13 +2,14 @@
 //! finished; and the live scan that resumes whenever none runs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beamflow_protocol::control::{FromController, LeasedEvent, LeasedFrame, Role};
 use beamflow_protocol::{EventNumber, StreamName, WorkerName, WorkerTag};
 use tracing::{info, warn};
 
-use super::Ensemble;
+use super::{Ensemble, Member};
 use crate::mapping::Sequence;
 use crate::route::{Assignment, Route};
 use crate::scan::{Progress, Reassignment, Scan};
@@ -47,10 +48,13 @@ pub(crate) struct Current {
     pub(crate) live: bool,
     pub(crate) scan: Scan,
     pub(crate) started: Instant,
-    pub(super) finish_sent: bool,
+    pub(crate) finish_sent: bool,
     pub(super) released: EventNumber,
     pub(crate) done: BTreeMap<WorkerName, u64>,
     pub(crate) error: Option<String>,
+    /// A reducer joined mid-scan (restarted, or met by a restarted controller): nothing is
+    /// leased until it says where it resumes, and the scan is rewound to there.
+    pub(crate) awaiting_reducer: bool,
 }
 
 /// The scan `beamflow run --live` resumes whenever no other scan runs.
@@ -161,7 +165,9 @@ impl Ensemble {
             released: EventNumber(0),
             done: BTreeMap::new(),
             error: None,
+            awaiting_reducer: false,
         });
+        self.record_scan();
         let keys: Vec<(Role, String)> = self.members.keys().cloned().collect();
         for key in keys {
             if let (Some(message), Some(member)) =
@@ -185,12 +191,13 @@ impl Ensemble {
     /// Periodic work: declares silent components dead, leases what the window allows, tells
     /// ingesters what they may release, and ends a finished scan.
     pub fn tick(&mut self, now: Instant) {
+        self.forgive_own_absence(now);
         self.resume_live_when_idle(now);
         self.remove_silent(now);
         let Some(current) = self.current.as_mut() else {
             return;
         };
-        if current.finish_sent {
+        if current.finish_sent || current.awaiting_reducer {
             return;
         }
         match current.scan.lease() {
@@ -236,6 +243,7 @@ impl Ensemble {
             for role in [Role::Ingester, Role::Worker, Role::Reducer] {
                 self.send_to_all(role, &message);
             }
+            self.record_scan();
         }
     }
 
@@ -310,38 +318,9 @@ impl Ensemble {
             return;
         };
         let scan = current.number;
-        let sequence = current.scan.sequence();
         let mut messages = Vec::new();
         for (_, ingester) in self.members_with(Role::Ingester) {
-            let events: Vec<LeasedEvent> = assignments
-                .iter()
-                .enumerate()
-                .filter_map(|(i, assignment)| {
-                    let frames: Vec<LeasedFrame> = assignment
-                        .routes
-                        .iter()
-                        .filter(|(stream, _)| ingester.streams.contains(*stream))
-                        .filter_map(|(stream, route)| {
-                            Some(LeasedFrame {
-                                stream: stream.clone(),
-                                frame: sequence.frame_of_event(stream, assignment.event_number)?,
-                                workers: match route {
-                                    Route::Drop => Vec::new(),
-                                    Route::To(workers) => workers.iter().cloned().collect(),
-                                },
-                            })
-                        })
-                        .collect();
-                    (!frames.is_empty()).then(|| LeasedEvent {
-                        event: assignment.event_number,
-                        frames,
-                        resend_to: new_workers
-                            .and_then(|n| n.get(i))
-                            .map(|n| n.iter().cloned().collect())
-                            .unwrap_or_default(),
-                    })
-                })
-                .collect();
+            let events = self.leases_for(ingester, assignments, new_workers);
             if !events.is_empty() {
                 messages.push((
                     ingester.identity.clone(),
@@ -389,6 +368,48 @@ impl Ensemble {
         self.send_to_all(Role::Reducer, &expect);
     }
 
+    /// The frames of `assignments` that `ingester` reads, as leases.
+    pub(super) fn leases_for(
+        &self,
+        ingester: &Member,
+        assignments: &[Assignment],
+        new_workers: Option<&[BTreeSet<WorkerName>]>,
+    ) -> Vec<LeasedEvent> {
+        let Some(current) = self.current.as_ref() else {
+            return Vec::new();
+        };
+        let sequence = current.scan.sequence();
+        assignments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, assignment)| {
+                let frames: Vec<LeasedFrame> = assignment
+                    .routes
+                    .iter()
+                    .filter(|(stream, _)| ingester.streams.contains(*stream))
+                    .filter_map(|(stream, route)| {
+                        Some(LeasedFrame {
+                            stream: stream.clone(),
+                            frame: sequence.frame_of_event(stream, assignment.event_number)?,
+                            workers: match route {
+                                Route::Drop => Vec::new(),
+                                Route::To(workers) => workers.iter().cloned().collect(),
+                            },
+                        })
+                    })
+                    .collect();
+                (!frames.is_empty()).then(|| LeasedEvent {
+                    event: assignment.event_number,
+                    frames,
+                    resend_to: new_workers
+                        .and_then(|n| n.get(i))
+                        .map(|n| n.iter().cloned().collect())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     /// The current scan's progress (a finished, empty one before any scan).
     pub fn progress(&self) -> Progress {
         self.current.as_ref().map_or(
@@ -414,9 +435,10 @@ impl Ensemble {
             .map(|c| (c.number, c.live))
     }
 
-    /// The current scan's mapping, as `GET /api/v1/sequence` returns it.
-    pub fn sequence(&self) -> Option<&Sequence> {
-        self.current.as_ref().map(|c| c.scan.sequence())
+    /// The current scan's mapping, as `GET /api/v1/sequence` returns it: shared, to be
+    /// serialised after the lock is let go.
+    pub fn sequence(&self) -> Option<Arc<Sequence>> {
+        self.current.as_ref().map(|c| Arc::clone(c.scan.sequence()))
     }
 
     /// The current (or last) scan.

@@ -1,7 +1,7 @@
 //! Who is connected: hellos, liveness, and sending to every component of a role.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use beamflow_protocol::control::{
     ComponentStatus, FromController, Hello, IngesterStatus, Role, WorkerStatus,
@@ -22,6 +22,9 @@ pub(crate) struct Member {
     pub(crate) endpoint: Option<String>,
     pub(super) last_seen: Instant,
     pub(crate) status: ComponentStatus,
+    /// Since when a reducer or ingester has been silent past [`DEAD_AFTER`]: it is waited for,
+    /// never declared dead, since nothing else can take its place in the scan.
+    pub(crate) stalled_since: Option<Instant>,
 }
 
 impl Ensemble {
@@ -34,7 +37,10 @@ impl Ensemble {
 
     pub(super) fn hello(&mut self, identity: &[u8], hello: Hello, now: Instant) {
         let key = (hello.role, hello.name.clone());
-        let previous = self.members.get(&key).map(|m| m.instance);
+        let previous = self
+            .members
+            .get(&key)
+            .map(|m| (m.instance, m.stalled_since));
         let member = Member {
             identity: identity.to_vec(),
             instance: hello.instance,
@@ -43,28 +49,40 @@ impl Ensemble {
             endpoint: hello.endpoint,
             last_seen: now,
             status: hello.status,
+            stalled_since: None,
         };
         let tags = member.tags.clone();
         self.outbox.push((identity.to_vec(), FromController::Heard));
         self.members.insert(key.clone(), member);
-        let joined = previous != Some(hello.instance);
+        let restarted = previous.is_some_and(|(instance, _)| instance != hello.instance);
+        let joined = previous.is_none() || restarted;
         if joined {
             // A new component, or a restarted one (which lost whatever it held).
-            info!(role = %hello.role, name = %hello.name, restarted = previous.is_some(), "Component joined.");
+            info!(role = %hello.role, name = %hello.name, restarted, "Component joined.");
+        } else if let Some((_, Some(since))) = previous {
+            info!(role = %hello.role, name = %hello.name, silent_s = now.saturating_duration_since(since).as_secs_f64() + DEAD_AFTER.as_secs_f64(),
+                "Stalled component is back; the scan goes on where it was.");
         }
-        if hello.role == Role::Worker {
-            let name = WorkerName::from(hello.name.as_str());
-            if joined && previous.is_some() {
-                self.counts.dead_workers += 1;
-                let reassigned = match self.current.as_mut() {
-                    Some(current) => current.scan.remove_workers(&BTreeSet::from([name.clone()])),
-                    None => Ok(Vec::new()),
-                };
-                self.after_reassignment(reassigned);
+        match hello.role {
+            Role::Worker => {
+                let name = WorkerName::from(hello.name.as_str());
+                if restarted {
+                    self.counts.dead_workers += 1;
+                    let reassigned = match self.current.as_mut() {
+                        Some(current) => {
+                            current.scan.remove_workers(&BTreeSet::from([name.clone()]))
+                        }
+                        None => Ok(Vec::new()),
+                    };
+                    self.after_reassignment(reassigned);
+                }
+                if let Some(current) = self.current.as_mut() {
+                    current.scan.heartbeat(name, tags, now);
+                }
             }
-            if let Some(current) = self.current.as_mut() {
-                current.scan.heartbeat(name, tags, now);
-            }
+            Role::Reducer if joined => self.reducer_joined(restarted),
+            Role::Ingester if restarted => return self.ingester_restarted(&key, identity),
+            Role::Reducer | Role::Ingester => {}
         }
         if !joined {
             return;
@@ -130,21 +148,28 @@ impl Ensemble {
         self.send_to_all(Role::Ingester, &FromController::Workers { endpoints });
     }
 
-    /// Declares components silent for [`DEAD_AFTER`] dead, and re-routes the events of dead
-    /// workers.
+    /// Declares workers silent for [`DEAD_AFTER`] dead and re-routes their events; a silent
+    /// reducer or ingester is marked stalled and waited for (the scan pauses until it is back or
+    /// restarted), since no other component can take its place.
     pub(super) fn remove_silent(&mut self, now: Instant) {
         let silent: Vec<(Role, String)> = self
             .members
             .iter()
-            .filter(|(_, m)| now.duration_since(m.last_seen) >= DEAD_AFTER)
+            .filter(|(_, m)| m.stalled_since.is_none())
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) >= DEAD_AFTER)
             .map(|(key, _)| key.clone())
             .collect();
         let mut dead_workers = BTreeSet::new();
         for key in silent {
-            warn!(role = %key.0, name = %key.1, "No heartbeat for {DEAD_AFTER:?}: declared dead.");
-            self.members.remove(&key);
             if key.0 == Role::Worker {
+                warn!(role = %key.0, name = %key.1, "No heartbeat for {DEAD_AFTER:?}: declared dead.");
+                self.members.remove(&key);
                 dead_workers.insert(WorkerName::from(key.1.as_str()));
+            } else if let Some(member) = self.members.get_mut(&key) {
+                warn!(role = %key.0, name = %key.1,
+                    "No heartbeat for {DEAD_AFTER:?}: stalled; the scan waits for it to come back or restart.");
+                member.stalled_since = Some(now);
+                self.counts.stalls += 1;
             }
         }
         if !dead_workers.is_empty() {
@@ -157,14 +182,50 @@ impl Ensemble {
             self.send_worker_endpoints();
         }
     }
+
+    /// Time the controller itself did not run (paused, or its lock held by slow work) does not
+    /// count against anyone: every member is credited with it, so messages that queued while it
+    /// was away are read before anyone is judged silent.
+    pub(super) fn forgive_own_absence(&mut self, now: Instant) {
+        let last = self.last_tick.replace(now);
+        let Some(away) = last.map(|last| now.saturating_duration_since(last)) else {
+            return;
+        };
+        if away < OWN_ABSENCE {
+            return;
+        }
+        warn!(
+            away_s = away.as_secs_f64(),
+            "The controller did not run for a while; nobody is judged silent for that time."
+        );
+        for member in self.members.values_mut() {
+            member.last_seen = member.last_seen.checked_add(away).unwrap_or(now).min(now);
+        }
+    }
+
+    /// The components waited for: stalled reducers and ingesters, with their silence so far.
+    pub(crate) fn stalled(&self, now: Instant) -> Vec<(Role, &String, f64)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.stalled_since.is_some())
+            .map(|((role, name), m)| {
+                let silent = now.saturating_duration_since(m.last_seen).as_secs_f64();
+                (*role, name, silent)
+            })
+            .collect()
+    }
 }
+
+/// A gap between two of the controller's own turns this long is its own absence, not its
+/// members' (it normally turns every few milliseconds).
+const OWN_ABSENCE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ensemble::tests::{ensemble, hello, leased_to, sequence};
+    use crate::ensemble::tests::{ensemble, hello, leased_to, sequence, tick_through};
 
     #[test]
     fn a_silent_worker_is_dead_after_two_seconds_and_its_events_go_elsewhere() {
@@ -182,7 +243,7 @@ mod tests {
         ] {
             ensemble.receive(id, hello(role, name, 1), later);
         }
-        ensemble.tick(t0 + DEAD_AFTER);
+        tick_through(&mut ensemble, t0, t0 + DEAD_AFTER);
         assert_eq!(ensemble.counts().dead_workers, 1);
         let outbox = ensemble.take_outbox();
         let resent: Vec<u64> = outbox

@@ -47,6 +47,11 @@ impl Ensemble {
                 .collect()
         };
         let progress = self.progress();
+        let stalled: Vec<serde_json::Value> = self
+            .stalled(Instant::now())
+            .into_iter()
+            .map(|(role, name, silent)| json!({"role": role, "name": name, "silent_s": silent}))
+            .collect();
         json!({
             "scan": self.current().map(|c| c.number),
             "uuid": self.current().map(|c| c.uuid.clone()),
@@ -57,6 +62,8 @@ impl Ensemble {
             "total_events": progress.total_events,
             "finished": progress.finished,
             "error": self.current().and_then(|c| c.error.clone()),
+            "awaiting_reducer": self.current().is_some_and(|c| c.awaiting_reducer && !c.finish_sent),
+            "stalled": stalled,
             "counts": self.counts(),
             "ingesters": components(Role::Ingester),
             "workers": components(Role::Worker),
