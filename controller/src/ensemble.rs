@@ -86,8 +86,8 @@ pub struct Ensemble {
     outbox: Vec<(Vec<u8>, FromController)>,
     counts: EnsembleCounts,
     live: Option<LiveScan>,
-    /// Where the running scan is recorded, for a restarted controller.
-    state: Option<std::path::PathBuf>,
+    /// Records the running scan in the state folder, for a restarted controller.
+    state: Option<recovery::Recorder>,
     /// The last turn of the controller's loop: a long gap is its own absence.
     last_tick: Option<Instant>,
 }

@@ -8,6 +8,7 @@
 //! until then, so a rewind finds every frame it needs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 use beamflow_protocol::control::{FromController, Role};
 use beamflow_protocol::{EventNumber, StreamName};
@@ -54,12 +55,82 @@ fn record_path(folder: &Path) -> PathBuf {
     folder.join("controller").join("scan.json")
 }
 
+/// A record to write.
+struct Job {
+    number: u64,
+    uuid: String,
+    live: bool,
+    /// The running scan's sequence; none once it finished.
+    sequence: Option<Arc<Sequence>>,
+}
+
+/// Writes the records, in the order they are made, on a thread of its own: serialising a
+/// sequence of millions of slots takes seconds, which the controller's lock must not wait for.
+/// Dropped, it writes what is queued before it goes.
+pub(crate) struct Recorder {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(path: PathBuf) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("scan-record".to_owned())
+            .spawn(move || {
+                for job in queue {
+                    if let Err(error) = write_record(&path, &job) {
+                        warn!(path = %path.display(), %error, "Cannot record the scan; a restarted controller will not resume it.");
+                    }
+                }
+            })
+            .map_err(|error| warn!(%error, "Cannot start the scan recorder; scans are not recorded."))
+            .ok();
+        Self {
+            jobs: thread.is_some().then_some(jobs),
+            thread,
+        }
+    }
+
+    fn record(&self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes atomically: a crash leaves the old record or the new one, never half of one.
+fn write_record(path: &Path, job: &Job) -> std::io::Result<()> {
+    let record = ScanRecord {
+        number: job.number,
+        uuid: job.uuid.clone(),
+        live: job.live,
+        finished: job.sequence.is_none(),
+        sequence: job.sequence.as_ref().map(|s| s.to_record()),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, serde_json::to_vec(&record)?)?;
+    std::fs::rename(&temporary, path)
+}
+
 impl Ensemble {
     /// Keeps the running scan in `folder`, and resumes the scan recorded there if the last
     /// controller did not finish it.
     pub fn with_state(mut self, folder: PathBuf) -> Result<Self, RecordError> {
         let path = record_path(&folder);
-        self.state = Some(folder);
+        self.state = Some(Recorder::start(path.clone()));
         let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(self),
@@ -95,30 +166,17 @@ impl Ensemble {
         Ok(self)
     }
 
-    /// Writes the current scan's record (atomically: a crash leaves the old one or the new one).
+    /// Records the current scan: the writing happens on the recorder's thread, off the lock.
     pub(super) fn record_scan(&self) {
-        let (Some(folder), Some(current)) = (&self.state, &self.current) else {
+        let (Some(recorder), Some(current)) = (&self.state, &self.current) else {
             return;
         };
-        let record = ScanRecord {
+        recorder.record(Job {
             number: current.number,
             uuid: current.uuid.clone(),
             live: current.live,
-            finished: current.finish_sent,
-            sequence: (!current.finish_sent).then(|| current.scan.sequence().to_record()),
-        };
-        let path = record_path(folder);
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let temporary = path.with_extension("json.tmp");
-            std::fs::write(&temporary, serde_json::to_vec(&record)?)?;
-            std::fs::rename(&temporary, &path)
-        };
-        if let Err(error) = write() {
-            warn!(path = %path.display(), %error, "Cannot record the scan; a restarted controller will not resume it.");
-        }
+            sequence: (!current.finish_sent).then(|| Arc::clone(current.scan.sequence())),
+        });
     }
 
     /// A reducer joined while a scan runs: nothing more is leased until it says where it
@@ -498,6 +556,7 @@ mod tests {
         // The next scan is numbered after the resumed one, and a third controller resumes nothing.
         second.start(sequence(2), t0).unwrap();
         assert_eq!(second.running_scan(), Some((2, false)));
+        drop(second);
         let third = Ensemble::new(Pacing::default(), Vec::new())
             .with_state(folder.path().to_owned())
             .unwrap();
