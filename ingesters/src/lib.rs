@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beamflow_net::TransportError;
-use beamflow_protocol::{StreamData, StreamName};
+use beamflow_protocol::{StreamData, StreamName, Timestamp};
 
 /// One frame of one stream, numbered by the source.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,10 @@ pub struct SourceFrame {
     pub index: u64,
     /// The frames as the source sent them.
     pub data: StreamData,
+    /// When the source says the frame was taken (an `epics_ca` trigger PV's time stamp); its
+    /// event's `created_at`. `None`: when the ingester places it, which for a lagging source
+    /// is later than the truth.
+    pub taken_at: Option<Timestamp>,
 }
 
 /// Why a source could not give a frame.
