@@ -226,14 +226,17 @@ impl IngesterCore {
                         }
                         *routes = Some(frame.workers);
                     }
-                    None if self
-                        .renumber
-                        .get(&frame.stream)
-                        .is_some_and(|r| frame.frame < r.first) =>
-                    {
-                        // The source has passed the event, as for a skipped frame: its workers
-                        // stop waiting for it now.
-                        *lost.entry(frame.stream).or_default() += 1;
+                    // The source has passed the frame: its predecessor's (a restarted
+                    // ingester starts at its first frame), or skipped and leased again after a
+                    // rewind. Its workers get an empty part and stop waiting for it now.
+                    None if frame.frame < self.next.get(&frame.stream).copied().unwrap_or(0) => {
+                        if self
+                            .renumber
+                            .get(&frame.stream)
+                            .is_some_and(|r| frame.frame < r.first)
+                        {
+                            *lost.entry(frame.stream).or_default() += 1;
+                        }
                         sends.extend(frame.workers.into_iter().map(|worker| Send {
                             worker,
                             part: EventData::new(leased.event),
@@ -734,6 +737,33 @@ mod tests {
         );
         assert_eq!(core.counts().parts_resent, 2);
         assert_eq!(sent_to(&core.place(held, now)), [("w2".to_owned(), 3)]);
+        // Frames 4 and 5 were lost upstream; after another rewind, 5's new worker hears so at once.
+        core.lease(vec![leased(5, 5, &["w2"], &[]), leased(6, 6, &["w2"], &[])]);
+        assert_eq!(
+            sent_to(&core.place(frame(6), now)),
+            [
+                ("w2".to_owned(), 4),
+                ("w2".to_owned(), 5),
+                ("w2".to_owned(), 6)
+            ]
+        );
+        core.rewind(EventNumber(5));
+        let resent = core.lease(vec![leased(5, 5, &["w3"], &[]), leased(6, 6, &["w3"], &[])]);
+        let resent: Vec<(&str, u64, usize)> = resent
+            .iter()
+            .map(|s| {
+                (
+                    s.worker.as_str(),
+                    s.part.event_number.0,
+                    s.part.streams.len(),
+                )
+            })
+            .collect();
+        assert_eq!(resent, [("w3", 5, 0), ("w3", 6, 1)]);
+        assert!(
+            !core.wants_frames(),
+            "no lease waits for a frame the source has passed"
+        );
         // A later re-lease (a worker died) re-sends only to the workers new to the event.
         let resent = core.lease(vec![leased(2, 2, &["w2", "w3"], &["w3"])]);
         assert_eq!(resent.len(), 1);
