@@ -7,7 +7,8 @@
 //! never exceed the events leased ahead of the reducer), and in bytes by [`RETAIN_BYTES`] (the
 //! window alone would allow 4 GiB of 4 MiB frames): past it the source is not read until the
 //! reducer catches up, so a PULL source blocks. A lease outlives its event's release only until
-//! its frame is read or skipped: it is how a late frame is recognised (a few dozen bytes each).
+//! its frame is read or skipped, as that is how a late frame is recognised: an ingester behind
+//! the others holds one per frame it lags, a few dozen bytes each, and no frame bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,8 +79,9 @@ pub use beamflow_protocol::control::IngesterCounts;
 #[derive(Debug, Default)]
 struct Retained {
     expected: BTreeSet<StreamName>,
-    /// Each frame and the workers it went to; `None` after a rewind, until it is leased again.
-    streams: BTreeMap<StreamName, (StreamData, Option<Vec<WorkerName>>)>,
+    /// Each frame, and whether its lease's workers have it: not after a rewind, until it is
+    /// leased again.
+    streams: BTreeMap<StreamName, (StreamData, bool)>,
     created_at: Option<Timestamp>,
 }
 
@@ -206,17 +208,14 @@ impl IngesterCore {
             for frame in leased.frames {
                 retained.expected.insert(frame.stream.clone());
                 match retained.streams.get_mut(&frame.stream) {
-                    Some((data, routes)) => {
+                    Some((data, routed)) => {
                         // After a rewind nobody has the frame; after a worker died, only the
                         // workers new to the event lack it.
-                        let to: Vec<&WorkerName> = match routes {
-                            None => frame.workers.iter().collect(),
-                            Some(_) => frame
-                                .workers
-                                .iter()
-                                .filter(|w| leased.resend_to.contains(w))
-                                .collect(),
-                        };
+                        let to: Vec<&WorkerName> = frame
+                            .workers
+                            .iter()
+                            .filter(|w| !*routed || leased.resend_to.contains(w))
+                            .collect();
                         for worker in to {
                             resent += 1;
                             sends.push(Send {
@@ -224,7 +223,7 @@ impl IngesterCore {
                                 part: part(leased.event, &frame.stream, data, retained.created_at),
                             });
                         }
-                        *routes = Some(frame.workers);
+                        *routed = true;
                     }
                     // The source has passed the frame: its predecessor's (a restarted
                     // ingester starts at its first frame), or skipped and leased again after a
@@ -361,9 +360,7 @@ impl IngesterCore {
         sends.extend(placed);
         self.counts.parts_sent += workers.len() as u64;
         self.retained_bytes += frame.data.byte_len();
-        retained
-            .streams
-            .insert(frame.stream, (frame.data, Some(workers)));
+        retained.streams.insert(frame.stream, (frame.data, true));
         let complete = (retained.expected.len() == retained.streams.len()).then(|| {
             let mut record = EventData::new(event);
             record.created_at = retained.created_at;
@@ -424,8 +421,8 @@ impl IngesterCore {
         self.retained
             .retain(|event, retained| *event < from || !retained.streams.is_empty());
         for retained in self.retained.range_mut(from..).map(|(_, r)| r) {
-            for (_, routes) in retained.streams.values_mut() {
-                *routes = None;
+            for (_, routed) in retained.streams.values_mut() {
+                *routed = false;
                 rewound.frames_kept += 1;
             }
         }
