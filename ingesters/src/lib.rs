@@ -83,7 +83,8 @@ pub trait Source: Send {
     fn streams(&self) -> Vec<StreamName>;
 
     /// A scan starts with this many frames per stream (a simulator starts a series that long;
-    /// a live detector ignores it).
+    /// a live detector ignores it); for an ingester that restarted mid-scan, what is left of
+    /// the scan. What the source holds from before the scan is not the scan's.
     fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
         Ok(())
     }
