@@ -1067,6 +1067,72 @@ qe04 = {{ pv = "QUAD:IN20:525:BACT" }}
     components.shutdown();
 }
 
+/// Issue 16 (probe 2b): updates queued while a scan stalled became the next scan's first
+/// events, 16–21 s old and stamped "now". A scan starts from the updates that come after it,
+/// and its events are taken when their trigger PV's CA time stamp says.
+#[test]
+fn the_first_event_of_a_scan_after_a_stalled_one_is_fresh() {
+    use beamflow::components::Components;
+    use beamflow::sim_ioc::SimIocConfig;
+    use beamflow_ingesters::Source;
+    use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
+    use beamflow_protocol::Timestamp;
+    use beamflow_protocol::streams::pv::PvFrame;
+
+    let mut components = Components::new().unwrap();
+    let config = SimIocConfig {
+        image_rate_hz: 20.0,
+        ..SimIocConfig::default()
+    };
+    let served = components.start_sim_ioc("127.0.0.1:0", config).unwrap();
+    let config: EpicsCaConfig = toml::from_str(&format!(
+        r#"
+addr_list = "{served}"
+queue = 8
+clock = {{ kind = "trigger", stream = "xrms" }}
+[pvs]
+xrms = {{ pv = "OTRS:IN20:571:XRMS" }}
+qe04 = {{ pv = "QUAD:IN20:525:BACT" }}
+"#
+    ))
+    .unwrap();
+    let mut source = EpicsCa::connect(&config).unwrap();
+    source.start_scan(&Default::default()).unwrap();
+    eventually(30, "the first scan's first event", || {
+        source.next_frame(Duration::from_millis(20)).unwrap()
+    });
+    // The scan stalls: nothing reads the source, and the client queues updates until the queue
+    // is full, then drops them. Forty drops at 20 shots per second: the newest update queued
+    // is a second old at least.
+    eventually(30, "the update queue to overflow", || {
+        (source.status()["updates_dropped_full_queue"].as_u64()? >= 40).then_some(())
+    });
+    let posted = Timestamp::now();
+    source.start_scan(&Default::default()).unwrap();
+    let trigger = eventually(30, "the second scan's first trigger", || {
+        source
+            .next_frame(Duration::from_millis(20))
+            .unwrap()
+            .filter(|frame| frame.stream.as_str() == "xrms")
+    });
+    let stamp = PvFrame::parse(&trigger.data.frames).unwrap().timestamp();
+    assert_eq!(trigger.index, 0);
+    assert_eq!(
+        trigger.taken_at,
+        Some(stamp),
+        "the event is taken at its trigger"
+    );
+    // An update already on its way from the IOC when the scan started may be up to a CA
+    // delivery older than the scan; the stalled scan's updates are a second older at least.
+    let age_ms = posted.as_millisecond() - stamp.as_millisecond();
+    assert!(
+        age_ms < 200,
+        "the first trigger is {age_ms} ms older than the scan: {}",
+        source.status()
+    );
+    components.shutdown();
+}
+
 /// Reads the source's events (index, first value) into `events` until `done` says so (30 s at
 /// most).
 fn pump_counts(

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use beamflow_net::TransportError;
-use beamflow_protocol::{StreamData, StreamName};
+use beamflow_protocol::{StreamData, StreamName, Timestamp};
 
 /// One frame of one stream, numbered by the source.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,10 @@ pub struct SourceFrame {
     pub index: u64,
     /// The frames as the source sent them.
     pub data: StreamData,
+    /// When the source says the frame was taken (an `epics_ca` trigger PV's time stamp); its
+    /// event's `created_at`. `None`: when the ingester places it, which for a lagging source
+    /// is later than the truth.
+    pub taken_at: Option<Timestamp>,
 }
 
 /// Why a source could not give a frame.
@@ -79,7 +83,8 @@ pub trait Source: Send {
     fn streams(&self) -> Vec<StreamName>;
 
     /// A scan starts with this many frames per stream (a simulator starts a series that long;
-    /// a live detector ignores it).
+    /// a live detector ignores it); for an ingester that restarted mid-scan, what is left of
+    /// the scan. What the source holds from before the scan is not the scan's.
     fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
         Ok(())
     }

@@ -173,17 +173,40 @@ impl Node<'_> {
                     uuid,
                     frames,
                     parameters,
+                    first_frames,
                     ..
                 } => {
                     // A frame held for the last scan's lease: its numbering belongs to that
                     // scan's series, so it cannot be placed in this one.
                     self.held = None;
                     let frames: BTreeMap<StreamName, u64> = frames.into_iter().collect();
-                    self.core.start_scan(scan, frames.clone());
+                    let first_frames: BTreeMap<StreamName, u64> =
+                        first_frames.into_iter().collect();
+                    if !first_frames.is_empty() {
+                        let from = first_frames
+                            .iter()
+                            .map(|(stream, first)| format!("{stream} from frame {first}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        info!(scan, %from, "Joining a running scan after a restart.");
+                    }
+                    // A simulator starts a series as long as what is left of the scan.
+                    let left: BTreeMap<StreamName, u64> = frames
+                        .iter()
+                        .map(|(stream, count)| {
+                            let first = first_frames.get(stream).copied().unwrap_or(0);
+                            (stream.clone(), count.saturating_sub(first))
+                        })
+                        .collect();
+                    self.core.start_scan(scan, frames, first_frames);
                     self.recorder
                         .parameters(parameters.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
                     self.recorder.start_scan(&uuid);
-                    self.source.start_scan(&frames)?;
+                    self.source.start_scan(&left)?;
+                }
+                // Its routes are forgotten; a held frame stays held for its next lease.
+                FromController::Rewind { scan, from, .. } if scan == self.core.scan() => {
+                    self.core.rewind(from);
                 }
                 FromController::Workers { endpoints } => self.connect_workers(endpoints)?,
                 FromController::Lease { scan, events } if scan == self.core.scan() => {
@@ -233,7 +256,11 @@ impl Node<'_> {
             }
             // Its lease is still to come; nothing more is read until it does.
             Placed::Hold(frame) => self.held = Some(frame),
-            Placed::Stale | Placed::Unmapped | Placed::BeyondScan => {}
+            Placed::Stale
+            | Placed::Unmapped
+            | Placed::BeyondScan
+            | Placed::Late
+            | Placed::Implausible => {}
         }
     }
 

@@ -130,6 +130,7 @@ impl Source for Dump {
                             stream,
                             index: *counter,
                             data,
+                            taken_at: None,
                         });
                         *counter += 1;
                     }

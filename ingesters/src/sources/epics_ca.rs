@@ -173,6 +173,8 @@ pub struct EpicsCa {
     connection_changes: BTreeMap<SocketAddr, ConnectionChanges>,
     changes_seen: Option<(Instant, Instant, usize)>,
     queue_capacity: usize,
+    /// Updates go to the latest values only, making no events.
+    draining: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -317,6 +319,7 @@ impl EpicsCa {
             connection_changes: BTreeMap::new(),
             changes_seen: None,
             queue_capacity: config.queue.max(1),
+            draining: false,
             shutdown: Some(shutdown),
         })
     }
@@ -391,6 +394,7 @@ impl EpicsCa {
             .shape
             .or(status.width.zip(status.height).map(|(w, h)| [h, w]));
         match frame(&status.pv, value, shape, self.dtypes[stream]) {
+            Ok(frame) if self.draining => self.clock.remember(self.streams[stream].clone(), frame),
             Ok(frame) => {
                 let events = self.clock.update(self.streams[stream].clone(), frame, now);
                 self.queue(events);
@@ -421,6 +425,7 @@ impl EpicsCa {
                     stream,
                     index: event.index,
                     data: frame.stream(),
+                    taken_at: event.taken_at,
                 });
             }
         }
@@ -428,14 +433,17 @@ impl EpicsCa {
 }
 
 impl EpicsCa {
-    /// Handles up to `at_most` of what the client has sent, then says what changed.
-    fn receive_waiting(&mut self, at_most: usize) {
+    /// Handles up to `at_most` of what the client has sent, making no events of it (it came
+    /// before the scan, or while none needs frames), then says what changed.
+    fn drain_waiting(&mut self, at_most: usize) {
+        self.draining = true;
         for _ in 0..at_most {
             let Ok(event) = self.updates.try_recv() else {
                 break;
             };
             self.handle(event, Instant::now());
         }
+        self.draining = false;
         self.speak_up(Instant::now());
     }
 
@@ -562,15 +570,15 @@ impl Source for EpicsCa {
 
     fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
         // What arrived before the scan only updates the latest values: it must not become the
-        // new scan's first events with a time stamp of "now".
-        self.receive_waiting(self.queue_capacity);
+        // new scan's first events (a stalled scan leaves the queue full of old updates).
+        self.drain_waiting(self.queue_capacity);
         self.outbox.clear();
         self.clock.restart(Instant::now());
         Ok(())
     }
 
     fn idle(&mut self) {
-        self.receive_waiting(IDLE_BURST);
+        self.drain_waiting(IDLE_BURST);
         self.outbox.clear();
     }
 
@@ -897,5 +905,54 @@ mod tests {
             None,
         );
         assert!(huge.is_err());
+    }
+
+    /// Issue 16 (probe 2b): updates queued while a scan stalled became the next scan's events.
+    /// At a scan's start they only become the latest values; the first event is the first
+    /// trigger after it, taken when the trigger's stamp says.
+    #[test]
+    fn updates_queued_before_a_scan_make_none_of_its_events() {
+        let config: EpicsCaConfig = toml::from_str(
+            r#"
+            addr_list = "127.0.0.1:9"
+            clock = { kind = "trigger", stream = "img" }
+            pvs = { bact = { pv = "BACT" }, img = { pv = "IMG" } }
+            "#,
+        )
+        .unwrap();
+        let mut source = EpicsCa::connect(&config).unwrap();
+        let (sender, updates) = sync_channel(16);
+        source.updates = updates;
+        // PVs in stream order: bact 0, img 1.
+        let update = |pv, secs, value| MonitorEvent::Update {
+            pv,
+            value: TimeValue {
+                status: 0,
+                severity: 0,
+                stamp: EpicsTime { secs, nanos: 0 },
+                values: Values::Double(vec![value]),
+            },
+        };
+        sender.send(update(0, 10, 1.0)).unwrap();
+        for secs in 11..15 {
+            sender.send(update(1, secs, f64::from(secs))).unwrap();
+        }
+        source.start_scan(&BTreeMap::new()).unwrap();
+        assert_eq!(source.next_frame(Duration::ZERO).unwrap(), None);
+        sender.send(update(1, 20, 20.0)).unwrap();
+        let mut frames = Vec::new();
+        while let Some(frame) = source.next_frame(Duration::from_secs(5)).unwrap() {
+            frames.push(frame);
+            if frames.len() == 2 {
+                break;
+            }
+        }
+        let taken = Some(beamflow_protocol::streams::pv::epics_timestamp(20, 0));
+        let summary: Vec<(&str, u64, _)> = frames
+            .iter()
+            .map(|f| (f.stream.as_str(), f.index, f.taken_at))
+            .collect();
+        assert_eq!(summary, [("bact", 0, taken), ("img", 0, taken)]);
+        assert_eq!(source.clock.counts().events, 1);
     }
 }

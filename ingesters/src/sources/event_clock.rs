@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use beamflow_ca::EpicsTime;
-use beamflow_protocol::StreamName;
 use beamflow_protocol::streams::pv::PvFrame;
+use beamflow_protocol::{StreamName, Timestamp};
 use serde::Deserialize;
 
 use crate::SourceError;
@@ -84,6 +84,9 @@ pub struct ClockEvent {
     pub index: u64,
     /// The streams that have a value.
     pub frames: Vec<(StreamName, PvFrame)>,
+    /// When the event was taken: a trigger's own CA time stamp. The other streams' stamps say
+    /// when they last changed, which can be long before; period and pulse-id events have none.
+    pub taken_at: Option<Timestamp>,
 }
 
 /// Counters for the ingester's status.
@@ -144,6 +147,8 @@ impl EventClock {
         match &self.config {
             ClockConfig::Trigger { stream: trigger } => {
                 let fires = *trigger == stream;
+                // A frame without a stamp (secs 0) says nothing of when it was taken.
+                let taken_at = (frame.secs != 0).then(|| frame.timestamp());
                 self.latest.insert(stream, frame);
                 if !fires {
                     Vec::new()
@@ -152,7 +157,7 @@ impl EventClock {
                     Vec::new()
                 } else {
                     let frames = self.latest_frames();
-                    vec![self.event(frames)]
+                    vec![self.event(frames, taken_at)]
                 }
             }
             ClockConfig::Period { .. } => {
@@ -185,6 +190,17 @@ impl EventClock {
         }
     }
 
+    /// A value that arrived before the scan: kept as the stream's latest, for events to attach,
+    /// but it makes no event (a pulse-id clock aligns only the scan's own pulses).
+    pub fn remember(&mut self, stream: StreamName, frame: PvFrame) {
+        match self.config {
+            ClockConfig::Trigger { .. } | ClockConfig::Period { .. } => {
+                self.latest.insert(stream, frame);
+            }
+            ClockConfig::PulseId { .. } => {}
+        }
+    }
+
     /// Events due by time: a period's tick, pulses past their timeout (and, before them, any
     /// complete ones).
     pub fn tick(&mut self, now: Instant) -> Vec<ClockEvent> {
@@ -203,7 +219,7 @@ impl EventClock {
                         continue;
                     }
                     let frames = self.latest_frames();
-                    events.push(self.event(frames));
+                    events.push(self.event(frames, None));
                 }
             }
             ClockConfig::PulseId { timeout_ms } => {
@@ -221,7 +237,7 @@ impl EventClock {
                     if self.sent.len() > MAX_PENDING {
                         self.sent.pop_front();
                     }
-                    events.push(self.event(pulse.frames.into_iter().collect()));
+                    events.push(self.event(pulse.frames.into_iter().collect(), None));
                 }
             }
         }
@@ -260,14 +276,22 @@ impl EventClock {
             .collect()
     }
 
-    fn event(&mut self, frames: Vec<(StreamName, PvFrame)>) -> ClockEvent {
+    fn event(
+        &mut self,
+        frames: Vec<(StreamName, PvFrame)>,
+        taken_at: Option<Timestamp>,
+    ) -> ClockEvent {
         if frames.len() < self.streams.len() {
             self.counts.incomplete += 1;
         }
         self.counts.events += 1;
         let index = self.next;
         self.next += 1;
-        ClockEvent { index, frames }
+        ClockEvent {
+            index,
+            frames,
+            taken_at,
+        }
     }
 }
 
@@ -387,5 +411,32 @@ mod tests {
         clock.update("b".into(), frame(5.0, 9), ms(200));
         let events = clock.update("a".into(), frame(6.0, 9 | (1 << 20)), ms(201));
         assert_eq!(summary(&events), [(2, vec!["a".into(), "b".into()])]);
+    }
+
+    /// Issue 16: a trigger event is taken when its trigger was, whatever the age of the values
+    /// it attaches; values from before the scan are attached but make no event.
+    #[test]
+    fn a_trigger_event_is_taken_at_its_triggers_stamp_and_old_values_make_none() {
+        let t0 = Instant::now();
+        let mut clock = EventClock::new(
+            ClockConfig::Trigger {
+                stream: "img".into(),
+            },
+            streams(&["img", "bact"]),
+        );
+        clock.remember("bact".into(), frame(1.0, 0));
+        clock.remember("img".into(), frame(2.0, 0));
+        assert_eq!(clock.counts().events, 0, "no event from before the scan");
+        clock.restart(t0);
+        let mut image = frame(3.0, 0);
+        image.secs = 1_000;
+        let events = clock.update("img".into(), image.clone(), t0);
+        assert_eq!(summary(&events), [(0, vec!["bact".into(), "img".into()])]);
+        assert_eq!(events[0].taken_at, Some(image.timestamp()));
+        assert_ne!(events[0].frames[0].1.secs, image.secs, "bact keeps its own");
+        let mut period = EventClock::new(ClockConfig::Period { rate_hz: 10.0 }, streams(&["a"]));
+        period.restart(t0);
+        period.update("a".into(), image, t0);
+        assert_eq!(period.tick(t0)[0].taken_at, None);
     }
 }

@@ -185,6 +185,7 @@ impl Source for Sim {
                 typ: stins::TYP.into(),
                 frames,
             },
+            taken_at: None,
         }))
     }
 }

@@ -214,7 +214,12 @@ pub fn parse_frames(frames: &[Bytes]) -> Result<StinsMessage, StinsError> {
             let data = match fields.compression.as_deref() {
                 None | Some("none") => buffer.clone(),
                 Some("bslz4") => {
-                    let expected = shape.iter().product::<usize>() * dtype.size();
+                    // The shape is the sender's: a product that overflows needs more bytes
+                    // than any buffer has (as `NdArray::new` reckons).
+                    let expected = shape
+                        .iter()
+                        .try_fold(dtype.size(), |bytes, &n| bytes.checked_mul(n))
+                        .unwrap_or(usize::MAX);
                     bslz4::decompress(buffer, dtype.size(), Some(expected))
                         .map(Bytes::from)
                         .map_err(|error| StinsError::Bslz4 { frame, error })?
@@ -342,6 +347,7 @@ mod tests {
             (frames(&[br#"{"htype":"image","frame":3,"shape":[2],"type":"uint16","compression":"zstd"}"#, b"1234"]), r#"STINS image 3: unknown compression "zstd" (none and bslz4 are supported)"#),
             (frames(&[br#"{"htype":"image","frame":3,"shape":[2],"type":"uint16","compression":"bslz4"}"#, b"1234"]), "STINS image 3: bslz4 buffer of 4 bytes is shorter than its 12-byte header"),
             (frames(&[br#"{"htype":"image","shape":[2],"type":"uint16"}"#, b"1234"]), "STINS image message: missing field `frame`"),
+            (frames(&[br#"{"htype":"image","frame":3,"shape":[1099511627776,1099511627776],"type":"uint16","compression":"bslz4"}"#, b"\0\0\0\0\0\0\0\x08\0\0\x20\0"]), "STINS image 3: bslz4 header: total of 8 bytes, but the shape needs 18446744073709551615"),
         ];
         for (frames, expected) in cases {
             assert_eq!(parse_frames(&frames).unwrap_err().to_string(), expected);
