@@ -153,7 +153,7 @@ pub fn run(
                         // Reports of the scan before are of no use to anyone now.
                         outbox.clear();
                     }
-                    replace_reducer(context, &mut reducer, endpoint)?;
+                    replace_reducer(context, &mut reducer, endpoint);
                     for part in early.release(scan) {
                         outbox.extend(core.handle(WorkerInput::Part(part), now));
                     }
@@ -176,7 +176,7 @@ pub fn run(
                 } if control.scan() == Some(scan) => {
                     let forgotten = core.rewind(from);
                     let dropped = outbox.rewind(from);
-                    let moved = replace_reducer(context, &mut reducer, endpoint)?;
+                    let moved = replace_reducer(context, &mut reducer, endpoint);
                     info!(
                         scan,
                         from = %from,
@@ -230,24 +230,32 @@ pub fn run(
 /// Points the reports' PUSH at `endpoint` if it names another one than today's (a restarted
 /// reducer binds a new port). Reports still queued for the old endpoint go with the old socket:
 /// the controller rewinds the scan to where the new reducer stands, so they are computed again.
-/// Returns whether the socket was replaced.
+/// An endpoint that cannot be connected to is logged and the old socket kept. Returns whether
+/// the socket was replaced.
 fn replace_reducer(
     context: &zmq::Context,
     reducer: &mut Option<(String, zmq::Socket)>,
     endpoint: Option<String>,
-) -> Result<bool, TransportError> {
+) -> bool {
     let Some(endpoint) = endpoint else {
-        return Ok(false);
+        return false;
     };
     if reducer
         .as_ref()
         .is_some_and(|(current, _)| *current == endpoint)
     {
-        return Ok(false);
+        return false;
     }
-    let push = push_to(context, &endpoint, 200)?;
-    *reducer = Some((endpoint, push));
-    Ok(true)
+    match push_to(context, &endpoint, 200) {
+        Ok(push) => {
+            *reducer = Some((endpoint, push));
+            true
+        }
+        Err(error) => {
+            warn!(%endpoint, %error, "Cannot reach the reducer's new endpoint; reports keep going to the one before.");
+            false
+        }
+    }
 }
 
 /// Processed events whose reports have not gone to the reducer yet. They wait here while the
@@ -387,5 +395,37 @@ mod tests {
             .map(|(_, report)| report.event_number.0)
             .collect();
         assert_eq!(received, [1, 2]);
+    }
+
+    #[test]
+    fn the_reducer_socket_follows_a_new_endpoint_and_keeps_the_old_one_for_a_bad_one() {
+        let context = zmq::Context::new();
+        let mut reducer = None;
+        let endpoint = |reducer: &Option<(String, zmq::Socket)>| {
+            reducer.as_ref().map(|(endpoint, _)| endpoint.clone())
+        };
+        assert!(replace_reducer(
+            &context,
+            &mut reducer,
+            Some("inproc://a".into())
+        ));
+        assert!(!replace_reducer(
+            &context,
+            &mut reducer,
+            Some("inproc://a".into())
+        ));
+        assert!(!replace_reducer(&context, &mut reducer, None));
+        assert!(!replace_reducer(
+            &context,
+            &mut reducer,
+            Some("no endpoint".into())
+        ));
+        assert_eq!(endpoint(&reducer).as_deref(), Some("inproc://a"));
+        assert!(replace_reducer(
+            &context,
+            &mut reducer,
+            Some("inproc://b".into())
+        ));
+        assert_eq!(endpoint(&reducer).as_deref(), Some("inproc://b"));
     }
 }
