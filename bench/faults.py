@@ -359,6 +359,7 @@ def run_case(name, args, folder):
         last = progress.last()
         result["completed_events"] = last[1]
         result["total_events"] = last[3]
+        result["progress_finished"] = last[2]
         result["seconds"] = round(ended - posted, 2)
         stall = progress.longest_stall(fault_at, ended)
         result["stall_s"] = round(stall, 2)
@@ -423,6 +424,9 @@ def happened(result):
         parts.append(f"{result.get('stuck', 'not finished')} at "
                      f"{result.get('completed_events')}/{result.get('total_events')} "
                      f"(fault at {result.get('fault_at_event')})")
+        if result.get("progress_finished"):
+            # What a client polling progress would have read: a truncated result as final.
+            parts.append(f"progress says finished with {result.get('total_events')} events")
     parts.append(f"history {result['history_rows']} rows: {result['missing']} missing, "
                  f"{result['doubled']} doubled")
     if result["named_lost"]:
