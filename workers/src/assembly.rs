@@ -198,6 +198,17 @@ impl Assembler {
         out
     }
 
+    /// The scan goes on from `from` (a rewind): every event from `from` on is forgotten, its
+    /// parts, lease, deadline and release alike, so its parts are taken again when they are
+    /// re-sent. Returns how many events held or released were forgotten.
+    pub fn rewind(&mut self, from: EventNumber) -> usize {
+        let forgotten = self.partial.split_off(&from).len() + self.released.split_off(&from).len();
+        self.unstarted.retain(|event| *event < from);
+        self.complete.retain(|event| *event < from);
+        self.deadlines.retain(|(_, event)| *event < from);
+        forgotten
+    }
+
     /// Parts dropped because no lease for their event came in time.
     pub fn orphaned(&self) -> u64 {
         self.orphaned
@@ -307,6 +318,38 @@ mod tests {
             assembler.add(part(1, &["det"]), t0),
             Arrival::Duplicate("det".into())
         );
+    }
+
+    #[test]
+    fn a_rewind_forgets_the_events_from_its_start_so_their_parts_are_taken_again() {
+        let t0 = Instant::now();
+        let mut assembler = Assembler::new(Duration::from_millis(500), 16);
+        for n in 1..=4 {
+            assembler.expect(EventNumber(n), names(&["det", "pcap"]));
+        }
+        for n in 1..=3 {
+            assembler.add(part(n, &["det", "pcap"]), t0);
+        }
+        assembler.add(part(4, &["det"]), t0);
+        assert_eq!(assembler.ready(t0).len(), 3);
+        assert_eq!(
+            assembler.rewind(EventNumber(2)),
+            3,
+            "2 and 3 released, 4 held"
+        );
+        // Event 4's deadline went with it: nothing is released incomplete.
+        assert!(assembler.ready(t0 + Duration::from_secs(1)).is_empty());
+        assert!(!assembler.is_full());
+        // Event 1 stays released; 2 is taken again, and waits for its lease again.
+        assert_eq!(assembler.add(part(1, &["det"]), t0), Arrival::Late);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(assembler.add(part(2, &["det"]), t1), Arrival::Accepted);
+        assert!(assembler.ready(t1).is_empty());
+        assembler.expect(EventNumber(2), names(&["det"]));
+        let ready = assembler.ready(t1);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].event.event_number, EventNumber(2));
+        assert!(ready[0].missing.is_empty());
     }
 
     #[test]

@@ -73,6 +73,12 @@ impl WorkerCore {
         self.parameters = parameters;
     }
 
+    /// The scan goes on from `from` (a rewind): events from `from` on are forgotten, so their
+    /// parts, sent again, are assembled and processed again. Returns how many were forgotten.
+    pub fn rewind(&mut self, from: EventNumber) -> usize {
+        self.assembler.rewind(from)
+    }
+
     /// New parameter values, from the next event on.
     pub fn set_parameters(&mut self, parameters: Parameters) {
         self.parameters = parameters;
@@ -244,5 +250,32 @@ mod tests {
         assert_eq!(worker.counts().incomplete, 1);
         worker.handle(WorkerInput::Part(image(1)), t0);
         assert_eq!(worker.counts().late_or_duplicate, 1);
+    }
+
+    #[test]
+    fn a_processed_event_is_processed_again_after_a_rewind() {
+        let t0 = Instant::now();
+        let mut worker = core();
+        let expect = |n| WorkerInput::Expect {
+            event_number: EventNumber(n),
+            streams: ["det".into()].into(),
+        };
+        for n in [1, 2] {
+            worker.handle(expect(n), t0);
+            assert_eq!(worker.handle(WorkerInput::Part(image(n)), t0).len(), 1);
+        }
+        assert_eq!(worker.rewind(EventNumber(2)), 1);
+        assert!(worker.handle(WorkerInput::Part(image(1)), t0).is_empty());
+        assert_eq!(
+            worker.counts().late_or_duplicate,
+            1,
+            "event 1 is not rewound"
+        );
+        worker.handle(expect(2), t0);
+        let again = worker.handle(WorkerInput::Part(image(2)), t0);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].report.event_number, EventNumber(2));
+        assert_eq!(worker.counts().late_or_duplicate, 1);
+        assert_eq!(worker.counts().processed, 3);
     }
 }
