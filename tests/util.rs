@@ -373,3 +373,39 @@ pub(crate) fn finished_status(pipeline: &RunningPipeline) -> serde_json::Value {
         (status["finished"] == true).then_some(status)
     })
 }
+
+/// A GET of a JSON document that may not be served right now (the server is being restarted,
+/// or answers slowly): `None` on any failure, after at most `timeout`.
+pub(crate) fn try_get_json(
+    addr: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut response = agent.get(&format!("http://{addr}{path}")).call().ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// A free TCP port on loopback, for a server that must bind the same port again after a
+/// restart. Another process may take it between this call and the bind; on a test machine that
+/// is rare enough.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
