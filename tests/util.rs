@@ -409,3 +409,22 @@ pub(crate) fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+impl Running {
+    /// The lines of standard error printed since the test last read it, without waiting for
+    /// more.
+    pub(crate) fn printed_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.stderr.at < self.stderr.line.len() {
+            lines.push(String::from_utf8_lossy(&self.stderr.line[self.stderr.at..]).into_owned());
+            self.stderr.at = self.stderr.line.len();
+        }
+        while let Ok(line) = self.stderr.lines.try_recv() {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        lines
+            .into_iter()
+            .map(|line| line.trim_end().to_owned())
+            .collect()
+    }
+}
