@@ -657,7 +657,7 @@ impl Detector {
 fn assert_every_image_is(cluster: &Cluster, value: u16) {
     let expected = json!(f64::from(value));
     let mut others: BTreeMap<String, usize> = BTreeMap::new();
-    for max in cluster.history_column("det_max") {
+    for max in cluster.history_column("values/det_max") {
         if max != expected {
             *others.entry(max.to_string()).or_default() += 1;
         }
