@@ -798,7 +798,7 @@ fn a_soak_of_random_faults_loses_no_event_and_doubles_none() {
         });
     eprintln!("soak seed {seed} (BEAMFLOW_SOAK_SEED={seed} replays it)");
     let mut random = Random(seed);
-    let events = 20_000;
+    let events = 30_000;
     let mut cluster = Cluster::start(&[("det", sim(1000))]);
     let scan = cluster.post(&scan_of(events, &["det"]));
     let started = Instant::now();
