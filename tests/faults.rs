@@ -20,7 +20,7 @@ use beamflow_protocol::{DType, NdArray};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::util::{Running, free_port, http_address, http_post, try_get_json};
+use crate::util::{Running, free_ports, http_address, http_post, try_get_json};
 
 /// Whether the pipeline names a state folder (`state = "<dir>"`): where the reducer checkpoints
 /// the running scan and the controller records it, so that either can be restarted mid-scan.
@@ -92,8 +92,9 @@ impl Cluster {
     /// Starts every process and waits until each has said hello to the controller.
     fn start(ingesters: &[(&'static str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let control = format!("tcp://127.0.0.1:{}", free_port());
-        let rest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let [control, rest] = free_ports();
+        let control = format!("tcp://127.0.0.1:{control}");
+        let rest = SocketAddr::from(([127, 0, 0, 1], rest));
         let file = dir.path().join("pipeline.toml");
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
@@ -798,14 +799,14 @@ fn a_soak_of_random_faults_loses_no_event_and_doubles_none() {
         });
     eprintln!("soak seed {seed} (BEAMFLOW_SOAK_SEED={seed} replays it)");
     let mut random = Random(seed);
-    let events = 30_000;
+    let events = 20_000;
     let mut cluster = Cluster::start(&[("det", sim(1000))]);
     let scan = cluster.post(&scan_of(events, &["det"]));
     let started = Instant::now();
     let mut faults = Vec::new();
     loop {
         // A fault every few seconds; the pause between them paces the test, nothing waits on it.
-        std::thread::sleep(Duration::from_millis(1000 + random.below(2000)));
+        std::thread::sleep(Duration::from_millis(500 + random.below(2000)));
         let Some(progress) = cluster.progress() else {
             continue;
         };

@@ -399,15 +399,15 @@ pub(crate) fn try_get_json(
     serde_json::from_str(&body).ok()
 }
 
-/// A free TCP port on loopback, for a server that must bind the same port again after a
-/// restart. Another process may take it between this call and the bind; on a test machine that
-/// is rare enough.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free TCP ports on loopback, for servers that must bind the same ports again
+/// after a restart. Another process may take one between this call and the bind; on a test
+/// machine that is rare enough.
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    // All bound at once, so no port is answered twice.
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 impl Running {
