@@ -755,9 +755,10 @@ fn reading_a_huge_mapping_declares_nobody_dead_and_the_scan_goes_on() {
     let mut cluster = Cluster::start(&[("det", sim(500))]);
     // One part of one event, repeated: a mapping cheap to post and long to serialise. Written
     // as text: a JSON value of millions of strings would cost the test hundreds of MB.
-    let occurrences = vec!["\"one\""; HUGE_MAPPING_EVENTS].join(",");
+    let occurrences = "\"one\",".repeat(HUGE_MAPPING_EVENTS);
     let body = format!(
-        r#"{{"parts": {{"one": {{"det": [[{{"constraint": 0}}]]}}}}, "sequence": [{occurrences}]}}"#
+        r#"{{"parts": {{"one": {{"det": [[{{"constraint": 0}}]]}}}}, "sequence": [{}]}}"#,
+        occurrences.trim_end_matches(',')
     );
     drop(occurrences);
     let (code, answer) = http_post(cluster.rest, "/api/v1/sequence", &body);
