@@ -289,7 +289,7 @@ http = "127.0.0.1:0"
 
     /// Waits until the controller counts `events` events of the scan completed.
     fn wait_for_completed(&self, events: u64) {
-        poll(SCAN_SECONDS, "the scan to be under way", || {
+        poll(SCAN_SECONDS, &format!("{events} events completed"), || {
             let progress = self.progress().ok_or("no answer")?;
             let completed = progress["completed_events"].as_u64().unwrap_or(0);
             (completed >= events)
@@ -556,8 +556,20 @@ fn a_restarted_ingester_finishes_the_scan_and_names_every_lost_event() {
 
 /// A reducer, ingester or controller stopped for [`STOPPED`] is waited for: the scan goes on
 /// with every event once, and no component was declared dead.
+///
+/// Three times, the scan going on in between: whether a continued controller reads the hellos
+/// queued meanwhile before it judges who is silent is a race (before issue 16's fixes, one stop
+/// in three went unpunished).
 fn a_stopped_component_is_waited_for(component: Component) {
-    let mut cluster = scan_through(3000, 600, |cluster| cluster.stop_for(component, STOPPED));
+    let mut cluster = scan_through(3000, 600, |cluster| {
+        for _ in 0..3 {
+            let completed = cluster.progress().unwrap()["completed_events"]
+                .as_u64()
+                .unwrap();
+            cluster.stop_for(component, STOPPED);
+            cluster.wait_for_completed(completed + 300);
+        }
+    });
     cluster.assert_nobody_declared_dead();
 }
 
