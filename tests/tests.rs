@@ -7,6 +7,7 @@
 mod docs;
 mod emittance;
 mod epics;
+mod faults;
 mod helm;
 mod interop;
 mod mapping;

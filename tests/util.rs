@@ -373,3 +373,58 @@ pub(crate) fn finished_status(pipeline: &RunningPipeline) -> serde_json::Value {
         (status["finished"] == true).then_some(status)
     })
 }
+
+/// A GET of a JSON document that may not be served right now (the server is being restarted,
+/// or answers slowly): `None` on any failure, after at most `timeout`.
+pub(crate) fn try_get_json(
+    addr: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut response = agent.get(&format!("http://{addr}{path}")).call().ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// `N` distinct free TCP ports on loopback, for servers that must bind the same ports again
+/// after a restart. Another process may take one between this call and the bind; on a test
+/// machine that is rare enough.
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    // All bound at once, so no port is answered twice.
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+impl Running {
+    /// The lines of standard error printed since the test last read it, without waiting for
+    /// more.
+    pub(crate) fn printed_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.stderr.at < self.stderr.line.len() {
+            lines.push(String::from_utf8_lossy(&self.stderr.line[self.stderr.at..]).into_owned());
+            self.stderr.at = self.stderr.line.len();
+        }
+        while let Ok(line) = self.stderr.lines.try_recv() {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        lines
+            .into_iter()
+            .map(|line| line.trim_end().to_owned())
+            .collect()
+    }
+}
