@@ -2,6 +2,11 @@
 //! binds, expectations and scans on its control DEALER; "reduced up to" goes back to the
 //! controller, which releases the ingesters' retained frames. The state is published to the
 //! HTTP [`View`] every [`PUBLISH`] and at the end of a scan.
+//!
+//! With a checkpoint folder, each scan's applied inputs go to its [`checkpoint`](crate::checkpoint),
+//! written once per loop turn before `Reduced`; a restarted reducer given the scan again rebuilds
+//! its state from there, answers `Resumed` with where it ends, and the controller rewinds the scan
+//! to there.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,10 +19,11 @@ use beamflow_protocol::control::{
     ComponentStatus, FromController, ReducerStatus, Role, ToController,
 };
 use beamflow_protocol::{EventNumber, Parameters};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::checkpoint::{self, ParameterValues};
 use crate::http::{Status, View};
-use crate::live::{ReducerCore, ReducerInput};
+use crate::live::{ReducerCore, ReducerInput, RestoreError};
 use crate::{AccumulatorConfig, ConfigError, Reducer};
 
 /// How often the state is published while a scan runs.
@@ -50,8 +56,57 @@ struct Live {
     scan: u64,
     core: ReducerCore,
     started: Instant,
-    finished: bool,
     reduced: EventNumber,
+}
+
+impl Live {
+    /// The checkpoint file, while one is kept.
+    fn checkpoint(&self) -> Option<String> {
+        self.core
+            .checkpoint()
+            .filter(|c| c.is_kept())
+            .map(|c| c.path().display().to_string())
+    }
+}
+
+/// A scan new to this process: restored from its checkpoint if the folder holds one, else from
+/// event 0 (with a new checkpoint, if a folder is configured).
+fn start_scan(
+    settings: &ReducerSettings,
+    scan: u64,
+    uuid: &str,
+    parameters: ParameterValues,
+) -> Result<ReducerCore, ReducerError> {
+    let Some(folder) = &settings.checkpoint else {
+        return Ok(ReducerCore::start(
+            &settings.accumulators,
+            parameters,
+            CAPACITY,
+        )?);
+    };
+    let path = checkpoint::path(folder, uuid);
+    checkpoint::prune(folder, &path);
+    if path.exists() {
+        match ReducerCore::restore(&settings.accumulators, &path, uuid, CAPACITY) {
+            Ok(mut core) => {
+                info!(scan, restored_events = core.restored_events(), next = %core.next_event(),
+                    lost_events = core.lost_events(), checkpoint = %path.display(),
+                    "Resumed the scan from its checkpoint.");
+                // Values changed while no reducer ran apply from here on.
+                if core.parameters() != &parameters {
+                    core.set_parameters(parameters);
+                }
+                return Ok(core);
+            }
+            Err(RestoreError::Config(error)) => return Err(error.into()),
+            Err(error) => {
+                warn!(scan, %error, "Checkpoint unusable; the scan's state starts from event 0.");
+            }
+        }
+    }
+    let mut core = ReducerCore::start(&settings.accumulators, parameters, CAPACITY)?;
+    core.keep_checkpoint(&path, scan, uuid);
+    Ok(core)
 }
 
 /// Runs the reducer until `stop` is raised; publishes into `view`.
@@ -76,8 +131,8 @@ pub fn run(
         introduction,
         settings.reachable.clone(),
     )?;
-    let descriptions =
-        Reducer::new(&settings.accumulators, Parameters::default())?.describe_parameters();
+    // Accumulators that cannot be built fail the reducer at its start, not at the first scan.
+    Reducer::new(&settings.accumulators, Parameters::default())?;
     let mut live: Option<Live> = None;
     let mut early = Early::new(CAPACITY);
     let mut malformed = Malformed::new("report");
@@ -91,7 +146,8 @@ pub fn run(
                 counts: live.as_ref().map(|l| l.core.counts()),
                 stale_reports: early.stale(),
                 malformed_reports: malformed.total(),
-                ..ReducerStatus::default()
+                restored_events: live.as_ref().map_or(0, |l| l.core.restored_events()),
+                checkpoint: live.as_ref().and_then(Live::checkpoint),
             })
         });
         let mut items = [control.poll_item(), reports.as_poll_item(zmq::POLLIN)];
@@ -100,28 +156,48 @@ pub fn run(
         }
         while let Some(message) = control.receive() {
             match message {
-                // The state so far stays.
-                FromController::Scan { scan, .. } if !control.new_scan(scan) => {}
                 FromController::Scan {
                     scan,
-                    parameters: values,
+                    uuid,
+                    parameters,
                     ..
                 } => {
-                    let parameters = beamflow_net::parameters(values, &descriptions);
-                    let reducer = Reducer::new(&settings.accumulators, parameters)?;
-                    let mut core = ReducerCore::new(reducer, EventNumber(0), CAPACITY);
-                    for report in early.release(scan) {
-                        core.handle(ReducerInput::Report(report));
+                    // A scan repeated to this process keeps the state so far.
+                    if control.new_scan(scan) || live.as_ref().is_none_or(|l| l.scan != scan) {
+                        let mut core = start_scan(settings, scan, &uuid, parameters)?;
+                        for report in early.release(scan) {
+                            core.handle(ReducerInput::Report(report));
+                        }
+                        live = Some(Live {
+                            scan,
+                            core,
+                            started: now,
+                            reduced: EventNumber(0),
+                        });
+                        publish(view, live.as_ref(), now);
+                        published = now;
                     }
-                    live = Some(Live {
-                        scan,
-                        core,
-                        started: now,
-                        finished: false,
-                        reduced: EventNumber(0),
-                    });
-                    publish(view, live.as_ref(), now);
-                    published = now;
+                    // Every `Scan` is answered: the controller rewinds the scan to here.
+                    if let Some(live) = live.as_mut() {
+                        live.core.flush_checkpoint();
+                        control.send(&ToController::Resumed {
+                            scan,
+                            at: live.core.next_event(),
+                        });
+                    }
+                }
+                FromController::Rewind { scan, from, .. } => {
+                    if let Some(live) = live.as_mut().filter(|l| l.scan == scan) {
+                        let next = live.core.next_event();
+                        if from < next {
+                            warn!(scan, %from, %next, "Rewound to events already applied: they stay applied, and their reports come again as duplicates.");
+                        }
+                        if let Some(lost) = live.core.rewind(from) {
+                            error!(scan, first = %lost.start, last = lost.end.0 - 1, events = lost.end.0 - lost.start.0,
+                                "Events lost: they were released without a checkpoint covering them and are not in the state.");
+                        }
+                        info!(scan, %from, "Scan rewound; the events from here on are recomputed.");
+                    }
                 }
                 FromController::ExpectWorkers { scan, events } => {
                     if let Some(live) = live.as_mut().filter(|l| l.scan == scan) {
@@ -135,15 +211,12 @@ pub fn run(
                 }
                 FromController::Parameters { values } => {
                     if let Some(live) = live.as_mut() {
-                        live.core
-                            .reducer_mut()
-                            .set_parameters(beamflow_net::parameters(values, &descriptions));
+                        live.core.set_parameters(values);
                     }
                 }
                 FromController::Finish { scan } => {
                     if let Some(live) = live.as_mut().filter(|l| l.scan == scan) {
-                        live.core.reducer_mut().finish();
-                        live.finished = true;
+                        live.core.finish();
                     }
                     publish(view, live.as_ref(), now);
                     published = now;
@@ -169,6 +242,11 @@ pub fn run(
             }
         }
         if let Some(live) = live.as_mut() {
+            // Before `Reduced`: the controller releases the ingesters' frames at it, so what it
+            // announces must be in the checkpoint. Without one (none configured, or given up
+            // after a write failed) `Reduced` goes out all the same: holding it back would stall
+            // the scan for good, and the controller logs what a later restart loses.
+            live.core.flush_checkpoint();
             let next = live.core.next_event();
             if next > live.reduced {
                 live.reduced = next;
@@ -195,7 +273,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
     let seconds = now.duration_since(live.started).as_secs_f64();
     let status = Status {
         source: "reducer".to_owned(),
-        finished: live.finished,
+        finished: live.core.is_finished(),
         events: counts.order.released,
         results: reducer.counts().results,
         last_event: counts.order.released.checked_sub(1),
@@ -211,6 +289,11 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         duplicates: counts.order.duplicates,
         unexpected_reports: counts.unexpected_reports,
         latency_ms: live.core.latency(),
+        incomplete: live.core.incomplete_listed(),
+        restored_events: live.core.restored_events(),
+        lost_events: live.core.lost_events(),
+        checkpoint: live.checkpoint(),
+        checkpoint_failures: live.core.checkpoint().map_or(0, |c| c.failures()),
         ..Status::default()
     };
     view.publish(reducer.state(), status);
