@@ -61,6 +61,8 @@ pub struct ReducerCore {
     parameters: ParameterValues,
     restored_events: u64,
     lost_events: u64,
+    /// The last event applied: with events lost, not the one before the next.
+    last_event: Option<EventNumber>,
     finished: bool,
 }
 
@@ -114,6 +116,7 @@ impl ReducerCore {
             parameters: ParameterValues::new(),
             restored_events: 0,
             lost_events: 0,
+            last_event: None,
             finished: false,
         }
     }
@@ -246,6 +249,7 @@ impl ReducerCore {
 
     /// Applies one event's results; the one path for live and restored events.
     fn apply(&mut self, event: EventNumber, results: &[ResultData], missing: Vec<StreamName>) {
+        self.last_event = Some(event);
         if !missing.is_empty() {
             self.incomplete_events += 1;
             if self.incomplete_listed.len() == INCOMPLETE_LISTED {
@@ -342,6 +346,11 @@ impl ReducerCore {
     /// The accumulators, for publishing their state.
     pub fn reducer(&self) -> &Reducer {
         &self.reducer
+    }
+
+    /// The last event applied.
+    pub fn last_event(&self) -> Option<EventNumber> {
+        self.last_event
     }
 
     /// The next event to apply.

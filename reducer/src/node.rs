@@ -164,6 +164,10 @@ pub fn run(
                 } => {
                     // A scan repeated to this process keeps the state so far.
                     if control.new_scan(scan) || live.as_ref().is_none_or(|l| l.scan != scan) {
+                        // The last scan's records of this turn (its `Finish`) go out first.
+                        if let Some(last) = live.as_mut() {
+                            last.core.flush_checkpoint();
+                        }
                         let mut core = start_scan(settings, scan, &uuid, parameters)?;
                         for report in early.release(scan) {
                             core.handle(ReducerInput::Report(report));
@@ -276,7 +280,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         finished: live.core.is_finished(),
         events: counts.order.released,
         results: reducer.counts().results,
-        last_event: counts.order.released.checked_sub(1),
+        last_event: live.core.last_event().map(|e| e.0),
         accumulator_errors: reducer.counts().accumulator_errors.clone(),
         unmatched_columns: reducer.unmatched(),
         events_per_second: if seconds > 0.0 {
@@ -309,4 +313,211 @@ pub enum ReducerError {
     /// The pipeline's accumulators cannot be built.
     #[error(transparent)]
     Config(#[from] ConfigError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beamflow_net::{send_reports, send_to_component, try_recv_from_component};
+    use beamflow_protocol::{EventReport, ResultData, Value};
+    use std::sync::Arc;
+
+    /// The controller's end of the control plane, in the test's hands.
+    struct Controller {
+        router: zmq::Socket,
+        endpoint: String,
+    }
+
+    impl Controller {
+        fn new(context: &zmq::Context) -> Self {
+            let router = socket(context, zmq::ROUTER, 1000, 0).unwrap();
+            let endpoint = bind_any(&router, "127.0.0.1").unwrap();
+            Self { router, endpoint }
+        }
+
+        /// The first message `pick` takes, with its sender, within 10 s.
+        fn wait_for<T>(
+            &self,
+            mut pick: impl FnMut(&[u8], &ToController) -> Option<T>,
+        ) -> (Vec<u8>, T) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match try_recv_from_component(&self.router).unwrap() {
+                    Some((identity, Ok(message))) => {
+                        if let Some(found) = pick(&identity, &message) {
+                            return (identity.to_vec(), found);
+                        }
+                    }
+                    Some((_, Err(error))) => panic!("{error}"),
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            panic!("no such message within 10 s");
+        }
+    }
+
+    fn start(
+        context: &zmq::Context,
+        controller: &str,
+        folder: &std::path::Path,
+    ) -> (Stop, View, std::thread::JoinHandle<()>) {
+        let settings = ReducerSettings {
+            controller: controller.to_owned(),
+            host: "127.0.0.1".to_owned(),
+            accumulators: toml::from_str(
+                "[history]\nkind = \"history\"\nvalues = { mean = \"mean\" }",
+            )
+            .unwrap(),
+            reachable: beamflow_net::Reachable::default(),
+            checkpoint: Some(folder.to_owned()),
+        };
+        let (stop, view) = (Stop::new(), View::new());
+        let (context, thread_stop, thread_view) = (context.clone(), stop.clone(), view.clone());
+        let thread = std::thread::spawn(move || {
+            run(&settings, &context, &thread_view, &thread_stop).unwrap();
+        });
+        (stop, view, thread)
+    }
+
+    fn report(event: u64) -> EventReport {
+        EventReport {
+            event_number: EventNumber(event),
+            worker: "w1".into(),
+            results: vec![ResultData {
+                event_number: EventNumber(event),
+                analysis: "stats".into(),
+                worker: "w1".into(),
+                created_at: None,
+                payload: Arc::new(Value::Map(
+                    [("mean".to_owned(), Value::Float(event as f64))].into(),
+                )),
+            }],
+            missing: if event == 3 {
+                vec!["pcap".into()]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn scan(uuid: &str) -> FromController {
+        FromController::Scan {
+            scan: 1,
+            uuid: uuid.to_owned(),
+            frames: vec![],
+            reducer: None,
+            parameters: vec![],
+            first_frames: vec![],
+        }
+    }
+
+    /// The identity and reports endpoint of a reducer other than `before` saying hello.
+    fn join(controller: &Controller, before: &[u8]) -> (Vec<u8>, String) {
+        controller.wait_for(|identity, message| match message {
+            ToController::Hello(hello) if identity != before => hello.endpoint.clone(),
+            _ => None,
+        })
+    }
+
+    fn feed(
+        context: &zmq::Context,
+        controller: &Controller,
+        identity: &[u8],
+        reports: &str,
+        events: std::ops::Range<u64>,
+    ) {
+        let expect = FromController::ExpectWorkers {
+            scan: 1,
+            events: events
+                .clone()
+                .map(|n| (EventNumber(n), vec!["w1".into()]))
+                .collect(),
+        };
+        send_to_component(&controller.router, identity, &expect).unwrap();
+        let push = beamflow_net::push_to(context, reports, 5_000).unwrap();
+        let sent: Vec<EventReport> = events.clone().map(report).collect();
+        send_reports(&push, 1, &sent).unwrap();
+        let end = EventNumber(events.end);
+        controller.wait_for(|_, message| {
+            matches!(message, ToController::Reduced { up_to, .. } if *up_to == end).then_some(())
+        });
+    }
+
+    /// A reducer that stops mid-scan and a new one in its place: the new one answers the scan
+    /// with where the old one's checkpoint ends, and goes on from there with the whole state.
+    #[test]
+    fn a_restarted_reducer_resumes_the_scan_from_its_checkpoint() {
+        let context = zmq::Context::new();
+        let folder = tempfile::tempdir().unwrap();
+        let controller = Controller::new(&context);
+        let (stop, _, thread) = start(&context, &controller.endpoint, folder.path());
+        let (first, reports) = join(&controller, b"");
+        send_to_component(&controller.router, &first, &scan("u-1")).unwrap();
+        let (_, at) = controller.wait_for(|_, message| match message {
+            ToController::Resumed { scan: 1, at } => Some(*at),
+            _ => None,
+        });
+        assert_eq!(at, EventNumber(0));
+        // `Reduced` is said only once the checkpoint holds the events.
+        feed(&context, &controller, &first, &reports, 0..5);
+        stop.stop();
+        thread.join().unwrap();
+
+        let (stop, view, thread) = start(&context, &controller.endpoint, folder.path());
+        let (identity, reports) = join(&controller, &first);
+        send_to_component(&controller.router, &identity, &scan("u-1")).unwrap();
+        let (_, at) = controller.wait_for(|_, message| match message {
+            ToController::Resumed { scan: 1, at } => Some(*at),
+            _ => None,
+        });
+        assert_eq!(at, EventNumber(5));
+        let (_, status) = controller.wait_for(|_, message| match message {
+            ToController::Hello(hello) => match &hello.status {
+                ComponentStatus::Reducer(status) if status.scan == Some(1) => Some(status.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
+        assert_eq!(status.restored_events, 5);
+        let file = checkpoint::path(folder.path(), "u-1");
+        assert_eq!(status.checkpoint, Some(file.display().to_string()));
+        send_to_component(
+            &controller.router,
+            &identity,
+            &FromController::Rewind {
+                scan: 1,
+                from: EventNumber(5),
+                reducer: None,
+            },
+        )
+        .unwrap();
+        feed(&context, &controller, &identity, &reports, 5..8);
+        send_to_component(
+            &controller.router,
+            &identity,
+            &FromController::Finish { scan: 1 },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !view.status().finished {
+            assert!(Instant::now() < deadline, "the scan never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let state = view.state();
+        assert_eq!(
+            serde_json::to_string(state.pointer("history/values/mean").unwrap()).unwrap(),
+            "[0.0,1.0,2.0,3.0,4.0,5.0,6.0,7.0]"
+        );
+        let status = view.status();
+        assert_eq!(
+            (status.events, status.restored_events, status.lost_events),
+            (8, 5, 0)
+        );
+        assert_eq!(
+            serde_json::to_value(&status.incomplete).unwrap(),
+            serde_json::json!([{"event": 3, "missing": ["pcap"]}])
+        );
+        stop.stop();
+        thread.join().unwrap();
+    }
 }
