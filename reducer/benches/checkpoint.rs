@@ -54,7 +54,7 @@ fn inputs() -> Vec<ReducerInput> {
 fn run(mut core: ReducerCore, inputs: Vec<ReducerInput>) -> EventNumber {
     for (i, input) in inputs.into_iter().enumerate() {
         core.handle(input);
-        if i as u64 % (2 * TURN) == 0 {
+        if (i as u64).is_multiple_of(2 * TURN) {
             core.flush_checkpoint();
         }
     }
