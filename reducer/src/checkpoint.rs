@@ -598,11 +598,10 @@ mod tests {
     #[test]
     fn a_write_failure_is_counted_and_the_checkpoint_given_up() {
         let dir = tempfile::tempdir().unwrap();
-        let path = path(&dir.path().join("gone"), "u");
+        let path = path(dir.path(), "u");
         let mut checkpoint = Checkpoint::create(&path, 1, "u", &parameters("a"));
         assert!(checkpoint.flush());
-        // The folder vanishes under the reducer: the open file still writes on Unix, so fail
-        // the way a full disk does, on a file opened read-only.
+        // A write that fails as on a full disk: the file is swapped for one opened read-only.
         checkpoint.file = Some(File::open(&path).unwrap());
         checkpoint.event(EventNumber(0), &[result(0, 1.0)], &[]);
         assert!(!checkpoint.flush());
