@@ -3,7 +3,7 @@
 //! controller, which releases the ingesters' retained frames. The state is published to the
 //! HTTP [`View`] every [`PUBLISH`] and at the end of a scan.
 //!
-//! With a checkpoint folder, each scan's applied inputs go to its [`checkpoint`](crate::checkpoint),
+//! With a checkpoint folder, each scan's applied inputs go to its [`checkpoint`],
 //! written once per loop turn before `Reduced`; a restarted reducer given the scan again rebuilds
 //! its state from there, answers `Resumed` with where it ends, and the controller rewinds the scan
 //! to there.
