@@ -53,6 +53,20 @@ pub struct Status {
     /// Live only: from an ingester reading an event to its results being applied, over the last
     /// 10,000 events (the ingesters' and the reducer's clocks must agree across hosts).
     pub latency_ms: Option<crate::live::Latency>,
+    /// Live only: the last 1,000 of the incomplete events, each with the streams it lacked
+    /// (frames that did not arrive in time, or that a restarted ingester's predecessor read and
+    /// never sent).
+    pub incomplete: Vec<crate::live::IncompleteEvent>,
+    /// Live only: events of the scan restored from its checkpoint when this reducer took the
+    /// scan over (it restarted).
+    pub restored_events: u64,
+    /// Live only: events released without a checkpoint covering them, skipped when the scan
+    /// went on past them (a restart without a checkpoint): they are not in the state.
+    pub lost_events: u64,
+    /// Live only: the scan's checkpoint file, while one is kept.
+    pub checkpoint: Option<String>,
+    /// Live only: checkpoint writes that failed; the checkpoint is then given up for the scan.
+    pub checkpoint_failures: u64,
 }
 
 struct Snapshot {

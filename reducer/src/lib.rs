@@ -11,10 +11,12 @@
 //!   results applied in event order.
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
+//! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
 //! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
 //! - [`unmatched`]: configured paths that match no result, reported once with the keys there.
 
 pub mod accumulators;
+pub mod checkpoint;
 pub mod http;
 pub mod live;
 pub mod node;

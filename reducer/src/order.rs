@@ -108,6 +108,30 @@ impl Reorder {
         Some((event, results))
     }
 
+    /// Drops what is buffered (reports, expectations) of events from `from` on: they will be
+    /// recomputed and expected again. With `from` past the next event, the events between are
+    /// skipped too, and released no more; returns how many were skipped.
+    pub fn rewind(&mut self, from: EventNumber) -> u64 {
+        drop(self.pending.split_off(&from));
+        if from <= self.next {
+            return 0;
+        }
+        self.pending.clear();
+        let skipped = from.0 - self.next.0;
+        self.next = from;
+        skipped
+    }
+
+    /// Counts `event` as released without it passing through the buffer (restored from a
+    /// checkpoint): the buffer goes on from the event after it.
+    pub fn restored(&mut self, event: EventNumber) {
+        if event >= self.next {
+            self.pending = self.pending.split_off(&EventNumber(event.0 + 1));
+            self.next = EventNumber(event.0 + 1);
+            self.counts.released += 1;
+        }
+    }
+
     /// Whether the buffer holds as many events as it may; stop reading reports until it drains.
     pub fn is_full(&self) -> bool {
         self.pending.len() >= self.capacity
@@ -190,6 +214,40 @@ mod tests {
         order.expect(EventNumber(0), workers(&["w2"]));
         assert_eq!(order.offer(report(0, "w2", &["stats"])), Offer::Accepted);
         assert_eq!(order.pop_ready().map(|(e, _)| e), Some(EventNumber(0)));
+    }
+
+    #[test]
+    fn a_rewind_drops_what_is_buffered_from_there_on() {
+        let mut order = Reorder::new(EventNumber(0), 16);
+        for event in 0..3 {
+            order.expect(EventNumber(event), workers(&["w1"]));
+        }
+        order.offer(report(0, "w1", &["stats"]));
+        assert_eq!(order.pop_ready().map(|(e, _)| e), Some(EventNumber(0)));
+        order.offer(report(2, "w1", &["stats"]));
+        assert_eq!(order.rewind(EventNumber(1)), 0);
+        order.offer(report(1, "w1", &["stats"]));
+        assert_eq!(
+            order.pop_ready(),
+            None,
+            "event 1 waits for its new expectation"
+        );
+        order.expect(EventNumber(1), workers(&["w1"]));
+        assert_eq!(order.pop_ready().map(|(e, _)| e), Some(EventNumber(1)));
+        assert_eq!(
+            order.offer(report(2, "w1", &["stats"])),
+            Offer::Accepted,
+            "its report from before the rewind was dropped"
+        );
+        // Past the next event: the events between are skipped.
+        assert_eq!(order.rewind(EventNumber(10)), 8);
+        assert_eq!(order.next_event(), EventNumber(10));
+        assert_eq!(order.pop_ready(), None);
+        assert_eq!(
+            order.counts().released,
+            2,
+            "skipped events are not released"
+        );
     }
 
     #[test]
