@@ -531,17 +531,28 @@ fn a_restarted_ingester_finishes_the_scan_and_names_every_lost_event() {
         .as_array()
         .unwrap_or_else(|| panic!("the reducer names its incomplete events: {status}"));
     let mut lost = Vec::new();
-    for event in incomplete {
+    for run in incomplete {
         assert_eq!(
-            event["missing"],
+            run["missing"],
             json!(["det"]),
             "a lost event names its stream"
         );
-        let event = event["event"].as_u64().unwrap();
-        if (1..=events).contains(&event) {
-            lost.push(event);
-        }
+        let (first, last) = (
+            run["first"].as_u64().unwrap(),
+            run["last"].as_u64().unwrap(),
+        );
+        lost.extend((first..=last).filter(|event| (1..=events).contains(event)));
     }
+    assert_eq!(
+        status["incomplete_events"].as_u64(),
+        Some(
+            incomplete
+                .iter()
+                .map(|run| run["last"].as_u64().unwrap() - run["first"].as_u64().unwrap() + 1)
+                .sum()
+        ),
+        "every incomplete event is named"
+    );
     let kept: BTreeSet<u64> = history.iter().copied().collect();
     let named_twice: Vec<u64> = lost.iter().copied().filter(|e| kept.contains(e)).collect();
     assert!(

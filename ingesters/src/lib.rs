@@ -82,10 +82,13 @@ pub trait Source: Send {
     /// The streams it provides.
     fn streams(&self) -> Vec<StreamName>;
 
-    /// A scan starts with this many frames per stream (a simulator starts a series that long;
-    /// a live detector ignores it); for an ingester that restarted mid-scan, what is left of
-    /// the scan. What the source holds from before the scan is not the scan's.
-    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+    /// A scan starts with these frames of each stream: `0..count`, or, for an ingester that
+    /// restarted mid-scan, what is left of it (a simulator produces them, numbered so; a live
+    /// detector ignores it). What the source holds from before the scan is not the scan's.
+    fn start_scan(
+        &mut self,
+        _frames: &BTreeMap<StreamName, std::ops::Range<u64>>,
+    ) -> Result<(), SourceError> {
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! it waits, and gives up on a worker the controller no longer lists.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
@@ -190,12 +191,12 @@ impl Node<'_> {
                             .join(", ");
                         info!(scan, %from, "Joining a running scan after a restart.");
                     }
-                    // A simulator starts a series as long as what is left of the scan.
-                    let left: BTreeMap<StreamName, u64> = frames
+                    // A simulator goes on with the series where the scan is.
+                    let left: BTreeMap<StreamName, Range<u64>> = frames
                         .iter()
                         .map(|(stream, count)| {
                             let first = first_frames.get(stream).copied().unwrap_or(0);
-                            (stream.clone(), count.saturating_sub(first))
+                            (stream.clone(), first.min(*count)..*count)
                         })
                         .collect();
                     self.core.start_scan(scan, frames, first_frames);

@@ -56,7 +56,7 @@ pub struct Status {
     /// Live only: the last 1,000 of the incomplete events, each with the streams it lacked
     /// (frames that did not arrive in time, or that a restarted ingester's predecessor read and
     /// never sent).
-    pub incomplete: Vec<crate::live::IncompleteEvent>,
+    pub incomplete: Vec<crate::live::IncompleteEvents>,
     /// Live only: events of the scan restored from its checkpoint when this reducer took the
     /// scan over (it restarted).
     pub restored_events: u64,

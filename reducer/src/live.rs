@@ -30,15 +30,19 @@ pub enum ReducerInput {
 
 pub use beamflow_protocol::control::LiveCounts;
 
-/// Incomplete events the status names, the latest ones.
+/// Runs of incomplete events the status names, the latest ones.
 pub const INCOMPLETE_LISTED: usize = 1000;
 
-/// An event applied with streams missing, as the status names it.
+/// Consecutive events applied with the same streams missing, as the status names them: one
+/// run, however long, for what one fault took (a restarted ingester loses up to a window of
+/// events), so the status names every lost event in little space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct IncompleteEvent {
-    /// The event.
-    pub event: EventNumber,
-    /// The streams it lacked.
+pub struct IncompleteEvents {
+    /// The first event.
+    pub first: EventNumber,
+    /// The last event.
+    pub last: EventNumber,
+    /// The streams they lacked.
     pub missing: Vec<StreamName>,
 }
 
@@ -50,8 +54,8 @@ pub struct ReducerCore {
     /// Per buffered event, the streams some worker lacked.
     incomplete: BTreeMap<EventNumber, BTreeSet<StreamName>>,
     incomplete_events: u64,
-    /// The last [`INCOMPLETE_LISTED`] incomplete events.
-    incomplete_listed: VecDeque<IncompleteEvent>,
+    /// The last [`INCOMPLETE_LISTED`] runs of incomplete events.
+    incomplete_listed: VecDeque<IncompleteEvents>,
     unexpected_reports: u64,
     /// Microseconds from the ingester reading each event to its results being applied, for the
     /// last [`LATENCY_WINDOW`] events with results.
@@ -252,11 +256,21 @@ impl ReducerCore {
         self.last_event = Some(event);
         if !missing.is_empty() {
             self.incomplete_events += 1;
-            if self.incomplete_listed.len() == INCOMPLETE_LISTED {
-                self.incomplete_listed.pop_front();
+            match self.incomplete_listed.back_mut() {
+                Some(run) if run.last.0 + 1 == event.0 && run.missing == missing => {
+                    run.last = event;
+                }
+                _ => {
+                    if self.incomplete_listed.len() == INCOMPLETE_LISTED {
+                        self.incomplete_listed.pop_front();
+                    }
+                    self.incomplete_listed.push_back(IncompleteEvents {
+                        first: event,
+                        last: event,
+                        missing,
+                    });
+                }
             }
-            self.incomplete_listed
-                .push_back(IncompleteEvent { event, missing });
         }
         for result in results {
             self.reducer.apply(result);
@@ -338,8 +352,8 @@ impl ReducerCore {
         self.lost_events
     }
 
-    /// The last [`INCOMPLETE_LISTED`] events applied with streams missing, oldest first.
-    pub fn incomplete_listed(&self) -> Vec<IncompleteEvent> {
+    /// The last [`INCOMPLETE_LISTED`] runs of events applied with streams missing, oldest first.
+    pub fn incomplete_listed(&self) -> Vec<IncompleteEvents> {
         self.incomplete_listed.iter().cloned().collect()
     }
 
@@ -518,7 +532,10 @@ rmat_y = [[1.0, 2.26], [0.0, 1.0]]
         }
         assert_eq!(
             serde_json::to_value(&whole.incomplete_listed()[..2]).unwrap(),
-            serde_json::json!([{"event": 0, "missing": ["pcap"]}, {"event": 3, "missing": ["pcap"]}])
+            serde_json::json!([
+                {"first": 0, "last": 0, "missing": ["pcap"]},
+                {"first": 3, "last": 3, "missing": ["pcap"]}
+            ])
         );
         assert!(matches!(
             ReducerCore::restore(&configs(), &path, "another-scan", 64),

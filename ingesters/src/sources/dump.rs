@@ -90,7 +90,10 @@ impl Source for Dump {
         self.streams.clone()
     }
 
-    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+    fn start_scan(
+        &mut self,
+        _frames: &BTreeMap<StreamName, std::ops::Range<u64>>,
+    ) -> Result<(), SourceError> {
         self.reader = Some(open(&self.config)?);
         self.pending.clear();
         self.counters.clear();

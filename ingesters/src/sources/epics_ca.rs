@@ -568,7 +568,10 @@ impl Source for EpicsCa {
         self.streams.clone()
     }
 
-    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+    fn start_scan(
+        &mut self,
+        _frames: &BTreeMap<StreamName, std::ops::Range<u64>>,
+    ) -> Result<(), SourceError> {
         // What arrived before the scan only updates the latest values: it must not become the
         // new scan's first events (a stalled scan leaves the queue full of old updates).
         self.drain_waiting(self.queue_capacity);

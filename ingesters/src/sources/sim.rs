@@ -131,16 +131,21 @@ impl Source for Sim {
         self.streams.clone()
     }
 
-    fn start_scan(&mut self, frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+    fn start_scan(
+        &mut self,
+        frames: &BTreeMap<StreamName, std::ops::Range<u64>>,
+    ) -> Result<(), SourceError> {
+        // A range not from 0 is the rest of a series a restarted ingester takes up: it goes on
+        // with images, as a detector's series would, instead of a second header.
         self.series = self
             .streams
             .iter()
             .filter_map(|stream| {
-                let length = *frames.get(stream)?;
+                let range = frames.get(stream)?;
                 Some(Series {
                     stream: stream.clone(),
-                    length,
-                    next: 0,
+                    length: range.end,
+                    next: range.start,
                 })
             })
             .collect();
@@ -198,7 +203,7 @@ mod tests {
     fn a_series_is_header_images_end_numbered_from_zero() {
         let config: SimConfig = toml::from_str("shape = [4, 6]\nrate_hz = 0").unwrap();
         let mut sim = Sim::new(&config, "det");
-        sim.start_scan(&BTreeMap::from([(StreamName::from("det"), 4)]))
+        sim.start_scan(&BTreeMap::from([(StreamName::from("det"), 0..4)]))
             .unwrap();
         let frames: Vec<SourceFrame> = (0..4)
             .map(|_| sim.next_frame(Duration::ZERO).unwrap().unwrap())
@@ -227,6 +232,26 @@ mod tests {
         assert!(
             sim.next_frame(Duration::ZERO).unwrap().is_none(),
             "series over"
+        );
+    }
+
+    /// A restarted ingester takes up the series where the scan is: images, no second header.
+    #[test]
+    fn the_rest_of_a_series_goes_on_with_images() {
+        let config: SimConfig = toml::from_str("shape = [4, 6]\nrate_hz = 0").unwrap();
+        let mut sim = Sim::new(&config, "det");
+        sim.start_scan(&BTreeMap::from([(StreamName::from("det"), 2..5)]))
+            .unwrap();
+        let frames: Vec<(u64, stins::Kind)> = std::iter::from_fn(|| sim.next_frame(Duration::ZERO).unwrap())
+            .map(|f| (f.index, stins::peek(&f.data.frames).unwrap().kind))
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                (2, stins::Kind::Image),
+                (3, stins::Kind::Image),
+                (4, stins::Kind::End)
+            ]
         );
     }
 }

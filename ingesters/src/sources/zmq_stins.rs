@@ -228,7 +228,10 @@ impl Source for ZmqStins {
         vec![self.stream.clone()]
     }
 
-    fn start_scan(&mut self, _frames: &BTreeMap<StreamName, u64>) -> Result<(), SourceError> {
+    fn start_scan(
+        &mut self,
+        _frames: &BTreeMap<StreamName, std::ops::Range<u64>>,
+    ) -> Result<(), SourceError> {
         self.base = None;
         self.pending = None;
         self.dropped_this_scan = 0;
