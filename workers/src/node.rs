@@ -1,7 +1,7 @@
 //! A worker process's socket loop around [`WorkerCore`]: event parts arrive on a PULL socket it
 //! binds, leases and scans on its control DEALER; reports leave on a PUSH to the reducer.
 //!
-//! Back-pressure: reports that find the reducer's queue full wait in an [`Outbox`], and while
+//! Back-pressure: reports that find the reducer's queue full wait in an `Outbox`, and while
 //! any wait the worker reads no parts, so its own PULL queue fills and the ingesters' sends to it
 //! wait in turn. It never blocks on the reducer: it keeps saying hello and taking control
 //! messages (a paused reducer must not make its workers look dead), and retries each turn.
