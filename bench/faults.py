@@ -19,7 +19,7 @@ Per fault it reports:
   finished      the controller says the scan of N + 2 events finished, and the reducer too;
   exactly once  GET <reducer>/api/v1/result/history/event_number holds 1..N, each once; after an
                 ingester restart, events whose frames were truly lost may instead be named in the
-                reducer's /api/v1/status `incomplete` (never both);
+                reducer's /api/v1/status `incomplete` runs (never both);
   recovery      the longest period with no increase of `completed_events` (GET
                 <controller>/api/v1/progress every 0.1 s; unanswered polls are no sample) among
                 those that end after the fault began (or are still open when the case ends),
@@ -377,8 +377,10 @@ def run_case(name, args, folder):
         lost = []
         if name == "ingester_restart":
             # Frames the killed ingester had read and not forwarded: named, not reduced.
-            lost = [entry.get("event") for entry in reducer.get("incomplete") or []
-                    if 1 <= (entry.get("event") or 0) <= args.events]
+            # The status names them as runs: {first, last, missing}.
+            lost = [event for run in reducer.get("incomplete") or []
+                    for event in range(run.get("first", 0), run.get("last", -1) + 1)
+                    if 1 <= event <= args.events]
         check = check_history(history, lost, args.events)
         result.update(check)
         result["history_rows"] = len(history)

@@ -135,7 +135,7 @@ impl Ensemble {
                     current.scan.reduced(up_to);
                 }
             }
-            ToController::Resumed { scan, at } => self.resumed(identity, scan, at),
+            ToController::Resumed { scan, at } => self.resumed(identity, scan, at, now),
         }
     }
 

@@ -442,6 +442,11 @@ impl IngesterCore {
         self.retained_bytes
     }
 
+    /// Per stream, the index of the next frame it will place.
+    pub fn next_frames(&self) -> Vec<(StreamName, u64)> {
+        self.next.iter().map(|(s, n)| (s.clone(), *n)).collect()
+    }
+
     /// The counters so far (over every scan).
     pub fn counts(&self) -> IngesterCounts {
         self.counts

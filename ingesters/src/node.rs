@@ -158,6 +158,7 @@ impl Node<'_> {
                 recording: recording.recording,
                 last_recording: recording.last_recording,
                 recorded_files: recording.files,
+                next_frames: core.next_frames(),
             })
         });
     }

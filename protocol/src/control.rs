@@ -126,6 +126,10 @@ pub struct IngesterStatus {
     /// Dump files written so far.
     #[n(8)]
     pub recorded_files: u64,
+    /// Per stream, the index of the next frame it will place in the scan: where a restarted
+    /// successor takes up the stream.
+    #[n(9)]
+    pub next_frames: Vec<(StreamName, u64)>,
 }
 
 /// Counters of an ingester's scan.

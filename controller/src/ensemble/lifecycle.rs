@@ -55,6 +55,12 @@ pub(crate) struct Current {
     /// A reducer joined mid-scan (restarted, or met by a restarted controller): nothing is
     /// leased until it says where it resumes, and the scan is rewound to there.
     pub(crate) awaiting_reducer: bool,
+    /// Where the reducer said it resumes, until the scan is rewound to there.
+    pub(super) resume_at: Option<EventNumber>,
+    /// A restarted controller rewinds no sooner than this: everyone has said hello by then.
+    pub(super) rejoin_until: Option<Instant>,
+    /// Where the scan was last rewound to, for a component that joins afterwards.
+    pub(super) rewound_from: Option<EventNumber>,
 }
 
 /// The scan `beamflow run --live` resumes whenever no other scan runs.
@@ -166,6 +172,9 @@ impl Ensemble {
             done: BTreeMap::new(),
             error: None,
             awaiting_reducer: false,
+            resume_at: None,
+            rejoin_until: None,
+            rewound_from: None,
         });
         self.record_scan();
         let keys: Vec<(Role, String)> = self.members.keys().cloned().collect();
@@ -194,6 +203,7 @@ impl Ensemble {
         self.forgive_own_absence(now);
         self.resume_live_when_idle(now);
         self.remove_silent(now);
+        self.rewind_when_ready(now);
         let Some(current) = self.current.as_mut() else {
             return;
         };

@@ -41,6 +41,20 @@ impl Ensemble {
             .members
             .get(&key)
             .map(|m| (m.instance, m.stalled_since));
+        // Where a restarted ingester's predecessor had got to, by its last hello.
+        let running = self.running_scan().map(|(scan, _)| scan);
+        let predecessor_next = match self.members.get(&key).map(|m| &m.status) {
+            Some(ComponentStatus::Ingester(status)) if Some(status.scan) == running => {
+                status.next_frames.clone()
+            }
+            _ => Vec::new(),
+        };
+        // The scan a joining worker or ingester says it is in, already.
+        let in_scan = match &hello.status {
+            ComponentStatus::Ingester(status) => Some(status.scan),
+            ComponentStatus::Worker(status) => Some(status.scan),
+            ComponentStatus::Reducer(_) => None,
+        };
         let member = Member {
             identity: identity.to_vec(),
             instance: hello.instance,
@@ -81,7 +95,9 @@ impl Ensemble {
                 }
             }
             Role::Reducer if joined => self.reducer_joined(restarted),
-            Role::Ingester if restarted => return self.ingester_restarted(&key, identity),
+            Role::Ingester if restarted => {
+                return self.ingester_restarted(&key, identity, &predecessor_next);
+            }
             Role::Reducer | Role::Ingester => {}
         }
         if !joined {
@@ -95,6 +111,9 @@ impl Ensemble {
             if hello.role == Role::Ingester {
                 self.send_worker_endpoints();
             }
+        }
+        if let Some(scan) = in_scan {
+            self.rejoined_after_rewind(&key, identity, scan);
         }
     }
 

@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
-use beamflow_protocol::control::{FromController, Role};
+use beamflow_protocol::control::{FromController, HEARTBEAT_MS, Role};
 use beamflow_protocol::{EventNumber, StreamName};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -50,6 +51,10 @@ pub enum RecordError {
         error: String,
     },
 }
+
+/// How long a restarted controller waits for every component to say hello before it rewinds
+/// the scan: three heartbeats.
+const REJOIN: Duration = Duration::from_millis(3 * HEARTBEAT_MS);
 
 fn record_path(folder: &Path) -> PathBuf {
     folder.join("controller").join("scan.json")
@@ -147,7 +152,7 @@ impl Ensemble {
             return Ok(self);
         };
         let sequence = Sequence::from_record(sequence).map_err(|e| invalid(e.to_string()))?;
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         info!(scan = record.number, uuid = %record.uuid, events = sequence.total_events(),
             "Resuming the scan the last controller left running; waiting for the reducer to say where it is.");
         self.current = Some(super::Current {
@@ -161,6 +166,9 @@ impl Ensemble {
             done: Default::default(),
             error: None,
             awaiting_reducer: true,
+            resume_at: None,
+            rejoin_until: Some(now + REJOIN),
+            rewound_from: None,
         });
         self.counts.resumed_scans += 1;
         Ok(self)
@@ -195,18 +203,35 @@ impl Ensemble {
         );
     }
 
-    /// The reducer resumes the scan at `at`: everything from there on is leased again.
-    pub(super) fn resumed(&mut self, identity: &[u8], scan: u64, at: EventNumber) {
+    /// The reducer resumes the scan at `at`: everything from there on is leased again, once
+    /// everyone can hear it ([`Ensemble::rewind_when_ready`]).
+    pub(super) fn resumed(&mut self, identity: &[u8], scan: u64, at: EventNumber, now: Instant) {
         if self.name_of(Role::Reducer, identity).is_none() {
             return;
         }
-        let Some(current) = self
+        if let Some(current) = self
             .current
             .as_mut()
             .filter(|c| c.number == scan && c.awaiting_reducer && !c.finish_sent)
-        else {
+        {
+            current.resume_at = Some(at);
+        }
+        self.rewind_when_ready(now);
+    }
+
+    /// Rewinds the scan to where the reducer resumes. A restarted controller first gives every
+    /// component [`REJOIN`] to say hello: one that joins after the rewind would keep the old
+    /// controller's leases and expectations.
+    pub(super) fn rewind_when_ready(&mut self, now: Instant) {
+        let Some(current) = self.current.as_mut().filter(|c| {
+            c.awaiting_reducer && !c.finish_sent && c.rejoin_until.is_none_or(|t| now >= t)
+        }) else {
             return;
         };
+        let Some(at) = current.resume_at.take() else {
+            return;
+        };
+        let scan = current.number;
         current.awaiting_reducer = false;
         // Frames below `released` are gone from the ingesters: a reducer whose checkpoint ends
         // before them cannot have them again.
@@ -226,6 +251,7 @@ impl Ensemble {
         let recomputed = leased.0.saturating_sub(from.0);
         current.scan.rewind(from);
         current.released = from;
+        current.rewound_from = Some(from);
         self.counts.rewinds += 1;
         self.counts.rewound_events += recomputed;
         info!(
@@ -244,10 +270,52 @@ impl Ensemble {
         }
     }
 
-    /// An ingester restarted mid-scan: it takes up its predecessor's place. The frames the
-    /// predecessor had read are gone (no source sends them again), so the new one starts each
-    /// stream at the first frame not yet leased, and its leased frames below that are gaps.
-    pub(super) fn ingester_restarted(&mut self, key: &(Role, String), identity: &[u8]) {
+    /// A worker or ingester that was in the running scan joined after it was rewound (it was
+    /// silent through a restarted controller's [`REJOIN`]): it hears the rewind too, and an
+    /// ingester is given the leases of every event not yet reduced.
+    pub(super) fn rejoined_after_rewind(
+        &mut self,
+        key: &(Role, String),
+        identity: &[u8],
+        scan: u64,
+    ) {
+        let Some(current) = self
+            .current
+            .as_ref()
+            .filter(|c| c.number == scan && !c.finish_sent)
+        else {
+            return;
+        };
+        let (Some(from), Some(member)) = (current.rewound_from, self.members.get(key)) else {
+            return;
+        };
+        let message = FromController::Rewind {
+            scan,
+            from,
+            reducer: self.reducer_endpoint(),
+        };
+        self.outbox.push((identity.to_vec(), message));
+        if key.0 == Role::Ingester {
+            let outstanding: Vec<Assignment> = current.scan.outstanding().cloned().collect();
+            let events = self.leases_for(member, &outstanding, None);
+            if !events.is_empty() {
+                self.outbox
+                    .push((identity.to_vec(), FromController::Lease { scan, events }));
+            }
+        }
+    }
+
+    /// An ingester restarted mid-scan: it takes up its predecessor's place. It starts each
+    /// stream where the predecessor had got to by its last hello (`predecessor_next`; at the
+    /// first frame not yet leased if that is unknown). The predecessor's leased frames below
+    /// that are gaps: the ones it had sent are with their workers, the others are gone, since no
+    /// source sends them again, and their events are completed without them.
+    pub(super) fn ingester_restarted(
+        &mut self,
+        key: &(Role, String),
+        identity: &[u8],
+        predecessor_next: &[(StreamName, u64)],
+    ) {
         self.counts.ingester_restarts += 1;
         let Some(mut message) = self.scan_message_for(key) else {
             self.send_worker_endpoints();
@@ -257,11 +325,22 @@ impl Ensemble {
             return;
         };
         let next = current.scan.next_event();
+        let reduced = EventNumber(current.scan.progress().completed_events);
         let sequence = current.scan.sequence();
         let starts: Vec<(StreamName, u64)> = member
             .streams
             .iter()
-            .map(|stream| (stream.clone(), sequence.frames_before(stream, next)))
+            .map(|stream| {
+                // Frames of reduced events have no lease any more: a first frame among them
+                // would wait for one for ever.
+                let reduced = sequence.frames_before(stream, reduced);
+                let leased = sequence.frames_before(stream, next);
+                let reached = predecessor_next
+                    .iter()
+                    .find(|(s, _)| s == stream)
+                    .map_or(leased, |(_, reached)| *reached);
+                (stream.clone(), reached.clamp(reduced, leased.max(reduced)))
+            })
             .collect();
         let outstanding: Vec<Assignment> = current.scan.outstanding().cloned().collect();
         let events = self.leases_for(member, &outstanding, None);
@@ -284,7 +363,7 @@ impl Ensemble {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use beamflow_protocol::control::ToController;
+    use beamflow_protocol::control::{ComponentStatus, IngesterStatus, ToController, WorkerStatus};
 
     use super::*;
     use crate::ensemble::Pacing;
@@ -483,7 +562,7 @@ mod tests {
         assert_eq!(
             first_frames,
             Some(vec![("det".into(), 10)]),
-            "all 10 were leased"
+            "its predecessor said nothing of its frames: after the 10 leased"
         );
         let leased: Vec<u64> = outbox
             .iter()
@@ -497,6 +576,27 @@ mod tests {
             .collect();
         assert_eq!(leased, (3..10).collect::<Vec<_>>(), "the unreduced ones");
         assert_eq!(ensemble.counts().ingester_restarts, 1);
+        // Restarted again, after its last hello said it had placed frames 0..5: it goes on
+        // from frame 5, and the leased frames below are its predecessor's.
+        let mut said = hello(Role::Ingester, "det", 2);
+        if let ToController::Hello(hello) = &mut said {
+            hello.status = ComponentStatus::Ingester(IngesterStatus {
+                scan: 1,
+                next_frames: vec![("det".into(), 5)],
+                ..IngesterStatus::default()
+            });
+        }
+        ensemble.receive(b"i2", said, t0);
+        ensemble.take_outbox();
+        ensemble.receive(b"i3", hello(Role::Ingester, "det", 3), t0);
+        let first_frames = ensemble
+            .take_outbox()
+            .into_iter()
+            .find_map(|(id, m)| match m {
+                FromController::Scan { first_frames, .. } if id == b"i3" => Some(first_frames),
+                _ => None,
+            });
+        assert_eq!(first_frames, Some(vec![("det".into(), 5)]));
     }
 
     #[test]
@@ -537,12 +637,39 @@ mod tests {
             t0,
         );
         second.tick(t0);
+        assert!(
+            rewinds(&second.take_outbox()).is_empty(),
+            "everyone gets time to say hello first"
+        );
+        let rejoined = Instant::now() + REJOIN;
+        for (id, role, name) in [
+            (&b"i"[..], Role::Ingester, "det"),
+            (b"w1", Role::Worker, "w1"),
+            (b"r", Role::Reducer, "reducer"),
+        ] {
+            second.receive(id, hello(role, name, 1), rejoined);
+        }
+        tick_through(&mut second, t0, rejoined);
         let outbox = second.take_outbox();
         assert_eq!(rewinds(&outbox).len(), 4);
         let mut leased = leased_to(&outbox, "w1");
         leased.extend(leased_to(&outbox, "w2"));
         leased.sort_unstable();
         assert_eq!(leased, (6..10).collect::<Vec<_>>());
+        // A worker of the scan that comes back only now hears of the rewind too.
+        let mut late = hello(Role::Worker, "w3", 1);
+        if let ToController::Hello(hello) = &mut late {
+            hello.status = ComponentStatus::Worker(WorkerStatus {
+                scan: 1,
+                ..WorkerStatus::default()
+            });
+        }
+        second.receive(b"w3", late, rejoined);
+        let outbox = second.take_outbox();
+        assert_eq!(
+            rewinds(&outbox),
+            [(b"w3".to_vec(), 6, Some("tcp://reducer".to_owned()))]
+        );
         second.receive(
             b"r",
             ToController::Reduced {
