@@ -99,7 +99,7 @@ def line_with(process, needle):
     raise RuntimeError(f"no {needle!r} in {process.log}")
 
 
-def beamflow_case(frames, nbytes, rate=0.0):
+def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW):
     """One scan through separate beamflow processes; returns (events/s, GB/s, latency)."""
     port = free_port()
     pipeline = OUT / "bench.toml"
@@ -110,7 +110,7 @@ def beamflow_case(frames, nbytes, rate=0.0):
     def spawn(*args):
         log = OUT / f"{len(processes)}-{args[0]}.log"
         with open(log, "wb") as stderr:
-            p = subprocess.Popen([str(BEAMFLOW), *args], stderr=stderr, env=env)
+            p = subprocess.Popen([str(binary), *args], stderr=stderr, env=env)
         p.log = log
         processes.append(p)
         return p
@@ -194,11 +194,17 @@ def main():
     parser.add_argument("--dranspose-big", type=int, default=None,
                         help="frames for dranspose's 4 MiB case (default: --big)")
     parser.add_argument("--skip-dranspose", action="store_true")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="another beamflow binary (an older build): only its beamflow cases "
+                             "and this build's, alternating --rounds times, medians shown")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "beamflow",
                     "--example", "stins_source"], cwd=ROOT, check=True)
     big = 4 << 20
+    if args.compare:
+        return compare(args, big)
     rows = []
     for label, frames, nbytes, dr_frames in [
         ("tiny (8 B)", args.tiny, 8, args.dranspose_tiny or args.tiny),
@@ -232,6 +238,21 @@ def main():
         if bf[2]:
             print(f"beamflow latency under full load, {label}: p50 {bf[2]['p50']:.1f} ms, "
                   f"p99 {bf[2]['p99']:.1f} ms")
+
+
+def compare(args, big):
+    """This build against another, alternating, so the box's swings hit both alike."""
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; median of {args.rounds} "
+          f"alternating runs; this build {BEAMFLOW}, compared {args.compare}")
+    print("| case | this build ev/s | compared ev/s | this / compared |")
+    print("|---|---|---|---|")
+    for label, frames, nbytes in [("tiny (8 B)", args.tiny, 8), ("4 MiB", args.big, big)]:
+        this, other = [], []
+        for _ in range(args.rounds):
+            other.append(beamflow_case(frames, nbytes, binary=args.compare)[0])
+            this.append(beamflow_case(frames, nbytes)[0])
+        a, b = sorted(this)[len(this) // 2], sorted(other)[len(other) // 2]
+        print(f"| {label}, {frames:,} frames | {a:,.0f} | {b:,.0f} | {a / b:.2f} |")
 
 
 if __name__ == "__main__":

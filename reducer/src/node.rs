@@ -515,7 +515,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(&status.incomplete).unwrap(),
-            serde_json::json!([{"event": 3, "missing": ["pcap"]}])
+            serde_json::json!([{"first": 3, "last": 3, "missing": ["pcap"]}])
         );
         stop.stop();
         thread.join().unwrap();
