@@ -87,7 +87,9 @@ pub fn decompress(
         )));
     }
     let mut out = vec![0u8; total];
-    let mut scratch = vec![0u8; block_bytes];
+    // A block never holds more than the whole buffer: the header's block size alone (a 13-byte
+    // input can claim 832 MiB blocks) must not size an allocation.
+    let mut scratch = vec![0u8; block_bytes.min(total)];
     let mut pos = 12;
     let mut done = 0; // elements written
     let mut block = 0;
@@ -256,6 +258,16 @@ mod tests {
         fn garbage_is_an_error_not_a_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decompress(&data, 2, None);
         }
+    }
+
+    /// Found by fuzzing with a 256 MiB allocation limit: total 52 bytes, blocks of 0x34000000.
+    #[test]
+    fn a_hostile_block_size_is_a_clean_error() {
+        let data = [0, 0, 0, 0, 0, 0, 0, 0x34, 0x34, 0, 0, 0];
+        assert!(matches!(
+            decompress(&data, 2, None),
+            Err(Bslz4Error::Truncated { block: 0, .. })
+        ));
     }
 
     #[test]
