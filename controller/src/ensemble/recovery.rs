@@ -16,7 +16,7 @@ use beamflow_protocol::{EventNumber, StreamName};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use super::Ensemble;
+use super::{Ensemble, Member};
 use crate::mapping::Sequence;
 use crate::route::Assignment;
 
@@ -294,15 +294,24 @@ impl Ensemble {
             from,
             reducer: self.reducer_endpoint(),
         };
+        let lease = (key.0 == Role::Ingester)
+            .then(|| self.unreduced_leases(member))
+            .flatten();
         self.outbox.push((identity.to_vec(), message));
-        if key.0 == Role::Ingester {
-            let outstanding: Vec<Assignment> = current.scan.outstanding().cloned().collect();
-            let events = self.leases_for(member, &outstanding, None);
-            if !events.is_empty() {
-                self.outbox
-                    .push((identity.to_vec(), FromController::Lease { scan, events }));
-            }
-        }
+        self.outbox
+            .extend(lease.map(|lease| (identity.to_vec(), lease)));
+    }
+
+    /// The running scan's unreduced events, as a lease for `ingester` (none if it reads no
+    /// frame of them).
+    fn unreduced_leases(&self, ingester: &Member) -> Option<FromController> {
+        let current = self.current.as_ref()?;
+        let outstanding: Vec<Assignment> = current.scan.outstanding().cloned().collect();
+        let events = self.leases_for(ingester, &outstanding, None);
+        (!events.is_empty()).then_some(FromController::Lease {
+            scan: current.number,
+            events,
+        })
     }
 
     /// An ingester restarted mid-scan: it takes up its predecessor's place. It starts each
@@ -342,20 +351,16 @@ impl Ensemble {
                 (stream.clone(), reached.clamp(reduced, leased.max(reduced)))
             })
             .collect();
-        let outstanding: Vec<Assignment> = current.scan.outstanding().cloned().collect();
-        let events = self.leases_for(member, &outstanding, None);
-        warn!(ingester = %key.1, scan = current.number, events = events.len(),
-            "Ingester restarted mid-scan: its predecessor's unsent frames are lost; their events go on without them.");
+        let lease = self.unreduced_leases(member);
+        warn!(ingester = %key.1, scan = current.number, first_frames = ?starts,
+            "Ingester restarted mid-scan: it goes on from where its predecessor's last hello said it was; leased frames below that are gaps where the predecessor had not sent them.");
         if let FromController::Scan { first_frames, .. } = &mut message {
             *first_frames = starts;
         }
-        let scan = current.number;
         self.outbox.push((identity.to_vec(), message));
         self.send_worker_endpoints();
-        if !events.is_empty() {
-            self.outbox
-                .push((identity.to_vec(), FromController::Lease { scan, events }));
-        }
+        self.outbox
+            .extend(lease.map(|lease| (identity.to_vec(), lease)));
     }
 }
 
