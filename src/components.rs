@@ -71,6 +71,9 @@ pub struct Components {
     reachable: Arc<Mutex<Vec<(String, Reachable)>>>,
     /// Routes served beside the health endpoints (the autoscaler's view).
     extra_routes: Option<axum::Router>,
+    /// The CURVE authentication handler of `context`, when the pipeline has keys. Declared
+    /// last: it stops after every socket of the components.
+    _authentication: Option<beamflow_net::curve::ZapHandler>,
 }
 
 /// A Channel Access server of this process: the address asked for, the one bound, its PVs.
@@ -89,8 +92,11 @@ impl Components {
             .enable_all()
             .build()
             .context("cannot start the HTTP runtime")?;
+        let context = zmq::Context::new();
+        let authentication = beamflow_net::curve::authenticate(&context)
+            .context("cannot start the ZeroMQ authentication handler")?;
         Ok(Self {
-            context: zmq::Context::new(),
+            context,
             runtime,
             http_stop: Arc::new(tokio::sync::Notify::new()),
             running: Vec::new(),
@@ -101,6 +107,7 @@ impl Components {
             alive: Alive::default(),
             reachable: Arc::default(),
             extra_routes: None,
+            _authentication: authentication,
         })
     }
 

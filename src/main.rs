@@ -10,6 +10,7 @@ use beamflow::pipeline::Pipeline;
 use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
+use beamflow_net::curve::Keys;
 use beamflow_protocol::WorkerTag;
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
@@ -34,6 +35,11 @@ struct Cli {
     /// RUST_LOG=beamflow_ingesters=debug.
     #[arg(long, global = true, value_enum, env = "BEAMFLOW_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The pipeline's CURVE keys (a folder made by `beamflow keys`): every ZeroMQ socket between
+    /// components then admits only processes holding them. Give every component the same.
+    /// Without: plain ZeroMQ, for one host or a trusted network.
+    #[arg(long, global = true, env = "BEAMFLOW_KEYS", value_name = "DIR")]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -68,6 +74,16 @@ enum Command {
     /// Surrogate models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Make the pipeline's CURVE key pair (`beamflow.key`, `beamflow.pub`) in a new folder, for
+    /// --keys / BEAMFLOW_KEYS or a Kubernetes Secret.
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+struct KeysArgs {
+    /// The folder to write them into (created; existing keys are never overwritten).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -407,6 +423,11 @@ impl std::io::Write for AroundProgress {
 }
 
 fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
+    if let Some(folder) = &cli.keys {
+        let keys = Keys::read(folder)
+            .with_context(|| format!("cannot use the keys in {}", folder.display()))?;
+        beamflow_net::curve::use_keys(keys)?;
+    }
     match cli.command {
         Command::Run(args) => run_all(args),
         Command::Controller(args) => controller(args),
@@ -418,7 +439,21 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
         Command::Emittance(args) => emittance(args),
         Command::Scan(ScanCommand::Quad(args)) => scan_quad(args),
         Command::Model(ModelCommand::Eval(args)) => model_eval(args),
+        Command::Keys(args) => make_keys(&args.out),
     }
+}
+
+fn make_keys(folder: &Path) -> anyhow::Result<()> {
+    let keys = Keys::generate()?;
+    keys.write(folder)?;
+    println!("{}", keys.public_z85());
+    eprintln!(
+        "Wrote {}/{{beamflow.key,beamflow.pub}}. Give every component --keys {} (or BEAMFLOW_KEYS), or in Kubernetes: kubectl create secret generic beamflow-keys --from-file={}",
+        folder.display(),
+        folder.display(),
+        folder.display()
+    );
+    Ok(())
 }
 
 fn run_all(args: RunArgs) -> anyhow::Result<()> {

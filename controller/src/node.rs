@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use beamflow_net::{
-    CONTROL_HWM, Stop, TransportError, bind_any, send_to_component, socket, try_recv_from_component,
+    CONTROL_HWM, Stop, TransportError, as_server, bind_any, send_to_component, socket,
+    try_recv_from_component,
 };
 use tracing::warn;
 
@@ -25,6 +26,7 @@ impl ControlSocket {
     /// Binds on `address` (`tcp://host:port`, port `*` or 0 for any free one).
     pub fn bind(context: &zmq::Context, address: &str) -> Result<Self, TransportError> {
         let router = socket(context, zmq::ROUTER, CONTROL_HWM, 0)?;
+        as_server(context, &router)?;
         let endpoint = match address
             .strip_suffix(":*")
             .or_else(|| address.strip_suffix(":0"))

@@ -7,6 +7,8 @@
 //! libzmq a buffer by giving it away (`Box<[u8]>`).
 //!
 //! [`reuse_large_buffers`] keeps the C heap from returning freed frame buffers to the kernel.
+//!
+//! [`curve_public`] derives a CURVE public key from its secret key, to check a key folder.
 
 // The only unsafe code in beamflow: these FFI calls and the callback that ends a loan.
 #![allow(unsafe_code)]
@@ -19,6 +21,25 @@ use bytes::Bytes;
 /// Frames below this size are copied: libzmq keeps small messages inline, and a copy is cheaper
 /// than the two allocations a loan costs.
 pub(crate) const MIN_SHARED: usize = 32 << 10;
+
+unsafe extern "C" {
+    // In libzmq's API since 4.2, but not among the `zmq-sys` crate's exports.
+    fn zmq_curve_public(public: *mut std::ffi::c_char, secret: *const std::ffi::c_char) -> i32;
+}
+
+/// The Z85 public key of the Z85 secret key `secret`, or `None` if libzmq has no CURVE or the
+/// key is not 40 characters of Z85.
+pub(crate) fn curve_public(secret: &str) -> Option<String> {
+    let secret = std::ffi::CString::new(secret).ok()?;
+    if secret.as_bytes().len() != 40 {
+        return None;
+    }
+    let mut public = [0u8; 41];
+    // SAFETY: `public` has room for 40 characters and the NUL libzmq writes; `secret` is a
+    // NUL-terminated 40-character string, as libzmq reads.
+    let rc = unsafe { zmq_curve_public(public.as_mut_ptr().cast(), secret.as_ptr()) };
+    (rc == 0).then(|| String::from_utf8_lossy(&public[..40]).into_owned())
+}
 
 /// libzmq's free callback: `hint` is the `Box<Bytes>` made in [`send`].
 unsafe extern "C" fn release(_data: *mut c_void, hint: *mut c_void) {

@@ -17,6 +17,7 @@
 //! reachability, a repeated scan, messages ahead of their scan, malformed ones) is one shape in
 //! `link.rs`: [`ControlLink`], [`Early`], [`Malformed`].
 
+pub mod curve;
 mod ffi;
 pub mod http;
 mod link;
@@ -139,8 +140,24 @@ pub fn socket(
     Ok(socket)
 }
 
+/// Makes `socket` a server of beamflow's own peers: with the pipeline's keys
+/// ([`curve::use_keys`]) it admits only peers that hold them, and counts the others. Call before
+/// binding.
+pub fn as_server(context: &zmq::Context, socket: &zmq::Socket) -> Result<(), TransportError> {
+    curve::serve(context, socket).map_err(zmq_error("secure", ""))
+}
+
 /// Binds to a free port on `host` and returns the endpoint peers connect to.
 pub fn bind_any(socket: &zmq::Socket, host: &str) -> Result<String, TransportError> {
+    if !curve::is_secured() && !is_loopback(host) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                host,
+                "ZeroMQ sockets bind beyond loopback without keys: whoever reaches them can join the pipeline. Make keys with `beamflow keys --out DIR` and pass --keys DIR (or BEAMFLOW_KEYS) to every component."
+            );
+        });
+    }
     let wanted = format!("tcp://{host}:*");
     socket.bind(&wanted).map_err(zmq_error("bind", &wanted))?;
     match socket
@@ -154,6 +171,14 @@ pub fn bind_any(socket: &zmq::Socket, host: &str) -> Result<String, TransportErr
             error: zmq::Error::EINVAL,
         }),
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Sends event parts of scan `scan` as one message, `[header, frames..., header, frames...]`.
@@ -270,6 +295,7 @@ pub fn push_to(
     let push = socket(context, zmq::PUSH, DEFAULT_HWM, 0)?;
     push.set_sndtimeo(send_timeout_ms)
         .map_err(zmq_error("set SNDTIMEO", endpoint))?;
+    curve::join(&push).map_err(zmq_error("secure", endpoint))?;
     connect(&push, endpoint)?;
     Ok(push)
 }
@@ -300,6 +326,7 @@ pub fn control_client(
     socket
         .set_identity(identity.as_bytes())
         .map_err(zmq_error("set IDENTITY", controller))?;
+    curve::join(&socket).map_err(zmq_error("secure", controller))?;
     connect(&socket, controller)?;
     Ok(socket)
 }

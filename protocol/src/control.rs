@@ -196,6 +196,9 @@ pub struct WorkerStatus {
     /// Parts that did not decode.
     #[n(5)]
     pub malformed_parts: u64,
+    /// Peers refused at the handshake: without the pipeline's keys, nothing they send arrives.
+    #[n(6)]
+    pub refused_peers: u64,
 }
 
 /// A worker's counters.
@@ -245,6 +248,9 @@ pub struct ReducerStatus {
     /// The checkpoint file of the scan, if the reducer keeps one.
     #[n(5)]
     pub checkpoint: Option<String>,
+    /// Peers refused at the handshake: without the pipeline's keys, nothing they send arrives.
+    #[n(6)]
+    pub refused_peers: u64,
 }
 
 /// The reducer's counters of a scan.
@@ -579,10 +585,11 @@ mod tests {
             malformed_reports: 0,
             restored_events: 0,
             checkpoint: None,
+            refused_peers: 0,
         });
         assert_eq!(
             serde_json::to_string(&status).unwrap(),
-            r#"{"scan":2,"counts":{"order":{"released":0,"duplicates":0},"incomplete_events":0,"unexpected_reports":0},"stale_reports":1,"malformed_reports":0,"restored_events":0,"checkpoint":null}"#
+            r#"{"scan":2,"counts":{"order":{"released":0,"duplicates":0},"incomplete_events":0,"unexpected_reports":0},"stale_reports":1,"malformed_reports":0,"restored_events":0,"checkpoint":null,"refused_peers":0}"#
         );
     }
 

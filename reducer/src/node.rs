@@ -117,6 +117,7 @@ pub fn run(
     stop: &Stop,
 ) -> Result<(), ReducerError> {
     let reports = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
+    beamflow_net::as_server(context, &reports)?;
     let endpoint = bind_any(&reports, &settings.host)?;
     let introduction = Introduction {
         role: Role::Reducer,
@@ -146,6 +147,7 @@ pub fn run(
                 counts: live.as_ref().map(|l| l.core.counts()),
                 stale_reports: early.stale(),
                 malformed_reports: malformed.total(),
+                refused_peers: beamflow_net::curve::refused_peers(),
                 restored_events: live.as_ref().map_or(0, |l| l.core.restored_events()),
                 checkpoint: live.as_ref().and_then(Live::checkpoint),
             })

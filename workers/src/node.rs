@@ -76,6 +76,7 @@ pub fn run(
 ) -> Result<(), WorkerError> {
     let analyses = Analyses::build(&settings.analyses)?;
     let parts = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
+    beamflow_net::as_server(context, &parts)?;
     let endpoint = bind_any(&parts, &settings.host)?;
     let introduction = Introduction {
         role: Role::Worker,
@@ -115,6 +116,7 @@ pub fn run(
                 last_event: counts.last_event,
                 stale_parts: early.stale(),
                 malformed_parts: malformed.total(),
+                refused_peers: beamflow_net::curve::refused_peers(),
             })
         });
         let wait = control.wait_ms(now).min(50);

@@ -64,6 +64,8 @@ impl Ensemble {
             "error": self.current().and_then(|c| c.error.clone()),
             "awaiting_reducer": self.current().is_some_and(|c| c.awaiting_reducer && !c.finish_sent),
             "stalled": stalled,
+            "curve": beamflow_net::curve::is_secured(),
+            "refused_peers": beamflow_net::curve::refused_peers(),
             "counts": self.counts(),
             "ingesters": components(Role::Ingester),
             "workers": components(Role::Worker),
