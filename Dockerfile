@@ -1,9 +1,9 @@
 # The one beamflow image: every component, the simulated IOC and the tools are subcommands of
 # one binary. Build: docker build -t beamflow .
 FROM rust:1.95-slim-bookworm AS build
-# libzmq is built from source by the zmq crate (C++).
+# libzmq is Debian's, built with CURVE (libsodium); g++ for the crates that build C++.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ make \
+    && apt-get install -y --no-install-recommends g++ make libzmq3-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -12,7 +12,7 @@ RUN cargo build --release --locked --bin beamflow --features kubernetes
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \
+    && apt-get install -y --no-install-recommends libstdc++6 libzmq5 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin beamflow
 COPY --from=build /src/target/release/beamflow /usr/local/bin/beamflow

@@ -41,7 +41,7 @@ const STOPPED: Duration = Duration::from_secs(3);
 const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
 
 /// The simulated detector of most tests: small images, fast.
-fn sim(rate_hz: u32) -> String {
+pub(crate) fn sim(rate_hz: u32) -> String {
     format!("kind = \"sim\"\nshape = [16, 16]\nrate_hz = {rate_hz}")
 }
 
@@ -74,7 +74,7 @@ impl Component {
 /// given ingesters. The controller's control socket and REST API are on fixed free ports, so a
 /// restarted controller binds the same ones; the reducer's HTTP port is any, read again from a
 /// restarted reducer's output.
-struct Cluster {
+pub(crate) struct Cluster {
     /// Declared first, so the processes are killed (and their logs checked) before the folder
     /// with the pipeline file and the state is removed.
     processes: BTreeMap<String, Running>,
@@ -82,15 +82,25 @@ struct Cluster {
     allowed: BTreeMap<String, Vec<String>>,
     ingesters: Vec<&'static str>,
     file: PathBuf,
-    control: String,
+    pub(crate) control: String,
     rest: SocketAddr,
     reducer: SocketAddr,
+    /// The pipeline's CURVE keys every process is given, if any.
+    keys: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts every process and waits until each has said hello to the controller.
     fn start(ingesters: &[(&'static str, String)]) -> Self {
+        Self::start_with_keys(ingesters, None)
+    }
+
+    /// [`Cluster::start`], every process given the CURVE keys in the folder `keys`.
+    pub(crate) fn start_with_keys(
+        ingesters: &[(&'static str, String)],
+        keys: Option<PathBuf>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let [control, rest] = free_ports();
         let control = format!("tcp://127.0.0.1:{control}");
@@ -142,6 +152,7 @@ http = "127.0.0.1:0"
             control,
             rest,
             reducer: "127.0.0.1:0".parse().unwrap(),
+            keys,
             _dir: dir,
         };
         cluster.spawn(Component::Controller);
@@ -174,6 +185,11 @@ http = "127.0.0.1:0"
                 [&["ingester", "--name", name][..], &connect].concat(),
                 "beamflow ingester",
             ),
+        };
+        let keys = self.keys.as_ref().map(|k| k.to_str().unwrap().to_owned());
+        let args = match &keys {
+            Some(keys) => [&["--keys", keys.as_str()][..], &args].concat(),
+            None => args,
         };
         let mut process = Running::spawn(&args);
         let key = component.key();
@@ -238,24 +254,24 @@ http = "127.0.0.1:0"
         self.signal(component, "CONT");
     }
 
-    fn controller_get(&self, path: &str) -> Option<Value> {
+    pub(crate) fn controller_get(&self, path: &str) -> Option<Value> {
         try_get_json(self.rest, path, REQUEST_TIMEOUT)
     }
 
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         self.controller_get("/api/v1/status")
     }
 
-    fn progress(&self) -> Option<Value> {
+    pub(crate) fn progress(&self) -> Option<Value> {
         self.controller_get("/api/v1/progress")
     }
 
-    fn reducer_status(&self) -> Option<Value> {
+    pub(crate) fn reducer_status(&self) -> Option<Value> {
         try_get_json(self.reducer, "/api/v1/status", REQUEST_TIMEOUT)
     }
 
     /// The event numbers in the reducer's history, in its order.
-    fn history(&self) -> Vec<u64> {
+    pub(crate) fn history(&self) -> Vec<u64> {
         self.history_column("event_number")
             .iter()
             .map(|v| v.as_u64().unwrap())
@@ -269,7 +285,7 @@ http = "127.0.0.1:0"
         column.as_array().unwrap().clone()
     }
 
-    fn wait_until_connected(&self) {
+    pub(crate) fn wait_until_connected(&self) {
         let ingesters = self.ingesters.len();
         poll(60, "every process to connect", || {
             let config = self.controller_get("/api/v1/config").ok_or("no answer")?;
@@ -281,7 +297,7 @@ http = "127.0.0.1:0"
     }
 
     /// Posts a mapping; answers the scan's number.
-    fn post(&self, sequence: &Value) -> u64 {
+    pub(crate) fn post(&self, sequence: &Value) -> u64 {
         let (code, body) = http_post(self.rest, "/api/v1/sequence", &sequence.to_string());
         assert_eq!(code, 200, "the scan is accepted: {body}");
         self.status().unwrap()["scan"].as_u64().unwrap()
@@ -300,7 +316,7 @@ http = "127.0.0.1:0"
 
     /// Waits until the controller says scan `scan` of `events` events (start and end included)
     /// finished and the reducer published its final state; answers the reducer's status.
-    fn finished(&self, scan: u64, events: u64) -> Value {
+    pub(crate) fn finished(&self, scan: u64, events: u64) -> Value {
         poll(SCAN_SECONDS, "the scan to finish", || {
             let status = self.status().ok_or("no answer")?;
             let done = status["scan"] == scan
@@ -387,7 +403,7 @@ fn summary(status: &Value) -> String {
 
 /// Polls `probe` every 50 ms until it gives a value, failing the test after `seconds` with the
 /// last reason it gave: [`crate::util::eventually`], but a hang says where the scan stood.
-fn poll<T>(seconds: u64, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub(crate) fn poll<T>(seconds: u64, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
         let last = match probe() {
@@ -404,7 +420,7 @@ fn poll<T>(seconds: u64, what: &str, mut probe: impl FnMut() -> Result<T, String
 
 /// A scan of `events` events (plus the start and end events `all_wrap` adds), each with a frame
 /// of every stream, each event to its own worker.
-fn scan_of(events: u64, streams: &[&str]) -> Value {
+pub(crate) fn scan_of(events: u64, streams: &[&str]) -> Value {
     let slots: Vec<Value> = (0..events).map(|i| json!([{"constraint": i}])).collect();
     let part: serde_json::Map<String, Value> = streams
         .iter()
@@ -414,7 +430,7 @@ fn scan_of(events: u64, streams: &[&str]) -> Value {
 }
 
 /// Asserts that `history` holds each of the events 1..=`events` once, and nothing else.
-fn assert_every_event_once(history: &[u64], events: u64) {
+pub(crate) fn assert_every_event_once(history: &[u64], events: u64) {
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
     for &event in history {
         *seen.entry(event).or_default() += 1;
