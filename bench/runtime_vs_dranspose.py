@@ -4,6 +4,7 @@ against raw ZeroMQ, with the same STINS frames, in one run on this machine.
 
 usage: .venv/bin/python bench/runtime_vs_dranspose.py [--tiny N] [--big N] [--dranspose-tiny N]
                                                         [--dranspose-big N] [--skip-dranspose]
+                                                        [--compare BINARY | --curve] [--rounds N]
 
 Cases (defaults as issue #3 asks): (a) N tiny frames (8 bytes), (b) N 4 MiB frames, and
 (c) 20,000 tiny frames paced at 10 kHz for latency.
@@ -99,8 +100,9 @@ def line_with(process, needle):
     raise RuntimeError(f"no {needle!r} in {process.log}")
 
 
-def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW):
-    """One scan through separate beamflow processes; returns (events/s, GB/s, latency)."""
+def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW, keys=None):
+    """One scan through separate beamflow processes, with CURVE if `keys` names a folder made
+    by `beamflow keys`; returns (events/s, GB/s, latency)."""
     port = free_port()
     pipeline = OUT / "bench.toml"
     pipeline.write_text(PIPELINE.format(upstream=f"tcp://127.0.0.1:{port}"))
@@ -109,8 +111,9 @@ def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW):
 
     def spawn(*args):
         log = OUT / f"{len(processes)}-{args[0]}.log"
+        secured = ["--keys", str(keys)] if keys else []
         with open(log, "wb") as stderr:
-            p = subprocess.Popen([str(binary), *args], stderr=stderr, env=env)
+            p = subprocess.Popen([str(binary), *secured, *args], stderr=stderr, env=env)
         p.log = log
         processes.append(p)
         return p
@@ -198,6 +201,9 @@ def main():
                         help="another beamflow binary (an older build): only its beamflow cases "
                              "and this build's, alternating --rounds times, medians shown")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--curve", action="store_true",
+                        help="only this build's beamflow cases, plain and with CURVE keys, "
+                             "alternating --rounds times, medians shown")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "beamflow",
@@ -205,6 +211,8 @@ def main():
     big = 4 << 20
     if args.compare:
         return compare(args, big)
+    if args.curve:
+        return curve(args, big)
     rows = []
     for label, frames, nbytes, dr_frames in [
         ("tiny (8 B)", args.tiny, 8, args.dranspose_tiny or args.tiny),
@@ -253,6 +261,25 @@ def compare(args, big):
             this.append(beamflow_case(frames, nbytes)[0])
         a, b = sorted(this)[len(this) // 2], sorted(other)[len(other) // 2]
         print(f"| {label}, {frames:,} frames | {a:,.0f} | {b:,.0f} | {a / b:.2f} |")
+
+
+def curve(args, big):
+    """Plain ZeroMQ against CURVE (every socket between components), alternating."""
+    keys = OUT / "keys"
+    if not (keys / "beamflow.key").exists():
+        subprocess.run([str(BEAMFLOW), "keys", "--out", str(keys)], check=True,
+                       stdout=subprocess.DEVNULL)
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; median of {args.rounds} "
+          f"alternating runs of {BEAMFLOW}")
+    print("| case | plain ev/s | CURVE ev/s | CURVE / plain |")
+    print("|---|---|---|---|")
+    for label, frames, nbytes in [("tiny (8 B)", args.tiny, 8), ("4 MiB", args.big, big)]:
+        plain, secured = [], []
+        for _ in range(args.rounds):
+            plain.append(beamflow_case(frames, nbytes)[0])
+            secured.append(beamflow_case(frames, nbytes, keys=keys)[0])
+        a, b = sorted(plain)[len(plain) // 2], sorted(secured)[len(secured) // 2]
+        print(f"| {label}, {frames:,} frames | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ use beamflow::pipeline::Pipeline;
 use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
-use beamflow_net::curve::Keys;
+use beamflow_net::curve::{DataPlane, Keys};
 use beamflow_protocol::WorkerTag;
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
@@ -40,6 +40,18 @@ struct Cli {
     /// Without: plain ZeroMQ, for one host or a trusted network.
     #[arg(long, global = true, env = "BEAMFLOW_KEYS", value_name = "DIR")]
     keys: Option<PathBuf>,
+    /// With --keys: event parts and reports `encrypted` (CURVE, like the control plane) or
+    /// only `authenticated` (a password derived from the key, frames in the clear), which keeps
+    /// large frames at full speed where the data network needs no secrecy. The same for every
+    /// component.
+    #[arg(long, global = true, env = "BEAMFLOW_DATA_PLANE", value_enum, default_value_t = DataPlaneArg::Encrypted)]
+    data_plane: DataPlaneArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DataPlaneArg {
+    Encrypted,
+    Authenticated,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -426,7 +438,11 @@ fn run(cli: Cli, progress: ProgressBar) -> anyhow::Result<()> {
     if let Some(folder) = &cli.keys {
         let keys = Keys::read(folder)
             .with_context(|| format!("cannot use the keys in {}", folder.display()))?;
-        beamflow_net::curve::use_keys(keys)?;
+        let data = match cli.data_plane {
+            DataPlaneArg::Encrypted => DataPlane::Encrypted,
+            DataPlaneArg::Authenticated => DataPlane::Authenticated,
+        };
+        beamflow_net::curve::use_keys(keys, data)?;
     }
     match cli.command {
         Command::Run(args) => run_all(args),

@@ -42,10 +42,24 @@ fn refused(status: &Value) -> u64 {
 
 #[test]
 fn forged_hello_reduced_parts_and_reports_from_peers_without_the_keys_are_dropped_and_counted() {
+    forgeries_change_nothing("encrypted");
+}
+
+#[test]
+fn with_an_authenticated_data_plane_forgeries_are_dropped_and_counted_too() {
+    forgeries_change_nothing("authenticated");
+}
+
+/// Runs the probe's forgeries against a cluster with keys and the data plane `data_plane`.
+fn forgeries_change_nothing(data_plane: &str) {
     let folder = tempfile::tempdir().unwrap();
     let keys = folder.path().join("keys");
     make_keys(&keys);
-    let cluster = Cluster::start_with_keys(&[("det", sim(200))], Some(keys));
+    let args = ["--keys", keys.to_str().unwrap(), "--data-plane", data_plane];
+    let cluster = Cluster::start_with(
+        &[("det", sim(200))],
+        args.iter().map(|&a| a.to_owned()).collect(),
+    );
     let config = cluster.controller_get("/api/v1/config").unwrap();
     let reducer_url = config["reducer"]["url"].as_str().unwrap().to_owned();
     let worker_urls: Vec<String> = config["workers"]

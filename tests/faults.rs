@@ -85,21 +85,21 @@ pub(crate) struct Cluster {
     pub(crate) control: String,
     rest: SocketAddr,
     reducer: SocketAddr,
-    /// The pipeline's CURVE keys every process is given, if any.
-    keys: Option<PathBuf>,
+    /// Arguments every process is given before its command (`--keys DIR`, say).
+    global_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts every process and waits until each has said hello to the controller.
     fn start(ingesters: &[(&'static str, String)]) -> Self {
-        Self::start_with_keys(ingesters, None)
+        Self::start_with(ingesters, Vec::new())
     }
 
-    /// [`Cluster::start`], every process given the CURVE keys in the folder `keys`.
-    pub(crate) fn start_with_keys(
+    /// [`Cluster::start`], every process given `global_args` before its command.
+    pub(crate) fn start_with(
         ingesters: &[(&'static str, String)],
-        keys: Option<PathBuf>,
+        global_args: Vec<String>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let [control, rest] = free_ports();
@@ -152,7 +152,7 @@ http = "127.0.0.1:0"
             control,
             rest,
             reducer: "127.0.0.1:0".parse().unwrap(),
-            keys,
+            global_args,
             _dir: dir,
         };
         cluster.spawn(Component::Controller);
@@ -186,11 +186,8 @@ http = "127.0.0.1:0"
                 "beamflow ingester",
             ),
         };
-        let keys = self.keys.as_ref().map(|k| k.to_str().unwrap().to_owned());
-        let args = match &keys {
-            Some(keys) => [&["--keys", keys.as_str()][..], &args].concat(),
-            None => args,
-        };
+        let global: Vec<&str> = self.global_args.iter().map(String::as_str).collect();
+        let args = [&global[..], &args].concat();
         let mut process = Running::spawn(&args);
         let key = component.key();
         if let Some(allowed) = self.allowed.get(&key) {

@@ -26,7 +26,7 @@ impl ControlSocket {
     /// Binds on `address` (`tcp://host:port`, port `*` or 0 for any free one).
     pub fn bind(context: &zmq::Context, address: &str) -> Result<Self, TransportError> {
         let router = socket(context, zmq::ROUTER, CONTROL_HWM, 0)?;
-        as_server(context, &router)?;
+        as_server(context, &router, beamflow_net::curve::Plane::Control)?;
         let endpoint = match address
             .strip_suffix(":*")
             .or_else(|| address.strip_suffix(":0"))

@@ -8,6 +8,14 @@
 //! lets nobody in. A peer refused at the handshake (no keys, other keys, or no CURVE at all) never
 //! delivers a message; it is counted in [`refused_peers`] and logged once per address.
 //!
+//! CURVE encrypts every byte, which costs more than half the rate of 4 MiB frames on a 2-core
+//! machine (README, "Security"). Where the data network needs no secrecy, the data plane (event
+//! parts and reports, [`Plane::Data`]) can be *authenticated* only ([`DataPlane::Authenticated`]):
+//! ZeroMQ's PLAIN handshake with a password derived from the secret key, checked by the same
+//! handler, and frames unencrypted. The control plane stays CURVE. A listener on the wire then
+//! learns the derived password, which opens the data plane but not the control plane and does
+//! not reveal the key.
+//!
 //! Without keys every socket is plain ZeroMQ, for a single host or a trusted network. Only the
 //! sockets between beamflow's own components are secured: a detector's stream (`zmq_stins`)
 //! speaks whatever its sender does.
@@ -33,6 +41,28 @@ const ZAP_DOMAIN: &str = "beamflow";
 const POLL_MS: i32 = 250;
 /// Peer addresses remembered for log-once; past it, refusals are only counted.
 const REMEMBERED_PEERS: usize = 1024;
+
+/// The user name of the data plane's PLAIN handshake.
+const DATA_USER: &str = "beamflow";
+
+/// Which of beamflow's connections a socket carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// Hellos, leases, scans: always CURVE when there are keys.
+    Control,
+    /// Event parts and reports: CURVE, or authenticated only ([`DataPlane`]).
+    Data,
+}
+
+/// How the data plane is secured when there are keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPlane {
+    /// CURVE: authenticated and encrypted.
+    #[default]
+    Encrypted,
+    /// ZeroMQ PLAIN with a password derived from the key: authenticated, not encrypted.
+    Authenticated,
+}
 
 /// Why the keys could not be made, read or used.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +173,17 @@ impl Keys {
         Ok(Self { public, secret })
     }
 
+    /// The data plane's PLAIN password: a one-way digest of the secret key, so a listener who
+    /// reads it on the wire cannot recover the key.
+    fn data_password(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"beamflow data plane\0")
+            .chain_update(self.secret)
+            .finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The public key in Z85, as `beamflow keys` prints it.
     pub fn public_z85(&self) -> String {
         z85(&self.public)
@@ -169,8 +210,9 @@ fn read_key(path: &Path) -> Result<[u8; 32], KeysError> {
         })
 }
 
-/// The keys this process's sockets use, once [`use_keys`] was called.
-static KEYS: OnceLock<Keys> = OnceLock::new();
+/// The keys this process's sockets use and how the data plane is secured, once [`use_keys`] was
+/// called.
+static KEYS: OnceLock<(Keys, DataPlane)> = OnceLock::new();
 /// Peers refused at the handshake, by every server socket of this process.
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
@@ -184,15 +226,17 @@ pub fn is_secured() -> bool {
     KEYS.get().is_some()
 }
 
-/// Makes every beamflow socket this process creates from now on use CURVE with `keys`. A
-/// process has one pipeline and so one pair of keys: other keys later are refused.
-pub fn use_keys(keys: Keys) -> Result<(), KeysError> {
-    if KEYS.get_or_init(|| keys.clone()) != &keys {
+/// Makes every beamflow socket this process creates from now on use `keys`, the data plane
+/// secured as `data` says. A process has one pipeline and so one pair of keys: other keys or
+/// another data plane later are refused.
+pub fn use_keys(keys: Keys, data: DataPlane) -> Result<(), KeysError> {
+    let wanted = (keys, data);
+    if KEYS.get_or_init(|| wanted.clone()) != &wanted {
         return Err(KeysError::Mismatch(PathBuf::from(
             "(a second pair of keys)",
         )));
     }
-    info!(public_key = %keys.public_z85(), "ZeroMQ sockets use CURVE.");
+    info!(public_key = %wanted.0.public_z85(), data_plane = ?data, "ZeroMQ sockets use CURVE.");
     Ok(())
 }
 
@@ -200,7 +244,7 @@ pub fn use_keys(keys: Keys) -> Result<(), KeysError> {
 /// until the returned guard is dropped. Without one, a CURVE server would admit any client that
 /// knows the public key.
 pub fn authenticate(context: &zmq::Context) -> Result<Option<ZapHandler>, KeysError> {
-    let Some(keys) = KEYS.get() else {
+    let Some((keys, _)) = KEYS.get() else {
         return Ok(None);
     };
     let socket = context.socket(zmq::REP).map_err(zap_error("create"))?;
@@ -210,12 +254,15 @@ pub fn authenticate(context: &zmq::Context) -> Result<Option<ZapHandler>, KeysEr
         .map_err(zap_error("configure"))?;
     socket.bind(ZAP_ENDPOINT).map_err(zap_error("bind"))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let public = keys.public;
+    let admitted = Admitted {
+        public: keys.public,
+        password: keys.data_password(),
+    };
     let thread = std::thread::Builder::new()
         .name("beamflow-zap".into())
         .spawn({
             let stop = Arc::clone(&stop);
-            move || answer_zap(&socket, public, &stop)
+            move || answer_zap(&socket, &admitted, &stop)
         })
         .map_err(|_| KeysError::Zmq {
             operation: "start the authentication handler",
@@ -254,8 +301,34 @@ impl Drop for ZapHandler {
     }
 }
 
-/// Answers ZAP requests (RFC 27): a CURVE client is admitted if its key is the pipeline's.
-fn answer_zap(socket: &zmq::Socket, public: [u8; 32], stop: &AtomicBool) {
+/// Who the authentication handler lets in.
+struct Admitted {
+    /// The only CURVE client key.
+    public: [u8; 32],
+    /// The data plane's PLAIN password.
+    password: String,
+}
+
+impl Admitted {
+    /// Whether the credentials of a ZAP request's `mechanism` are the pipeline's.
+    fn admits(&self, mechanism: &[u8], credentials: &[Vec<u8>]) -> bool {
+        match (mechanism, credentials) {
+            (b"CURVE", [key]) => constant_time_eq(key, &self.public),
+            (b"PLAIN", [user, password]) => {
+                user == DATA_USER.as_bytes() && constant_time_eq(password, self.password.as_bytes())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing of where a guess went wrong.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Answers ZAP requests (RFC 27): a client is admitted if its credentials are the pipeline's.
+fn answer_zap(socket: &zmq::Socket, admitted: &Admitted, stop: &AtomicBool) {
     let mut logged = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         let request = match socket.recv_multipart(0) {
@@ -265,7 +338,7 @@ fn answer_zap(socket: &zmq::Socket, public: [u8; 32], stop: &AtomicBool) {
         };
         // [version, request id, domain, address, routing id, mechanism, credentials...]
         let field = |i: usize| request.get(i).map_or(&[][..], Vec::as_slice);
-        let admitted = field(5) == b"CURVE" && field(6) == public;
+        let admitted = admitted.admits(field(5), request.get(6..).unwrap_or_default());
         if !admitted {
             let address = String::from_utf8_lossy(field(3)).into_owned();
             if logged.len() < REMEMBERED_PEERS && logged.insert(address.clone()) {
@@ -291,15 +364,23 @@ fn answer_zap(socket: &zmq::Socket, public: [u8; 32], stop: &AtomicBool) {
 /// Counter of monitor endpoints, each unique in the process.
 static MONITORS: AtomicU64 = AtomicU64::new(0);
 
-/// Makes `socket` a CURVE server with the pipeline's keys (nothing without keys), and counts
-/// the peers it refuses. Call before binding.
-pub(crate) fn serve(context: &zmq::Context, socket: &zmq::Socket) -> Result<(), zmq::Error> {
-    let Some(keys) = KEYS.get() else {
+/// Makes `socket` a server of `plane` with the pipeline's keys (nothing without keys), and
+/// counts the peers it refuses. Call before binding.
+pub(crate) fn serve(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    plane: Plane,
+) -> Result<(), zmq::Error> {
+    let Some((keys, data)) = KEYS.get() else {
         return Ok(());
     };
     socket.set_zap_domain(ZAP_DOMAIN)?;
-    socket.set_curve_server(true)?;
-    socket.set_curve_secretkey(&keys.secret)?;
+    if plane == Plane::Data && *data == DataPlane::Authenticated {
+        socket.set_plain_server(true)?;
+    } else {
+        socket.set_curve_server(true)?;
+        socket.set_curve_secretkey(&keys.secret)?;
+    }
     let endpoint = format!(
         "inproc://beamflow-monitor-{}",
         MONITORS.fetch_add(1, Ordering::Relaxed)
@@ -358,12 +439,16 @@ fn count_refusals(monitor: &zmq::Socket) {
     }
 }
 
-/// Makes `socket` a CURVE client with the pipeline's keys (nothing without keys). Call before
-/// connecting.
-pub(crate) fn join(socket: &zmq::Socket) -> Result<(), zmq::Error> {
-    let Some(keys) = KEYS.get() else {
+/// Makes `socket` a client of `plane` with the pipeline's keys (nothing without keys). Call
+/// before connecting.
+pub(crate) fn join(socket: &zmq::Socket, plane: Plane) -> Result<(), zmq::Error> {
+    let Some((keys, data)) = KEYS.get() else {
         return Ok(());
     };
+    if plane == Plane::Data && *data == DataPlane::Authenticated {
+        socket.set_plain_username(Some(DATA_USER))?;
+        return socket.set_plain_password(Some(&keys.data_password()));
+    }
     socket.set_curve_serverkey(&keys.public)?;
     socket.set_curve_publickey(&keys.public)?;
     socket.set_curve_secretkey(&keys.secret)?;
@@ -417,12 +502,13 @@ mod tests {
     #[test]
     fn only_a_peer_with_the_keys_delivers_and_the_others_are_counted() {
         let keys = Keys::generate().unwrap();
-        use_keys(keys.clone()).unwrap();
-        assert!(use_keys(Keys::generate().unwrap()).is_err());
+        use_keys(keys.clone(), DataPlane::Encrypted).unwrap();
+        assert!(use_keys(Keys::generate().unwrap(), DataPlane::Encrypted).is_err());
+        assert!(use_keys(keys.clone(), DataPlane::Authenticated).is_err());
         let context = zmq::Context::new();
         let _zap = authenticate(&context).unwrap().unwrap();
         let pull = crate::socket(&context, zmq::PULL, 16, 5_000).unwrap();
-        crate::as_server(&context, &pull).unwrap();
+        crate::as_server(&context, &pull, Plane::Data).unwrap();
         let endpoint = crate::bind_any(&pull, "127.0.0.1").unwrap();
 
         // A plain socket, and one with CURVE but its own keys, knowing the public key.
@@ -454,5 +540,43 @@ mod tests {
             Err(zmq::Error::EAGAIN),
             "nothing forged arrives"
         );
+    }
+
+    #[test]
+    fn an_authenticated_data_plane_admits_the_derived_password_only() {
+        let keys = Keys::generate().unwrap();
+        use_keys(keys.clone(), DataPlane::Authenticated).unwrap();
+        let context = zmq::Context::new();
+        let _zap = authenticate(&context).unwrap().unwrap();
+        let pull = crate::socket(&context, zmq::PULL, 16, 5_000).unwrap();
+        crate::as_server(&context, &pull, Plane::Data).unwrap();
+        let endpoint = crate::bind_any(&pull, "127.0.0.1").unwrap();
+
+        let guesser = context.socket(zmq::PUSH).unwrap();
+        guesser.set_linger(0).unwrap();
+        guesser.set_plain_username(Some(DATA_USER)).unwrap();
+        guesser.set_plain_password(Some("guess")).unwrap();
+        guesser.connect(&endpoint).unwrap();
+        guesser.send("forged", zmq::DONTWAIT).unwrap();
+        let plain = context.socket(zmq::PUSH).unwrap();
+        plain.set_linger(0).unwrap();
+        plain.connect(&endpoint).unwrap();
+        plain.send("forged", zmq::DONTWAIT).unwrap();
+
+        let member = crate::push_to(&context, &endpoint, 1_000).unwrap();
+        member.send("genuine", 0).unwrap();
+        assert_eq!(pull.recv_bytes(0).unwrap(), b"genuine");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while refused_peers() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(refused_peers() >= 2, "refused {}", refused_peers());
+        pull.set_rcvtimeo(300).unwrap();
+        assert_eq!(
+            pull.recv_bytes(0),
+            Err(zmq::Error::EAGAIN),
+            "nothing forged arrives"
+        );
+        assert_ne!(keys.data_password(), z85(&keys.secret));
     }
 }

@@ -140,11 +140,15 @@ pub fn socket(
     Ok(socket)
 }
 
-/// Makes `socket` a server of beamflow's own peers: with the pipeline's keys
+/// Makes `socket` a server of beamflow's own peers on `plane`: with the pipeline's keys
 /// ([`curve::use_keys`]) it admits only peers that hold them, and counts the others. Call before
 /// binding.
-pub fn as_server(context: &zmq::Context, socket: &zmq::Socket) -> Result<(), TransportError> {
-    curve::serve(context, socket).map_err(zmq_error("secure", ""))
+pub fn as_server(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    plane: curve::Plane,
+) -> Result<(), TransportError> {
+    curve::serve(context, socket, plane).map_err(zmq_error("secure", ""))
 }
 
 /// Binds to a free port on `host` and returns the endpoint peers connect to.
@@ -295,7 +299,7 @@ pub fn push_to(
     let push = socket(context, zmq::PUSH, DEFAULT_HWM, 0)?;
     push.set_sndtimeo(send_timeout_ms)
         .map_err(zmq_error("set SNDTIMEO", endpoint))?;
-    curve::join(&push).map_err(zmq_error("secure", endpoint))?;
+    curve::join(&push, curve::Plane::Data).map_err(zmq_error("secure", endpoint))?;
     connect(&push, endpoint)?;
     Ok(push)
 }
@@ -326,7 +330,7 @@ pub fn control_client(
     socket
         .set_identity(identity.as_bytes())
         .map_err(zmq_error("set IDENTITY", controller))?;
-    curve::join(&socket).map_err(zmq_error("secure", controller))?;
+    curve::join(&socket, curve::Plane::Control).map_err(zmq_error("secure", controller))?;
     connect(&socket, controller)?;
     Ok(socket)
 }

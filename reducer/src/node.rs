@@ -117,7 +117,7 @@ pub fn run(
     stop: &Stop,
 ) -> Result<(), ReducerError> {
     let reports = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
-    beamflow_net::as_server(context, &reports)?;
+    beamflow_net::as_server(context, &reports, beamflow_net::curve::Plane::Data)?;
     let endpoint = bind_any(&reports, &settings.host)?;
     let introduction = Introduction {
         role: Role::Reducer,

@@ -76,7 +76,7 @@ pub fn run(
 ) -> Result<(), WorkerError> {
     let analyses = Analyses::build(&settings.analyses)?;
     let parts = socket(context, zmq::PULL, beamflow_net::DEFAULT_HWM, 0)?;
-    beamflow_net::as_server(context, &parts)?;
+    beamflow_net::as_server(context, &parts, beamflow_net::curve::Plane::Data)?;
     let endpoint = bind_any(&parts, &settings.host)?;
     let introduction = Introduction {
         role: Role::Worker,
