@@ -100,9 +100,9 @@ def line_with(process, needle):
     raise RuntimeError(f"no {needle!r} in {process.log}")
 
 
-def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW, keys=None):
-    """One scan through separate beamflow processes, with CURVE if `keys` names a folder made
-    by `beamflow keys`; returns (events/s, GB/s, latency)."""
+def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW, secured=()):
+    """One scan through separate beamflow processes, each given `secured` (`--keys DIR`...)
+    before its command; returns (events/s, GB/s, latency)."""
     port = free_port()
     pipeline = OUT / "bench.toml"
     pipeline.write_text(PIPELINE.format(upstream=f"tcp://127.0.0.1:{port}"))
@@ -111,7 +111,6 @@ def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW, keys=None):
 
     def spawn(*args):
         log = OUT / f"{len(processes)}-{args[0]}.log"
-        secured = ["--keys", str(keys)] if keys else []
         with open(log, "wb") as stderr:
             p = subprocess.Popen([str(binary), *secured, *args], stderr=stderr, env=env)
         p.log = log
@@ -202,8 +201,9 @@ def main():
                              "and this build's, alternating --rounds times, medians shown")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--curve", action="store_true",
-                        help="only this build's beamflow cases, plain and with CURVE keys, "
-                             "alternating --rounds times, medians shown")
+                        help="only this build's beamflow cases: plain, CURVE everywhere, and "
+                             "CURVE with an authenticated data plane, in turn --rounds times, "
+                             "medians shown")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "beamflow",
@@ -264,22 +264,28 @@ def compare(args, big):
 
 
 def curve(args, big):
-    """Plain ZeroMQ against CURVE (every socket between components), alternating."""
+    """Plain ZeroMQ against CURVE on every socket between components and against CURVE on the
+    control plane with an authenticated-only data plane, in turn."""
     keys = OUT / "keys"
     if not (keys / "beamflow.key").exists():
         subprocess.run([str(BEAMFLOW), "keys", "--out", str(keys)], check=True,
                        stdout=subprocess.DEVNULL)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; median of {args.rounds} "
           f"alternating runs of {BEAMFLOW}")
-    print("| case | plain ev/s | CURVE ev/s | CURVE / plain |")
-    print("|---|---|---|---|")
+    print("| case | plain ev/s | CURVE everywhere ev/s | ratio | CURVE control, authenticated "
+          "data ev/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    modes = [(), ("--keys", str(keys)),
+             ("--keys", str(keys), "--data-plane", "authenticated")]
+    median = lambda runs: sorted(runs)[len(runs) // 2]
     for label, frames, nbytes in [("tiny (8 B)", args.tiny, 8), ("4 MiB", args.big, big)]:
-        plain, secured = [], []
+        runs = [[] for _ in modes]
         for _ in range(args.rounds):
-            plain.append(beamflow_case(frames, nbytes)[0])
-            secured.append(beamflow_case(frames, nbytes, keys=keys)[0])
-        a, b = sorted(plain)[len(plain) // 2], sorted(secured)[len(secured) // 2]
-        print(f"| {label}, {frames:,} frames | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+            for mode, rates in zip(modes, runs):
+                rates.append(beamflow_case(frames, nbytes, secured=mode)[0])
+        plain, curve_all, authenticated = (median(r) for r in runs)
+        print(f"| {label}, {frames:,} frames | {plain:,.0f} | {curve_all:,.0f} | "
+              f"{curve_all / plain:.2f} | {authenticated:,.0f} | {authenticated / plain:.2f} |")
 
 
 if __name__ == "__main__":
