@@ -130,7 +130,9 @@ pub struct PvStore {
 
 /// The largest message a client may send (writes of waveforms included); a larger announcement
 /// closes the circuit.
-const CLIENT_PAYLOAD_LIMIT: u64 = 16 << 20;
+const CLIENT_PAYLOAD_LIMIT: usize = 16 << 20;
+/// What a client may always send: names, and writes of scalars and short strings.
+const CLIENT_PAYLOAD_MIN: usize = 16 << 10;
 
 /// `ECA_PUTFAIL`: a write that could not be applied.
 const ECA_PUTFAIL: u32 = 160;
@@ -214,6 +216,21 @@ impl PvStore {
 
     fn get(&self, name: &str) -> Option<Arc<Pv>> {
         self.lock().get(name).cloned()
+    }
+
+    /// The largest message a client needs to send: a write of the largest writable PV in its
+    /// widest form (strings), within [`CLIENT_PAYLOAD_MIN`] and [`CLIENT_PAYLOAD_LIMIT`]. A
+    /// client announcing more is closed at once rather than buffered (a store of read-only
+    /// PVs takes no more than 16 KiB of partial message per client).
+    fn client_payload_limit(&self) -> u64 {
+        let largest = self
+            .lock()
+            .values()
+            .filter(|pv| pv.writable)
+            .map(|pv| pv.max_count.saturating_mul(crate::dbr::STRING_SIZE))
+            .max()
+            .unwrap_or(0);
+        largest.clamp(CLIENT_PAYLOAD_MIN, CLIENT_PAYLOAD_LIMIT) as u64
     }
 }
 
@@ -653,6 +670,9 @@ async fn serve_client(
         })
     };
     let mut throttled = false;
+    // The store's limit when the circuit opens, looked at again before a message is refused
+    // (a writable PV may have been added since).
+    let mut payload_limit = store.client_payload_limit();
     let mut channels: HashMap<u32, Channel> = HashMap::new();
     let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
     let mut next_sid = 1u32;
@@ -681,10 +701,15 @@ async fn serve_client(
                 gone = true;
                 break;
             }
-            let message = match split_message_within(&mut input, CLIENT_PAYLOAD_LIMIT) {
+            let message = match split_message_within(&mut input, payload_limit) {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(error) => {
+                    let limit = store.client_payload_limit();
+                    if limit > payload_limit {
+                        payload_limit = limit;
+                        continue;
+                    }
                     failed = Some(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
                     break;
                 }
@@ -1043,6 +1068,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        serving.abort();
+    }
+
+    /// Issue #17: 20 clients each sending 15 MiB of a write announced as 16 MiB held 330 MB of
+    /// partial messages. A store whose writable PVs are scalars closes a client announcing
+    /// more than 16 KiB at once, and the server goes on serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_larger_than_any_writable_pv_closes_the_circuit_at_once() {
+        let store = PvStore::new();
+        store.add("SET", (*value(1.0)).clone(), 1, true);
+        store.add("RO", (*value(2.0)).clone(), 100_000, false);
+        assert_eq!(store.client_payload_limit(), 16 << 10);
+        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), store.clone())
+            .await
+            .unwrap();
+        let address = server.local_addr().unwrap();
+        let serving = tokio::spawn(server.run());
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let mut out = BytesMut::new();
+        Header::new(command::VERSION, 0, MINOR_VERSION.into(), 0, 0).put(&mut out);
+        // WRITE_NOTIFY of 1 MiB: an extended header, and none of the payload.
+        Header {
+            command: command::WRITE_NOTIFY,
+            payload_size: 1 << 20,
+            data_type: 6,
+            count: 1 << 17,
+            p1: 1,
+            p2: 1,
+        }
+        .put(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut input = BytesMut::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read_buf(&mut input).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the circuit stayed open");
+        // A writable waveform added later raises the limit for what it needs.
+        store.add("WAVE", (*value(0.0)).clone(), 100_000, true);
+        assert_eq!(store.client_payload_limit(), 4_000_000);
         serving.abort();
     }
 }
