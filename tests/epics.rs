@@ -1447,3 +1447,102 @@ fn hostile_counts_and_sizes_do_not_reach_the_servers_memory() {
     stream.write_all(&out).unwrap();
     assert_eq!(next(&mut stream, command::READ_NOTIFY).header.p2, 3);
 }
+
+/// The resident memory of process `pid`, KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue #17: a client that sends 2,000 `READ_NOTIFY`s of the 614 kB OTR2 image (32 kB of
+/// requests) and never reads grew `beamflow sim-ioc` by a reply per request (+1.3 GB). Now its
+/// requests wait while its circuit's backlog holds the output budget (4 MiB). The bound: over
+/// a few seconds of it, the server's RSS grows by less than the budget + 64 MiB (allocator
+/// slack; the kernel's socket buffers are not in RSS), and `caget` is answered all along.
+#[test]
+fn issue_17_a_client_that_never_reads_costs_the_server_its_budget_only() {
+    use std::io::{Read, Write};
+
+    use beamflow_ca::wire::{Header, command, name_payload, put_message, split_message};
+    use bytes::BytesMut;
+
+    const BOUND_KIB: u64 = (4 << 10) + (64 << 10);
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port).args(["sim-ioc", "--image-rate", "5"]);
+    let mut sim = Running::start(command);
+    sim.wait_for_line("beamflow sim-ioc:");
+    let pid = sim.child.id();
+    // One answer first: the image exists and a circuit has been served.
+    assert_eq!(caget(port, "OTRS:IN20:571:Image:ArraySize0_RBV"), 640.0);
+    let before = rss_kib(pid);
+
+    // The hostile client keeps its receive buffer small, so that the kernel holds little of
+    // what the server sends it.
+    let runtime = runtime();
+    let mut stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = BytesMut::new();
+    Header::new(command::VERSION, 0, 13, 0, 0).put(&mut out);
+    put_message(
+        &mut out,
+        Header::new(command::CREATE_CHAN, 0, 0, 1, 13),
+        &name_payload("OTRS:IN20:571:Image:ArrayData"),
+    );
+    stream.write_all(&out).unwrap();
+    let mut input = BytesMut::new();
+    let sid = loop {
+        if let Some(message) = split_message(&mut input).unwrap() {
+            if message.header.command == command::CREATE_CHAN {
+                break message.header.p2;
+            }
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the circuit");
+        input.extend_from_slice(&chunk[..n]);
+    };
+    // 2,000 reads of the whole image as DBR_SHORT (count 0: as many as it has), never read.
+    let mut requests = BytesMut::new();
+    for ioid in 0..2000 {
+        Header::new(command::READ_NOTIFY, 1, 0, sid, ioid).put(&mut requests);
+    }
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&requests).unwrap();
+
+    let start = std::time::Instant::now();
+    let mut grown = 0;
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(4) || answers < 5 {
+        grown = grown.max(rss_kib(pid).saturating_sub(before));
+        assert!(
+            grown < BOUND_KIB,
+            "RSS grew by {grown} KiB, the bound is {BOUND_KIB} KiB"
+        );
+        assert_eq!(caget(port, "OTRS:IN20:571:Image:ArraySize0_RBV"), 640.0);
+        answers += 1;
+    }
+    // It is the budget that held it: the server said so, once, naming the client.
+    let line = sim.wait_for_line("asks for more than it reads");
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    drop(stream);
+}

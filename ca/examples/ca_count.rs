@@ -28,6 +28,7 @@ fn main() {
             MonitorEvent::Connected { .. } => c.fetch_add(1, Ordering::Relaxed),
             MonitorEvent::Update { .. } => u.fetch_add(1, Ordering::Relaxed),
             MonitorEvent::Disconnected { .. } => c.fetch_sub(1, Ordering::Relaxed),
+            MonitorEvent::Malformed { .. } | MonitorEvent::CircuitLost { .. } => 0,
         };
     }));
     runtime.block_on(async {

@@ -3,6 +3,12 @@
 //! update, connection and loss. A lost circuit sends its PVs back to searching, so a restarted
 //! IOC is picked up without anyone's help. Monitored PVs can also be written ([`Put`], answered
 //! once the server has applied the value).
+//!
+//! A server whose circuits keep failing (it closes them, or sends what cannot be read) is
+//! reconnected to with back-off: [`RETRY_MIN`] after the first failure, doubling up to
+//! [`RETRY_MAX`], and back to the start once a circuit has stayed up for [`HEALTHY_AFTER`]. The
+//! first failure of a run is logged, the others only counted ([`MonitorEvent::CircuitLost`]), so
+//! a hostile or broken server costs a few connections a minute and a line, not a storm.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -98,6 +104,28 @@ pub enum MonitorEvent {
         /// The PV.
         pv: usize,
     },
+    /// An update of the PV was skipped: it could not be read (a payload too short for its type
+    /// and count, a type beamflow does not read) or carried an error status.
+    Malformed {
+        /// The PV.
+        pv: usize,
+        /// What was wrong with it.
+        error: String,
+    },
+    /// A circuit to a server failed or closed; its PVs follow as [`MonitorEvent::Disconnected`]
+    /// and are searched for again once `retry_in` has passed.
+    CircuitLost {
+        /// The server.
+        server: SocketAddr,
+        /// The PVs the circuit carried.
+        pvs: Vec<usize>,
+        /// Why it ended.
+        error: String,
+        /// Failures of circuits to this server in a row, this one included.
+        failures: u64,
+        /// How long the client waits before it connects to the server again.
+        retry_in: Duration,
+    },
 }
 
 /// Search period bounds: fast at first, then backing off while a name stays unresolved.
@@ -107,9 +135,53 @@ const SEARCH_MAX: Duration = Duration::from_secs(2);
 /// A circuit silent this long is sent an ECHO; one silent twice this long is dropped.
 const ECHO_AFTER: Duration = Duration::from_secs(5);
 
+/// The wait before connecting again to a server whose circuit just failed for the first time
+/// (an IOC restarting is back almost at once).
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between failing circuits to one server.
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// A circuit that stayed up this long was healthy: the next failure starts the back-off over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// The highest command code of the protocol (`SERVER_DISCONN`); a server sending a higher one
+/// speaks something else, and its circuit is dropped, as libca does.
+const LAST_COMMAND: u16 = command::SERVER_DISCONN;
+
 enum Circuit {
     Event(MonitorEvent),
-    Closed(SocketAddr, Vec<usize>),
+    Closed {
+        server: SocketAddr,
+        pvs: Vec<usize>,
+        error: String,
+    },
+}
+
+/// One server's record of failing circuits.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Failures in a row.
+    failures: u64,
+    /// The last wait.
+    delay: Duration,
+    /// No circuit to the server before this.
+    not_before: Instant,
+}
+
+impl Retry {
+    /// The back-off after a circuit that lived `lived` failed, following `previous`.
+    fn after(previous: Option<Self>, lived: Duration, now: Instant) -> Self {
+        let (failures, delay) = match previous {
+            Some(retry) if lived < HEALTHY_AFTER => {
+                (retry.failures + 1, (retry.delay * 2).min(RETRY_MAX))
+            }
+            _ => (1, RETRY_MIN),
+        };
+        Self {
+            failures,
+            delay,
+            not_before: now + delay,
+        }
+    }
 }
 
 /// A write of one number to a monitored PV (by its index), as DBR_DOUBLE with WRITE_NOTIFY.
@@ -179,7 +251,9 @@ pub async fn monitor_and_put(
         };
         names.len()
     ];
-    let mut circuits: HashMap<SocketAddr, mpsc::Sender<Request>> = HashMap::new();
+    // Open circuits with when they were opened, and each failing server's back-off.
+    let mut circuits: HashMap<SocketAddr, (mpsc::Sender<Request>, Instant)> = HashMap::new();
+    let mut retries: HashMap<SocketAddr, Retry> = HashMap::new();
     let mut servers: Vec<Option<SocketAddr>> = vec![None; names.len()];
     let mut puts_open = true;
     let (circuit_tx, mut circuit_rx) = mpsc::channel::<Circuit>(1024);
@@ -198,20 +272,29 @@ pub async fn monitor_and_put(
         tokio::select! {
             received = udp.recv_from(&mut buffer) => {
                 let Ok((len, from)) = received else { continue };
+                let now = Instant::now();
                 for (pv, server) in search_replies(&buffer[..len], from) {
                     let Some(state) = states.get_mut(pv) else { continue };
                     if *state == PvState::Found {
+                        continue;
+                    }
+                    // A failing server is not connected to again before its back-off is over:
+                    // the PV stays searching (its next search is due by then).
+                    if let Some(retry) = retries.get(&server)
+                        && retry.not_before > now
+                        && !circuits.contains_key(&server)
+                    {
                         continue;
                     }
                     *state = PvState::Found;
                     servers[pv] = Some(server);
                     let name = names[pv].clone();
                     match circuits.get(&server) {
-                        Some(circuit) if circuit.send(Request::Create(pv, name.clone())).await.is_ok() => {}
+                        Some((circuit, _)) if circuit.send(Request::Create(pv, name.clone())).await.is_ok() => {}
                         _ => {
                             let (tx, rx) = mpsc::channel(names.len().max(1) + 16);
                             let _ = tx.send(Request::Create(pv, name)).await;
-                            circuits.insert(server, tx);
+                            circuits.insert(server, (tx, now));
                             tokio::spawn(run_circuit(server, rx, circuit_tx.clone()));
                         }
                     }
@@ -227,11 +310,33 @@ pub async fn monitor_and_put(
                     }
                     on_event(event);
                 }
-                Circuit::Closed(server, pvs) => {
-                    circuits.remove(&server);
+                Circuit::Closed { server, pvs, error } => {
+                    let now = Instant::now();
+                    let lived = circuits
+                        .remove(&server)
+                        .map_or(Duration::ZERO, |(_, opened)| now.duration_since(opened));
+                    let retry = Retry::after(retries.get(&server).copied(), lived, now);
+                    retries.insert(server, retry);
+                    let Retry { failures, delay, not_before } = retry;
+                    // The first failure of a run is news; the ones after it, while the server
+                    // keeps failing, are counted by whoever watches the events.
+                    if failures == 1 {
+                        warn!(%server, %error, retry_in_ms = delay.as_millis() as u64,
+                            "CA circuit lost; its PVs are searched for again (with back-off while it keeps failing).");
+                    } else {
+                        debug!(%server, %error, failures, retry_in_ms = delay.as_millis() as u64,
+                            "CA circuit failed again.");
+                    }
+                    on_event(MonitorEvent::CircuitLost {
+                        server,
+                        pvs: pvs.clone(),
+                        error,
+                        failures,
+                        retry_in: delay,
+                    });
                     for pv in pvs {
                         if let Some(state) = states.get_mut(pv) {
-                            *state = PvState::Searching { next: Instant::now(), period: SEARCH_MIN };
+                            *state = PvState::Searching { next: not_before, period: SEARCH_MIN };
                             servers[pv] = None;
                         }
                         on_event(MonitorEvent::Disconnected { pv });
@@ -246,7 +351,7 @@ pub async fn monitor_and_put(
                         .flatten()
                         .and_then(|server| circuits.get(&server));
                     match circuit {
-                        Some(circuit) => {
+                        Some((circuit, _)) => {
                             if let Err(mpsc::error::SendError(Request::Put(put))) =
                                 circuit.send(Request::Put(put)).await
                             {
@@ -344,9 +449,10 @@ async fn run_circuit(
 ) {
     let mut channels: HashMap<u32, Channel> = HashMap::new();
     let result = circuit(server, &mut requests, &events, &mut channels).await;
-    if let Err(error) = result {
-        warn!(%server, %error, "CA circuit lost; its PVs are searched for again.");
-    }
+    let error = match result {
+        Ok(()) => "closed by the client".to_owned(),
+        Err(error) => error.to_string(),
+    };
     // Names handed over but not yet read are lost with the circuit too.
     requests.close();
     let mut pvs: Vec<usize> = channels.values().map(|c| c.pv).collect();
@@ -358,7 +464,7 @@ async fn run_circuit(
             }
         }
     }
-    let _ = events.send(Circuit::Closed(server, pvs)).await;
+    let _ = events.send(Circuit::Closed { server, pvs, error }).await;
 }
 
 async fn circuit(
@@ -392,6 +498,8 @@ async fn circuit(
     // Writes waiting for their WRITE_NOTIFY answer, by I/O id; dropped with the circuit.
     let mut pending: HashMap<u32, oneshot::Sender<Result<(), PutError>>> = HashMap::new();
     let mut next_ioid = 1u32;
+    // ERROR messages the server sent on this circuit: the first is logged, the rest counted.
+    let mut server_errors = 0u64;
     loop {
         tokio::select! {
             request = requests.recv() => match request {
@@ -448,7 +556,7 @@ async fn circuit(
                         }
                         continue;
                     }
-                    handle(server, message, channels, events, &mut out).await;
+                    handle(server, message, channels, events, &mut out, &mut server_errors).await?;
                 }
             }
             () = tokio::time::sleep_until(last_heard + ECHO_AFTER) => {
@@ -470,22 +578,25 @@ async fn circuit(
     }
 }
 
+/// Acts on one message from the server; an error (a command the protocol does not have) ends
+/// the circuit.
 async fn handle(
     server: SocketAddr,
     message: wire::Message,
     channels: &mut HashMap<u32, Channel>,
     events: &mpsc::Sender<Circuit>,
     out: &mut BytesMut,
-) {
+    server_errors: &mut u64,
+) -> std::io::Result<()> {
     let h = message.header;
     match h.command {
         command::CREATE_CHAN => {
             let Some(channel) = channels.get_mut(&h.p1) else {
-                return;
+                return Ok(());
             };
             let Some(native) = Native::of(h.data_type) else {
                 warn!(%server, pv = channel.pv, dbr_type = h.data_type, "PV of a type beamflow does not read.");
-                return;
+                return Ok(());
             };
             channel.sid = Some(h.p2);
             // Subscribe to value and alarm changes, count 0: each update carries its own size.
@@ -504,24 +615,27 @@ async fn handle(
         }
         command::EVENT_ADD if h.payload_size > 0 => {
             let Some(channel) = channels.get(&h.p2) else {
-                return;
+                return Ok(());
             };
-            if h.p1 != ECA_NORMAL {
-                warn!(%server, pv = channel.pv, status = h.p1, "CA monitor update with an error status skipped.");
-                return;
-            }
-            match TimeValue::read(h.data_type, h.count as usize, &message.payload) {
-                Ok(value) => {
-                    let event = MonitorEvent::Update {
+            // Skipped updates are the watcher's to count and log (once), not one line each.
+            let event = if h.p1 != ECA_NORMAL {
+                MonitorEvent::Malformed {
+                    pv: channel.pv,
+                    error: format!("the server sent CA status {} instead of a value", h.p1),
+                }
+            } else {
+                match TimeValue::read(h.data_type, h.count as usize, &message.payload) {
+                    Ok(value) => MonitorEvent::Update {
                         pv: channel.pv,
                         value,
-                    };
-                    let _ = events.send(Circuit::Event(event)).await;
+                    },
+                    Err(error) => MonitorEvent::Malformed {
+                        pv: channel.pv,
+                        error: error.to_string(),
+                    },
                 }
-                Err(error) => {
-                    warn!(%server, pv = channel.pv, %error, "Malformed CA monitor update skipped.");
-                }
-            }
+            };
+            let _ = events.send(Circuit::Event(event)).await;
         }
         command::SERVER_DISCONN | command::CREATE_CH_FAIL => {
             if let Some(channel) = channels.remove(&h.p1) {
@@ -530,11 +644,26 @@ async fn handle(
             }
         }
         command::ERROR => {
+            *server_errors += 1;
             let text = message.payload.get(16..).map(wire::payload_name);
-            warn!(%server, status = h.p2, message = text.as_deref().unwrap_or(""), "CA server reported an error.");
+            let text = text.as_deref().unwrap_or("");
+            if *server_errors == 1 {
+                warn!(%server, status = h.p2, message = text,
+                    "CA server reported an error (further ones on this circuit are logged at debug).");
+            } else {
+                debug!(%server, status = h.p2, message = text, errors = *server_errors,
+                    "CA server reported an error.");
+            }
+        }
+        unknown if unknown > LAST_COMMAND => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unknown CA command {unknown}"),
+            ));
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// EVENT_ADD's payload: no dead bands, mask VALUE | ALARM.
@@ -549,4 +678,106 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers every search with its TCP port, and on every circuit sends a
+    /// command the protocol does not have and closes. Returns its search address and the
+    /// number of circuits it has accepted.
+    async fn hostile_server() -> (SocketAddr, Arc<AtomicU64>) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let search = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, from)) = udp.recv_from(&mut buffer).await {
+                let mut input = BytesMut::from(&buffer[..len]);
+                let mut reply = BytesMut::new();
+                while let Ok(Some(message)) = split_message(&mut input) {
+                    if message.header.command == command::SEARCH {
+                        let answer =
+                            Header::new(command::SEARCH, port, 0, u32::MAX, message.header.p2);
+                        put_message(&mut reply, answer, &MINOR_VERSION.to_be_bytes());
+                    }
+                }
+                let _ = udp.send_to(&reply, from).await;
+            }
+        });
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let mut garbage = BytesMut::new();
+                Header::new(0x7777, 0, 0, 0, 0).put(&mut garbage);
+                let _ = stream.write_all(&garbage).await;
+            }
+        });
+        (search, accepted)
+    }
+
+    /// Issue #17 (probe 3f): a server that sends what cannot be read and closes made the client
+    /// reconnect thousands of times a second (10,200 circuits in this test's 3 s, before the
+    /// back-off). With the back-off (100 ms doubling) a 3 s window holds
+    /// the circuits at about 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s: at most 6, and 8 leaves room for
+    /// a slow machine's searches. Each failure is an event, with the wait doubling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hostile_server_is_reconnected_to_with_back_off() {
+        let (search, accepted) = hostile_server().await;
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            addr_list: vec![search],
+        };
+        let client = tokio::spawn(monitor(config, vec!["X".to_owned()], move |event| {
+            let _ = events_tx.send(event);
+        }));
+        let window = Duration::from_secs(3);
+        let start = Instant::now();
+        let mut lost = Vec::new();
+        while start.elapsed() < window {
+            let wait = window.saturating_sub(start.elapsed());
+            if let Ok(Some(MonitorEvent::CircuitLost {
+                failures, retry_in, ..
+            })) = tokio::time::timeout(wait, events.recv()).await
+            {
+                lost.push((failures, retry_in));
+            }
+        }
+        client.abort();
+        let accepted = accepted.load(Ordering::Relaxed);
+        assert!(
+            (3..=8).contains(&accepted),
+            "{accepted} circuits in {window:?}"
+        );
+        let ms = Duration::from_millis;
+        assert_eq!(lost[..3], [(1, ms(100)), (2, ms(200)), (3, ms(400))]);
+    }
+
+    #[test]
+    fn the_back_off_doubles_to_its_ceiling_and_a_healthy_circuit_starts_it_over() {
+        let now = Instant::now();
+        let mut retry = None;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let next = Retry::after(retry, Duration::ZERO, now);
+            delays.push(next.delay.as_millis());
+            retry = Some(next);
+        }
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+        let again = Retry::after(retry, HEALTHY_AFTER, now);
+        assert_eq!((again.failures, again.delay), (1, RETRY_MIN));
+        assert_eq!(again.not_before, now + RETRY_MIN);
+    }
 }

@@ -156,6 +156,9 @@ pub fn split_message(buffer: &mut BytesMut) -> Result<Option<Message>, CaError> 
     split_message_within(buffer, MAX_PAYLOAD)
 }
 
+/// What a partial message reserves beyond the bytes that have arrived, at least.
+const READ_AHEAD: usize = 64 << 10;
+
 /// [`split_message`] refusing payloads over `limit` bytes.
 pub fn split_message_within(buffer: &mut BytesMut, limit: u64) -> Result<Option<Message>, CaError> {
     if buffer.len() < 16 {
@@ -184,9 +187,11 @@ pub fn split_message_within(buffer: &mut BytesMut, limit: u64) -> Result<Option<
     }
     let total = header_len + payload_size as usize;
     if buffer.len() < total {
-        // Room for what is announced, a few MiB at a time: an announcement alone does not
-        // reserve its whole size.
-        buffer.reserve((total - buffer.len()).min(4 << 20));
+        // Room for what is announced, at most as much again as has arrived (and a read's worth
+        // to start with): the announcement alone reserves nothing large, what arrives grows
+        // the buffer geometrically.
+        let room = (total - buffer.len()).min(buffer.len().max(READ_AHEAD));
+        buffer.reserve(room);
         return Ok(None);
     }
     let mut message = buffer.split_to(total);
@@ -268,6 +273,29 @@ mod tests {
         assert_eq!(message.header, header);
         assert_eq!(message.payload.len(), 4 << 20);
         assert!(pieces.next().is_none());
+    }
+
+    /// Issue #17: a header announcing 200 MiB (within the limit) reserved 4 MiB before any
+    /// of it came; now the room grows with what has arrived.
+    #[test]
+    fn an_announcement_reserves_no_more_than_what_has_arrived() {
+        let mut announced = BytesMut::new();
+        Header {
+            command: command::WRITE_NOTIFY,
+            payload_size: 200 << 20,
+            data_type: 6,
+            count: 25 << 20,
+            p1: 1,
+            p2: 2,
+        }
+        .put(&mut announced);
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&announced);
+        assert_eq!(split_message(&mut buffer).unwrap(), None);
+        assert!(buffer.capacity() <= 2 * READ_AHEAD, "{}", buffer.capacity());
+        buffer.put_bytes(0, 1 << 20);
+        assert_eq!(split_message(&mut buffer).unwrap(), None);
+        assert!(buffer.capacity() <= 4 << 20, "{}", buffer.capacity());
     }
 
     #[test]

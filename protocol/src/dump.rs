@@ -145,6 +145,9 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Default)]
 struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// The largest buffer handed out, for tests of what a hostile length costs.
+    #[cfg(test)]
+    largest: std::sync::atomic::AtomicUsize,
 }
 
 /// Most bytes of idle buffers the pool keeps; beyond it buffers go back to the allocator.
@@ -154,6 +157,9 @@ impl BufferPool {
     /// A buffer of at least `len` initialized bytes. Buffers stay initialized while pooled, so
     /// only memory never used before is zeroed.
     fn take(&self, len: usize) -> Vec<u8> {
+        #[cfg(test)]
+        self.largest
+            .fetch_max(len, std::sync::atomic::Ordering::Relaxed);
         // The smallest that fits, so that a small read does not take a large record's buffer.
         let reused = self.free.lock().ok().and_then(|mut free| {
             let (index, _) = free
@@ -246,19 +252,24 @@ pub struct DumpReader<R> {
     finished: bool,
     /// Set once the stream's start was found to be a dump's (see [`DumpReader::check_start`]).
     checked: bool,
+    /// The stream's length when known (a plain file): a record claiming more than is left is
+    /// truncated before any buffer is sized for it.
+    len: Option<u64>,
 }
 
 impl DumpReader<Box<dyn Read + Send>> {
     /// Opens a dump file; names ending in `.gz` are decompressed on the fly.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
-        let source: Box<dyn Read + Send> = if path.extension().is_some_and(|ext| ext == "gz") {
+        if path.extension().is_some_and(|ext| ext == "gz") {
             // Multi-member: dranspose appends each scan to the same file.
-            Box::new(flate2::read::MultiGzDecoder::new(file))
-        } else {
-            Box::new(file)
-        };
-        Ok(Self::new(source))
+            return Ok(Self::new(Box::new(flate2::read::MultiGzDecoder::new(file))));
+        }
+        let len = file.metadata()?.len();
+        Ok(Self {
+            len: Some(len),
+            ..Self::new(Box::new(file))
+        })
     }
 }
 
@@ -274,6 +285,7 @@ impl<R: Read> DumpReader<R> {
             offset: 0,
             finished: false,
             checked: false,
+            len: None,
         }
     }
 
@@ -331,6 +343,22 @@ impl<R: Read> DumpReader<R> {
                     record: self.record,
                     offset: self.offset,
                     len: needed,
+                });
+            }
+            let left = self
+                .len
+                .map(|len| usize::try_from(len.saturating_sub(self.offset)).unwrap_or(usize::MAX));
+            if let Some(left) = left
+                && needed > left
+            {
+                if left == 0 {
+                    return Ok(None);
+                }
+                return Err(DumpError::Truncated {
+                    record: self.record,
+                    offset: self.offset,
+                    available: left,
+                    needed,
                 });
             }
             if !self.fill(needed)? {
@@ -721,6 +749,31 @@ mod tests {
         assert_eq!(results.len(), 2);
         assert!(results[0].is_ok());
         insta::assert_snapshot!(results[1].as_ref().unwrap_err(), @"record 1 at byte 58: truncated: the file ends after 110 of at least 120 bytes");
+    }
+
+    /// Issue #17: a 29-byte file whose one frame claims 768 MiB is truncated before a buffer is
+    /// sized for the claim (it took a 16 MiB buffer; a 4 GiB claim is refused as too large).
+    #[test]
+    fn a_tiny_file_claiming_a_huge_frame_allocates_nothing_large() {
+        let mut bytes = SELF_DESCRIBE_BYTES.to_vec();
+        // tag 42877 [0, {"det": tag 42878 ["STINS", [h'...' of 0x30000000 bytes]]}]
+        bytes.extend_from_slice(&[0xd9, 0xa7, 0x7d, 0x82, 0x00, 0xa1, 0x63]);
+        bytes.extend_from_slice(b"det");
+        bytes.extend_from_slice(&[0xd9, 0xa7, 0x7e, 0x82, 0x65]);
+        bytes.extend_from_slice(b"STINS");
+        bytes.extend_from_slice(&[0x81, 0x5a, 0x30, 0x00, 0x00, 0x00]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hostile.cbors");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reader = DumpReader::open(&path).unwrap();
+        let error = reader.next().unwrap().unwrap_err();
+        insta::assert_snapshot!(error, @"record 0 at byte 0: truncated: the file ends after 29 of at least 805306397 bytes");
+        let largest = reader
+            .pool
+            .largest
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(largest <= READ_CHUNK, "a buffer of {largest} bytes");
+        assert!(reader.next().is_none());
     }
 
     #[test]

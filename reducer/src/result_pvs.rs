@@ -4,7 +4,8 @@
 //! ```toml
 //! [reducer.pvs]
 //! prefix = "BEAMFLOW:INJ:"
-//! server = "0.0.0.0"          # host[:port]; the port defaults to EPICS_CAS_SERVER_PORT or 5064
+//! server = "127.0.0.1"        # host[:port] (default loopback; "0.0.0.0" serves every network);
+//!                             # the port defaults to EPICS_CAS_SERVER_PORT or 5064
 //! [reducer.pvs.values]
 //! "OTR2:MAX" = "last/otr2/0/max"                              # a scalar: DOUBLE
 //! "OTR2:MAX_HIST" = { path = "image/values/max", elements = 2000 }  # a waveform, newest last
@@ -61,7 +62,9 @@ pub struct ResultPvsConfig {
     /// Put before every PV name, e.g. `BEAMFLOW:INJ:`.
     #[serde(default)]
     pub prefix: String,
-    /// The CA server's address: `host` or `host:port`.
+    /// The CA server's address: `host` or `host:port`. Loopback unless told otherwise: PVs
+    /// reach the control room's displays only where the operator says (`"0.0.0.0"`, or the
+    /// address of the control-room interface).
     #[serde(default = "default_server")]
     pub server: String,
     /// Looks at the state this often: values, alarm limits and ages are judged each time.
@@ -72,7 +75,7 @@ pub struct ResultPvsConfig {
 }
 
 fn default_server() -> String {
-    "0.0.0.0".to_owned()
+    "127.0.0.1".to_owned()
 }
 
 fn default_rate() -> f64 {
@@ -702,6 +705,15 @@ mod tests {
 
     const INVALID_COMM: (u16, u16) = (severity::INVALID, status::COMM);
     const NO_ALARM: (u16, u16) = (severity::NO_ALARM, status::NO_ALARM);
+
+    /// Issue #17 (probe 5e): result PVs answered searches on every network unless told not to.
+    #[test]
+    fn result_pvs_serve_loopback_unless_told_otherwise() {
+        let quiet = config("[values]\n\"MEAN\" = \"last/det/0/mean\"");
+        assert_eq!(quiet.server, "127.0.0.1");
+        let told = config("server = \"0.0.0.0:5064\"\n[values]\n\"MEAN\" = \"x\"");
+        assert_eq!(told.server, "0.0.0.0:5064");
+    }
 
     #[test]
     fn scalars_and_waveforms_follow_the_state() {

@@ -124,6 +124,18 @@ enum Role {
     Counter(usize),
 }
 
+impl Role {
+    /// The stream the PV belongs to.
+    fn stream(&self) -> usize {
+        match *self {
+            Role::Value(stream)
+            | Role::Width(stream)
+            | Role::Height(stream)
+            | Role::Counter(stream) => stream,
+        }
+    }
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 struct PvStatus {
     pv: String,
@@ -139,7 +151,11 @@ struct PvStatus {
     #[serde(skip)]
     down_since: Option<Instant>,
     dropped_images: u64,
+    /// Updates skipped because they could not be read (a payload short of its count, a wrong
+    /// type, an error status, a frame that does not fit the shape); the first is logged.
     malformed: u64,
+    /// Circuits to the PV's server that failed or closed (each reconnect with back-off).
+    circuit_failures: u64,
     #[serde(skip)]
     width: Option<usize>,
     #[serde(skip)]
@@ -361,6 +377,19 @@ impl EpicsCa {
                     status.connected = false;
                 }
             }
+            MonitorEvent::Malformed { pv, error } => {
+                if let Some(stream) = self.roles.get(pv).map(Role::stream) {
+                    self.malformed(stream, &error);
+                }
+            }
+            MonitorEvent::CircuitLost { pvs, .. } => {
+                // The client logs the first failure of a run; here each is counted.
+                for pv in pvs {
+                    if let Some(Role::Value(stream)) = self.roles.get(pv).copied() {
+                        self.status[stream].circuit_failures += 1;
+                    }
+                }
+            }
             MonitorEvent::Update { pv, value } => match self.roles.get(pv).copied() {
                 Some(Role::Value(stream)) => self.value(stream, value, now),
                 Some(Role::Width(stream)) => self.status[stream].width = first_size(&value),
@@ -399,13 +428,17 @@ impl EpicsCa {
                 let events = self.clock.update(self.streams[stream].clone(), frame, now);
                 self.queue(events);
             }
-            Err(error) => {
-                if status.malformed == 0 {
-                    warn!(stream = %self.streams[stream], pv = %status.pv, %error, "PV value skipped (counted from now on).");
-                }
-                status.malformed += 1;
-            }
+            Err(error) => self.malformed(stream, &error),
         }
+    }
+
+    /// Counts a skipped update of `stream`'s PVs; the first is logged.
+    fn malformed(&mut self, stream: usize, error: &dyn std::fmt::Display) {
+        let status = &mut self.status[stream];
+        if status.malformed == 0 {
+            warn!(stream = %self.streams[stream], pv = %status.pv, %error, "PV value skipped (counted from now on).");
+        }
+        status.malformed += 1;
     }
 
     fn queue(&mut self, events: Vec<ClockEvent>) {
@@ -957,5 +990,43 @@ mod tests {
             .collect();
         assert_eq!(summary, [("bact", 0, taken), ("img", 0, taken)]);
         assert_eq!(source.clock.counts().events, 1);
+    }
+
+    /// Issue 17 (probe 3f): updates the client could not read were logged but not counted, and
+    /// a failing server's circuits showed nowhere. Both are counted in the PV's status now.
+    #[test]
+    fn unreadable_updates_and_failed_circuits_are_counted() {
+        let config: EpicsCaConfig = toml::from_str(
+            r#"
+            addr_list = "127.0.0.1:9"
+            clock = { kind = "trigger", stream = "img" }
+            pvs = { img = { pv = "IMG", width_pv = "IMG:W" } }
+            "#,
+        )
+        .unwrap();
+        let mut source = EpicsCa::connect(&config).unwrap();
+        let (sender, updates) = sync_channel(16);
+        source.updates = updates;
+        let server = SocketAddr::from(([127, 0, 0, 1], 5064));
+        // PVs: IMG 0, IMG:W 1 (the width of img).
+        for pv in [0, 1, 0] {
+            let error = "DBR type 19 × 4294967295 needs 17179869192 bytes, payload has 16".into();
+            sender.send(MonitorEvent::Malformed { pv, error }).unwrap();
+        }
+        for failures in 1..=2 {
+            sender
+                .send(MonitorEvent::CircuitLost {
+                    server,
+                    pvs: vec![0, 1],
+                    error: "unknown CA command 30583".to_owned(),
+                    failures,
+                    retry_in: Duration::from_millis(100),
+                })
+                .unwrap();
+        }
+        source.idle();
+        let status = &source.status()["pvs"]["img"];
+        assert_eq!(status["malformed"], 3, "{status}");
+        assert_eq!(status["circuit_failures"], 2, "{status}");
     }
 }
