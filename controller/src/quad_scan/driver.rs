@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use beamflow_ca::client::{ClientConfig, MonitorEvent, Put, monitor_and_put};
+use beamflow_ca::client::{ClientConfig, Command, MonitorEvent, Put, monitor_and_put};
 use beamflow_ca::convert::numbers;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,11 @@ struct StopShared {
 #[derive(Default, Clone)]
 struct Rescue {
     /// The quad's put channel, its client's runtime and the setting to put back.
-    restore: Option<(tokio::sync::mpsc::Sender<Put>, tokio::runtime::Handle, f64)>,
+    restore: Option<(
+        tokio::sync::mpsc::Sender<Command>,
+        tokio::runtime::Handle,
+        f64,
+    )>,
     /// The controller and the parameter to empty while a measurement is open.
     close: Option<(SocketAddr, String)>,
 }
@@ -185,11 +189,11 @@ impl ScanStop {
         let mut done = Vec::new();
         if let Some((puts, runtime, value)) = rescue.restore {
             let (answer_tx, answer) = tokio::sync::oneshot::channel();
-            let put = Put {
+            let put = Command::Put(Put {
                 pv: 0,
                 value,
                 done: answer_tx,
-            };
+            });
             let answered = puts
                 .try_send(put)
                 .map_err(|_| "the CA client is busy or gone".to_owned())
@@ -659,7 +663,7 @@ pub fn fit_summary(fit: &Value) -> String {
 /// The quad over Channel Access: setpoint written, readback followed.
 struct Quad {
     runtime: tokio::runtime::Runtime,
-    puts: tokio::sync::mpsc::Sender<Put>,
+    puts: tokio::sync::mpsc::Sender<Command>,
     events: std::sync::mpsc::Receiver<MonitorEvent>,
     setpoint: f64,
     readback: f64,
@@ -735,7 +739,7 @@ impl Quad {
     fn put(&mut self, value: f64) -> Result<(), ScanError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.puts
-            .blocking_send(Put { pv: 0, value, done })
+            .blocking_send(Command::Put(Put { pv: 0, value, done }))
             .map_err(|_| ScanError::Quad("the CA client stopped".to_owned()))?;
         self.runtime
             .block_on(answer)
