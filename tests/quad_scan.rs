@@ -447,10 +447,13 @@ struct Camonitor {
 impl Camonitor {
     /// Starts it and waits for the first value of each of `pvs`.
     fn start(port: u16, pvs: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: the wheel's `camonitor` is a launcher whose child is the tool.
         let mut child = ca_env(
             &mut Command::new(crate::epics::epics_tool("camonitor")),
             port,
         )
+        .process_group(0)
         .args(["-t", "n"])
         .args(pvs)
         .stdout(Stdio::piped())
@@ -499,7 +502,8 @@ impl Camonitor {
 
 impl Drop for Camonitor {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
