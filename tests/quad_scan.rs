@@ -671,5 +671,6 @@ record(ai, "GH17:Q3:BACT") { field(INP, "GH17:Q3:BCTRL CP") field(PINI, "YES") }
         "{message}"
     );
     assert!(progress["steps"].as_array().unwrap().is_empty());
+    assert_eq!(progress["refused"], 2, "the 403 and this one: {progress}");
     assert_eq!(caget(sim_port, QE04), QE04_DEFAULT, "no put reached QE04");
 }

@@ -100,6 +100,9 @@ pub struct Progress {
     pub restored: Option<Restored>,
     /// The measurement's fit at the end (partial when stopped).
     pub fit: Option<Value>,
+    /// Scans refused so far by what the pipeline allows: a PV not listed, or a value outside
+    /// the range it may be put in. Kept from one scan to the next.
+    pub refused: u64,
 }
 
 /// Shared progress.
@@ -254,6 +257,7 @@ pub fn run(
             state: "running".to_owned(),
             request: Some(request.clone()),
             message: "checking the pipeline and the PVs".to_owned(),
+            refused: p.refused,
             ..Progress::default()
         };
     });
@@ -267,6 +271,9 @@ pub fn run(
         Err(error) => {
             p.state = "failed".to_owned();
             p.message = error.to_string();
+            if error.is_refusal() {
+                p.refused += 1;
+            }
         }
     });
     outcome

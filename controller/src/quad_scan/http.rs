@@ -159,6 +159,7 @@ async fn start_scan(
     // PV's limits, before its first put.
     if let Err(error) = service.writable.limits_of(&request.pv) {
         tracing::warn!(pv = %request.pv, "Quad scan of a PV the pipeline does not allow refused.");
+        update(&service.progress, |p| p.refused += 1);
         return Err(ApiError::new(StatusCode::FORBIDDEN, error.to_string()));
     }
     let endpoints = service
@@ -284,6 +285,7 @@ mod tests {
                 json!({"detail": "the controller is still starting"})
             )
         );
+        assert_eq!(call(&service, "GET", "").await.1["refused"], 1);
         let request = Request::builder()
             .uri(WRITABLE_PATH)
             .body(Body::empty())

@@ -84,6 +84,18 @@ pub enum ScanError {
     },
 }
 
+impl ScanError {
+    /// Whether the scan was refused by what the pipeline allows ([`ScanError::NotAllowed`],
+    /// whatever context it was given).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ScanError::NotAllowed(_) => true,
+            ScanError::During { error, .. } => error.is_refusal(),
+            _ => false,
+        }
+    }
+}
+
 /// Adds what the scan was doing to an error, as one line: `context: error`.
 trait Context<T> {
     fn context(self, context: &str) -> Result<T, ScanError>;
