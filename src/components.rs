@@ -298,7 +298,7 @@ impl Components {
         let socket = ControlSocket::bind(&self.context, &section.control)
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
-        let scans = ScanService::default();
+        let scans = ScanService::new(section.scan.clone());
         let app = beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
         let http = self.serve_http(&section.http, "controller", app)?;
         scans.set_endpoints(Endpoints {

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context;
+use beamflow_controller::quad_scan::ScanDriverConfig;
 use beamflow_ingesters::{IngesterConfig, SourceError};
 use beamflow_protocol::{AnalysisName, IngesterName, ParameterDescription, StreamName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
@@ -73,6 +74,9 @@ pub struct ControllerSection {
     pub window: u64,
     /// Unfinished events per worker at most.
     pub worker_limit: u64,
+    /// `[controller.scan]`: the PVs `beamflow scan quad` and `/api/v1/scan/quad` may write,
+    /// and the limits that narrow each one's own (DRVL/DRVH). None by default.
+    pub scan: ScanDriverConfig,
 }
 
 impl Default for ControllerSection {
@@ -82,6 +86,7 @@ impl Default for ControllerSection {
             http: "127.0.0.1:5000".to_owned(),
             window: 1024,
             worker_limit: 256,
+            scan: ScanDriverConfig::default(),
         }
     }
 }
@@ -327,6 +332,16 @@ impl Pipeline {
                 mistakes.push(Mistake::value(&table, &key, message));
             }
             views.push((name.clone(), view_keys(accumulator, results_of(source))));
+        }
+
+        for (pv, key, message) in self.controller.scan.check() {
+            let table = [
+                Segment::key("controller"),
+                Segment::key("scan"),
+                Segment::key("writable"),
+                Segment::key(&pv),
+            ];
+            mistakes.push(Mistake::value(&table, key, message));
         }
 
         if let Some(pvs) = &self.reducer.pvs {
@@ -686,6 +701,43 @@ rmat_y = [[1, 2], [0, 1]]
         let pipeline = Pipeline::parse(INJECTOR).unwrap();
         assert_eq!(pipeline.analyses.len(), 4);
         assert_eq!(pipeline.accumulators.len(), 6);
+    }
+
+    /// The embedded pipeline lets scans write the sim's scan quad only; limits that cannot be
+    /// a range are refused where they are written.
+    #[test]
+    fn scans_write_only_what_the_controller_section_lists() {
+        let pipeline = Pipeline::parse(INJECTOR).unwrap();
+        let writable: Vec<&String> = pipeline.controller.scan.writable.keys().collect();
+        assert_eq!(writable, ["QUAD:IN20:525:BCTRL"]);
+        assert!(
+            Pipeline::parse("")
+                .unwrap()
+                .controller
+                .scan
+                .writable
+                .is_empty(),
+            "nothing is writable unless listed"
+        );
+        let error =
+            Pipeline::parse("[controller.scan.writable.\"Q:BCTRL\"]\nlow = 2.0\nhigh = 1.0\n")
+                .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            r#"line 1, column 1: controller.scan.writable."Q:BCTRL": low (2) must be below high (1)"#
+        );
+        let error =
+            Pipeline::parse("[controller.scan.writable.\"Q:BCTRL\"]\nhigh = nan\n").unwrap_err();
+        assert!(
+            format!("{error:#}").starts_with("line 2, column 8: "),
+            "{error:#}"
+        );
+        let error =
+            Pipeline::parse("[controller.scan.writable.\"Q:BCTRL\"]\nhihg = 1.0\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `hihg`"),
+            "{error:#}"
+        );
     }
 
     const STREAMS: &str = "the ingesters offer cq01, l0a_phase, l0b_phase, otr2, qa01, qa02, qe01, qe02, qe03, qe04, solenoid, sq01, xrms, yrms";

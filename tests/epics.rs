@@ -1158,22 +1158,27 @@ fn pump_counts(
 }
 
 /// beamflow's client writes: to an EPICS 7 softIoc `ao` (read back by `caget`), and a write to
-/// one of beamflow's read-only PVs is refused with the server's status.
+/// one of beamflow's read-only PVs is refused with the server's status. It reads the `ao`'s
+/// control limits (DRVL/DRVH) as DBR_CTRL_DOUBLE, and beamflow's server's too.
 #[test]
 fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
-    use beamflow_ca::client::{Put, monitor_and_put};
+    use beamflow_ca::client::{Command, Put, ReadControl, monitor_and_put};
     use beamflow_ca::server::PvStore;
     use beamflow_ca::{EpicsTime, TimeValue};
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("put.db");
-    std::fs::write(&db, r#"record(ao, "PUT:SETPOINT") { field(PREC, "3") }"#).unwrap();
+    std::fs::write(
+        &db,
+        r#"record(ao, "PUT:SETPOINT") { field(PREC, "3") field(EGU, "kG") field(DRVL, "-2") field(DRVH, "2.5") }"#,
+    )
+    .unwrap();
     let port = free_ca_port();
     let ioc = Ioc::start(&db, port);
     let runtime = runtime();
     let store = PvStore::new();
     let stamp = EpicsTime::now();
-    store.add(
+    store.add_with_metadata(
         "RO:VALUE",
         TimeValue {
             status: 0,
@@ -1183,6 +1188,13 @@ fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
         },
         1,
         false,
+        beamflow_ca::dbr::Metadata {
+            control: beamflow_ca::dbr::Limits {
+                low: -7.0,
+                high: 7.0,
+            },
+            ..Default::default()
+        },
     );
     let ours = serve(&runtime, &store);
     let config = ClientConfig {
@@ -1209,9 +1221,36 @@ fn the_client_writes_to_a_softioc_and_a_read_only_pv_refuses() {
     }
     let put = |pv: usize, value: f64| {
         let (done, answer) = tokio::sync::oneshot::channel();
-        puts_tx.blocking_send(Put { pv, value, done }).unwrap();
+        puts_tx
+            .blocking_send(Command::Put(Put { pv, value, done }))
+            .unwrap();
         runtime.block_on(answer).unwrap()
     };
+    let control = |pv: usize| {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        puts_tx
+            .blocking_send(Command::ReadControl(ReadControl { pv, done }))
+            .unwrap();
+        runtime.block_on(answer).unwrap().unwrap()
+    };
+    let ao = control(0);
+    assert_eq!(
+        (ao.metadata.control.low, ao.metadata.control.high),
+        (-2.0, 2.5)
+    );
+    assert_eq!(
+        (ao.metadata.units.as_str(), ao.metadata.precision),
+        ("kG", 3)
+    );
+    let read_only = control(1);
+    assert_eq!(
+        (
+            read_only.metadata.control.low,
+            read_only.metadata.control.high,
+            read_only.value
+        ),
+        (-7.0, 7.0, 1.0)
+    );
     assert_eq!(put(0, 2.5), Ok(()));
     assert_eq!(caget(port, "PUT:SETPOINT"), 2.5);
     let refused = put(1, 7.0).unwrap_err().to_string();

@@ -189,4 +189,5 @@ fn same_pipeline_as_beamflow_run(mut chart: Pipeline) {
         format!("{:?}", embedded_pvs.values)
     );
     assert_eq!(chart_pvs.server, "0.0.0.0");
+    assert_eq!(chart.controller.scan, embedded.controller.scan);
 }

@@ -437,3 +437,240 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
     assert!(!exit.success());
     assert!(stderr.contains("not a quad_scan accumulator"), "{stderr}");
 }
+
+/// `camonitor` of some PVs on CA `port`, every value it prints kept by PV, in order.
+struct Camonitor {
+    child: Child,
+    values: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>,
+}
+
+impl Camonitor {
+    /// Starts it and waits for the first value of each of `pvs`.
+    fn start(port: u16, pvs: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: the wheel's `camonitor` is a launcher whose child is the tool.
+        let mut child = ca_env(
+            &mut Command::new(crate::epics::epics_tool("camonitor")),
+            port,
+        )
+        .process_group(0)
+        .args(["-t", "n"])
+        .args(pvs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start camonitor");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let values = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&values);
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                if let (Some(pv), Some(Ok(value))) = (words.next(), words.next().map(str::parse)) {
+                    kept.lock().unwrap().push((pv.to_owned(), value));
+                }
+            }
+        });
+        let monitor = Self { child, values };
+        for pv in pvs {
+            crate::util::eventually(20, &format!("camonitor's first {pv}"), || {
+                (!monitor.of(pv).is_empty()).then_some(())
+            });
+        }
+        monitor
+    }
+
+    /// The values of `pv` seen so far.
+    fn of(&self, pv: &str) -> Vec<f64> {
+        let values = self.values.lock().unwrap();
+        values
+            .iter()
+            .filter(|(name, _)| name == pv)
+            .map(|&(_, value)| value)
+            .collect()
+    }
+
+    /// Waits until `pv` was last seen at `value`; returns every value it had.
+    fn until(&self, pv: &str, value: f64) -> Vec<f64> {
+        crate::util::eventually(20, &format!("camonitor's {pv} at {value}"), || {
+            let seen = self.of(pv);
+            (seen.last() == Some(&value)).then_some(seen)
+        })
+    }
+}
+
+impl Drop for Camonitor {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 17: a scan writes only the PVs the pipeline lists under `[controller.scan.writable]`,
+/// and only within the PV's control limits (DRVL/DRVH) narrowed by the listed ones. A softIoc's
+/// `ao` records are watched by `camonitor` from before the first request: a PV not listed (over
+/// the API and from the command), a value below DRVL, a value above the pipeline's `high`, and
+/// a PV with no limits at all are refused with nothing put; a scan inside the range puts each
+/// setting and the old one back. Over the API, the sim's QE04 refuses a setting beyond its
+/// ±10 kG before any put.
+#[test]
+fn gh_17_scans_write_only_listed_pvs_within_their_limits() {
+    let ioc_port = free_ca_port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quads.db");
+    std::fs::write(
+        &db,
+        r#"
+record(ao, "GH17:Q1:BCTRL") { field(DRVL, "-2") field(DRVH, "2") field(VAL, "0.5") field(PINI, "YES") }
+record(ai, "GH17:Q1:BACT") { field(INP, "GH17:Q1:BCTRL CP") field(PINI, "YES") }
+record(ao, "GH17:Q2:BCTRL") { field(DRVL, "-2") field(DRVH, "2") field(VAL, "0.5") field(PINI, "YES") }
+record(ai, "GH17:Q2:BACT") { field(INP, "GH17:Q2:BCTRL CP") field(PINI, "YES") }
+record(ao, "GH17:Q3:BCTRL") { field(VAL, "0.5") field(PINI, "YES") }
+record(ai, "GH17:Q3:BACT") { field(INP, "GH17:Q3:BCTRL CP") field(PINI, "YES") }
+"#,
+    )
+    .unwrap();
+    let _ioc = crate::epics::Ioc::start(&db, ioc_port);
+    let quads = ["GH17:Q1:BCTRL", "GH17:Q2:BCTRL", "GH17:Q3:BCTRL"];
+    let monitor = Camonitor::start(ioc_port, &quads);
+    for quad in quads {
+        assert_eq!(monitor.of(quad), [0.5], "{quad}");
+    }
+
+    // The embedded pipeline (its QE04 listed), plus Q1 narrowed to 1.5 and Q3 without limits.
+    let embedded =
+        std::fs::read_to_string(crate::util::root().join("examples/injector.toml")).unwrap();
+    let pipeline_file = dir.path().join("injector.toml");
+    std::fs::write(
+        &pipeline_file,
+        format!(
+            "{embedded}\n[controller.scan.writable.\"GH17:Q1:BCTRL\"]\nhigh = 1.5\n\
+             [controller.scan.writable.\"GH17:Q3:BCTRL\"]\n"
+        ),
+    )
+    .unwrap();
+    let sim_port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, sim_port)
+        .args(["run", "--sim-ioc", "--pipeline"])
+        .arg(&pipeline_file);
+    let pipeline = start_run(command);
+    let (state, rest) = (pipeline.state, pipeline.rest);
+
+    // Not listed: 403 over the API, before any thread or CA client exists.
+    let request = serde_json::json!({"pv": "GH17:Q2:BCTRL", "values": [1.0]});
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(r#"[controller.scan.writable.\"GH17:Q2:BCTRL\"]"#),
+        "says how to allow it: {body}"
+    );
+    let (_, writable) = http_get(rest, "/api/v1/scan/writable");
+    let writable: Value = serde_json::from_str(&writable).unwrap();
+    assert_eq!(
+        writable["writable"],
+        serde_json::json!({
+            "GH17:Q1:BCTRL": {"high": 1.5}, "GH17:Q3:BCTRL": {}, "QUAD:IN20:525:BCTRL": {},
+        })
+    );
+
+    // From the command, against the softIoc: each refused, with the reason.
+    let refused = |pv: &str, values: &str, needles: &[&str]| {
+        let mut command = crate::util::beamflow();
+        ca_env(&mut command, ioc_port)
+            .args([
+                "scan",
+                "quad",
+                "--pv",
+                pv,
+                "--values",
+                values,
+                "--controller",
+            ])
+            .arg(rest.to_string())
+            .arg("--reducer")
+            .arg(state.to_string());
+        let (status, report, stderr) = Scan::start(command).finish();
+        assert!(!status.success(), "{pv} {values}: {stderr}");
+        assert_eq!(report, Value::Null, "no report: {report}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+        }
+    };
+    refused(
+        "GH17:Q2:BCTRL",
+        "0:1:2",
+        &["not writable by scans", "lists only GH17:Q1:BCTRL"],
+    );
+    refused(
+        "GH17:Q1:BCTRL",
+        "-3:1:3",
+        &[
+            "the setting -3 is outside",
+            "[-2, 1.5]",
+            "the PV's control limits [-2, 2] and the pipeline's high 1.5",
+            "nothing was put",
+        ],
+    );
+    refused(
+        "GH17:Q1:BCTRL",
+        "0:1.8:2",
+        &["the setting 1.8 is outside", "nothing was put"],
+    );
+    refused(
+        "GH17:Q3:BCTRL",
+        "0:1:2",
+        &["has no range", "DRVL and DRVH", "Nothing was put"],
+    );
+
+    // Inside the range: each setting put, then the old one (steps end without shots: the
+    // pipeline's images follow the sim's quad, not these).
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, ioc_port)
+        .args([
+            "scan",
+            "quad",
+            "--pv",
+            "GH17:Q1:BCTRL",
+            "--values",
+            "-1:1:2",
+        ])
+        .args(["--settle", "0", "--shots", "1", "--step-timeout", "1"])
+        .arg("--controller")
+        .arg(rest.to_string())
+        .arg("--reducer")
+        .arg(state.to_string());
+    let (status, report, stderr) = Scan::start(command).finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(report["state"], "done", "{report}");
+    assert!(
+        stderr.contains("GH17:Q1:BCTRL may be put within [-2, 1.5]"),
+        "{stderr}"
+    );
+    // camonitor sees values in the order they were put: nothing before the scan's first.
+    assert_eq!(monitor.until("GH17:Q1:BCTRL", 0.5), [0.5, -1.0, 1.0, 0.5]);
+    // A marker put by caput: nothing reached Q2 or Q3 before it.
+    for quad in ["GH17:Q2:BCTRL", "GH17:Q3:BCTRL"] {
+        tool_output(ioc_port, "caput", &[quad, "1.25"]);
+        assert_eq!(monitor.until(quad, 1.25), [0.5, 1.25], "{quad}");
+    }
+
+    // Over the API, the sim's QE04 (±10 kG): refused before its first put, the quad untouched.
+    let request = serde_json::json!({"pv": QE04, "values": [-4.0, -12.0], "settle_s": 0.1});
+    let (status, body) = http_post(rest, "/api/v1/scan/quad", &request.to_string());
+    assert_eq!(status, 202, "{body}");
+    let progress = eventually(30, "the scan to be refused", || {
+        let progress: Value = serde_json::from_str(&http_get(rest, "/api/v1/scan/quad").1).ok()?;
+        (progress["state"] == "failed").then_some(progress)
+    });
+    let message = progress["message"].as_str().unwrap();
+    assert!(
+        message.contains("the setting -12 is outside") && message.contains("[-10, 10]"),
+        "{message}"
+    );
+    assert!(progress["steps"].as_array().unwrap().is_empty());
+    assert_eq!(progress["refused"], 2, "the 403 and this one: {progress}");
+    assert_eq!(caget(sim_port, QE04), QE04_DEFAULT, "no put reached QE04");
+}

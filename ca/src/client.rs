@@ -2,7 +2,7 @@
 //! circuit per server, subscribes to the TIME form of each PV's native type, and reports every
 //! update, connection and loss. A lost circuit sends its PVs back to searching, so a restarted
 //! IOC is picked up without anyone's help. Monitored PVs can also be written ([`Put`], answered
-//! once the server has applied the value).
+//! once the server has applied the value) and asked for their control limits ([`ReadControl`]).
 //!
 //! A server whose circuits keep failing (it closes them, or sends what cannot be read) is
 //! reconnected to with back-off: [`RETRY_MIN`] after the first failure, doubling up to
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::dbr::{Native, TimeValue, Values};
+use crate::CaError;
+use crate::dbr::{CTRL_DOUBLE, CtrlDouble, Native, TimeValue, Values};
 use crate::wire::{
     self, DEFAULT_PORT, DONT_REPLY, ECA_NORMAL, Header, MINOR_VERSION, command, name_payload,
     put_message, split_message,
@@ -195,7 +196,48 @@ pub struct Put {
     pub done: oneshot::Sender<Result<(), PutError>>,
 }
 
-/// Why a [`Put`] was not applied.
+/// A read of a monitored PV (by its index) as DBR_CTRL_DOUBLE with READ_NOTIFY: its control
+/// limits (an `ao` record's DRVL/DRVH), alarm limits, units and value, for a writer to check
+/// what it is about to write.
+#[derive(Debug)]
+pub struct ReadControl {
+    /// The PV.
+    pub pv: usize,
+    /// Answered with what the server sent, or why not.
+    pub done: oneshot::Sender<Result<CtrlDouble, PutError>>,
+}
+
+/// What [`monitor_and_put`] is asked to do with a monitored PV.
+#[derive(Debug)]
+pub enum Command {
+    /// Write a value.
+    Put(Put),
+    /// Read its control limits.
+    ReadControl(ReadControl),
+}
+
+impl Command {
+    fn pv(&self) -> usize {
+        match self {
+            Command::Put(put) => put.pv,
+            Command::ReadControl(read) => read.pv,
+        }
+    }
+
+    /// Answers the asker that the command failed.
+    fn fail(self, error: PutError) {
+        match self {
+            Command::Put(put) => {
+                let _ = put.done.send(Err(error));
+            }
+            Command::ReadControl(read) => {
+                let _ = read.done.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Why a [`Put`] was not applied, or a [`ReadControl`] not answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PutError {
     /// The circuit to the PV's server closed before the answer.
@@ -208,14 +250,46 @@ pub enum PutError {
     #[error("the channel is not created yet")]
     NotCreated,
     /// The server answered with this CA status instead of `ECA_NORMAL`.
-    #[error("the server refused the write (CA status {0})")]
+    #[error("the server refused the request (CA status {0})")]
     Refused(u32),
+    /// The server's answer to a read does not decode.
+    #[error("the server's answer does not decode: {0}")]
+    Malformed(CaError),
 }
 
 /// What a circuit is asked to do.
 enum Request {
     Create(usize, String),
-    Put(Put),
+    Command(Command),
+}
+
+/// A command sent to the server, waiting for its answer by I/O id.
+enum Waiting {
+    Put(oneshot::Sender<Result<(), PutError>>),
+    Control(oneshot::Sender<Result<CtrlDouble, PutError>>),
+}
+
+impl Waiting {
+    /// Answers the asker with the server's answer (a WRITE_NOTIFY or READ_NOTIFY).
+    fn answer(self, message: &wire::Message) {
+        let status = message.header.p1;
+        match self {
+            Waiting::Put(done) => {
+                let _ = done.send(if status == ECA_NORMAL {
+                    Ok(())
+                } else {
+                    Err(PutError::Refused(status))
+                });
+            }
+            Waiting::Control(done) => {
+                let _ = done.send(if status == ECA_NORMAL {
+                    CtrlDouble::read(&message.payload).map_err(PutError::Malformed)
+                } else {
+                    Err(PutError::Refused(status))
+                });
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -234,11 +308,12 @@ pub async fn monitor(
     monitor_and_put(config, names, puts, on_event).await
 }
 
-/// [`monitor`], and writes what arrives on `puts` to the PVs' servers.
+/// [`monitor`], and sends what arrives on `commands` (writes, reads of control limits) to the
+/// PVs' servers.
 pub async fn monitor_and_put(
     config: ClientConfig,
     names: Vec<String>,
-    mut puts: mpsc::Receiver<Put>,
+    mut commands: mpsc::Receiver<Command>,
     mut on_event: impl FnMut(MonitorEvent) + Send,
 ) -> std::io::Result<()> {
     let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
@@ -343,24 +418,22 @@ pub async fn monitor_and_put(
                     }
                 }
             },
-            put = puts.recv(), if puts_open => match put {
-                Some(put) => {
+            command = commands.recv(), if puts_open => match command {
+                Some(command) => {
                     let circuit = servers
-                        .get(put.pv)
+                        .get(command.pv())
                         .copied()
                         .flatten()
                         .and_then(|server| circuits.get(&server));
                     match circuit {
                         Some((circuit, _)) => {
-                            if let Err(mpsc::error::SendError(Request::Put(put))) =
-                                circuit.send(Request::Put(put)).await
+                            if let Err(mpsc::error::SendError(Request::Command(command))) =
+                                circuit.send(Request::Command(command)).await
                             {
-                                let _ = put.done.send(Err(PutError::CircuitClosed));
+                                command.fail(PutError::CircuitClosed);
                             }
                         }
-                        None => {
-                            let _ = put.done.send(Err(PutError::NotConnected));
-                        }
+                        None => command.fail(PutError::NotConnected),
                     }
                 }
                 None => puts_open = false,
@@ -459,9 +532,7 @@ async fn run_circuit(
     while let Ok(request) = requests.try_recv() {
         match request {
             Request::Create(pv, _) => pvs.push(pv),
-            Request::Put(put) => {
-                let _ = put.done.send(Err(PutError::CircuitClosed));
-            }
+            Request::Command(command) => command.fail(PutError::CircuitClosed),
         }
     }
     let _ = events.send(Circuit::Closed { server, pvs, error }).await;
@@ -495,8 +566,9 @@ async fn circuit(
     let mut input = BytesMut::with_capacity(1 << 16);
     let mut last_heard = Instant::now();
     let mut echo_sent = false;
-    // Writes waiting for their WRITE_NOTIFY answer, by I/O id; dropped with the circuit.
-    let mut pending: HashMap<u32, oneshot::Sender<Result<(), PutError>>> = HashMap::new();
+    // Writes and reads waiting for their WRITE_NOTIFY or READ_NOTIFY answer, by I/O id; dropped
+    // with the circuit.
+    let mut pending: HashMap<u32, Waiting> = HashMap::new();
     let mut next_ioid = 1u32;
     // ERROR messages the server sent on this circuit: the first is logged, the rest counted.
     let mut server_errors = 0u64;
@@ -513,23 +585,34 @@ async fn circuit(
                         &name_payload(&name),
                     );
                 }
-                Some(Request::Put(put)) => {
-                    match channels.get(&(put.pv as u32)).and_then(|c| c.sid) {
+                Some(Request::Command(asked)) => {
+                    match channels.get(&(asked.pv() as u32)).and_then(|c| c.sid) {
                         Some(sid) => {
                             let ioid = next_ioid;
                             next_ioid = next_ioid.wrapping_add(1);
-                            let mut payload = BytesMut::new();
-                            Values::Double(vec![put.value]).write(&mut payload);
-                            put_message(
-                                &mut out,
-                                Header::new(command::WRITE_NOTIFY, Native::Double.code(), 1, sid, ioid),
-                                &payload,
-                            );
-                            pending.insert(ioid, put.done);
+                            let waiting = match asked {
+                                Command::Put(put) => {
+                                    let mut payload = BytesMut::new();
+                                    Values::Double(vec![put.value]).write(&mut payload);
+                                    put_message(
+                                        &mut out,
+                                        Header::new(command::WRITE_NOTIFY, Native::Double.code(), 1, sid, ioid),
+                                        &payload,
+                                    );
+                                    Waiting::Put(put.done)
+                                }
+                                Command::ReadControl(read) => {
+                                    put_message(
+                                        &mut out,
+                                        Header::new(command::READ_NOTIFY, CTRL_DOUBLE, 1, sid, ioid),
+                                        &[],
+                                    );
+                                    Waiting::Control(read.done)
+                                }
+                            };
+                            pending.insert(ioid, waiting);
                         }
-                        None => {
-                            let _ = put.done.send(Err(PutError::NotCreated));
-                        }
+                        None => asked.fail(PutError::NotCreated),
                     }
                 }
             },
@@ -545,14 +628,9 @@ async fn circuit(
                 while let Some(message) = split_message(&mut input)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
                 {
-                    if message.header.command == command::WRITE_NOTIFY {
-                        if let Some(done) = pending.remove(&message.header.p2) {
-                            let status = message.header.p1;
-                            let _ = done.send(if status == ECA_NORMAL {
-                                Ok(())
-                            } else {
-                                Err(PutError::Refused(status))
-                            });
+                    if matches!(message.header.command, command::WRITE_NOTIFY | command::READ_NOTIFY) {
+                        if let Some(waiting) = pending.remove(&message.header.p2) {
+                            waiting.answer(&message);
                         }
                         continue;
                     }

@@ -338,6 +338,77 @@ impl Metadata {
     }
 }
 
+/// DBR_CTRL_DOUBLE: a double behind its alarm, units, precision and limits.
+pub const CTRL_DOUBLE: u16 = 34;
+
+/// A DBR_CTRL_DOUBLE payload (EPICS base's `struct dbr_ctrl_double`) of one element: what a
+/// writer reads before it writes, above all the control limits (an `ao` record's DRVL/DRVH).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CtrlDouble {
+    /// Alarm status (0: none).
+    pub status: u16,
+    /// Alarm severity.
+    pub severity: u16,
+    /// Units, precision, and the display, alarm and control limits.
+    pub metadata: Metadata,
+    /// The value.
+    pub value: f64,
+}
+
+impl CtrlDouble {
+    /// Bytes before the value: status, severity, precision, padding, units, eight limits.
+    pub const VALUE_OFFSET: usize = 8 + UNITS_SIZE + 8 * 8;
+
+    /// Reads the payload of a DBR_CTRL_DOUBLE answer (its first element).
+    pub fn read(payload: &[u8]) -> Result<Self, CaError> {
+        let needed = Self::VALUE_OFFSET + 8;
+        if payload.len() < needed {
+            return Err(CaError::ShortPayload {
+                dbr_type: CTRL_DOUBLE,
+                count: 1,
+                needed,
+                got: payload.len(),
+            });
+        }
+        let mut b = payload;
+        let status = b.get_u16();
+        let severity = b.get_u16();
+        let precision = b.get_i16();
+        b.advance(2);
+        let units = crate::wire::payload_name(&b[..UNITS_SIZE]);
+        b.advance(UNITS_SIZE);
+        // db_access.h's order, as the server writes it (`convert::write`).
+        let mut next = || b.get_f64();
+        let (display_high, display_low) = (next(), next());
+        let (hihi, high, low, lolo) = (next(), next(), next(), next());
+        let (control_high, control_low) = (next(), next());
+        let value = next();
+        Ok(Self {
+            status,
+            severity,
+            metadata: Metadata {
+                units,
+                precision,
+                display: Limits {
+                    low: display_low,
+                    high: display_high,
+                },
+                control: Limits {
+                    low: control_low,
+                    high: control_high,
+                },
+                alarm: AlarmLimits {
+                    lolo,
+                    low,
+                    high,
+                    hihi,
+                },
+            },
+            value,
+        })
+    }
+}
+
 /// A value with its alarm and time stamp (a DBR_TIME_* payload).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimeValue {
@@ -474,6 +545,52 @@ mod tests {
             Err(CaError::UnsupportedType(6)),
             "a plain type is not a TIME type"
         );
+    }
+
+    /// What beamflow's server writes for DBR_CTRL_DOUBLE reads back field by field, and a
+    /// payload too short for one value is an error.
+    #[test]
+    fn ctrl_double_reads_what_the_server_writes() {
+        let metadata = Metadata {
+            units: "kG".to_owned(),
+            precision: 4,
+            display: Limits {
+                low: -12.0,
+                high: 12.0,
+            },
+            control: Limits {
+                low: -10.0,
+                high: 10.0,
+            },
+            alarm: AlarmLimits {
+                lolo: -11.0,
+                low: -10.5,
+                high: 10.5,
+                hihi: 11.0,
+            },
+        };
+        let value = TimeValue {
+            status: 0,
+            severity: 0,
+            stamp: EpicsTime::default(),
+            values: Values::Long(vec![-3]),
+        };
+        let mut out = Vec::new();
+        crate::convert::write(&value, &metadata, CTRL_DOUBLE, 1, &mut out);
+        assert_eq!(out.len(), CtrlDouble::VALUE_OFFSET + 8);
+        assert_eq!(
+            CtrlDouble::read(&out).unwrap(),
+            CtrlDouble {
+                status: 0,
+                severity: 0,
+                metadata,
+                value: -3.0,
+            }
+        );
+        assert!(matches!(
+            CtrlDouble::read(&out[..87]),
+            Err(CaError::ShortPayload { needed: 88, .. })
+        ));
     }
 
     #[test]

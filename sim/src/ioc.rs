@@ -11,7 +11,9 @@
 //!   OTR2 sizes from 43 to 4,500 µm (and a negative y size): a demo of extrapolation, not of
 //!   a machine. Magnets (`…:BCTRL`) also serve a `…:BACT`.
 //! - The scan quad `QUAD:IN20:525:BCTRL` (QE04) is writable and holds its setting (at start
-//!   [`SCAN_QUAD_START_KG`]); its `BACT` ramps to it at [`RAMP_KG_PER_S`].
+//!   [`SCAN_QUAD_START_KG`]); its `BACT` ramps to it at [`RAMP_KG_PER_S`]. Like an `ao` record
+//!   with DRVL/DRVH it serves control limits ([`SCAN_QUAD_LIMITS_KG`], in its DBR_CTRL form)
+//!   and its magnet goes no further than them, whatever is written.
 //! - The OTR2 screen `OTRS:IN20:571` shows the beam of the quad-scan reference dataset
 //!   (`../shared/data/quadscan/reference.json`: 135 MeV, thick 0.108 m quad, 2.26 m drift, the
 //!   truth Twiss below) at the current `BACT`: a Gaussian spot on a 640×480 12-bit image with a
@@ -26,6 +28,7 @@
 use std::f64::consts::PI;
 use std::time::{Duration, Instant};
 
+use beamflow_ca::dbr::{Limits, Metadata};
 use beamflow_ca::server::PvStore;
 use beamflow_ca::{EpicsTime, TimeValue, Values};
 use beamflow_net::Stop;
@@ -40,6 +43,14 @@ pub const SCAN_QUAD: &str = "QUAD:IN20:525:BCTRL";
 /// The scan quad's setting at start: LCLS's QE04 as `physics.md` quotes it (the surrogate's
 /// default, −3.218399988942528 kG, rounded), so a reading shows which of the two it is.
 pub const SCAN_QUAD_START_KG: f64 = -3.2184;
+/// The scan quad's control limits (its DRVL and DRVH), kG: they hold the LCLS surrogate's trained
+/// range (−7.56 to −1.08 kG) and the quad-scan reference dataset's settings (0.5 to 4.5 kG, the
+/// x waist near +0.95 kG) with room on either side, and are the ±10 kG the injector pipeline's
+/// `QE04:BACT` result PV displays.
+pub const SCAN_QUAD_LIMITS_KG: Limits = Limits {
+    low: -10.0,
+    high: 10.0,
+};
 /// The scan quad's readback.
 pub const SCAN_QUAD_READBACK: &str = "QUAD:IN20:525:BACT";
 /// The OTR2 screen's PV prefix.
@@ -279,7 +290,18 @@ impl SimIoc {
             } else {
                 input.default
             };
-            store.add(input.name, double(first, stamp), 1, writable);
+            if writable {
+                let metadata = Metadata {
+                    units: "kG".to_owned(),
+                    precision: 4,
+                    display: SCAN_QUAD_LIMITS_KG,
+                    control: SCAN_QUAD_LIMITS_KG,
+                    ..Metadata::default()
+                };
+                store.add_with_metadata(input.name, double(first, stamp), 1, true, metadata);
+            } else {
+                store.add(input.name, double(first, stamp), 1, false);
+            }
             if let Some(readback) = readback_name(input.name) {
                 store.add(&readback, double(first, stamp), 1, false);
             }
@@ -397,7 +419,8 @@ impl SimIoc {
             .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied())
             .filter(|v| v.is_finite())
         {
-            self.quad_setpoint = setpoint;
+            // As an `ao` record drives its output: never beyond DRVL/DRVH.
+            self.quad_setpoint = setpoint.clamp(SCAN_QUAD_LIMITS_KG.low, SCAN_QUAD_LIMITS_KG.high);
         }
         let step = RAMP_KG_PER_S * (now - self.ramped_at).as_secs_f64();
         self.ramped_at = now;
@@ -706,5 +729,24 @@ mod tests {
             .expect("an image");
         let stamp = store.value("OTRS:IN20:571:XRMS").expect("a size").stamp;
         assert_eq!(image.stamp, stamp, "one time stamp per shot");
+    }
+
+    /// The scan quad serves DRVL/DRVH as its control limits, and its magnet stops there
+    /// whatever a client writes (the probe wrote 1e300 and saw the readback reach
+    /// 23.5 kG).
+    #[test]
+    fn the_scan_quad_serves_its_control_limits_and_stays_inside_them() {
+        let store = PvStore::new();
+        let mut ioc = SimIoc::new(SimIocConfig::default(), &store);
+        let metadata = store.metadata(SCAN_QUAD).expect("the scan quad");
+        assert_eq!(metadata.control, SCAN_QUAD_LIMITS_KG);
+        assert_eq!(metadata.units, "kG");
+        store.post(SCAN_QUAD, double(1e300, EpicsTime::now()));
+        let start = ioc.ramped_at;
+        ioc.shoot(start + Duration::from_secs(60));
+        let readback = store
+            .value(SCAN_QUAD_READBACK)
+            .and_then(|v| beamflow_ca::convert::numbers(&v.values).first().copied());
+        assert_eq!(readback, Some(SCAN_QUAD_LIMITS_KG.high));
     }
 }

@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use beamflow_ca::client::{ClientConfig, MonitorEvent, Put, monitor_and_put};
+use beamflow_ca::client::{ClientConfig, Command, MonitorEvent, Put, ReadControl, monitor_and_put};
 use beamflow_ca::convert::numbers;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::http::WRITABLE_PATH;
+use super::limits::{AllowedRange, ScanDriverConfig, WritableLimits};
 use super::request::{QuadScanRequest, readback_pv, validate};
 use super::{Context as _, ScanError, bail, ensure};
 
@@ -20,7 +22,8 @@ use super::{Context as _, ScanError, bail, ensure};
 /// 250 ms; the parameter travels controller → reducer in milliseconds).
 const REDUCER_CONFIRMS: Duration = Duration::from_secs(10);
 
-/// How long the setpoint and readback PVs may take to connect.
+/// How long the setpoint and readback PVs may take to connect, and the setpoint's server to
+/// answer the read of its control limits.
 const PVS_CONNECT: Duration = Duration::from_secs(10);
 
 /// Where the driver finds the pipeline and the machine.
@@ -97,6 +100,9 @@ pub struct Progress {
     pub restored: Option<Restored>,
     /// The measurement's fit at the end (partial when stopped).
     pub fit: Option<Value>,
+    /// Scans refused so far by what the pipeline allows: a PV not listed, or a value outside
+    /// the range it may be put in. Kept from one scan to the next.
+    pub refused: u64,
 }
 
 /// Shared progress.
@@ -121,8 +127,14 @@ struct StopShared {
 /// What [`ScanStop::rescue`] needs: set as the scan gets there, cleared once done properly.
 #[derive(Default, Clone)]
 struct Rescue {
-    /// The quad's put channel, its client's runtime and the setting to put back.
-    restore: Option<(tokio::sync::mpsc::Sender<Put>, tokio::runtime::Handle, f64)>,
+    /// The quad's command channel, its client's runtime, the setting to put back and the range
+    /// it is checked against once more.
+    restore: Option<(
+        tokio::sync::mpsc::Sender<Command>,
+        tokio::runtime::Handle,
+        f64,
+        AllowedRange,
+    )>,
     /// The controller and the parameter to empty while a measurement is open.
     close: Option<(SocketAddr, String)>,
 }
@@ -183,16 +195,20 @@ impl ScanStop {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut done = Vec::new();
-        if let Some((puts, runtime, value)) = rescue.restore {
+        if let Some((puts, runtime, value, range)) = rescue.restore {
             let (answer_tx, answer) = tokio::sync::oneshot::channel();
-            let put = Put {
+            let put = Command::Put(Put {
                 pv: 0,
                 value,
                 done: answer_tx,
-            };
-            let answered = puts
-                .try_send(put)
-                .map_err(|_| "the CA client is busy or gone".to_owned())
+            });
+            let answered = range
+                .check("the setting before the scan", value)
+                .map_err(|error| error.to_string())
+                .and_then(|()| {
+                    puts.try_send(put)
+                        .map_err(|_| "the CA client is busy or gone".to_owned())
+                })
                 .and_then(|()| {
                     // The timer is made inside the runtime: it needs the runtime's clock.
                     runtime
@@ -241,6 +257,7 @@ pub fn run(
             state: "running".to_owned(),
             request: Some(request.clone()),
             message: "checking the pipeline and the PVs".to_owned(),
+            refused: p.refused,
             ..Progress::default()
         };
     });
@@ -254,6 +271,9 @@ pub fn run(
         Err(error) => {
             p.state = "failed".to_owned();
             p.message = error.to_string();
+            if error.is_refusal() {
+                p.refused += 1;
+            }
         }
     });
     outcome
@@ -324,13 +344,20 @@ fn drive(
 ) -> Result<ScanOutcome, ScanError> {
     validate(request)?;
     let readback = readback_pv(&request.pv, request.readback.as_deref())?;
+    // The allow-list before anything else reaches out: a PV not listed meets no CA connection.
+    let configured = writable(endpoints.controller)?.limits_of(&request.pv)?;
     let parameter = check_pipeline(request, endpoints)?;
     let mut quad =
         Quad::connect(&endpoints.ca, &request.pv, &readback).context("nothing was put")?;
     let (original, original_readback) = (quad.setpoint, quad.readback);
+    let range = quad.allow(configured, request)?;
+    say(&format!(
+        "{} may be put within [{}, {}] ({}).",
+        request.pv, range.low, range.high, range.from
+    ));
     if request.restore {
         let handle = quad.runtime.handle().clone();
-        stop.set_rescue(|r| r.restore = Some((quad.puts.clone(), handle, original)));
+        stop.set_rescue(|r| r.restore = Some((quad.puts.clone(), handle, original, range)));
     }
     let id = request.measurement.clone().unwrap_or_else(|| {
         let ms = SystemTime::now()
@@ -480,6 +507,24 @@ fn drive(
         steps,
         restored,
         fit: frozen.fit,
+    })
+}
+
+/// What the controller lets scans write (`GET /api/v1/scan/writable`: its pipeline's
+/// `[controller.scan]`). Asked even by the driver the controller runs itself, so that the
+/// command and the API obey one list, the controller's.
+fn writable(controller: SocketAddr) -> Result<ScanDriverConfig, ScanError> {
+    let (status, body) = get(controller, WRITABLE_PATH)
+        .context("the controller does not answer; nothing was put")?;
+    ensure!(
+        Answer,
+        status == 200,
+        "the controller at {controller} answers {status} to {WRITABLE_PATH}, so it does not say which PVs scans may write (is it older than this command?); nothing was put: {body}"
+    );
+    serde_json::from_str(&body).map_err(|error| {
+        ScanError::Answer(format!(
+            "the controller's {WRITABLE_PATH}: {error}; nothing was put"
+        ))
     })
 }
 
@@ -659,10 +704,14 @@ pub fn fit_summary(fit: &Value) -> String {
 /// The quad over Channel Access: setpoint written, readback followed.
 struct Quad {
     runtime: tokio::runtime::Runtime,
-    puts: tokio::sync::mpsc::Sender<Put>,
+    puts: tokio::sync::mpsc::Sender<Command>,
     events: std::sync::mpsc::Receiver<MonitorEvent>,
+    /// The setpoint PV.
+    pv: String,
     setpoint: f64,
     readback: f64,
+    /// Where puts may go; none until [`Quad::allow`] read it, and until then nothing is put.
+    range: Option<AllowedRange>,
 }
 
 impl Quad {
@@ -686,8 +735,10 @@ impl Quad {
             runtime,
             puts,
             events,
+            pv: pv.to_owned(),
             setpoint: f64::NAN,
             readback: f64::NAN,
+            range: None,
         };
         let deadline = Instant::now() + PVS_CONNECT;
         while quad.setpoint.is_nan() || quad.readback.is_nan() {
@@ -732,10 +783,61 @@ impl Quad {
         }
     }
 
-    fn put(&mut self, value: f64) -> Result<(), ScanError> {
+    /// Reads the setpoint's control limits, makes the range puts may go in of them and
+    /// `configured`, and checks every value `request` would put in it: each setting, and the
+    /// setting before the scan when it is to be put back. Puts are possible only once this
+    /// passed.
+    fn allow(
+        &mut self,
+        configured: WritableLimits,
+        request: &QuadScanRequest,
+    ) -> Result<AllowedRange, ScanError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.puts
-            .blocking_send(Put { pv: 0, value, done })
+            .blocking_send(Command::ReadControl(ReadControl { pv: 0, done }))
+            .map_err(|_| ScanError::Quad("the CA client stopped; nothing was put".to_owned()))?;
+        let control = self
+            .runtime
+            .block_on(async { tokio::time::timeout(PVS_CONNECT, answer).await })
+            .map_err(|_| {
+                ScanError::Quad(format!(
+                    "{} did not answer the read of its control limits within {} s; nothing was put",
+                    self.pv,
+                    PVS_CONNECT.as_secs()
+                ))
+            })?
+            .map_err(|_| ScanError::Quad("the CA client stopped; nothing was put".to_owned()))?
+            .map_err(|why| {
+                ScanError::Quad(format!(
+                    "reading the control limits of {}: {why}; nothing was put",
+                    self.pv
+                ))
+            })?;
+        let range = AllowedRange::new(&self.pv, configured, control.metadata.control)?;
+        let values = request.values.iter().map(|&value| ("the setting", value));
+        let restored = request.restore.then_some((
+            "the setting before the scan, which it would put back,",
+            self.setpoint,
+        ));
+        for (what, value) in values.chain(restored) {
+            range
+                .check(what, value)
+                .context("the scan is refused; nothing was put")?;
+        }
+        self.range = Some(range.clone());
+        Ok(range)
+    }
+
+    fn put(&mut self, value: f64) -> Result<(), ScanError> {
+        // Checked again right before the put: whatever the scan's loop does, a value outside
+        // the range never leaves this process.
+        let Some(range) = &self.range else {
+            bail!(Quad, "no range was read for {}, so nothing is put", self.pv);
+        };
+        range.check("the setting", value)?;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.puts
+            .blocking_send(Command::Put(Put { pv: 0, value, done }))
             .map_err(|_| ScanError::Quad("the CA client stopped".to_owned()))?;
         self.runtime
             .block_on(answer)

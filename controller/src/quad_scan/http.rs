@@ -1,4 +1,5 @@
-//! `/api/v1/scan/quad` on the controller: one driver at a time, run on its own thread.
+//! `/api/v1/scan/quad` on the controller: one driver at a time, run on its own thread; and
+//! `/api/v1/scan/writable`, the PVs scans may write.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,11 +12,18 @@ use beamflow_net::http::{ApiError, Route};
 use serde_json::{Value, json};
 
 use super::driver::{Endpoints, Progress, ScanStop, SharedProgress, run, update};
+use super::limits::ScanDriverConfig;
 use super::request::QuadScanRequest;
 
-/// The controller's `/api/v1/scan/quad`: one driver at a time, run on its own thread.
+/// Where the controller says which PVs scans may write; `beamflow scan quad` asks it there.
+pub const WRITABLE_PATH: &str = "/api/v1/scan/writable";
+
+/// The controller's `/api/v1/scan/quad`: one driver at a time, run on its own thread. The
+/// default lets scans write nothing.
 #[derive(Clone, Default)]
 pub struct ScanService {
+    /// The pipeline's `[controller.scan]`.
+    writable: Arc<ScanDriverConfig>,
     progress: SharedProgress,
     endpoints: Arc<Mutex<Option<Endpoints>>>,
     /// The running scan's stop.
@@ -23,6 +31,14 @@ pub struct ScanService {
 }
 
 impl ScanService {
+    /// A service whose scans write only what `writable` allows.
+    pub fn new(writable: ScanDriverConfig) -> Self {
+        Self {
+            writable: Arc::new(writable),
+            ..Self::default()
+        }
+    }
+
     /// Where scans find the pipeline and the machine (known once everything is bound).
     pub fn set_endpoints(&self, endpoints: Endpoints) {
         *self
@@ -75,9 +91,11 @@ impl ScanService {
         true
     }
 
-    /// `POST /api/v1/scan/quad` (a [`QuadScanRequest`]; 202, 409 while one runs),
-    /// `GET /api/v1/scan/quad` ([`Progress`]) and `DELETE /api/v1/scan/quad` (stops the running
-    /// scan, which then closes its measurement and restores the quad; 202, 409 when none runs).
+    /// `POST /api/v1/scan/quad` (a [`QuadScanRequest`]; 202, 403 for a PV the pipeline does not
+    /// let scans write, 409 while one runs), `GET /api/v1/scan/quad` ([`Progress`]),
+    /// `DELETE /api/v1/scan/quad` (stops the running scan, which then closes its measurement and
+    /// restores the quad; 202, 409 when none runs) and `GET /api/v1/scan/writable`
+    /// ([`ScanDriverConfig`]).
     pub fn router(self) -> axum::Router {
         beamflow_net::http::router(routes()).with_state(self)
     }
@@ -90,7 +108,12 @@ pub fn routes() -> Vec<Route<ScanService>> {
         Route::get("/api/v1/scan/quad", scan_progress),
         Route::post("/api/v1/scan/quad", start_scan),
         Route::delete("/api/v1/scan/quad", stop_scan),
+        Route::get(WRITABLE_PATH, writable),
     ]
+}
+
+async fn writable(State(service): State<ScanService>) -> Json<ScanDriverConfig> {
+    Json(ScanDriverConfig::clone(&service.writable))
 }
 
 async fn scan_progress(State(service): State<ScanService>) -> Json<Progress> {
@@ -132,6 +155,13 @@ async fn start_scan(
     // JSON whatever the Content-Type says, as the controller's other endpoints take it.
     let request: QuadScanRequest = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request(format!("quad scan request: {error}")))?;
+    // Answered here, before a thread or a CA client exists; the driver checks again, and the
+    // PV's limits, before its first put.
+    if let Err(error) = service.writable.limits_of(&request.pv) {
+        tracing::warn!(pv = %request.pv, "Quad scan of a PV the pipeline does not allow refused.");
+        update(&service.progress, |p| p.refused += 1);
+        return Err(ApiError::new(StatusCode::FORBIDDEN, error.to_string()));
+    }
     let endpoints = service
         .endpoints
         .lock()
@@ -225,12 +255,46 @@ mod tests {
             "{answer}"
         );
         let request = json!({"pv": "Q:BCTRL", "values": [1.0]}).to_string();
+        let (status, answer) = call(&service, "POST", &request).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "nothing is writable by default"
+        );
+        assert!(
+            answer["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("[controller.scan.writable.\"Q:BCTRL\"]")),
+            "{answer}"
+        );
+        let service = ScanService::new(
+            serde_json::from_value(json!({"writable": {"Q:BCTRL": {"high": 2.0}}})).unwrap(),
+        );
+        let (status, answer) = call(&service, "POST", &request.replace("Q:", "R:")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(
+            answer["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("lists only Q:BCTRL")),
+            "{answer}"
+        );
         assert_eq!(
             call(&service, "POST", &request).await,
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"detail": "the controller is still starting"})
             )
+        );
+        assert_eq!(call(&service, "GET", "").await.1["refused"], 1);
+        let request = Request::builder()
+            .uri(WRITABLE_PATH)
+            .body(Body::empty())
+            .unwrap();
+        let response = service.clone().router().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!({"writable": {"Q:BCTRL": {"high": 2.0}}})
         );
         let (status, progress) = call(&service, "GET", "").await;
         assert_eq!(status, StatusCode::OK);

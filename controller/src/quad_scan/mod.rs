@@ -3,6 +3,13 @@
 //! then lets the pipeline's `quad_scan` accumulator collect the requested number of accepted
 //! shots at that setting, reading its progress from the reducer's HTTP view.
 //!
+//! The scan writes only what the pipeline allows, within the machine's limits
+//! ([`limits`]): the PV must be listed under `[controller.scan.writable]` (else it is refused
+//! before any Channel Access connection), and every value it would put (each setting, and the
+//! setting it restores) must lie within the PV's control limits (DRVL/DRVH), narrowed by the
+//! ones configured there; otherwise the whole scan is refused before the first put. Each put
+//! is checked again right before it is sent.
+//!
 //! The scan leaves the machine as it found it:
 //!
 //! - Before the first put it checks everything it will need: the controller and the reducer
@@ -25,11 +32,13 @@
 //! # Layout
 //!
 //! - [`request`]: the request, its defaults and its checks.
+//! - [`limits`]: which PVs a scan may write, and in what range.
 //! - [`driver`]: the scan itself, and how it stops.
 //! - [`http`]: `/api/v1/scan/quad`, one scan at a time.
 
 pub mod driver;
 pub mod http;
+pub mod limits;
 pub mod request;
 
 pub use driver::{
@@ -37,6 +46,7 @@ pub use driver::{
     run,
 };
 pub use http::ScanService;
+pub use limits::{AllowedRange, ScanDriverConfig, WritableLimits};
 pub use request::{QuadScanRequest, parse_values, readback_pv};
 
 /// Why a quad scan could not run or finish. The messages are for an operator: each says what
@@ -60,6 +70,10 @@ pub enum ScanError {
     /// The quad over Channel Access.
     #[error("{0}")]
     Quad(String),
+    /// A PV the pipeline does not let scans write, or a value outside the range it may be put
+    /// in: refused before any put.
+    #[error("{0}")]
+    NotAllowed(String),
     /// What the scan was doing when `error` happened.
     #[error("{context}: {error}")]
     During {
@@ -68,6 +82,18 @@ pub enum ScanError {
         /// What went wrong.
         error: Box<ScanError>,
     },
+}
+
+impl ScanError {
+    /// Whether the scan was refused by what the pipeline allows ([`ScanError::NotAllowed`],
+    /// whatever context it was given).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ScanError::NotAllowed(_) => true,
+            ScanError::During { error, .. } => error.is_refusal(),
+            _ => false,
+        }
+    }
 }
 
 /// Adds what the scan was doing to an error, as one line: `context: error`.
