@@ -18,5 +18,6 @@ mod quad_scan;
 mod replay_cli;
 mod result_pvs;
 mod runtime;
+mod security;
 mod util;
 mod what_if;
