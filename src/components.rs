@@ -315,7 +315,7 @@ impl Components {
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
         let scans = ScanService::default();
-        let access = self.access()?.clone();
+        let access = self.access()?.for_another_server();
         let app = beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
         let http = self.serve_http(&section.http, "controller", guard(app, &access))?;
         scans.set_endpoints(Endpoints {
@@ -385,7 +385,8 @@ impl Components {
         let view = View::new();
         let models = model_service(&pipeline.analyses, view.clone())?;
         let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
-        let address = self.serve_http(http, "reducer", guard(app, self.access()?))?;
+        let access = self.access()?.for_another_server();
+        let address = self.serve_http(http, "reducer", guard(app, &access))?;
         let settings = ReducerSettings {
             controller: controller.to_owned(),
             host: pipeline.reducer.host.clone(),

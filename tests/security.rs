@@ -13,18 +13,33 @@ use crate::util::{
     root, scratch_dir,
 };
 
-/// `beamflow run` of the simulated detector, started with `command`'s environment; its
-/// process, the controller's REST address and the line saying where the token is.
-fn run(mut command: std::process::Command) -> (Running, SocketAddr, String) {
+/// `beamflow run` of the simulated detector, started with `command`'s environment.
+struct Run {
+    _process: Running,
+    /// The controller's REST address.
+    rest: SocketAddr,
+    /// The reducer's.
+    state: SocketAddr,
+    /// The line saying where the token is.
+    token_line: String,
+}
+
+fn run(mut command: std::process::Command) -> Run {
     command
         .args(["run", "--pipeline"])
         .arg(root().join("examples/sim.toml"));
     any_ports(&mut command);
     let mut running = Running::start(command);
     let line = running.wait_for_line("beamflow is running.");
+    let state = http_address(&line);
     let rest = http_address(line.split("Progress:").nth(1).unwrap());
-    let token = running.wait_for_line("HTTP writes");
-    (running, rest, token)
+    let token_line = running.wait_for_line("HTTP writes");
+    Run {
+        _process: running,
+        rest,
+        state,
+        token_line,
+    }
 }
 
 fn status(rest: SocketAddr) -> Value {
@@ -44,7 +59,8 @@ fn writes_need_the_token_from_the_file_and_reads_do_not() {
     command
         .env_remove("BEAMFLOW_TOKEN")
         .env("BEAMFLOW_TOKEN_FILE", &file);
-    let (_running, rest, line) = run(command);
+    let running = run(command);
+    let (rest, line) = (running.rest, &running.token_line);
     assert!(
         line.contains(&format!("$(cat {})", file.display())),
         "run says where the token is: {line}"
@@ -62,13 +78,54 @@ fn writes_need_the_token_from_the_file_and_reads_do_not() {
     let http = &status(rest)["http"];
     assert_eq!(http["refused"], 2, "{http}");
     assert_eq!(http["open_writes"], false, "{http}");
+    // The reducer's writes (model evaluations) too; its reads stay open.
+    let evaluate = "/api/v1/model/none/evaluate";
+    let (code, body) = http_as(running.state, "POST", evaluate, "{}", None);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http_as(running.state, "POST", evaluate, "{}", Some("from-the-file"));
+    assert_eq!(code, 404, "past the guard, no such model: {body}");
+    let (code, body) = http_as(running.state, "GET", "/api/v1/status", "", None);
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["http"]["refused"], 1, "{status}");
+}
+
+/// With no token given, the first process makes one in the user's configuration folder,
+/// readable by its owner only, and says where it is.
+#[test]
+fn without_a_token_one_is_made_in_the_users_folder() {
+    let dir = scratch_dir();
+    let mut command = beamflow();
+    command
+        .env_remove("BEAMFLOW_TOKEN")
+        .env("XDG_CONFIG_HOME", dir.path());
+    let running = run(command);
+    let file = dir.path().join("beamflow/token");
+    assert!(
+        running
+            .token_line
+            .contains(&format!("$(cat {})", file.display())),
+        "{}",
+        running.token_line
+    );
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(token.trim().len(), 64, "32 random bytes in hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (code, body) = http_as(running.rest, "POST", "/api/v1/stop", "", Some(token.trim()));
+    assert_eq!(code, 200, "{body}");
 }
 
 /// A parameter of 2 GB is refused with 413 on its header alone, before a byte of it is read; a
 /// chunked one once it passes the limit; the controller answers on.
 #[test]
 fn a_two_gigabyte_parameter_is_refused_at_once() {
-    let (_running, rest, _) = run(beamflow());
+    let running = run(beamflow());
+    let rest = running.rest;
 
     let mut stream = TcpStream::connect(rest).unwrap();
     stream
@@ -142,7 +199,8 @@ fn a_dump_prefix_with_dot_dot_is_refused_and_no_file_written() {
     let dir = scratch_dir();
     let inner = dir.path().join("inner");
     std::fs::create_dir(&inner).unwrap();
-    let (_running, rest, _) = run(beamflow());
+    let running = run(beamflow());
+    let rest = running.rest;
     let prefix = format!("{}/../escaped-", inner.display());
     let (code, body) = http_post(rest, "/api/v1/parameter/dump_prefix", &prefix);
     assert_eq!(code, 422, "{body}");

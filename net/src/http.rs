@@ -143,6 +143,12 @@ impl Access {
         Self::build(None, false)
     }
 
+    /// The same rule with counts of its own: for another server of the same process, so each
+    /// server's status counts its own refusals.
+    pub fn for_another_server(&self) -> Self {
+        Self::build(self.inner.token.clone(), self.inner.protect_reads)
+    }
+
     /// Reads need the token too (when there is one).
     pub fn protect_reads(self, protect: bool) -> Self {
         Self::build(self.inner.token.clone(), protect)
