@@ -760,6 +760,29 @@ rmat_y = [[1, 2], [0, 1]]
     }
 
     #[test]
+    fn the_security_section_has_safe_defaults_and_no_unknown_keys() {
+        let defaults = Pipeline::parse("").unwrap().security;
+        assert!(!defaults.open_writes && !defaults.protect_reads);
+        assert_eq!(defaults.parameter_limits().max_bytes, 64 << 20);
+        assert_eq!(defaults.roots(), Roots::default_roots());
+        let set = Pipeline::parse(
+            "[security]\nopen_writes = true\nmax_parameters = 8\nroots = [\"/data\"]\n",
+        )
+        .unwrap()
+        .security;
+        assert!(set.open_writes);
+        assert_eq!(set.parameter_limits().max_names, 8);
+        assert_eq!(set.roots().folders(), [std::path::PathBuf::from("/data")]);
+        let (access, source) = set.access(false).unwrap();
+        assert!(access.writes_open() && source.is_none());
+        let error = Pipeline::parse("[security]\nopen_write = true\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `open_write`"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
     fn the_example_pipelines_pass_the_checks() {
         for example in ["pipeline.toml", "sim.toml", "injector.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
