@@ -47,6 +47,7 @@ Build the binary first: cargo build --release --locked.
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -58,6 +59,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+# The HTTP token the pipelines started here are given, and their writes are sent with.
+TOKEN = os.environ.get("BEAMFLOW_TOKEN") or secrets.token_hex(32)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEAMFLOW = ROOT / "target" / "release" / "beamflow"
@@ -101,7 +105,8 @@ def get(address, path, timeout=REQUEST_S):
 
 def post(address, path, body, timeout=30.0):
     request = urllib.request.Request(f"http://{address}{path}", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+                                     method="POST", headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=timeout) as r:
         return json.load(r)
 
@@ -171,7 +176,7 @@ http = "{self.reducer}"
         run = self.restarts.get(key, 0)
         self.restarts[key] = run + 1
         log = self.folder / f"{key.replace(' ', '-')}.{run}.log"
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1", BEAMFLOW_TOKEN=TOKEN)
         with open(log, "wb") as out:
             # A process group of its own: signals reach it alone, and cleanup reaches all of it.
             self.processes[key] = subprocess.Popen(

@@ -28,12 +28,16 @@ import json
 import os
 import platform
 import re
+import secrets
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+# The HTTP token the pipelines started here are given, and their writes are sent with.
+TOKEN = os.environ.get("BEAMFLOW_TOKEN") or secrets.token_hex(32)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers" / "dranspose"
@@ -81,7 +85,8 @@ def get(url):
 
 def post(url, body):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=60) as r:
         return json.load(r)
 
@@ -106,7 +111,7 @@ def beamflow_case(frames, nbytes, rate=0.0, binary=BEAMFLOW, secured=()):
     port = free_port()
     pipeline = OUT / "bench.toml"
     pipeline.write_text(PIPELINE.format(upstream=f"tcp://127.0.0.1:{port}"))
-    env = dict(os.environ, RUST_LOG="warn")
+    env = dict(os.environ, RUST_LOG="warn", BEAMFLOW_TOKEN=TOKEN)
     processes = []
 
     def spawn(*args):

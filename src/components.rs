@@ -18,6 +18,7 @@ use beamflow_controller::node::ControlSocket;
 use beamflow_controller::quad_scan::{Endpoints, ScanService};
 use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
+use beamflow_net::http::{Access, guard};
 use beamflow_net::{Reachable, Stop};
 use beamflow_protocol::{AnalysisName, IngesterName, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::http::View;
@@ -71,6 +72,8 @@ pub struct Components {
     reachable: Arc<Mutex<Vec<(String, Reachable)>>>,
     /// Routes served beside the health endpoints (the autoscaler's view).
     extra_routes: Option<axum::Router>,
+    /// Who may call the controller's and reducer's HTTP servers.
+    access: Option<Access>,
     /// The CURVE authentication handler of `context`, when the pipeline has keys. Declared
     /// last: it stops after every socket of the components.
     _authentication: Option<beamflow_net::curve::ZapHandler>,
@@ -107,8 +110,23 @@ impl Components {
             alive: Alive::default(),
             reachable: Arc::default(),
             extra_routes: None,
+            access: None,
             _authentication: authentication,
         })
+    }
+
+    /// With the controller's and reducer's HTTP servers behind `access` (without it they
+    /// cannot start: an API that moves magnets is not served open by accident).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// The access the controller's and reducer's HTTP servers are behind.
+    fn access(&self) -> anyhow::Result<&Access> {
+        self.access
+            .as_ref()
+            .context("no HTTP access configured (a token, or [security] open_writes)")
     }
 
     fn spawn(
@@ -153,6 +171,8 @@ impl Components {
         let stop = self.http_stop.clone();
         let what = what.to_owned();
         self.runtime.spawn(async move {
+            // With the peer's address, which the access guard logs refusals by.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.notified().await })
                 .await;
@@ -291,6 +311,9 @@ impl Components {
             },
             descriptions,
         );
+        ensemble = ensemble
+            .with_parameter_limits(pipeline.security.parameter_limits())
+            .with_roots(pipeline.security.roots());
         if let Some(folder) = &pipeline.state {
             ensemble = ensemble.with_state(folder.clone())?;
         }
@@ -299,8 +322,9 @@ impl Components {
             .with_context(|| format!("controller: cannot bind {}", section.control))?;
         let control = socket.endpoint().to_owned();
         let scans = ScanService::new(section.scan.clone());
+        let access = self.access()?.for_another_server();
         let app = beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
-        let http = self.serve_http(&section.http, "controller", app)?;
+        let http = self.serve_http(&section.http, "controller", guard(app, &access))?;
         scans.set_endpoints(Endpoints {
             controller: http,
             reducer: pipeline
@@ -318,6 +342,8 @@ impl Components {
                 .map_or_else(ClientConfig::from_env, |list| ClientConfig {
                     addr_list: parse_addr_list(list, beamflow_ca::wire::DEFAULT_PORT),
                 }),
+            // The driver calls this process's own servers, behind the same access.
+            token: access.token().cloned(),
         });
         self.scans = Some(scans);
         let loop_ensemble = ensemble.clone();
@@ -366,7 +392,8 @@ impl Components {
         let view = View::new();
         let models = model_service(&pipeline.analyses, view.clone())?;
         let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
-        let address = self.serve_http(http, "reducer", app)?;
+        let access = self.access()?.for_another_server();
+        let address = self.serve_http(http, "reducer", guard(app, &access))?;
         let settings = ReducerSettings {
             controller: controller.to_owned(),
             host: pipeline.reducer.host.clone(),
@@ -442,6 +469,7 @@ impl Components {
             controller: controller.to_owned(),
             source,
             reachable: self.reachable(&format!("ingester {name}")),
+            roots: pipeline.security.roots(),
         };
         let context = self.context.clone();
         self.spawn(format!("ingester {name}"), move |stop| {

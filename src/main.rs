@@ -222,6 +222,10 @@ struct RunArgs {
     /// Serve /healthz and /readyz here for probes (e.g. 0.0.0.0:8080).
     #[arg(long, value_name = "HOST:PORT", env = "BEAMFLOW_HEALTH")]
     health: Option<String>,
+    /// HTTP writes need no token, as `[security] open_writes`: for dranspose's clients on a
+    /// trusted network only.
+    #[arg(long)]
+    open_writes: bool,
 }
 
 #[derive(Args)]
@@ -277,6 +281,10 @@ struct ControllerArgs {
     /// The Helm release, whose pods the controller reads.
     #[arg(long, env = "BEAMFLOW_RELEASE", default_value = "beamflow")]
     release: String,
+    /// HTTP writes need no token, as `[security] open_writes`: for dranspose's clients on a
+    /// trusted network only.
+    #[arg(long)]
+    open_writes: bool,
 }
 
 #[derive(Args)]
@@ -328,6 +336,9 @@ struct ReducerArgs {
     /// cluster, the pod's IP).
     #[arg(long, value_name = "HOST", env = "BEAMFLOW_HOST")]
     host: Option<String>,
+    /// HTTP writes (model evaluations) need no token, as `[security] open_writes`.
+    #[arg(long)]
+    open_writes: bool,
 }
 
 #[derive(Args)]
@@ -486,7 +497,8 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     if let Some(http) = args.reducer_http {
         pipeline.reducer.http = http;
     }
-    let mut components = Components::new()?;
+    let (access, token) = pipeline.security.access(args.open_writes)?;
+    let mut components = Components::new()?.with_access(access);
     if args.sim_ioc || args.pipeline.is_none() {
         let served = components.start_sim_ioc(&args.ca_server, SimIocConfig::default())?;
         let reach = local_reach(served).to_string();
@@ -503,6 +515,18 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
     );
+    match &token {
+        Some(source) => eprintln!(
+            "HTTP writes need the token in {source}: curl -H \"Authorization: Bearer {}\" -d VALUE http://{rest}/api/v1/parameter/NAME",
+            source.path().map_or_else(
+                || format!("${}", beamflow_net::token::TOKEN_ENV),
+                |path| format!("$(cat {})", path.display())
+            )
+        ),
+        None => {
+            eprintln!("HTTP writes are open to anyone who reaches http://{rest} (--open-writes).")
+        }
+    }
     if args.no_scan {
         eprintln!("No scan started (--no-scan): post one to http://{rest}/api/v1/sequence.");
     } else if let Some(events) = args.events {
@@ -595,6 +619,12 @@ fn scan_quad(args: QuadArgs) -> anyhow::Result<()> {
         controller: args.controller,
         reducer: args.reducer,
         ca: beamflow_ca::client::ClientConfig::from_env(),
+        // The token of this user and host (or BEAMFLOW_TOKEN[_FILE]), as the servers find it.
+        token: Some(
+            beamflow_net::token::resolve(None)
+                .context("the HTTP token for the controller")?
+                .0,
+        ),
     };
     let stop = ScanStop::new();
     let signal = stop_scan_on_signals(stop.clone());
@@ -790,7 +820,8 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(http) = args.http {
         pipeline.controller.http = http;
     }
-    let mut components = Components::new()?;
+    let (access, _) = pipeline.security.access(args.open_writes)?;
+    let mut components = Components::new()?.with_access(access);
     let (control, rest) = components.start_controller(&pipeline)?;
     if let Some(deployment) = args.scale_workers {
         start_autoscaler(
@@ -867,7 +898,8 @@ fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
         pipeline.reducer.host = host;
     }
     let http = args.http.unwrap_or_else(|| pipeline.reducer.http.clone());
-    let mut components = Components::new()?;
+    let (access, _) = pipeline.security.access(args.open_writes)?;
+    let mut components = Components::new()?.with_access(access);
     let state = components.start_reducer(&pipeline, &controller, &http)?;
     eprintln!("beamflow reducer: state on http://{state}/api/v1/result  connected to {controller}");
     serve_until_signal(components, args.connect.health.as_deref())

@@ -18,14 +18,21 @@
 //! [controller]                # all optional; these are the defaults
 //! control = "tcp://127.0.0.1:5555"
 //! http = "127.0.0.1:5000"
+//!
+//! [security]                  # all optional; these are the defaults
+//! open_writes = false         # true: HTTP writes need no token (trusted networks only)
+//! max_parameter_bytes = 67108864
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context;
+use beamflow_controller::ensemble::ParameterLimits;
 use beamflow_controller::quad_scan::ScanDriverConfig;
 use beamflow_ingesters::{IngesterConfig, SourceError};
+use beamflow_net::files::Roots;
+use beamflow_net::http::Access;
 use beamflow_protocol::{AnalysisName, IngesterName, ParameterDescription, StreamName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
 use beamflow_reducer::result_pvs::{PvSource, ResultPvsConfig};
@@ -59,6 +66,84 @@ pub struct Pipeline {
     /// controller's record of it, so either can be restarted mid-scan.
     #[serde(default)]
     pub state: Option<std::path::PathBuf>,
+    /// `[security]`: who may write over HTTP, how large parameters may be, where files go.
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// The file holding the HTTP bearer token (`BEAMFLOW_TOKEN_FILE` wins over it). Without
+    /// either, `BEAMFLOW_TOKEN`, else `~/.config/beamflow/token`, made on first use.
+    pub token_file: Option<std::path::PathBuf>,
+    /// HTTP writes need no token: for dranspose's clients, which send none, on a network where
+    /// everyone who can reach the port may run scans. Logged at WARN at every start.
+    pub open_writes: bool,
+    /// Reads (`GET`) need the token too.
+    pub protect_reads: bool,
+    /// Bytes one parameter value may have at most; a larger one is refused with 413 before it
+    /// is read. 64 MiB: far above a region-of-interest mask or a calibration table of a
+    /// 16-megapixel detector as 32-bit values, while each value is kept in memory and sent to
+    /// every component.
+    pub max_parameter_bytes: u64,
+    /// Distinct parameter names at most (the set is sent whole to every component).
+    pub max_parameters: usize,
+    /// Folders files named from outside (`dump_prefix`'s recordings) may be written under;
+    /// default: the system's temporary folder and the working directory.
+    pub roots: Option<Vec<std::path::PathBuf>>,
+}
+
+impl SecuritySection {
+    /// Who may call the HTTP servers, and where the token came from (none when writes are
+    /// open, by this section or by `--open-writes`, which is logged at WARN every time).
+    pub fn access(
+        &self,
+        open_writes: bool,
+    ) -> anyhow::Result<(Access, Option<beamflow_net::token::TokenSource>)> {
+        if self.open_writes || open_writes {
+            tracing::warn!(
+                "HTTP writes are open: anyone who reaches the HTTP ports may start scans, set parameters and move the quad ([security] open_writes or --open-writes; for a trusted network only)."
+            );
+            return Ok((Access::open_writes(), None));
+        }
+        let (token, source) =
+            beamflow_net::token::resolve(self.token_file.as_deref()).context("the HTTP token")?;
+        Ok((
+            Access::with_token(token).protect_reads(self.protect_reads),
+            Some(source),
+        ))
+    }
+
+    /// The folders files named over HTTP may be written under.
+    pub fn roots(&self) -> Roots {
+        match &self.roots {
+            Some(folders) => Roots::new(folders.iter().cloned()),
+            None => Roots::default_roots(),
+        }
+    }
+
+    /// The limits on parameters.
+    pub fn parameter_limits(&self) -> ParameterLimits {
+        ParameterLimits {
+            max_bytes: self.max_parameter_bytes,
+            max_names: self.max_parameters,
+        }
+    }
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            open_writes: false,
+            protect_reads: false,
+            max_parameter_bytes: 64 << 20,
+            max_parameters: 1024,
+            roots: None,
+        }
+    }
 }
 
 /// `[controller]`.
@@ -686,6 +771,29 @@ rmat_y = [[1, 2], [0, 1]]
         assert_eq!(
             format!("{error:#}"),
             "line 3, column 12: accumulators.h.analysis: takes results from analysis nope, which the file does not define"
+        );
+    }
+
+    #[test]
+    fn the_security_section_has_safe_defaults_and_no_unknown_keys() {
+        let defaults = Pipeline::parse("").unwrap().security;
+        assert!(!defaults.open_writes && !defaults.protect_reads);
+        assert_eq!(defaults.parameter_limits().max_bytes, 64 << 20);
+        assert_eq!(defaults.roots(), Roots::default_roots());
+        let set = Pipeline::parse(
+            "[security]\nopen_writes = true\nmax_parameters = 8\nroots = [\"/data\"]\n",
+        )
+        .unwrap()
+        .security;
+        assert!(set.open_writes);
+        assert_eq!(set.parameter_limits().max_names, 8);
+        assert_eq!(set.roots().folders(), [std::path::PathBuf::from("/data")]);
+        let (access, source) = set.access(false).unwrap();
+        assert!(access.writes_open() && source.is_none());
+        let error = Pipeline::parse("[security]\nopen_write = true\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `open_write`"),
+            "{error:#}"
         );
     }
 

@@ -946,7 +946,9 @@ fn recorded_pv_frames_replay_to_the_live_state() {
     pipeline.controller.control = "tcp://127.0.0.1:0".to_owned();
     pipeline.controller.http = "127.0.0.1:0".to_owned();
     pipeline.reducer.http = "127.0.0.1:0".to_owned();
-    let mut components = Components::new().unwrap();
+    let mut components = Components::new()
+        .unwrap()
+        .with_access(crate::util::access());
     let served = components
         .start_sim_ioc(
             "127.0.0.1:0",
@@ -963,7 +965,7 @@ fn recorded_pv_frames_replay_to_the_live_state() {
     }
     let (_, rest, state) = components.start_all(&pipeline).unwrap();
     components.wait_until_connected(&pipeline).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::util::scratch_dir();
     let prefix = format!("{}/rec-", dir.path().display());
     let (status, _) = crate::util::http_post(rest, "/api/v1/parameter/dump_prefix", &prefix);
     assert_eq!(status, 200);
@@ -1020,7 +1022,9 @@ fn the_pulse_id_clock_aligns_one_shots_values() {
     use beamflow_ingesters::sources::epics_ca::{EpicsCa, EpicsCaConfig};
     use beamflow_protocol::streams::pv::{PvFrame, pulse_id};
 
-    let mut components = Components::new().unwrap();
+    let mut components = Components::new()
+        .unwrap()
+        .with_access(crate::util::access());
     let config = SimIocConfig {
         image_rate_hz: 20.0,
         ..SimIocConfig::default()
@@ -1079,7 +1083,9 @@ fn the_first_event_of_a_scan_after_a_stalled_one_is_fresh() {
     use beamflow_protocol::Timestamp;
     use beamflow_protocol::streams::pv::PvFrame;
 
-    let mut components = Components::new().unwrap();
+    let mut components = Components::new()
+        .unwrap()
+        .with_access(crate::util::access());
     let config = SimIocConfig {
         image_rate_hz: 20.0,
         ..SimIocConfig::default()
@@ -1382,7 +1388,9 @@ fn the_controller_api_runs_a_quad_scan() {
 fn health_endpoints_report_running_and_stopped_components() {
     use beamflow::components::Components;
     use beamflow::sim_ioc::SimIocConfig;
-    let mut components = Components::new().unwrap();
+    let mut components = Components::new()
+        .unwrap()
+        .with_access(crate::util::access());
     components
         .start_sim_ioc("127.0.0.1:0", SimIocConfig::default())
         .unwrap();

@@ -107,6 +107,23 @@ fn the_chart_lints_renders_valid_manifests_and_the_pipeline_beamflow_runs() {
         }
         assert!(kinds.contains("readOnlyRootFilesystem: true"), "{name}");
         assert!(kinds.contains("runAsNonRoot: true"), "{name}");
+        // The HTTP token: a Secret the chart makes, mounted as the file every component reads.
+        let secret = rendered(&files, "secret");
+        assert!(secret.contains("kind: Secret"), "{name}: {secret}");
+        assert!(secret.contains("name: beamline-token"), "{name}: {secret}");
+        assert!(kinds.contains("value: /etc/beamflow/token"), "{name}");
+        assert!(
+            !kinds.contains("BEAMFLOW_KEYS"),
+            "{name}: no keys named, none mounted"
+        );
+        // HTTP and CA are open to the release's own pods only, unless the values name more.
+        let policy = rendered(&files, "networkpolicy");
+        assert!(!policy.contains("namespaceSelector"), "{name}: {policy}");
+        assert_eq!(
+            policy.contains("port: 5064"),
+            name == "lcls-injector",
+            "{name}"
+        );
 
         let validate = python.parent().unwrap().join("kubernetes-validate");
         let output = Command::new(&validate)
@@ -129,6 +146,8 @@ fn the_chart_lints_renders_valid_manifests_and_the_pipeline_beamflow_runs() {
             same_pipeline_as_beamflow_run(pipeline);
         }
     }
+    security_values_name_the_secrets_and_who_may_connect(&renderer, dir.path());
+
     let mut lint = Command::new(&python);
     lint.arg(root().join("tests/python/helm_lint.py"))
         .arg(root().join("helm/beamflow"));
@@ -190,4 +209,92 @@ fn same_pipeline_as_beamflow_run(mut chart: Pipeline) {
     );
     assert_eq!(chart_pvs.server, "0.0.0.0");
     assert_eq!(chart.controller.scan, embedded.controller.scan);
+}
+
+/// The text the template `stem` rendered to (`secret` for `secret.yaml`, written as
+/// `secret-0.yaml`, ...); empty if it rendered to nothing.
+fn rendered(files: &[PathBuf], stem: &str) -> String {
+    files
+        .iter()
+        .filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}-")))
+        })
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
+}
+
+/// With `security.token.secretName` and `security.keys.secretName` set, the chart makes no
+/// Secret and mounts the named ones; the NetworkPolicy lets in what `networkPolicy.http.from`
+/// and `networkPolicy.ca.from` name, on their ports only.
+fn security_values_name_the_secrets_and_who_may_connect(renderer: &Path, dir: &Path) {
+    let values = dir.join("security.yaml");
+    std::fs::write(
+        &values,
+        r#"
+security:
+  token: {secretName: control-room-token}
+  keys: {secretName: beamline-curve}
+networkPolicy:
+  http:
+    from:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}
+  ca:
+    from:
+      - ipBlock: {cidr: 10.1.0.0/16}
+dumps:
+  enabled: true
+"#,
+    )
+    .unwrap();
+    let out = dir.join("security");
+    let files = render(renderer, &out, Some(values.to_str().unwrap()));
+    assert!(
+        !rendered(&files, "secret").contains("kind: Secret"),
+        "the named Secret is used, none made"
+    );
+    let controller = rendered(&files, "controller");
+    for expected in [
+        "name: control-room-token",
+        "name: beamline-curve",
+        "path: keys/beamflow.key",
+        "path: keys/beamflow.pub",
+        "name: BEAMFLOW_TOKEN_FILE",
+        "name: BEAMFLOW_KEYS\n              value: /etc/beamflow/keys",
+    ] {
+        assert!(
+            controller.contains(expected),
+            "{expected:?} in {controller}"
+        );
+    }
+    let policy = rendered(&files, "networkpolicy");
+    for expected in [
+        "kubernetes.io/metadata.name: ingress-nginx",
+        "cidr: 10.1.0.0/16",
+        "port: 5065",
+    ] {
+        assert!(policy.contains(expected), "{expected:?} in {policy}");
+    }
+    let pipeline = Pipeline::parse_json(&pipeline_of(&files)).unwrap();
+    assert_eq!(
+        pipeline.security.roots,
+        Some(vec![PathBuf::from("/dumps"), PathBuf::from("/tmp")]),
+        "recordings may go to the dumps volume"
+    );
+    let validate = crate::util::python()
+        .parent()
+        .unwrap()
+        .join("kubernetes-validate");
+    let output = Command::new(&validate)
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -393,7 +393,7 @@ kind = "pv_values"
 /// size limit rotates files that replay together to the whole scan.
 #[test]
 fn dump_prefix_takes_effect_at_once_and_files_rotate() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::util::scratch_dir();
     let prefix = format!("{}/", dir.path().display());
     let mut command = beamflow();
     command

@@ -118,7 +118,9 @@ struct Beamline {
 impl Beamline {
     fn start(text: &str) -> Self {
         let pipeline = Pipeline::parse(text).unwrap();
-        let mut components = Components::new().unwrap();
+        let mut components = Components::new()
+            .unwrap()
+            .with_access(crate::util::access());
         let (control, rest, state) = components.start_all(&pipeline).unwrap();
         components.wait_until_connected(&pipeline).unwrap();
         Self {
@@ -486,7 +488,7 @@ fn a_recorded_live_scan_replays_to_the_same_state() {
     let (endpoint, source) = stins_source(50, &[], Duration::ZERO);
     let text = pipeline(&[("det", &endpoint)], 2).replace("worker_column = true\n", "");
     let beamline = Beamline::start(&text);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::util::scratch_dir();
     let prefix = format!("{}/rec-", dir.path().display());
     let (status, _) = http_post(beamline.rest, "/api/v1/parameter/dump_prefix", &prefix);
     assert_eq!(status, 200);

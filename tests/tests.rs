@@ -19,5 +19,6 @@ mod quad_scan;
 mod replay_cli;
 mod result_pvs;
 mod runtime;
+mod security;
 mod util;
 mod what_if;

@@ -46,10 +46,30 @@ pub(crate) fn run_python(script: &str, args: &[&Path]) -> Vec<u8> {
     output.stdout
 }
 
-/// The `beamflow` binary under test.
+/// The HTTP token every process under test is given (as `BEAMFLOW_TOKEN`), so none of them
+/// reads or makes the user's own token file.
+pub(crate) const TOKEN: &str = "beamflow-test-token";
+
+/// The access in-process components are started behind: [`TOKEN`].
+pub(crate) fn access() -> beamflow_net::http::Access {
+    beamflow_net::http::Access::with_token(beamflow_net::token::Token::new(TOKEN).unwrap())
+}
+
+/// A temporary folder that is not hidden (`tempfile`'s are named `.tmpXXXX`): recordings may go
+/// under it with the default roots, which refuse hidden folders below the temporary folder.
+pub(crate) fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("beamflow-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The `beamflow` binary under test, with [`TOKEN`] as its HTTP token.
 pub(crate) fn beamflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_beamflow"));
     command.env("RUST_LOG", "warn");
+    command.env(beamflow_net::token::TOKEN_ENV, TOKEN);
+    command.env_remove(beamflow_net::token::TOKEN_FILE_ENV);
     command
 }
 
@@ -237,18 +257,38 @@ impl BufRead for Stderr {
     }
 }
 
-/// The answer to an HTTP request: the status code and the body.
+/// The answer to an HTTP request with [`TOKEN`]: the status code and the body.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_as(addr, method, path, body, Some(TOKEN))
+}
+
+/// The answer to an HTTP request with `token` (or none): the status code and the body.
+pub(crate) fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
     let url = format!("http://{addr}{path}");
+    fn authorized<B>(
+        request: ureq::RequestBuilder<B>,
+        token: Option<&str>,
+    ) -> ureq::RequestBuilder<B> {
+        match token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
     let response = match method {
-        "GET" => agent.get(&url).call(),
-        "DELETE" => agent.delete(&url).call(),
-        "POST" => agent.post(&url).send(body),
-        "PUT" => agent.put(&url).send(body),
+        "GET" => authorized(agent.get(&url), token).call(),
+        "DELETE" => authorized(agent.delete(&url), token).call(),
+        "POST" => authorized(agent.post(&url), token).send(body),
+        "PUT" => authorized(agent.put(&url), token).send(body),
         other => panic!("no {other} requests in these tests"),
     };
     let mut response = response.unwrap_or_else(|error| panic!("{method} {url}: {error}"));

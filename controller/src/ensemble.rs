@@ -30,6 +30,7 @@ use lifecycle::LiveScan;
 pub use lifecycle::{LIVE_RESUME_AFTER, StartError};
 pub(crate) use membership::Member;
 use parameters::Versioned;
+pub use parameters::{ParameterLimits, SetParameterError};
 pub use recovery::RecordError;
 
 /// How a scan is paced.
@@ -90,6 +91,10 @@ pub struct Ensemble {
     state: Option<recovery::Recorder>,
     /// The last turn of the controller's loop: a long gap is its own absence.
     last_tick: Option<Instant>,
+    /// How large and how many parameters may be.
+    limits: ParameterLimits,
+    /// Where `dump_prefix` may point.
+    roots: beamflow_net::files::Roots,
 }
 
 impl Ensemble {
@@ -109,7 +114,32 @@ impl Ensemble {
             live: None,
             state: None,
             last_tick: None,
+            limits: ParameterLimits::default(),
+            roots: beamflow_net::files::Roots::default_roots(),
         }
+    }
+
+    /// With these parameter limits instead of the defaults.
+    pub fn with_parameter_limits(mut self, limits: ParameterLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// With `dump_prefix` confined to `roots` instead of the temporary folder and the working
+    /// directory.
+    pub fn with_roots(mut self, roots: beamflow_net::files::Roots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// The parameter limits.
+    pub fn parameter_limits(&self) -> ParameterLimits {
+        self.limits
+    }
+
+    /// Where `dump_prefix` may point.
+    pub fn roots(&self) -> &beamflow_net::files::Roots {
+        &self.roots
     }
 
     /// Takes one control message from the component with socket identity `identity`.

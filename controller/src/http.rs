@@ -8,17 +8,18 @@ mod views;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use beamflow_net::http::{ApiError, Route, router};
+use beamflow_net::http::{Access, ApiError, Route, router};
 
-use crate::ensemble::{Ensemble, StartError};
+use crate::ensemble::{Ensemble, SetParameterError, StartError};
 use crate::mapping::{MappingError, Sequence};
 
 /// The controller's state as the API and the socket loop share it.
@@ -59,6 +60,18 @@ pub fn app(ensemble: Shared) -> Router {
 impl From<MappingError> for ApiError {
     fn from(error: MappingError) -> Self {
         ApiError::bad_request(error.to_string())
+    }
+}
+
+impl From<SetParameterError> for ApiError {
+    fn from(error: SetParameterError) -> Self {
+        match error {
+            SetParameterError::Invalid(_) => ApiError::bad_request(error.to_string()),
+            SetParameterError::Confined(_) => ApiError::unprocessable(error.to_string()),
+            SetParameterError::TooLarge { .. } | SetParameterError::TooMany { .. } => {
+                ApiError::too_large(error.to_string())
+            }
+        }
     }
 }
 
@@ -129,8 +142,12 @@ async fn progress(State(ensemble): State<Shared>) -> Response {
     axum::Json(lock(&ensemble).progress()).into_response()
 }
 
-async fn status(State(ensemble): State<Shared>) -> Response {
-    axum::Json(lock(&ensemble).status()).into_response()
+async fn status(State(ensemble): State<Shared>, access: Option<Extension<Access>>) -> Response {
+    let mut status = lock(&ensemble).status();
+    if let (Some(Extension(access)), Some(object)) = (access, status.as_object_mut()) {
+        object.insert("http".to_owned(), access.status());
+    }
+    axum::Json(status).into_response()
 }
 
 async fn config(State(ensemble): State<Shared>) -> Response {
@@ -145,14 +162,56 @@ async fn parameters(State(ensemble): State<Shared>) -> Response {
     axum::Json(json!(lock(&ensemble).describe_parameters())).into_response()
 }
 
+/// The body is read up to the parameter limit and no further: a declared length beyond it is
+/// refused before a byte is read, and a chunked body once it grows past it, so an upload of
+/// gigabytes costs the controller nothing.
 async fn post_parameter(
     State(ensemble): State<Shared>,
     Path(name): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let (limits, roots) = {
+        let ensemble = lock(&ensemble);
+        (ensemble.parameter_limits(), ensemble.roots().clone())
+    };
+    let too_large = |bytes: Option<u64>| {
+        let size = bytes.map_or_else(|| "the body is".to_owned(), |b| format!("{b} bytes are"));
+        ApiError::too_large(format!(
+            "parameter {name}: {size} more than the limit of {} bytes ([security] max_parameter_bytes)",
+            limits.max_bytes
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|d| *d > limits.max_bytes) {
+        return Err(too_large(Some(declared)));
+    }
+    let limit = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+    let body = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                too_large(None)
+            } else {
+                ApiError::bad_request(format!("parameter {name}: cannot read the body: {error}"))
+            }
+        })?
+        .to_bytes();
     let hash = lock(&ensemble)
-        .set_parameter(name.into(), body)
-        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+        .set_parameter(name.clone().into(), body)
+        .map_err(|error| {
+            let confined = matches!(error, SetParameterError::Confined(_));
+            let refused = ApiError::from(error);
+            if confined {
+                refused.with("roots", json!(roots.folders()))
+            } else {
+                refused
+            }
+        })?;
     Ok(axum::Json(hash).into_response())
 }
 
@@ -180,7 +239,6 @@ mod tests {
     use crate::ensemble::Pacing;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     fn fresh_app() -> Router {
@@ -242,6 +300,45 @@ mod tests {
         );
         let (_, described) = call(&app, "GET", "/api/v1/parameters", "").await;
         assert!(described.contains("dump_prefix"), "{described}");
+    }
+
+    #[tokio::test]
+    async fn a_parameter_beyond_the_limit_is_a_413_before_it_is_read() {
+        let app = app(Arc::new(Mutex::new(
+            Ensemble::new(Pacing::default(), Vec::new()).with_parameter_limits(
+                crate::ensemble::ParameterLimits {
+                    max_bytes: 8,
+                    max_names: 2,
+                },
+            ),
+        )));
+        // Declared 2 GB, nothing sent: refused on the header alone.
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/v1/parameter/big")
+            .header(header::CONTENT_LENGTH, "2000000000")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // No length declared: refused once the body grows past the limit.
+        let (status, body) = call(&app, "POST", "/api/v1/parameter/big", "123456789").await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(body.contains("max_parameter_bytes"), "{body}");
+        let (status, body) = call(&app, "POST", "/api/v1/parameter/dump_prefix", "../").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains(r#""roots":["#), "{body}");
+        assert_eq!(
+            call(&app, "POST", "/api/v1/parameter/a", "1").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/v1/parameter/b", "2").await.0,
+            StatusCode::OK
+        );
+        let (status, body) = call(&app, "POST", "/api/v1/parameter/c", "3").await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("max_parameters"), "{body}");
     }
 
     /// The document also describes the quad-scan service's routes, which `beamflow run`

@@ -2,7 +2,7 @@
 // that cannot install the helm binary. It uses what Helm itself uses: Go's text/template, the
 // sprig function library, values merged chart-then-files, YAML numbers read as JSON numbers
 // (float64), and Helm's own additions (include, tpl, required, toYaml, fromYaml, toJson,
-// fromJson), with Helm's "missingkey=zero". It does not talk to a cluster (no lookup, no
+// fromJson), with Helm's "missingkey=zero". It does not talk to a cluster (lookup finds nothing, no
 // Capabilities beyond a fixed Kubernetes version) and knows no chart dependencies.
 //
 // usage: render CHART_DIR OUT_DIR [-f VALUES.yaml ...]
@@ -129,6 +129,10 @@ func main() {
 			return nil, fmt.Errorf("%s", message)
 		}
 		return v, nil
+	}
+	// Helm's lookup without a cluster (helm template): nothing found.
+	funcs["lookup"] = func(apiVersion, kind, namespace, name string) map[string]interface{} {
+		return map[string]interface{}{}
 	}
 	funcs["include"] = func(name string, data interface{}) (string, error) {
 		var buffer bytes.Buffer

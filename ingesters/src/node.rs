@@ -32,6 +32,8 @@ pub struct IngesterSettings {
     pub source: IngesterConfig,
     /// Kept current for the readiness probe.
     pub reachable: beamflow_net::Reachable,
+    /// The folders `dump_prefix` may name.
+    pub roots: beamflow_net::files::Roots,
 }
 
 /// Frames read per loop turn at most, so control messages are never starved. A turn's parts
@@ -94,7 +96,7 @@ pub fn run(
         core: IngesterCore::new(),
         workers: BTreeMap::new(),
         held: None,
-        recorder: Recorder::new(settings.name.as_str()),
+        recorder: Recorder::new(settings.name.as_str(), settings.roots.clone()),
         malformed: Malformed::new("frame from the source"),
     };
     while !stop.is_stopped() {
@@ -158,6 +160,7 @@ impl Node<'_> {
                 recording: recording.recording,
                 last_recording: recording.last_recording,
                 recorded_files: recording.files,
+                refused_recordings: recording.refused,
                 next_frames: core.next_frames(),
             })
         });

@@ -6,11 +6,17 @@
 //! new prefix's file; clearing it stops recording. A file that reaches `dump_max_mb` is closed
 //! and the scan goes on in `{prefix}{ingester}-{uuid}-1.cbors`, `-2`, ... (replay merges them by
 //! event number), so a day-long live scan does not fill the disk with one file.
+//!
+//! The prefix comes over HTTP: before a file is opened it is checked against the roots
+//! ([`Roots::confine`]) again, though the controller checked it, because this process may have
+//! other roots than the controller's. A refused prefix records nothing; it is logged once and
+//! counted.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
 
+use beamflow_net::files::Roots;
 use beamflow_protocol::EventData;
 use beamflow_protocol::dump::DumpWriter;
 use beamflow_protocol::parameters::{DEFAULT_DUMP_MAX_MB, DUMP_MAX_MB, DUMP_PREFIX};
@@ -33,6 +39,12 @@ pub struct Recorder {
     open: Option<Open>,
     last: Option<PathBuf>,
     files: u64,
+    roots: Roots,
+    /// Files not opened because the prefix was refused.
+    refused: u64,
+    /// The refused prefix last logged, so a refused prefix is logged once, not at every scan
+    /// or rotation.
+    refused_logged: Option<String>,
 }
 
 /// The recorder's state for the ingester's status.
@@ -44,11 +56,13 @@ pub struct RecordingStatus {
     pub last_recording: Option<String>,
     /// Files written so far.
     pub files: u64,
+    /// Files not opened because the prefix was outside the roots.
+    pub refused: u64,
 }
 
 impl Recorder {
-    /// Records nothing until a prefix is set.
-    pub fn new(ingester: &str) -> Self {
+    /// Records nothing until a prefix is set; then only under `roots`.
+    pub fn new(ingester: &str, roots: Roots) -> Self {
         Self {
             ingester: ingester.to_owned(),
             prefix: String::new(),
@@ -57,6 +71,9 @@ impl Recorder {
             open: None,
             last: None,
             files: 0,
+            roots,
+            refused: 0,
+            refused_logged: None,
         }
     }
 
@@ -130,6 +147,7 @@ impl Recorder {
             recording: self.open.as_ref().map(|o| o.path.display().to_string()),
             last_recording: self.last.as_ref().map(|p| p.display().to_string()),
             files: self.files,
+            refused: self.refused,
         }
     }
 
@@ -138,6 +156,14 @@ impl Recorder {
             return;
         };
         if self.prefix.is_empty() {
+            return;
+        }
+        if let Err(error) = self.roots.confine(&self.prefix) {
+            self.refused += 1;
+            if self.refused_logged.as_deref() != Some(self.prefix.as_str()) {
+                warn!(%error, "Not recording: dump_prefix is refused.");
+                self.refused_logged = Some(self.prefix.clone());
+            }
             return;
         }
         let suffix = if *rotations == 0 {
@@ -222,7 +248,7 @@ mod tests {
     fn a_prefix_takes_effect_at_once_and_clearing_it_stops_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("{}/", dir.path().display());
-        let mut recorder = Recorder::new("det");
+        let mut recorder = Recorder::new("det", Roots::new([dir.path().to_owned()]));
         recorder.start_scan("u1");
         recorder.write(&event(0, 10));
         set(&mut recorder, DUMP_PREFIX, &prefix);
@@ -245,7 +271,7 @@ mod tests {
     #[test]
     fn files_rotate_at_the_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut recorder = Recorder::new("det");
+        let mut recorder = Recorder::new("det", Roots::new([dir.path().to_owned()]));
         set(&mut recorder, DUMP_MAX_MB, "1");
         set(
             &mut recorder,
@@ -260,5 +286,30 @@ mod tests {
         assert_eq!(events_in(&dir.path().join("det-u2.cbors")), [0, 1, 2]);
         assert_eq!(events_in(&dir.path().join("det-u2-1.cbors")), [3, 4]);
         assert_eq!(recorder.status().files, 2);
+    }
+
+    #[test]
+    fn a_prefix_outside_the_roots_records_nothing_and_is_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let mut recorder = Recorder::new("det", Roots::new([root.path().join("runs")]));
+        std::fs::create_dir(root.path().join("runs")).unwrap();
+        // `runs/../` resolves to the root's parent folder: outside `runs`, and refused for its
+        // `..` before that.
+        for prefix in [
+            format!("{}/runs/../", root.path().display()),
+            format!("{}/", root.path().display()),
+        ] {
+            set(&mut recorder, DUMP_PREFIX, &prefix);
+            recorder.start_scan("u3");
+            recorder.write(&event(0, 10));
+            recorder.finish_scan();
+        }
+        assert_eq!(recorder.status().refused, 2);
+        assert!(recorder.status().recording.is_none());
+        let written: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(written, ["runs"], "no file was written");
     }
 }

@@ -7,15 +7,27 @@
 //! A server's routes are declared once, as a table of [`Route`]s that builds the router and that
 //! its test compares with the server's OpenAPI document: axum cannot list a router's routes, so
 //! without the table nothing would notice a route the document leaves out.
+//!
+//! Who may call a server is one [`Access`] value, checked by one layer ([`guard`]) around the
+//! whole router, so no handler can forget it: every method other than `GET` and `HEAD` needs
+//! the bearer token, and reads need it too when the operator says so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Json;
 use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::handler::Handler;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use subtle::ConstantTimeEq as _;
+
+use crate::token::Token;
 
 /// An HTTP error: its status code and the reason, answered as `{"detail": reason}`, with any
 /// further fields beside `detail`.
@@ -50,6 +62,11 @@ impl ApiError {
     /// 409: the request clashes with the server's state (something runs, or has not yet).
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, detail)
+    }
+
+    /// 413: the body is larger than the server takes.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
     }
 
     /// 422: the request is well formed but its values are not acceptable.
@@ -91,6 +108,159 @@ impl IntoResponse for ApiError {
         body.extend(self.fields);
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Client addresses whose first refusal is logged; later ones are only counted. Bounded, so a
+/// scan of the address space cannot grow the set (or the log) without limit.
+const LOGGED_CLIENTS: usize = 1024;
+
+/// Who may call a server: the bearer token that writes (and, if asked, reads) need, or none
+/// when the operator opened writes to a trusted network; and the count of refusals. Clones
+/// share the count.
+#[derive(Clone, Debug)]
+pub struct Access {
+    inner: Arc<AccessInner>,
+}
+
+#[derive(Debug)]
+struct AccessInner {
+    /// `None`: writes are open (`[security] open_writes`).
+    token: Option<Token>,
+    protect_reads: bool,
+    refused: AtomicU64,
+    /// Addresses already warned about.
+    logged: Mutex<HashSet<IpAddr>>,
+}
+
+impl Access {
+    /// Writes need `token`; reads are open.
+    pub fn with_token(token: Token) -> Self {
+        Self::build(Some(token), false)
+    }
+
+    /// Anyone may write: for dranspose's clients, which send no token, on a trusted network.
+    pub fn open_writes() -> Self {
+        Self::build(None, false)
+    }
+
+    /// The same rule with counts of its own: for another server of the same process, so each
+    /// server's status counts its own refusals.
+    pub fn for_another_server(&self) -> Self {
+        Self::build(self.inner.token.clone(), self.inner.protect_reads)
+    }
+
+    /// Reads need the token too (when there is one).
+    pub fn protect_reads(self, protect: bool) -> Self {
+        Self::build(self.inner.token.clone(), protect)
+    }
+
+    fn build(token: Option<Token>, protect_reads: bool) -> Self {
+        Self {
+            inner: Arc::new(AccessInner {
+                token,
+                protect_reads,
+                refused: AtomicU64::new(0),
+                logged: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The token requests need, if any.
+    pub fn token(&self) -> Option<&Token> {
+        self.inner.token.as_ref()
+    }
+
+    /// Whether writes are open to anyone.
+    pub fn writes_open(&self) -> bool {
+        self.inner.token.is_none()
+    }
+
+    /// Requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// What a server's status shows: `{"open_writes", "protect_reads", "refused"}`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "open_writes": self.writes_open(),
+            "protect_reads": self.inner.protect_reads,
+            "refused": self.refused(),
+        })
+    }
+
+    /// Whether a request with `method` and `authorization` header may go on.
+    fn admits(&self, method: &Method, authorization: Option<&HeaderValue>) -> bool {
+        let Some(token) = &self.inner.token else {
+            return true;
+        };
+        let reads = method == Method::GET || method == Method::HEAD;
+        if reads && !self.inner.protect_reads {
+            return true;
+        }
+        let Some(given) = authorization
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // In constant time: how long a wrong token took to refuse says nothing of the right one.
+        bool::from(given.trim().as_bytes().ct_eq(token.as_str().as_bytes()))
+    }
+
+    /// Counts a refusal; whether `client` is new, so that it is logged (once per address).
+    fn refuse(&self, client: IpAddr) -> bool {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self
+            .inner
+            .logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        logged.len() < LOGGED_CLIENTS && logged.insert(client)
+    }
+}
+
+/// `router` behind `access`: a request it does not admit is a 401 with `WWW-Authenticate:
+/// Bearer`, counted, and logged at WARN the first time its client address is refused. Every
+/// request carries `access` as an extension, for the server's status. The client address is
+/// known when the router is served with `into_make_service_with_connect_info::<SocketAddr>`.
+pub fn guard(router: Router, access: &Access) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(access.clone(), check))
+}
+
+async fn check(State(access): State<Access>, mut request: Request, next: Next) -> Response {
+    if access.admits(
+        request.method(),
+        request.headers().get(header::AUTHORIZATION),
+    ) {
+        request.extensions_mut().insert(access);
+        return next.run(request).await;
+    }
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(address)| {
+            address.ip()
+        });
+    let detail = if request.headers().contains_key(header::AUTHORIZATION) {
+        "wrong bearer token"
+    } else {
+        "this request needs a bearer token (Authorization: Bearer <token>)"
+    };
+    if access.refuse(client) {
+        tracing::warn!(
+            %client,
+            method = %request.method(),
+            path = request.uri().path(),
+            reason = detail,
+            "Refused an HTTP request without the right token; further refusals of this client are only counted."
+        );
+    }
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, detail).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// One method on one path, with its handler.
@@ -276,6 +446,80 @@ mod tests {
             "/b": {"delete": {}}
         }}"#;
         assert_eq!(operations, documented(document).unwrap());
+    }
+
+    #[tokio::test]
+    async fn writes_need_the_token_and_each_client_is_logged_once() {
+        let access = Access::with_token(Token::new("s3cret").unwrap());
+        let app = guard(
+            router([
+                Route::get("/a", || async { "got" }),
+                Route::post("/a", || async { "posted" }),
+            ]),
+            &access,
+        );
+        let call = |method: Method, authorization: Option<&str>, client: [u8; 4]| {
+            let mut request = Request::builder().method(method).uri("/a");
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            let mut request = request.body(Body::empty()).unwrap();
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from((client, 4000))));
+            app.clone().oneshot(request)
+        };
+        assert_eq!(
+            body(call(Method::GET, None, [10, 0, 0, 1]).await.unwrap()).await,
+            (StatusCode::OK, "got".to_owned())
+        );
+        let refused = call(Method::POST, None, [10, 0, 0, 1]).await.unwrap();
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let (status, detail) = body(refused).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(detail.starts_with(r#"{"detail":"this request needs a bearer token"#));
+        assert_eq!(
+            call(Method::POST, Some("Bearer s3creT"), [10, 0, 0, 1])
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            body(
+                call(Method::POST, Some("Bearer s3cret"), [10, 0, 0, 1])
+                    .await
+                    .unwrap()
+            )
+            .await,
+            (StatusCode::OK, "posted".to_owned())
+        );
+        assert_eq!(access.refused(), 2);
+        // Logged once per address: the second refusal of 10.0.0.1 is only counted.
+        assert!(!access.refuse(IpAddr::from([10, 0, 0, 1])));
+        assert!(access.refuse(IpAddr::from([10, 0, 0, 2])));
+        assert_eq!(access.status()["refused"], 4);
+
+        let reads = access.clone().protect_reads(true);
+        let app = guard(router([Route::get("/a", || async { "got" })]), &reads);
+        let request = Request::builder().uri("/a").body(Body::empty()).unwrap();
+        assert_eq!(
+            app.oneshot(request).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let open = Access::open_writes();
+        assert!(open.admits(&Method::POST, None));
+        assert_eq!(open.status()["open_writes"], true);
+    }
+
+    #[test]
+    fn the_set_of_logged_clients_is_bounded() {
+        let access = Access::with_token(Token::new("t").unwrap());
+        let new = (0..LOGGED_CLIENTS as u32 + 10)
+            .filter(|n| access.refuse(IpAddr::from(n.to_be_bytes())))
+            .count();
+        assert_eq!(new, LOGGED_CLIENTS);
+        assert_eq!(access.refused(), LOGGED_CLIENTS as u64 + 10);
     }
 
     #[test]

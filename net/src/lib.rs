@@ -16,11 +16,18 @@
 //! What every component loop does besides its own work (hello on time, the controller's
 //! reachability, a repeated scan, messages ahead of their scan, malformed ones) is one shape in
 //! `link.rs`: [`ControlLink`], [`Early`], [`Malformed`].
+//!
+//! Who may come in over HTTP and where names from outside may lead are edges too: [`http`]
+//! (the route tables, the one error body, and the [`http::Access`] guard with the bearer token),
+//! [`token`] (where the token comes from), [`files`] (the roots files named from outside are
+//! confined to).
 
 pub mod curve;
 mod ffi;
+pub mod files;
 pub mod http;
 mod link;
+pub mod token;
 
 pub use ffi::reuse_large_buffers;
 pub use link::{ControlLink, Early, Introduction, Malformed, Reachable, UNREACHABLE_AFTER};

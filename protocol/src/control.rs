@@ -130,6 +130,10 @@ pub struct IngesterStatus {
     /// successor takes up the stream.
     #[n(9)]
     pub next_frames: Vec<(StreamName, u64)>,
+    /// Recordings refused: the `dump_prefix` named a place outside the roots.
+    #[n(10)]
+    #[cbor(default)]
+    pub refused_recordings: u64,
 }
 
 /// Counters of an ingester's scan.

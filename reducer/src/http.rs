@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use beamflow_net::http::{ApiError, Route, router};
+use axum::{Extension, Router};
+use beamflow_net::http::{Access, ApiError, Route, router};
 use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
 
@@ -223,8 +223,22 @@ async fn result_at(
     }
 }
 
-async fn status(State(view): State<View>) -> Response {
-    json_response(&*view.status())
+/// The view's status, with who was refused (when served behind an [`Access`]).
+async fn status(State(view): State<View>, access: Option<Extension<Access>>) -> Response {
+    let Some(Extension(access)) = access else {
+        return json_response(&*view.status());
+    };
+    match serde_json::to_value(&*view.status()) {
+        Ok(mut status) => {
+            if let Some(object) = status.as_object_mut() {
+                object.insert("http".to_owned(), access.status());
+            }
+            json_response(&status)
+        }
+        Err(error) => {
+            ApiError::internal(format!("cannot encode the status as JSON: {error}")).into_response()
+        }
+    }
 }
 
 async fn openapi() -> Response {

@@ -13,6 +13,59 @@ use tracing::{info, warn};
 use super::Ensemble;
 use crate::mapping::Sequence;
 
+/// How large a parameter may be and how many there may be: every value is kept in memory and
+/// sent whole to every component at each set, so neither may grow without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterLimits {
+    /// Bytes one value may have at most.
+    pub max_bytes: u64,
+    /// Distinct names at most.
+    pub max_names: usize,
+}
+
+impl Default for ParameterLimits {
+    /// 64 MiB a value (a 16-megapixel mask or calibration of 32-bit values fits), 1024 names.
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_names: 1024,
+        }
+    }
+}
+
+/// Why a parameter was not set.
+#[derive(Debug, thiserror::Error)]
+pub enum SetParameterError {
+    /// The value does not parse as its declared type.
+    #[error(transparent)]
+    Invalid(#[from] ParameterError),
+    /// `dump_prefix` names a place files may not be written.
+    #[error("dump_prefix refused: {0}")]
+    Confined(#[from] beamflow_net::files::ConfineError),
+    /// The value is larger than the limit.
+    #[error(
+        "parameter {name}: {bytes} bytes, more than the limit of {limit} ([security] max_parameter_bytes)"
+    )]
+    TooLarge {
+        /// The parameter.
+        name: ParameterName,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A new name beyond the limit on names.
+    #[error(
+        "parameter {name}: {limit} parameters are set already, the limit ([security] max_parameters)"
+    )]
+    TooMany {
+        /// The parameter.
+        name: ParameterName,
+        /// The limit.
+        limit: usize,
+    },
+}
+
 /// A parameter value with its version, as dranspose keeps them.
 #[derive(Debug, Clone)]
 pub(super) struct Versioned {
@@ -52,14 +105,35 @@ pub(super) fn with_recording(
 }
 
 impl Ensemble {
-    /// Sets a parameter (validated against its description, if any); answers the new
-    /// parameters hash, as dranspose does.
+    /// Sets a parameter (validated against its description, if any, within the limits, and
+    /// `dump_prefix` under the roots); answers the new parameters hash, as dranspose does.
     pub fn set_parameter(
         &mut self,
         name: ParameterName,
         data: Bytes,
-    ) -> Result<String, ParameterError> {
+    ) -> Result<String, SetParameterError> {
         let name_is_dump_prefix = name.as_str() == DUMP_PREFIX;
+        if data.len() as u64 > self.limits.max_bytes {
+            return Err(SetParameterError::TooLarge {
+                name,
+                bytes: data.len() as u64,
+                limit: self.limits.max_bytes,
+            });
+        }
+        if !self.parameters.contains_key(&name) && self.parameters.len() >= self.limits.max_names {
+            return Err(SetParameterError::TooMany {
+                name,
+                limit: self.limits.max_names,
+            });
+        }
+        if name_is_dump_prefix {
+            let prefix = String::from_utf8_lossy(&data);
+            if !prefix.is_empty() {
+                // The ingesters write the files, and check in full; this process may not
+                // see their folders (a cluster's controller does not mount the volume).
+                self.roots.admits(&prefix)?;
+            }
+        }
         if let Some(description) = self.descriptions.iter().find(|d| d.name == name) {
             ParameterValue::parse(description.dtype, &data).map_err(|error| {
                 ParameterError::Invalid {
@@ -140,6 +214,11 @@ impl Ensemble {
         if prefix.is_empty() {
             return;
         }
+        // A writer checks in full before it writes: the folder must be here, under the roots.
+        if let Err(error) = self.roots.confine(&prefix) {
+            warn!(%error, "Not writing the mapping and parameters beside the dumps.");
+            return;
+        }
         let parameters: Vec<(String, Bytes)> = self
             .descriptions
             .iter()
@@ -201,5 +280,49 @@ mod tests {
         assert_ne!(empty, first);
         assert_ne!(first, second, "every set is a new version");
         assert_eq!(ensemble.parameter("threshold").as_deref(), Some(&b"7"[..]));
+    }
+
+    #[test]
+    fn parameters_are_bounded_in_size_and_number() {
+        let mut ensemble =
+            Ensemble::new(Pacing::default(), Vec::new()).with_parameter_limits(ParameterLimits {
+                max_bytes: 4,
+                max_names: 2,
+            });
+        assert!(matches!(
+            ensemble.set_parameter("a".into(), Bytes::from("12345")),
+            Err(SetParameterError::TooLarge { bytes: 5, .. })
+        ));
+        ensemble
+            .set_parameter("a".into(), Bytes::from("1"))
+            .unwrap();
+        ensemble
+            .set_parameter("b".into(), Bytes::from("2"))
+            .unwrap();
+        let error = ensemble
+            .set_parameter("c".into(), Bytes::from("3"))
+            .unwrap_err();
+        assert!(matches!(error, SetParameterError::TooMany { limit: 2, .. }));
+        // A set name may still change.
+        ensemble
+            .set_parameter("b".into(), Bytes::from("22"))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_dump_prefix_outside_the_roots_is_refused_and_nothing_written() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = beamflow_net::files::Roots::new([root.path().to_owned()]);
+        let mut ensemble = Ensemble::new(Pacing::default(), Vec::new()).with_roots(roots);
+        let escape = format!("{}/../escaped-", root.path().display());
+        let error = ensemble
+            .set_parameter(DUMP_PREFIX.into(), Bytes::from(escape))
+            .unwrap_err();
+        assert!(matches!(error, SetParameterError::Confined(_)), "{error}");
+        assert_eq!(ensemble.parameter(DUMP_PREFIX).as_deref(), Some(&b""[..]));
+        let inside = format!("{}/", root.path().display());
+        ensemble
+            .set_parameter(DUMP_PREFIX.into(), Bytes::from(inside))
+            .unwrap();
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use beamflow_ca::client::{ClientConfig, Command, MonitorEvent, Put, ReadControl, monitor_and_put};
 use beamflow_ca::convert::numbers;
+use beamflow_net::token::Token;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +36,8 @@ pub struct Endpoints {
     pub reducer: SocketAddr,
     /// Where to search for the quad's PVs.
     pub ca: ClientConfig,
+    /// The bearer token the controller's and reducer's HTTP servers take.
+    pub token: Option<Token>,
 }
 
 /// How one step went.
@@ -136,7 +139,7 @@ struct Rescue {
         AllowedRange,
     )>,
     /// The controller and the parameter to empty while a measurement is open.
-    close: Option<(SocketAddr, String)>,
+    close: Option<(SocketAddr, Option<Token>, String)>,
 }
 
 impl ScanStop {
@@ -226,9 +229,10 @@ impl ScanStop {
                 Err(why) => format!("Could not put the quad back to {value} kG: {why}."),
             });
         }
-        if let Some((controller, parameter)) = rescue.close {
+        if let Some((controller, token, parameter)) = rescue.close {
             let closed = post(
                 controller,
+                token.as_ref(),
                 &format!("/api/v1/parameter/{parameter}"),
                 "",
                 Duration::from_secs(2),
@@ -281,8 +285,12 @@ pub fn run(
 
 /// The reducer's `quad_scan` accumulator as the driver needs it: its measurement parameter.
 fn check_pipeline(request: &QuadScanRequest, endpoints: &Endpoints) -> Result<String, ScanError> {
-    let (status, body) = get(endpoints.controller, "/api/v1/config")
-        .context("the controller does not answer; nothing was put")?;
+    let (status, body) = get(
+        endpoints.controller,
+        endpoints.token.as_ref(),
+        "/api/v1/config",
+    )
+    .context("the controller does not answer; nothing was put")?;
     ensure!(
         Answer,
         status == 200,
@@ -291,15 +299,20 @@ fn check_pipeline(request: &QuadScanRequest, endpoints: &Endpoints) -> Result<St
     );
     let (status, body) = get(
         endpoints.reducer,
+        endpoints.token.as_ref(),
         &format!("/api/v1/result/{}", request.result),
     )
     .context("the reducer does not answer; nothing was put")?;
     if status == 404 {
-        let names = get(endpoints.reducer, "/api/v1/result")
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str::<BTreeMap<String, IgnoredAny>>(&body).ok())
-            .map(|state| state.into_keys().collect::<Vec<_>>())
-            .unwrap_or_default();
+        let names = get(
+            endpoints.reducer,
+            endpoints.token.as_ref(),
+            "/api/v1/result",
+        )
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str::<BTreeMap<String, IgnoredAny>>(&body).ok())
+        .map(|state| state.into_keys().collect::<Vec<_>>())
+        .unwrap_or_default();
         bail!(
             Answer,
             "the reducer at {} has no accumulator {:?} (it has: {}; is a pipeline scan running?)",
@@ -345,7 +358,8 @@ fn drive(
     validate(request)?;
     let readback = readback_pv(&request.pv, request.readback.as_deref())?;
     // The allow-list before anything else reaches out: a PV not listed meets no CA connection.
-    let configured = writable(endpoints.controller)?.limits_of(&request.pv)?;
+    let configured =
+        writable(endpoints.controller, endpoints.token.as_ref())?.limits_of(&request.pv)?;
     let parameter = check_pipeline(request, endpoints)?;
     let mut quad =
         Quad::connect(&endpoints.ca, &request.pv, &readback).context("nothing was put")?;
@@ -386,11 +400,17 @@ fn drive(
         update(progress, |p| {
             p.message = "opening the measurement".to_owned()
         });
-        stop.set_rescue(|r| r.close = Some((endpoints.controller, parameter.clone())));
-        set_parameter(endpoints.controller, &parameter, &id)?;
+        stop.set_rescue(|r| {
+            r.close = Some((
+                endpoints.controller,
+                endpoints.token.clone(),
+                parameter.clone(),
+            ))
+        });
+        set_parameter(endpoints, &parameter, &id)?;
         opened = true;
         await_reducer(
-            endpoints.reducer,
+            endpoints,
             &format!("{}/live/id", request.result),
             |open: &Option<String>| open.as_deref() == Some(&id),
         )
@@ -432,9 +452,9 @@ fn drive(
         update(progress, |p| {
             p.message = "closing the measurement".to_owned()
         });
-        let closed = set_parameter(endpoints.controller, &parameter, "").and_then(|()| {
+        let closed = set_parameter(endpoints, &parameter, "").and_then(|()| {
             await_reducer(
-                endpoints.reducer,
+                endpoints,
                 &format!("{}/measurements/{id}", request.result),
                 |_: &FrozenMeasurement| true,
             )
@@ -513,8 +533,8 @@ fn drive(
 /// What the controller lets scans write (`GET /api/v1/scan/writable`: its pipeline's
 /// `[controller.scan]`). Asked even by the driver the controller runs itself, so that the
 /// command and the API obey one list, the controller's.
-fn writable(controller: SocketAddr) -> Result<ScanDriverConfig, ScanError> {
-    let (status, body) = get(controller, WRITABLE_PATH)
+fn writable(controller: SocketAddr, token: Option<&Token>) -> Result<ScanDriverConfig, ScanError> {
+    let (status, body) = get(controller, token, WRITABLE_PATH)
         .context("the controller does not answer; nothing was put")?;
     ensure!(
         Answer,
@@ -529,9 +549,10 @@ fn writable(controller: SocketAddr) -> Result<ScanDriverConfig, ScanError> {
 }
 
 /// Sets a controller parameter; the controller passes it on to the reducer.
-fn set_parameter(controller: SocketAddr, name: &str, value: &str) -> Result<(), ScanError> {
+fn set_parameter(endpoints: &Endpoints, name: &str, value: &str) -> Result<(), ScanError> {
     let (status, body) = post(
-        controller,
+        endpoints.controller,
+        endpoints.token.as_ref(),
         &format!("/api/v1/parameter/{name}"),
         value,
         HTTP_LIMIT,
@@ -546,13 +567,17 @@ fn set_parameter(controller: SocketAddr, name: &str, value: &str) -> Result<(), 
 
 /// Polls the reducer's view at `path` until it reads as a `T` for which `ok` holds; returns it.
 fn await_reducer<T: DeserializeOwned>(
-    reducer: SocketAddr,
+    endpoints: &Endpoints,
     path: &str,
     ok: impl Fn(&T) -> bool,
 ) -> Result<T, ScanError> {
     let deadline = Instant::now() + REDUCER_CONFIRMS;
     loop {
-        let (status, body) = get(reducer, &format!("/api/v1/result/{path}"))?;
+        let (status, body) = get(
+            endpoints.reducer,
+            endpoints.token.as_ref(),
+            &format!("/api/v1/result/{path}"),
+        )?;
         if status == 200
             && let Ok(value) = serde_json::from_str::<T>(&body)
             && ok(&value)
@@ -600,12 +625,7 @@ fn step(
     // Settling: the magnet's field follows its readback with a delay; a pause, not a sync.
     stop.sleep(Duration::from_secs_f64(request.settle_s));
     loop {
-        let accepted = accepted_at(
-            endpoints.reducer,
-            &request.result,
-            value,
-            request.tolerance_kg,
-        )?;
+        let accepted = accepted_at(endpoints, &request.result, value, request.tolerance_kg)?;
         if accepted >= request.shots {
             return Ok(StepOutcome {
                 value,
@@ -632,12 +652,16 @@ fn step(
 
 /// Accepted shots at `value` in the open measurement's steps.
 fn accepted_at(
-    reducer: SocketAddr,
+    endpoints: &Endpoints,
     result: &str,
     value: f64,
     tolerance: f64,
 ) -> Result<u64, ScanError> {
-    let (status, body) = get(reducer, &format!("/api/v1/result/{result}/live/steps"))?;
+    let (status, body) = get(
+        endpoints.reducer,
+        endpoints.token.as_ref(),
+        &format!("/api/v1/result/{result}/live/steps"),
+    )?;
     if status == 404 {
         return Ok(0);
     }
@@ -909,23 +933,26 @@ struct FrozenMeasurement {
 const HTTP_LIMIT: Duration = Duration::from_secs(30);
 
 /// `GET`; the status and the body, whatever the status.
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), ScanError> {
-    exchange(addr, path, None, HTTP_LIMIT)
+fn get(addr: SocketAddr, token: Option<&Token>, path: &str) -> Result<(u16, String), ScanError> {
+    exchange(addr, token, path, None, HTTP_LIMIT)
 }
 
 /// `POST` of a JSON `body`; the status and the body, whatever the status.
 fn post(
     addr: SocketAddr,
+    token: Option<&Token>,
     path: &str,
     body: &str,
     limit: Duration,
 ) -> Result<(u16, String), ScanError> {
-    exchange(addr, path, Some(body), limit)
+    exchange(addr, token, path, Some(body), limit)
 }
 
-/// One exchange, connecting within 5 s at most and done within `limit`.
+/// One exchange, connecting within 5 s at most and done within `limit`; with the token when
+/// there is one (the servers want it for writes, and for reads when so configured).
 fn exchange(
     addr: SocketAddr,
+    token: Option<&Token>,
     path: &str,
     body: Option<&str>,
     limit: Duration,
@@ -941,9 +968,22 @@ fn exchange(
         url: url.clone(),
         error: Box::new(error),
     };
+    let authorization = token.map(Token::header_value);
     let response = match body {
-        None => agent.get(&url).call(),
-        Some(body) => agent.post(&url).content_type("application/json").send(body),
+        None => {
+            let mut request = agent.get(&url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call()
+        }
+        Some(body) => {
+            let mut request = agent.post(&url).content_type("application/json");
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send(body)
+        }
     }
     .map_err(unreachable)?;
     let status = response.status().as_u16();

@@ -40,6 +40,11 @@ addresses are set here; the rest is the values' `pipeline`, unchanged.
 {{- $reducer := default dict $p.reducer -}}
 {{- $_ := set $reducer "http" "0.0.0.0:5001" -}}
 {{- $_ := set $p "reducer" $reducer -}}
+{{- $security := default dict $p.security -}}
+{{- if not (hasKey $security "roots") -}}
+{{- $_ := set $security "roots" (ternary (list "/dumps" "/tmp") (list "/tmp") .Values.dumps.enabled) -}}
+{{- end -}}
+{{- $_ := set $p "security" $security -}}
 {{- if include "beamflow.simIoc" . -}}
 {{- range $name, $ingester := $p.ingesters -}}
 {{- if and (eq $ingester.kind "epics_ca") (not (hasKey $ingester "addr_list")) -}}
@@ -48,6 +53,11 @@ addresses are set here; the rest is the values' `pipeline`, unchanged.
 {{- end -}}
 {{- end -}}
 {{- toPrettyJson $p -}}
+{{- end -}}
+
+{{/* The Secret holding the HTTP token (key `token`): the one the values name, or the chart's. */}}
+{{- define "beamflow.tokenSecret" -}}
+{{- .Values.security.token.secretName | default (printf "%s-token" (include "beamflow.fullname" .)) -}}
 {{- end -}}
 
 {{/* The pod security context every pod runs with: non-root, read-only root filesystem. */}}
@@ -73,6 +83,12 @@ securityContext:
 {{- define "beamflow.env" -}}
 - name: BEAMFLOW_PIPELINE
   value: /etc/beamflow/pipeline.json
+- name: BEAMFLOW_TOKEN_FILE
+  value: /etc/beamflow/token
+{{- if .Values.security.keys.secretName }}
+- name: BEAMFLOW_KEYS
+  value: /etc/beamflow/keys
+{{- end }}
 - name: BEAMFLOW_HOST
   valueFrom:
     fieldRef:
@@ -105,10 +121,29 @@ readinessProbe:
   mountPath: /tmp
 {{- end -}}
 
+{{/*
+/etc/beamflow: the pipeline, the HTTP token (file `token`) and, when named, the CURVE keys
+(`keys/beamflow.key`, `keys/beamflow.pub`), as one projected volume: a Secret mounted inside a
+ConfigMap's read-only mount would need a mount point the ConfigMap cannot hold.
+*/}}
 {{- define "beamflow.volumes" -}}
 - name: pipeline
-  configMap:
-    name: {{ include "beamflow.fullname" . }}-pipeline
+  projected:
+    defaultMode: 0440
+    sources:
+      - configMap:
+          name: {{ include "beamflow.fullname" . }}-pipeline
+      - secret:
+          name: {{ include "beamflow.tokenSecret" . }}
+          items:
+            - {key: token, path: token}
+      {{- with .Values.security.keys.secretName }}
+      - secret:
+          name: {{ . }}
+          items:
+            - {key: beamflow.key, path: keys/beamflow.key}
+            - {key: beamflow.pub, path: keys/beamflow.pub}
+      {{- end }}
 - name: tmp
   emptyDir: {}
 {{- end -}}
