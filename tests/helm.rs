@@ -262,6 +262,7 @@ dumps:
         "path: keys/beamflow.pub",
         "name: BEAMFLOW_TOKEN_FILE",
         "name: BEAMFLOW_KEYS\n              value: /etc/beamflow/keys",
+        "name: BEAMFLOW_DATA_PLANE\n              value: \"encrypted\"",
     ] {
         assert!(
             controller.contains(expected),

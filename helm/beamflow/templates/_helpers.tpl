@@ -88,6 +88,8 @@ securityContext:
 {{- if .Values.security.keys.secretName }}
 - name: BEAMFLOW_KEYS
   value: /etc/beamflow/keys
+- name: BEAMFLOW_DATA_PLANE
+  value: {{ .Values.security.keys.dataPlane | default "encrypted" | quote }}
 {{- end }}
 - name: BEAMFLOW_HOST
   valueFrom:
