@@ -193,7 +193,9 @@ fn decode_at_depth(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CborError
         }
         Type::Array | Type::ArrayIndef => {
             let len = d.array().map_err(wrap)?;
-            let mut items = Vec::with_capacity(len.unwrap_or(0).min(4096) as usize);
+            // Grown as items arrive, never reserved from the claimed length: with nesting, any
+            // reservation is paid at every level (128 claims of 4,096 held 20 MiB for 384 bytes).
+            let mut items = Vec::new();
             match len {
                 Some(n) => {
                     for _ in 0..n {
