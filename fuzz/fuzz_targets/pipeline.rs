@@ -18,11 +18,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     beamflow_fuzz::within(data, BUDGET, || {
-        for parsed in [Pipeline::parse(text), Pipeline::parse_json(text)] {
-            if let Ok(pipeline) = parsed {
-                // What `GET /api/v1/parameters` shows, from the tables alone.
-                let _ = pipeline.describe_parameters();
-            }
+        for pipeline in [Pipeline::parse(text), Pipeline::parse_json(text)]
+            .into_iter()
+            .flatten()
+        {
+            // What `GET /api/v1/parameters` shows, from the tables alone.
+            let _ = pipeline.describe_parameters();
         }
     });
 });
