@@ -193,10 +193,9 @@ fn decode_at_depth(d: &mut Decoder<'_>, depth: usize) -> Result<Value, CborError
         }
         Type::Array | Type::ArrayIndef => {
             let len = d.array().map_err(wrap)?;
-            // Every item takes a byte at least: a claimed length beyond the bytes left is a
-            // lie, and must not size the allocation.
-            let left = d.input().len().saturating_sub(d.position());
-            let mut items = Vec::with_capacity((len.unwrap_or(0).min(4096) as usize).min(left));
+            // Grown as items arrive, never reserved from the claimed length: with nesting, any
+            // reservation is paid at every level (128 claims of 4,096 held 20 MiB for 384 bytes).
+            let mut items = Vec::new();
             match len {
                 Some(n) => {
                     for _ in 0..n {
