@@ -498,37 +498,34 @@ mod tests {
         assert!(!format!("{keys:?}").contains(&z85(&keys.secret)));
     }
 
-    /// Each test runs in its own process (nextest), so the process-wide keys are this test's.
-    #[test]
-    fn only_a_peer_with_the_keys_delivers_and_the_others_are_counted() {
-        let keys = Keys::generate().unwrap();
-        use_keys(keys.clone(), DataPlane::Encrypted).unwrap();
-        assert!(use_keys(Keys::generate().unwrap(), DataPlane::Encrypted).is_err());
-        assert!(use_keys(keys.clone(), DataPlane::Authenticated).is_err());
-        let context = zmq::Context::new();
-        let _zap = authenticate(&context).unwrap().unwrap();
-        let pull = crate::socket(&context, zmq::PULL, 16, 5_000).unwrap();
-        crate::as_server(&context, &pull, Plane::Data).unwrap();
+    /// A data-plane PULL of this process's keys, bound on loopback, and its handler.
+    fn secured_pull(context: &zmq::Context) -> (ZapHandler, zmq::Socket, String) {
+        let zap = authenticate(context).unwrap().unwrap();
+        let pull = crate::socket(context, zmq::PULL, 16, 5_000).unwrap();
+        crate::as_server(context, &pull, Plane::Data).unwrap();
         let endpoint = crate::bind_any(&pull, "127.0.0.1").unwrap();
+        (zap, pull, endpoint)
+    }
 
-        // A plain socket, and one with CURVE but its own keys, knowing the public key.
-        let plain = context.socket(zmq::PUSH).unwrap();
-        plain.set_linger(0).unwrap();
-        plain.connect(&endpoint).unwrap();
-        plain.send("forged", zmq::DONTWAIT).unwrap();
-        let stranger = context.socket(zmq::PUSH).unwrap();
-        stranger.set_linger(0).unwrap();
-        let own = zmq::CurveKeyPair::new().unwrap();
-        stranger.set_curve_serverkey(&keys.public).unwrap();
-        stranger.set_curve_publickey(&own.public_key).unwrap();
-        stranger.set_curve_secretkey(&own.secret_key).unwrap();
-        stranger.connect(&endpoint).unwrap();
-        stranger.send("forged", zmq::DONTWAIT).unwrap();
+    /// A forger's PUSH to `endpoint`, configured by `configure`, that has sent one message.
+    fn forger(
+        context: &zmq::Context,
+        endpoint: &str,
+        configure: impl FnOnce(&zmq::Socket) -> zmq::Result<()>,
+    ) -> zmq::Socket {
+        let socket = context.socket(zmq::PUSH).unwrap();
+        socket.set_linger(0).unwrap();
+        configure(&socket).unwrap();
+        socket.connect(endpoint).unwrap();
+        socket.send("forged", zmq::DONTWAIT).unwrap();
+        socket
+    }
 
-        let member = crate::push_to(&context, &endpoint, 1_000).unwrap();
+    /// A member's message arrives, the forgers are counted, and nothing forged arrives.
+    fn only_the_member_delivers(context: &zmq::Context, pull: &zmq::Socket, endpoint: &str) {
+        let member = crate::push_to(context, endpoint, 1_000).unwrap();
         member.send("genuine", 0).unwrap();
         assert_eq!(pull.recv_bytes(0).unwrap(), b"genuine");
-
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while refused_peers() < 2 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -542,41 +539,38 @@ mod tests {
         );
     }
 
+    /// Each test runs in its own process (nextest), so the process-wide keys are this test's.
+    #[test]
+    fn only_a_peer_with_the_keys_delivers_and_the_others_are_counted() {
+        let keys = Keys::generate().unwrap();
+        use_keys(keys.clone(), DataPlane::Encrypted).unwrap();
+        assert!(use_keys(Keys::generate().unwrap(), DataPlane::Encrypted).is_err());
+        assert!(use_keys(keys.clone(), DataPlane::Authenticated).is_err());
+        let context = zmq::Context::new();
+        let (_zap, pull, endpoint) = secured_pull(&context);
+        // A plain socket, and one with CURVE but its own keys, knowing the public key.
+        let _plain = forger(&context, &endpoint, |_| Ok(()));
+        let own = zmq::CurveKeyPair::new().unwrap();
+        let _stranger = forger(&context, &endpoint, |s| {
+            s.set_curve_serverkey(&keys.public)?;
+            s.set_curve_publickey(&own.public_key)?;
+            s.set_curve_secretkey(&own.secret_key)
+        });
+        only_the_member_delivers(&context, &pull, &endpoint);
+    }
+
     #[test]
     fn an_authenticated_data_plane_admits_the_derived_password_only() {
         let keys = Keys::generate().unwrap();
         use_keys(keys.clone(), DataPlane::Authenticated).unwrap();
         let context = zmq::Context::new();
-        let _zap = authenticate(&context).unwrap().unwrap();
-        let pull = crate::socket(&context, zmq::PULL, 16, 5_000).unwrap();
-        crate::as_server(&context, &pull, Plane::Data).unwrap();
-        let endpoint = crate::bind_any(&pull, "127.0.0.1").unwrap();
-
-        let guesser = context.socket(zmq::PUSH).unwrap();
-        guesser.set_linger(0).unwrap();
-        guesser.set_plain_username(Some(DATA_USER)).unwrap();
-        guesser.set_plain_password(Some("guess")).unwrap();
-        guesser.connect(&endpoint).unwrap();
-        guesser.send("forged", zmq::DONTWAIT).unwrap();
-        let plain = context.socket(zmq::PUSH).unwrap();
-        plain.set_linger(0).unwrap();
-        plain.connect(&endpoint).unwrap();
-        plain.send("forged", zmq::DONTWAIT).unwrap();
-
-        let member = crate::push_to(&context, &endpoint, 1_000).unwrap();
-        member.send("genuine", 0).unwrap();
-        assert_eq!(pull.recv_bytes(0).unwrap(), b"genuine");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while refused_peers() < 2 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(refused_peers() >= 2, "refused {}", refused_peers());
-        pull.set_rcvtimeo(300).unwrap();
-        assert_eq!(
-            pull.recv_bytes(0),
-            Err(zmq::Error::EAGAIN),
-            "nothing forged arrives"
-        );
+        let (_zap, pull, endpoint) = secured_pull(&context);
+        let _guesser = forger(&context, &endpoint, |s| {
+            s.set_plain_username(Some(DATA_USER))?;
+            s.set_plain_password(Some("guess"))
+        });
+        let _plain = forger(&context, &endpoint, |_| Ok(()));
+        only_the_member_delivers(&context, &pull, &endpoint);
         assert_ne!(keys.data_password(), z85(&keys.secret));
     }
 }
