@@ -20,13 +20,15 @@
 //! sockets between beamflow's own components are secured: a detector's stream (`zmq_stins`)
 //! speaks whatever its sender does.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
+use subtle::ConstantTimeEq as _;
 use tracing::{info, warn};
+
+use crate::FirstSeen;
 
 /// The secret key's file in a keys folder (Z85 text).
 pub const SECRET_FILE: &str = "beamflow.key";
@@ -39,8 +41,6 @@ const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 const ZAP_DOMAIN: &str = "beamflow";
 /// How often the handler and the monitors look up from a quiet socket to see if they should end.
 const POLL_MS: i32 = 250;
-/// Peer addresses remembered for log-once; past it, refusals are only counted.
-const REMEMBERED_PEERS: usize = 1024;
 
 /// The user name of the data plane's PLAIN handshake.
 const DATA_USER: &str = "beamflow";
@@ -313,23 +313,18 @@ impl Admitted {
     /// Whether the credentials of a ZAP request's `mechanism` are the pipeline's.
     fn admits(&self, mechanism: &[u8], credentials: &[Vec<u8>]) -> bool {
         match (mechanism, credentials) {
-            (b"CURVE", [key]) => constant_time_eq(key, &self.public),
+            (b"CURVE", [key]) => bool::from(key.ct_eq(&self.public)),
             (b"PLAIN", [user, password]) => {
-                user == DATA_USER.as_bytes() && constant_time_eq(password, self.password.as_bytes())
+                user == DATA_USER.as_bytes() && bool::from(password.ct_eq(self.password.as_bytes()))
             }
             _ => false,
         }
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing of where a guess went wrong.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 /// Answers ZAP requests (RFC 27): a client is admitted if its credentials are the pipeline's.
 fn answer_zap(socket: &zmq::Socket, admitted: &Admitted, stop: &AtomicBool) {
-    let mut logged = BTreeSet::new();
+    let mut logged = FirstSeen::new();
     while !stop.load(Ordering::Relaxed) {
         let request = match socket.recv_multipart(0) {
             Ok(request) => request,
@@ -341,7 +336,7 @@ fn answer_zap(socket: &zmq::Socket, admitted: &Admitted, stop: &AtomicBool) {
         let admitted = admitted.admits(field(5), request.get(6..).unwrap_or_default());
         if !admitted {
             let address = String::from_utf8_lossy(field(3)).into_owned();
-            if logged.len() < REMEMBERED_PEERS && logged.insert(address.clone()) {
+            if logged.is_new(address.clone()) {
                 warn!(
                     peer = %address,
                     mechanism = %String::from_utf8_lossy(field(5)),
@@ -404,7 +399,7 @@ pub(crate) fn serve(
 }
 
 fn count_refusals(monitor: &zmq::Socket) {
-    static LOGGED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    static LOGGED: Mutex<FirstSeen<String>> = Mutex::new(FirstSeen::new());
     loop {
         let event = match monitor.recv_multipart(0) {
             Ok(event) => event,
@@ -430,7 +425,7 @@ fn count_refusals(monitor: &zmq::Socket) {
         let mut logged = LOGGED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if logged.len() < REMEMBERED_PEERS && logged.insert(endpoint.clone()) {
+        if logged.is_new(endpoint.clone()) {
             warn!(
                 %endpoint,
                 "A peer failed the CURVE handshake (no keys, other keys, or plain ZeroMQ); its messages are dropped. Later failures on this socket are only counted."

@@ -12,7 +12,7 @@
 //! whole router, so no handler can forget it: every method other than `GET` and `HEAD` needs
 //! the bearer token, and reads need it too when the operator says so.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use subtle::ConstantTimeEq as _;
 
+use crate::FirstSeen;
 use crate::token::Token;
 
 /// An HTTP error: its status code and the reason, answered as `{"detail": reason}`, with any
@@ -110,10 +111,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Client addresses whose first refusal is logged; later ones are only counted. Bounded, so a
-/// scan of the address space cannot grow the set (or the log) without limit.
-const LOGGED_CLIENTS: usize = 1024;
-
 /// Who may call a server: the bearer token that writes (and, if asked, reads) need, or none
 /// when the operator opened writes to a trusted network; and the count of refusals. Clones
 /// share the count.
@@ -129,7 +126,7 @@ struct AccessInner {
     protect_reads: bool,
     refused: AtomicU64,
     /// Addresses already warned about.
-    logged: Mutex<HashSet<IpAddr>>,
+    logged: Mutex<FirstSeen<IpAddr>>,
 }
 
 impl Access {
@@ -160,7 +157,7 @@ impl Access {
                 token,
                 protect_reads,
                 refused: AtomicU64::new(0),
-                logged: Mutex::new(HashSet::new()),
+                logged: Mutex::new(FirstSeen::new()),
             }),
         }
     }
@@ -211,12 +208,11 @@ impl Access {
     /// Counts a refusal; whether `client` is new, so that it is logged (once per address).
     fn refuse(&self, client: IpAddr) -> bool {
         self.inner.refused.fetch_add(1, Ordering::Relaxed);
-        let mut logged = self
-            .inner
+        self.inner
             .logged
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        logged.len() < LOGGED_CLIENTS && logged.insert(client)
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_new(client)
     }
 }
 
@@ -515,11 +511,12 @@ mod tests {
     #[test]
     fn the_set_of_logged_clients_is_bounded() {
         let access = Access::with_token(Token::new("t").unwrap());
-        let new = (0..LOGGED_CLIENTS as u32 + 10)
+        let limit = FirstSeen::<IpAddr>::LIMIT;
+        let new = (0..limit as u32 + 10)
             .filter(|n| access.refuse(IpAddr::from(n.to_be_bytes())))
             .count();
-        assert_eq!(new, LOGGED_CLIENTS);
-        assert_eq!(access.refused(), LOGGED_CLIENTS as u64 + 10);
+        assert_eq!(new, limit);
+        assert_eq!(access.refused(), limit as u64 + 10);
     }
 
     #[test]

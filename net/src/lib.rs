@@ -30,7 +30,9 @@ mod link;
 pub mod token;
 
 pub use ffi::reuse_large_buffers;
-pub use link::{ControlLink, Early, Introduction, Malformed, Reachable, UNREACHABLE_AFTER};
+pub use link::{
+    ControlLink, Early, FirstSeen, Introduction, Malformed, Reachable, UNREACHABLE_AFTER,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,7 @@
 //! The ingester, worker and reducer loops each hold a [`ControlLink`], and the worker and
 //! reducer an [`Early`] and a [`Malformed`]; what is left in their loops is their own work.
 
+use std::collections::BTreeSet;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -289,6 +290,37 @@ impl Malformed {
     /// How many so far.
     pub fn total(&self) -> u64 {
         self.count
+    }
+}
+
+/// Peers (client addresses, endpoints) whose first refusal is logged; the later ones are only
+/// counted. Bounded, so a scan of the address space cannot grow the set, or the log, without
+/// limit: past [`FirstSeen::LIMIT`] peers, none is new.
+#[derive(Debug)]
+pub struct FirstSeen<T> {
+    seen: BTreeSet<T>,
+}
+
+impl<T: Ord> FirstSeen<T> {
+    /// Peers remembered at most.
+    pub const LIMIT: usize = 1024;
+
+    /// None seen yet.
+    pub const fn new() -> Self {
+        Self {
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `peer` is seen for the first time (and so worth a log line).
+    pub fn is_new(&mut self, peer: T) -> bool {
+        self.seen.len() < Self::LIMIT && self.seen.insert(peer)
+    }
+}
+
+impl<T: Ord> Default for FirstSeen<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
