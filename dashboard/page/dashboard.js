@@ -164,7 +164,7 @@ class HistoryPanel {
     this.following = true;
     this.fetching = false;
     this.pending = [];
-    this.settingScale = false;
+    this.expected = null; // the x range we set last: any other is the user's zoom
     section.dataset.timeZone = this.zone ?? BROWSER_ZONE;
     section.dataset.points = "0";
 
@@ -189,10 +189,7 @@ class HistoryPanel {
     );
     this.box = chartBox(260);
     section.append(this.box);
-    // uPlot sets its scales while it is built: that is not the user zooming.
-    this.settingScale = true;
     this.chart = this.makeChart();
-    this.settingScale = false;
     this.refetch();
   }
 
@@ -219,8 +216,13 @@ class HistoryPanel {
         bind: { dblclick: () => (e) => { if (e.button === 0) this.resume(); return null; } },
       },
       hooks: {
+        // uPlot reports scale changes later (batched), so compare with what we set rather than
+        // flag our own calls. Before we set any (while uPlot is built), the range is not a zoom.
         setScale: [(u, key) => {
-          if (key === "x" && !this.settingScale) this.pause();
+          if (key !== "x" || this.expected === null) return;
+          const { min, max } = u.scales.x;
+          const tolerance = 1e-6 * Math.max(1, Math.abs(this.expected.max - this.expected.min));
+          if (Math.abs(min - this.expected.min) > tolerance || Math.abs(max - this.expected.max) > tolerance) this.pause();
         }],
       },
     };
@@ -306,16 +308,12 @@ class HistoryPanel {
     const { t } = this.rows;
     this.section.dataset.points = String(t.length);
     this.latest.textContent = t.length ? this.formatTime(t[t.length - 1]) : "–";
-    this.settingScale = true;
-    try {
-      this.chart.setData(this.data(), false);
-      if (this.following && t.length) {
-        const max = t[t.length - 1];
-        const min = this.windowSeconds > 0 ? max - this.windowSeconds : t[0];
-        this.chart.setScale("x", { min: Math.min(min, max - 1), max });
-      }
-    } finally {
-      this.settingScale = false;
+    this.chart.setData(this.data(), false);
+    if (this.following && t.length) {
+      const max = t[t.length - 1];
+      const min = Math.min(this.windowSeconds > 0 ? max - this.windowSeconds : t[0], max - 1);
+      this.expected = { min, max };
+      this.chart.setScale("x", { min, max });
     }
   }
 }
@@ -379,16 +377,10 @@ class ImagePanel {
     for (const box of [this.projX, this.projY]) box.classList.add("projection");
     this.barImage.src = `${API}/colorbar.png?cmap=${this.cmap.value}`;
     this.charts = null;
-    this.refetch();
   }
 
-  async refetch() {
-    try {
-      const view = await getResult(this.desc.path);
-      if (view) this.update(view);
-    } catch (error) {
-      console.warn("image", this.desc.name, error);
-    }
+  /** After a reconnect: draw the newest frame even if its number is not newer (a restart). */
+  refetch() {
     this.dirty = true;
     this.maybeFetch();
   }
@@ -553,16 +545,6 @@ class QuadScanPanel {
       this.warnings,
       el("div", { class: "note", text: "Scans are started from the command line: beamflow scan quad --help" }),
     );
-    this.refetch();
-  }
-
-  async refetch() {
-    try {
-      const view = await getResult(this.desc.path);
-      if (view) this.update(view);
-    } catch (error) {
-      console.warn("quad_scan", error);
-    }
   }
 
   update(view) {
@@ -694,9 +676,9 @@ class TablePanel {
     this.rows = [];
     this.trs = new Map();
     this.body = el("tbody");
-    section.append(el("table", { class: "last" },
+    section.append(el("div", { class: "scroll" }, el("table", { class: "last" },
       el("thead", {}, el("tr", {}, ...["name", "value", "unit", "age", "alarm"].map((t) => el("th", { text: t })))),
-      this.body));
+      this.body)));
   }
 
   update(update) {
@@ -875,12 +857,22 @@ class WhatIfPanel {
       return;
     }
     const inputs = {};
+    const outside = [];
     for (const [name, row] of this.inputs) {
       if (row.desc.read_only) continue;
       const value = row.input.valueAsNumber;
-      if (Number.isFinite(value)) inputs[name] = value;
+      if (!Number.isFinite(value)) continue;
+      inputs[name] = value;
+      const [lo, hi] = row.desc.range ?? [-Infinity, Infinity];
+      row.input.classList.toggle("invalid", value < lo || value > hi);
+      if (value < lo || value > hi) outside.push(`${name} = ${fmt(value)} is outside the model's range ${fmt(lo, 4)} … ${fmt(hi, 4)}`);
     }
     const seq = ++this.seq;
+    // The server would refuse it (422); say so here, and drop any reply still on its way.
+    if (outside.length) {
+      this.message.textContent = outside.join("; ");
+      return;
+    }
     let response;
     let body;
     try {
@@ -937,11 +929,11 @@ class WhatIfPanel {
 
 // ---------------------------------------------------------------- any other kind: its JSON
 
+// Its view comes with every `state` (the current one at once when the stream opens).
 class JsonPanel {
   constructor(desc, section) {
     this.pre = el("pre", { class: "json", text: "–" });
     section.append(this.pre);
-    getResult(desc.path).then((view) => view !== null && this.update(view)).catch((error) => console.warn("json", desc.name, error));
   }
 
   update(view) {
