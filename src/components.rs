@@ -874,7 +874,11 @@ fn controller_index(scans: ScanService) -> axum::Router {
     let page = move || {
         let dashboard = scans.reducer().map_or_else(
             || "<p>The reducer's address is not known yet.</p>".to_owned(),
-            |reducer| format!("<p><a href=\"http://{reducer}/\">Dashboard</a> (served by the reducer)</p>"),
+            |reducer| {
+                format!(
+                    "<p><a href=\"http://{reducer}/\">Dashboard</a> (served by the reducer)</p>"
+                )
+            },
         );
         let body = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>beamflow controller</title></head>\
@@ -882,18 +886,16 @@ fn controller_index(scans: ScanService) -> axum::Router {
              <li><a href=\"/api/v1/progress\">progress</a></li><li><a href=\"/api/v1/status\">status</a></li>\
              <li><a href=\"/api/v1/load\">load</a></li><li><a href=\"/api/v1/openapi.json\">API</a></li></ul></body></html>"
         );
-        std::future::ready(
-            (
-                [
-                    (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                    (
-                        axum::http::header::CONTENT_SECURITY_POLICY,
-                        beamflow_reducer::dashboard::CONTENT_SECURITY_POLICY,
-                    ),
-                ],
-                body,
-            ),
-        )
+        std::future::ready((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    axum::http::header::CONTENT_SECURITY_POLICY,
+                    beamflow_reducer::dashboard::CONTENT_SECURITY_POLICY,
+                ),
+            ],
+            body,
+        ))
     };
     axum::Router::new().route("/", axum::routing::get(page))
 }

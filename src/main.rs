@@ -559,12 +559,14 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
 /// The dashboard's address, first of what `beamflow run` prints. On a terminal it carries the
 /// token in its fragment (which the browser never sends), as Jupyter's does, so the page can
 /// evaluate what-ifs; in a log it does not.
-fn dashboard_line(reducer: std::net::SocketAddr, token: Option<&beamflow_net::token::Token>) -> String {
+fn dashboard_line(
+    reducer: std::net::SocketAddr,
+    token: Option<&beamflow_net::token::Token>,
+) -> String {
     match token {
-        Some(token) if std::io::stderr().is_terminal() => format!(
-            "Dashboard: http://{reducer}/#token={}",
-            token.as_str()
-        ),
+        Some(token) if std::io::stderr().is_terminal() => {
+            format!("Dashboard: http://{reducer}/#token={}", token.as_str())
+        }
         _ => format!("Dashboard: http://{reducer}/"),
     }
 }

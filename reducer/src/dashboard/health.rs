@@ -98,6 +98,9 @@ mod tests {
         let health = ControllerClient::new(address, None).poll();
         assert!(health.controller.is_none() && health.load.is_none() && health.scan.is_none());
         let error = health.controller_error.unwrap();
-        assert!(error.contains(&format!("{address}/api/v1/status")), "{error}");
+        assert!(
+            error.contains(&format!("{address}/api/v1/status")),
+            "{error}"
+        );
     }
 }

@@ -239,7 +239,10 @@ async fn description(State(dashboard): State<Dashboard>) -> Response {
 async fn events(State(dashboard): State<Dashboard>) -> Response {
     (
         // An nginx ingress would otherwise buffer the stream.
-        [("x-accel-buffering", "no"), (header::CACHE_CONTROL.as_str(), "no-cache")],
+        [
+            ("x-accel-buffering", "no"),
+            (header::CACHE_CONTROL.as_str(), "no-cache"),
+        ],
         dashboard.hub.response(),
     )
         .into_response()
@@ -282,16 +285,70 @@ mod tests {
         let first = receiver.borrow_and_update().clone();
         let message: serde_json::Value = serde_json::from_str(&first.data).unwrap();
         assert_eq!(message["seq"], first.id);
-        assert_eq!((&message["event"], &message["scan"]), (&3.into(), &2.into()));
+        assert_eq!(
+            (&message["event"], &message["scan"]),
+            (&3.into(), &2.into())
+        );
         assert_eq!(message["panels"]["table"]["rows"][0]["value"], 1);
         assert!(message["panels"].get("absent").is_none(), "{message}");
         assert_eq!(dashboard.publish_state(key), key);
-        assert!(!receiver.has_changed().unwrap(), "nothing new, nothing sent");
+        assert!(
+            !receiver.has_changed().unwrap(),
+            "nothing new, nothing sent"
+        );
         dashboard.view.publish_status(Status {
             results: 2,
             ..status
         });
         dashboard.publish_state(key);
         assert!(receiver.has_changed().unwrap());
+    }
+
+    /// A page's stream never ends by itself, and a graceful shutdown waits for every response
+    /// (axum#2673): closing the hub must let the server stop with a page attached.
+    #[tokio::test]
+    async fn the_server_stops_with_a_page_attached_once_the_hub_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dashboard = dashboard();
+        dashboard.publish_state(None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let server = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            let app = dashboard.router();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.notified().await })
+                    .await
+            }
+        });
+        let mut page = tokio::net::TcpStream::connect(address).await.unwrap();
+        page.write_all(b"GET /api/v1/events HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0; 4096];
+        while !String::from_utf8_lossy(&received).contains("event: state") {
+            let n = page.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream ended before its first state");
+            received.extend_from_slice(&buffer[..n]);
+        }
+        let head = String::from_utf8_lossy(&received).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(head.contains("x-accel-buffering: no"), "{head}");
+        stop.notify_waiters();
+        dashboard.hub().close();
+        // The page reads the rest: the bye, then the end of the stream.
+        loop {
+            let n = page.read(&mut buffer).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+        }
+        assert!(String::from_utf8_lossy(&received).contains("event: bye"));
+        server.await.unwrap().unwrap();
     }
 }

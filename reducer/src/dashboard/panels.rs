@@ -89,7 +89,9 @@ impl PanelEntry {
 /// The history's newest [`HISTORY_TAIL`] rows: every array of the view cut to its tail.
 fn history_tail(view: &Value) -> Value {
     match view {
-        Value::Array(rows) => Value::Array(rows[rows.len().saturating_sub(HISTORY_TAIL)..].to_vec()),
+        Value::Array(rows) => {
+            Value::Array(rows[rows.len().saturating_sub(HISTORY_TAIL)..].to_vec())
+        }
         Value::Map(entries) => Value::Map(
             entries
                 .iter()
@@ -141,7 +143,10 @@ fn collect_rows(
                 ("severity".to_owned(), field("severity")),
                 ("status".to_owned(), field("status")),
                 ("time".to_owned(), field("time")),
-                ("event_number".to_owned(), event.cloned().unwrap_or_default()),
+                (
+                    "event_number".to_owned(),
+                    event.cloned().unwrap_or_default(),
+                ),
                 ("source".to_owned(), Value::from(source)),
             ]
             .into(),
@@ -211,7 +216,10 @@ mod tests {
         let events = update["event_number"].as_array().unwrap();
         assert_eq!(events.len(), HISTORY_TAIL);
         assert_eq!(events[0], 70.0);
-        assert_eq!(update["values"]["a"].as_array().unwrap().len(), HISTORY_TAIL);
+        assert_eq!(
+            update["values"]["a"].as_array().unwrap().len(),
+            HISTORY_TAIL
+        );
         assert_eq!(update["time_zone"], "UTC");
     }
 
@@ -233,14 +241,29 @@ mod tests {
         let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
         assert_eq!(
             keys,
-            ["a/b", "accepted", "otr2/0/mean", "otr2/0/shape/0", "otr2/0/shape/1", "qe04"]
+            [
+                "a/b",
+                "accepted",
+                "otr2/0/mean",
+                "otr2/0/shape/0",
+                "otr2/0/shape/1",
+                "qe04"
+            ]
         );
         let qe04 = &rows[5];
         assert_eq!(
-            (&qe04["value"], &qe04["severity"], &qe04["status"], &qe04["time"]),
+            (
+                &qe04["value"],
+                &qe04["severity"],
+                &qe04["status"],
+                &qe04["time"]
+            ),
             (&(-3.2).into(), &1.into(), &3.into(), &17.5.into())
         );
-        assert_eq!((&qe04["event_number"], &qe04["source"]), (&7.into(), &"qe04".into()));
+        assert_eq!(
+            (&qe04["event_number"], &qe04["source"]),
+            (&7.into(), &"qe04".into())
+        );
         assert_eq!(rows[0]["event_number"], 9);
         assert_eq!(rows[2]["source"], "otr2");
         assert_eq!(rows[2]["severity"], serde_json::Value::Null);

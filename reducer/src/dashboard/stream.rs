@@ -236,7 +236,12 @@ mod tests {
         hub.close();
         assert_eq!(page.next().await.unwrap(), "event: bye\ndata: {}\n\n");
         assert_eq!(page.next().await, None);
-        assert!(Page::open(&hub).next().await.is_some_and(|e| e.starts_with("retry")));
+        assert!(
+            Page::open(&hub)
+                .next()
+                .await
+                .is_some_and(|e| e.starts_with("retry"))
+        );
     }
 
     #[tokio::test]
