@@ -8,7 +8,7 @@ use beamflow_protocol::Value;
 use serde::Serialize;
 
 /// Rows of a history sent per update: a page that missed more re-fetches the whole history.
-pub const HISTORY_TAIL: usize = 50;
+pub const HISTORY_TAIL: usize = 30;
 
 /// Rows of a table, at most: `last` can hold anything, the page shows its scalars.
 const TABLE_ROWS: usize = 500;
@@ -215,7 +215,7 @@ mod tests {
         let update = json(&panel.update(&view).unwrap());
         let events = update["event_number"].as_array().unwrap();
         assert_eq!(events.len(), HISTORY_TAIL);
-        assert_eq!(events[0], 70.0);
+        assert_eq!(events[0], 90.0);
         assert_eq!(
             update["values"]["a"].as_array().unwrap().len(),
             HISTORY_TAIL
