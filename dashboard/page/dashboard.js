@@ -9,8 +9,6 @@ const TOKEN_KEY = "beamflow-token";
 const RETRY_MS = 2000;
 // A history keeps at most this many rows in the page, whatever the server holds.
 const MAX_ROWS = 100000;
-// The server's history tail holds at most this many rows; a full tail may have skipped some.
-const TAIL_ROWS = 100;
 const BROWSER_ZONE = new Intl.DateTimeFormat().resolvedOptions().timeZone;
 const COLORS = ["#58a6ff", "#f0883e", "#3fb950", "#d2a8ff", "#ff7b72", "#79c0ff", "#e3b341", "#56d4dd", "#db61a2", "#a5d6ff"];
 const AXIS = { stroke: "#8b949e", grid: { stroke: "#21262d", width: 1 }, ticks: { stroke: "#30363d", width: 1 } };
@@ -262,7 +260,11 @@ class HistoryPanel {
     this.redraw();
   }
 
-  /** A `state` tail: append what is newer; a gap or an older newest row means re-fetch. */
+  /**
+   * A `state` tail: append what is newer. When its first row is newer than our newest, rows
+   * were skipped (a full tail) or the server's history no longer holds ours (a shorter tail is
+   * all of it): re-fetch. So does a newest row older than ours (a new scan began).
+   */
   update(tail) {
     if (this.fetching) {
       this.pending.push(tail);
@@ -273,7 +275,7 @@ class HistoryPanel {
     const mine = this.rows.ev.length ? this.rows.ev[this.rows.ev.length - 1] : null;
     if (mine !== null) {
       const newScan = ev[ev.length - 1] < mine;
-      const skipped = ev.length >= TAIL_ROWS && ev[0] > mine;
+      const skipped = ev[0] > mine;
       if (newScan || skipped) {
         this.pending.push(tail);
         this.refetch();
@@ -336,6 +338,7 @@ class ImagePanel {
 
     this.cmap = el("select", { class: "cmap", title: "colormap" });
     for (const name of COLORMAPS) this.cmap.append(el("option", { value: name, text: name }));
+    this.range = null; // [low, high]: the counts the drawn frame's colours span
     this.scale = el("select", { class: "scale", title: "colour scale" });
     for (const [value, text] of [["robust", "robust"], ["auto", "auto (min–max)"], ["fixed", "fixed"]]) {
       this.scale.append(el("option", { value, text }));
@@ -347,6 +350,9 @@ class ImagePanel {
     this.barMax = el("span", { class: "scale-label", text: "–" });
     const changed = () => {
       const fixed = this.scale.value === "fixed";
+      // Fixed starts from the range shown now, which the user then edits.
+      if (fixed && this.min.value === "" && this.range) this.min.value = String(this.range[0]);
+      if (fixed && this.max.value === "" && this.range) this.max.value = String(this.range[1]);
       this.min.classList.toggle("hidden", !fixed);
       this.max.classList.toggle("hidden", !fixed);
       this.barImage.src = `${API}/colorbar.png?cmap=${encodeURIComponent(this.cmap.value)}`;
@@ -410,6 +416,10 @@ class ImagePanel {
     if (this.inFlight || this.wanted === null) return;
     const newer = this.drawn === null || this.wanted > this.drawn;
     if (!this.dirty && !newer) return;
+    if (this.scale.value === "fixed" && (this.min.value === "" || this.max.value === "")) {
+      this.message.textContent = "a fixed scale needs its min and max";
+      return;
+    }
     this.inFlight = true;
     this.dirty = false;
     try {
@@ -432,6 +442,7 @@ class ImagePanel {
       this.section.dataset.event = String(this.drawn);
       this.barMin.textContent = low === null ? "–" : fmt(Number(low), 4);
       this.barMax.textContent = high === null ? "–" : fmt(Number(high), 4);
+      if (low !== null && high !== null) this.range = [Number(low), Number(high)];
       this.message.textContent = "";
     } catch (error) {
       console.warn("image", this.desc.name, error);
