@@ -793,7 +793,8 @@ class WhatIfPanel {
       this.message.textContent = `the model could not be read: ${error.message}`;
       return;
     }
-    setInterval(() => this.refreshLive(), RETRY_MS);
+    // While the stream is down the server is too: asking would only fail.
+    setInterval(() => connection.lost || this.refreshLive(), RETRY_MS);
   }
 
   buildInputs(inputs) {
