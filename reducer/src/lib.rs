@@ -17,6 +17,7 @@
 
 pub mod accumulators;
 pub mod checkpoint;
+pub mod dashboard;
 pub mod http;
 pub mod live;
 pub mod node;
@@ -30,6 +31,7 @@ use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultDa
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
+pub use accumulators::image::Frame;
 pub use accumulators::{AccumulatorConfig, AccumulatorKind};
 pub use unmatched::Unmatched;
 
@@ -81,6 +83,12 @@ pub trait Accumulator: Send + 'static {
     /// reducer logs each new one once and serves them in the status.
     fn unmatched(&self) -> &[Unmatched] {
         &[]
+    }
+
+    /// The latest frame it keeps for display, if it keeps one (`image` does): the dashboard
+    /// renders it as a PNG.
+    fn frame(&self) -> Option<std::sync::Arc<Frame>> {
+        None
     }
 }
 

@@ -44,6 +44,12 @@ pub trait AccumulatorKind {
     /// The analysis whose results it takes; all analyses when `None`.
     fn analysis(&self) -> Option<&AnalysisName>;
 
+    /// An analysis whose results only this accumulator reads: the reducer gives them to no
+    /// other accumulator and keeps them out of the checkpoint (a display frame, not state).
+    fn claims(&self) -> Option<&AnalysisName> {
+        None
+    }
+
     /// The paths of numbers it reads from its analysis's results, each with its key in the
     /// table (`values.mean`): each must be one the analysis can produce.
     fn result_paths(&self) -> Vec<(String, &str)> {
@@ -106,6 +112,13 @@ macro_rules! registry {
                 }
             }
 
+            /// See [`AccumulatorKind::claims`].
+            pub fn claims(&self) -> Option<&AnalysisName> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.claims(),)+
+                }
+            }
+
             /// See [`AccumulatorKind::result_paths`].
             pub fn result_paths(&self) -> Vec<(String, &str)> {
                 match self {
@@ -128,6 +141,7 @@ registry! {
     Last(last::LastConfig),
     QuadScan(quad_scan::QuadScanConfig),
     Mean(mean::MeanConfig),
+    Image(image::ImageConfig),
 }
 
 #[cfg(test)]

@@ -1,0 +1,3 @@
+//! The live dashboard's server side.
+
+pub mod png;
