@@ -12,6 +12,7 @@
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 //! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
+//! - [`dashboard`]: the live dashboard's server side ([`dashboard::png`]: a frame as a PNG).
 //! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
 //! - [`unmatched`]: configured paths that match no result, reported once with the keys there.
 

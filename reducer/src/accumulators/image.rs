@@ -121,7 +121,10 @@ impl Image {
         let payload = &result.payload;
         let [height, width] = pair(payload, "shape").map_err(invalid)?;
         let source_shape = pair(payload, "source_shape").map_err(invalid)?;
-        let bin = count(payload, "bin").map_err(invalid)?.max(1);
+        let bin = count(payload, "bin").map_err(invalid)?;
+        if bin == 0 {
+            return Err(invalid("bin is 0".to_owned()));
+        }
         let source_frame = count(payload, "frame")
             .map_err(invalid)
             .map(|n| n as u64)?;
