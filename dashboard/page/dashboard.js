@@ -83,15 +83,15 @@ function newChart(opts, data, box) {
   return chart;
 }
 
-/** Formats unix seconds as `HH:MM:SS ZONE` in `zone` (null: the browser's). */
-function timeFormatter(zone) {
+/** Formats unix seconds as `HH:MM:SS ZONE` in `zone` (null: the browser's); `HH:MM:SS` without `named`. */
+function timeFormatter(zone, named = true) {
   const format = new Intl.DateTimeFormat("en-US", {
     timeZone: zone ?? undefined,
     hour: "2-digit",
     minute: "2-digit",
     second: "2-digit",
     hourCycle: "h23",
-    timeZoneName: "short",
+    timeZoneName: named ? "short" : undefined,
   });
   return (ts) => (ts === null || ts === undefined ? "–" : format.format(new Date(ts * 1e3)));
 }
@@ -193,6 +193,7 @@ class HistoryPanel {
 
   makeChart() {
     const zone = this.zone;
+    const tickTime = timeFormatter(zone, false);
     const series = [
       { label: "time", value: (u, ts) => this.formatTime(ts) },
       ...this.columns.map((name, i) => ({
@@ -206,7 +207,8 @@ class HistoryPanel {
     const opts = {
       series,
       scales: { x: { time: true } },
-      axes: [{ ...AXIS }, { ...AXIS, size: 70, values: (u, vals) => vals.map((v) => fmt(v, 4)) }],
+      // 24-hour tick labels in the zone, as the caption; uPlot places the ticks (tzDate).
+      axes: [{ ...AXIS, values: (u, ticks) => ticks.map(tickTime) }, { ...AXIS, size: 70, values: (u, vals) => vals.map((v) => fmt(v, 4)) }],
       legend: { live: true },
       cursor: {
         drag: { x: true, y: false, setScale: true },
@@ -1008,10 +1010,9 @@ class HealthPanel {
   }
 
   updateWorkers(load) {
-    if (!load) {
-      this.workers.textContent = "no load figures (controller unreachable)";
-      return;
-    }
+    // A missed answer keeps the last figures, greyed: a flickering panel helps nobody.
+    this.workers.classList.toggle("stale", !load);
+    if (!load) return;
     const names = Object.keys(load).sort();
     if (names.join("\n") !== this.workerNames) {
       this.workerNames = names.join("\n");
@@ -1032,11 +1033,9 @@ class HealthPanel {
   }
 
   updateIngesters(controller) {
+    this.ingesters.classList.toggle("stale", !controller);
+    if (!controller) return;
     page.pvStates = new Map();
-    if (!controller) {
-      this.ingesters.textContent = "controller unreachable";
-      return;
-    }
     const blocks = [];
     for (const [name, ingester] of Object.entries(controller.ingesters ?? {}).sort(([a], [b]) => a.localeCompare(b))) {
       const pvs = ingester?.source?.pvs ?? {};
