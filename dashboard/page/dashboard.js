@@ -919,6 +919,8 @@ class WhatIfPanel {
       const row = this.outputs.get(name);
       if (!row) continue;
       row.value.textContent = fmt(out.value, 6);
+      // The exact number, for whoever reads the page by machine; the text is rounded.
+      row.value.dataset.value = String(out.value);
       if (out.unit) row.unit.textContent = out.unit;
     }
     this.replies += 1;
