@@ -1056,7 +1056,11 @@ class HealthPanel {
 
   updateScan(scan) {
     if (!scan || !scan.state) {
-      this.scan.textContent = "no quad scan driven by the controller";
+      // A scan driven from the command line shows only in the quad_scan accumulator.
+      const live = Object.values(page.latest).find((view) => view && typeof view === "object" && view.live && view.measurements)?.live;
+      this.scan.textContent = live
+        ? `quad scan ${live.id ?? ""} ${live.state ?? "running"}: ${live.steps?.length ?? 0} steps so far`
+        : "no quad scan running";
       return;
     }
     const total = scan.request?.values?.length ?? scan.request?.count ?? null;
