@@ -4,13 +4,13 @@ the dashboard's one Server-Sent Events stream per page beside pages that poll th
 instead (what dranspose's status page and most home-made monitors do), in one run.
 
 usage: python3 bench/dashboard.py [--beamflow PATH] [--pages 0,1,4,16] [--seconds 30]
-                                  [--poll-period 0.25] [--json FILE]
+                                  [--poll-period 0.1] [--json FILE]
 
 One `beamflow run` (the embedded simulated injector, OTR2 at 10 Hz, free ports) serves every
 case in turn. Per case, N clients run for --seconds:
   sse    N pages, each with one stream at GET /api/v1/events, reading every `state` message;
   poll   N pages, each fetching GET /api/v1/result every --poll-period s (the reducer publishes
-         its state every 0.25 s, so polling faster gains nothing).
+         its state every 0.1 s, so polling faster gains nothing).
 Per case it reports:
   updates/s   messages (sse) or responses (poll) per page per second;
   latency     from an OTR2 image's acquisition (the newest row of the `beam` history, which
@@ -164,7 +164,7 @@ def main():
     parser.add_argument("--beamflow", default="target/release/beamflow")
     parser.add_argument("--pages", default="0,1,4,16")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--poll-period", type=float, default=0.25)
+    parser.add_argument("--poll-period", type=float, default=0.1)
     parser.add_argument("--json")
     args = parser.parse_args()
     beamflow = os.path.abspath(args.beamflow)
