@@ -199,7 +199,7 @@ impl Dashboard {
     }
 
     /// Publishes the health once a second until `stop`, asking the controller at `controller`
-    /// (with `token`) for its part.
+    /// (with `token`) for its part; without one (a replay) the reducer's status alone.
     pub fn publish_health_until(
         &self,
         controller: Option<SocketAddr>,
@@ -210,13 +210,10 @@ impl Dashboard {
         let mut logged = false;
         while !stop.is_stopped() {
             let started = Instant::now();
-            let health = client.as_ref().map_or_else(
-                || health::ControllerHealth {
-                    controller_error: Some("no controller address is known".to_owned()),
-                    ..Default::default()
-                },
-                health::ControllerClient::poll,
-            );
+            let health = client
+                .as_ref()
+                .map(health::ControllerClient::poll)
+                .unwrap_or_default();
             match (&health.controller_error, logged) {
                 (Some(error), false) => {
                     tracing::warn!(%error, "The dashboard cannot read the controller's health; it will say so until it can.");
