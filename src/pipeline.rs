@@ -807,8 +807,8 @@ rmat_y = [[1, 2], [0, 1]]
             assert_eq!(pipeline.check(), [], "{example}");
         }
         let pipeline = Pipeline::parse(INJECTOR).unwrap();
-        assert_eq!(pipeline.analyses.len(), 4);
-        assert_eq!(pipeline.accumulators.len(), 6);
+        assert_eq!(pipeline.analyses.len(), 5);
+        assert_eq!(pipeline.accumulators.len(), 7);
     }
 
     /// The embedded pipeline lets scans write the sim's scan quad only; limits that cannot be
