@@ -20,7 +20,8 @@ use beamflow_ingesters::IngesterConfig;
 use beamflow_ingesters::node::IngesterSettings;
 use beamflow_net::http::{Access, guard};
 use beamflow_net::{Reachable, Stop};
-use beamflow_protocol::{AnalysisName, IngesterName, StreamName, WorkerName, WorkerTag};
+use beamflow_protocol::{IngesterName, StreamName, WorkerName, WorkerTag};
+use beamflow_reducer::dashboard::{Dashboard, Description, Panel, PanelEntry};
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
@@ -67,6 +68,10 @@ pub struct Components {
     view: Option<View>,
     ca_servers: Vec<CaServer>,
     scans: Option<ScanService>,
+    /// The controller's HTTP address, when it runs in this process.
+    controller_http: Option<SocketAddr>,
+    /// The dashboard's hub, closed before the HTTP servers stop so its pages' streams end.
+    dashboard: Option<beamflow_reducer::dashboard::Hub>,
     alive: Alive,
     /// Whether each component of this process hears the controller, for `/readyz`.
     reachable: Arc<Mutex<Vec<(String, Reachable)>>>,
@@ -107,6 +112,8 @@ impl Components {
             view: None,
             ca_servers: Vec::new(),
             scans: None,
+            controller_http: None,
+            dashboard: None,
             alive: Alive::default(),
             reachable: Arc::default(),
             extra_routes: None,
@@ -120,6 +127,11 @@ impl Components {
     pub fn with_access(mut self, access: Access) -> Self {
         self.access = Some(access);
         self
+    }
+
+    /// The token the controller's and reducer's HTTP servers want for writes.
+    pub fn token(&self) -> Option<&beamflow_net::token::Token> {
+        self.access.as_ref()?.token()
     }
 
     /// The access the controller's and reducer's HTTP servers are behind.
@@ -323,8 +335,11 @@ impl Components {
         let control = socket.endpoint().to_owned();
         let scans = ScanService::new(section.scan.clone());
         let access = self.access()?.for_another_server();
-        let app = beamflow_controller::http::app(ensemble.clone()).merge(scans.clone().router());
+        let app = beamflow_controller::http::app(ensemble.clone())
+            .merge(scans.clone().router())
+            .merge(controller_index(scans.clone()));
         let http = self.serve_http(&section.http, "controller", guard(app, &access))?;
+        self.controller_http = Some(http);
         scans.set_endpoints(Endpoints {
             controller: http,
             reducer: pipeline
@@ -390,10 +405,31 @@ impl Components {
         http: &str,
     ) -> anyhow::Result<SocketAddr> {
         let view = View::new();
-        let models = model_service(&pipeline.analyses, view.clone())?;
-        let app = beamflow_reducer::http::app(view.clone()).merge(models.router());
+        let (models, what_ifs) = model_service(pipeline, view.clone())?;
+        let controller_http = self.controller_http.or_else(|| {
+            let address = pipeline.controller.http.parse().ok()?;
+            Some(local_reach(address))
+        });
+        let dashboard = Dashboard::new(
+            view.clone(),
+            dashboard_description(pipeline, what_ifs, controller_http),
+        );
+        let app = beamflow_reducer::http::app(view.clone())
+            .merge(models.router())
+            .merge(dashboard.router());
         let access = self.access()?.for_another_server();
         let address = self.serve_http(http, "reducer", guard(app, &access))?;
+        let token = access.token().cloned();
+        let health = dashboard.clone();
+        self.spawn("dashboard health".to_owned(), move |stop| {
+            health.publish_health_until(controller_http, token.as_ref(), &stop);
+            Ok(())
+        })?;
+        self.dashboard = Some(dashboard.hub().clone());
+        self.spawn("dashboard".to_owned(), move |stop| {
+            dashboard.publish_until(&stop);
+            Ok(())
+        })?;
         let settings = ReducerSettings {
             controller: controller.to_owned(),
             host: pipeline.reducer.host.clone(),
@@ -688,6 +724,10 @@ impl Components {
         for running in &self.running {
             running.stop.stop();
         }
+        // The pages' streams never end by themselves, and the graceful shutdown waits for them.
+        if let Some(hub) = &self.dashboard {
+            hub.close();
+        }
         self.http_stop.notify_waiters();
         for running in self.running {
             if let Ok(Err(error)) = running.thread.join() {
@@ -765,22 +805,116 @@ pub fn local_reach(mut address: SocketAddr) -> SocketAddr {
 
 /// The model endpoints over the models of the pipeline's `surrogate` analyses, reading their
 /// live inputs from the reducer's view.
+/// The surrogate analyses' models, served at `/api/v1/model`, and a what-if panel for each.
 fn model_service(
-    analyses: &BTreeMap<AnalysisName, AnalysisConfig>,
+    pipeline: &Pipeline,
     view: View,
-) -> anyhow::Result<ModelService> {
+) -> anyhow::Result<(ModelService, Vec<PanelEntry>)> {
     let mut models = BTreeMap::new();
-    for (name, config) in analyses {
+    let mut panels = Vec::new();
+    for (name, config) in &pipeline.analyses {
         if let AnalysisConfig::Surrogate(config) = config {
             let model = Model::open(&config.model)
                 .map_err(|error| anyhow::anyhow!("analysis {name}: {error}"))?;
+            panels.push(what_if_panel(pipeline, name.as_str(), &model));
             models.insert(name.to_string(), model);
         }
     }
-    Ok(ModelService::new(models, move |name| {
+    let service = ModelService::new(models, move |name| {
         view.latest(name)
             .and_then(|result| serde_json::to_value(&*result).ok())
-    }))
+    });
+    Ok((service, panels))
+}
+
+/// The what-if form of the model of analysis `name`. Each output is shown beside the measured
+/// value it predicts: the value of the PV of the same name, where an ingester reads it and a
+/// `last` accumulator keeps it.
+fn what_if_panel(pipeline: &Pipeline, name: &str, model: &Model) -> PanelEntry {
+    let last = pipeline
+        .accumulators
+        .iter()
+        .find(|(_, config)| config.kind() == "last" && config.analysis().is_none())
+        .map(|(name, _)| name);
+    let streams: BTreeMap<&str, &str> = pipeline
+        .ingesters
+        .values()
+        .filter_map(|ingester| match ingester {
+            IngesterConfig::EpicsCa(config) => Some(&config.pvs),
+            _ => None,
+        })
+        .flatten()
+        .map(|(stream, pv)| (pv.pv.as_str(), stream.as_str()))
+        .collect();
+    let measured = last.map_or_else(BTreeMap::new, |last| {
+        model
+            .spec()
+            .outputs
+            .iter()
+            .filter_map(|output| {
+                let stream = streams.get(output.name.as_str())?;
+                Some((output.name.clone(), format!("{last}/values/{stream}/value")))
+            })
+            .collect()
+    });
+    PanelEntry {
+        name: name.to_owned(),
+        title: format!("{name}: what if"),
+        path: name.to_owned(),
+        panel: Panel::WhatIf {
+            model: format!("/api/v1/model/{name}"),
+            measured,
+        },
+    }
+}
+
+/// The controller's `GET /`, where dranspose has its status page: links to the dashboard,
+/// which the reducer serves, and to the controller's own JSON.
+fn controller_index(scans: ScanService) -> axum::Router {
+    let page = move || {
+        let dashboard = scans.reducer().map_or_else(
+            || "<p>The reducer's address is not known yet.</p>".to_owned(),
+            |reducer| {
+                format!(
+                    "<p><a href=\"http://{reducer}/\">Dashboard</a> (served by the reducer)</p>"
+                )
+            },
+        );
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>beamflow controller</title></head>\
+             <body><h1>beamflow controller</h1>{dashboard}<ul>\
+             <li><a href=\"/api/v1/progress\">progress</a></li><li><a href=\"/api/v1/status\">status</a></li>\
+             <li><a href=\"/api/v1/load\">load</a></li><li><a href=\"/api/v1/openapi.json\">API</a></li></ul></body></html>"
+        );
+        std::future::ready((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    axum::http::header::CONTENT_SECURITY_POLICY,
+                    beamflow_reducer::dashboard::CONTENT_SECURITY_POLICY,
+                ),
+            ],
+            body,
+        ))
+    };
+    axum::Router::new().route("/", axum::routing::get(page))
+}
+
+/// The dashboard's panels: one per accumulator, as its kind declares, then the what-ifs.
+fn dashboard_description(
+    pipeline: &Pipeline,
+    what_ifs: Vec<PanelEntry>,
+    controller: Option<SocketAddr>,
+) -> Description {
+    let accumulators = pipeline
+        .accumulators
+        .iter()
+        .map(|(name, config)| PanelEntry::accumulator(name, config.panel()));
+    Description {
+        title: "beamflow".to_owned(),
+        controller: controller.map(|address| format!("http://{address}")),
+        panels: accumulators.chain(what_ifs).collect(),
+    }
 }
 
 #[cfg(test)]

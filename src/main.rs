@@ -499,6 +499,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     }
     let (access, token) = pipeline.security.access(args.open_writes)?;
     let mut components = Components::new()?.with_access(access);
+    let mut sim_line = None;
     if args.sim_ioc || args.pipeline.is_none() {
         let served = components.start_sim_ioc(&args.ca_server, SimIocConfig::default())?;
         let reach = local_reach(served).to_string();
@@ -507,11 +508,15 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
                 config.addr_list.get_or_insert_with(|| reach.clone());
             }
         }
-        eprintln!(
+        sim_line = Some(format!(
             "Simulated LCLS injector on Channel Access {served}: EPICS_CA_ADDR_LIST={reach} EPICS_CA_AUTO_ADDR_LIST=NO caget OTRS:IN20:571:XRMS"
-        );
+        ));
     }
     let (_, rest, state) = components.start_all(&pipeline)?;
+    eprintln!("{}", dashboard_line(state, components.token()));
+    if let Some(line) = sim_line {
+        eprintln!("{line}");
+    }
     eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
     );
@@ -549,6 +554,21 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         components.print_status_lines()?;
     }
     serve_until_signal(components, args.health.as_deref())
+}
+
+/// The dashboard's address, first of what `beamflow run` prints. On a terminal it carries the
+/// token in its fragment (which the browser never sends), as Jupyter's does, so the page can
+/// evaluate what-ifs; in a log it does not.
+fn dashboard_line(
+    reducer: std::net::SocketAddr,
+    token: Option<&beamflow_net::token::Token>,
+) -> String {
+    match token {
+        Some(token) if std::io::stderr().is_terminal() => {
+            format!("Dashboard: http://{reducer}/#token={}", token.as_str())
+        }
+        _ => format!("Dashboard: http://{reducer}/"),
+    }
 }
 
 fn model_eval(args: ModelEvalArgs) -> anyhow::Result<()> {

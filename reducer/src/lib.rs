@@ -17,6 +17,7 @@
 
 pub mod accumulators;
 pub mod checkpoint;
+pub mod dashboard;
 pub mod http;
 pub mod live;
 pub mod node;

@@ -48,6 +48,16 @@ impl ScanService {
     }
 
     /// The reducer's address, when it is learnt after the controller started.
+    /// The reducer's HTTP address, once known.
+    pub fn reducer(&self) -> Option<SocketAddr> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|endpoints| endpoints.reducer)
+    }
+
+    /// Sets the reducer's HTTP address (it may bind after the controller).
     pub fn set_reducer(&self, reducer: SocketAddr) {
         if let Some(endpoints) = self
             .endpoints

@@ -10,6 +10,7 @@ use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value
 use serde::Deserialize;
 
 use crate::accumulators::{AccumulatorKind, TableError};
+use crate::dashboard::Panel;
 use crate::unmatched::PathWatch;
 use crate::{Accumulator, AccumulatorError, Unmatched};
 
@@ -50,6 +51,14 @@ impl AccumulatorKind for HistoryConfig {
 
     fn analysis(&self) -> Option<&AnalysisName> {
         self.analysis.as_ref()
+    }
+
+    /// A time-series chart of the columns, in its time zone.
+    fn panel(&self) -> Panel {
+        Panel::History {
+            columns: self.values.keys().cloned().collect(),
+            time_zone: self.time_zone.clone(),
+        }
     }
 
     fn result_paths(&self) -> Vec<(String, &str)> {

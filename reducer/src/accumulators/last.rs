@@ -9,6 +9,7 @@ use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value
 use serde::Deserialize;
 
 use crate::accumulators::{AccumulatorKind, TableError};
+use crate::dashboard::Panel;
 use crate::{Accumulator, AccumulatorError};
 
 /// Configuration of `last`.
@@ -30,6 +31,11 @@ impl AccumulatorKind for LastConfig {
 
     fn analysis(&self) -> Option<&AnalysisName> {
         self.analysis.as_ref()
+    }
+
+    /// A table of the latest scalars with their alarm states.
+    fn panel(&self) -> Panel {
+        Panel::Table {}
     }
 }
 

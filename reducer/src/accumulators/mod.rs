@@ -8,6 +8,7 @@ use beamflow_protocol::{AnalysisName, ParameterDescription};
 use serde::Deserialize;
 
 use crate::Accumulator;
+use crate::dashboard::Panel;
 
 /// A mistake in one `[accumulators.<name>]` table, found when building it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +54,11 @@ pub trait AccumulatorKind {
     /// The parameters it reads, with their types and defaults, from the table alone.
     fn describe_parameters(&self) -> Vec<ParameterDescription> {
         Vec::new()
+    }
+
+    /// How the dashboard shows its view: by default as JSON.
+    fn panel(&self) -> Panel {
+        Panel::Json {}
     }
 }
 
@@ -110,6 +116,13 @@ macro_rules! registry {
             pub fn result_paths(&self) -> Vec<(String, &str)> {
                 match self {
                     $(AccumulatorConfig::$variant(config) => config.result_paths(),)+
+                }
+            }
+
+            /// See [`AccumulatorKind::panel`].
+            pub fn panel(&self) -> Panel {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.panel(),)+
                 }
             }
 

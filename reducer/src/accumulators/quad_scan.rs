@@ -43,6 +43,7 @@ use beamflow_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::accumulators::{AccumulatorKind, TableError};
+use crate::dashboard::Panel;
 use crate::{Accumulator, AccumulatorError};
 
 /// Configuration of `quad_scan`.
@@ -92,6 +93,11 @@ impl AccumulatorKind for QuadScanConfig {
 
     fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
         Ok(Box::new(QuadScan::new(self.clone())?))
+    }
+
+    /// σ² against k per plane, with the fit.
+    fn panel(&self) -> Panel {
+        Panel::QuadScan {}
     }
 
     fn analysis(&self) -> Option<&AnalysisName> {

@@ -1,0 +1,354 @@
+//! The live dashboard: the page at `GET /` (from the `beamflow-dashboard` crate), its panels at
+//! `GET /api/v1/dashboard`, one Server-Sent Events stream per page at `GET /api/v1/events`, and
+//! each screen's latest frame as a PNG. Served on the reducer's port, so the page reads only
+//! its own origin; a Content-Security-Policy keeps it there, offline.
+//!
+//! - [`panels`]: what each accumulator kind shows, and what a panel is sent per update.
+//! - [`stream`]: the [`Hub`] holding the newest messages, and the pages' streams.
+//! - [`health`]: the controller's side of the health, read over its HTTP API.
+
+pub mod health;
+pub mod panels;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use beamflow_net::Stop;
+use beamflow_net::http::{Route, router};
+use beamflow_net::token::Token;
+use beamflow_protocol::Value;
+use serde::Serialize;
+
+use crate::http::View;
+pub use panels::{Panel, PanelEntry};
+pub use stream::{Hub, Message};
+
+/// What the page may load: only from its own origin, no inline code, nothing from elsewhere
+/// (a control-room network has no internet; a stray CDN link must fail loudly, not hang).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; font-src 'none'; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// How often the state is looked at for a new update: a 10 Hz pipeline's every event.
+const STATE_PERIOD: Duration = Duration::from_millis(100);
+
+/// How often the health is sent.
+const HEALTH_PERIOD: Duration = Duration::from_secs(1);
+
+/// The page's panels: what `GET /api/v1/dashboard` answers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Description {
+    /// The page's title.
+    pub title: String,
+    /// The controller's HTTP address, for links.
+    pub controller: Option<String>,
+    /// One per accumulator (in the pipeline's order) and per surrogate model.
+    pub panels: Vec<PanelEntry>,
+}
+
+/// The dashboard of one reducer: its description, the hub its pages listen to, and the view
+/// updates are taken from.
+#[derive(Clone)]
+pub struct Dashboard {
+    view: View,
+    hub: Hub,
+    description: Arc<Description>,
+}
+
+/// One `state` message.
+#[derive(Serialize)]
+struct StateMessage<'a> {
+    seq: u64,
+    event: Option<u64>,
+    scan: Option<u64>,
+    finished: bool,
+    panels: BTreeMap<&'a str, Value>,
+}
+
+/// One `health` message.
+#[derive(Serialize)]
+struct HealthMessage<'a> {
+    seq: u64,
+    reducer: &'a crate::http::Status,
+    pages: usize,
+    #[serde(flatten)]
+    controller: &'a health::ControllerHealth,
+}
+
+impl Dashboard {
+    /// The dashboard of `view`, showing `description`'s panels.
+    pub fn new(view: View, description: Description) -> Self {
+        Self {
+            view,
+            hub: Hub::new(),
+            description: Arc::new(description),
+        }
+    }
+
+    /// The hub its pages listen to; close it before the HTTP server stops.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Its routes: they build [`router`](Self::router); the reducer's OpenAPI test holds the
+    /// document to them.
+    pub fn routes() -> Vec<Route<Dashboard>> {
+        vec![
+            Route::get("/api/v1/dashboard", description),
+            Route::get("/api/v1/events", events),
+        ]
+    }
+
+    /// The router, to merge into the reducer's.
+    pub fn router(&self) -> Router {
+        router(Self::routes()).with_state(self.clone())
+    }
+
+    /// Publishes a `state` message when the view changed since `last` (a result applied, a
+    /// scan begun or ended); returns what it compared, for the next call.
+    fn publish_state(&self, last: Option<StateKey>) -> Option<StateKey> {
+        let status = self.view.status();
+        let key = StateKey::of(&status);
+        if last == Some(key) {
+            return last;
+        }
+        let state = self.view.state();
+        let panels = self
+            .description
+            .panels
+            .iter()
+            .filter_map(|entry| {
+                let view = state.pointer(&entry.path)?;
+                Some((entry.name.as_str(), entry.panel.update(view)?))
+            })
+            .collect();
+        let seq = self.hub.next_id();
+        let message = StateMessage {
+            seq,
+            event: status.last_event,
+            scan: status.scan,
+            finished: status.finished,
+            panels,
+        };
+        match serde_json::to_string(&message) {
+            Ok(data) => self.hub.publish_state(Message {
+                id: seq,
+                data: data.into(),
+            }),
+            Err(error) => tracing::error!(%error, "Cannot encode the dashboard's state as JSON."),
+        }
+        Some(key)
+    }
+
+    /// Publishes a `health` message: the reducer's status and what the controller said.
+    fn publish_health(&self, controller: &health::ControllerHealth) {
+        let seq = self.hub.next_id();
+        let status = self.view.status();
+        let message = HealthMessage {
+            seq,
+            reducer: &status,
+            pages: self.hub.pages(),
+            controller,
+        };
+        match serde_json::to_string(&message) {
+            Ok(data) => self.hub.publish_health(Message {
+                id: seq,
+                data: data.into(),
+            }),
+            Err(error) => tracing::error!(%error, "Cannot encode the dashboard's health as JSON."),
+        }
+    }
+
+    /// Publishes the state as it changes until `stop`, then closes the hub (every page's
+    /// stream ends with a `bye`).
+    pub fn publish_until(&self, stop: &Stop) {
+        let mut last = None;
+        while !stop.is_stopped() {
+            last = self.publish_state(last);
+            // Sampling the published view at a fixed rate is the point: a page is sent at most
+            // ten updates a second however fast results come.
+            std::thread::sleep(STATE_PERIOD);
+        }
+        self.hub.close();
+    }
+
+    /// Publishes the health once a second until `stop`, asking the controller at `controller`
+    /// (with `token`) for its part.
+    pub fn publish_health_until(
+        &self,
+        controller: Option<SocketAddr>,
+        token: Option<&Token>,
+        stop: &Stop,
+    ) {
+        let client = controller.map(|address| health::ControllerClient::new(address, token));
+        let mut logged = false;
+        while !stop.is_stopped() {
+            let started = Instant::now();
+            let health = client.as_ref().map_or_else(
+                || health::ControllerHealth {
+                    controller_error: Some("no controller address is known".to_owned()),
+                    ..Default::default()
+                },
+                health::ControllerClient::poll,
+            );
+            match (&health.controller_error, logged) {
+                (Some(error), false) => {
+                    tracing::warn!(%error, "The dashboard cannot read the controller's health; it will say so until it can.");
+                    logged = true;
+                }
+                (None, true) => logged = false,
+                _ => {}
+            }
+            self.publish_health(&health);
+            std::thread::sleep(HEALTH_PERIOD.saturating_sub(started.elapsed()));
+        }
+    }
+}
+
+/// What says the state changed: results applied, events, the scan and whether it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StateKey {
+    results: u64,
+    events: u64,
+    scan: Option<u64>,
+    finished: bool,
+}
+
+impl StateKey {
+    fn of(status: &crate::http::Status) -> Self {
+        Self {
+            results: status.results,
+            events: status.events,
+            scan: status.scan,
+            finished: status.finished,
+        }
+    }
+}
+
+async fn description(State(dashboard): State<Dashboard>) -> Response {
+    axum::Json(&*dashboard.description).into_response()
+}
+
+async fn events(State(dashboard): State<Dashboard>) -> Response {
+    (
+        // An nginx ingress would otherwise buffer the stream.
+        [
+            ("x-accel-buffering", "no"),
+            (header::CACHE_CONTROL.as_str(), "no-cache"),
+        ],
+        dashboard.hub.response(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Status;
+
+    fn dashboard() -> Dashboard {
+        let view = View::new();
+        let description = Description {
+            title: "test".to_owned(),
+            controller: None,
+            panels: vec![
+                PanelEntry::accumulator("table", Panel::Table {}),
+                PanelEntry::accumulator("absent", Panel::QuadScan {}),
+            ],
+        };
+        Dashboard::new(view, description)
+    }
+
+    #[test]
+    fn a_state_message_is_published_only_when_the_view_changed() {
+        let dashboard = dashboard();
+        let mut receiver = dashboard.hub.inner_state_for_tests();
+        let state = serde_json::json!({"table": {"values": {"a": 1}, "event_number": {"a": 3}}});
+        let status = Status {
+            results: 1,
+            events: 1,
+            last_event: Some(3),
+            scan: Some(2),
+            ..Status::default()
+        };
+        dashboard
+            .view
+            .publish(Value::from_serialize(&state).unwrap(), status.clone());
+        let key = dashboard.publish_state(None);
+        let first = receiver.borrow_and_update().clone();
+        let message: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+        assert_eq!(message["seq"], first.id);
+        assert_eq!(
+            (&message["event"], &message["scan"]),
+            (&3.into(), &2.into())
+        );
+        assert_eq!(message["panels"]["table"]["rows"][0]["value"], 1);
+        assert!(message["panels"].get("absent").is_none(), "{message}");
+        assert_eq!(dashboard.publish_state(key), key);
+        assert!(
+            !receiver.has_changed().unwrap(),
+            "nothing new, nothing sent"
+        );
+        dashboard.view.publish_status(Status {
+            results: 2,
+            ..status
+        });
+        dashboard.publish_state(key);
+        assert!(receiver.has_changed().unwrap());
+    }
+
+    /// A page's stream never ends by itself, and a graceful shutdown waits for every response
+    /// (axum#2673): closing the hub must let the server stop with a page attached.
+    #[tokio::test]
+    async fn the_server_stops_with_a_page_attached_once_the_hub_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dashboard = dashboard();
+        dashboard.publish_state(None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let server = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            let app = dashboard.router();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.notified().await })
+                    .await
+            }
+        });
+        let mut page = tokio::net::TcpStream::connect(address).await.unwrap();
+        page.write_all(b"GET /api/v1/events HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0; 4096];
+        while !String::from_utf8_lossy(&received).contains("event: state") {
+            let n = page.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream ended before its first state");
+            received.extend_from_slice(&buffer[..n]);
+        }
+        let head = String::from_utf8_lossy(&received).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(head.contains("x-accel-buffering: no"), "{head}");
+        stop.notify_waiters();
+        dashboard.hub().close();
+        // The page reads the rest: the bye, then the end of the stream.
+        loop {
+            let n = page.read(&mut buffer).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+        }
+        assert!(String::from_utf8_lossy(&received).contains("event: bye"));
+        server.await.unwrap().unwrap();
+    }
+}
