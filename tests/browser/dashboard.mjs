@@ -165,11 +165,19 @@ async function until(what, predicate, arg) {
   }
 }
 
-await page.goto(pageUrl, { waitUntil: 'load' });
-await until('the SSE stream to open', () => document.querySelector('#connection')?.dataset.state === 'open');
-const browserZone = await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
-const dashboard = await api('/api/v1/dashboard');
+let browserZone = null;
+let dashboard = null;
 const panelOf = (name) => dashboard.panels.find((panel) => panel.name === name);
+await check('page', async () => {
+  const response = await page.goto(pageUrl, { waitUntil: 'load' });
+  if (!response?.ok()) throw new Error(`GET ${origin}/ answered ${response?.status()}`);
+  await until('the SSE stream to open', () => document.querySelector('#connection')?.dataset.state === 'open');
+  browserZone = await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
+  dashboard = await api('/api/v1/dashboard');
+  const kinds = await page.evaluate(() => [...document.querySelectorAll('section.panel')].map((s) => `${s.dataset.panel}:${s.dataset.kind}`));
+  return `${kinds.length} panels: ${kinds.join(' ')}`;
+});
+if (failures > 0) await finish();
 
 // 3. A history in Los Angeles time fills while the browser runs in UTC.
 const zoneFormat = new Intl.DateTimeFormat('en-US', {
@@ -416,17 +424,22 @@ await check('reconnect', async () => {
 });
 restarting = false;
 
-report('requests', requests.refused.length === 0 && requests.served > 0,
-  requests.refused.length === 0
-    ? `${requests.served} requests, all to ${url.host}`
-    : `refused ${requests.refused.length}: ${requests.refused.slice(0, 5).join(', ')}`);
-report('console', errors.length === 0,
-  errors.length === 0
-    ? `no console or page errors${tolerated.length > 0 ? ` (${tolerated.length} failed requests while the server restarted)` : ''}`
-    : errors.slice(0, 10).join(' | '));
+await finish();
 
-clearTimeout(overall);
-answers.close();
-await browser.close();
-console.log(failures === 0 ? 'ALL-CHECKS-PASSED' : `${failures} CHECKS FAILED`);
-process.exit(failures === 0 ? 0 : 1);
+// The checks of the whole visit, then the end.
+async function finish() {
+  report('requests', requests.refused.length === 0 && requests.served > 0,
+    requests.refused.length === 0
+      ? `${requests.served} requests, all to ${url.host}`
+      : `refused ${requests.refused.length}: ${requests.refused.slice(0, 5).join(', ')}`);
+  report('console', errors.length === 0,
+    errors.length === 0
+      ? `no console or page errors${tolerated.length > 0 ? ` (${tolerated.length} failed requests while the server restarted)` : ''}`
+      : errors.slice(0, 10).join(' | '));
+
+  clearTimeout(overall);
+  answers.close();
+  await browser.close();
+  console.log(failures === 0 ? 'ALL-CHECKS-PASSED' : `${failures} CHECKS FAILED`);
+  process.exit(failures === 0 ? 0 : 1);
+}
