@@ -865,6 +865,7 @@ fn what_if_panel(pipeline: &Pipeline, name: &str, model: &Model) -> PanelEntry {
             model: format!("/api/v1/model/{name}"),
             measured,
         },
+        png: None,
     }
 }
 

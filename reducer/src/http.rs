@@ -73,6 +73,7 @@ struct Snapshot {
     state: Arc<Value>,
     status: Arc<Status>,
     latest: Arc<BTreeMap<AnalysisName, Arc<Value>>>,
+    frames: Arc<BTreeMap<String, Arc<crate::Frame>>>,
 }
 
 /// A shared, cheaply cloned handle on the latest published state and status.
@@ -95,6 +96,7 @@ impl View {
                 state: Arc::new(Value::Map(Default::default())),
                 status: Arc::new(Status::default()),
                 latest: Arc::default(),
+                frames: Arc::default(),
             })),
         }
     }
@@ -112,6 +114,24 @@ impl View {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .latest = Arc::new(latest);
+    }
+
+    /// Replaces the latest frame of each accumulator that keeps one.
+    pub fn publish_frames(&self, frames: BTreeMap<String, Arc<crate::Frame>>) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frames = Arc::new(frames);
+    }
+
+    /// The latest frame the accumulator `name` keeps.
+    pub fn frame(&self, name: &str) -> Option<Arc<crate::Frame>> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frames
+            .get(name)
+            .cloned()
     }
 
     /// The latest result of `analysis`.
@@ -391,8 +411,8 @@ mod tests {
         assert_eq!((code, body.as_str()), (StatusCode::OK, OPENAPI));
     }
 
-    /// The document also describes the model endpoints, which the reducer of `beamflow run`
-    /// serves beside these routes.
+    /// The document also describes the model endpoints and the dashboard, which the reducer of
+    /// `beamflow run` serves beside these routes.
     #[test]
     fn the_openapi_document_describes_every_route_the_server_serves() {
         let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
@@ -400,6 +420,11 @@ mod tests {
             .map(Route::operation)
             .chain(
                 beamflow_surrogate::http::routes()
+                    .iter()
+                    .map(Route::operation),
+            )
+            .chain(
+                crate::dashboard::Dashboard::routes()
                     .iter()
                     .map(Route::operation),
             )

@@ -12,6 +12,7 @@
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 //! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
+//! - [`dashboard`]: the live dashboard's server side ([`dashboard::png`]: a frame as a PNG).
 //! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
 //! - [`unmatched`]: configured paths that match no result, reported once with the keys there.
 
@@ -31,6 +32,7 @@ use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultDa
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
+pub use accumulators::image::Frame;
 pub use accumulators::{AccumulatorConfig, AccumulatorKind};
 pub use unmatched::Unmatched;
 
@@ -83,6 +85,12 @@ pub trait Accumulator: Send + 'static {
     fn unmatched(&self) -> &[Unmatched] {
         &[]
     }
+
+    /// The latest frame it keeps for display, if it keeps one (`image` does): the dashboard
+    /// renders it as a PNG.
+    fn frame(&self) -> Option<std::sync::Arc<Frame>> {
+        None
+    }
 }
 
 /// Why an accumulator could not use a result; the reducer logs it with the event number, counts
@@ -108,6 +116,8 @@ pub struct ConfigError {
 struct Slot {
     name: String,
     source: Option<AnalysisName>,
+    /// The analysis whose results it alone reads.
+    claims: Option<AnalysisName>,
     accumulator: Box<dyn Accumulator>,
     errors: u64,
     /// How many of the accumulator's unmatched paths have been logged.
@@ -154,6 +164,8 @@ pub struct Reducer {
     parameters: Parameters,
     counts: ReducerCounts,
     latest: BTreeMap<AnalysisName, std::sync::Arc<Value>>,
+    /// Analyses whose results only the accumulator claiming them reads.
+    claimed: std::collections::BTreeSet<AnalysisName>,
 }
 
 impl Reducer {
@@ -168,6 +180,7 @@ impl Reducer {
                 Ok(Slot {
                     name: name.clone(),
                     source: config.analysis().cloned(),
+                    claims: config.claims().cloned(),
                     accumulator: config.build().map_err(|error| ConfigError {
                         name: name.clone(),
                         error,
@@ -177,8 +190,14 @@ impl Reducer {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let claimed = configs
+            .values()
+            .filter_map(AccumulatorConfig::claims)
+            .cloned()
+            .collect();
         let mut reducer = Self {
             slots,
+            claimed,
             descriptions: describe_parameters(configs),
             parameters: Parameters::default(),
             counts: ReducerCounts::default(),
@@ -196,12 +215,13 @@ impl Reducer {
     /// Applies one result to every accumulator that takes results from its analysis. A failing
     /// accumulator is logged (first time at error, then at debug) and counted; the others go on.
     pub fn apply(&mut self, result: &ResultData) {
+        let claimed = self.claimed.contains(&result.analysis);
         for slot in &mut self.slots {
-            if slot
+            let other_source = slot
                 .source
                 .as_ref()
-                .is_some_and(|source| *source != result.analysis)
-            {
+                .is_some_and(|source| *source != result.analysis);
+            if other_source || (claimed && slot.claims.as_ref() != Some(&result.analysis)) {
                 continue;
             }
             if let Err(error) = slot.accumulator.process_result(result, &self.parameters) {
@@ -219,10 +239,26 @@ impl Reducer {
             slot.log_unmatched();
         }
         self.counts.results += 1;
-        self.latest.insert(
-            result.analysis.clone(),
-            std::sync::Arc::clone(&result.payload),
-        );
+        if !claimed {
+            self.latest.insert(
+                result.analysis.clone(),
+                std::sync::Arc::clone(&result.payload),
+            );
+        }
+    }
+
+    /// Whether the results of `analysis` are read only by the accumulator claiming them (see
+    /// [`AccumulatorKind::claims`]): they are not state, and not checkpointed.
+    pub fn is_claimed(&self, analysis: &AnalysisName) -> bool {
+        self.claimed.contains(analysis)
+    }
+
+    /// The latest frame of each accumulator that keeps one, by accumulator name.
+    pub fn frames(&self) -> BTreeMap<String, std::sync::Arc<Frame>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| Some((slot.name.clone(), slot.accumulator.frame()?)))
+            .collect()
     }
 
     /// The latest result of each analysis (for views such as a model's live inputs).

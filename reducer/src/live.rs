@@ -244,7 +244,13 @@ impl ReducerCore {
                 .map(|m| m.into_iter().collect())
                 .unwrap_or_default();
             if let Some(checkpoint) = self.checkpoint.as_mut() {
-                checkpoint.event(event, &results, &missing);
+                // A display frame is not state: a restarted reducer shows the next one.
+                let kept: Vec<ResultData> = results
+                    .iter()
+                    .filter(|result| !self.reducer.is_claimed(&result.analysis))
+                    .cloned()
+                    .collect();
+                checkpoint.event(event, &kept, &missing);
             }
             self.apply(event, &results, missing);
         }

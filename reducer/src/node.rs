@@ -304,6 +304,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
     };
     view.publish(reducer.state(), status);
     view.publish_latest(reducer.latest_results());
+    view.publish_frames(reducer.frames());
 }
 
 /// Why the reducer stopped.

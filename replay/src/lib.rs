@@ -202,6 +202,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
                 summary.unmatched_columns = reducer.unmatched();
                 view.publish(reducer.state(), status(summary, false));
                 view.publish_latest(reducer.latest_results());
+                view.publish_frames(reducer.frames());
                 last_publish = Instant::now();
             }
         },
@@ -236,6 +237,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
     progress.finish_and_clear();
     view.publish(reducer.state(), status(&summary, true));
     view.publish_latest(reducer.latest_results());
+    view.publish_frames(reducer.frames());
     debug!(
         events = summary.events,
         bad_records = summary.bad_records,

@@ -45,6 +45,12 @@ pub trait AccumulatorKind {
     /// The analysis whose results it takes; all analyses when `None`.
     fn analysis(&self) -> Option<&AnalysisName>;
 
+    /// An analysis whose results only this accumulator reads: the reducer gives them to no
+    /// other accumulator and keeps them out of the checkpoint (a display frame, not state).
+    fn claims(&self) -> Option<&AnalysisName> {
+        None
+    }
+
     /// The paths of numbers it reads from its analysis's results, each with its key in the
     /// table (`values.mean`): each must be one the analysis can produce.
     fn result_paths(&self) -> Vec<(String, &str)> {
@@ -112,6 +118,13 @@ macro_rules! registry {
                 }
             }
 
+            /// See [`AccumulatorKind::claims`].
+            pub fn claims(&self) -> Option<&AnalysisName> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.claims(),)+
+                }
+            }
+
             /// See [`AccumulatorKind::result_paths`].
             pub fn result_paths(&self) -> Vec<(String, &str)> {
                 match self {
@@ -141,6 +154,7 @@ registry! {
     Last(last::LastConfig),
     QuadScan(quad_scan::QuadScanConfig),
     Mean(mean::MeanConfig),
+    Image(image::ImageConfig),
 }
 
 #[cfg(test)]
@@ -154,5 +168,57 @@ mod tests {
         let listed = error.to_string();
         let listed: Vec<&str> = listed.split('`').skip(3).step_by(2).collect();
         assert_eq!(listed, accepted, "{error}");
+    }
+
+    /// Every kind declares its panel; a kind added without one is shown as JSON, and this
+    /// test names it so that the choice is made, not forgotten.
+    #[test]
+    fn every_kind_has_its_panel() {
+        let tables = [
+            (
+                "history",
+                "kind = \"history\"\nvalues = { a = \"x/a\" }\ntime_zone = \"UTC\"",
+            ),
+            ("last", "kind = \"last\""),
+            (
+                "quad_scan",
+                "kind = \"quad_scan\"\nsetting = \"q\"\nenergy_ev = 1e8\nquad_length_m = 0.1\n\
+                 rmat_x = [[1.0, 2.0], [0.0, 1.0]]\nrmat_y = [[1.0, 2.0], [0.0, 1.0]]",
+            ),
+            ("mean", "kind = \"mean\"\nvalue = \"x\""),
+            (
+                "image",
+                "kind = \"image\"\nframes = \"otr2_frame\"\nbeam = \"otr2\"",
+            ),
+        ];
+        let panels: Vec<(&str, Panel)> = tables
+            .iter()
+            .map(|(kind, table)| {
+                let config: AccumulatorConfig = toml::from_str(table).unwrap();
+                assert_eq!(config.kind(), *kind);
+                (*kind, config.panel())
+            })
+            .collect();
+        assert_eq!(
+            panels.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(),
+            KINDS.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(),
+            "a table per kind, in registry order"
+        );
+        assert_eq!(
+            panels,
+            [
+                (
+                    "history",
+                    Panel::History {
+                        columns: vec!["a".to_owned()],
+                        time_zone: Some("UTC".to_owned())
+                    }
+                ),
+                ("last", Panel::Table {}),
+                ("quad_scan", Panel::QuadScan {}),
+                ("mean", Panel::Json {}),
+                ("image", Panel::Image {}),
+            ]
+        );
     }
 }

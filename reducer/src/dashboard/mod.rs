@@ -6,9 +6,11 @@
 //! - [`panels`]: what each accumulator kind shows, and what a panel is sent per update.
 //! - [`stream`]: the [`Hub`] holding the newest messages, and the pages' streams.
 //! - [`health`]: the controller's side of the health, read over its HTTP API.
+//! - [`png`]: a frame as an indexed PNG with a colormap.
 
 pub mod health;
 pub mod panels;
+pub mod png;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use beamflow_net::Stop;
-use beamflow_net::http::{Route, router};
+use beamflow_net::http::{ApiError, Route, router};
 use beamflow_net::token::Token;
 use beamflow_protocol::Value;
 use serde::Serialize;
@@ -60,6 +62,17 @@ pub struct Dashboard {
     view: View,
     hub: Hub,
     description: Arc<Description>,
+    /// The PNG rendered last, reused while the same frame is asked for the same way: several
+    /// pages showing one screen cost one rendering per frame.
+    rendered: Arc<std::sync::Mutex<Option<(PngKey, Arc<png::Rendered>)>>>,
+}
+
+/// What a rendered PNG depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct PngKey {
+    name: String,
+    event: u64,
+    options: png::RenderOptions,
 }
 
 /// One `state` message.
@@ -89,6 +102,7 @@ impl Dashboard {
             view,
             hub: Hub::new(),
             description: Arc::new(description),
+            rendered: Arc::default(),
         }
     }
 
@@ -103,6 +117,8 @@ impl Dashboard {
         vec![
             Route::get("/api/v1/dashboard", description),
             Route::get("/api/v1/events", events),
+            Route::get("/api/v1/image/{file}", image),
+            Route::get("/api/v1/colorbar.png", colorbar),
         ]
     }
 
@@ -248,6 +264,117 @@ async fn events(State(dashboard): State<Dashboard>) -> Response {
         .into_response()
 }
 
+/// The query of `GET /api/v1/image/{name}.png`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ImageQuery {
+    cmap: Option<String>,
+    scale: Option<String>,
+    min: Option<f64>,
+    max: Option<f64>,
+    bin: Option<usize>,
+}
+
+impl ImageQuery {
+    fn options(&self) -> Result<png::RenderOptions, png::RenderError> {
+        let defaults = png::RenderOptions::default();
+        Ok(png::RenderOptions {
+            colormap: match &self.cmap {
+                Some(name) => name.parse()?,
+                None => defaults.colormap,
+            },
+            scale: match &self.scale {
+                Some(name) => png::Scale::parse(name, self.min, self.max)?,
+                None => defaults.scale,
+            },
+            bin: self.bin.unwrap_or(defaults.bin),
+        })
+    }
+}
+
+/// The latest frame of the image accumulator `{name}` (`file` is `name.png`) as an indexed PNG,
+/// with the counts its colours span and the frame's event in headers.
+async fn image(
+    State(dashboard): State<Dashboard>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ImageQuery>,
+) -> Result<Response, ApiError> {
+    let name = file
+        .strip_suffix(".png")
+        .ok_or_else(|| ApiError::not_found(format!("{file:?}: images are NAME.png")))?;
+    let frame = dashboard.view.frame(name).ok_or_else(|| {
+        ApiError::not_found(format!("no frame of image accumulator {name:?} yet"))
+    })?;
+    let options = query
+        .options()
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    let key = PngKey {
+        name: name.to_owned(),
+        event: frame.event_number.0,
+        options,
+    };
+    let cached = {
+        let rendered = dashboard
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rendered
+            .as_ref()
+            .filter(|(cached, _)| *cached == key)
+            .map(|(_, png)| Arc::clone(png))
+    };
+    let rendered = match cached {
+        Some(rendered) => rendered,
+        None => {
+            // A few milliseconds of work: off the runtime's one thread.
+            let rendered = tokio::task::spawn_blocking(move || png::render(&frame, &options))
+                .await
+                .map_err(|error| ApiError::internal(format!("rendering failed: {error}")))?
+                .map_err(|error| ApiError::bad_request(error.to_string()))?;
+            let rendered = Arc::new(rendered);
+            *dashboard
+                .rendered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((key.clone(), Arc::clone(&rendered)));
+            rendered
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE.as_str(), "image/png".to_owned()),
+            (header::CACHE_CONTROL.as_str(), "no-store".to_owned()),
+            ("x-frame-event", key.event.to_string()),
+            ("x-scale-min", rendered.low.to_string()),
+            ("x-scale-max", rendered.high.to_string()),
+        ],
+        rendered.png.clone(),
+    )
+        .into_response())
+}
+
+/// The query of `GET /api/v1/colorbar.png`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ColorbarQuery {
+    cmap: Option<String>,
+}
+
+/// A 256×1 PNG of the colormap, which the page stretches into its colourbar.
+async fn colorbar(
+    axum::extract::Query(query): axum::extract::Query<ColorbarQuery>,
+) -> Result<Response, ApiError> {
+    let colormap = match &query.cmap {
+        Some(name) => name
+            .parse()
+            .map_err(|error: png::RenderError| ApiError::bad_request(error.to_string()))?,
+        None => png::Colormap::default(),
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "image/png")],
+        png::colorbar(colormap),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +477,90 @@ mod tests {
         }
         assert!(String::from_utf8_lossy(&received).contains("event: bye"));
         server.await.unwrap().unwrap();
+    }
+
+    async fn get(dashboard: &Dashboard, uri: &str) -> axum::response::Response {
+        use tower::ServiceExt;
+        dashboard
+            .router()
+            .oneshot(
+                axum::http::Request::get(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn body(response: axum::response::Response) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_latest_frame_is_served_as_a_png_of_its_shape_and_scaling() {
+        let dashboard = dashboard();
+        let response = get(&dashboard, "/api/v1/image/screen.png").await;
+        assert_eq!(response.status(), axum::http::StatusCode::NOT_FOUND);
+        // A 3×4 ramp 0..11.
+        let frame = crate::Frame {
+            event_number: beamflow_protocol::EventNumber(42),
+            width: 4,
+            height: 3,
+            bin: 2,
+            pixels: (0..12).map(|i| i as f32).collect(),
+        };
+        dashboard
+            .view
+            .publish_frames([("screen".to_owned(), Arc::new(frame))].into());
+        let response = get(
+            &dashboard,
+            "/api/v1/image/screen.png?cmap=greys&scale=fixed&min=0&max=11",
+        )
+        .await;
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], "image/png");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["x-frame-event"], "42");
+        assert_eq!(
+            (&headers["x-scale-min"], &headers["x-scale-max"]),
+            (&"0".parse().unwrap(), &"11".parse().unwrap())
+        );
+        let png = body(response).await;
+        let decoder = ::png::Decoder::new(std::io::Cursor::new(png));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((info.width, info.height), (4, 3));
+        assert_eq!(info.color_type, ::png::ColorType::Indexed);
+        // Fixed 0..11 puts the ramp's ends on the palette's ends.
+        assert_eq!((pixels[0], pixels[11]), (0, 255));
+        for (uri, why) in [
+            ("/api/v1/image/screen.png?cmap=jet", "unknown colormap"),
+            ("/api/v1/image/screen.png?scale=fixed&min=3", "fixed needs"),
+            ("/api/v1/image/screen.png?bin=99", "bin 99"),
+        ] {
+            let response = get(&dashboard, uri).await;
+            assert_eq!(
+                response.status(),
+                axum::http::StatusCode::BAD_REQUEST,
+                "{uri}"
+            );
+            let text = String::from_utf8(body(response).await).unwrap();
+            assert!(text.contains(why), "{uri}: {text}");
+        }
+        let response = get(&dashboard, "/api/v1/colorbar.png?cmap=viridis").await;
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+        let reader = ::png::Decoder::new(std::io::Cursor::new(body(response).await))
+            .read_info()
+            .unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (256, 1));
     }
 }

@@ -27,11 +27,9 @@ pub enum Panel {
         /// An IANA time zone.
         time_zone: Option<String>,
     },
-    /// The latest frame of a screen, served as PNG, with the beam drawn on it.
-    Image {
-        /// Where the PNG is served.
-        png: String,
-    },
+    /// The latest frame of a screen, served as PNG (the entry's `png`), with the beam drawn
+    /// on it and its projections.
+    Image {},
     /// σ² against quad strength per plane, with the fit.
     QuadScan {},
     /// The latest scalars with their alarm state.
@@ -72,6 +70,9 @@ pub struct PanelEntry {
     /// How it is shown.
     #[serde(flatten)]
     pub panel: Panel,
+    /// Where an image panel's PNG is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub png: Option<String>,
 }
 
 impl PanelEntry {
@@ -81,6 +82,7 @@ impl PanelEntry {
             name: name.to_owned(),
             title: name.to_owned(),
             path: name.to_owned(),
+            png: matches!(panel, Panel::Image {}).then(|| format!("/api/v1/image/{name}.png")),
             panel,
         }
     }

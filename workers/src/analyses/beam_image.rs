@@ -19,7 +19,7 @@ use beamflow_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::analyses::{AnalysisKind, array_of, pv_scalar};
+use crate::analyses::{AnalysisKind, array_of, image_size, pv_scalar};
 use crate::check::{ResultKeys, TableError};
 use crate::{Analysis, AnalysisError, DynAnalysis};
 
@@ -240,16 +240,7 @@ impl BeamImage {
         image: &NdArray,
         dark: Option<&[f32]>,
     ) -> Result<BeamImageOutput, AnalysisError> {
-        let [height, width] = match image.shape() {
-            [h, w] => [*h, *w],
-            [1, h, w] => [*h, *w],
-            other => {
-                return Err(AnalysisError::Invalid(format!(
-                    "stream {}: a 2-D image is needed, got shape {other:?}",
-                    self.config.stream
-                )));
-            }
-        };
+        let [height, width] = image_size(&self.config.stream, image)?;
         if dark.is_some_and(|d| d.len() != width * height) {
             return Err(AnalysisError::Invalid(format!(
                 "stream {}: the dark frame has {} pixels, the image {}",

@@ -37,6 +37,18 @@ pub(crate) fn array_of(
     }
 }
 
+/// The `[height, width]` of an image array: `[h, w]`, or `[1, h, w]` (a stack of one frame). The
+/// error names the stream and the shape it has instead (a waveform, a stack).
+pub(crate) fn image_size(name: &StreamName, image: &NdArray) -> Result<[usize; 2], AnalysisError> {
+    match image.shape() {
+        [h, w] | [1, h, w] => Ok([*h, *w]),
+        other => Err(AnalysisError::Invalid(format!(
+            "stream {name}: a 2-D image is needed, got shape {other:?} of {}",
+            image.dtype().name()
+        ))),
+    }
+}
+
 /// The first element of a PV stream's value, with its frame: how analyses read a scalar PV
 /// carried in the event (a quad readback, a model input). The error says why there is none.
 pub(crate) fn pv_scalar(stream: &StreamData) -> Result<(f64, PvFrame), String> {
@@ -167,6 +179,7 @@ registry! {
     BeamImage(beam_image::BeamImageConfig),
     Surrogate(surrogate::SurrogateConfig),
     Centroid(centroid::CentroidConfig),
+    Frame(frame::FrameConfig),
 }
 
 #[cfg(test)]
