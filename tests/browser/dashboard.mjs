@@ -19,7 +19,9 @@ const CHROMIUM = process.env.BEAMFLOW_CHROMIUM ?? '/usr/bin/chromium';
 const ZONE = 'America/Los_Angeles';
 // Generous: a loaded two-core CI machine builds, runs the pipeline and Chromium at once.
 const WAIT_MS = 60_000;
-const TOTAL_MS = 10 * 60_000;
+const TOTAL_MS = 15 * 60_000;
+// A quad scan's steps wait for the pipeline, which a debug build on a busy machine runs late.
+const SCAN_WAIT_MS = 4 * 60_000;
 // How far behind the server the page's newest row may be when read.
 const LAG_S = 15;
 
@@ -157,11 +159,11 @@ const watched = (key) => page.evaluate((key) => window.__watched[key].slice(), k
 const attribute = (selector, name) =>
   page.evaluate(({ selector, name }) => document.querySelector(selector)?.getAttribute(name) ?? null, { selector, name });
 
-async function until(what, predicate, arg) {
+async function until(what, predicate, arg, timeout = WAIT_MS) {
   try {
-    return await (await page.waitForFunction(predicate, arg, { timeout: WAIT_MS, polling: 100 })).jsonValue();
+    return await (await page.waitForFunction(predicate, arg, { timeout, polling: 100 })).jsonValue();
   } catch (error) {
-    throw new Error(`timed out after ${WAIT_MS / 1000} s waiting for ${what}`);
+    throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}`);
   }
 }
 
@@ -374,17 +376,20 @@ await check('quad-scan', async () => {
   await until('the quad_scan panel', (selector) => Boolean(document.querySelector(selector)), QUAD);
   await watch('steps', QUAD, 'data-steps');
   await ask('READY-FOR-SCAN', 'SCAN-STARTED');
-  const grown = await until('two distinct step counts', () => {
-    const counts = window.__watched.steps.map(Number).filter((n) => n > 0);
+  // Only what the page showed since the scan started: the pipeline's own steps before it do
+  // not count.
+  const from = (await watched('steps')).length - 1;
+  const grown = await until('two distinct step counts', (from) => {
+    const counts = window.__watched.steps.slice(from).map(Number).filter((n) => n > 0);
     return new Set(counts).size >= 2 ? counts : false;
-  });
+  }, from, SCAN_WAIT_MS);
   const steps = Number(await ask('SCAN-SEEN', 'SCAN-DONE'));
   const final = await until(`${steps} steps shown`, ({ selector, steps }) => {
     const now = Number(document.querySelector(selector)?.dataset.steps);
     return now >= steps ? now : false;
   }, { selector: QUAD, steps });
-  const seen = (await watched('steps')).map(Number).filter((n) => n > 0);
-  return `data-steps went ${seen.join(' -> ')} (${new Set(grown).size} distinct while running, ${final} at the end of ${steps} steps)`;
+  const seen = (await watched('steps')).slice(from).map(Number);
+  return `data-steps went ${seen.join(' -> ')} (${new Set(grown).size} distinct while running, ${final} at the end: ${steps} steps had shots)`;
 });
 
 // 8. The screenshot, with the finished scan on it.
@@ -401,6 +406,7 @@ await check('reconnect', async () => {
   await watch('connection', '#connection', 'data-state');
   await watch('points', chart, 'data-points');
   const before = Number(await attribute(chart, 'data-points'));
+  const frameBefore = await attribute(IMAGE, 'data-event');
   restarting = true;
   await ask('READY-FOR-RESTART', 'RESTARTED');
   const states = await until('the connection to drop and open again', () => {
@@ -420,7 +426,12 @@ await check('reconnect', async () => {
   if (!(again.shown.points <= again.rows) || !(again.rows < before)) {
     throw new Error(`${again.name}: ${again.shown.points} points shown, the new run has ${again.rows} rows, the old run showed ${before}`);
   }
-  return `#connection went ${states.join(' -> ')}; ${again.name} filled again to ${again.shown.points} points (before the restart ${before}), latest ${JSON.stringify(again.shown.caption)}`;
+  // The screen shows the new run's frames (numbered from the start again).
+  const frameAfter = await until(`a frame of the new run (the last before the restart was ${frameBefore})`, ({ selector, frameBefore }) => {
+    const now = document.querySelector(selector)?.dataset.event;
+    return now !== undefined && now !== frameBefore ? now : false;
+  }, { selector: IMAGE, frameBefore });
+  return `#connection went ${states.join(' -> ')}; ${again.name} filled again to ${again.shown.points} points (before the restart ${before}), latest ${JSON.stringify(again.shown.caption)}; frame ${frameBefore} -> ${frameAfter}`;
 });
 restarting = false;
 
