@@ -1,9 +1,10 @@
 # The one beamflow image: every component, the simulated IOC and the tools are subcommands of
 # one binary. Build: docker build -t beamflow .
 FROM rust:1.95-slim-bookworm AS build
-# libzmq is Debian's, built with CURVE (libsodium); g++ for the crates that build C++.
+# libzmq is Debian's, built with CURVE (libsodium); g++ for the crates that build C++; npm
+# installs the dashboard's uPlot, pinned by dashboard/package-lock.json, at build time.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ make libzmq3-dev \
+    && apt-get install -y --no-install-recommends g++ make libzmq3-dev npm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

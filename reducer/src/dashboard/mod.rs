@@ -115,6 +115,8 @@ impl Dashboard {
     /// document to them.
     pub fn routes() -> Vec<Route<Dashboard>> {
         vec![
+            Route::get("/", index),
+            Route::get("/assets/{file}", asset),
             Route::get("/api/v1/dashboard", description),
             Route::get("/api/v1/events", events),
             Route::get("/api/v1/image/{file}", image),
@@ -246,6 +248,41 @@ impl StateKey {
             finished: status.finished,
         }
     }
+}
+
+/// An embedded file of the page, with the policy that keeps the page on this server. The
+/// files change only with the binary, which `no-cache` lets the browser find out cheaply.
+fn serve(asset: &beamflow_dashboard::Asset) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        asset.bytes,
+    )
+        .into_response()
+}
+
+fn find(path: &str) -> Option<&'static beamflow_dashboard::Asset> {
+    beamflow_dashboard::assets()
+        .iter()
+        .find(|asset| asset.path == path)
+}
+
+async fn index() -> Result<Response, ApiError> {
+    find("index.html")
+        .map(serve)
+        .ok_or_else(|| ApiError::internal("the page is not in this build"))
+}
+
+async fn asset(
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    find(&file)
+        .map(serve)
+        .ok_or_else(|| ApiError::not_found(format!("no asset {file:?}")))
 }
 
 async fn description(State(dashboard): State<Dashboard>) -> Response {
@@ -562,5 +599,58 @@ mod tests {
             .read_info()
             .unwrap();
         assert_eq!((reader.info().width, reader.info().height), (256, 1));
+    }
+
+    #[tokio::test]
+    async fn the_page_and_its_files_are_served_with_the_policy_and_nothing_from_elsewhere() {
+        let dashboard = dashboard();
+        let response = get(&dashboard, "/").await;
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            response.headers()["content-security-policy"],
+            CONTENT_SECURITY_POLICY
+        );
+        let page = String::from_utf8(body(response).await).unwrap();
+        for file in beamflow_dashboard::assets() {
+            let response = get(&dashboard, &format!("/assets/{}", file.path)).await;
+            assert_eq!(
+                response.status(),
+                axum::http::StatusCode::OK,
+                "{}",
+                file.path
+            );
+            assert_eq!(response.headers()["content-type"], file.content_type);
+            assert_eq!(
+                response.headers()["content-security-policy"],
+                CONTENT_SECURITY_POLICY
+            );
+            assert_eq!(body(response).await, file.bytes);
+        }
+        // Everything the page loads is one of ours.
+        for (attribute, rest) in page
+            .split(" src=\"")
+            .skip(1)
+            .map(|s| ("src", s))
+            .chain(page.split(" href=\"").skip(1).map(|s| ("href", s)))
+        {
+            let target = rest.split('"').next().unwrap();
+            assert!(
+                target.starts_with("/assets/")
+                    || target.starts_with("/api/")
+                    || target.starts_with('#')
+                    // An empty icon: no request for /favicon.ico.
+                    || target == "data:,",
+                "{attribute}={target:?} leaves the server"
+            );
+        }
+        let response = get(&dashboard, "/assets/nowhere.js").await;
+        assert_eq!(response.status(), axum::http::StatusCode::NOT_FOUND);
+        // The policy allows this origin only: no host, no scheme but blob: and data: images.
+        assert!(!CONTENT_SECURITY_POLICY.contains("http"));
+        assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
     }
 }

@@ -155,9 +155,10 @@ fn collect_rows(
         )
     };
     match value {
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Text(_) | Value::Null => {
-            rows.push(row(value.clone(), None));
-        }
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => rows.push(row(value.clone(), None)),
+        // Labels inside results (a model input's unit and provenance) are not readings.
+        Value::Text(_) | Value::Null if depth > 0 => {}
+        Value::Text(_) | Value::Null => rows.push(row(value.clone(), None)),
         Value::Map(map) if map.contains_key("value") && map.contains_key("severity") => {
             if is_scalar(&map["value"]) {
                 rows.push(row(map["value"].clone(), Some(map)));
@@ -230,7 +231,7 @@ mod tests {
         let view: serde_json::Value = serde_json::json!({
             "values": {
                 "qe04": {"value": -3.2, "severity": 1, "status": 3, "time": 17.5, "pulse_id": 4},
-                "otr2": [{"mean": 100.5, "shape": [480, 640]}],
+                "otr2": [{"mean": 100.5, "shape": [480, 640], "dtype": "uint16"}],
                 "accepted": true,
                 "curve": [1, 2, 3, 4, 5, 6],
                 "a/b": 1
