@@ -42,7 +42,9 @@ function report(name, passed, detail) {
 }
 
 // A check that throws fails with its message; the next checks still run.
+let phase = 'load';
 async function check(name, body) {
+  phase = name;
   try {
     report(name, true, await body());
   } catch (error) {
@@ -128,9 +130,12 @@ page.on('console', (message) => {
   const text = message.text();
   const where = message.location();
   if (restarting && isOwnNetworkFailure(text, where)) tolerated.push(text);
-  else errors.push(`console: ${text} (${where?.url ?? '?'}:${where?.lineNumber ?? '?'})`);
+  else errors.push(`console, during ${phase}: ${text} (${where?.url ?? '?'}:${where?.lineNumber ?? '?'})`);
 });
-page.on('pageerror', (error) => errors.push(`page error: ${error.message}`));
+page.on('pageerror', (error) => {
+  const at = (error.stack ?? '').split('\n').find((line) => line.trim().startsWith('at ')) ?? '';
+  errors.push(`page error, during ${phase}: ${error.message} ${at.trim()}`);
+});
 // A violation is reported as an event too, in case a console line is not.
 await page.addInitScript(() => {
   document.addEventListener('securitypolicyviolation', (event) => {
