@@ -400,6 +400,12 @@ await check('quad-scan', async () => {
 // 8. The screenshot, with the finished scan on it.
 await check('screenshot', async () => {
   const file = join(outDir, 'dashboard.png');
+  // From the top: clicking "apply" scrolled the page, and a sticky header is drawn where the
+  // scroll left it.
+  await page.evaluate(() => new Promise((resolve) => {
+    window.scrollTo(0, 0);
+    requestAnimationFrame(() => requestAnimationFrame(resolve));
+  }));
   await page.screenshot({ path: file, fullPage: true });
   return `${file}, ${statSync(file).size} bytes`;
 });
