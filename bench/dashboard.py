@@ -4,15 +4,16 @@ the dashboard's one Server-Sent Events stream per page beside pages that poll th
 instead (what dranspose's status page and most home-made monitors do), in one run.
 
 usage: python3 bench/dashboard.py [--beamflow PATH] [--pages 0,1,4,16] [--seconds 30]
-                                  [--poll-period 0.25] [--json FILE]
+                                  [--poll-period 0.1] [--json FILE]
 
 One `beamflow run` (the embedded simulated injector, OTR2 at 10 Hz, free ports) serves every
 case in turn. Per case, N clients run for --seconds:
-  sse    N pages, each with one stream at GET /api/v1/events, reading every `state` message;
+  sse    N pages, each with one stream at GET /api/v1/events, reading every `state` message and,
+         as the page does, fetching the screen's PNG once per new frame;
   poll   N pages, each fetching GET /api/v1/result every --poll-period s (the reducer publishes
-         its state every 0.25 s, so polling faster gains nothing).
+         its state every 0.1 s, so polling faster gains nothing).
 Per case it reports:
-  updates/s   messages (sse) or responses (poll) per page per second;
+  updates/s   messages (sse) or responses (poll) per page per second; PNG/s, frames fetched;
   latency     from an OTR2 image's acquisition (the newest row of the `beam` history, which
               carries the event's acquisition time) to the message holding it arriving at the
               page, p50 and p99 over every message of every page; the image's time is when the
@@ -71,7 +72,20 @@ class SsePage(threading.Thread):
     def __init__(self, host, port, stop):
         super().__init__(daemon=True)
         self.host, self.port, self.stop = host, port, stop
-        self.latencies, self.messages = [], 0
+        self.latencies, self.messages, self.images = [], 0, 0
+        self.image_event = None
+        self.images_conn = http.client.HTTPConnection(host, port, timeout=10)
+
+    def fetch_image(self, panels):
+        """What the page does: the screen's PNG, once per new frame (after the last is drawn)."""
+        view = panels.get("otr2_image") or {}
+        if view.get("event_number") in (None, self.image_event):
+            return
+        self.image_event = view["event_number"]
+        self.images_conn.request("GET", "/api/v1/image/otr2_image.png?cmap=inferno&scale=robust")
+        response = self.images_conn.getresponse()
+        response.read()
+        self.images += response.status == 200
 
     def run(self):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -90,10 +104,12 @@ class SsePage(threading.Thread):
             elif line == "":
                 if event == "state" and data:
                     arrived = time.time()
-                    taken = newest_image_time(json.loads("\n".join(data))["panels"])
+                    panels = json.loads("\n".join(data))["panels"]
+                    taken = newest_image_time(panels)
                     self.messages += 1
                     if taken is not None:
                         self.latencies.append(arrived - taken)
+                    self.fetch_image(panels)
                 event, data = None, []
         conn.close()
 
@@ -139,6 +155,7 @@ def run_case(kind, pages, seconds, pid, host, port, period):
     for client in clients:
         client.latencies.clear()
         client.messages = 0
+        client.images = 0
     tid = http_thread(pid)
     cpu0, http0, t0 = cpu_seconds(pid), cpu_seconds(pid, tid) if tid else 0.0, time.time()
     time.sleep(seconds)
@@ -152,6 +169,7 @@ def run_case(kind, pages, seconds, pid, host, port, period):
         "kind": kind,
         "pages": pages,
         "updates_per_s": sum(c.messages for c in clients) / elapsed / pages if pages else 0.0,
+        "images_per_s": sum(getattr(c, "images", 0) for c in clients) / elapsed / pages if pages else 0.0,
         "latency_ms_p50": 1e3 * percentile(latencies, 0.5),
         "latency_ms_p99": 1e3 * percentile(latencies, 0.99),
         "cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
@@ -164,7 +182,7 @@ def main():
     parser.add_argument("--beamflow", default="target/release/beamflow")
     parser.add_argument("--pages", default="0,1,4,16")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--poll-period", type=float, default=0.25)
+    parser.add_argument("--poll-period", type=float, default=0.1)
     parser.add_argument("--json")
     args = parser.parse_args()
     beamflow = os.path.abspath(args.beamflow)
@@ -192,12 +210,13 @@ def main():
             if time.time() > deadline or process.poll() is not None:
                 sys.exit(f"beamflow did not start: see {log.name}")
             time.sleep(0.2)
-        print(f"{'pages':>5} {'kind':>4} {'updates/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'HTTP %':>6}")
+        print(f"{'pages':>5} {'kind':>4} {'updates/s':>9} {'PNG/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'HTTP %':>6}")
         for n in pages:
             for kind in (["sse", "poll"] if n else ["sse"]):
                 result = run_case(kind, n, args.seconds, process.pid, host, reducer_port, args.poll_period)
                 results.append(result)
                 print(f"{n:>5} {kind if n else '-':>4} {result['updates_per_s']:>9.2f} "
+                      f"{result['images_per_s']:>6.2f} "
                       f"{result['latency_ms_p50']:>7.0f} {result['latency_ms_p99']:>7.0f} "
                       f"{result['cpu_percent']:>6.1f} {result['http_thread_cpu_percent']:>6.1f}",
                       flush=True)

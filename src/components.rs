@@ -902,7 +902,7 @@ fn controller_index(scans: ScanService) -> axum::Router {
 }
 
 /// The dashboard's panels: one per accumulator, as its kind declares, then the what-ifs.
-fn dashboard_description(
+pub fn dashboard_description(
     pipeline: &Pipeline,
     what_ifs: Vec<PanelEntry>,
     controller: Option<SocketAddr>,

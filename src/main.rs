@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use beamflow::components::{Components, local_reach};
+use beamflow::components::{Components, dashboard_description, local_reach};
 use beamflow::pipeline::Pipeline;
 use beamflow_controller::ensemble::LIVE_RESUME_AFTER;
 use beamflow_ingesters::IngesterConfig;
 use beamflow_net::Stop;
 use beamflow_net::curve::{DataPlane, Keys};
 use beamflow_protocol::WorkerTag;
+use beamflow_reducer::dashboard::{Dashboard, Description};
 use beamflow_reducer::http::View;
 use beamflow_replay::ReplayConfig;
 use beamflow_sim::ioc::SimIocConfig;
@@ -1000,6 +1001,7 @@ fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
+    let pipeline_panels = pipeline.clone();
     let config = ReplayConfig {
         analyses: pipeline.analyses,
         accumulators: pipeline.accumulators,
@@ -1011,7 +1013,10 @@ fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {
     };
     let view = View::new();
     let server = match args.serve {
-        Some(addr) => Some(start_server(addr, view.clone())?),
+        Some(addr) => {
+            let description = dashboard_description(&pipeline_panels, Vec::new(), None);
+            Some(start_server(addr, view.clone(), description)?)
+        }
         None => None,
     };
     let summary = beamflow_replay::run(&config, &view)?;
@@ -1042,8 +1047,8 @@ type Server = (
     SocketAddr,
 );
 
-/// Binds before the replay starts, so the view is up from its first event.
-fn start_server(addr: SocketAddr, view: View) -> anyhow::Result<Server> {
+/// Binds before the replay starts, so the view (and the dashboard) is up from its first event.
+fn start_server(addr: SocketAddr, view: View, description: Description) -> anyhow::Result<Server> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -1053,10 +1058,30 @@ fn start_server(addr: SocketAddr, view: View) -> anyhow::Result<Server> {
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    eprintln!("Dashboard: http://{bound}/");
     eprintln!("Serving the reducer's state on http://{bound}/api/v1/result");
+    let dashboard = Dashboard::new(view.clone(), description);
+    let app = beamflow_reducer::http::app(view).merge(dashboard.router());
+    let stop = beamflow_net::Stop::new();
+    for publish in [
+        Dashboard::publish_until,
+        |d: &Dashboard, stop: &beamflow_net::Stop| d.publish_health_until(None, None, stop),
+    ] {
+        let (dashboard, stop) = (dashboard.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("dashboard".to_owned())
+            .spawn(move || publish(&dashboard, &stop))
+            .context("cannot start the dashboard")?;
+    }
+    let hub = dashboard.hub().clone();
     let handle = runtime.spawn(async move {
-        axum::serve(listener, beamflow_reducer::http::app(view))
-            .with_graceful_shutdown(shutdown_signal())
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                stop.stop();
+                // The pages' streams never end by themselves; the graceful shutdown waits on them.
+                hub.close();
+            })
             .await
     });
     Ok((runtime, handle, bound))

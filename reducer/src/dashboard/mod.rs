@@ -38,8 +38,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; font-src 'none'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// How often the state is looked at for a new update: a 10 Hz pipeline's every event.
-const STATE_PERIOD: Duration = Duration::from_millis(100);
+/// How often the view is looked at for a new update: twice per period of the reducer's
+/// publishing (`node::PUBLISH`), so that pages get every one it publishes.
+const STATE_PERIOD: Duration = Duration::from_millis(50);
 
 /// How often the health is sent.
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
@@ -190,15 +191,15 @@ impl Dashboard {
         let mut last = None;
         while !stop.is_stopped() {
             last = self.publish_state(last);
-            // Sampling the published view at a fixed rate is the point: a page is sent at most
-            // ten updates a second however fast results come.
+            // Sampling the published view at a fixed rate is the point: a page is sent no more
+            // updates than the reducer publishes views, however fast results come.
             std::thread::sleep(STATE_PERIOD);
         }
         self.hub.close();
     }
 
     /// Publishes the health once a second until `stop`, asking the controller at `controller`
-    /// (with `token`) for its part.
+    /// (with `token`) for its part; without one (a replay) the reducer's status alone.
     pub fn publish_health_until(
         &self,
         controller: Option<SocketAddr>,
@@ -209,13 +210,10 @@ impl Dashboard {
         let mut logged = false;
         while !stop.is_stopped() {
             let started = Instant::now();
-            let health = client.as_ref().map_or_else(
-                || health::ControllerHealth {
-                    controller_error: Some("no controller address is known".to_owned()),
-                    ..Default::default()
-                },
-                health::ControllerClient::poll,
-            );
+            let health = client
+                .as_ref()
+                .map(health::ControllerClient::poll)
+                .unwrap_or_default();
             match (&health.controller_error, logged) {
                 (Some(error), false) => {
                     tracing::warn!(%error, "The dashboard cannot read the controller's health; it will say so until it can.");
