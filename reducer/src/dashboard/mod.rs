@@ -65,8 +65,11 @@ pub struct Dashboard {
     description: Arc<Description>,
     /// The PNG rendered last, reused while the same frame is asked for the same way: several
     /// pages showing one screen cost one rendering per frame.
-    rendered: Arc<std::sync::Mutex<Option<(PngKey, Arc<png::Rendered>)>>>,
+    rendered: Arc<std::sync::Mutex<Option<CachedPng>>>,
 }
+
+/// A rendered PNG and what it was rendered from.
+type CachedPng = (PngKey, Arc<png::Rendered>);
 
 /// What a rendered PNG depends on.
 #[derive(Debug, Clone, PartialEq)]
