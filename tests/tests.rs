@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod curve;
+mod dashboard;
 mod docs;
 mod emittance;
 mod epics;
