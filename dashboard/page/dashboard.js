@@ -399,7 +399,12 @@ class ImagePanel {
       this.dirty = true;
     }
     this.view = view;
-    this.wanted = view.event_number ?? view.frame ?? null;
+    // The view is null until the run's first frame (after a restart too).
+    this.wanted = view ? (view.event_number ?? view.frame ?? null) : null;
+    if (this.wanted === null) {
+      this.message.textContent = "waiting for the first frame…";
+      return;
+    }
     this.maybeFetch();
   }
 
@@ -412,22 +417,25 @@ class ImagePanel {
     return `${this.png}?${query}`;
   }
 
-  /** One PNG in flight at most, and only for a frame newer than the one drawn. */
+  /** One PNG in flight at most, and only for a frame other than the one drawn (a restarted
+   * run numbers its frames from 1 again). */
   async maybeFetch() {
     // No frame known yet: asking would only earn a 404.
     if (this.inFlight || this.wanted === null) return;
-    const newer = this.drawn === null || this.wanted > this.drawn;
-    if (!this.dirty && !newer) return;
+    if (!this.dirty && this.wanted === this.drawn) return;
     if (this.scale.value === "fixed" && (this.min.value === "" || this.max.value === "")) {
       this.message.textContent = "a fixed scale needs its min and max";
       return;
     }
     this.inFlight = true;
     this.dirty = false;
+    let drewOne = false;
     try {
       const response = await fetch(this.url(), { cache: "no-store" });
       if (response.status === 404) {
+        // The frame went with the reducer that had it: ask again with the next state.
         this.message.textContent = "waiting for the first frame…";
+        this.dirty = true;
         return;
       }
       if (!response.ok) {
@@ -446,13 +454,14 @@ class ImagePanel {
       this.barMax.textContent = high === null ? "–" : fmt(Number(high), 4);
       if (low !== null && high !== null) this.range = [Number(low), Number(high)];
       this.message.textContent = "";
+      drewOne = true;
     } catch (error) {
       console.warn("image", this.desc.name, error);
     } finally {
       this.inFlight = false;
     }
     // A newer frame (or a settings change) may have come while this one was on its way.
-    if (this.dirty || (this.wanted !== null && this.drawn !== null && this.wanted > this.drawn)) {
+    if (drewOne && this.wanted !== null && (this.dirty || this.wanted !== this.drawn)) {
       requestAnimationFrame(() => this.maybeFetch());
     }
   }
