@@ -70,6 +70,8 @@ pub struct Components {
     scans: Option<ScanService>,
     /// The controller's HTTP address, when it runs in this process.
     controller_http: Option<SocketAddr>,
+    /// Where the reducer's result PVs are served, in one line, when it serves some.
+    result_pvs: Option<String>,
     /// The dashboard's hub, closed before the HTTP servers stop so its pages' streams end.
     dashboard: Option<beamflow_reducer::dashboard::Hub>,
     alive: Alive,
@@ -113,6 +115,7 @@ impl Components {
             ca_servers: Vec::new(),
             scans: None,
             controller_http: None,
+            result_pvs: None,
             dashboard: None,
             alive: Alive::default(),
             reachable: Arc::default(),
@@ -127,6 +130,11 @@ impl Components {
     pub fn with_access(mut self, access: Access) -> Self {
         self.access = Some(access);
         self
+    }
+
+    /// Where the reducer started here serves its result PVs, in one line, if it does.
+    pub fn result_pvs(&self) -> Option<&str> {
+        self.result_pvs.as_deref()
     }
 
     /// The token the controller's and reducer's HTTP servers want for writes.
@@ -448,7 +456,14 @@ impl Components {
         if let Some(config) = &pipeline.reducer.pvs {
             let (store, bound) = self.ca_server(&config.server)?;
             let mut pvs = ResultPvs::new(config, &store);
-            tracing::info!(server = %bound, pvs = pvs.names().count(), "Serving results as EPICS PVs.");
+            let line = format!(
+                "Results as EPICS PVs: {}* ({} PVs) on Channel Access {bound}",
+                config.prefix,
+                pvs.names().count()
+            );
+            // `beamflow run` prints it after the dashboard's address; the others log it.
+            tracing::debug!("{line}");
+            self.result_pvs = Some(line);
             let period = Duration::from_secs_f64(1.0 / config.rate_hz.clamp(0.01, 1000.0));
             let view = view.clone();
             self.spawn("result-pvs".to_owned(), move |stop| {

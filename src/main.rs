@@ -515,7 +515,10 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     }
     let (_, rest, state) = components.start_all(&pipeline)?;
     eprintln!("{}", dashboard_line(state, components.token()));
-    if let Some(line) = sim_line {
+    for line in [sim_line.as_deref(), components.result_pvs()]
+        .into_iter()
+        .flatten()
+    {
         eprintln!("{line}");
     }
     eprintln!(
@@ -922,7 +925,12 @@ fn reducer(args: ReducerArgs) -> anyhow::Result<()> {
     let (access, _) = pipeline.security.access(args.open_writes)?;
     let mut components = Components::new()?.with_access(access);
     let state = components.start_reducer(&pipeline, &controller, &http)?;
-    eprintln!("beamflow reducer: state on http://{state}/api/v1/result  connected to {controller}");
+    eprintln!(
+        "beamflow reducer: dashboard on http://{state}/, state on http://{state}/api/v1/result, connected to {controller}"
+    );
+    if let Some(line) = components.result_pvs() {
+        eprintln!("{line}");
+    }
     serve_until_signal(components, args.connect.health.as_deref())
 }
 
