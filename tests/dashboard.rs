@@ -31,11 +31,12 @@ const CHECKS: [&str; 9] = [
     "screenshot",
 ];
 
-/// The quad scan the script watches: three settings of QE04 (a fit's least), few shots each,
+/// The quad scan the script watches: five settings of QE04 across the sim's waist in x (so the
+/// screenshot shows a fit, not an extrapolation), few shots each,
 /// and long to wait for them: a debug build on a busy machine runs the pipeline late.
 const SCAN_ARGS: [&str; 8] = [
     "--values",
-    "-6:-2:3",
+    "0.5:4.5:5",
     "--settle",
     "0.2",
     "--shots",
