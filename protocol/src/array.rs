@@ -29,6 +29,35 @@ pub enum DType {
     Float64,
 }
 
+/// Means of `bin` × `bin` blocks of a row-major image `width` pixels wide, with the binned
+/// image's `[rows, columns]`; the rows and columns left over at the bottom and right edges are
+/// dropped (an image smaller than a block gives none). Sums are kept in f64, so a 16×16 block
+/// of 32-bit counts loses nothing before the mean.
+pub fn bin_mean<T: Copy + Into<f64>>(
+    pixels: &[T],
+    width: usize,
+    bin: usize,
+) -> (Vec<f32>, [usize; 2]) {
+    if width == 0 || bin == 0 {
+        return (Vec::new(), [0, 0]);
+    }
+    let [h, w] = [pixels.len() / width / bin, width / bin];
+    let scale = 1.0 / (bin * bin) as f64;
+    let mut out = Vec::with_capacity(w * h);
+    let mut sums = vec![0.0f64; w];
+    for row in 0..h {
+        sums.fill(0.0);
+        for source_row in row * bin..(row + 1) * bin {
+            let line = &pixels[source_row * width..source_row * width + w * bin];
+            for (sum, block) in sums.iter_mut().zip(line.chunks_exact(bin)) {
+                *sum += block.iter().map(|&v| v.into()).sum::<f64>();
+            }
+        }
+        out.extend(sums.iter().map(|sum| (sum * scale) as f32));
+    }
+    (out, [h, w])
+}
+
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
@@ -168,5 +197,24 @@ impl NdArray {
             DType::Float32 => read!(f32),
             DType::Float64 => read!(f64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_mean_averages_blocks_and_drops_the_edges() {
+        // A 3×5 ramp binned 2: one row of two blocks, the last row and column dropped.
+        let pixels: Vec<f64> = (0..15).map(f64::from).collect();
+        let (binned, shape) = bin_mean(&pixels, 5, 2);
+        assert_eq!(shape, [1, 2]);
+        assert_eq!(
+            binned,
+            [(0.0 + 1.0 + 5.0 + 6.0) / 4.0, (2.0 + 3.0 + 7.0 + 8.0) / 4.0]
+        );
+        assert_eq!(bin_mean(&pixels, 5, 4), (Vec::new(), [0, 1]));
+        assert_eq!(bin_mean(&pixels, 0, 2), (Vec::new(), [0, 0]));
     }
 }

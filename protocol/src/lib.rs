@@ -37,7 +37,7 @@ mod scan;
 pub mod streams;
 pub mod value;
 
-pub use array::{DType, NdArray};
+pub use array::{DType, NdArray, bin_mean};
 pub use error::CborError;
 pub use event::{EventData, EventReport, ReadError, ResultData, StreamData};
 pub use ids::{

@@ -159,12 +159,8 @@ impl Dashboard {
             finished: status.finished,
             panels,
         };
-        match serde_json::to_string(&message) {
-            Ok(data) => self.hub.publish_state(Message {
-                id: seq,
-                data: data.into(),
-            }),
-            Err(error) => tracing::error!(%error, "Cannot encode the dashboard's state as JSON."),
+        if let Some(message) = encode(seq, &message) {
+            self.hub.publish_state(message);
         }
         Some(key)
     }
@@ -179,12 +175,8 @@ impl Dashboard {
             pages: self.hub.pages(),
             controller,
         };
-        match serde_json::to_string(&message) {
-            Ok(data) => self.hub.publish_health(Message {
-                id: seq,
-                data: data.into(),
-            }),
-            Err(error) => tracing::error!(%error, "Cannot encode the dashboard's health as JSON."),
+        if let Some(message) = encode(seq, &message) {
+            self.hub.publish_health(message);
         }
     }
 
@@ -227,6 +219,21 @@ impl Dashboard {
             }
             self.publish_health(&health);
             std::thread::sleep(HEALTH_PERIOD.saturating_sub(started.elapsed()));
+        }
+    }
+}
+
+/// Message `seq` as JSON; logged and `None` if it cannot be encoded (it cannot: every map key
+/// is text).
+fn encode(seq: u64, message: &impl Serialize) -> Option<Message> {
+    match serde_json::to_string(message) {
+        Ok(data) => Some(Message {
+            id: seq,
+            data: data.into(),
+        }),
+        Err(error) => {
+            tracing::error!(%error, "Cannot encode a dashboard message as JSON.");
+            None
         }
     }
 }

@@ -222,7 +222,7 @@ pub fn render(frame: &Frame, options: &RenderOptions) -> Result<Rendered, Render
     let pixels: &[f32] = if bin == 1 {
         &frame.pixels
     } else {
-        binned = downsample(&frame.pixels, width, bin, w, h);
+        binned = beamflow_protocol::bin_mean(&frame.pixels, width, bin).0;
         &binned
     };
     let (low, high) = range(pixels, options.scale);
@@ -258,24 +258,6 @@ pub fn render(frame: &Frame, options: &RenderOptions) -> Result<Rendered, Render
 pub fn colorbar(cmap: Colormap) -> Vec<u8> {
     let indices: Vec<u8> = (0..=255).collect();
     encode(&indices, 256, 1, cmap).expect("a 256×1 indexed image encodes")
-}
-
-/// Means of `bin` × `bin` blocks; the rows and columns left over at the edges are dropped.
-fn downsample(pixels: &[f32], width: usize, bin: usize, w: usize, h: usize) -> Vec<f32> {
-    let scale = 1.0 / (bin * bin) as f64;
-    let mut out = Vec::with_capacity(w * h);
-    let mut sums = vec![0.0f64; w];
-    for row in 0..h {
-        sums.fill(0.0);
-        for source_row in row * bin..(row + 1) * bin {
-            let line = &pixels[source_row * width..source_row * width + w * bin];
-            for (sum, block) in sums.iter_mut().zip(line.chunks_exact(bin)) {
-                *sum += block.iter().map(|&v| f64::from(v)).sum::<f64>();
-            }
-        }
-        out.extend(sums.iter().map(|sum| (sum * scale) as f32));
-    }
-    out
 }
 
 /// The counts the colours span. With no finite pixel the range is 0..0 (all the first colour).

@@ -4,7 +4,7 @@
 //! error that says which `bin` would fit. `every` thins the frames out (only events whose number
 //! is a multiple of it carry one), since a display needs a few frames a second, not all.
 
-use beamflow_protocol::{EventData, NdArray, Parameters, StreamName, StreamType};
+use beamflow_protocol::{EventData, NdArray, Parameters, StreamName, StreamType, bin_mean};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::analyses::{AnalysisKind, array_of, image_size};
@@ -154,24 +154,8 @@ impl Frame {
                 self.config.max_pixels
             )));
         }
-        let values = image.to_f64();
-        // Sums per binned pixel, one binned row at a time; the rows and columns left over at the
-        // bottom and right edges are dropped.
-        let scale = 1.0 / (bin * bin) as f64;
-        let mut pixels = Vec::with_capacity(h * w * 4);
-        let mut sums = vec![0.0; w];
-        for row in 0..h {
-            sums.fill(0.0);
-            for source_row in row * bin..(row + 1) * bin {
-                let line = &values[source_row * width..source_row * width + w * bin];
-                for (sum, block) in sums.iter_mut().zip(line.chunks_exact(bin)) {
-                    *sum += block.iter().sum::<f64>();
-                }
-            }
-            for sum in &sums {
-                pixels.extend_from_slice(&((sum * scale) as f32).to_le_bytes());
-            }
-        }
+        let (binned, _) = bin_mean(&image.to_f64(), width, bin);
+        let pixels = binned.iter().flat_map(|v| v.to_le_bytes()).collect();
         Ok(FrameOutput {
             frame,
             shape: [h, w],
