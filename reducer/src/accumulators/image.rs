@@ -47,12 +47,12 @@ impl AccumulatorKind for ImageConfig {
         }))
     }
 
-    /// None: it picks the results of its two analyses itself.
     /// The frame drawn with its colormap, the beam on it, and its projections.
     fn panel(&self) -> Panel {
         Panel::Image {}
     }
 
+    /// None: it picks the results of its two analyses itself.
     fn analysis(&self) -> Option<&AnalysisName> {
         None
     }
