@@ -1,0 +1,20 @@
+//! Bluesky documents (`streams::bluesky`) as a RunEngine's 0MQ Publisher, or anyone who can
+//! reach the proxy, sends them: one frame, `prefix name payload`, JSON or msgpack.
+#![no_main]
+
+use beamflow_fuzz::Budget;
+use beamflow_protocol::streams::bluesky;
+use libfuzzer_sys::fuzz_target;
+
+/// A tree costs tens of bytes per node, and a node can be one byte of msgpack (or, with the
+/// JSON parser's own tree alive beside ours, two of JSON).
+const BUDGET: Budget = Budget {
+    per_byte: 160,
+    flat: 1 << 20,
+};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(document) = beamflow_fuzz::within(data, BUDGET, || bluesky::parse(data)) {
+        assert!(matches!(document.body, beamflow_protocol::Value::Map(_)));
+    }
+});
