@@ -9,6 +9,7 @@
 //! - [`http`]: the axum [`app`](http::app) over a [`View`](http::View) snapshot.
 //! - [`live`]: the live reducer's loop body without sockets: expectations and reports in,
 //!   results applied in event order.
+//! - [`peak_stats`]: bluesky's `PeakStats` of a 1-D scan, as bluesky computes it.
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 //! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
@@ -23,6 +24,7 @@ pub mod http;
 pub mod live;
 pub mod node;
 pub mod order;
+pub mod peak_stats;
 pub mod result_pvs;
 pub mod unmatched;
 
