@@ -338,7 +338,7 @@ impl Checkpoint {
     }
 
     /// Records an event applied with these results, lacking these streams.
-    pub fn event(&mut self, event: EventNumber, results: &[ResultData], missing: &[StreamName]) {
+    pub fn event(&mut self, event: EventNumber, results: &[&ResultData], missing: &[StreamName]) {
         self.record(|e| {
             e.array(4)?.u8(EVENT)?.u64(event.0)?;
             e.array(results.len() as u64)?;
@@ -469,7 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path(dir.path(), "1234-abcd");
         let mut checkpoint = Checkpoint::create(&path, 3, "1234-abcd", &parameters("a"));
-        checkpoint.event(EventNumber(0), &[result(0, 1.5)], &[]);
+        checkpoint.event(EventNumber(0), &[&result(0, 1.5)], &[]);
         checkpoint.parameters(&parameters("b"));
         checkpoint.event(EventNumber(1), &[], &["pcap".into()]);
         checkpoint.lost(EventNumber(2), EventNumber(5));
@@ -511,14 +511,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path(dir.path(), "u");
         let mut checkpoint = Checkpoint::create(&path, 1, "u", &parameters("a"));
-        checkpoint.event(EventNumber(0), &[result(0, 1.0)], &[]);
-        checkpoint.event(EventNumber(1), &[result(1, 2.0)], &[]);
+        checkpoint.event(EventNumber(0), &[&result(0, 1.0)], &[]);
+        checkpoint.event(EventNumber(1), &[&result(1, 2.0)], &[]);
         assert!(checkpoint.flush());
         let whole = std::fs::read(&path).unwrap();
         // Every cut inside the last record, and a flipped byte in it, leave the first two records.
         let (_, two) = {
             let mut c = Checkpoint::create(&path, 1, "u", &parameters("a"));
-            c.event(EventNumber(0), &[result(0, 1.0)], &[]);
+            c.event(EventNumber(0), &[&result(0, 1.0)], &[]);
             c.flush();
             records(&path)
         };
@@ -539,7 +539,7 @@ mod tests {
         );
         // Appending goes on after the last valid record, not after the garbage.
         let mut checkpoint = Checkpoint::append(&path, end.valid);
-        checkpoint.event(EventNumber(1), &[result(1, 3.0)], &[]);
+        checkpoint.event(EventNumber(1), &[&result(1, 3.0)], &[]);
         assert!(checkpoint.flush());
         let (read_back, end) = records(&path);
         assert_eq!(end.ignored, 0);
@@ -603,11 +603,11 @@ mod tests {
         assert!(checkpoint.flush());
         // A write that fails as on a full disk: the file is swapped for one opened read-only.
         checkpoint.file = Some(File::open(&path).unwrap());
-        checkpoint.event(EventNumber(0), &[result(0, 1.0)], &[]);
+        checkpoint.event(EventNumber(0), &[&result(0, 1.0)], &[]);
         assert!(!checkpoint.flush());
         assert!(!checkpoint.is_kept());
         assert_eq!(checkpoint.failures(), 1);
-        checkpoint.event(EventNumber(1), &[result(1, 1.0)], &[]);
+        checkpoint.event(EventNumber(1), &[&result(1, 1.0)], &[]);
         assert!(!checkpoint.flush(), "given up: never claims coverage again");
         assert_eq!(checkpoint.failures(), 1, "logged and counted once");
         let unwritable = Checkpoint::create(

@@ -245,10 +245,9 @@ impl ReducerCore {
                 .unwrap_or_default();
             if let Some(checkpoint) = self.checkpoint.as_mut() {
                 // A display frame is not state: a restarted reducer shows the next one.
-                let kept: Vec<ResultData> = results
+                let kept: Vec<&ResultData> = results
                     .iter()
                     .filter(|result| !self.reducer.is_claimed(&result.analysis))
-                    .cloned()
                     .collect();
                 checkpoint.event(event, &kept, &missing);
             }
