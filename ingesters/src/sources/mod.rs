@@ -107,6 +107,7 @@ registry! {
     Sim(sim::SimConfig),
     Dump(dump::DumpConfig),
     EpicsCa(epics_ca::EpicsCaConfig),
+    Bluesky(bluesky::BlueskyConfig),
 }
 
 /// Paces a simulated or replayed source at a fixed rate; without one, frames come as fast as

@@ -3,10 +3,19 @@
 //! JSON and msgpack (with msgpack-numpy's arrays) are read into a [`Value`] tree, arrays as
 //! nested lists whatever the serializer; a pickle payload, bluesky's default, is refused with
 //! the line a beamline profile adds instead: pickle from the network runs code.
+//!
+//! Between the ingester and the workers a document travels as a [`RunDocument`]: placed in its
+//! run by the ingester, which has seen the run's start and descriptors (an event names only its
+//! descriptor, and workers are stateless).
 
 use std::collections::BTreeMap;
 
-use crate::Value;
+use bytes::Bytes;
+
+use crate::{StreamData, Value};
+
+/// The stream type of the documents the `bluesky` ingester forwards.
+pub const TYP: &str = "bluesky";
 
 /// The line that makes a RunEngine's documents readable here, for error messages and README.
 pub const SERIALIZER_LINE: &str = "RE.subscribe(Publisher(\"HOST:5577\", serializer=msgpack_numpy.packb))  # import msgpack_numpy";
@@ -38,11 +47,14 @@ pub enum DocumentName {
     StreamDatum,
     /// `stop`: a run ends.
     Stop,
+    /// `bmm`: a control message of NSLS-II BMM's plans (`{"linescan": "start", ...}`), not an
+    /// event-model document; BMM sends it as `("bmm", dict)` beside the documents.
+    Bmm,
 }
 
 impl DocumentName {
     /// Every kind, in the order a run sends them first.
-    pub const ALL: [DocumentName; 10] = [
+    pub const ALL: [DocumentName; 11] = [
         DocumentName::Start,
         DocumentName::Descriptor,
         DocumentName::Event,
@@ -53,6 +65,7 @@ impl DocumentName {
         DocumentName::StreamResource,
         DocumentName::StreamDatum,
         DocumentName::Stop,
+        DocumentName::Bmm,
     ];
 
     /// The name on the wire.
@@ -68,6 +81,7 @@ impl DocumentName {
             DocumentName::StreamResource => "stream_resource",
             DocumentName::StreamDatum => "stream_datum",
             DocumentName::Stop => "stop",
+            DocumentName::Bmm => "bmm",
         }
     }
 
@@ -107,7 +121,7 @@ pub enum BlueskyError {
     Framing(&'static str),
     /// A name that is no document kind.
     #[error(
-        "{0:?} is not a document name (start, descriptor, event, event_page, resource, datum, datum_page, stream_resource, stream_datum, stop)"
+        "{0:?} is not a document name (start, descriptor, event, event_page, resource, datum, datum_page, stream_resource, stream_datum, stop, or BMM's bmm)"
     )]
     Name(String),
     /// The payload is a Python pickle, the Publisher's default.
@@ -129,6 +143,84 @@ pub enum BlueskyError {
     /// A document that is not a map.
     #[error("a {0} document is {1}, not a map")]
     NotAMap(&'static str, &'static str),
+    /// A forwarded document that is not a [`RunDocument`].
+    #[error("not a forwarded document: {0}")]
+    Forwarded(String),
+}
+
+/// A document placed in its run, as the `bluesky` ingester forwards it: one CBOR frame of
+/// `{name, run, stream, doc}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDocument {
+    /// Its kind.
+    pub name: DocumentName,
+    /// The run's start uid; `None` for a `bmm` control message, which belongs to no run.
+    pub run: Option<String>,
+    /// The stream (`primary`, `baseline`, ...) of a descriptor, event or stream datum.
+    pub stream: Option<String>,
+    /// The document; an event page arrives as its events, one each.
+    pub doc: Value,
+}
+
+impl RunDocument {
+    /// As a stream of an event.
+    pub fn stream_data(&self) -> StreamData {
+        let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
+        let envelope = Value::Map(BTreeMap::from([
+            (
+                "name".to_owned(),
+                Value::Text(self.name.as_str().to_owned()),
+            ),
+            ("run".to_owned(), text(&self.run)),
+            ("stream".to_owned(), text(&self.stream)),
+            ("doc".to_owned(), self.doc.clone()),
+        ]));
+        StreamData {
+            typ: TYP.into(),
+            frames: vec![Bytes::from(envelope.to_cbor())],
+        }
+    }
+
+    /// Reads one back.
+    pub fn parse(stream: &StreamData) -> Result<Self, BlueskyError> {
+        let bad = |message: &str| BlueskyError::Forwarded(message.to_owned());
+        if stream.typ.as_str() != TYP {
+            return Err(BlueskyError::Forwarded(format!(
+                "a {} stream, not {TYP}",
+                stream.typ
+            )));
+        }
+        let [frame] = stream.frames.as_slice() else {
+            return Err(BlueskyError::Forwarded(format!(
+                "{} frames, not one",
+                stream.frames.len()
+            )));
+        };
+        let Value::Map(mut envelope) =
+            Value::from_cbor(frame).map_err(|error| BlueskyError::Forwarded(error.to_string()))?
+        else {
+            return Err(bad("the envelope is not a map"));
+        };
+        let mut text = |key: &str| match envelope.remove(key) {
+            Some(Value::Text(text)) => Ok(Some(text)),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(BlueskyError::Forwarded(format!("{key} is not text"))),
+        };
+        let name = text("name")?.ok_or_else(|| bad("no name"))?;
+        let name = DocumentName::parse(&name).ok_or(BlueskyError::Name(name))?;
+        let run = text("run")?;
+        let stream = text("stream")?;
+        let doc = envelope.remove("doc").ok_or_else(|| bad("no doc"))?;
+        if !matches!(doc, Value::Map(_)) {
+            return Err(BlueskyError::NotAMap(name.as_str(), doc.kind()));
+        }
+        Ok(Self {
+            name,
+            run,
+            stream,
+            doc,
+        })
+    }
 }
 
 /// Reads one frame.
@@ -503,5 +595,40 @@ mod tests {
         );
         let error = parse(b" event \x81\xa1a\x01\x02").unwrap_err();
         assert!(error.to_string().contains("trailing"), "{error}");
+    }
+
+    #[test]
+    fn a_run_document_travels_as_one_frame_and_comes_back_equal() {
+        let document =
+            parse(b" event {\"seq_num\": 3, \"data\": {\"det\": 0.25, \"n\": 2}}").unwrap();
+        let forwarded = RunDocument {
+            name: document.name,
+            run: Some("run-uid".to_owned()),
+            stream: Some("primary".to_owned()),
+            doc: document.body,
+        };
+        let stream = forwarded.stream_data();
+        assert_eq!(stream.frames.len(), 1);
+        assert_eq!(RunDocument::parse(&stream).unwrap(), forwarded);
+        let control = RunDocument {
+            name: DocumentName::Bmm,
+            run: None,
+            stream: None,
+            doc: parse(b" bmm {\"linescan\": \"start\"}").unwrap().body,
+        };
+        assert_eq!(RunDocument::parse(&control.stream_data()).unwrap(), control);
+        let mut wrong = stream.clone();
+        wrong.frames.push(Bytes::new());
+        assert!(
+            RunDocument::parse(&wrong)
+                .unwrap_err()
+                .to_string()
+                .contains("2 frames")
+        );
+        wrong.frames = vec![Bytes::from_static(b"\x01")];
+        assert!(matches!(
+            RunDocument::parse(&wrong),
+            Err(BlueskyError::Forwarded(_))
+        ));
     }
 }

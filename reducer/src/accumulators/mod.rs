@@ -155,6 +155,7 @@ registry! {
     QuadScan(quad_scan::QuadScanConfig),
     Mean(mean::MeanConfig),
     Image(image::ImageConfig),
+    ScanView(scan_view::ScanViewConfig),
 }
 
 #[cfg(test)]
@@ -190,6 +191,10 @@ mod tests {
                 "image",
                 "kind = \"image\"\nframes = \"otr2_frame\"\nbeam = \"otr2\"",
             ),
+            (
+                "scan_view",
+                "kind = \"scan_view\"\ndocuments = \"documents\"",
+            ),
         ];
         let panels: Vec<(&str, Panel)> = tables
             .iter()
@@ -218,6 +223,7 @@ mod tests {
                 ("quad_scan", Panel::QuadScan {}),
                 ("mean", Panel::Json {}),
                 ("image", Panel::Image {}),
+                ("scan_view", Panel::ScanView {}),
             ]
         );
     }

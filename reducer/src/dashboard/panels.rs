@@ -41,6 +41,9 @@ pub enum Panel {
         /// Model output → the state path of the measured value it predicts.
         measured: BTreeMap<String, String>,
     },
+    /// Bluesky runs: the latest run's plot (a line per plotted field with its PeakStats, or
+    /// the grid), and the list of runs to pick an earlier one from.
+    ScanView {},
     /// The view as JSON: for kinds without a panel of their own.
     Json {},
 }
@@ -53,6 +56,7 @@ impl Panel {
             Panel::History { .. } => Some(history_tail(view)),
             Panel::Table {} => Some(table(view)),
             Panel::WhatIf { .. } => None,
+            Panel::ScanView {} => Some(scan_view_update(view)),
             Panel::Image { .. } | Panel::QuadScan {} | Panel::Json {} => Some(view.clone()),
         }
     }
@@ -86,6 +90,56 @@ impl PanelEntry {
             panel,
         }
     }
+}
+
+/// The runs' list (`uid`, `scan_id`, `plan_name`, `status`) and the latest run whole, as
+/// `{order, latest, late, runs: {uid: summary}, run: view}`: a page fetches an earlier run from
+/// `/api/v1/result/<name>/runs/<uid>` when asked, instead of every run on every update.
+fn scan_view_update(view: &Value) -> Value {
+    let keys = ["uid", "scan_id", "plan_name", "status"];
+    let runs = view
+        .pointer("runs")
+        .and_then(Value::as_map)
+        .map(|runs| {
+            runs.iter()
+                .map(|(uid, run)| {
+                    let summary = keys
+                        .iter()
+                        .map(|key| {
+                            (
+                                (*key).to_owned(),
+                                run.pointer(key).cloned().unwrap_or_default(),
+                            )
+                        })
+                        .collect();
+                    (uid.clone(), Value::Map(summary))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let latest = match view.pointer("latest") {
+        Some(Value::Text(uid)) => view.pointer("runs").and_then(|runs| match runs {
+            Value::Map(runs) => runs.get(uid).cloned(),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Value::Map(BTreeMap::from([
+        (
+            "order".to_owned(),
+            view.pointer("order").cloned().unwrap_or_default(),
+        ),
+        (
+            "latest".to_owned(),
+            view.pointer("latest").cloned().unwrap_or_default(),
+        ),
+        (
+            "late".to_owned(),
+            view.pointer("late").cloned().unwrap_or_default(),
+        ),
+        ("runs".to_owned(), Value::Map(runs)),
+        ("run".to_owned(), latest.unwrap_or_default()),
+    ]))
 }
 
 /// The history's newest [`HISTORY_TAIL`] rows: every array of the view cut to its tail.

@@ -180,6 +180,7 @@ registry! {
     Surrogate(surrogate::SurrogateConfig),
     Centroid(centroid::CentroidConfig),
     Frame(frame::FrameConfig),
+    Bluesky(bluesky::BlueskyConfig),
 }
 
 #[cfg(test)]
