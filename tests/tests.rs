@@ -4,6 +4,7 @@
 // Test code may panic on what it set up itself.
 #![allow(clippy::unwrap_used)]
 
+mod bluesky;
 mod curve;
 mod dashboard;
 mod docs;

@@ -1,0 +1,284 @@
+//! Issue 19: a real RunEngine (bluesky 1.15, ophyd's simulated hardware) publishing through
+//! bluesky's own 0MQ Proxy into `beamflow run --pipeline examples/bluesky.toml`
+//! (`tests/python/bluesky_runs.py` runs the plans and prints what bluesky itself saw and
+//! computed). The pipeline joins while a run is under way; then come `scan`, `rel_scan` and
+//! `count` in JSON, `grid_scan`, a `count` of an inline image, an aborted `scan` and a finished
+//! one (both with a baseline) in msgpack with msgpack-numpy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::util::{
+    beamflow, eventually, free_ports, http_get, python, root, scratch_dir, start_run,
+};
+
+/// The RunEngine's side: the script, its stdin (to say "go") and its stdout lines.
+struct RunEngine {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl RunEngine {
+    fn start(in_port: u16, out_port: u16) -> Self {
+        let mut child = Command::new(python())
+            .arg(root().join("tests/python/bluesky_runs.py"))
+            .args([in_port.to_string(), out_port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the RunEngine script");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line the script printed, as JSON.
+    fn next(&mut self) -> Value {
+        let line = self
+            .lines
+            .next()
+            .expect("the RunEngine script ended early (its error is above)")
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for RunEngine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Two floats (or nulls) equal to the last bit.
+fn same_bits(what: &str, ours: &Value, bluesky: &Value) {
+    match (ours.as_f64(), bluesky.as_f64()) {
+        (Some(a), Some(b)) => {
+            assert_eq!(a.to_bits(), b.to_bits(), "{what}: {a:e} vs bluesky's {b:e}")
+        }
+        _ => assert_eq!(ours, bluesky, "{what}"),
+    }
+}
+
+/// beamflow's PeakStats against bluesky's callback on the same run: cen, fwhm, crossings,
+/// min, max and the background line to the last bit, com to 1e-12 (a centre of mass summed
+/// in another order).
+fn same_stats(what: &str, ours: &Value, bluesky: &Value) {
+    if bluesky.is_null() {
+        assert!(ours.is_null(), "{what}: bluesky has none, beamflow {ours}");
+        return;
+    }
+    for key in ["cen", "fwhm"] {
+        same_bits(&format!("{what}.{key}"), &ours[key], &bluesky[key]);
+    }
+    for key in ["crossings", "min", "max"] {
+        let (ours, theirs) = (ours[key].as_array(), bluesky[key].as_array());
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) => {
+                assert_eq!(ours.len(), theirs.len(), "{what}.{key}");
+                for (a, b) in ours.iter().zip(theirs) {
+                    same_bits(&format!("{what}.{key}"), a, b);
+                }
+            }
+            _ => assert_eq!(ours.cloned(), theirs.cloned(), "{what}.{key}"),
+        }
+    }
+    for key in ["m", "b"] {
+        same_bits(
+            &format!("{what}.lin_bkg.{key}"),
+            &ours["lin_bkg"][key],
+            &bluesky["lin_bkg"][key],
+        );
+    }
+    let (com, theirs) = (
+        ours["com"].as_f64().unwrap(),
+        bluesky["com"].as_f64().unwrap(),
+    );
+    assert!(
+        (com - theirs).abs() <= 1e-12,
+        "{what}.com: {com:e} vs bluesky's {theirs:e}"
+    );
+}
+
+#[test]
+fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
+    let [in_port, out_port] = free_ports::<2>();
+    let mut engine = RunEngine::start(in_port, out_port);
+    assert_eq!(engine.next()["proxy"], "ready");
+    let joined = engine.next()["joined"].as_str().unwrap().to_owned();
+
+    // The README's pipeline, on this test's proxy, with a second view that subtracts a
+    // background (bluesky's edge_count).
+    let dir = scratch_dir();
+    let pipeline = std::fs::read_to_string(root().join("examples/bluesky.toml"))
+        .unwrap()
+        .replace(
+            "tcp://127.0.0.1:5578",
+            &format!("tcp://127.0.0.1:{out_port}"),
+        )
+        + "\n[accumulators.scans_edge]\nkind = \"scan_view\"\ndocuments = \"documents\"\nedge_count = 3\n";
+    let path = dir.path().join("bluesky.toml");
+    std::fs::write(&path, pipeline).unwrap();
+    let mut command = beamflow();
+    command.arg("run").arg("--pipeline").arg(&path);
+    let pipeline = start_run(command);
+
+    // Joined mid-run: the run under way is skipped, counted.
+    let late = |rest| {
+        get_json(rest, "/api/v1/status")["ingesters"]["bluesky"]["source"]["late"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    eventually(60, "the ingester to skip the run under way", || {
+        (late(pipeline.rest) > 0).then_some(())
+    });
+    writeln!(engine.stdin, "go").unwrap();
+    let mut runs = Vec::new();
+    loop {
+        let line = engine.next();
+        if line["done"] == true {
+            break;
+        }
+        runs.push(line["run"].clone());
+    }
+    assert_eq!(runs.len(), 7);
+
+    let view = eventually(120, "every run to stop in the scan view", || {
+        let view = get_json(pipeline.state, "/api/v1/result/scans");
+        runs.iter()
+            .all(|run| {
+                let status = &view["runs"][run["uid"].as_str().unwrap()]["status"];
+                status.is_string() && status != "running"
+            })
+            .then_some(view)
+    });
+    let edge = get_json(pipeline.state, "/api/v1/result/scans_edge");
+    assert!(
+        view["runs"].get(&joined).is_none(),
+        "the joined run is not guessed"
+    );
+    let order: Vec<&str> = runs
+        .iter()
+        .map(|run| run["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(view["order"], serde_json::json!(order));
+
+    let mut compared = 0;
+    for run in &runs {
+        let uid = run["uid"].as_str().unwrap();
+        let ours = &view["runs"][uid];
+        let plan = run["plan"].as_str().unwrap();
+        assert_eq!(ours["status"], run["exit_status"], "{plan}");
+        assert_eq!(ours["plan_name"], plan);
+        // Every event of every stream, with every reading bluesky recorded.
+        for (stream, rows) in run["streams"].as_object().unwrap() {
+            let table = &ours["streams"][stream];
+            let rows = rows.as_array().unwrap();
+            assert_eq!(table["events"], rows.len(), "{plan} {stream}");
+            assert_eq!(ours["missing"][stream], 0, "{plan} {stream}");
+            for (i, row) in rows.iter().enumerate() {
+                assert_eq!(
+                    table["columns"]["seq_num"][i],
+                    row["seq_num"].as_f64().unwrap()
+                );
+                for (key, value) in row["data"].as_object().unwrap() {
+                    if value.is_number() {
+                        same_bits(
+                            &format!("{plan} {stream} {key}[{i}]"),
+                            &table["columns"][key][i],
+                            value,
+                        );
+                    }
+                }
+            }
+        }
+        // bluesky's PeakStats, with edge_count 0 (none) and 3.
+        for (key, expected) in run["peak_stats"].as_object().unwrap() {
+            let (field, edge_count) = key.split_once('/').unwrap();
+            let views = if edge_count == "0" { &view } else { &edge };
+            let stats = &views["runs"][uid]["peak_stats"][field];
+            same_stats(&format!("{plan} {key}"), stats, &expected["stats"]);
+            same_stats(
+                &format!("{plan} {key} derivative"),
+                &stats["derivative"],
+                &expected["derivative"],
+            );
+            compared += 1;
+        }
+        // Readable by uid.
+        let alone = get_json(pipeline.state, &format!("/api/v1/result/scans/runs/{uid}"));
+        assert_eq!(alone["uid"], uid);
+    }
+
+    // scan, rel_scan and both scans with a baseline, each with and without edge_count.
+    assert_eq!(compared, 8);
+
+    let by_plan = |plan: &str| -> Vec<&Value> {
+        runs.iter()
+            .filter(|run| run["plan"] == plan)
+            .map(|run| &view["runs"][run["uid"].as_str().unwrap()])
+            .collect()
+    };
+    // A count is plotted against time, without PeakStats.
+    let count = by_plan("count")[0];
+    assert_eq!(count["x"], "time");
+    assert!(count["peak_stats"].as_object().unwrap().is_empty());
+    // The inline image arrived typed, msgpack-numpy's array as float64 10×10.
+    let image = &by_plan("count")[1]["streams"]["primary"]["arrays"]["img"];
+    assert_eq!(image["shape"], serde_json::json!([10, 10]));
+    assert_eq!(image["dtype"], "float64");
+    assert_eq!(image["seq_num"], 2.0);
+
+    // The grid: each reading in the cell of its motors' positions (snaking rows included).
+    let grid_run = runs.iter().find(|run| run["plan"] == "grid_scan").unwrap();
+    let grid = &view["runs"][grid_run["uid"].as_str().unwrap()]["grid"];
+    assert_eq!(grid["shape"], serde_json::json!([4, 3]));
+    let rows = grid_run["streams"]["primary"].as_array().unwrap();
+    let positions = |key: &str| {
+        let mut values: Vec<f64> = rows
+            .iter()
+            .map(|r| r["data"][key].as_f64().unwrap())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        values
+    };
+    let (slow, fast) = (positions("motor1"), positions("motor2"));
+    assert_eq!((slow.len(), fast.len()), (4, 3));
+    for row in rows {
+        let at = |values: &[f64], key: &str| {
+            values
+                .iter()
+                .position(|v| *v == row["data"][key].as_f64().unwrap())
+                .unwrap()
+        };
+        let cell = at(&slow, "motor1") * 3 + at(&fast, "motor2");
+        same_bits("grid cell", &grid["values"][cell], &row["data"]["det4"]);
+    }
+
+    // The aborted scan stopped as such; the baseline kept apart from the primary stream.
+    let scans = by_plan("scan");
+    let aborted = scans[1];
+    assert_eq!(aborted["status"], "abort");
+    assert_eq!(aborted["streams"]["baseline"]["events"], 2);
+    assert!(aborted["streams"]["baseline"]["columns"]["motor3"].is_array());
+    assert!(
+        aborted["streams"]["primary"]["columns"]
+            .get("motor3")
+            .is_none()
+    );
+    assert!(late(pipeline.rest) > 0);
+}
