@@ -3,7 +3,9 @@
 //! (`tests/python/bluesky_runs.py` runs the plans and prints what bluesky itself saw and
 //! computed). The pipeline joins while a run is under way; then come `scan`, `rel_scan` and
 //! `count` in JSON, `grid_scan`, a `count` of an inline image, an aborted `scan` and a finished
-//! one (both with a baseline) in msgpack with msgpack-numpy.
+//! one (both with a baseline) in msgpack with msgpack-numpy; then BMM's control messages around
+//! a `rel_scan` (`linescan`) and a `scan` (`xafsscan`), whose plots and data files the scan
+//! view writes to its `snapshots` folder.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -154,7 +156,7 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         }
         runs.push(line["run"].clone());
     }
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 9);
 
     let view = eventually(120, "every run to stop in the scan view", || {
         let view = get_json(pipeline.state, "/api/v1/result/scans");
@@ -223,8 +225,9 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         assert_eq!(alone["uid"], uid);
     }
 
-    // scan, rel_scan and both scans with a baseline, each with and without edge_count.
-    assert_eq!(compared, 8);
+    // scan, rel_scan, both scans with a baseline and BMM's two, each with and without
+    // edge_count.
+    assert_eq!(compared, 12);
 
     let by_plan = |plan: &str| -> Vec<&Value> {
         runs.iter()
@@ -281,4 +284,61 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
             .is_none()
     );
     assert!(late(pipeline.rest) > 0);
+
+    // BMM's runs, plotted as its control messages said.
+    let line = by_plan("rel_scan")[1];
+    assert_eq!(line["bmm"]["kind"], "linescan");
+    assert_eq!((&line["x"], &line["y"][0]), (&"motor".into(), &"det".into()));
+    let xafs = scans[3];
+    assert_eq!(xafs["bmm"]["kind"], "xafsscan");
+    assert_eq!(xafs["bmm"]["message"]["element"], "Fe");
+    let bmm = eventually(30, "BMM's close", || {
+        let bmm = get_json(pipeline.state, "/api/v1/result/scans/bmm");
+        (bmm["counts"]["close"] == 1).then_some(bmm)
+    });
+    assert!(bmm["current"].is_null(), "stopped: {bmm}");
+
+    // Every run's plot and data, written at its stop.
+    let written = eventually(60, "every run's snapshot", || {
+        let state = get_json(pipeline.state, "/api/v1/result/scans/snapshots");
+        (state["written"].as_u64()? + state["failed"].as_u64()? >= 9).then_some(state)
+    });
+    assert_eq!(written["failed"], 0, "{written}");
+    let file = |run: &Value, extension: &str| {
+        let uid = &run["uid"].as_str().unwrap()[..8];
+        let name = run["bmm"]["message"]["filename"]
+            .as_str()
+            .or(run["plan_name"].as_str())
+            .unwrap();
+        snapshots.join(format!("{name}-{}-{uid}.{extension}", run["scan_id"]))
+    };
+    for run in [line, xafs, &view["runs"][grid_run["uid"].as_str().unwrap()]] {
+        let png = std::fs::File::open(file(run, "png")).unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(png)).read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((frame.width, frame.height), (900, 560));
+        let colours: std::collections::BTreeSet<&[u8]> = pixels[..frame.buffer_size()]
+            .chunks(frame.color_type.samples())
+            .collect();
+        assert!(colours.len() > 8, "{} colours: a blank plot", colours.len());
+    }
+    // The line scan's data: x first, a row per event, the numbers as bluesky had them.
+    let data = std::fs::read_to_string(file(line, "dat")).unwrap();
+    let rows: Vec<Vec<f64>> = data
+        .lines()
+        .filter(|row| !row.starts_with('#') && !row.trim().is_empty())
+        .map(|row| row.split_whitespace().map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let recorded = &runs.iter().find(|run| run["uid"] == line["uid"]).unwrap()["streams"]["primary"];
+    assert_eq!(rows.len(), recorded.as_array().unwrap().len());
+    for (row, event) in rows.iter().zip(recorded.as_array().unwrap()) {
+        assert_eq!(row[0], event["data"]["motor"].as_f64().unwrap());
+    }
+    // The XAFS run as XDI, with the element and edge BMM's start message named.
+    let xdi = std::fs::read_to_string(file(xafs, "xdi")).unwrap();
+    assert!(xdi.starts_with("# XDI/1.0"), "{xdi}");
+    for field in ["# Element.symbol: Fe", "# Element.edge: K", "# Column.1: motor eV"] {
+        assert!(xdi.lines().any(|l| l.trim_end() == field), "{field} in\n{xdi}");
+    }
 }

@@ -9,6 +9,9 @@ Proxy, for tests/bluesky.rs. It prints one JSON line per event on stdout:
   each plotted field, computed by bluesky's callback subscribed to the same RunEngine;
 - {"done": true} at the end.
 
+The last two runs are bracketed by BMM's control messages, as BMM's plans send them: a
+`linescan` and an `xafsscan` (start ... stop), then `close`.
+
 Usage: bluesky_runs.py IN_PORT OUT_PORT
 """
 
@@ -52,6 +55,7 @@ say(proxy="ready")
 
 RE = RunEngine(context_managers=[])
 publisher = RE.subscribe(Publisher(f"127.0.0.1:{in_port}", serializer=json_serializer))
+bmm = None
 
 
 class Recorder:
@@ -150,7 +154,8 @@ run(bp.count([det], 5))
 
 # msgpack with msgpack-numpy from here on, as the README recommends.
 RE.unsubscribe(publisher)
-publisher = RE.subscribe(Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_numpy.packb))
+bmm = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_numpy.packb)
+publisher = RE.subscribe(bmm)
 run(bp.grid_scan([det4], motor1, -1.5, 1.5, 4, motor2, -0.1, 0.1, 3, snake_axes=True))
 run(bp.count([direct_img], 2))
 
@@ -166,4 +171,14 @@ RE.preprocessors.append(baseline)
 run(bp.scan([det], motor, -2, 2, 9, per_step=abort_above_zero), ["det"], "motor")
 run(bp.scan([det], motor, -2, 2, 9), ["det"], "motor")
 RE.preprocessors.remove(baseline)
+
+# BMM's plans: control messages around ordinary scans ("bmm" beside the documents).
+bmm("bmm", {"linescan": "start", "motor": "motor", "detector": "det", "fluo_detector": None})
+run(bp.rel_scan([det], motor, -1, 1, 11), ["det"], "motor")
+bmm("bmm", {"linescan": "stop", "fname": "line"})
+bmm("bmm", {"xafsscan": "start", "element": "Fe", "edge": "K", "mode": "transmission",
+            "filename": "FeS2", "repetitions": 1, "sample": "pyrite"})
+run(bp.scan([det], motor, -1, 1, 7), ["det"], "motor")
+bmm("bmm", {"xafsscan": "stop", "filename": "FeS2"})
+bmm("bmm", {"close": "all"})
 say(done=True)

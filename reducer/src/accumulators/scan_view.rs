@@ -7,11 +7,20 @@
 //! map for a rectilinear 2-D run, and at its stop the exit status and the events it should
 //! have had.
 //!
+//! BMM's control messages (`linescan`, `timescan`, `areascan`, `xafsscan` start and stop; see
+//! [`bmm`]) set how the runs that start after them are plotted. With `snapshots`, each run's
+//! plot is written there as a PNG at its stop, with its data as a column file (XDI for an
+//! `xafsscan`; see [`snapshot`]).
+//!
 //! Several runs may be in flight; finished ones are kept, the oldest dropped past `keep_runs`.
 //! Each stream keeps `max_points` events at most, the newest inline array of each field (not
 //! every one), and its descriptor without the configuration.
 
+mod bmm;
+mod snapshot;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use beamflow_protocol::{AnalysisName, Parameters, ResultData, Value};
 use serde::Deserialize;
@@ -52,6 +61,13 @@ pub struct ScanViewConfig {
     /// PeakStats of the derivative too (bluesky's `calc_derivative_and_stats`).
     #[serde(default = "yes")]
     pub derivative: bool,
+    /// A folder for each run's plot (PNG) and data (a column file, XDI for XAFS), written at
+    /// its stop; none by default.
+    #[serde(default)]
+    pub snapshots: Option<PathBuf>,
+    /// How BMM's control messages name what to plot.
+    #[serde(default)]
+    pub bmm: bmm::BmmConfig,
 }
 
 impl AccumulatorKind for ScanViewConfig {
@@ -69,7 +85,14 @@ impl AccumulatorKind for ScanViewConfig {
                 "edge_count counts points at each end: 1 or more (leave it out for none)",
             ));
         }
-        Ok(Box::new(ScanView::new(self.clone())))
+        let snapshots = match &self.snapshots {
+            Some(folder) => Some(
+                snapshot::Snapshots::start(folder.clone())
+                    .map_err(|error| TableError::new("snapshots", error))?,
+            ),
+            None => None,
+        };
+        Ok(Box::new(ScanView::new(self.clone(), snapshots)))
     }
 
     fn analysis(&self) -> Option<&AnalysisName> {
@@ -265,16 +288,30 @@ struct Run {
     stop: Option<Value>,
     resources: u64,
     datums: u64,
+    /// How BMM asked to plot it.
+    bmm: Option<bmm::Plot>,
     /// The view, once the run has stopped and nothing changes any more.
     finished: Option<Value>,
 }
 
 impl Run {
-    fn new(order: u64, start: Value) -> Self {
-        let dimensions = dimensions(&start);
-        let grid = (dimensions.len() == 2)
-            .then(|| Grid::from_start(&start))
-            .flatten();
+    fn new(order: u64, start: Value, bmm: Option<bmm::Plot>) -> Self {
+        let (dimensions, grid) = match bmm.as_ref().and_then(|plot| plot.grid.clone()) {
+            Some((grid, [slow, fast])) => (
+                vec![
+                    (vec![slow], "primary".to_owned()),
+                    (vec![fast], "primary".to_owned()),
+                ],
+                Some(grid),
+            ),
+            None => {
+                let dimensions = dimensions(&start);
+                let grid = (dimensions.len() == 2)
+                    .then(|| Grid::from_start(&start))
+                    .flatten();
+                (dimensions, grid)
+            }
+        };
         Self {
             order,
             start,
@@ -284,6 +321,7 @@ impl Run {
             stop: None,
             resources: 0,
             datums: 0,
+            bmm,
             finished: None,
         }
     }
@@ -295,7 +333,11 @@ impl Run {
             .map_or("primary", |(_, stream)| stream.as_str())
     }
 
+    /// The x field: BMM's, else the first dimension's.
     fn x(&self) -> Option<&str> {
+        if let Some(plot) = &self.bmm {
+            return Some(&plot.x);
+        }
         self.dimensions
             .first()
             .and_then(|(fields, _)| fields.first())
@@ -337,13 +379,20 @@ impl Run {
         } else {
             hinted
         };
-        let mut y: Vec<String> = readings
+        let bmm = self.bmm.as_ref().map(|plot| plot.y.clone());
+        let mut y: Vec<String> = bmm
             .into_iter()
+            .chain(readings)
             .chain(signals.iter().cloned())
             .filter(|field| !dimension_fields.contains(&field))
             .filter(|field| table.numbers.contains_key(field))
             .collect();
-        y.dedup();
+        let mut seen = Vec::new();
+        y.retain(|field| {
+            let first = !seen.contains(field);
+            seen.push(field.clone());
+            first
+        });
         y
     }
 
@@ -355,7 +404,9 @@ impl Run {
         let x = self.x();
         let table = self.streams.get(self.plotted_stream());
         let mut stats = BTreeMap::new();
-        if let (Some(x), Some(table), 1) = (x, table, self.dimensions.len()) {
+        if let (Some(x), Some(table), 1) = (x, table, self.dimensions.len())
+            && x != "time"
+        {
             for field in &y {
                 if let Some((xs, ys)) = table.points(x, field) {
                     stats.insert(field.clone(), stats_view(&xs, &ys, config));
@@ -433,6 +484,7 @@ impl Run {
                 ),
             ),
             ("missing", missing),
+            ("bmm", self.bmm.as_ref().map_or(Value::Null, bmm::Plot::view)),
             ("resources", Value::Int(self.resources as i64)),
             ("datums", Value::Int(self.datums as i64)),
             ("start", self.start.clone()),
@@ -601,11 +653,13 @@ pub struct ScanView {
     signals: Vec<String>,
     /// Documents of runs whose start this reducer did not see.
     late: u64,
+    bmm: bmm::Bmm,
+    snapshots: Option<snapshot::Snapshots>,
 }
 
 impl ScanView {
-    /// Builds the accumulator.
-    pub fn new(config: ScanViewConfig) -> Self {
+    /// Builds the accumulator; `snapshots` writes each run's files at its stop.
+    fn new(config: ScanViewConfig, snapshots: Option<snapshot::Snapshots>) -> Self {
         Self {
             config,
             runs: BTreeMap::new(),
@@ -613,13 +667,15 @@ impl ScanView {
             latest: None,
             signals: Vec::new(),
             late: 0,
+            bmm: bmm::Bmm::default(),
+            snapshots,
         }
     }
 
     fn start(&mut self, uid: &str, doc: &Value) {
         self.started += 1;
-        self.runs
-            .insert(uid.to_owned(), Run::new(self.started, doc.clone()));
+        let run = Run::new(self.started, doc.clone(), self.bmm.current.clone());
+        self.runs.insert(uid.to_owned(), run);
         self.latest = Some(uid.to_owned());
         while self.runs.len() > self.config.keep_runs {
             // The oldest finished run; the oldest of all when every kept run is in flight.
@@ -653,7 +709,9 @@ impl Accumulator for ScanView {
             .ok_or_else(|| AccumulatorError::Invalid("not a bluesky document".to_owned()))?;
         let doc = payload.pointer("doc").unwrap_or(&Value::Null);
         let Some(uid) = text("run") else {
-            // BMM's control messages belong to no run.
+            if document == "bmm" {
+                self.bmm.control(doc, &self.config.bmm);
+            }
             return Ok(());
         };
         if document == "start" {
@@ -704,9 +762,10 @@ impl Accumulator for ScanView {
             "stop" => {
                 run.stop = Some(doc.clone());
                 let view = run.view(&self.config, &self.signals, uid);
-                if let Some(run) = self.runs.get_mut(uid) {
-                    run.finished = Some(view);
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.write(run, &view);
                 }
+                run.finished = Some(view);
             }
             _ => {}
         }
@@ -733,6 +792,13 @@ impl Accumulator for ScanView {
             ),
             ("latest", self.latest.as_deref().map_or(Value::Null, text)),
             ("late", Value::Int(self.late as i64)),
+            ("bmm", self.bmm.view()),
+            (
+                "snapshots",
+                self.snapshots
+                    .as_ref()
+                    .map_or(Value::Null, snapshot::Snapshots::view),
+            ),
         ])
     }
 }
