@@ -25,6 +25,7 @@ pub mod live;
 pub mod node;
 pub mod order;
 pub mod peak_stats;
+pub mod plot;
 pub mod result_pvs;
 pub mod unmatched;
 
