@@ -19,6 +19,7 @@
 
 pub mod accumulators;
 pub mod checkpoint;
+pub mod column_file;
 pub mod dashboard;
 pub mod http;
 pub mod live;
