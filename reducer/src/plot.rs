@@ -449,29 +449,27 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> Ticks {
 }
 
 impl Ticks {
-    /// The labels: fixed decimals for everyday magnitudes, exponents for very large or very small
-    /// ones (counts in millions, currents in nanoamperes).
+    /// The labels: fixed decimals for everyday magnitudes; for very large or very small ones
+    /// (counts in millions, currents in nanoamperes) one exponent for the whole axis, so the
+    /// mantissas line up: 1.0e6, 1.2e6, 1.4e6.
     fn labels(&self) -> Vec<String> {
         let largest = self.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let exponent = largest >= 1e6 || (largest > 0.0 && largest < 1e-3);
+        let exponent = (largest >= 1e6 || (largest > 0.0 && largest < 1e-3))
+            .then(|| largest.log10().floor() as i32);
         self.values
             .iter()
-            .map(|&v| {
-                if v == 0.0 {
-                    "0".to_owned()
-                } else if exponent {
-                    let e = v.abs().log10().floor() as i32;
+            .map(|&v| match exponent {
+                _ if v == 0.0 => "0".to_owned(),
+                Some(e) => {
                     let decimals = (e - self.k).clamp(0, 15) as usize;
-                    let text = format!("{v:.decimals$e}");
-                    // 1.0e-6 next to 5e-7 reads as two precisions: the mantissa's zeros go.
-                    match text.split_once('e') {
-                        Some((mantissa, exp)) if mantissa.contains('.') => {
-                            let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-                            format!("{mantissa}e{exp}")
-                        }
-                        _ => text,
-                    }
-                } else {
+                    let mantissa = if e < 0 {
+                        v * 10f64.powi(-e)
+                    } else {
+                        v / 10f64.powi(e)
+                    };
+                    format!("{mantissa:.decimals$}e{e}")
+                }
+                None => {
                     let decimals = (-self.k).clamp(0, 15) as usize;
                     format!("{v:.decimals$}")
                 }
@@ -1240,9 +1238,14 @@ mod tests {
         let ticks = nice_ticks(-0.013, 0.021, 6);
         assert_eq!(ticks.labels(), ["-0.01", "0", "0.01", "0.02"]);
         let ticks = nice_ticks(-1e-6, 1e-6, 4);
-        assert_eq!(ticks.labels(), ["-1e-6", "-5e-7", "0", "5e-7", "1e-6"]);
+        assert_eq!(
+            ticks.labels(),
+            ["-1.0e-6", "-0.5e-6", "0", "0.5e-6", "1.0e-6"]
+        );
         let ticks = nice_ticks(1.1e6, 1.9e6, 4);
         assert_eq!(ticks.labels(), ["1.2e6", "1.4e6", "1.6e6", "1.8e6"]);
+        let ticks = nice_ticks(0.9e6, 1.5e6, 4);
+        assert_eq!(ticks.labels(), ["1.0e6", "1.2e6", "1.4e6"]);
         // A step of exactly a power of ten.
         assert_eq!(nice_ticks(0.0, 100.0, 10).values.len(), 11);
         assert_eq!(nice_ticks(0.0, 100.0, 1).values, [0.0, 100.0]);
