@@ -198,7 +198,7 @@ pub fn column_text(
     Ok(text)
 }
 
-/// XDI 1.0 (https://github.com/XraySpectroscopy/XAS-Data-Interchange spec): version line
+/// XDI 1.0 (<https://github.com/XraySpectroscopy/XAS-Data-Interchange> spec): version line
 /// `# XDI/1.0 beamflow/<version>`, `Column.N: name unit` for every column, the given fields
 /// (`Element.symbol`, `Element.edge`, `Mono.d_spacing`, `Scan.start_time`, `Facility.name`,
 /// `Beamline.name`, ...: namespaced `Family.key: value`), `# ///` then user comments, `#----`,

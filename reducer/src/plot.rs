@@ -2,7 +2,7 @@
 //! and a 2-D map with its colourbar, for the snapshots folder a beamline reads after a run.
 //!
 //! No plotting library, no font files: the text is a 5×7 bitmap font kept in this file
-//! ([`FONT`]), scaled by whole pixels, so the same PNG comes out on any machine, headless, with
+//! (`FONT`), scaled by whole pixels, so the same PNG comes out on any machine, headless, with
 //! nothing installed. Ticks are "nice" numbers (1, 2 or 5 × 10^k), labelled with as many decimals
 //! as their step needs. Colours: Tableau 10 for the series (colorous), the dashboard's viridis
 //! ([`Colormap::palette`]) for maps.
