@@ -19,12 +19,14 @@
 
 pub mod accumulators;
 pub mod checkpoint;
+pub mod column_file;
 pub mod dashboard;
 pub mod http;
 pub mod live;
 pub mod node;
 pub mod order;
 pub mod peak_stats;
+pub mod plot;
 pub mod result_pvs;
 pub mod unmatched;
 
