@@ -55,7 +55,9 @@ say(proxy="ready")
 
 RE = RunEngine(context_managers=[])
 publisher = RE.subscribe(Publisher(f"127.0.0.1:{in_port}", serializer=json_serializer))
-bmm = None
+# The msgpack Publisher, connected now: a PUB socket's first messages go nowhere until its
+# connection to the proxy is up, which is long done when the runs switch to it.
+bmm = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_numpy.packb)
 
 
 class Recorder:
@@ -154,7 +156,6 @@ run(bp.count([det], 5))
 
 # msgpack with msgpack-numpy from here on, as the README recommends.
 RE.unsubscribe(publisher)
-bmm = Publisher(f"127.0.0.1:{in_port}", serializer=msgpack_numpy.packb)
 publisher = RE.subscribe(bmm)
 run(bp.grid_scan([det4], motor1, -1.5, 1.5, 4, motor2, -0.1, 0.1, 3, snake_axes=True))
 run(bp.count([direct_img], 2))
@@ -178,7 +179,7 @@ run(bp.rel_scan([det], motor, -1, 1, 11), ["det"], "motor")
 bmm("bmm", {"linescan": "stop", "fname": "line"})
 bmm("bmm", {"xafsscan": "start", "element": "Fe", "edge": "K", "mode": "transmission",
             "filename": "FeS2", "repetitions": 1, "sample": "pyrite"})
-run(bp.scan([det], motor, -1, 1, 7), ["det"], "motor")
+run(bp.scan([det], motor, 1, 3, 7), ["det"], "motor")
 bmm("bmm", {"xafsscan": "stop", "filename": "FeS2"})
 bmm("bmm", {"close": "all"})
 say(done=True)

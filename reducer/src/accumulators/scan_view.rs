@@ -16,7 +16,7 @@
 //! Each stream keeps `max_points` events at most, the newest inline array of each field (not
 //! every one), and its descriptor without the configuration.
 
-mod bmm;
+pub mod bmm;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -763,7 +763,7 @@ impl Accumulator for ScanView {
                 run.stop = Some(doc.clone());
                 let view = run.view(&self.config, &self.signals, uid);
                 if let Some(snapshots) = &self.snapshots {
-                    snapshots.write(run, &view);
+                    snapshots.write(&view);
                 }
                 run.finished = Some(view);
             }

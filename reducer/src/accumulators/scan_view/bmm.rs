@@ -85,20 +85,20 @@ fn default_energy() -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Plot {
     /// `linescan`, `timescan`, `areascan` or `xafsscan`.
-    pub kind: &'static str,
+    pub(super) kind: &'static str,
     /// The x column (`time` for a time scan).
-    pub x: String,
+    pub(super) x: String,
     /// The y column.
-    pub y: String,
+    pub(super) y: String,
     /// An area scan's map.
-    pub grid: Option<(Grid, [String; 2])>,
+    pub(super) grid: Option<(Grid, [String; 2])>,
     /// The start message, for the files (`element`, `edge`, `filename`, `sample`, ...).
-    pub message: Value,
+    pub(super) message: Value,
 }
 
 impl Plot {
     /// As the run's view shows it.
-    pub fn view(&self) -> Value {
+    pub(super) fn view(&self) -> Value {
         Value::Map(BTreeMap::from([
             ("kind".to_owned(), Value::Text(self.kind.to_owned())),
             ("x".to_owned(), Value::Text(self.x.clone())),
@@ -112,20 +112,20 @@ impl Plot {
 #[derive(Debug, Default)]
 pub(super) struct Bmm {
     /// The plot of runs starting now, from the last `start` without its `stop`.
-    pub current: Option<Plot>,
+    pub(super) current: Option<Plot>,
     /// Messages by their first key (`linescan`, `close`, ...).
-    pub counts: BTreeMap<String, u64>,
+    pub(super) counts: BTreeMap<String, u64>,
     /// The newest message.
-    pub last: Option<Value>,
+    pub(super) last: Option<Value>,
     /// Why the newest `start` could not be used.
-    pub error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 const SCANS: [&str; 4] = ["linescan", "timescan", "areascan", "xafsscan"];
 
 impl Bmm {
     /// Applies a control message.
-    pub fn control(&mut self, message: &Value, config: &BmmConfig) {
+    pub(super) fn control(&mut self, message: &Value, config: &BmmConfig) {
         self.last = Some(message.clone());
         let Some(fields) = message.as_map() else {
             return;
@@ -161,7 +161,7 @@ impl Bmm {
     }
 
     /// As the view shows it.
-    pub fn view(&self) -> Value {
+    pub(super) fn view(&self) -> Value {
         Value::Map(BTreeMap::from([
             (
                 "current".to_owned(),

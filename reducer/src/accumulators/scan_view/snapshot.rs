@@ -44,7 +44,7 @@ struct State {
 
 impl Snapshots {
     /// Starts the writer for `folder`.
-    pub fn start(folder: PathBuf) -> Result<Self, String> {
+    pub(super) fn start(folder: PathBuf) -> Result<Self, String> {
         let (jobs, queue) = sync_channel::<Value>(QUEUE);
         let state = Arc::new(Mutex::new(State::default()));
         let writer_state = Arc::clone(&state);
@@ -81,7 +81,7 @@ impl Snapshots {
     }
 
     /// Queues a stopped run's files, from its view.
-    pub fn write(&self, view: &Value) {
+    pub(super) fn write(&self, view: &Value) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.jobs.try_send(view.clone())
         {
@@ -91,7 +91,7 @@ impl Snapshots {
     }
 
     /// What was written, as the view shows it.
-    pub fn view(&self) -> Value {
+    pub(super) fn view(&self) -> Value {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let int = |n: u64| Value::Int(n as i64);
         Value::Map(BTreeMap::from([
@@ -211,12 +211,10 @@ fn render(view: &Value) -> Result<Vec<u8>, String> {
             .chain(numbers(grid.pointer("extents/1")))
             .collect::<Vec<_>>();
         let values = numbers(grid.pointer("values"));
-        let ([rows, cols], [slow0, slow1, fast0, fast1]) = (
-            <[f64; 2]>::try_from(shape).map_err(|_| "a grid without its shape")?,
-            <[f64; 4]>::try_from(extents).map_err(|_| "a grid without its extents")?,
-        ) else {
-            return Err("a malformed grid".to_owned());
-        };
+        let [rows, cols] =
+            <[f64; 2]>::try_from(shape).map_err(|_| "a grid without its shape".to_owned())?;
+        let [slow0, slow1, fast0, fast1] =
+            <[f64; 4]>::try_from(extents).map_err(|_| "a grid without its extents".to_owned())?;
         let (x_label, y_label) = (
             text(grid, "fast").unwrap_or("fast"),
             text(grid, "slow").unwrap_or("slow"),
@@ -310,12 +308,17 @@ fn data_file(view: &Value) -> Result<(&'static str, String), String> {
     let mut ordered: Vec<&(String, Vec<f64>)> = columns.iter().filter(|(n, _)| *n == x).collect();
     ordered.extend(columns.iter().filter(|(n, _)| *n != x));
     if text(view, "bmm/kind") == Some("xafsscan") {
-        let columns: Vec<Column<'_>> = ordered
+        // XDI readers refuse a value that is not a number: a reading missing from some points
+        // (or a signal dividing by zero) leaves its column out, and a comment says so.
+        let (finite, partial): (Vec<&(String, Vec<f64>)>, Vec<&(String, Vec<f64>)>) = ordered
+            .into_iter()
+            .partition(|(_, values)| values.iter().all(|v| v.is_finite()));
+        let columns: Vec<Column<'_>> = finite
             .iter()
-            .map(|(name, values)| Column {
-                name,
-                unit: if *name == x { "eV" } else { "" },
-                values,
+            .map(|(name, values)| {
+                // XDI names its first column for what it is; the data key is in a comment.
+                let (name, unit) = if *name == x { ("energy", "eV") } else { (name.as_str(), "") };
+                Column { name, unit, values }
             })
             .collect();
         let mut fields: Vec<(&str, String)> = Vec::new();
@@ -335,7 +338,17 @@ fn data_file(view: &Value) -> Result<(&'static str, String), String> {
             fields.push(("Scan.end_time", time));
         }
         let uid = format!("run {}", text(view, "uid").unwrap_or("?"));
-        let comments = [uid.as_str()];
+        let left_out = partial
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let left_out = format!("left out, not a number in every row: {left_out}");
+        let energy = format!("energy: {x}");
+        let mut comments = vec![uid.as_str(), energy.as_str()];
+        if !partial.is_empty() {
+            comments.push(left_out.as_str());
+        }
         let text = column_file::xdi(
             &XdiFields {
                 fields: &fields,
