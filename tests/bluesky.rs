@@ -24,10 +24,10 @@ struct RunEngine {
 }
 
 impl RunEngine {
-    fn start(in_port: u16, out_port: u16) -> Self {
+    fn start(args: &[&str]) -> Self {
         let mut child = Command::new(python())
             .arg(root().join("tests/python/bluesky_runs.py"))
-            .args([in_port.to_string(), out_port.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -118,7 +118,7 @@ fn same_stats(what: &str, ours: &Value, bluesky: &Value) {
 #[test]
 fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     let [in_port, out_port] = free_ports::<2>();
-    let mut engine = RunEngine::start(in_port, out_port);
+    let mut engine = RunEngine::start(&["zmq", &in_port.to_string(), &out_port.to_string()]);
     assert_eq!(engine.next()["proxy"], "ready");
     let joined = engine.next()["joined"].as_str().unwrap().to_owned();
 

@@ -137,12 +137,12 @@ impl Runs {
     }
 }
 
-/// The source.
-pub struct Bluesky {
+/// What places documents in their runs and hands them out as frames, whatever the transport
+/// (this 0MQ subscriber, or `kafka_bluesky`).
+pub(crate) struct Placer {
     stream: StreamName,
-    socket: zmq::Socket,
-    upstream: String,
-    prefix: Option<String>,
+    /// Where the documents come from, for the logs.
+    origin: String,
     runs: Runs,
     /// Documents placed, waiting to be handed out (the rows of an event page).
     pending: VecDeque<RunDocument>,
@@ -170,45 +170,29 @@ struct Counts {
     while_idle: u64,
 }
 
-impl Bluesky {
-    /// Subscribes to the proxy.
-    pub fn connect(
-        config: &BlueskyConfig,
-        name: &str,
-        context: &zmq::Context,
-    ) -> Result<Self, SourceError> {
-        let sub = socket(context, zmq::SUB, config.hwm, 0)?;
-        // Subscribing to the prefix would also pass `prefixed...`: the whole first word is
-        // compared after parsing instead.
-        sub.set_subscribe(b"")
-            .map_err(|error| TransportError::Zmq {
-                operation: "subscribe",
-                endpoint: config.upstream.clone(),
-                error,
-            })?;
-        connect(&sub, &config.upstream)?;
-        info!(upstream = %config.upstream, "Subscribed to bluesky documents.");
-        Ok(Self {
-            stream: config.stream.as_deref().unwrap_or(name).into(),
-            socket: sub,
-            upstream: config.upstream.clone(),
-            prefix: config.prefix.clone(),
+impl Placer {
+    /// Places the documents of `stream`, read from `origin`.
+    pub(crate) fn new(stream: StreamName, origin: String) -> Self {
+        Self {
+            stream,
+            origin,
             runs: Runs::default(),
             pending: VecDeque::new(),
             next_index: 0,
             counts: Counts::default(),
             late_since_logged: 0,
             logged_pickle: false,
-        })
+        }
     }
 
-    fn malformed(&mut self, error: BlueskyError) -> SourceError {
+    /// Counts a payload that is no document, as the error to return.
+    pub(crate) fn malformed(&mut self, error: BlueskyError) -> SourceError {
         self.counts.malformed += 1;
         if matches!(error, BlueskyError::Pickle) {
             // Every document of such a RunEngine is a pickle: say it once, loudly.
             if !self.logged_pickle {
                 self.logged_pickle = true;
-                warn!(upstream = %self.upstream, "{error}");
+                warn!(origin = %self.origin, "{error}");
             }
         }
         SourceError::Malformed {
@@ -217,35 +201,63 @@ impl Bluesky {
         }
     }
 
-    /// One frame, waiting at most `timeout`.
-    fn receive(&self, timeout: Duration) -> Result<Option<bytes::Bytes>, SourceError> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-        let ready = zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|error| {
-            TransportError::Zmq {
-                operation: "poll",
-                endpoint: self.upstream.clone(),
-                error,
-            }
-        })?;
-        if ready == 0 {
-            return Ok(None);
-        }
-        match recv_frames(&self.socket) {
-            // bluesky sends one frame per document; a multipart message is no document.
-            Ok(frames) => match <[bytes::Bytes; 1]>::try_from(frames) {
-                Ok([frame]) => Ok(Some(frame)),
-                Err(frames) => Err(self.malformed_frames(frames.len())),
-            },
-            Err(TransportError::TimedOut) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
+    /// Counts a document of another prefix.
+    fn other_prefix(&mut self) {
+        self.counts.other_prefix += 1;
     }
 
-    fn malformed_frames(&self, count: usize) -> SourceError {
-        SourceError::Malformed {
+    /// The one stream it makes.
+    pub(crate) fn streams(&self) -> Vec<StreamName> {
+        vec![self.stream.clone()]
+    }
+
+    /// Whether documents wait to be handed out.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// A scan starts at these frames: documents are numbered from its first frame of the
+    /// stream (later for an ingester restarted mid-scan); what was queued belongs to no scan.
+    pub(crate) fn start_scan(&mut self, frames: &BTreeMap<StreamName, Range<u64>>) {
+        self.next_index = frames.get(&self.stream).map_or(0, |range| range.start);
+        self.pending.clear();
+    }
+
+    /// No scan runs: the runs were kept up to date, the documents are let go.
+    pub(crate) fn drop_pending(&mut self) {
+        self.counts.while_idle += self.pending.len() as u64;
+        self.pending.clear();
+    }
+
+    /// The next placed document as a frame of the scan.
+    pub(crate) fn next_frame(&mut self) -> Option<SourceFrame> {
+        let document = self.pending.pop_front()?;
+        *self
+            .counts
+            .forwarded
+            .entry(document.name.as_str())
+            .or_default() += 1;
+        let index = self.next_index;
+        self.next_index += 1;
+        Some(SourceFrame {
             stream: self.stream.clone(),
-            message: format!("a message of {count} frames; bluesky sends one per document"),
+            index,
+            data: document.stream_data(),
+            taken_at: None,
+        })
+    }
+
+    /// The counts and the open runs, with `origin` named as `key`.
+    pub(crate) fn status(&self, key: &str) -> serde_json::Value {
+        let mut status = serde_json::to_value(&self.counts).unwrap_or_default();
+        if let Some(status) = status.as_object_mut() {
+            status.insert(key.to_owned(), self.origin.clone().into());
+            status.insert(
+                "open_runs".to_owned(),
+                self.runs.open.keys().cloned().collect::<Vec<_>>().into(),
+            );
         }
+        status
     }
 
     /// Counts a document that cannot be placed; the first of a series is logged, and the
@@ -253,32 +265,14 @@ impl Bluesky {
     fn late(&mut self, name: DocumentName, reference: &str) {
         self.counts.late += 1;
         if self.late_since_logged == 0 {
-            info!(upstream = %self.upstream, document = name.as_str(), reference,
+            info!(origin = %self.origin, document = name.as_str(), reference,
                 "Skipping the documents of a run whose start this subscriber did not see (it joined mid-run); the next run is read whole.");
         }
         self.late_since_logged += 1;
     }
 
-    /// Reads one frame and queues what it places; `Ok(false)` if none came.
-    fn read(&mut self, timeout: Duration) -> Result<bool, SourceError> {
-        let Some(frame) = self.receive(timeout)? else {
-            return Ok(false);
-        };
-        let document = bluesky::parse(&frame).map_err(|error| self.malformed(error))?;
-        if self
-            .prefix
-            .as_ref()
-            .is_some_and(|prefix| *prefix != document.prefix)
-        {
-            self.counts.other_prefix += 1;
-            return Ok(true);
-        }
-        self.place(document.name, document.body);
-        Ok(true)
-    }
-
     /// Places a document in its run and queues it (an event page as its rows).
-    fn place(&mut self, name: DocumentName, doc: Value) {
+    pub(crate) fn place(&mut self, name: DocumentName, doc: Value) {
         let placed = |run: String, stream: Option<String>, doc: Value| RunDocument {
             name,
             run: Some(run),
@@ -292,7 +286,7 @@ impl Bluesky {
                     return;
                 };
                 if self.late_since_logged > 0 {
-                    info!(upstream = %self.upstream, skipped = self.late_since_logged, run = %uid,
+                    info!(origin = %self.origin, skipped = self.late_since_logged, run = %uid,
                         "A run starts: read whole, after skipping documents it could not place.");
                     self.late_since_logged = 0;
                 }
@@ -336,7 +330,7 @@ impl Bluesky {
                         })),
                         Err(message) => {
                             self.counts.malformed += 1;
-                            warn!(upstream = %self.upstream, run, "Skipped an event page: {message}");
+                            warn!(origin = %self.origin, run, "Skipped an event page: {message}");
                         }
                     }
                 } else {
@@ -383,6 +377,90 @@ impl Bluesky {
                 doc,
             }),
         }
+    }
+}
+
+/// The 0MQ source.
+pub struct Bluesky {
+    socket: zmq::Socket,
+    upstream: String,
+    prefix: Option<String>,
+    placer: Placer,
+}
+
+impl Bluesky {
+    /// Subscribes to the proxy.
+    pub fn connect(
+        config: &BlueskyConfig,
+        name: &str,
+        context: &zmq::Context,
+    ) -> Result<Self, SourceError> {
+        let sub = socket(context, zmq::SUB, config.hwm, 0)?;
+        // Subscribing to the prefix would also pass `prefixed...`: the whole first word is
+        // compared after parsing instead.
+        sub.set_subscribe(b"")
+            .map_err(|error| TransportError::Zmq {
+                operation: "subscribe",
+                endpoint: config.upstream.clone(),
+                error,
+            })?;
+        connect(&sub, &config.upstream)?;
+        info!(upstream = %config.upstream, "Subscribed to bluesky documents.");
+        let stream = config.stream.as_deref().unwrap_or(name).into();
+        Ok(Self {
+            socket: sub,
+            upstream: config.upstream.clone(),
+            prefix: config.prefix.clone(),
+            placer: Placer::new(stream, config.upstream.clone()),
+        })
+    }
+
+    /// One frame, waiting at most `timeout`.
+    fn receive(&self, timeout: Duration) -> Result<Option<bytes::Bytes>, SourceError> {
+        let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
+        let ready = zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|error| {
+            TransportError::Zmq {
+                operation: "poll",
+                endpoint: self.upstream.clone(),
+                error,
+            }
+        })?;
+        if ready == 0 {
+            return Ok(None);
+        }
+        match recv_frames(&self.socket) {
+            // bluesky sends one frame per document; a multipart message is no document.
+            Ok(frames) => match <[bytes::Bytes; 1]>::try_from(frames) {
+                Ok([frame]) => Ok(Some(frame)),
+                Err(frames) => Err(SourceError::Malformed {
+                    stream: self.placer.stream.clone(),
+                    message: format!(
+                        "a message of {} frames; bluesky sends one per document",
+                        frames.len()
+                    ),
+                }),
+            },
+            Err(TransportError::TimedOut) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Reads one frame and queues what it places; `Ok(false)` if none came.
+    fn read(&mut self, timeout: Duration) -> Result<bool, SourceError> {
+        let Some(frame) = self.receive(timeout)? else {
+            return Ok(false);
+        };
+        let document = bluesky::parse(&frame).map_err(|error| self.placer.malformed(error))?;
+        if self
+            .prefix
+            .as_ref()
+            .is_some_and(|prefix| *prefix != document.prefix)
+        {
+            self.placer.other_prefix();
+            return Ok(true);
+        }
+        self.placer.place(document.name, document.body);
+        Ok(true)
     }
 }
 
@@ -451,14 +529,11 @@ fn unpack_page(page: &Value) -> Result<Vec<Value>, String> {
 
 impl Source for Bluesky {
     fn streams(&self) -> Vec<StreamName> {
-        vec![self.stream.clone()]
+        self.placer.streams()
     }
 
     fn start_scan(&mut self, frames: &BTreeMap<StreamName, Range<u64>>) -> Result<(), SourceError> {
-        // Documents are numbered from the scan's first frame of the stream (later for an
-        // ingester restarted mid-scan); what was queued before belongs to no scan.
-        self.next_index = frames.get(&self.stream).map_or(0, |range| range.start);
-        self.pending.clear();
+        self.placer.start_scan(frames);
         Ok(())
     }
 
@@ -466,46 +541,22 @@ impl Source for Bluesky {
         // Runs go on between beamflow's scans: keep up with their starts and descriptors, so
         // the next scan places their events, and let the documents go.
         while let Ok(true) = self.read(Duration::ZERO) {
-            self.counts.while_idle += self.pending.len() as u64;
-            self.pending.clear();
+            self.placer.drop_pending();
         }
     }
 
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
         let deadline = Instant::now() + timeout;
-        while self.pending.is_empty() {
+        while !self.placer.has_pending() {
             if !self.read(deadline.saturating_duration_since(Instant::now()))? {
                 return Ok(None);
             }
         }
-        let Some(document) = self.pending.pop_front() else {
-            return Ok(None);
-        };
-        *self
-            .counts
-            .forwarded
-            .entry(document.name.as_str())
-            .or_default() += 1;
-        let index = self.next_index;
-        self.next_index += 1;
-        Ok(Some(SourceFrame {
-            stream: self.stream.clone(),
-            index,
-            data: document.stream_data(),
-            taken_at: None,
-        }))
+        Ok(self.placer.next_frame())
     }
 
     fn status(&self) -> serde_json::Value {
-        let mut status = serde_json::to_value(&self.counts).unwrap_or_default();
-        if let Some(status) = status.as_object_mut() {
-            status.insert("upstream".to_owned(), self.upstream.clone().into());
-            status.insert(
-                "open_runs".to_owned(),
-                self.runs.open.keys().cloned().collect::<Vec<_>>().into(),
-            );
-        }
-        status
+        self.placer.status("upstream")
     }
 }
 
@@ -518,10 +569,8 @@ mod tests {
         documents.iter().map(|d| d.run.clone()).collect()
     }
 
-    fn source() -> Bluesky {
-        let context = zmq::Context::new();
-        let config: BlueskyConfig = toml::from_str("upstream = \"tcp://127.0.0.1:9\"").unwrap();
-        Bluesky::connect(&config, "bluesky", &context).unwrap()
+    fn source() -> Placer {
+        Placer::new("bluesky".into(), "test".to_owned())
     }
 
     fn json(text: &str) -> Value {
@@ -529,7 +578,7 @@ mod tests {
         Value::from_serialize(&tree).unwrap()
     }
 
-    fn feed(source: &mut Bluesky, documents: &[(&str, &str)]) -> Vec<RunDocument> {
+    fn feed(source: &mut Placer, documents: &[(&str, &str)]) -> Vec<RunDocument> {
         for (name, doc) in documents {
             source.place(DocumentName::parse(name).unwrap(), json(doc));
         }

@@ -108,6 +108,7 @@ registry! {
     Dump(dump::DumpConfig),
     EpicsCa(epics_ca::EpicsCaConfig),
     Bluesky(bluesky::BlueskyConfig),
+    KafkaBluesky(kafka_bluesky::KafkaBlueskyConfig),
 }
 
 /// Paces a simulated or replayed source at a fixed rate; without one, frames come as fast as

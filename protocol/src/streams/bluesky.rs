@@ -253,6 +253,31 @@ pub fn parse(frame: &[u8]) -> Result<Document, BlueskyError> {
     })
 }
 
+/// Reads one Kafka message value as bluesky-kafka's Publisher writes it: msgpack (with
+/// msgpack-numpy's arrays) of `[name, doc]`; BMM's control topic carries `["bmm", {...}]` the
+/// same way. The prefix is empty.
+pub fn parse_kafka(value: &[u8]) -> Result<Document, BlueskyError> {
+    if value.first() == Some(&0x80) && value.get(1).is_some_and(|p| (2..=5).contains(p)) {
+        return Err(BlueskyError::Pickle);
+    }
+    let Value::Array(pair) = msgpack(value)? else {
+        return Err(BlueskyError::Framing("a Kafka value that is not a [name, doc] pair"));
+    };
+    let Ok([Value::Text(name), body]) = <[Value; 2]>::try_from(pair) else {
+        return Err(BlueskyError::Framing("a Kafka value that is not a [name, doc] pair"));
+    };
+    let name = DocumentName::parse(&name).ok_or(BlueskyError::Name(name))?;
+    if !matches!(body, Value::Map(_)) {
+        return Err(BlueskyError::NotAMap(name.as_str(), body.kind()));
+    }
+    Ok(Document {
+        prefix: String::new(),
+        name,
+        serializer: Serializer::Msgpack,
+        body,
+    })
+}
+
 fn split_space(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|&b| b == b' ')?;
     Some((&bytes[..at], &bytes[at + 1..]))
@@ -630,5 +655,26 @@ mod tests {
             RunDocument::parse(&wrong),
             Err(BlueskyError::Forwarded(_))
         ));
+    }
+
+    #[test]
+    fn a_kafka_value_is_a_name_and_a_document() {
+        // msgpack of ["stop", {"exit_status": "success"}], as bluesky-kafka's Publisher packs it.
+        let value = b"\x92\xa4stop\x81\xabexit_status\xa7success";
+        let document = parse_kafka(value).unwrap();
+        assert_eq!(document.name, DocumentName::Stop);
+        assert_eq!(
+            document.body.pointer("exit_status"),
+            Some(&Value::Text("success".into()))
+        );
+        assert!(matches!(
+            parse_kafka(b"\x91\xa4stop"),
+            Err(BlueskyError::Framing(_))
+        ));
+        assert!(matches!(
+            parse_kafka(b"\x92\xa4stop\x01"),
+            Err(BlueskyError::NotAMap("stop", _))
+        ));
+        assert_eq!(parse_kafka(b"\x80\x04K."), Err(BlueskyError::Pickle));
     }
 }
