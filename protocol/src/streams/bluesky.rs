@@ -261,10 +261,14 @@ pub fn parse_kafka(value: &[u8]) -> Result<Document, BlueskyError> {
         return Err(BlueskyError::Pickle);
     }
     let Value::Array(pair) = msgpack(value)? else {
-        return Err(BlueskyError::Framing("a Kafka value that is not a [name, doc] pair"));
+        return Err(BlueskyError::Framing(
+            "a Kafka value that is not a [name, doc] pair",
+        ));
     };
     let Ok([Value::Text(name), body]) = <[Value; 2]>::try_from(pair) else {
-        return Err(BlueskyError::Framing("a Kafka value that is not a [name, doc] pair"));
+        return Err(BlueskyError::Framing(
+            "a Kafka value that is not a [name, doc] pair",
+        ));
     };
     let name = DocumentName::parse(&name).ok_or(BlueskyError::Name(name))?;
     if !matches!(body, Value::Map(_)) {
