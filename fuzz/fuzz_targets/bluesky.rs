@@ -1,6 +1,7 @@
 //! Bluesky documents (`streams::bluesky`) as a RunEngine's 0MQ Publisher, or anyone who can
 //! reach the proxy, sends them: one frame, `prefix name payload`, JSON or msgpack; each one
-//! read then travels to the workers as a `RunDocument` and must arrive whole.
+//! read then travels to the workers as a `RunDocument` and must arrive whole. The same bytes
+//! as a Kafka message value (bluesky-kafka's msgpack `[name, doc]`).
 #![no_main]
 
 use beamflow_fuzz::Budget;
@@ -27,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
         let sent = forwarded.stream_data();
         let received = RunDocument::parse(&sent).map(|document| document.stream_data().frames);
         assert_eq!(received, Ok(sent.frames));
+    }
+    if let Ok(document) = beamflow_fuzz::within(data, BUDGET, || bluesky::parse_kafka(data)) {
+        assert!(matches!(document.body, beamflow_protocol::Value::Map(_)));
     }
 });

@@ -289,6 +289,9 @@ fn render(view: &Value) -> Result<Vec<u8>, String> {
     .map_err(|error| error.to_string())
 }
 
+/// A column of a run's view, with its name.
+type NamedColumn = (String, Vec<f64>);
+
 /// The run's numeric columns, x first; `dat` with a header of the run's facts, or `xdi` for
 /// an XAFS scan.
 fn data_file(view: &Value) -> Result<(&'static str, String), String> {
@@ -310,7 +313,7 @@ fn data_file(view: &Value) -> Result<(&'static str, String), String> {
     if text(view, "bmm/kind") == Some("xafsscan") {
         // XDI readers refuse a value that is not a number: a reading missing from some points
         // (or a signal dividing by zero) leaves its column out, and a comment says so.
-        let (finite, partial): (Vec<&(String, Vec<f64>)>, Vec<&(String, Vec<f64>)>) = ordered
+        let (finite, partial): (Vec<&NamedColumn>, Vec<&NamedColumn>) = ordered
             .into_iter()
             .partition(|(_, values)| values.iter().all(|v| v.is_finite()));
         let columns: Vec<Column<'_>> = finite
