@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    beamflow, eventually, free_ports, http_get, python, root, scratch_dir, start_run, try_get_json,
+    beamflow, beamflow_output, eventually, free_ports, http_get, http_post, python, root,
+    scratch_dir, start_run, try_get_json,
 };
 
 /// The RunEngine's side: the script, its stdin (to say "go") and its stdout lines.
@@ -209,6 +210,10 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     eventually(60, "the ingester to skip the run under way", || {
         (late(pipeline.rest) > 0).then_some(())
     });
+    // Everything from here on is recorded, to be replayed at the end.
+    let prefix = format!("{}/rec-", dir.path().display());
+    let (code, body) = http_post(pipeline.rest, "/api/v1/parameter/dump_prefix", &prefix);
+    assert_eq!(code, 200, "{body}");
     writeln!(engine.stdin, "go").unwrap();
     let mut runs = Vec::new();
     loop {
@@ -388,6 +393,39 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
             xdi.lines().any(|l| l.trim_end() == field),
             "{field} in\n{xdi}"
         );
+    }
+
+    // The recording replays to the same runs: `beamflow replay` of the live scan's dump.
+    let uuid = get_json(pipeline.rest, "/api/v1/status")["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = http_post(pipeline.rest, "/api/v1/stop", "");
+    assert_eq!(code, 200, "{body}");
+    let dump = dir.path().join(format!("rec-bluesky-{uuid}.cbors"));
+    eventually(30, "the ingester to close its dump", || {
+        let status = get_json(pipeline.rest, "/api/v1/status");
+        (status["ingesters"]["bluesky"]["last_recording"] == dump.display().to_string())
+            .then_some(())
+    });
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        path.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let live = get_json(pipeline.state, "/api/v1/result/scans");
+    for key in ["runs", "order", "latest", "bmm"] {
+        assert_eq!(replayed["scans"][key], live[key], "replayed {key}");
     }
 }
 
