@@ -267,10 +267,17 @@ fn render(view: &Value) -> Result<Vec<u8>, String> {
                 .pointer(&format!("peak_stats/{first}/{key}"))
                 .map(number)
                 .unwrap_or(f64::NAN);
+            let fwhm = view
+                .pointer(&format!("peak_stats/{first}/fwhm"))
+                .map(number)
+                .filter(|fwhm| fwhm.is_finite() && key == "cen");
             if at.is_finite() {
                 markers.push(Marker {
                     x: at,
-                    label: format!("{label} {at:.6}"),
+                    label: match fwhm {
+                        Some(fwhm) => format!("{label} {at:.6} (fwhm {fwhm:.6})"),
+                        None => format!("{label} {at:.6}"),
+                    },
                 });
             }
         }
