@@ -10,6 +10,8 @@
 //! - [`live`]: the live reducer's loop body without sockets: expectations and reports in,
 //!   results applied in event order.
 //! - [`peak_stats`]: bluesky's `PeakStats` of a 1-D scan, as bluesky computes it.
+//! - [`plot`]: line plots and maps as PNG, headless (the scan views' snapshots).
+//! - [`column_file`]: a run's data as a column text file or XDI, written atomically.
 //! - [`order`]: the reorder buffer that turns reports from many workers into events in order,
 //!   each (event, analysis) result once.
 //! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
