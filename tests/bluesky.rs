@@ -395,6 +395,8 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         );
     }
 
+    panel_in_chromium(pipeline.state);
+
     // The recording replays to the same runs: `beamflow replay` of the live scan's dump.
     let uuid = get_json(pipeline.rest, "/api/v1/status")["uuid"]
         .as_str()
@@ -550,4 +552,40 @@ fn gh_19_kafka_runs_in_the_scan_view() {
     let source = &status["ingesters"]["bluesky"]["source"];
     assert_eq!(source["late"], 0, "{source}");
     assert_eq!(source["malformed"], 0, "{source}");
+}
+
+/// The dashboard's scan view panel, in Chromium (`tests/browser/scan_view.mjs`): it follows
+/// the latest run, shows the `scan` run's PeakStats as the view has them, and draws the grid
+/// scan's map. Skipped, saying why, without Chromium or node, except under CI.
+fn panel_in_chromium(state: std::net::SocketAddr) {
+    if let Some(reason) = crate::dashboard::missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser tests, but {reason}"
+        );
+        eprintln!("skipped the scan view panel in Chromium: {reason}");
+        return;
+    }
+    let out = scratch_dir();
+    let output = Command::new("node")
+        .arg(root().join("tests/browser/scan_view.mjs"))
+        .arg(format!("http://{state}/"))
+        .arg(out.path())
+        .current_dir(root())
+        .output()
+        .expect("start node");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the scan view panel in Chromium:\n{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for check in ["latest", "peak-stats", "grid", "clean"] {
+        assert!(
+            printed
+                .lines()
+                .any(|line| line.starts_with(&format!("ok - {check}:"))),
+            "{check} did not pass:\n{printed}"
+        );
+    }
 }

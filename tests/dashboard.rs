@@ -53,7 +53,7 @@ fn browser_dir() -> PathBuf {
 }
 
 /// Why the browser test cannot run here, if it cannot.
-fn missing() -> Option<String> {
+pub(crate) fn missing() -> Option<String> {
     if !Path::new(CHROMIUM).exists() {
         return Some(format!(
             "{CHROMIUM} is not installed (apt-get install chromium)"

@@ -1078,9 +1078,244 @@ class HealthPanel {
   }
 }
 
+// ---------------------------------------------------------------- bluesky scan view
+
+// Viridis at ten even steps, interpolated between: the map's colours, as the snapshots' PNGs.
+const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+  .map((hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)));
+
+function viridis(t) {
+  const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  const f = x - i;
+  return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
+}
+
+/**
+ * A bluesky run as BestEffortCallback plots it: the latest run followed live (or one picked),
+ * its fields against the first dimension with PeakStats' cen and com marked and tabled, or a
+ * grid scan's map; the baseline's readings below.
+ */
+class ScanViewPanel {
+  constructor(desc, section) {
+    this.desc = desc;
+    this.section = section;
+    this.update_ = null;
+    this.picked = null; // the run picked, fetched whole; null: following the latest
+    section.dataset.points = "0";
+    section.dataset.run = "";
+    this.select = el("select", { class: "run", title: "the run shown" });
+    this.select.addEventListener("change", () => this.pick(this.select.value));
+    this.header = el("span", { class: "run-header" });
+    this.box = chartBox(280);
+    this.canvas = el("canvas", { class: "grid-map hidden", width: 640, height: 320 });
+    this.stats = el("table", { class: "fit peak-stats" });
+    this.streams = el("div", { class: "streams" });
+    this.message = el("div", { class: "message" });
+    section.append(
+      el("div", { class: "controls" }, el("label", { text: "run " }, this.select), this.header),
+      this.box, this.canvas, this.stats, this.streams, this.message,
+    );
+    this.chart = null;
+    this.signature = null;
+  }
+
+  update(update) {
+    this.update_ = update;
+    this.fillSelect();
+    if (!this.select.value) this.render(update.run);
+    else if (this.picked?.status === "running") this.pick(this.select.value);
+  }
+
+  fillSelect() {
+    const update = this.update_;
+    const chosen = this.select.value;
+    const options = [["", "latest (following)"]];
+    for (const uid of [...(update.order ?? [])].reverse()) {
+      const run = update.runs?.[uid] ?? {};
+      options.push([uid, `scan ${run.scan_id ?? "?"} · ${run.plan_name ?? "?"} · ${run.status ?? ""} · ${uid.slice(0, 8)}`]);
+    }
+    const signature = options.map((o) => o.join("=")).join("|");
+    if (signature === this.options) return;
+    this.options = signature;
+    this.select.replaceChildren(...options.map(([value, text]) => el("option", { value, text })));
+    this.select.value = options.some(([value]) => value === chosen) ? chosen : "";
+  }
+
+  async pick(uid) {
+    if (!uid) {
+      this.picked = null;
+      this.render(this.update_?.run);
+      return;
+    }
+    try {
+      this.picked = await getResult(`${this.desc.path}/runs/${uid}`);
+      if (this.select.value === uid) this.render(this.picked);
+    } catch (error) {
+      this.message.textContent = `run ${uid}: ${error.message}`;
+    }
+  }
+
+  render(run) {
+    if (!run) {
+      this.header.textContent = "no run yet: waiting for a RunEngine's documents";
+      return;
+    }
+    const table = run.streams?.[run.stream ?? "primary"] ?? { columns: {}, events: 0 };
+    const points = table.events ?? 0;
+    const missing = Object.entries(run.missing ?? {}).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s} events missing`);
+    const status = run.status === "running" ? "running" : `${run.status}${run.reason ? ` (${run.reason})` : ""}`;
+    this.header.textContent = `scan ${run.scan_id ?? "?"} · ${run.plan_name ?? "?"} · ${status} · ${points}${run.num_points ? `/${run.num_points}` : ""} points${run.bmm ? ` · BMM ${run.bmm.kind}` : ""}${missing.length ? ` · ${missing.join(", ")}` : ""}`;
+    this.header.dataset.status = run.status ?? "";
+    this.section.dataset.points = String(points);
+    this.section.dataset.run = run.uid ?? "";
+    if (run.grid) {
+      this.box.classList.add("hidden");
+      this.canvas.classList.remove("hidden");
+      this.drawGrid(run.grid);
+    } else {
+      this.canvas.classList.add("hidden");
+      this.box.classList.remove("hidden");
+      this.plot(run, table);
+    }
+    this.fillStats(run);
+    this.fillStreams(run);
+  }
+
+  plot(run, table) {
+    const columns = table.columns ?? {};
+    const xName = run.x ?? "time";
+    let x = columns[xName] ?? [];
+    if (xName === "time" && x.length) x = x.map((t) => t - x[0]);
+    const ys = (run.y ?? []).filter((name) => Array.isArray(columns[name]));
+    const signature = [xName, ...ys].join("|");
+    // uPlot wants x ascending: a scan may go either way, so the points are sorted by x.
+    const order = x.map((_, i) => i).filter((i) => x[i] !== null).sort((a, b) => x[a] - x[b]);
+    const data = [order.map((i) => x[i]), ...ys.map((name) => order.map((i) => columns[name][i] ?? null))];
+    this.run = run;
+    if (this.chart && signature === this.signature) {
+      this.chart.setData(data);
+      return;
+    }
+    this.chart?.destroy();
+    this.signature = signature;
+    const opts = {
+      scales: { x: { time: false } },
+      series: [
+        { label: xName === "time" ? "time (s)" : xName, value: (u, v) => fmt(v) },
+        ...ys.map((name, i) => ({
+          label: name, stroke: COLORS[i % COLORS.length], width: 1.5,
+          points: { show: true, size: 5, fill: COLORS[i % COLORS.length] }, value: (u, v) => fmt(v),
+        })),
+      ],
+      axes: [{ ...AXIS }, { ...AXIS, size: 70, values: (u, vals) => vals.map((v) => fmt(v, 4)) }],
+      hooks: { draw: [(u) => this.drawMarkers(u)] },
+    };
+    this.box.replaceChildren();
+    this.chart = newChart(opts, data, this.box);
+  }
+
+  /** PeakStats' cen (solid) and com (dashed) of the first plotted field, as vertical lines. */
+  drawMarkers(u) {
+    const field = this.run?.y?.[0];
+    const stats = field ? this.run?.peak_stats?.[field] : null;
+    if (!stats) return;
+    const { ctx } = u;
+    ctx.save();
+    ctx.lineWidth = Math.max(1, devicePixelRatio);
+    for (const [key, color, dash] of [["cen", "#e3b341", []], ["com", "#ff7b72", [6, 4]]]) {
+      const at = stats[key];
+      if (!Number.isFinite(at)) continue;
+      const x = u.valToPos(at, "x", true);
+      ctx.strokeStyle = color;
+      ctx.setLineDash(dash.map((d) => d * devicePixelRatio));
+      ctx.beginPath();
+      ctx.moveTo(x, u.bbox.top);
+      ctx.lineTo(x, u.bbox.top + u.bbox.height);
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
+  drawGrid(grid) {
+    const [rows, cols] = grid.shape ?? [0, 0];
+    const values = grid.values ?? [];
+    const finite = values.filter((v) => Number.isFinite(v));
+    const lo = Math.min(...finite);
+    const hi = Math.max(...finite);
+    const canvas = this.canvas;
+    const ctx = canvas.getContext("2d");
+    const legend = 70;
+    const [w, h] = [canvas.width - legend, canvas.height - 30];
+    ctx.fillStyle = "#161b22";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    const cw = w / Math.max(1, cols);
+    const ch = h / Math.max(1, rows);
+    let drawn = 0;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const v = values[r * cols + c];
+        if (!Number.isFinite(v)) continue;
+        const [red, green, blue] = viridis(hi > lo ? (v - lo) / (hi - lo) : 0.5);
+        ctx.fillStyle = `rgb(${red},${green},${blue})`;
+        // Row 0 (the slow motor's start) at the bottom, as the snapshots draw it.
+        ctx.fillRect(c * cw, h - (r + 1) * ch, Math.ceil(cw), Math.ceil(ch));
+        drawn++;
+      }
+    }
+    for (let i = 0; i < 100; i++) {
+      const [red, green, blue] = viridis(i / 99);
+      ctx.fillStyle = `rgb(${red},${green},${blue})`;
+      ctx.fillRect(w + 10, h - (i + 1) * (h / 100), 14, Math.ceil(h / 100));
+    }
+    ctx.fillStyle = "#c9d1d9";
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillText(fmt(hi, 4), w + 28, 12);
+    ctx.fillText(fmt(lo, 4), w + 28, h);
+    const [slow, fast] = grid.extents ?? [[], []];
+    ctx.fillText(`${grid.fast} ${fmt(fast[0], 4)} … ${fmt(fast[1], 4)} →   ${grid.slow} ${fmt(slow[0], 4)} … ${fmt(slow[1], 4)} ↑   ${grid.signal}`, 0, canvas.height - 8);
+    this.canvas.dataset.cells = String(drawn);
+  }
+
+  fillStats(run) {
+    const fields = Object.keys(run.peak_stats ?? {});
+    this.stats.classList.toggle("hidden", fields.length === 0);
+    if (!fields.length) return;
+    const head = ["PeakStats", "cen", "fwhm", "com", "max (x, y)", "min (x, y)", "derivative cen", "derivative fwhm"];
+    const pair = (p) => (Array.isArray(p) ? `${fmt(p[0])}, ${fmt(p[1])}` : "–");
+    this.stats.replaceChildren(
+      el("thead", {}, el("tr", {}, ...head.map((t) => el("th", { text: t })))),
+      el("tbody", {}, ...fields.map((field) => {
+        const s = run.peak_stats[field] ?? {};
+        const td = (text, key) => el("td", { class: "num", text, data: key ? { stat: key } : {} });
+        return el("tr", { data: { field } },
+          el("td", { text: field }),
+          td(fmt(s.cen, 7), "cen"), td(fmt(s.fwhm, 7), "fwhm"), td(fmt(s.com, 7), "com"),
+          td(pair(s.max)), td(pair(s.min)),
+          td(fmt(s.derivative?.cen, 7)), td(fmt(s.derivative?.fwhm, 7)));
+      })),
+    );
+  }
+
+  /** The other streams (the baseline): each reading's first and last value. */
+  fillStreams(run) {
+    const others = Object.entries(run.streams ?? {}).filter(([name]) => name !== (run.stream ?? "primary"));
+    this.streams.replaceChildren(...others.map(([name, table]) => {
+      const columns = Object.entries(table.columns ?? {}).filter(([key]) => key !== "seq_num" && key !== "time");
+      const last = (values) => values[values.length - 1];
+      return el("details", {},
+        el("summary", { text: `${name}: ${table.events} readings` }),
+        el("table", { class: "fit" },
+          el("thead", {}, el("tr", {}, ...["field", "first", "last"].map((t) => el("th", { text: t })))),
+          el("tbody", {}, ...columns.map(([key, values]) => el("tr", {},
+            el("td", { text: key }), el("td", { class: "num", text: fmt(values[0]) }), el("td", { class: "num", text: fmt(last(values)) }))))));
+    }));
+  }
+}
+
 // ---------------------------------------------------------------- the page
 
-const KINDS = { history: HistoryPanel, image: ImagePanel, quad_scan: QuadScanPanel, table: TablePanel, what_if: WhatIfPanel };
+const KINDS = { history: HistoryPanel, image: ImagePanel, quad_scan: QuadScanPanel, table: TablePanel, what_if: WhatIfPanel, scan_view: ScanViewPanel };
 
 function section(name, kind, title, note) {
   return el("section", { class: "panel", data: { panel: name, kind } },
