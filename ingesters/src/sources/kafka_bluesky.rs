@@ -10,7 +10,7 @@
 //! different partitions may interleave, which the per-run scan views do not mind. No consumer
 //! group and no committed offsets: every beamflow reads everything, as NSLS-II's consumers each
 //! do with a group of their own. Kafka keeps the messages, so a pipeline that falls behind
-//! makes the consumer wait instead of losing documents: it reads at most [`QUEUE`] ahead.
+//! makes the consumer wait instead of losing documents: it reads at most 10,000 messages ahead.
 //!
 //! Compression: gzip and snappy batches are read; lz4 and zstd ones are refused (counted and
 //! logged), as those need C libraries this build leaves out.

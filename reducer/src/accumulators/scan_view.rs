@@ -10,7 +10,7 @@
 //! BMM's control messages (`linescan`, `timescan`, `areascan`, `xafsscan` start and stop; see
 //! [`bmm`]) set how the runs that start after them are plotted. With `snapshots`, each run's
 //! plot is written there as a PNG at its stop, with its data as a column file (XDI for an
-//! `xafsscan`; see [`snapshot`]).
+//! `xafsscan`; see `scan_view/snapshot.rs`).
 //!
 //! Several runs may be in flight; finished ones are kept, the oldest dropped past `keep_runs`.
 //! Each stream keeps `max_points` events at most, the newest inline array of each field (not
