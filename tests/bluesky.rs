@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    beamflow, beamflow_output, eventually, free_ports, http_get, http_post, python, root,
-    scratch_dir, start_run, try_get_json,
+    beamflow, eventually, free_ports, http_get, http_post, python, root, scratch_dir, start_run,
+    try_get_json,
 };
 
 /// The RunEngine's side: the script, its stdin (to say "go") and its stdout lines.
@@ -410,21 +410,7 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         (status["ingesters"]["bluesky"]["last_recording"] == dump.display().to_string())
             .then_some(())
     });
-    let output = beamflow_output(&[
-        "replay",
-        "--pipeline",
-        path.to_str().unwrap(),
-        "--dump",
-        dump.to_str().unwrap(),
-        "--out",
-        "-",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let replayed = crate::util::replayed_state(&path, &dump);
     let live = get_json(pipeline.state, "/api/v1/result/scans");
     for key in ["runs", "order", "latest", "bmm"] {
         assert_eq!(replayed["scans"][key], live[key], "replayed {key}");

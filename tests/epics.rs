@@ -986,21 +986,7 @@ fn recorded_pv_frames_replay_to_the_live_state() {
 
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, &text).unwrap();
-    let output = crate::util::beamflow_output(&[
-        "replay",
-        "--pipeline",
-        file.to_str().unwrap(),
-        "--dump",
-        dump.to_str().unwrap(),
-        "--out",
-        "-",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let replayed = crate::util::replayed_state(&file, &dump);
     assert_eq!(
         numbers(&live, "/machine/event_number"),
         (0..15).collect::<Vec<_>>()

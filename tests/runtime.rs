@@ -505,21 +505,7 @@ fn a_recorded_live_scan_replays_to_the_same_state() {
     });
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, &text).unwrap();
-    let output = crate::util::beamflow_output(&[
-        "replay",
-        "--pipeline",
-        file.to_str().unwrap(),
-        "--dump",
-        dump.to_str().unwrap(),
-        "--out",
-        "-",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let replayed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let replayed = crate::util::replayed_state(&file, &dump);
     assert_eq!(numbers(&live, "/history/event_number").len(), 50);
     assert_eq!(
         replayed, live,

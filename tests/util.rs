@@ -322,6 +322,26 @@ pub(crate) fn http_request(
     http(addr, method, path, body)
 }
 
+/// `beamflow replay --pipeline PIPELINE --dump DUMP --out -`: the final state it prints; fails
+/// the test with replay's standard error otherwise.
+pub(crate) fn replayed_state(pipeline: &Path, dump: &Path) -> serde_json::Value {
+    let output = beamflow_output(&[
+        "replay",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Polls `probe` every 20 ms until it gives a value, failing the test after `seconds`. For
 /// conditions only observable from outside (an HTTP endpoint), never as a stand-in for a
 /// synchronisation the code offers.

@@ -290,6 +290,25 @@ pub fn recv_frames(socket: &zmq::Socket) -> Result<Vec<Bytes>, TransportError> {
     }
 }
 
+/// Receives one multipart message if one arrives within `timeout`; `None` if none did.
+/// `endpoint` names the peer in errors.
+pub fn recv_frames_within(
+    socket: &zmq::Socket,
+    endpoint: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Vec<Bytes>>, TransportError> {
+    let mut items = [socket.as_poll_item(zmq::POLLIN)];
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    if zmq::poll(&mut items, timeout_ms).map_err(zmq_error("poll", endpoint))? == 0 {
+        return Ok(None);
+    }
+    match recv_frames(socket) {
+        Ok(frames) => Ok(Some(frames)),
+        Err(TransportError::TimedOut) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Connects `socket` to `endpoint`.
 pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), TransportError> {
     socket

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use beamflow_net::{TransportError, connect, recv_frames, socket};
+use beamflow_net::{TransportError, connect, recv_frames_within, socket};
 use beamflow_protocol::streams::bluesky::{self, BlueskyError, DocumentName, RunDocument};
 use beamflow_protocol::{StreamName, Value};
 use serde::Deserialize;
@@ -417,31 +417,19 @@ impl Bluesky {
 
     /// One frame, waiting at most `timeout`.
     fn receive(&self, timeout: Duration) -> Result<Option<bytes::Bytes>, SourceError> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-        let ready = zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|error| {
-            TransportError::Zmq {
-                operation: "poll",
-                endpoint: self.upstream.clone(),
-                error,
-            }
-        })?;
-        if ready == 0 {
+        let Some(frames) = recv_frames_within(&self.socket, &self.upstream, timeout)? else {
             return Ok(None);
-        }
-        match recv_frames(&self.socket) {
-            // bluesky sends one frame per document; a multipart message is no document.
-            Ok(frames) => match <[bytes::Bytes; 1]>::try_from(frames) {
-                Ok([frame]) => Ok(Some(frame)),
-                Err(frames) => Err(SourceError::Malformed {
-                    stream: self.placer.stream.clone(),
-                    message: format!(
-                        "a message of {} frames; bluesky sends one per document",
-                        frames.len()
-                    ),
-                }),
-            },
-            Err(TransportError::TimedOut) => Ok(None),
-            Err(error) => Err(error.into()),
+        };
+        // bluesky sends one frame per document; a multipart message is no document.
+        match <[bytes::Bytes; 1]>::try_from(frames) {
+            Ok([frame]) => Ok(Some(frame)),
+            Err(frames) => Err(SourceError::Malformed {
+                stream: self.placer.stream.clone(),
+                message: format!(
+                    "a message of {} frames; bluesky sends one per document",
+                    frames.len()
+                ),
+            }),
         }
     }
 

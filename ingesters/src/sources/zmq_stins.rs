@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use beamflow_net::{TransportError, connect, recv_frames, socket};
+use beamflow_net::{TransportError, connect, recv_frames_within, socket};
 use beamflow_protocol::streams::stins::{self, Kind};
 use beamflow_protocol::{StreamData, StreamName};
 use bytes::Bytes;
@@ -145,22 +145,7 @@ impl ZmqStins {
 
     /// One message, waiting at most `timeout`.
     fn receive(&self, timeout: Duration) -> Result<Option<Vec<Bytes>>, SourceError> {
-        let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-        let ready = zmq::poll(&mut items, timeout.as_millis() as i64).map_err(|error| {
-            TransportError::Zmq {
-                operation: "poll",
-                endpoint: self.upstream.clone(),
-                error,
-            }
-        })?;
-        if ready == 0 {
-            return Ok(None);
-        }
-        match recv_frames(&self.socket) {
-            Ok(frames) => Ok(Some(frames)),
-            Err(TransportError::TimedOut) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
+        Ok(recv_frames_within(&self.socket, &self.upstream, timeout)?)
     }
 
     fn drop_previous(&mut self) {
