@@ -45,7 +45,7 @@ import zmq
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PEER = r"""
-import asyncio, sys, time, json
+import json, os, sys, time
 import msgpack_numpy
 from bluesky.callbacks.zmq import RemoteDispatcher
 from bluesky.callbacks.fitting import PeakStats
@@ -71,13 +71,11 @@ def route(name, doc):
     elif name == "stop":
         print(json.dumps({"stop": time.time(), "latencies": state["latencies"],
                           "cen": stats.cen, "events": len(state["latencies"])}), flush=True)
-        dispatcher.stop()
+        # RemoteDispatcher.stop() from inside its own callback closes a running loop.
+        os._exit(0)
 
 dispatcher.subscribe(route)
-try:
-    dispatcher.start()
-except asyncio.CancelledError:
-    pass  # how RemoteDispatcher.stop() ends start()
+dispatcher.start()
 """
 
 
