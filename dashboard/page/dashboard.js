@@ -958,7 +958,7 @@ const RUN_STATUS = { running: "running", success: "success", abort: "aborted", f
 // The peak markers, apart from the series' colours.
 const CEN_COLOR = "#e3b341";
 const COM_COLOR = "#ff7b72";
-// Blank (unmeasured) cells of a map, and the map's frame.
+// Where a map has no measured cell (the page's background).
 const BLANK = "#0d1117";
 // A stream's events shown in its table at most: the first and the newest.
 const STREAM_EVENTS = 4;
@@ -1072,10 +1072,17 @@ class ScanViewPanel {
     this.late.textContent = late > 0 ? `${late} documents of runs joined mid-way skipped` : "";
     if (this.following) {
       this.show(summary.run ?? null);
-    } else if (summary.runs?.[this.picked]?.status === "running") {
-      // A picked run still going: keep it current, one request at a time.
+    } else if (this.stale()) {
+      // A picked run still going (or just stopped): keep it current, one request at a time.
       if (!this.fetching) this.fetchPicked();
     }
+  }
+
+  /** Whether the picked run's view may be behind the server's: running, or stopped since. */
+  stale() {
+    const listed = this.summary?.runs?.[this.picked];
+    if (!listed || this.run?.uid !== this.picked) return false;
+    return listed.status === "running" || listed.status !== this.run.status;
   }
 
   /** After a reconnect the state comes again; a picked run is asked for again. */
@@ -1127,9 +1134,13 @@ class ScanViewPanel {
     } catch (error) {
       console.warn("scan view", this.desc.name, error);
       if (seq === this.fetchSeq) this.message.textContent = `run ${uid} could not be read: ${error.message}`;
+      return;
     } finally {
       this.fetching = false;
     }
+    // The run stopped while its view was on its way: its final view, once.
+    const listed = this.summary?.runs?.[uid];
+    if (seq === this.fetchSeq && listed && listed.status !== "running" && this.run?.status === "running") this.fetchPicked();
   }
 
   show(run) {

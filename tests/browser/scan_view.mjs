@@ -285,7 +285,22 @@ await check('map', async () => {
     throw new Error(`the highest cell ${high.i} (${high.v}) is not brighter than the lowest ${low.i} (${low.v}): ${samples.cells[high.i]} vs ${samples.cells[low.i]}`);
   }
   if (samples.colours < 3) throw new Error(`the map has ${samples.colours} colours`);
-  const readout = await page.evaluate((selector) => document.querySelector(`${selector} .map-readout`)?.textContent ?? '', SCAN);
+  // Pointing at the first measured cell reads its value out.
+  const first = measured[0];
+  const target = await page.evaluate(({ selector, row, col, rows, cols }) => {
+    const canvas = document.querySelector(`${selector} canvas.scan-map`);
+    const [x, y, w, h] = canvas.dataset.plot.split(',').map(Number);
+    const box = canvas.getBoundingClientRect();
+    const scale = box.width / canvas.width;
+    return { x: box.left + (x + ((col + 0.5) * w) / cols) * scale, y: box.top + (y + h - ((row + 0.5) * h) / rows) * scale };
+  }, { selector: SCAN, row: Math.floor(first.i / cols), col: f1 < f0 ? cols - 1 - (first.i % cols) : first.i % cols, rows, cols });
+  await page.mouse.move(target.x, target.y);
+  const readout = await until('the readout of the cell pointed at', ({ selector, signal }) => {
+    const text = document.querySelector(`${selector} .map-readout`)?.textContent ?? '';
+    return text.includes(`${signal} `) && !text.includes('Point at') ? text : false;
+  }, { selector: SCAN, signal: grid.signal });
+  const value = readout.split(`${grid.signal} `).pop();
+  if (!agrees(value, first.v)) throw new Error(`pointing at cell ${first.i} reads ${JSON.stringify(readout)}, the view has ${first.v}`);
   return `${rows} × ${cols} grid of ${grid.signal} against ${grid.slow} and ${grid.fast}: ${measured.length} cells painted where the view has values, ${samples.colours} colours, ${samples.painted} non-dark samples; ${JSON.stringify(readout)}`;
 });
 
