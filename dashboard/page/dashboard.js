@@ -1049,7 +1049,7 @@ class ScanViewPanel {
     });
     this.swatch = el("span", { class: "swatch" });
     this.statsList = el("dl", { class: "peak-stats" });
-    this.stats = el("div", { class: "stats-card" },
+    this.stats = el("div", { class: "stats-card hidden" },
       el("h3", {}, "PeakStats of ", this.swatch, this.statsField),
       this.statsList,
       el("div", { class: "note", text: "as bluesky's PeakStats computes them; cen and com are marked on the plot, the span between the half-maximum crossings shaded" }));
@@ -1155,6 +1155,9 @@ class ScanViewPanel {
     if (!run) {
       this.scanId.textContent = "–";
       this.status.textContent = "no run yet";
+      this.status.dataset.status = "";
+      for (const node of [this.plan, this.points, this.missing, this.times]) node.textContent = "";
+      this.stats.classList.add("hidden");
       this.message.textContent = "waiting for a run: nothing has come from the RunEngine since beamflow started";
       this.showPlot(null);
       return;
@@ -1270,7 +1273,8 @@ class ScanViewPanel {
             label: name,
             stroke: COLORS[i % COLORS.length],
             width: 2,
-            points: { show: true, size: 6, fill: COLORS[i % COLORS.length] },
+            // Each point marked while they are apart; uPlot leaves them out when dense.
+            points: { size: 6, fill: COLORS[i % COLORS.length] },
             value: (u, v) => fmt(v),
           })),
         ],
