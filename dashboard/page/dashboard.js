@@ -1045,8 +1045,18 @@ class ScanViewPanel {
     this.statsField.addEventListener("change", () => {
       this.field = this.statsField.value;
       if (this.run) this.showStats(this.run);
-      this.chart?.redraw(false, false);
+      // Its markers, and with a scale per field its axis.
+      if (this.run && this.plotMode === "line") this.plotLine(this.run);
     });
+    // I0 at 1e5 beside a ratio near 1 would flatten one of them: a scale each, the axis the
+    // marked field's, unless the user wants them on one.
+    this.ownScales = true;
+    this.scalesBox = el("input", { type: "checkbox", checked: true });
+    this.scalesBox.addEventListener("change", () => {
+      this.ownScales = this.scalesBox.checked;
+      if (this.run && this.plotMode === "line") this.plotLine(this.run);
+    });
+    this.scalesLabel = el("label", { class: "own-scales hidden", title: "each field on its own y scale; the axis shows the field whose PeakStats are marked" }, this.scalesBox, " a y scale per field");
     this.swatch = el("span", { class: "swatch" });
     this.statsList = el("dl", { class: "peak-stats" });
     this.stats = el("div", { class: "stats-card hidden" },
@@ -1055,7 +1065,7 @@ class ScanViewPanel {
       el("div", { class: "note", text: "as bluesky's PeakStats computes them; cen and com are marked on the plot, the span between the half-maximum crossings shaded" }));
     this.streams = el("div", { class: "streams" });
     section.append(
-      el("div", { class: "controls" }, el("label", { text: "run " }, this.picker), this.followButton, this.late),
+      el("div", { class: "controls" }, el("label", { text: "run " }, this.picker), this.followButton, this.scalesLabel, this.late),
       el("div", { class: "scan-header" }, this.scanId, this.plan, this.status, this.points, this.missing, this.times),
       this.message,
       el("div", { class: "scan-body" },
@@ -1255,14 +1265,18 @@ class ScanViewPanel {
   plotLine(run) {
     const { x, ys, fields, xLabel } = this.columns(run);
     const data = [x, ...ys];
-    // A new run or other fields: a new chart (its series and labels are fixed at creation).
-    const key = `${run.uid}\n${xLabel}\n${fields.join("\n")}`;
+    const own = this.ownScales && fields.length > 1;
+    const marked = Math.max(0, fields.indexOf(this.field));
+    this.scalesLabel.classList.toggle("hidden", fields.length < 2);
+    // A new run, other fields or scales: a new chart (series, scales and labels are fixed at
+    // creation).
+    const key = `${run.uid}\n${xLabel}\n${fields.join("\n")}\n${own ? marked : "one scale"}`;
     if (key !== this.chartKey) {
       this.dropChart();
       this.chartKey = key;
       const box = el("div", { class: "chart" });
       this.box.replaceChildren(box);
-      const yLabel = fields.length === 1 ? fields[0] : "";
+      const yLabel = fields.length === 1 || own ? fields[marked] : "";
       const opts = {
         width: Math.max(300, Math.floor(this.box.clientWidth || 700)),
         height: 340,
@@ -1275,12 +1289,13 @@ class ScanViewPanel {
             width: 2,
             // Each point marked while they are apart; uPlot leaves them out when dense.
             points: { size: 6, fill: COLORS[i % COLORS.length] },
+            scale: own ? `y${i}` : "y",
             value: (u, v) => fmt(v),
           })),
         ],
         axes: [
           { ...AXIS, label: xLabel, labelSize: 20, size: 32, font: "12px system-ui", labelFont: "13px system-ui", values: (u, vals) => vals.map(tickText) },
-          { ...AXIS, label: yLabel, labelSize: yLabel ? 22 : 0, size: 70, font: "12px system-ui", labelFont: "13px system-ui", values: (u, vals) => vals.map(tickText) },
+          { ...AXIS, scale: own ? `y${marked}` : "y", ...(own ? { stroke: COLORS[marked % COLORS.length] } : {}), label: yLabel, labelSize: yLabel ? 22 : 0, size: 70, font: "12px system-ui", labelFont: "13px system-ui", values: (u, vals) => vals.map(tickText) },
         ],
         legend: { live: true },
         // Room above the plot for the markers' labels.
