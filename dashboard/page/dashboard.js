@@ -1039,6 +1039,7 @@ class ScanViewPanel {
     this.missing = el("span", { class: "warning" });
     this.times = el("span", { class: "note" });
     this.message = el("div", { class: "message" });
+    this.plotNote = el("div", { class: "message" });
     this.box = el("div", { class: "scan-plot" });
     this.readout = el("div", { class: "note map-readout" });
     this.statsField = el("select", { class: "stats-field", title: "the field whose PeakStats are shown and marked on the plot" });
@@ -1069,7 +1070,7 @@ class ScanViewPanel {
       el("div", { class: "scan-header" }, this.scanId, this.plan, this.status, this.points, this.missing, this.times),
       this.message,
       el("div", { class: "scan-body" },
-        el("div", { class: "scan-main" }, this.box, this.readout),
+        el("div", { class: "scan-main" }, this.plotNote, this.box, this.readout),
         el("div", { class: "scan-side" }, this.stats, this.streams)),
     );
     this.fmtTime = timeFormatter(null);
@@ -1196,7 +1197,9 @@ class ScanViewPanel {
     const dropped = Number(stream?.dropped ?? 0);
     if (dropped > 0) this.missing.textContent += `${this.missing.textContent ? "; " : ""}${dropped} points past the view's limit not kept`;
     const started = isNumber(run.started) ? this.fmtTime(run.started) : "–";
-    const took = isNumber(run.started) && isNumber(run.stopped) ? `, took ${ageText(run.stopped - run.started)}` : "";
+    let took = "";
+    if (isNumber(run.started) && isNumber(run.stopped)) took = `, took ${ageText(run.stopped - run.started)}`;
+    else if (isNumber(run.started) && run.status === "running") took = `, running for ${ageText(Date.now() / 1e3 - run.started)}`;
     this.times.textContent = `started ${started}${took} · uid ${run.uid}`;
   }
 
@@ -1229,11 +1232,12 @@ class ScanViewPanel {
     this.section.dataset.mode = mode;
     if (mode !== this.plotMode) this.clearPlot();
     this.plotMode = mode;
+    // Why nothing is drawn, while nothing is (a run's fields come with its first event).
+    this.plotNote.textContent = mode === "none" && run ? this.nothingToPlot(run) : "";
     if (mode === "line") this.plotLine(run);
     else if (mode === "none") {
       this.section.dataset.points = "0";
       this.section.dataset.series = "0";
-      if (run) this.message.textContent = this.nothingToPlot(run);
     } else this.plotMap(run, mode);
   }
 
@@ -1248,6 +1252,7 @@ class ScanViewPanel {
   }
 
   nothingToPlot(run) {
+    if (!Number(run.streams?.[run.stream]?.events ?? 0)) return "waiting for the first point…";
     const arrays = Object.entries(run.streams?.[run.stream]?.arrays ?? {});
     const shown = arrays.map(([field, a]) => `${field} (${a.dtype ?? "?"} ${(a.shape ?? []).join("×")}, newest at point ${a.seq_num ?? "?"})`);
     return `no scalar field to plot${shown.length ? `; arrays: ${shown.join(", ")}` : ""}`;
