@@ -19,14 +19,15 @@ use crate::util::{
 };
 
 /// The RunEngine's side: the script, its stdin (to say "go") and its stdout lines.
-struct RunEngine {
+pub(crate) struct RunEngine {
     child: Child,
     stdin: ChildStdin,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl RunEngine {
-    fn start(args: &[&str]) -> Self {
+    /// `tests/python/bluesky_runs.py ARGS`.
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut child = Command::new(python())
             .arg(root().join("tests/python/bluesky_runs.py"))
             .args(args)
@@ -44,13 +45,31 @@ impl RunEngine {
     }
 
     /// The next line the script printed, as JSON.
-    fn next(&mut self) -> Value {
+    pub(crate) fn next(&mut self) -> Value {
         let line = self
             .lines
             .next()
             .expect("the RunEngine script ended early (its error is above)")
             .unwrap();
         serde_json::from_str(&line).unwrap()
+    }
+
+    /// The runs the script reports until it is done, as bluesky saw them.
+    pub(crate) fn runs(&mut self) -> Vec<Value> {
+        let mut runs = Vec::new();
+        loop {
+            let line = self.next();
+            if line["done"] == true {
+                return runs;
+            }
+            runs.push(line["run"].clone());
+        }
+    }
+
+    /// Says "go" (the joined run ends, the others follow) and returns `runs()`.
+    pub(crate) fn go(&mut self) -> Vec<Value> {
+        writeln!(self.stdin, "go").unwrap();
+        self.runs()
     }
 }
 
@@ -214,15 +233,7 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
     let prefix = format!("{}/rec-", dir.path().display());
     let (code, body) = http_post(pipeline.rest, "/api/v1/parameter/dump_prefix", &prefix);
     assert_eq!(code, 200, "{body}");
-    writeln!(engine.stdin, "go").unwrap();
-    let mut runs = Vec::new();
-    loop {
-        let line = engine.next();
-        if line["done"] == true {
-            break;
-        }
-        runs.push(line["run"].clone());
-    }
+    let runs = engine.go();
     assert_eq!(runs.len(), 9);
 
     let view = eventually(120, "every run to stop in the scan view", || {
@@ -395,8 +406,6 @@ fn gh_19_a_run_engine_s_runs_in_the_scan_views_with_bluesky_s_peak_stats() {
         );
     }
 
-    panel_in_chromium(pipeline.state);
-
     // The recording replays to the same runs: `beamflow replay` of the live scan's dump.
     let uuid = get_json(pipeline.rest, "/api/v1/status")["uuid"]
         .as_str()
@@ -477,17 +486,8 @@ impl Drop for Broker {
 fn gh_19_kafka_runs_in_the_scan_view() {
     let broker = Broker::start();
     let (topic, control) = ("tst.bluesky.runengine.documents", "tst.bmm");
-    let runs = |phase: &str| {
-        let mut engine = RunEngine::start(&["kafka", &broker.address, topic, control, phase]);
-        let mut runs = Vec::new();
-        loop {
-            let line = engine.next();
-            if line["done"] == true {
-                return runs;
-            }
-            runs.push(line["run"].clone());
-        }
-    };
+    let runs =
+        |phase: &str| RunEngine::start(&["kafka", &broker.address, topic, control, phase]).runs();
     let mut published = runs("before");
 
     let example = std::fs::read_to_string(root().join("examples/bluesky.toml")).unwrap();
@@ -538,40 +538,4 @@ fn gh_19_kafka_runs_in_the_scan_view() {
     let source = &status["ingesters"]["bluesky"]["source"];
     assert_eq!(source["late"], 0, "{source}");
     assert_eq!(source["malformed"], 0, "{source}");
-}
-
-/// The dashboard's scan view panel, in Chromium (`tests/browser/scan_view.mjs`): it follows
-/// the latest run, shows the `scan` run's PeakStats as the view has them, and draws the grid
-/// scan's map. Skipped, saying why, without Chromium or node, except under CI.
-fn panel_in_chromium(state: std::net::SocketAddr) {
-    if let Some(reason) = crate::dashboard::missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser tests, but {reason}"
-        );
-        eprintln!("skipped the scan view panel in Chromium: {reason}");
-        return;
-    }
-    let out = scratch_dir();
-    let output = Command::new("node")
-        .arg(root().join("tests/browser/scan_view.mjs"))
-        .arg(format!("http://{state}/"))
-        .arg(out.path())
-        .current_dir(root())
-        .output()
-        .expect("start node");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the scan view panel in Chromium:\n{printed}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for check in ["latest", "peak-stats", "grid", "clean"] {
-        assert!(
-            printed
-                .lines()
-                .any(|line| line.starts_with(&format!("ok - {check}:"))),
-            "{check} did not pass:\n{printed}"
-        );
-    }
 }

@@ -48,7 +48,7 @@ const SCAN_ARGS: [&str; 8] = [
 /// How long `beamflow run` may take to stop after Ctrl-C.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     root().join("tests/browser")
 }
 
@@ -145,7 +145,7 @@ impl Pipeline {
 
 /// A child in its own process group, the whole group killed when the test ends, however it
 /// ends: Chromium is node's child.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

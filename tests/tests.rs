@@ -21,6 +21,7 @@ mod quad_scan;
 mod replay_cli;
 mod result_pvs;
 mod runtime;
+mod scan_view_page;
 mod security;
 mod util;
 mod what_if;

@@ -952,6 +952,710 @@ class WhatIfPanel {
   }
 }
 
+// ---------------------------------------------------------------- scan view (bluesky runs)
+
+const RUN_STATUS = { running: "running", success: "success", abort: "aborted", fail: "failed" };
+// The peak markers, apart from the series' colours.
+const CEN_COLOR = "#e3b341";
+const COM_COLOR = "#ff7b72";
+// Where a map has no measured cell (the page's background).
+const BLANK = "#0d1117";
+// A stream's events shown in its table at most: the first and the newest.
+const STREAM_EVENTS = 4;
+// Rows of marker labels (cen, com) above a line plot.
+const MARKER_ROWS = 2;
+
+/** 256 [r, g, b] of a colormap, read off the server's colour bar: the image panel's colours. */
+function colormapLut(name) {
+  colormapLut.cache ??= new Map();
+  if (!colormapLut.cache.has(name)) {
+    const lut = (async () => {
+      const response = await fetch(`${API}/colorbar.png?cmap=${encodeURIComponent(name)}`);
+      if (!response.ok) throw new Error(`colorbar ${name}: ${response.status}`);
+      const bitmap = await createImageBitmap(await response.blob());
+      const canvas = el("canvas", { width: bitmap.width, height: 1 });
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(bitmap, 0, 0);
+      bitmap.close();
+      const { data } = ctx.getImageData(0, 0, canvas.width, 1);
+      return Array.from({ length: canvas.width }, (_, i) => [data[4 * i], data[4 * i + 1], data[4 * i + 2]]);
+    })();
+    // A failure is not kept: the next drawing asks again.
+    lut.catch(() => colormapLut.cache.delete(name));
+    colormapLut.cache.set(name, lut);
+  }
+  return colormapLut.cache.get(name);
+}
+
+/** Ticks at 1, 2 or 5 × 10^k inside [lo, hi], about `count` of them. */
+function niceTicks(lo, hi, count) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / Math.max(1, count);
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) ?? 10 * power;
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+  return ticks;
+}
+
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+
+/** A tick label: as `fmt`, but 5e-4 rather than 5.000e-4 (ticks are round numbers). */
+function tickText(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return Number(v.toPrecision(4)).toExponential();
+  return fmt(v, 4);
+}
+
+class ScanViewPanel {
+  constructor(desc, section) {
+    this.desc = desc;
+    this.section = section;
+    this.summary = null; // the newest update: {order, latest, late, runs, run}
+    this.following = true;
+    this.picked = null; // the uid picked while not following
+    this.run = null; // the view shown
+    this.fetchSeq = 0;
+    this.fetching = false;
+    this.field = null; // the field whose PeakStats are marked
+    this.chart = null;
+    this.chartKey = null;
+    this.userZoom = false;
+    this.plotMode = "none";
+    this.mapNote = "";
+    this.openStreams = new Set();
+    section.dataset.following = "true";
+    section.dataset.mode = "none";
+
+    this.picker = el("select", { class: "run-picker", title: "the run shown" });
+    this.picker.addEventListener("change", () => this.pick(this.picker.value));
+    this.followButton = el("button", { class: "follow hidden", text: "follow latest", title: "show each new run as it starts again" });
+    this.followButton.addEventListener("click", () => this.pick(""));
+    this.late = el("span", { class: "note" });
+    this.scanId = el("span", { class: "scan-id", text: "–" });
+    this.plan = el("span", { class: "plan" });
+    this.status = el("span", { class: "run-status", text: "no run yet" });
+    this.points = el("span", { class: "run-points" });
+    this.missing = el("span", { class: "warning" });
+    this.times = el("span", { class: "note" });
+    this.message = el("div", { class: "message" });
+    this.plotNote = el("div", { class: "message" });
+    this.box = el("div", { class: "scan-plot" });
+    this.readout = el("div", { class: "note map-readout" });
+    this.statsField = el("select", { class: "stats-field", title: "the field whose PeakStats are shown and marked on the plot" });
+    this.statsField.addEventListener("change", () => {
+      this.field = this.statsField.value;
+      if (this.run) this.showStats(this.run);
+      // Its markers, and with a scale per field its axis.
+      if (this.run && this.plotMode === "line") this.plotLine(this.run);
+    });
+    // I0 at 1e5 beside a ratio near 1 would flatten one of them: a scale each, the axis the
+    // marked field's, unless the user wants them on one.
+    this.ownScales = true;
+    this.scalesBox = el("input", { type: "checkbox", checked: true });
+    this.scalesBox.addEventListener("change", () => {
+      this.ownScales = this.scalesBox.checked;
+      if (this.run && this.plotMode === "line") this.plotLine(this.run);
+    });
+    this.scalesLabel = el("label", { class: "own-scales hidden", title: "each field on its own y scale; the axis shows the field whose PeakStats are marked" }, this.scalesBox, " a y scale per field");
+    this.swatch = el("span", { class: "swatch" });
+    this.statsList = el("dl", { class: "peak-stats" });
+    this.stats = el("div", { class: "stats-card hidden" },
+      el("h3", {}, "PeakStats of ", this.swatch, this.statsField),
+      this.statsList,
+      el("div", { class: "note", text: "as bluesky's PeakStats computes them; cen and com are marked on the plot, the span between the half-maximum crossings shaded" }));
+    this.streams = el("div", { class: "streams" });
+    section.append(
+      el("div", { class: "controls" }, el("label", { text: "run " }, this.picker), this.followButton, this.scalesLabel, this.late),
+      el("div", { class: "scan-header" }, this.scanId, this.plan, this.status, this.points, this.missing, this.times),
+      this.message,
+      el("div", { class: "scan-body" },
+        el("div", { class: "scan-main" }, this.plotNote, this.box, this.readout),
+        el("div", { class: "scan-side" }, this.stats, this.streams)),
+    );
+    this.fmtTime = timeFormatter(null);
+  }
+
+  update(summary) {
+    this.summary = summary;
+    this.fillPicker();
+    const late = Number(summary.late ?? 0);
+    this.late.textContent = late > 0 ? `${late} documents of runs joined mid-way skipped` : "";
+    if (this.following) {
+      this.show(summary.run ?? null);
+    } else if (this.stale()) {
+      // A picked run still going (or just stopped): keep it current, one request at a time.
+      if (!this.fetching) this.fetchPicked();
+    }
+  }
+
+  /** Whether the picked run's view may be behind the server's: running, or stopped since. */
+  stale() {
+    const listed = this.summary?.runs?.[this.picked];
+    if (!listed || this.run?.uid !== this.picked) return false;
+    return listed.status === "running" || listed.status !== this.run.status;
+  }
+
+  /** After a reconnect the state comes again; a picked run is asked for again. */
+  refetch() {
+    if (!this.following && this.picked) this.fetchPicked();
+  }
+
+  fillPicker() {
+    const summary = this.summary;
+    const latest = summary.latest ? summary.runs?.[summary.latest] : null;
+    const label = (run) => `#${run.scan_id ?? "?"} ${run.plan_name ?? ""} (${RUN_STATUS[run.status] ?? run.status ?? "?"})`;
+    const options = [["", latest ? `latest: ${label(latest)}` : "latest (none yet)"]];
+    for (const uid of [...(summary.order ?? [])].reverse()) {
+      const run = summary.runs?.[uid];
+      if (run) options.push([uid, `${label(run)} ${uid.slice(0, 8)}`]);
+    }
+    const signature = options.map((o) => o.join("=")).join("|");
+    if (signature === this.signature) return;
+    this.signature = signature;
+    this.picker.replaceChildren(...options.map(([value, text]) => el("option", { value, text })));
+    // A picked run dropped from the list stays shown, as it was fetched.
+    if (!this.following && !options.some(([value]) => value === this.picked)) {
+      this.picker.append(el("option", { value: this.picked, text: `${this.run?.scan_id ?? "?"} (no longer kept)` }));
+    }
+    this.picker.value = this.following ? "" : this.picked;
+  }
+
+  pick(uid) {
+    this.picker.value = uid;
+    this.following = uid === "";
+    this.picked = this.following ? null : uid;
+    this.section.dataset.following = String(this.following);
+    this.followButton.classList.toggle("hidden", this.following);
+    this.fetchSeq += 1;
+    if (this.following) this.show(this.summary?.run ?? null);
+    else this.fetchPicked();
+  }
+
+  async fetchPicked() {
+    const seq = ++this.fetchSeq;
+    const uid = this.picked;
+    this.fetching = true;
+    try {
+      const run = await getResult(`${this.desc.path}/runs/${encodeURIComponent(uid)}`);
+      // Only the newest request's answer, and only while that run is still wanted.
+      if (seq !== this.fetchSeq || this.following) return;
+      if (run === null) this.message.textContent = `run ${uid} is no longer kept`;
+      else this.show(run);
+    } catch (error) {
+      console.warn("scan view", this.desc.name, error);
+      if (seq === this.fetchSeq) this.message.textContent = `run ${uid} could not be read: ${error.message}`;
+      return;
+    } finally {
+      this.fetching = false;
+    }
+    // The run stopped while its view was on its way: its final view, once.
+    const listed = this.summary?.runs?.[uid];
+    if (seq === this.fetchSeq && listed && listed.status !== "running" && this.run?.status === "running") this.fetchPicked();
+  }
+
+  show(run) {
+    const changed = run?.uid !== this.run?.uid;
+    this.run = run;
+    this.section.dataset.run = run?.uid ?? "";
+    this.section.dataset.status = run?.status ?? "";
+    if (changed) {
+      this.field = null;
+      this.message.textContent = "";
+    }
+    if (!run) {
+      this.scanId.textContent = "–";
+      this.status.textContent = "no run yet";
+      this.status.dataset.status = "";
+      for (const node of [this.plan, this.points, this.missing, this.times]) node.textContent = "";
+      this.stats.classList.add("hidden");
+      this.message.textContent = "waiting for a run: nothing has come from the RunEngine since beamflow started";
+      this.showPlot(null);
+      return;
+    }
+    this.header(run);
+    const fields = run.y ?? [];
+    if (!fields.includes(this.field)) this.field = fields.find((f) => run.peak_stats?.[f]) ?? fields[0] ?? null;
+    this.showPlot(run);
+    this.showStats(run);
+    this.showStreams(run);
+  }
+
+  header(run) {
+    this.scanId.textContent = `scan ${run.scan_id ?? "?"}`;
+    this.plan.textContent = run.plan_name ?? "";
+    const status = run.status ?? "running";
+    this.status.dataset.status = status;
+    this.status.textContent = RUN_STATUS[status] ?? status;
+    if (run.reason) this.status.textContent += `: ${run.reason}`;
+    this.status.title = run.reason ?? "";
+    const stream = run.streams?.[run.stream];
+    const done = Number(stream?.events ?? 0) + Number(stream?.dropped ?? 0);
+    this.points.textContent = `${done}${isNumber(run.num_points) ? ` / ${run.num_points}` : ""} points`;
+    const missing = Object.entries(run.missing ?? {}).filter(([, n]) => n > 0);
+    this.missing.textContent = missing.length ? `missing: ${missing.map(([s, n]) => `${n} ${s} event${n === 1 ? "" : "s"}`).join(", ")}` : "";
+    const dropped = Number(stream?.dropped ?? 0);
+    if (dropped > 0) this.missing.textContent += `${this.missing.textContent ? "; " : ""}${dropped} points past the view's limit not kept`;
+    const started = isNumber(run.started) ? this.fmtTime(run.started) : "–";
+    let took = "";
+    if (isNumber(run.started) && isNumber(run.stopped)) took = `, took ${ageText(run.stopped - run.started)}`;
+    else if (isNumber(run.started) && run.status === "running") took = `, running for ${ageText(Date.now() / 1e3 - run.started)}`;
+    this.times.textContent = `started ${started}${took} · uid ${run.uid}`;
+  }
+
+  /** The plotted stream's points: x (sorted), each y field, x's label. */
+  columns(run) {
+    const columns = run.streams?.[run.stream]?.columns ?? {};
+    const fields = run.y ?? [];
+    let xs = columns[run.x] ?? [];
+    let xLabel = run.x ?? "";
+    if (run.x === "time") {
+      const t0 = xs.find(isNumber);
+      xs = xs.map((t) => (isNumber(t) ? t - t0 : null));
+      xLabel = "time since the first point (s)";
+    }
+    const rows = [];
+    for (let i = 0; i < xs.length; i++) if (isNumber(xs[i])) rows.push(i);
+    // uPlot wants x ascending; a scan that went down is the same curve.
+    rows.sort((a, b) => xs[a] - xs[b] || a - b);
+    return {
+      x: rows.map((i) => xs[i]),
+      ys: fields.map((f) => rows.map((i) => (isNumber(columns[f]?.[i]) ? columns[f][i] : null))),
+      fields,
+      xLabel,
+    };
+  }
+
+  showPlot(run) {
+    const dims = run?.dimensions?.length ?? 0;
+    const mode = !run ? "none" : run.grid ? "map" : dims >= 2 ? "scatter" : (run.y ?? []).length ? "line" : "none";
+    this.section.dataset.mode = mode;
+    if (mode !== this.plotMode) this.clearPlot();
+    this.plotMode = mode;
+    // Why nothing is drawn, while nothing is (a run's fields come with its first event).
+    this.plotNote.textContent = mode === "none" && run ? this.nothingToPlot(run) : "";
+    if (mode === "line") this.plotLine(run);
+    else if (mode === "none") {
+      this.section.dataset.points = "0";
+      this.section.dataset.series = "0";
+    } else this.plotMap(run, mode);
+  }
+
+  /** Whatever plot is there, gone: a line run after a map, a map after a line. */
+  clearPlot() {
+    this.dropChart();
+    this.mapObserver?.disconnect();
+    this.mapObserver = null;
+    this.mapGeometry = null;
+    this.box.replaceChildren();
+    this.readout.textContent = "";
+  }
+
+  nothingToPlot(run) {
+    if (!Number(run.streams?.[run.stream]?.events ?? 0)) return "waiting for the first point…";
+    const arrays = Object.entries(run.streams?.[run.stream]?.arrays ?? {});
+    const shown = arrays.map(([field, a]) => `${field} (${a.dtype ?? "?"} ${(a.shape ?? []).join("×")}, newest at point ${a.seq_num ?? "?"})`);
+    return `no scalar field to plot${shown.length ? `; arrays: ${shown.join(", ")}` : ""}`;
+  }
+
+  dropChart() {
+    this.chart?.destroy();
+    this.chart = null;
+    this.chartKey = null;
+    this.observer?.disconnect();
+    this.observer = null;
+    this.userZoom = false;
+  }
+
+  plotLine(run) {
+    const { x, ys, fields, xLabel } = this.columns(run);
+    const data = [x, ...ys];
+    const own = this.ownScales && fields.length > 1;
+    const marked = Math.max(0, fields.indexOf(this.field));
+    this.scalesLabel.classList.toggle("hidden", fields.length < 2);
+    // A new run, other fields or scales: a new chart (series, scales and labels are fixed at
+    // creation).
+    const key = `${run.uid}\n${xLabel}\n${fields.join("\n")}\n${own ? marked : "one scale"}`;
+    if (key !== this.chartKey) {
+      this.dropChart();
+      this.chartKey = key;
+      const box = el("div", { class: "chart" });
+      this.box.replaceChildren(box);
+      const yLabel = fields.length === 1 || own ? fields[marked] : "";
+      const opts = {
+        width: Math.max(300, Math.floor(this.box.clientWidth || 700)),
+        height: 340,
+        scales: { x: { time: false } },
+        series: [
+          { label: xLabel, value: (u, v) => fmt(v) },
+          ...fields.map((name, i) => ({
+            label: name,
+            stroke: COLORS[i % COLORS.length],
+            width: 2,
+            // Each point marked while they are apart; uPlot leaves them out when dense.
+            points: { size: 6, fill: COLORS[i % COLORS.length] },
+            scale: own ? `y${i}` : "y",
+            value: (u, v) => fmt(v),
+          })),
+        ],
+        axes: [
+          { ...AXIS, label: xLabel, labelSize: 20, size: 32, font: "12px system-ui", labelFont: "13px system-ui", values: (u, vals) => vals.map(tickText) },
+          { ...AXIS, scale: own ? `y${marked}` : "y", ...(own ? { stroke: COLORS[marked % COLORS.length] } : {}), label: yLabel, labelSize: yLabel ? 22 : 0, size: 70, font: "12px system-ui", labelFont: "13px system-ui", values: (u, vals) => vals.map(tickText) },
+        ],
+        legend: { live: true },
+        // Room above the plot for the markers' labels.
+        padding: [MARKER_ROWS * 19 + 6, null, null, null],
+        cursor: { drag: { x: true, y: false, setScale: true } },
+        hooks: {
+          draw: [(u) => this.drawMarkers(u)],
+          // A drag zooms: new points then keep the range the user chose.
+          setSelect: [(u) => { if (u.select.width > 0) this.userZoom = true; }],
+        },
+      };
+      this.chart = new uPlot(opts, data, box);
+      // uPlot's double-click shows all the data again, and so do new points from then on.
+      box.addEventListener("dblclick", () => (this.userZoom = false));
+      const chart = this.chart;
+      this.observer = new ResizeObserver(() => {
+        const width = Math.max(300, Math.floor(this.box.clientWidth));
+        if (width !== chart.width) chart.setSize({ width, height: chart.height });
+      });
+      this.observer.observe(this.box);
+    } else {
+      this.chart.setData(data, !this.userZoom);
+    }
+    this.section.dataset.points = String(this.chart.data[0].length);
+    this.section.dataset.series = String(this.chart.series.length - 1);
+  }
+
+  /** cen and com of the selected field as vertical lines, its half-maximum span shaded. */
+  drawMarkers(u) {
+    const stats = this.run?.peak_stats?.[this.field];
+    const index = (this.run?.y ?? []).indexOf(this.field);
+    const drawn = [];
+    if (stats && index >= 0 && u.series[index + 1]?.show) {
+      const { ctx } = u;
+      const { left, top, width, height } = u.bbox;
+      const px = (v) => u.valToPos(v, "x", true);
+      const inside = (v) => isNumber(v) && px(v) >= left - 0.5 && px(v) <= left + width + 0.5;
+      const ratio = devicePixelRatio;
+      ctx.save();
+      const crossings = stats.crossings ?? [];
+      ctx.font = `${13 * ratio}px system-ui, sans-serif`;
+      ctx.textBaseline = "top";
+      ctx.textAlign = "left";
+      let band = null;
+      if (crossings.length >= 2 && isNumber(stats.fwhm)) {
+        const a = Math.max(left, px(crossings[0]));
+        const b = Math.min(left + width, px(crossings[crossings.length - 1]));
+        if (b > a) {
+          ctx.fillStyle = "rgba(227, 179, 65, 0.12)";
+          ctx.fillRect(a, top, b - a, height);
+          band = a;
+          drawn.push("fwhm");
+        }
+      }
+      // The labels in the margin above the plot (the chart's top padding), one row each.
+      let labelY = top - MARKER_ROWS * 19 * ratio;
+      for (const [name, value, color, dash] of [["cen", stats.cen, CEN_COLOR, []], ["com", stats.com, COM_COLOR, [6 * ratio, 4 * ratio]]]) {
+        if (!inside(value)) continue;
+        const x = Math.round(px(value)) + 0.5;
+        ctx.strokeStyle = color;
+        ctx.lineWidth = 2 * ratio;
+        ctx.setLineDash(dash);
+        ctx.beginPath();
+        ctx.moveTo(x, labelY);
+        ctx.lineTo(x, top + height);
+        ctx.stroke();
+        const text = `${name} ${fmt(value)}`;
+        const w = ctx.measureText(text).width + 8 * ratio;
+        // Right of its line, or left where the plot ends.
+        const tx = x + w + 2 * ratio > left + width ? x - w - 2 * ratio : x + 2 * ratio;
+        ctx.fillStyle = color;
+        ctx.fillText(text, tx + 4 * ratio, labelY + 1 * ratio);
+        labelY += 19 * ratio;
+        drawn.push(name);
+      }
+      if (band !== null) {
+        // Inside the span's left edge, over the lines, on a backing.
+        const text = `fwhm ${fmt(stats.fwhm)}`;
+        const w = ctx.measureText(text).width + 8 * ratio;
+        ctx.fillStyle = "rgba(13, 17, 23, 0.85)";
+        ctx.fillRect(band + 2 * ratio, top + height - 21 * ratio, w, 18 * ratio);
+        ctx.fillStyle = "#c9d1d9";
+        ctx.fillText(text, band + 6 * ratio, top + height - 19 * ratio);
+      }
+      ctx.restore();
+    }
+    this.section.dataset.markers = drawn.join(",");
+  }
+
+  /** The selected field's PeakStats, large: what a scientist reads off to move a motor. */
+  showStats(run) {
+    const fields = run.y ?? [];
+    const oneD = (run.dimensions?.length ?? 0) === 1 && run.x !== "time" && fields.length > 0;
+    this.stats.classList.toggle("hidden", !oneD);
+    if (!oneD) return;
+    const signature = fields.join("\n");
+    if (signature !== this.statsSignature) {
+      this.statsSignature = signature;
+      this.statsField.replaceChildren(...fields.map((f) => el("option", { value: f, text: f })));
+    }
+    this.statsField.value = this.field;
+    // A colour is data, not markup: set through the CSSOM, which the page's CSP allows.
+    this.swatch.style.background = COLORS[Math.max(0, fields.indexOf(this.field)) % COLORS.length];
+    this.stats.dataset.field = this.field ?? "";
+    const s = run.peak_stats?.[this.field];
+    if (!s) {
+      this.statsList.replaceChildren(el("dd", { class: "note", text: "none yet: PeakStats needs points that vary" }));
+      return;
+    }
+    // The exact number in data-value, for whoever reads the page by machine; the text is rounded.
+    const value = (stat, v) => el("span", { class: `num stat-${stat}`, text: fmt(v), data: isNumber(v) ? { stat, value: String(v) } : { stat } });
+    const at = (stat, pair) => el("dd", {}, value(`${stat}_y`, pair?.[1]), el("span", { class: "note", text: ` at ${run.x} ` }), value(`${stat}_x`, pair?.[0]));
+    const d = s.derivative;
+    const rows = [
+      ["cen", el("dd", {}, value("cen", s.cen))],
+      ["com", el("dd", {}, value("com", s.com))],
+      ["fwhm", el("dd", {}, value("fwhm", s.fwhm))],
+      ["max", at("max", s.max)],
+      ["min", at("min", s.min)],
+    ];
+    if (d) rows.push(["d/dx cen", el("dd", {}, value("derivative_cen", d.cen))], ["d/dx fwhm", el("dd", {}, value("derivative_fwhm", d.fwhm))]);
+    if (s.lin_bkg) rows.push(["background", el("dd", {}, value("bkg_m", s.lin_bkg.m), el("span", { class: "note", text: ` × ${run.x} + ` }), value("bkg_b", s.lin_bkg.b))]);
+    this.statsList.replaceChildren(...rows.flatMap(([name, dd]) => [el("dt", { text: name }), dd]));
+  }
+
+  /** The other streams (baseline, monitors): a reading per row, the first and newest events. */
+  showStreams(run) {
+    const names = Object.keys(run.streams ?? {}).filter((name) => name !== run.stream).sort();
+    const signature = `${run.uid}|${names.map((n) => `${n}:${run.streams[n].events}`).join("|")}`;
+    if (signature === this.streamSignature) return;
+    this.streamSignature = signature;
+    if (names.length === 0) {
+      this.streams.replaceChildren(el("div", { class: "note", text: "no other stream (a baseline) in this run" }));
+      return;
+    }
+    this.streams.replaceChildren(...names.map((name) => {
+      const stream = run.streams[name];
+      const columns = stream.columns ?? {};
+      const n = Number(stream.events ?? 0);
+      const picked = n <= STREAM_EVENTS ? [...Array(n).keys()] : [0, ...Array.from({ length: STREAM_EVENTS - 1 }, (_, k) => n - STREAM_EVENTS + 1 + k)];
+      const seq = columns.seq_num ?? [];
+      const fields = Object.keys(columns).filter((f) => f !== "seq_num" && f !== "time").sort();
+      const details = el("details", { class: "stream", open: this.openStreams.has(name), data: { stream: name } },
+        el("summary", { text: `${name}: ${n} event${n === 1 ? "" : "s"}, ${fields.length} readings${n > STREAM_EVENTS ? " (the first and the newest shown)" : ""}` }),
+        el("table", {},
+          el("thead", {}, el("tr", {}, el("th", { text: "reading" }), ...picked.map((i) => el("th", { class: "num", text: `#${fmt(seq[i] ?? i + 1)}` })))),
+          el("tbody", {}, ...fields.map((f) => el("tr", {}, el("td", { text: f }), ...picked.map((i) => el("td", { class: "num", text: fmt(columns[f]?.[i] ?? null) })))))));
+      details.addEventListener("toggle", () => (details.open ? this.openStreams.add(name) : this.openStreams.delete(name)));
+      return details;
+    }));
+  }
+
+  /** The grid (or the scatter of a 2-D run without one) on a canvas, with axes and a colour scale. */
+  async plotMap(run, mode) {
+    let canvas = this.box.querySelector("canvas.scan-map");
+    if (!canvas) {
+      canvas = el("canvas", { class: "scan-map" });
+      this.box.replaceChildren(canvas);
+      canvas.addEventListener("mousemove", (e) => this.hover(canvas, e));
+      canvas.addEventListener("mouseleave", () => (this.readout.textContent = this.mapNote));
+      this.mapObserver = new ResizeObserver(() => {
+        if (this.run && (this.plotMode === "map" || this.plotMode === "scatter")) this.plotMap(this.run, this.plotMode);
+      });
+      this.mapObserver.observe(this.box);
+    }
+    let lut;
+    try {
+      lut = await colormapLut("viridis");
+    } catch (error) {
+      this.message.textContent = `the colour map could not be read: ${error.message}`;
+      return;
+    }
+    // Another run (or plot) may have come while the colours were on their way.
+    if (this.run !== run) return;
+    const cells = mode === "map" ? this.gridCells(run) : this.scatterCells(run);
+    this.drawMap(canvas, cells, lut);
+    this.section.dataset.points = String(cells.points.filter((p) => isNumber(p.v)).length);
+    this.section.dataset.series = "1";
+  }
+
+  gridCells(run) {
+    const g = run.grid;
+    const [rows, cols] = g.shape;
+    const [[s0, s1], [f0, f1]] = g.extents;
+    const at = (a, b, n, i) => (n > 1 ? a + ((b - a) * i) / (n - 1) : a);
+    const points = [];
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const v = g.values[r * cols + c];
+        points.push({ x: at(f0, f1, cols, c), y: at(s0, s1, rows, r), v: isNumber(v) ? v : null });
+      }
+    }
+    const half = (a, b, n) => (n > 1 ? Math.abs(b - a) / (n - 1) / 2 : 0.5);
+    return {
+      points, grid: true,
+      cellW: 2 * half(f0, f1, cols), cellH: 2 * half(s0, s1, rows),
+      xRange: [Math.min(f0, f1) - half(f0, f1, cols), Math.max(f0, f1) + half(f0, f1, cols)],
+      yRange: [Math.min(s0, s1) - half(s0, s1, rows), Math.max(s0, s1) + half(s0, s1, rows)],
+      xLabel: g.fast, yLabel: g.slow, signal: g.signal,
+      note: `${rows} × ${cols} grid`,
+    };
+  }
+
+  scatterCells(run) {
+    const columns = run.streams?.[run.stream]?.columns ?? {};
+    const [slow, fast] = run.dimensions.map(([fields]) => fields[0]);
+    const signal = (run.y ?? [])[0];
+    const xs = columns[fast] ?? [];
+    const points = xs.map((x, i) => ({ x, y: columns[slow]?.[i], v: isNumber(columns[signal]?.[i]) ? columns[signal][i] : null }))
+      .filter((p) => isNumber(p.x) && isNumber(p.y));
+    const span = (values) => {
+      const lo = Math.min(...values);
+      const hi = Math.max(...values);
+      const pad = hi > lo ? (hi - lo) * 0.05 : 0.5;
+      return [lo - pad, hi + pad];
+    };
+    return {
+      points, grid: false,
+      xRange: points.length ? span(points.map((p) => p.x)) : [0, 1],
+      yRange: points.length ? span(points.map((p) => p.y)) : [0, 1],
+      xLabel: fast, yLabel: slow, signal,
+      note: `${points.length} points, no grid`,
+    };
+  }
+
+  drawMap(canvas, cells, lut) {
+    const ratio = devicePixelRatio;
+    const cssW = Math.max(300, Math.floor(this.box.clientWidth || 600));
+    const cssH = 380;
+    if (canvas.width !== cssW * ratio || canvas.height !== cssH * ratio) {
+      canvas.width = cssW * ratio;
+      canvas.height = cssH * ratio;
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, cssW, cssH);
+    // Margins for tick labels and axis names; the colour scale on the right.
+    const plot = { x: 78, y: 12, w: cssW - 78 - 120, h: cssH - 12 - 52 };
+    this.mapGeometry = { plot, cells };
+    canvas.dataset.plot = [plot.x, plot.y, plot.w, plot.h].map((v) => v * ratio).join(",");
+    const [x0, x1] = cells.xRange;
+    const [y0, y1] = cells.yRange;
+    const px = (x) => plot.x + ((x - x0) / (x1 - x0 || 1)) * plot.w;
+    const py = (y) => plot.y + plot.h - ((y - y0) / (y1 - y0 || 1)) * plot.h;
+    const values = cells.points.map((p) => p.v).filter(isNumber);
+    const lo = values.length ? Math.min(...values) : 0;
+    const hi = values.length ? Math.max(...values) : 1;
+    const color = (v) => {
+      const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+      const [r, g, b] = lut[Math.min(lut.length - 1, Math.max(0, Math.round(t * (lut.length - 1))))];
+      return `rgb(${r}, ${g}, ${b})`;
+    };
+    ctx.fillStyle = BLANK;
+    ctx.fillRect(plot.x, plot.y, plot.w, plot.h);
+    for (const p of cells.points) {
+      if (!isNumber(p.v)) continue;
+      ctx.fillStyle = color(p.v);
+      if (cells.grid) {
+        // Whole pixels, edge to edge: no seams between cells.
+        const a = Math.round(px(p.x - cells.cellW / 2));
+        const b = Math.round(px(p.x + cells.cellW / 2));
+        const c = Math.round(py(p.y + cells.cellH / 2));
+        const d = Math.round(py(p.y - cells.cellH / 2));
+        ctx.fillRect(a, c, b - a, d - c);
+      } else {
+        ctx.beginPath();
+        ctx.arc(px(p.x), py(p.y), 6, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    }
+    // Axes, ticks and names.
+    ctx.strokeStyle = "#8b949e";
+    ctx.fillStyle = "#c9d1d9";
+    ctx.lineWidth = 1;
+    ctx.strokeRect(plot.x - 0.5, plot.y - 0.5, plot.w + 1, plot.h + 1);
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    for (const t of niceTicks(x0, x1, Math.max(2, Math.floor(plot.w / 90)))) {
+      const x = Math.round(px(t)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(x, plot.y + plot.h);
+      ctx.lineTo(x, plot.y + plot.h + 5);
+      ctx.stroke();
+      ctx.fillText(tickText(t), x, plot.y + plot.h + 8);
+    }
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (const t of niceTicks(y0, y1, Math.max(2, Math.floor(plot.h / 60)))) {
+      const y = Math.round(py(t)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(plot.x - 5, y);
+      ctx.lineTo(plot.x, y);
+      ctx.stroke();
+      ctx.fillText(tickText(t), plot.x - 8, y);
+    }
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "bottom";
+    ctx.fillText(`${cells.xLabel} (fast)`, plot.x + plot.w / 2, cssH - 4);
+    ctx.save();
+    ctx.translate(16, plot.y + plot.h / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textBaseline = "middle";
+    ctx.fillText(`${cells.yLabel} (slow)`, 0, 0);
+    ctx.restore();
+    // The colour scale: the signal's range, low at the bottom.
+    const bar = { x: plot.x + plot.w + 24, y: plot.y, w: 16, h: plot.h };
+    for (let j = 0; j < bar.h; j++) {
+      const [r, g, b] = lut[Math.round((1 - j / Math.max(1, bar.h - 1)) * (lut.length - 1))];
+      ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+      ctx.fillRect(bar.x, bar.y + j, bar.w, 1);
+    }
+    ctx.strokeRect(bar.x - 0.5, bar.y - 0.5, bar.w + 1, bar.h + 1);
+    ctx.fillStyle = "#c9d1d9";
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    if (values.length) {
+      for (const t of hi > lo ? niceTicks(lo, hi, 5) : [lo]) {
+        const y = bar.y + bar.h - (hi > lo ? ((t - lo) / (hi - lo)) * bar.h : bar.h / 2);
+        ctx.fillText(tickText(t), bar.x + bar.w + 5, y);
+      }
+    }
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "bottom";
+    ctx.fillText(cells.signal ?? "", bar.x + bar.w / 2 + 20, cssH - 4);
+    const blank = cells.points.length - values.length;
+    this.mapNote = `${cells.note}: ${values.length} measured${blank ? `, ${blank} not yet (blank)` : ""}; ${cells.signal} ${fmt(lo)} … ${fmt(hi)}. Point at a cell to read it.`;
+    this.readout.textContent = this.mapNote;
+  }
+
+  hover(canvas, event) {
+    const geometry = this.mapGeometry;
+    if (!geometry) return;
+    const { plot, cells } = geometry;
+    const rect = canvas.getBoundingClientRect();
+    const scale = rect.width / (canvas.width / devicePixelRatio);
+    const mx = (event.clientX - rect.left) / scale;
+    const my = (event.clientY - rect.top) / scale;
+    if (mx < plot.x || mx > plot.x + plot.w || my < plot.y || my > plot.y + plot.h) return;
+    const [x0, x1] = cells.xRange;
+    const [y0, y1] = cells.yRange;
+    const x = x0 + ((mx - plot.x) / plot.w) * (x1 - x0);
+    const y = y0 + ((plot.y + plot.h - my) / plot.h) * (y1 - y0);
+    let best = null;
+    for (const p of cells.points) {
+      const d = ((p.x - x) / (x1 - x0 || 1)) ** 2 + ((p.y - y) / (y1 - y0 || 1)) ** 2;
+      if (!best || d < best.d) best = { p, d };
+    }
+    if (best) this.readout.textContent = `${cells.xLabel} ${fmt(best.p.x)}, ${cells.yLabel} ${fmt(best.p.y)}: ${cells.signal} ${best.p.v === null ? "not measured" : fmt(best.p.v)}`;
+  }
+}
+
 // ---------------------------------------------------------------- any other kind: its JSON
 
 // Its view comes with every `state` (the current one at once when the stream opens).
@@ -1078,244 +1782,9 @@ class HealthPanel {
   }
 }
 
-// ---------------------------------------------------------------- bluesky scan view
-
-// Viridis at ten even steps, interpolated between: the map's colours, as the snapshots' PNGs.
-const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
-  .map((hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)));
-
-function viridis(t) {
-  const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
-  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
-  const f = x - i;
-  return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
-}
-
-/**
- * A bluesky run as BestEffortCallback plots it: the latest run followed live (or one picked),
- * its fields against the first dimension with PeakStats' cen and com marked and tabled, or a
- * grid scan's map; the baseline's readings below.
- */
-class ScanViewPanel {
-  constructor(desc, section) {
-    this.desc = desc;
-    this.section = section;
-    this.update_ = null;
-    this.picked = null; // the run picked, fetched whole; null: following the latest
-    section.dataset.points = "0";
-    section.dataset.run = "";
-    this.select = el("select", { class: "run", title: "the run shown" });
-    this.select.addEventListener("change", () => this.pick(this.select.value));
-    this.header = el("span", { class: "run-header" });
-    this.box = chartBox(280);
-    this.canvas = el("canvas", { class: "grid-map hidden", width: 640, height: 320 });
-    this.stats = el("table", { class: "fit peak-stats" });
-    this.streams = el("div", { class: "streams" });
-    this.message = el("div", { class: "message" });
-    section.append(
-      el("div", { class: "controls" }, el("label", { text: "run " }, this.select), this.header),
-      this.box, this.canvas, this.stats, this.streams, this.message,
-    );
-    this.chart = null;
-    this.signature = null;
-  }
-
-  update(update) {
-    this.update_ = update;
-    this.fillSelect();
-    if (!this.select.value) this.render(update.run);
-    else if (this.picked?.status === "running") this.pick(this.select.value);
-  }
-
-  fillSelect() {
-    const update = this.update_;
-    const chosen = this.select.value;
-    const options = [["", "latest (following)"]];
-    for (const uid of [...(update.order ?? [])].reverse()) {
-      const run = update.runs?.[uid] ?? {};
-      options.push([uid, `scan ${run.scan_id ?? "?"} · ${run.plan_name ?? "?"} · ${run.status ?? ""} · ${uid.slice(0, 8)}`]);
-    }
-    const signature = options.map((o) => o.join("=")).join("|");
-    if (signature === this.options) return;
-    this.options = signature;
-    this.select.replaceChildren(...options.map(([value, text]) => el("option", { value, text })));
-    this.select.value = options.some(([value]) => value === chosen) ? chosen : "";
-  }
-
-  async pick(uid) {
-    if (!uid) {
-      this.picked = null;
-      this.render(this.update_?.run);
-      return;
-    }
-    try {
-      this.picked = await getResult(`${this.desc.path}/runs/${uid}`);
-      if (this.select.value === uid) this.render(this.picked);
-    } catch (error) {
-      this.message.textContent = `run ${uid}: ${error.message}`;
-    }
-  }
-
-  render(run) {
-    if (!run) {
-      this.header.textContent = "no run yet: waiting for a RunEngine's documents";
-      return;
-    }
-    const table = run.streams?.[run.stream ?? "primary"] ?? { columns: {}, events: 0 };
-    const points = table.events ?? 0;
-    const missing = Object.entries(run.missing ?? {}).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s} events missing`);
-    const status = run.status === "running" ? "running" : `${run.status}${run.reason ? ` (${run.reason})` : ""}`;
-    this.header.textContent = `scan ${run.scan_id ?? "?"} · ${run.plan_name ?? "?"} · ${status} · ${points}${run.num_points ? `/${run.num_points}` : ""} points${run.bmm ? ` · BMM ${run.bmm.kind}` : ""}${missing.length ? ` · ${missing.join(", ")}` : ""}`;
-    this.header.dataset.status = run.status ?? "";
-    this.section.dataset.points = String(points);
-    this.section.dataset.run = run.uid ?? "";
-    if (run.grid) {
-      this.box.classList.add("hidden");
-      this.canvas.classList.remove("hidden");
-      this.drawGrid(run.grid);
-    } else {
-      this.canvas.classList.add("hidden");
-      this.box.classList.remove("hidden");
-      this.plot(run, table);
-    }
-    this.fillStats(run);
-    this.fillStreams(run);
-  }
-
-  plot(run, table) {
-    const columns = table.columns ?? {};
-    const xName = run.x ?? "time";
-    let x = columns[xName] ?? [];
-    if (xName === "time" && x.length) x = x.map((t) => t - x[0]);
-    const ys = (run.y ?? []).filter((name) => Array.isArray(columns[name]));
-    const signature = [xName, ...ys].join("|");
-    // uPlot wants x ascending: a scan may go either way, so the points are sorted by x.
-    const order = x.map((_, i) => i).filter((i) => x[i] !== null).sort((a, b) => x[a] - x[b]);
-    const data = [order.map((i) => x[i]), ...ys.map((name) => order.map((i) => columns[name][i] ?? null))];
-    this.run = run;
-    if (this.chart && signature === this.signature) {
-      this.chart.setData(data);
-      return;
-    }
-    this.chart?.destroy();
-    this.signature = signature;
-    const opts = {
-      scales: { x: { time: false } },
-      series: [
-        { label: xName === "time" ? "time (s)" : xName, value: (u, v) => fmt(v) },
-        ...ys.map((name, i) => ({
-          label: name, stroke: COLORS[i % COLORS.length], width: 1.5,
-          points: { show: true, size: 5, fill: COLORS[i % COLORS.length] }, value: (u, v) => fmt(v),
-        })),
-      ],
-      axes: [{ ...AXIS }, { ...AXIS, size: 70, values: (u, vals) => vals.map((v) => fmt(v, 4)) }],
-      hooks: { draw: [(u) => this.drawMarkers(u)] },
-    };
-    this.box.replaceChildren();
-    this.chart = newChart(opts, data, this.box);
-  }
-
-  /** PeakStats' cen (solid) and com (dashed) of the first plotted field, as vertical lines. */
-  drawMarkers(u) {
-    const field = this.run?.y?.[0];
-    const stats = field ? this.run?.peak_stats?.[field] : null;
-    if (!stats) return;
-    const { ctx } = u;
-    ctx.save();
-    ctx.lineWidth = Math.max(1, devicePixelRatio);
-    for (const [key, color, dash] of [["cen", "#e3b341", []], ["com", "#ff7b72", [6, 4]]]) {
-      const at = stats[key];
-      if (!Number.isFinite(at)) continue;
-      const x = u.valToPos(at, "x", true);
-      ctx.strokeStyle = color;
-      ctx.setLineDash(dash.map((d) => d * devicePixelRatio));
-      ctx.beginPath();
-      ctx.moveTo(x, u.bbox.top);
-      ctx.lineTo(x, u.bbox.top + u.bbox.height);
-      ctx.stroke();
-    }
-    ctx.restore();
-  }
-
-  drawGrid(grid) {
-    const [rows, cols] = grid.shape ?? [0, 0];
-    const values = grid.values ?? [];
-    const finite = values.filter((v) => Number.isFinite(v));
-    const lo = Math.min(...finite);
-    const hi = Math.max(...finite);
-    const canvas = this.canvas;
-    const ctx = canvas.getContext("2d");
-    const legend = 70;
-    const [w, h] = [canvas.width - legend, canvas.height - 30];
-    ctx.fillStyle = "#161b22";
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
-    const cw = w / Math.max(1, cols);
-    const ch = h / Math.max(1, rows);
-    let drawn = 0;
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const v = values[r * cols + c];
-        if (!Number.isFinite(v)) continue;
-        const [red, green, blue] = viridis(hi > lo ? (v - lo) / (hi - lo) : 0.5);
-        ctx.fillStyle = `rgb(${red},${green},${blue})`;
-        // Row 0 (the slow motor's start) at the bottom, as the snapshots draw it.
-        ctx.fillRect(c * cw, h - (r + 1) * ch, Math.ceil(cw), Math.ceil(ch));
-        drawn++;
-      }
-    }
-    for (let i = 0; i < 100; i++) {
-      const [red, green, blue] = viridis(i / 99);
-      ctx.fillStyle = `rgb(${red},${green},${blue})`;
-      ctx.fillRect(w + 10, h - (i + 1) * (h / 100), 14, Math.ceil(h / 100));
-    }
-    ctx.fillStyle = "#c9d1d9";
-    ctx.font = "12px system-ui, sans-serif";
-    ctx.fillText(fmt(hi, 4), w + 28, 12);
-    ctx.fillText(fmt(lo, 4), w + 28, h);
-    const [slow, fast] = grid.extents ?? [[], []];
-    ctx.fillText(`${grid.fast} ${fmt(fast[0], 4)} … ${fmt(fast[1], 4)} →   ${grid.slow} ${fmt(slow[0], 4)} … ${fmt(slow[1], 4)} ↑   ${grid.signal}`, 0, canvas.height - 8);
-    this.canvas.dataset.cells = String(drawn);
-  }
-
-  fillStats(run) {
-    const fields = Object.keys(run.peak_stats ?? {});
-    this.stats.classList.toggle("hidden", fields.length === 0);
-    if (!fields.length) return;
-    const head = ["PeakStats", "cen", "fwhm", "com", "max (x, y)", "min (x, y)", "derivative cen", "derivative fwhm"];
-    const pair = (p) => (Array.isArray(p) ? `${fmt(p[0])}, ${fmt(p[1])}` : "–");
-    this.stats.replaceChildren(
-      el("thead", {}, el("tr", {}, ...head.map((t) => el("th", { text: t })))),
-      el("tbody", {}, ...fields.map((field) => {
-        const s = run.peak_stats[field] ?? {};
-        const td = (text, key) => el("td", { class: "num", text, data: key ? { stat: key } : {} });
-        return el("tr", { data: { field } },
-          el("td", { text: field }),
-          td(fmt(s.cen, 7), "cen"), td(fmt(s.fwhm, 7), "fwhm"), td(fmt(s.com, 7), "com"),
-          td(pair(s.max)), td(pair(s.min)),
-          td(fmt(s.derivative?.cen, 7)), td(fmt(s.derivative?.fwhm, 7)));
-      })),
-    );
-  }
-
-  /** The other streams (the baseline): each reading's first and last value. */
-  fillStreams(run) {
-    const others = Object.entries(run.streams ?? {}).filter(([name]) => name !== (run.stream ?? "primary"));
-    this.streams.replaceChildren(...others.map(([name, table]) => {
-      const columns = Object.entries(table.columns ?? {}).filter(([key]) => key !== "seq_num" && key !== "time");
-      const last = (values) => values[values.length - 1];
-      return el("details", {},
-        el("summary", { text: `${name}: ${table.events} readings` }),
-        el("table", { class: "fit" },
-          el("thead", {}, el("tr", {}, ...["field", "first", "last"].map((t) => el("th", { text: t })))),
-          el("tbody", {}, ...columns.map(([key, values]) => el("tr", {},
-            el("td", { text: key }), el("td", { class: "num", text: fmt(values[0]) }), el("td", { class: "num", text: fmt(last(values)) }))))));
-    }));
-  }
-}
-
 // ---------------------------------------------------------------- the page
 
-const KINDS = { history: HistoryPanel, image: ImagePanel, quad_scan: QuadScanPanel, table: TablePanel, what_if: WhatIfPanel, scan_view: ScanViewPanel };
+const KINDS = { history: HistoryPanel, image: ImagePanel, quad_scan: QuadScanPanel, scan_view: ScanViewPanel, table: TablePanel, what_if: WhatIfPanel };
 
 function section(name, kind, title, note) {
   return el("section", { class: "panel", data: { panel: name, kind } },
