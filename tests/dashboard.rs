@@ -52,8 +52,24 @@ pub(crate) fn browser_dir() -> PathBuf {
     root().join("tests/browser")
 }
 
+/// Whether a browser test can run here; when it cannot, says why and lets the test pass,
+/// except under CI (`CI` set), where it fails: `.ci/run` installs everything.
+pub(crate) fn browser_available() -> bool {
+    match missing() {
+        None => true,
+        Some(reason) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the browser tests, but {reason}"
+            );
+            eprintln!("skipped: {reason}");
+            false
+        }
+    }
+}
+
 /// Why the browser test cannot run here, if it cannot.
-pub(crate) fn missing() -> Option<String> {
+fn missing() -> Option<String> {
     if !Path::new(CHROMIUM).exists() {
         return Some(format!(
             "{CHROMIUM} is not installed (apt-get install chromium)"
@@ -157,7 +173,8 @@ impl Drop for Killed {
     }
 }
 
-fn answer(stdin: &mut ChildStdin, line: &str) {
+/// Answers the browser script's question on its standard input.
+pub(crate) fn answer(stdin: &mut ChildStdin, line: &str) {
     writeln!(stdin, "{line}").expect("answer the browser script");
     stdin.flush().expect("answer the browser script");
 }
@@ -169,12 +186,7 @@ fn answer(stdin: &mut ChildStdin, line: &str) {
 /// (written to docs/dashboard.png when `BEAMFLOW_SCREENSHOT=1`).
 #[test]
 fn gh_18_the_dashboard_in_chromium() {
-    if let Some(reason) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser tests, but {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if !browser_available() {
         return;
     }
     let pipeline = Pipeline::new();

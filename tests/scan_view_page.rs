@@ -6,14 +6,14 @@
 //! Without Chromium or the script's `node_modules` (`npm ci --prefix tests/browser`) the test
 //! says so and passes, except under CI (`CI` set), where it must run.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
 use crate::bluesky::RunEngine;
-use crate::dashboard::{Killed, browser_dir, missing};
+use crate::dashboard::{Killed, answer, browser_available, browser_dir};
 use crate::util::{
     TOKEN, beamflow, eventually, free_ports, http_get, root, scratch_dir, start_run,
 };
@@ -32,11 +32,6 @@ const CHECKS: [&str; 7] = [
 /// The runs `bluesky_runs.py` makes after "go".
 const RUNS: usize = 9;
 
-fn answer(stdin: &mut ChildStdin, line: &str) {
-    writeln!(stdin, "{line}").expect("answer the browser script");
-    stdin.flush().expect("answer the browser script");
-}
-
 /// The panel of the scan views in Chromium while a RunEngine runs `scan`, `rel_scan`, `count`,
 /// `grid_scan`, an aborted scan and a last scan: the page follows the latest run (its points
 /// and series on the chart), shows the `scan` run's PeakStats as the JSON view has them with
@@ -45,12 +40,7 @@ fn answer(stdin: &mut ChildStdin, line: &str) {
 /// docs/scan_view.png.
 #[test]
 fn gh_19_the_scan_view_panel_in_chromium() {
-    if let Some(reason) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser tests, but {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if !browser_available() {
         return;
     }
     let [in_port, out_port] = free_ports::<2>();
