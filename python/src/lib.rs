@@ -1,0 +1,41 @@
+//! Python payloads in beamflow (issue 20): dranspose's workers and reducers, and Python
+//! analyses, called from beamflow's Rust worker and reducer in the same process.
+//!
+//! # Layout
+//!
+//! - [`frame`]: a received frame lent to Python without a copy.
+//! - [`convert`]: a Python result as beamflow's `Value`.
+
+pub mod convert;
+pub mod frame;
+
+pub use convert::{ConvertError, to_value};
+pub use frame::Frame;
+
+/// The tests' interpreter: the embedded one, with the site-packages of the environment the
+/// tests name (`BEAMFLOW_PYTHON`, else the repository's `.venv`, where `.ci/run` installs
+/// numpy and dranspose), so payloads import what they import there.
+#[cfg(test)]
+pub(crate) fn test_python<T>(body: impl FnOnce(pyo3::Python<'_>) -> T) -> T {
+    use std::sync::OnceLock;
+
+    static SITE: OnceLock<String> = OnceLock::new();
+    let site = SITE.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let python = std::env::var_os("BEAMFLOW_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join(".venv/bin/python"));
+        let output = std::process::Command::new(&python)
+            .args(["-c", "import site; print(site.getsitepackages()[0])"])
+            .output()
+            .unwrap_or_else(|error| panic!("{}: {error} (run .ci/run once)", python.display()));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    });
+    use pyo3::prelude::PyAnyMethods;
+    pyo3::Python::attach(|py| {
+        py.import("site")
+            .and_then(|site_module| site_module.call_method1("addsitedir", (site.as_str(),)))
+            .unwrap_or_else(|error| panic!("site-packages {site}: {error}"));
+        body(py)
+    })
+}
