@@ -5,8 +5,10 @@
 //!
 //! - [`frame`]: a received frame lent to Python without a copy.
 //! - [`convert`]: a Python result as beamflow's `Value`.
+//! - [`dranspose`]: a dranspose 0.2.0 worker payload, run unchanged.
 
 pub mod convert;
+pub mod dranspose;
 pub mod frame;
 
 pub use convert::{ConvertError, to_value};

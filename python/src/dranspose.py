@@ -1,0 +1,66 @@
+"""beamflow's side of a dranspose payload: the objects dranspose 0.2.0 hands a worker or a
+reducer, built from what beamflow's Rust worker received, so a payload runs unchanged.
+
+Loaded by beamflow (python/src/dranspose.rs) into the payload's own interpreter, where
+dranspose is installed: payloads import its parsers and models anyway.
+"""
+
+import importlib
+import sys
+
+
+class Frame(bytes):
+    """A received frame as payloads use it: `bytes` (dranspose's replay gives bytes), with
+    `.bytes` as a live `zmq.Frame` has, and `.buffer` for a memoryview."""
+
+    __slots__ = ()
+
+    @property
+    def bytes(self):
+        return self
+
+    @property
+    def buffer(self):
+        return memoryview(self)
+
+
+def load(class_path, path):
+    """`module.path:Class`, importing relative to `path` as dranspose does (it appends the
+    working directory to sys.path)."""
+    if path not in sys.path:
+        sys.path.append(path)
+    module, _, name = class_path.partition(":")
+    if not module or not name:
+        raise ValueError(f"{class_path!r} is not module.path:Class")
+    return getattr(importlib.import_module(module), name)
+
+
+def parameters(items):
+    """{name: WorkParameter} from (name, data, value) triples, as dranspose's controller
+    resolves them (value typed by its description, or None)."""
+    from dranspose.protocol import WorkParameter
+
+    return {name: WorkParameter(name=name, data=data, value=value) for name, data, value in items}
+
+
+def worker(cls, parameters, context, name):
+    """A worker instance, as dranspose makes one at each new mapping (scan)."""
+    from dranspose.protocol import WorkerName, WorkerState
+
+    return cls(parameters=parameters, context=context, state=WorkerState(name=WorkerName(name)))
+
+
+def event(number, streams):
+    """EventData from (name, typ, [buffer, ...]) triples: each frame copied once into a Frame."""
+    from dranspose.event import EventData, StreamData
+
+    return EventData(
+        event_number=number,
+        streams={name: StreamData(typ=typ, frames=[Frame(f) for f in frames])
+                 for name, typ, frames in streams},
+    )
+
+
+def process_event(instance, event, parameters, tick):
+    """dranspose calls it positionally, with three arguments."""
+    return instance.process_event(event, parameters, tick)

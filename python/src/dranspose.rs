@@ -1,0 +1,339 @@
+//! A dranspose 0.2.0 worker payload, run unchanged: the class named `module.path:Class`,
+//! imported relative to the payload's folder, instantiated per scan with `parameters`,
+//! `context` and `state` keywords, and called as dranspose calls it,
+//! `process_event(event, parameters, tick)`, on dranspose's own `EventData` whose frames are
+//! `bytes` that also have `.bytes` (as live `zmq.Frame`s do), so dranspose's parsers take them.
+//!
+//! The Python side of this (building dranspose's objects) is `dranspose.py`, loaded into the
+//! payload's interpreter.
+
+use std::path::Path;
+
+use beamflow_protocol::{EventData, ParameterValue, Parameters};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple};
+
+use crate::Frame;
+
+/// A payload that could not be loaded or failed in a hook: what it was doing and Python's
+/// traceback.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{doing}: {traceback}")]
+pub struct PayloadError {
+    /// What beamflow asked of it (`importing src.worker:Worker`, `process_event of event 12`).
+    pub doing: String,
+    /// Python's traceback, as it prints it.
+    pub traceback: String,
+}
+
+impl PayloadError {
+    fn new(py: Python<'_>, doing: impl Into<String>, error: PyErr) -> Self {
+        let traceback = error
+            .traceback(py)
+            .and_then(|traceback| traceback.format().ok())
+            .unwrap_or_default();
+        Self {
+            doing: doing.into(),
+            traceback: format!("{traceback}{error}"),
+        }
+    }
+}
+
+/// beamflow's side of dranspose's objects, loaded once per interpreter.
+fn glue(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    PyModule::from_code(
+        py,
+        c_str(include_str!("dranspose.py")).as_c_str(),
+        c"beamflow_dranspose.py",
+        c"beamflow_dranspose",
+    )
+}
+
+fn c_str(text: &str) -> std::ffi::CString {
+    // The glue is our own file: no NUL in it.
+    std::ffi::CString::new(text).unwrap_or_default()
+}
+
+/// dranspose's `{name: WorkParameter}` of the scan's parameters.
+fn work_parameters<'py>(
+    glue: &Bound<'py, PyModule>,
+    parameters: &Parameters,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = glue.py();
+    let items = PyList::empty(py);
+    for (name, value) in parameters.iter() {
+        let data = PyBytes::new(py, &value.to_bytes());
+        let typed = match value {
+            ParameterValue::Str(text) => text.into_pyobject(py)?.into_any(),
+            ParameterValue::Int(n) => n.into_pyobject(py)?.into_any(),
+            ParameterValue::Float(x) => x.into_pyobject(py)?.into_any(),
+            ParameterValue::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+            ParameterValue::Binary(bytes) => PyBytes::new(py, bytes).into_any(),
+        };
+        items.append(PyTuple::new(
+            py,
+            [
+                name.as_str().into_pyobject(py)?.into_any(),
+                data.into_any(),
+                typed,
+            ],
+        )?)?;
+    }
+    glue.getattr("parameters")?.call1((items,))
+}
+
+/// A worker payload, instantiated for one scan.
+pub struct DransposeWorker {
+    glue: Py<PyModule>,
+    instance: Py<PyAny>,
+    parameters: Py<PyAny>,
+}
+
+impl DransposeWorker {
+    /// Imports `class` (`module.path:Class`) relative to `folder` and instantiates it for a
+    /// scan with its parameters; `context` is the process's own dict, kept across scans.
+    pub fn new(
+        py: Python<'_>,
+        class: &str,
+        folder: &Path,
+        parameters: &Parameters,
+        context: &Bound<'_, PyDict>,
+        name: &str,
+    ) -> Result<Self, PayloadError> {
+        let glue = glue(py)
+            .map_err(|error| PayloadError::new(py, "loading beamflow's dranspose glue", error))?;
+        let cls = glue
+            .getattr("load")
+            .and_then(|load| load.call1((class, folder.display().to_string())))
+            .map_err(|error| PayloadError::new(py, format!("importing {class}"), error))?;
+        let work_parameters = work_parameters(&glue, parameters)
+            .map_err(|error| PayloadError::new(py, "building the parameters", error))?;
+        let instance = glue
+            .getattr("worker")
+            .and_then(|worker| worker.call1((cls, &work_parameters, context, name)))
+            .map_err(|error| PayloadError::new(py, format!("instantiating {class}"), error))?;
+        Ok(Self {
+            glue: glue.unbind(),
+            instance: instance.unbind(),
+            parameters: work_parameters.unbind(),
+        })
+    }
+
+    /// Calls `process_event(event, parameters, tick)`; `None` when the payload returned
+    /// `None` (nothing to report).
+    pub fn process_event<'py>(
+        &self,
+        py: Python<'py>,
+        event: &EventData,
+        tick: bool,
+    ) -> Result<Option<Bound<'py, PyAny>>, PayloadError> {
+        let number = event.event_number.0;
+        let doing = || format!("process_event of event {number}");
+        let streams = PyList::empty(py);
+        for (name, stream) in &event.streams {
+            let frames = PyList::empty(py);
+            for frame in &stream.frames {
+                let frame = Bound::new(py, Frame::new(frame.clone()))
+                    .map_err(|error| PayloadError::new(py, doing(), error))?;
+                frames
+                    .append(frame)
+                    .map_err(|error| PayloadError::new(py, doing(), error))?;
+            }
+            let triple = (name.as_str(), stream.typ.as_str(), frames);
+            streams
+                .append(triple)
+                .map_err(|error| PayloadError::new(py, doing(), error))?;
+        }
+        let glue = self.glue.bind(py);
+        let result = glue
+            .getattr("event")
+            .and_then(|make| make.call1((number, streams)))
+            .and_then(|event| {
+                glue.getattr("process_event")?.call1((
+                    self.instance.bind(py),
+                    event,
+                    self.parameters.bind(py),
+                    tick,
+                ))
+            })
+            .map_err(|error| PayloadError::new(py, doing(), error))?;
+        Ok((!result.is_none()).then_some(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use beamflow_protocol::streams::stins;
+    use beamflow_protocol::{DType, EventNumber, NdArray, ParameterDescription, ParameterType};
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{test_python, to_value};
+
+    /// A payload written as MAX IV's beamlines write theirs: dranspose's own STINS parser,
+    /// a typed parameter, state from the constructor, the process-wide context.
+    const WORKER: &str = r#"
+from dranspose.middlewares import stream1
+from dranspose.data.stream1 import Stream1Data
+
+
+class SumWorker:
+    def __init__(self, parameters=None, context=None, state=None, **kwargs):
+        self.offset = parameters["offset"].value
+        self.name = state.name
+        context["instances"] = context.get("instances", 0) + 1
+
+    def process_event(self, event, parameters=None, tick=False, *args, **kwargs):
+        message = stream1.parse(event.streams["det"])
+        if not isinstance(message, Stream1Data):
+            return None
+        frames = event.streams["det"].frames
+        return {
+            "frame": message.frame,
+            "sum": int(message.data.sum()) + self.offset,
+            "tick": tick,
+            "worker": self.name,
+            "frames_are_bytes": all(isinstance(f, bytes) for f in frames),
+            "bytes_attribute": len(frames[1].bytes),
+        }
+
+
+class Broken:
+    def __init__(self, **kwargs):
+        pass
+
+    def process_event(self, event, parameters, tick):
+        return 1 / 0
+"#;
+
+    fn payload_folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/__init__.py"), "").unwrap();
+        std::fs::write(dir.path().join("src/worker.py"), WORKER).unwrap();
+        dir
+    }
+
+    fn image_event(number: u64) -> EventData {
+        let pixels: Vec<u8> = [1u16, 2, 3, 4]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let image = NdArray::new(vec![2, 2], DType::Uint16, Bytes::from(pixels)).unwrap();
+        let mut event = EventData::new(EventNumber(number));
+        event.streams.insert(
+            "det".into(),
+            beamflow_protocol::StreamData {
+                typ: stins::TYP.into(),
+                frames: stins::image_frames(number, number + 1, &image, false),
+            },
+        );
+        event
+    }
+
+    fn parameters() -> Parameters {
+        let offset = ParameterDescription {
+            name: "offset".into(),
+            dtype: ParameterType::Int,
+            default: ParameterValue::Int(0),
+            description: String::new(),
+        };
+        Parameters::resolve([("offset".into(), Bytes::from_static(b"100"))], &[offset]).unwrap()
+    }
+
+    #[test]
+    fn a_dranspose_worker_runs_unchanged_on_beamflow_events() {
+        let folder = payload_folder();
+        test_python(|py| {
+            let context = PyDict::new(py);
+            let worker = DransposeWorker::new(
+                py,
+                "src.worker:SumWorker",
+                folder.path(),
+                &parameters(),
+                &context,
+                "w1",
+            )
+            .unwrap();
+            let result = worker
+                .process_event(py, &image_event(7), true)
+                .unwrap()
+                .unwrap();
+            let json = serde_json::to_value(to_value(&result).unwrap()).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!({"frame": 7, "sum": 110, "tick": true, "worker": "w1",
+                    "frames_are_bytes": true, "bytes_attribute": 8})
+            );
+            // A new scan makes a new instance; the context is the process's.
+            DransposeWorker::new(
+                py,
+                "src.worker:SumWorker",
+                folder.path(),
+                &parameters(),
+                &context,
+                "w1",
+            )
+            .unwrap();
+            let instances: i64 = context
+                .get_item("instances")
+                .unwrap()
+                .unwrap()
+                .extract()
+                .unwrap();
+            assert_eq!(instances, 2);
+            let header = {
+                let mut event = EventData::new(EventNumber(0));
+                event.streams.insert(
+                    "det".into(),
+                    beamflow_protocol::StreamData {
+                        typ: stins::TYP.into(),
+                        frames: stins::header_frames(0),
+                    },
+                );
+                event
+            };
+            assert!(worker.process_event(py, &header, false).unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn a_payload_that_raises_or_cannot_be_found_says_where_with_its_traceback() {
+        let folder = payload_folder();
+        test_python(|py| {
+            let context = PyDict::new(py);
+            let empty = Parameters::resolve(BTreeMap::new(), &[]).unwrap();
+            let broken = DransposeWorker::new(
+                py,
+                "src.worker:Broken",
+                folder.path(),
+                &empty,
+                &context,
+                "w",
+            )
+            .unwrap();
+            let error = broken
+                .process_event(py, &image_event(3), false)
+                .unwrap_err();
+            assert_eq!(error.doing, "process_event of event 3");
+            assert!(
+                error.traceback.contains("ZeroDivisionError"),
+                "{}",
+                error.traceback
+            );
+            assert!(error.traceback.contains("worker.py"), "{}", error.traceback);
+            let missing =
+                DransposeWorker::new(py, "src.nope:Worker", folder.path(), &empty, &context, "w")
+                    .err()
+                    .unwrap();
+            assert_eq!(missing.doing, "importing src.nope:Worker");
+            assert!(
+                missing.traceback.contains("ModuleNotFoundError"),
+                "{}",
+                missing.traceback
+            );
+        });
+    }
+}
