@@ -64,3 +64,35 @@ def event(number, streams):
 def process_event(instance, event, parameters, tick):
     """dranspose calls it positionally, with three arguments."""
     return instance.process_event(event, parameters, tick)
+
+
+def reducer(cls, parameters, context):
+    """A reducer instance, as dranspose makes one at each new mapping (scan)."""
+    from dranspose.protocol import ReducerState
+
+    state = ReducerState(url="tcp://localhost:10200", dranspose_version="beamflow")
+    return cls(parameters=parameters, context=context, state=state)
+
+
+def result(number, worker, payload):
+    """dranspose's ResultData around a worker's return value."""
+    from dranspose.event import ResultData
+
+    return ResultData(event_number=number, worker=worker, parameters_hash=None, payload=payload)
+
+
+def process_result(instance, result, parameters):
+    return instance.process_result(result, parameters)
+
+
+def call_optional(instance, hook, *arguments):
+    """A hook dranspose calls only when the payload has it (`finish`, `timer`, `close`)."""
+    method = getattr(instance, hook, None)
+    return None if method is None else method(*arguments)
+
+
+def publish(instance):
+    """The reducer's `publish`, under its `publish_rlock` when it has one, as dranspose's
+    server reads it; the caller converts it before the lock is let go."""
+    lock = getattr(instance, "publish_rlock", None)
+    return getattr(instance, "publish", None), lock

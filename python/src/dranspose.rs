@@ -161,6 +161,135 @@ impl DransposeWorker {
     }
 }
 
+/// A reducer payload, instantiated for one scan: `process_result` with dranspose's
+/// `ResultData`, `timer`, `finish`, and its `publish` dict read as a `Value`.
+pub struct DransposeReducer {
+    glue: Py<PyModule>,
+    instance: Py<PyAny>,
+    parameters: Py<PyAny>,
+}
+
+/// What a reducer's `timer` asks: call it again after this long (dranspose's default, 1 s,
+/// when it returns no number).
+pub const DEFAULT_TIMER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl DransposeReducer {
+    /// Imports `class` relative to `folder` and instantiates it for a scan.
+    pub fn new(
+        py: Python<'_>,
+        class: &str,
+        folder: &Path,
+        parameters: &Parameters,
+        context: &Bound<'_, PyDict>,
+    ) -> Result<Self, PayloadError> {
+        let glue = glue(py)
+            .map_err(|error| PayloadError::new(py, "loading beamflow's dranspose glue", error))?;
+        let cls = glue
+            .getattr("load")
+            .and_then(|load| load.call1((class, folder.display().to_string())))
+            .map_err(|error| PayloadError::new(py, format!("importing {class}"), error))?;
+        let work_parameters = work_parameters(&glue, parameters)
+            .map_err(|error| PayloadError::new(py, "building the parameters", error))?;
+        let instance = glue
+            .getattr("reducer")
+            .and_then(|reducer| reducer.call1((cls, &work_parameters, context)))
+            .map_err(|error| PayloadError::new(py, format!("instantiating {class}"), error))?;
+        Ok(Self {
+            glue: glue.unbind(),
+            instance: instance.unbind(),
+            parameters: work_parameters.unbind(),
+        })
+    }
+
+    /// `process_result(ResultData(event_number, worker, payload), parameters)`.
+    pub fn process_result(
+        &self,
+        py: Python<'_>,
+        event_number: u64,
+        worker: &str,
+        payload: &Bound<'_, PyAny>,
+    ) -> Result<(), PayloadError> {
+        let glue = self.glue.bind(py);
+        glue.getattr("result")
+            .and_then(|make| make.call1((event_number, worker, payload)))
+            .and_then(|result| {
+                glue.getattr("process_result")?.call1((
+                    self.instance.bind(py),
+                    result,
+                    self.parameters.bind(py),
+                ))
+            })
+            .map(drop)
+            .map_err(|error| {
+                PayloadError::new(py, format!("process_result of event {event_number}"), error)
+            })
+    }
+
+    /// `timer(parameters)` if the payload has one; how long until the next call.
+    pub fn timer(&self, py: Python<'_>) -> Result<Option<std::time::Duration>, PayloadError> {
+        let next = self
+            .optional(py, "timer")
+            .map_err(|error| PayloadError::new(py, "timer", error))?;
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        let seconds: Option<f64> = next.extract().ok();
+        Ok(Some(
+            seconds
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map_or(DEFAULT_TIMER, std::time::Duration::from_secs_f64),
+        ))
+    }
+
+    /// `finish(parameters)` at the scan's end, if the payload has it.
+    pub fn finish(&self, py: Python<'_>) -> Result<(), PayloadError> {
+        self.optional(py, "finish")
+            .map(drop)
+            .map_err(|error| PayloadError::new(py, "finish", error))
+    }
+
+    fn optional<'py>(&self, py: Python<'py>, hook: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let glue = self.glue.bind(py);
+        let instance = self.instance.bind(py);
+        if !instance.hasattr(hook)? {
+            return Ok(None);
+        }
+        glue.getattr("call_optional")?
+            .call1((instance, hook, self.parameters.bind(py)))
+            .map(Some)
+    }
+
+    /// Its `publish` as a `Value`, read under its `publish_rlock` when it has one (as
+    /// dranspose's server reads it); `Null` without a `publish`.
+    pub fn publish(&self, py: Python<'_>) -> Result<beamflow_protocol::Value, PayloadError> {
+        let doing = "reading publish";
+        let glue = self.glue.bind(py);
+        let pair = glue
+            .getattr("publish")
+            .and_then(|publish| publish.call1((self.instance.bind(py),)))
+            .map_err(|error| PayloadError::new(py, doing, error))?;
+        let (publish, lock): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair
+            .extract()
+            .map_err(|error| PayloadError::new(py, doing, error))?;
+        let convert = || {
+            crate::to_value(&publish).map_err(|error| PayloadError {
+                doing: doing.to_owned(),
+                traceback: error.to_string(),
+            })
+        };
+        if lock.is_none() {
+            return convert();
+        }
+        lock.call_method0("__enter__")
+            .map_err(|error| PayloadError::new(py, doing, error))?;
+        let value = convert();
+        let none = py.None();
+        lock.call_method1("__exit__", (&none, &none, &none))
+            .map_err(|error| PayloadError::new(py, doing, error))?;
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -206,6 +335,49 @@ class Broken:
 
     def process_event(self, event, parameters, tick):
         return 1 / 0
+
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Total:
+    frame: int
+    total: int
+
+
+class TotalWorker(SumWorker):
+    def process_event(self, event, parameters=None, tick=False, *args, **kwargs):
+        result = super().process_event(event, parameters, tick)
+        return None if result is None else Total(frame=result["frame"], total=result["sum"])
+"#;
+
+    /// A reducer as beamlines write theirs: `isinstance` on the worker's dataclass (imported
+    /// from the worker module, relative), a `publish` dict under a lock, `timer` and `finish`.
+    const REDUCER: &str = r#"
+import threading
+
+from .worker import Total
+
+
+class TotalReducer:
+    def __init__(self, parameters=None, context=None, state=None, **kwargs):
+        self.publish = {"frames": [], "totals": [], "timer_calls": 0, "finished": False}
+        self.publish_rlock = threading.Lock()
+        self.version = state.dranspose_version
+
+    def process_result(self, result, parameters=None):
+        if isinstance(result.payload, Total):
+            with self.publish_rlock:
+                self.publish["frames"].append(result.payload.frame)
+                self.publish["totals"].append(result.payload.total)
+
+    def timer(self, parameters):
+        self.publish["timer_calls"] += 1
+        return 0.25
+
+    def finish(self, parameters=None):
+        self.publish["finished"] = True
 "#;
 
     fn payload_folder() -> tempfile::TempDir {
@@ -213,6 +385,7 @@ class Broken:
         std::fs::create_dir(dir.path().join("src")).unwrap();
         std::fs::write(dir.path().join("src/__init__.py"), "").unwrap();
         std::fs::write(dir.path().join("src/worker.py"), WORKER).unwrap();
+        std::fs::write(dir.path().join("src/reducer.py"), REDUCER).unwrap();
         dir
     }
 
@@ -333,6 +506,48 @@ class Broken:
                 missing.traceback.contains("ModuleNotFoundError"),
                 "{}",
                 missing.traceback
+            );
+        });
+    }
+
+    #[test]
+    fn a_dranspose_reducer_dispatches_the_workers_dataclasses_and_publishes() {
+        let folder = payload_folder();
+        test_python(|py| {
+            let context = PyDict::new(py);
+            let worker = DransposeWorker::new(
+                py,
+                "src.worker:TotalWorker",
+                folder.path(),
+                &parameters(),
+                &context,
+                "w1",
+            )
+            .unwrap();
+            let reducer = DransposeReducer::new(
+                py,
+                "src.reducer:TotalReducer",
+                folder.path(),
+                &parameters(),
+                &context,
+            )
+            .unwrap();
+            for number in [1, 2] {
+                let result = worker
+                    .process_event(py, &image_event(number), false)
+                    .unwrap()
+                    .unwrap();
+                reducer.process_result(py, number, "w1", &result).unwrap();
+            }
+            assert_eq!(
+                reducer.timer(py).unwrap(),
+                Some(std::time::Duration::from_millis(250))
+            );
+            reducer.finish(py).unwrap();
+            let published = serde_json::to_value(reducer.publish(py).unwrap()).unwrap();
+            assert_eq!(
+                published,
+                serde_json::json!({"frames": [1, 2], "totals": [110, 110], "timer_calls": 1, "finished": true})
             );
         });
     }
