@@ -161,6 +161,26 @@ impl DransposeWorker {
     }
 }
 
+/// A worker's result as it travels to the reducer's process: a pickle, as dranspose sends
+/// it, so the reducer gets the worker's own objects back. Unpickling runs code the pickle
+/// names: the reducer takes results only from the pipeline's own workers, the same trust as
+/// dranspose's.
+pub fn pickle(result: &Bound<'_, PyAny>) -> Result<bytes::Bytes, PayloadError> {
+    let py = result.py();
+    py.import("pickle")
+        .and_then(|pickle| pickle.call_method1("dumps", (result,)))
+        .and_then(|pickled| pickled.extract::<Vec<u8>>())
+        .map(bytes::Bytes::from)
+        .map_err(|error| PayloadError::new(py, "pickling the result", error))
+}
+
+/// The worker's object back from [`pickle`].
+pub fn unpickle<'py>(py: Python<'py>, pickled: &[u8]) -> Result<Bound<'py, PyAny>, PayloadError> {
+    py.import("pickle")
+        .and_then(|pickle| pickle.call_method1("loads", (PyBytes::new(py, pickled),)))
+        .map_err(|error| PayloadError::new(py, "unpickling a result", error))
+}
+
 /// A reducer payload, instantiated for one scan: `process_result` with dranspose's
 /// `ResultData`, `timer`, `finish`, and its `publish` dict read as a `Value`.
 pub struct DransposeReducer {
