@@ -557,6 +557,8 @@ class TotalReducer:
                     .process_event(py, &image_event(number), false)
                     .unwrap()
                     .unwrap();
+                // As it travels between the processes.
+                let result = unpickle(py, &pickle(&result).unwrap()).unwrap();
                 reducer.process_result(py, number, "w1", &result).unwrap();
             }
             assert_eq!(
