@@ -400,12 +400,15 @@ class TotalReducer:
         self.publish["finished"] = True
 "#;
 
-    fn payload_folder() -> tempfile::TempDir {
+    /// The payloads as a package of their own name in a folder of their own: each test gets
+    /// its own, as the tests share one interpreter (and its imported modules).
+    fn payload_folder(package: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("src")).unwrap();
-        std::fs::write(dir.path().join("src/__init__.py"), "").unwrap();
-        std::fs::write(dir.path().join("src/worker.py"), WORKER).unwrap();
-        std::fs::write(dir.path().join("src/reducer.py"), REDUCER).unwrap();
+        let package = dir.path().join(package);
+        std::fs::create_dir(&package).unwrap();
+        std::fs::write(package.join("__init__.py"), "").unwrap();
+        std::fs::write(package.join("worker.py"), WORKER).unwrap();
+        std::fs::write(package.join("reducer.py"), REDUCER).unwrap();
         dir
     }
 
@@ -438,12 +441,12 @@ class TotalReducer:
 
     #[test]
     fn a_dranspose_worker_runs_unchanged_on_beamflow_events() {
-        let folder = payload_folder();
+        let folder = payload_folder("runs_unchanged");
         test_python(|py| {
             let context = PyDict::new(py);
             let worker = DransposeWorker::new(
                 py,
-                "src.worker:SumWorker",
+                "runs_unchanged.worker:SumWorker",
                 folder.path(),
                 &parameters(),
                 &context,
@@ -463,7 +466,7 @@ class TotalReducer:
             // A new scan makes a new instance; the context is the process's.
             DransposeWorker::new(
                 py,
-                "src.worker:SumWorker",
+                "runs_unchanged.worker:SumWorker",
                 folder.path(),
                 &parameters(),
                 &context,
@@ -494,13 +497,13 @@ class TotalReducer:
 
     #[test]
     fn a_payload_that_raises_or_cannot_be_found_says_where_with_its_traceback() {
-        let folder = payload_folder();
+        let folder = payload_folder("raises");
         test_python(|py| {
             let context = PyDict::new(py);
             let empty = Parameters::resolve(BTreeMap::new(), &[]).unwrap();
             let broken = DransposeWorker::new(
                 py,
-                "src.worker:Broken",
+                "raises.worker:Broken",
                 folder.path(),
                 &empty,
                 &context,
@@ -517,11 +520,17 @@ class TotalReducer:
                 error.traceback
             );
             assert!(error.traceback.contains("worker.py"), "{}", error.traceback);
-            let missing =
-                DransposeWorker::new(py, "src.nope:Worker", folder.path(), &empty, &context, "w")
-                    .err()
-                    .unwrap();
-            assert_eq!(missing.doing, "importing src.nope:Worker");
+            let missing = DransposeWorker::new(
+                py,
+                "raises.nope:Worker",
+                folder.path(),
+                &empty,
+                &context,
+                "w",
+            )
+            .err()
+            .unwrap();
+            assert_eq!(missing.doing, "importing raises.nope:Worker");
             assert!(
                 missing.traceback.contains("ModuleNotFoundError"),
                 "{}",
@@ -532,12 +541,12 @@ class TotalReducer:
 
     #[test]
     fn a_dranspose_reducer_dispatches_the_workers_dataclasses_and_publishes() {
-        let folder = payload_folder();
+        let folder = payload_folder("reduces");
         test_python(|py| {
             let context = PyDict::new(py);
             let worker = DransposeWorker::new(
                 py,
-                "src.worker:TotalWorker",
+                "reduces.worker:TotalWorker",
                 folder.path(),
                 &parameters(),
                 &context,
@@ -546,7 +555,7 @@ class TotalReducer:
             .unwrap();
             let reducer = DransposeReducer::new(
                 py,
-                "src.reducer:TotalReducer",
+                "reduces.reducer:TotalReducer",
                 folder.path(),
                 &parameters(),
                 &context,
