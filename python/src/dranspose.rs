@@ -27,6 +27,11 @@ pub struct PayloadError {
 }
 
 impl PayloadError {
+    /// What was being done, and Python's exception with its traceback.
+    pub fn from_python(py: Python<'_>, doing: impl Into<String>, error: PyErr) -> Self {
+        Self::new(py, doing, error)
+    }
+
     fn new(py: Python<'_>, doing: impl Into<String>, error: PyErr) -> Self {
         let traceback = error
             .traceback(py)

@@ -5,8 +5,11 @@
 //!
 //! - [`frame`]: a received frame lent to Python without a copy.
 //! - [`convert`]: a Python result as beamflow's `Value`.
-//! - [`dranspose`]: a dranspose 0.2.0 worker payload, run unchanged.
+//! - [`dranspose`]: a dranspose 0.2.0 worker or reducer payload, run unchanged.
+//! - [`analysis`]: beamflow's own contract for Python analyses: frames and images without a
+//!   copy, results as `Value`.
 
+pub mod analysis;
 pub mod convert;
 pub mod dranspose;
 pub mod frame;
