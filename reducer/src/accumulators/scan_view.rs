@@ -296,7 +296,25 @@ struct Run {
 
 impl Run {
     fn new(order: u64, start: Value, bmm: Option<bmm::Plot>) -> Self {
-        let (dimensions, grid) = match bmm.as_ref().and_then(|plot| plot.grid.clone()) {
+        let mut run = Self {
+            order,
+            start,
+            dimensions: Vec::new(),
+            grid: None,
+            streams: BTreeMap::new(),
+            stop: None,
+            resources: 0,
+            datums: 0,
+            bmm: None,
+            finished: None,
+        };
+        run.plot_as(bmm);
+        run
+    }
+
+    /// Plots the run as BMM's message says, or as its start document does without one.
+    fn plot_as(&mut self, bmm: Option<bmm::Plot>) {
+        (self.dimensions, self.grid) = match bmm.as_ref().and_then(|plot| plot.grid.clone()) {
             Some((grid, [slow, fast])) => (
                 vec![
                     (vec![slow], "primary".to_owned()),
@@ -305,25 +323,23 @@ impl Run {
                 Some(grid),
             ),
             None => {
-                let dimensions = dimensions(&start);
+                let dimensions = dimensions(&self.start);
                 let grid = (dimensions.len() == 2)
-                    .then(|| Grid::from_start(&start))
+                    .then(|| Grid::from_start(&self.start))
                     .flatten();
                 (dimensions, grid)
             }
         };
-        Self {
-            order,
-            start,
-            dimensions,
-            grid,
-            streams: BTreeMap::new(),
-            stop: None,
-            resources: 0,
-            datums: 0,
-            bmm,
-            finished: None,
-        }
+        self.bmm = bmm;
+    }
+
+    /// Whether a BMM `start` that arrives now still belongs to this run: it started, but no
+    /// event came yet (from Kafka, BMM's control topic and the documents' topic are read side
+    /// by side, so the message sent just before the run may be read just after its start).
+    fn awaits_plot(&self) -> bool {
+        self.bmm.is_none()
+            && self.stop.is_none()
+            && self.streams.values().all(|table| table.len() == 0)
     }
 
     /// The dimensions' stream (bluesky plots one stream), `primary` by default.
@@ -710,7 +726,16 @@ impl Accumulator for ScanView {
         let doc = payload.pointer("doc").unwrap_or(&Value::Null);
         let Some(uid) = text("run") else {
             if document == "bmm" {
+                let before = self.bmm.current.clone();
                 self.bmm.control(doc, &self.config.bmm);
+                let started = self.bmm.current.is_some() && self.bmm.current != before;
+                if let (true, Some(run)) = (
+                    started,
+                    self.latest.as_ref().and_then(|uid| self.runs.get_mut(uid)),
+                ) && run.awaits_plot()
+                {
+                    run.plot_as(self.bmm.current.clone());
+                }
             }
             return Ok(());
         };
@@ -1017,5 +1042,30 @@ mod tests {
         feed.document("event", "x", Some("primary"), serde_json::json!({"seq_num": 4}));
         assert_eq!(feed.json()["late"], 1);
         assert!(feed.json()["runs"].as_object().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bmm_start_read_just_after_its_run_started_still_plots_it() {
+        let mut feed = Feed::new("");
+        feed.document(
+            "start",
+            "r",
+            None,
+            serde_json::json!({"uid": "r", "motors": ["xafs_y"]}),
+        );
+        feed.send(serde_json::json!({"document": "bmm", "run": null, "stream": null,
+            "doc": {"linescan": "start", "motor": "xafs_y", "detector": "It"}}));
+        let view = feed.json();
+        assert_eq!(view["runs"]["r"]["bmm"]["kind"], "linescan");
+        // Once a run has points, a start is for the runs after it.
+        feed.document(
+            "event",
+            "r",
+            Some("primary"),
+            serde_json::json!({"seq_num": 1, "data": {"xafs_y": 1.0}}),
+        );
+        feed.send(serde_json::json!({"document": "bmm", "run": null, "stream": null,
+            "doc": {"timescan": "start", "detector": "I0"}}));
+        assert_eq!(feed.json()["runs"]["r"]["bmm"]["kind"], "linescan");
     }
 }
