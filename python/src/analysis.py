@@ -9,9 +9,7 @@ interpreter.
             return {"sum": float(image.sum())}      # read by Rust accumulators and the JSON view
 """
 
-import importlib
 import json
-import sys
 
 
 class Stream:
@@ -53,15 +51,6 @@ class Event:
     def __init__(self, event_number, streams):
         self.event_number = event_number
         self.streams = streams
-
-
-def load(class_path, path):
-    if path not in sys.path:
-        sys.path.append(path)
-    module, _, name = class_path.partition(":")
-    if not module or not name:
-        raise ValueError(f"{class_path!r} is not module.path:Class")
-    return getattr(importlib.import_module(module), name)
 
 
 def analysis(cls, parameters, context):

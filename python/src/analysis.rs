@@ -14,12 +14,11 @@ use beamflow_protocol::{EventData, ParameterValue, Parameters, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyModule};
 
-use crate::dranspose::PayloadError;
+use crate::payload::{PayloadError, glue_module, load_class};
 use crate::{Frame, to_value};
 
-fn glue(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let code = std::ffi::CString::new(include_str!("analysis.py")).unwrap_or_default();
-    PyModule::from_code(py, &code, c"beamflow_analysis.py", c"beamflow_analysis")
+fn glue(py: Python<'_>) -> Result<Bound<'_, PyModule>, PayloadError> {
+    glue_module(py, include_str!("analysis.py"), "analysis")
 }
 
 /// The parameters as Python values by name.
@@ -57,11 +56,8 @@ impl PythonAnalysis {
     ) -> Result<Self, PayloadError> {
         let failed =
             |doing: String| move |error: PyErr| PayloadError::from_python(py, doing, error);
-        let glue = glue(py).map_err(failed("loading beamflow's analysis glue".to_owned()))?;
-        let cls = glue
-            .getattr("load")
-            .and_then(|load| load.call1((class, folder.display().to_string())))
-            .map_err(failed(format!("importing {class}")))?;
+        let glue = glue(py)?;
+        let cls = load_class(py, class, folder)?;
         let parameters = parameters(py, scan_parameters)
             .map_err(failed("building the parameters".to_owned()))?;
         let instance = glue

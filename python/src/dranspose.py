@@ -5,8 +5,6 @@ Loaded by beamflow (python/src/dranspose.rs) into the payload's own interpreter,
 dranspose is installed: payloads import its parsers and models anyway.
 """
 
-import importlib
-import sys
 
 
 class Frame(bytes):
@@ -22,17 +20,6 @@ class Frame(bytes):
     @property
     def buffer(self):
         return memoryview(self)
-
-
-def load(class_path, path):
-    """`module.path:Class`, importing relative to `path` as dranspose does (it appends the
-    working directory to sys.path)."""
-    if path not in sys.path:
-        sys.path.append(path)
-    module, _, name = class_path.partition(":")
-    if not module or not name:
-        raise ValueError(f"{class_path!r} is not module.path:Class")
-    return getattr(importlib.import_module(module), name)
 
 
 def parameters(items):

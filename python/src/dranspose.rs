@@ -14,49 +14,46 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple};
 
 use crate::Frame;
+use crate::payload::{PayloadError, glue_module, load_class};
 
-/// A payload that could not be loaded or failed in a hook: what it was doing and Python's
-/// traceback.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{doing}: {traceback}")]
-pub struct PayloadError {
-    /// What beamflow asked of it (`importing src.worker:Worker`, `process_event of event 12`).
-    pub doing: String,
-    /// Python's traceback, as it prints it.
-    pub traceback: String,
+/// beamflow's side of dranspose's objects.
+fn glue(py: Python<'_>) -> Result<Bound<'_, PyModule>, PayloadError> {
+    glue_module(py, include_str!("dranspose.py"), "dranspose")
 }
 
-impl PayloadError {
-    /// What was being done, and Python's exception with its traceback.
-    pub fn from_python(py: Python<'_>, doing: impl Into<String>, error: PyErr) -> Self {
-        Self::new(py, doing, error)
+/// A payload's instance for one scan, with what it is called with.
+struct Instance {
+    glue: Py<PyModule>,
+    instance: Py<PyAny>,
+    parameters: Py<PyAny>,
+}
+
+impl Instance {
+    /// Imports `class` relative to `folder` and has the glue's `maker` (`worker`, `reducer`)
+    /// instantiate it with the parameters, `context` and `extra` arguments.
+    fn new<'py>(
+        py: Python<'py>,
+        class: &str,
+        folder: &Path,
+        parameters: &Parameters,
+        maker: &str,
+        arguments: impl FnOnce(Bound<'py, PyAny>, &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>>,
+    ) -> Result<Self, PayloadError> {
+        let glue = glue(py)?;
+        let cls = load_class(py, class, folder)?;
+        let work_parameters = work_parameters(&glue, parameters)
+            .map_err(|error| PayloadError::from_python(py, "building the parameters", error))?;
+        let instance = arguments(cls, &work_parameters)
+            .and_then(|arguments| glue.getattr(maker)?.call1(arguments))
+            .map_err(|error| {
+                PayloadError::from_python(py, format!("instantiating {class}"), error)
+            })?;
+        Ok(Self {
+            glue: glue.unbind(),
+            instance: instance.unbind(),
+            parameters: work_parameters.unbind(),
+        })
     }
-
-    fn new(py: Python<'_>, doing: impl Into<String>, error: PyErr) -> Self {
-        let traceback = error
-            .traceback(py)
-            .and_then(|traceback| traceback.format().ok())
-            .unwrap_or_default();
-        Self {
-            doing: doing.into(),
-            traceback: format!("{traceback}{error}"),
-        }
-    }
-}
-
-/// beamflow's side of dranspose's objects, loaded once per interpreter.
-fn glue(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    PyModule::from_code(
-        py,
-        c_str(include_str!("dranspose.py")).as_c_str(),
-        c"beamflow_dranspose.py",
-        c"beamflow_dranspose",
-    )
-}
-
-fn c_str(text: &str) -> std::ffi::CString {
-    // The glue is our own file: no NUL in it.
-    std::ffi::CString::new(text).unwrap_or_default()
 }
 
 /// dranspose's `{name: WorkParameter}` of the scan's parameters.
@@ -88,11 +85,7 @@ fn work_parameters<'py>(
 }
 
 /// A worker payload, instantiated for one scan.
-pub struct DransposeWorker {
-    glue: Py<PyModule>,
-    instance: Py<PyAny>,
-    parameters: Py<PyAny>,
-}
+pub struct DransposeWorker(Instance);
 
 impl DransposeWorker {
     /// Imports `class` (`module.path:Class`) relative to `folder` and instantiates it for a
@@ -105,23 +98,25 @@ impl DransposeWorker {
         context: &Bound<'_, PyDict>,
         name: &str,
     ) -> Result<Self, PayloadError> {
-        let glue = glue(py)
-            .map_err(|error| PayloadError::new(py, "loading beamflow's dranspose glue", error))?;
-        let cls = glue
-            .getattr("load")
-            .and_then(|load| load.call1((class, folder.display().to_string())))
-            .map_err(|error| PayloadError::new(py, format!("importing {class}"), error))?;
-        let work_parameters = work_parameters(&glue, parameters)
-            .map_err(|error| PayloadError::new(py, "building the parameters", error))?;
-        let instance = glue
-            .getattr("worker")
-            .and_then(|worker| worker.call1((cls, &work_parameters, context, name)))
-            .map_err(|error| PayloadError::new(py, format!("instantiating {class}"), error))?;
-        Ok(Self {
-            glue: glue.unbind(),
-            instance: instance.unbind(),
-            parameters: work_parameters.unbind(),
-        })
+        Instance::new(
+            py,
+            class,
+            folder,
+            parameters,
+            "worker",
+            |cls, parameters| {
+                PyTuple::new(
+                    py,
+                    [
+                        cls,
+                        parameters.clone(),
+                        context.clone().into_any(),
+                        name.into_pyobject(py)?.into_any(),
+                    ],
+                )
+            },
+        )
+        .map(Self)
     }
 
     /// Calls `process_event(event, parameters, tick)`; `None` when the payload returned
@@ -139,29 +134,29 @@ impl DransposeWorker {
             let frames = PyList::empty(py);
             for frame in &stream.frames {
                 let frame = Bound::new(py, Frame::new(frame.clone()))
-                    .map_err(|error| PayloadError::new(py, doing(), error))?;
+                    .map_err(|error| PayloadError::from_python(py, doing(), error))?;
                 frames
                     .append(frame)
-                    .map_err(|error| PayloadError::new(py, doing(), error))?;
+                    .map_err(|error| PayloadError::from_python(py, doing(), error))?;
             }
             let triple = (name.as_str(), stream.typ.as_str(), frames);
             streams
                 .append(triple)
-                .map_err(|error| PayloadError::new(py, doing(), error))?;
+                .map_err(|error| PayloadError::from_python(py, doing(), error))?;
         }
-        let glue = self.glue.bind(py);
+        let glue = self.0.glue.bind(py);
         let result = glue
             .getattr("event")
             .and_then(|make| make.call1((number, streams)))
             .and_then(|event| {
                 glue.getattr("process_event")?.call1((
-                    self.instance.bind(py),
+                    self.0.instance.bind(py),
                     event,
-                    self.parameters.bind(py),
+                    self.0.parameters.bind(py),
                     tick,
                 ))
             })
-            .map_err(|error| PayloadError::new(py, doing(), error))?;
+            .map_err(|error| PayloadError::from_python(py, doing(), error))?;
         Ok((!result.is_none()).then_some(result))
     }
 }
@@ -176,23 +171,19 @@ pub fn pickle(result: &Bound<'_, PyAny>) -> Result<bytes::Bytes, PayloadError> {
         .and_then(|pickle| pickle.call_method1("dumps", (result,)))
         .and_then(|pickled| pickled.extract::<Vec<u8>>())
         .map(bytes::Bytes::from)
-        .map_err(|error| PayloadError::new(py, "pickling the result", error))
+        .map_err(|error| PayloadError::from_python(py, "pickling the result", error))
 }
 
 /// The worker's object back from [`pickle`].
 pub fn unpickle<'py>(py: Python<'py>, pickled: &[u8]) -> Result<Bound<'py, PyAny>, PayloadError> {
     py.import("pickle")
         .and_then(|pickle| pickle.call_method1("loads", (PyBytes::new(py, pickled),)))
-        .map_err(|error| PayloadError::new(py, "unpickling a result", error))
+        .map_err(|error| PayloadError::from_python(py, "unpickling a result", error))
 }
 
 /// A reducer payload, instantiated for one scan: `process_result` with dranspose's
 /// `ResultData`, `timer`, `finish`, and its `publish` dict read as a `Value`.
-pub struct DransposeReducer {
-    glue: Py<PyModule>,
-    instance: Py<PyAny>,
-    parameters: Py<PyAny>,
-}
+pub struct DransposeReducer(Instance);
 
 /// What a reducer's `timer` asks: call it again after this long (dranspose's default, 1 s,
 /// when it returns no number).
@@ -207,23 +198,17 @@ impl DransposeReducer {
         parameters: &Parameters,
         context: &Bound<'_, PyDict>,
     ) -> Result<Self, PayloadError> {
-        let glue = glue(py)
-            .map_err(|error| PayloadError::new(py, "loading beamflow's dranspose glue", error))?;
-        let cls = glue
-            .getattr("load")
-            .and_then(|load| load.call1((class, folder.display().to_string())))
-            .map_err(|error| PayloadError::new(py, format!("importing {class}"), error))?;
-        let work_parameters = work_parameters(&glue, parameters)
-            .map_err(|error| PayloadError::new(py, "building the parameters", error))?;
-        let instance = glue
-            .getattr("reducer")
-            .and_then(|reducer| reducer.call1((cls, &work_parameters, context)))
-            .map_err(|error| PayloadError::new(py, format!("instantiating {class}"), error))?;
-        Ok(Self {
-            glue: glue.unbind(),
-            instance: instance.unbind(),
-            parameters: work_parameters.unbind(),
-        })
+        Instance::new(
+            py,
+            class,
+            folder,
+            parameters,
+            "reducer",
+            |cls, parameters| {
+                PyTuple::new(py, [cls, parameters.clone(), context.clone().into_any()])
+            },
+        )
+        .map(Self)
     }
 
     /// `process_result(ResultData(event_number, worker, payload), parameters)`.
@@ -234,19 +219,23 @@ impl DransposeReducer {
         worker: &str,
         payload: &Bound<'_, PyAny>,
     ) -> Result<(), PayloadError> {
-        let glue = self.glue.bind(py);
+        let glue = self.0.glue.bind(py);
         glue.getattr("result")
             .and_then(|make| make.call1((event_number, worker, payload)))
             .and_then(|result| {
                 glue.getattr("process_result")?.call1((
-                    self.instance.bind(py),
+                    self.0.instance.bind(py),
                     result,
-                    self.parameters.bind(py),
+                    self.0.parameters.bind(py),
                 ))
             })
             .map(drop)
             .map_err(|error| {
-                PayloadError::new(py, format!("process_result of event {event_number}"), error)
+                PayloadError::from_python(
+                    py,
+                    format!("process_result of event {event_number}"),
+                    error,
+                )
             })
     }
 
@@ -254,7 +243,7 @@ impl DransposeReducer {
     pub fn timer(&self, py: Python<'_>) -> Result<Option<std::time::Duration>, PayloadError> {
         let next = self
             .optional(py, "timer")
-            .map_err(|error| PayloadError::new(py, "timer", error))?;
+            .map_err(|error| PayloadError::from_python(py, "timer", error))?;
         let Some(next) = next else {
             return Ok(None);
         };
@@ -270,17 +259,17 @@ impl DransposeReducer {
     pub fn finish(&self, py: Python<'_>) -> Result<(), PayloadError> {
         self.optional(py, "finish")
             .map(drop)
-            .map_err(|error| PayloadError::new(py, "finish", error))
+            .map_err(|error| PayloadError::from_python(py, "finish", error))
     }
 
     fn optional<'py>(&self, py: Python<'py>, hook: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let glue = self.glue.bind(py);
-        let instance = self.instance.bind(py);
+        let glue = self.0.glue.bind(py);
+        let instance = self.0.instance.bind(py);
         if !instance.hasattr(hook)? {
             return Ok(None);
         }
         glue.getattr("call_optional")?
-            .call1((instance, hook, self.parameters.bind(py)))
+            .call1((instance, hook, self.0.parameters.bind(py)))
             .map(Some)
     }
 
@@ -288,14 +277,14 @@ impl DransposeReducer {
     /// dranspose's server reads it); `Null` without a `publish`.
     pub fn publish(&self, py: Python<'_>) -> Result<beamflow_protocol::Value, PayloadError> {
         let doing = "reading publish";
-        let glue = self.glue.bind(py);
+        let glue = self.0.glue.bind(py);
         let pair = glue
             .getattr("publish")
-            .and_then(|publish| publish.call1((self.instance.bind(py),)))
-            .map_err(|error| PayloadError::new(py, doing, error))?;
+            .and_then(|publish| publish.call1((self.0.instance.bind(py),)))
+            .map_err(|error| PayloadError::from_python(py, doing, error))?;
         let (publish, lock): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair
             .extract()
-            .map_err(|error| PayloadError::new(py, doing, error))?;
+            .map_err(|error| PayloadError::from_python(py, doing, error))?;
         let convert = || {
             crate::to_value(&publish).map_err(|error| PayloadError {
                 doing: doing.to_owned(),
@@ -306,11 +295,11 @@ impl DransposeReducer {
             return convert();
         }
         lock.call_method0("__enter__")
-            .map_err(|error| PayloadError::new(py, doing, error))?;
+            .map_err(|error| PayloadError::from_python(py, doing, error))?;
         let value = convert();
         let none = py.None();
         lock.call_method1("__exit__", (&none, &none, &none))
-            .map_err(|error| PayloadError::new(py, doing, error))?;
+            .map_err(|error| PayloadError::from_python(py, doing, error))?;
         value
     }
 }

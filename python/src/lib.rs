@@ -6,6 +6,7 @@
 //! - [`frame`]: a received frame lent to Python without a copy.
 //! - [`convert`]: a Python result as beamflow's `Value`.
 //! - [`dranspose`]: a dranspose 0.2.0 worker or reducer payload, run unchanged.
+//! - [`payload`]: what every payload kind shares: importing its class, the error it fails with.
 //! - [`analysis`]: beamflow's own contract for Python analyses: frames and images without a
 //!   copy, results as `Value`.
 
@@ -13,9 +14,11 @@ pub mod analysis;
 pub mod convert;
 pub mod dranspose;
 pub mod frame;
+pub mod payload;
 
 pub use convert::{ConvertError, to_value};
 pub use frame::Frame;
+pub use payload::{PayloadError, load_class};
 
 /// The tests' interpreter: the embedded one, with the site-packages of the environment the
 /// tests name (`BEAMFLOW_PYTHON`, else the repository's `.venv`, where `.ci/run` installs
