@@ -343,6 +343,26 @@ class SumWorker:
         }
 
 
+class Described:
+    @staticmethod
+    def describe_parameters():
+        from dranspose.parameters import (BinaryParameter, BoolParameter, FloatParameter,
+                                          IntParameter, StrParameter)
+        return [
+            StrParameter(name="roi_name", default="peak", description="the ROI's name"),
+            IntParameter(name="offset", default=7),
+            FloatParameter(name="threshold", default=0.5),
+            BoolParameter(name="subtract", default=True),
+            BinaryParameter(name="mask", default=b"\x00\x01"),
+        ]
+
+    def __init__(self, parameters=None, **kwargs):
+        self.seen = {name: (p.value, p.data) for name, p in parameters.items()}
+
+    def process_event(self, event, parameters=None, tick=False):
+        return {name: [repr(value), data] for name, (value, data) in self.seen.items()}
+
+
 class Broken:
     def __init__(self, **kwargs):
         pass
@@ -574,6 +594,82 @@ class TotalReducer:
                 published,
                 serde_json::json!({"frames": [1, 2], "totals": [110, 110], "timer_calls": 1, "finished": true})
             );
+        });
+    }
+
+    #[test]
+    fn all_five_parameter_types_are_described_and_reach_the_payload_typed() {
+        use crate::{describe_parameters, load_class};
+
+        let folder = payload_folder("described");
+        test_python(|py| {
+            let class = load_class(py, "described.worker:Described", folder.path()).unwrap();
+            let descriptions = describe_parameters(&class).unwrap();
+            let typed: Vec<(String, ParameterType, ParameterValue)> = descriptions
+                .iter()
+                .map(|d| (d.name.to_string(), d.dtype, d.default.clone()))
+                .collect();
+            assert_eq!(
+                typed,
+                [
+                    (
+                        "roi_name".to_owned(),
+                        ParameterType::Str,
+                        ParameterValue::Str("peak".into())
+                    ),
+                    (
+                        "offset".to_owned(),
+                        ParameterType::Int,
+                        ParameterValue::Int(7)
+                    ),
+                    (
+                        "threshold".to_owned(),
+                        ParameterType::Float,
+                        ParameterValue::Float(0.5)
+                    ),
+                    (
+                        "subtract".to_owned(),
+                        ParameterType::Bool,
+                        ParameterValue::Bool(true)
+                    ),
+                    (
+                        "mask".to_owned(),
+                        ParameterType::Binary,
+                        ParameterValue::Binary(Bytes::from_static(b"\x00\x01"))
+                    ),
+                ]
+            );
+            assert_eq!(descriptions[0].description, "the ROI's name");
+            // Set as a user sets them (bytes), typed by the descriptions, as dranspose types them.
+            let parameters = Parameters::resolve(
+                [
+                    ("offset".into(), Bytes::from_static(b"12")),
+                    ("subtract".into(), Bytes::from_static(b"False")),
+                    ("mask".into(), Bytes::from_static(b"\xff")),
+                ],
+                &descriptions,
+            )
+            .unwrap();
+            let context = PyDict::new(py);
+            let worker = DransposeWorker::new(
+                py,
+                "described.worker:Described",
+                folder.path(),
+                &parameters,
+                &context,
+                "w",
+            )
+            .unwrap();
+            let seen = worker
+                .process_event(py, &image_event(1), false)
+                .unwrap()
+                .unwrap();
+            let seen = serde_json::to_value(to_value(&seen).unwrap()).unwrap();
+            assert_eq!(seen["offset"][0], "12");
+            assert_eq!(seen["subtract"][0], "False");
+            assert_eq!(seen["threshold"][0], "0.5");
+            assert_eq!(seen["roi_name"][0], "'peak'");
+            assert_eq!(seen["mask"][0], "b'\\xff'");
         });
     }
 }

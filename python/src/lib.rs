@@ -18,7 +18,7 @@ pub mod payload;
 
 pub use convert::{ConvertError, to_value};
 pub use frame::Frame;
-pub use payload::{PayloadError, load_class};
+pub use payload::{PayloadError, describe_parameters, load_class};
 
 /// The tests' interpreter: the embedded one, with the site-packages of the environment the
 /// tests name (`BEAMFLOW_PYTHON`, else the repository's `.venv`, where `.ci/run` installs

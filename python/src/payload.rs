@@ -4,6 +4,8 @@
 use std::ffi::CString;
 use std::path::Path;
 
+use beamflow_protocol::{ParameterDescription, ParameterType, ParameterValue};
+use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyModule};
 
@@ -78,4 +80,64 @@ pub(crate) fn glue_module<'py>(
         &c(format!("beamflow_{name}"))?,
     )
     .map_err(|error| PayloadError::from_python(py, format!("loading beamflow's {name}"), error))
+}
+
+/// The parameters a payload class describes (`@staticmethod describe_parameters()`, a list of
+/// dranspose's `StrParameter`, `IntParameter`, `FloatParameter`, `BoolParameter`,
+/// `BinaryParameter`), as beamflow's descriptions; none when the class has no such method.
+pub fn describe_parameters(
+    class: &Bound<'_, PyAny>,
+) -> Result<Vec<ParameterDescription>, PayloadError> {
+    let py = class.py();
+    let doing = "describe_parameters";
+    if !class.hasattr(doing).unwrap_or(false) {
+        return Ok(Vec::new());
+    }
+    let described = class
+        .call_method0(doing)
+        .and_then(|list| list.try_iter()?.collect::<PyResult<Vec<_>>>())
+        .map_err(|error| PayloadError::from_python(py, doing, error))?;
+    described
+        .iter()
+        .map(|parameter| {
+            description(parameter).map_err(|error| PayloadError::from_python(py, doing, error))
+        })
+        .collect()
+}
+
+fn description(parameter: &Bound<'_, PyAny>) -> PyResult<ParameterDescription> {
+    let name: String = parameter.getattr("name")?.extract()?;
+    let dtype: String = parameter.getattr("dtype")?.extract()?;
+    let default = parameter.getattr("default")?;
+    let (dtype, default) = match dtype.as_str() {
+        "str" => (ParameterType::Str, ParameterValue::Str(default.extract()?)),
+        "int" => (ParameterType::Int, ParameterValue::Int(default.extract()?)),
+        "float" => (
+            ParameterType::Float,
+            ParameterValue::Float(default.extract()?),
+        ),
+        "bool" => (
+            ParameterType::Bool,
+            ParameterValue::Bool(default.extract()?),
+        ),
+        "binary" => (
+            ParameterType::Binary,
+            ParameterValue::Binary(Bytes::from(default.extract::<Vec<u8>>()?)),
+        ),
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "parameter {name:?} has the dtype {other:?} (str, int, float, bool or binary)"
+            )));
+        }
+    };
+    let description = parameter
+        .getattr("description")?
+        .extract::<Option<String>>()?
+        .unwrap_or_default();
+    Ok(ParameterDescription {
+        name: name.into(),
+        dtype,
+        default,
+        description,
+    })
 }
