@@ -103,6 +103,7 @@ fn payloads(c: &mut Criterion) {
             dir.path(),
             &parameters,
             &context,
+            false,
         )
         .expect("the reducer");
         let analysis =
@@ -118,7 +119,7 @@ fn payloads(c: &mut Criterion) {
                     .expect("a result");
                 let result = unpickle(py, &pickle(&result).expect("pickled")).expect("unpickled");
                 reducer
-                    .process_result(py, 3, "w1", &result)
+                    .process_result(py, 3, "sums", "w1", &result)
                     .expect("reduced");
             });
         });

@@ -14,7 +14,7 @@ use beamflow_protocol::{EventData, ParameterValue, Parameters, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyModule};
 
-use crate::payload::{PayloadError, glue_module, load_class};
+use crate::payload::{PayloadError, call_hook, glue_module, load_class};
 use crate::{Frame, to_value};
 
 fn glue(py: Python<'_>) -> Result<Bound<'_, PyModule>, PayloadError> {
@@ -69,6 +69,38 @@ impl PythonAnalysis {
             instance: instance.unbind(),
             parameters: parameters.unbind(),
         })
+    }
+
+    /// The payload's instance.
+    pub(crate) fn instance(&self) -> &Py<PyAny> {
+        &self.instance
+    }
+
+    /// New parameter values, passed to every call from now on.
+    pub fn set_parameters(
+        &mut self,
+        py: Python<'_>,
+        scan_parameters: &Parameters,
+    ) -> Result<(), PayloadError> {
+        self.parameters = parameters(py, scan_parameters)
+            .map_err(|error| PayloadError::from_python(py, "building the parameters", error))?
+            .unbind();
+        Ok(())
+    }
+
+    /// `finish(parameters)` at the scan's end, if the payload has it.
+    pub fn finish(&self, py: Python<'_>) -> Result<(), PayloadError> {
+        call_hook(
+            self.instance.bind(py),
+            "finish",
+            self.parameters.bind(py).as_any(),
+        )
+        .map(drop)
+    }
+
+    /// `close(context)` when the process ends, if the payload has it.
+    pub fn close(&self, py: Python<'_>, context: &Bound<'_, PyDict>) -> Result<(), PayloadError> {
+        call_hook(self.instance.bind(py), "close", context.as_any()).map(drop)
     }
 
     /// Calls `process_event(event, parameters)`; the result as a `Value`, `None` for `None`.

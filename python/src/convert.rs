@@ -171,6 +171,67 @@ fn numpy(object: &Bound<'_, PyAny>, path: &mut Vec<String>) -> Result<Value, Con
     convert(&item, path)
 }
 
+/// A `Value` as Python objects, for a Python accumulator reading a Rust analysis's results: the
+/// inverse of [`to_value`], `{dtype, shape, data}` maps becoming read-only numpy arrays over a
+/// copy of the bytes.
+pub fn from_value<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(flag) => PyBool::new(py, *flag).to_owned().into_any(),
+        Value::Int(n) => n.into_pyobject(py)?.into_any(),
+        Value::Float(x) => x.into_pyobject(py)?.into_any(),
+        Value::Text(text) => text.into_pyobject(py)?.into_any(),
+        Value::Bytes(bytes) => PyBytes::new(py, bytes).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(from_value(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Map(entries) => {
+            if let Some(array) = numpy_array(py, entries)? {
+                return Ok(array);
+            }
+            let dict = PyDict::new(py);
+            for (key, item) in entries {
+                dict.set_item(key, from_value(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// `{dtype, shape, data}` (exactly those keys, as [`to_value`] writes them) as a numpy array.
+fn numpy_array<'py>(
+    py: Python<'py>,
+    entries: &BTreeMap<String, Value>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let (Some(Value::Text(dtype)), Some(Value::Array(shape)), Some(Value::Bytes(data)), 3) = (
+        entries.get("dtype"),
+        entries.get("shape"),
+        entries.get("data"),
+        entries.len(),
+    ) else {
+        return Ok(None);
+    };
+    let shape: Option<Vec<i64>> = shape
+        .iter()
+        .map(|n| match n {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let Some(shape) = shape else {
+        return Ok(None);
+    };
+    let numpy = py.import("numpy")?;
+    let array = numpy
+        .call_method1("frombuffer", (PyBytes::new(py, data), dtype.as_str()))?
+        .call_method1("reshape", (shape,))?;
+    Ok(Some(array))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,9 +25,11 @@ class Frame(bytes):
         return memoryview(self)
 
 
-def parameters(items):
+def parameters(items, lean):
     """{name: WorkParameter} from (name, data, value) triples, as dranspose's controller
-    resolves them (value typed by its description, or None)."""
+    resolves them (value typed by its description); {name: value} for beamflow's contract."""
+    if lean:
+        return {name: value for name, _, value in items}
     return {name: WorkParameter(name=name, data=data, value=value) for name, data, value in items}
 
 
@@ -58,19 +60,23 @@ def reducer(cls, parameters, context):
     return cls(parameters=parameters, context=context, state=state)
 
 
-def result(number, worker, payload):
+def result(number, analysis, worker, payload):
     """dranspose's ResultData around a worker's return value."""
     return ResultData(event_number=number, worker=worker, parameters_hash=None, payload=payload)
 
 
+def lean_reducer(cls, parameters, context):
+    """beamflow's contract: no dranspose state."""
+    return cls(parameters=parameters, context=context)
+
+
+def lean_result(number, analysis, worker, payload):
+    """beamflow's contract: a result is a plain dict."""
+    return {"event_number": number, "analysis": analysis, "worker": worker, "payload": payload}
+
+
 def process_result(instance, result, parameters):
     return instance.process_result(result, parameters)
-
-
-def call_optional(instance, hook, *arguments):
-    """A hook dranspose calls only when the payload has it (`finish`, `timer`, `close`)."""
-    method = getattr(instance, hook, None)
-    return None if method is None else method(*arguments)
 
 
 def publish(instance):

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple};
 
 use crate::Frame;
-use crate::payload::{PayloadError, glue_module, load_class};
+use crate::payload::{PayloadError, call_hook, glue_module, load_class};
 
 /// beamflow's side of dranspose's objects.
 fn glue(py: Python<'_>) -> Result<Bound<'_, PyModule>, PayloadError> {
@@ -23,6 +23,8 @@ fn glue(py: Python<'_>) -> Result<Bound<'_, PyModule>, PayloadError> {
 
 /// A payload's instance for one scan, with what it is called with.
 struct Instance {
+    /// beamflow's leaner contract (`api = "beamflow"`) instead of dranspose's.
+    lean: bool,
     glue: Py<PyModule>,
     instance: Py<PyAny>,
     parameters: Py<PyAny>,
@@ -36,12 +38,13 @@ impl Instance {
         class: &str,
         folder: &Path,
         parameters: &Parameters,
+        lean: bool,
         maker: &str,
         arguments: impl FnOnce(Bound<'py, PyAny>, &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>>,
     ) -> Result<Self, PayloadError> {
         let glue = glue(py)?;
         let cls = load_class(py, class, folder)?;
-        let work_parameters = work_parameters(&glue, parameters)
+        let work_parameters = work_parameters(&glue, parameters, lean)
             .map_err(|error| PayloadError::from_python(py, "building the parameters", error))?;
         let instance = arguments(cls, &work_parameters)
             .and_then(|arguments| glue.getattr(maker)?.call1(arguments))
@@ -49,17 +52,92 @@ impl Instance {
                 PayloadError::from_python(py, format!("instantiating {class}"), error)
             })?;
         Ok(Self {
+            lean,
             glue: glue.unbind(),
             instance: instance.unbind(),
             parameters: work_parameters.unbind(),
         })
     }
+
+    /// New parameter values, passed to every call from now on (the instance stays).
+    fn set_parameters(
+        &mut self,
+        py: Python<'_>,
+        parameters: &Parameters,
+    ) -> Result<(), PayloadError> {
+        let glue = self.glue.bind(py);
+        self.parameters = work_parameters(glue, parameters, self.lean)
+            .map_err(|error| PayloadError::from_python(py, "building the parameters", error))?
+            .unbind();
+        Ok(())
+    }
+
+    /// Calls `hook(parameters)` if the payload has it.
+    fn optional<'py>(
+        &self,
+        py: Python<'py>,
+        hook: &str,
+    ) -> Result<Option<Bound<'py, PyAny>>, PayloadError> {
+        self.call_optional(py, hook, self.parameters.bind(py))
+    }
+
+    /// Calls `hook(argument)` if the payload has it.
+    fn call_optional<'py>(
+        &self,
+        py: Python<'py>,
+        hook: &str,
+        argument: &Bound<'py, PyAny>,
+    ) -> Result<Option<Bound<'py, PyAny>>, PayloadError> {
+        call_hook(self.instance.bind(py), hook, argument)
+    }
 }
 
-/// dranspose's `{name: WorkParameter}` of the scan's parameters.
+/// Methods every payload instance has, whichever contract.
+macro_rules! lifecycle {
+    ($type:ty) => {
+        impl $type {
+            /// The payload's instance.
+            pub(crate) fn instance(&self) -> &Py<PyAny> {
+                &self.0.instance
+            }
+
+            /// New parameter values, passed to every call from now on.
+            pub fn set_parameters(
+                &mut self,
+                py: Python<'_>,
+                parameters: &Parameters,
+            ) -> Result<(), PayloadError> {
+                self.0.set_parameters(py, parameters)
+            }
+
+            /// `finish(parameters)` at the scan's end, if the payload has it.
+            pub fn finish(&self, py: Python<'_>) -> Result<(), PayloadError> {
+                self.0.optional(py, "finish").map(drop)
+            }
+
+            /// `close(context)` when the process ends, if the payload has it.
+            pub fn close(
+                &self,
+                py: Python<'_>,
+                context: &Bound<'_, PyDict>,
+            ) -> Result<(), PayloadError> {
+                self.0
+                    .call_optional(py, "close", context.as_any())
+                    .map(drop)
+            }
+        }
+    };
+}
+
+lifecycle!(DransposeWorker);
+lifecycle!(DransposeReducer);
+
+/// dranspose's `{name: WorkParameter}` of the scan's parameters; `{name: value}` for the
+/// leaner contract.
 fn work_parameters<'py>(
     glue: &Bound<'py, PyModule>,
     parameters: &Parameters,
+    lean: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = glue.py();
     let items = PyList::empty(py);
@@ -81,7 +159,7 @@ fn work_parameters<'py>(
             ],
         )?)?;
     }
-    glue.getattr("parameters")?.call1((items,))
+    glue.getattr("parameters")?.call1((items, lean))
 }
 
 /// A worker payload, instantiated for one scan.
@@ -103,6 +181,7 @@ impl DransposeWorker {
             class,
             folder,
             parameters,
+            false,
             "worker",
             |cls, parameters| {
                 PyTuple::new(
@@ -117,6 +196,17 @@ impl DransposeWorker {
             },
         )
         .map(Self)
+    }
+
+    /// `get_tick_interval(parameters)` in seconds, if the payload has it (a number ≥ 0).
+    pub fn tick_interval(&self, py: Python<'_>) -> Result<Option<f64>, PayloadError> {
+        let Some(interval) = self.0.optional(py, "get_tick_interval")? else {
+            return Ok(None);
+        };
+        Ok(interval
+            .extract::<f64>()
+            .ok()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0))
     }
 
     /// Calls `process_event(event, parameters, tick)`; `None` when the payload returned
@@ -190,20 +280,24 @@ pub struct DransposeReducer(Instance);
 pub const DEFAULT_TIMER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DransposeReducer {
-    /// Imports `class` relative to `folder` and instantiates it for a scan.
+    /// Imports `class` relative to `folder` and instantiates it for a scan; `lean` for
+    /// beamflow's contract (`Class(parameters=, context=)`, parameters as values, results as
+    /// dicts) instead of dranspose's.
     pub fn new(
         py: Python<'_>,
         class: &str,
         folder: &Path,
         parameters: &Parameters,
         context: &Bound<'_, PyDict>,
+        lean: bool,
     ) -> Result<Self, PayloadError> {
         Instance::new(
             py,
             class,
             folder,
             parameters,
-            "reducer",
+            lean,
+            if lean { "lean_reducer" } else { "reducer" },
             |cls, parameters| {
                 PyTuple::new(py, [cls, parameters.clone(), context.clone().into_any()])
             },
@@ -211,17 +305,20 @@ impl DransposeReducer {
         .map(Self)
     }
 
-    /// `process_result(ResultData(event_number, worker, payload), parameters)`.
+    /// `process_result(ResultData(event_number, worker, payload), parameters)`; the leaner
+    /// contract's result is a dict that also names the analysis.
     pub fn process_result(
         &self,
         py: Python<'_>,
         event_number: u64,
+        analysis: &str,
         worker: &str,
         payload: &Bound<'_, PyAny>,
     ) -> Result<(), PayloadError> {
         let glue = self.0.glue.bind(py);
-        glue.getattr("result")
-            .and_then(|make| make.call1((event_number, worker, payload)))
+        let make = if self.0.lean { "lean_result" } else { "result" };
+        glue.getattr(make)
+            .and_then(|make| make.call1((event_number, analysis, worker, payload)))
             .and_then(|result| {
                 glue.getattr("process_result")?.call1((
                     self.0.instance.bind(py),
@@ -241,10 +338,7 @@ impl DransposeReducer {
 
     /// `timer(parameters)` if the payload has one; how long until the next call.
     pub fn timer(&self, py: Python<'_>) -> Result<Option<std::time::Duration>, PayloadError> {
-        let next = self
-            .optional(py, "timer")
-            .map_err(|error| PayloadError::from_python(py, "timer", error))?;
-        let Some(next) = next else {
+        let Some(next) = self.0.optional(py, "timer")? else {
             return Ok(None);
         };
         let seconds: Option<f64> = next.extract().ok();
@@ -253,24 +347,6 @@ impl DransposeReducer {
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map_or(DEFAULT_TIMER, std::time::Duration::from_secs_f64),
         ))
-    }
-
-    /// `finish(parameters)` at the scan's end, if the payload has it.
-    pub fn finish(&self, py: Python<'_>) -> Result<(), PayloadError> {
-        self.optional(py, "finish")
-            .map(drop)
-            .map_err(|error| PayloadError::from_python(py, "finish", error))
-    }
-
-    fn optional<'py>(&self, py: Python<'py>, hook: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let glue = self.0.glue.bind(py);
-        let instance = self.0.instance.bind(py);
-        if !instance.hasattr(hook)? {
-            return Ok(None);
-        }
-        glue.getattr("call_optional")?
-            .call1((instance, hook, self.0.parameters.bind(py)))
-            .map(Some)
     }
 
     /// Its `publish` as a `Value`, read under its `publish_rlock` when it has one (as
@@ -573,6 +649,7 @@ class TotalReducer:
                 folder.path(),
                 &parameters(),
                 &context,
+                false,
             )
             .unwrap();
             for number in [1, 2] {
@@ -582,7 +659,9 @@ class TotalReducer:
                     .unwrap();
                 // As it travels between the processes.
                 let result = unpickle(py, &pickle(&result).unwrap()).unwrap();
-                reducer.process_result(py, number, "w1", &result).unwrap();
+                reducer
+                    .process_result(py, number, "sums", "w1", &result)
+                    .unwrap();
             }
             assert_eq!(
                 reducer.timer(py).unwrap(),

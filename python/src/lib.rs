@@ -7,6 +7,7 @@
 //! - [`convert`]: a Python result as beamflow's `Value`.
 //! - [`dranspose`]: a dranspose 0.2.0 worker or reducer payload, run unchanged.
 //! - [`payload`]: what every payload kind shares: importing its class, the error it fails with.
+//! - [`runtime`]: the two as beamflow's analyses and accumulators (`kind = "python"`).
 //! - [`analysis`]: beamflow's own contract for Python analyses: frames and images without a
 //!   copy, results as `Value`.
 
@@ -15,8 +16,9 @@ pub mod convert;
 pub mod dranspose;
 pub mod frame;
 pub mod payload;
+pub mod runtime;
 
-pub use convert::{ConvertError, to_value};
+pub use convert::{ConvertError, from_value, to_value};
 pub use frame::Frame;
 pub use payload::{PayloadError, describe_parameters, load_class};
 

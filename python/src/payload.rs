@@ -62,6 +62,26 @@ pub fn load_class<'py>(
     imported().map_err(|error| PayloadError::from_python(py, doing(), error))
 }
 
+/// Calls `hook(argument)` on a payload instance if it has the hook (dranspose calls `finish`,
+/// `timer`, `close`, `get_tick_interval` only then); `None` without it.
+pub(crate) fn call_hook<'py>(
+    instance: &Bound<'py, PyAny>,
+    hook: &str,
+    argument: &Bound<'py, PyAny>,
+) -> Result<Option<Bound<'py, PyAny>>, PayloadError> {
+    let py = instance.py();
+    let called = || -> PyResult<Option<Bound<'py, PyAny>>> {
+        match instance.getattr(hook) {
+            Ok(method) => method.call1((argument,)).map(Some),
+            Err(error) if error.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    };
+    called().map_err(|error| PayloadError::from_python(py, hook, error))
+}
+
 /// One of our glue modules (`dranspose.py`, `analysis.py`), loaded into the interpreter.
 pub(crate) fn glue_module<'py>(
     py: Python<'py>,

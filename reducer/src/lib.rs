@@ -86,6 +86,12 @@ pub trait Accumulator: Send + 'static {
     /// Called once when a scan ends, before the last publish.
     fn finish(&mut self, _parameters: &Parameters) {}
 
+    /// Called when the scan's reducer starts and then when the delay it last returned is
+    /// over, between two results: a dranspose reducer's `timer`. `None`: not again.
+    fn timer(&mut self, _parameters: &Parameters) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Configured paths that matched none of the first results (see [`unmatched`]); the
     /// reducer logs each new one once and serves them in the status.
     fn unmatched(&self) -> &[Unmatched] {
@@ -128,6 +134,8 @@ struct Slot {
     errors: u64,
     /// How many of the accumulator's unmatched paths have been logged.
     unmatched_logged: usize,
+    /// When its [`Accumulator::timer`] is due next; `None` once it asked for no more calls.
+    timer_due: Option<std::time::Instant>,
 }
 
 impl Slot {
@@ -193,6 +201,7 @@ impl Reducer {
                     })?,
                     errors: 0,
                     unmatched_logged: 0,
+                    timer_due: Some(std::time::Instant::now()),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -278,6 +287,19 @@ impl Reducer {
         self.parameters = parameters;
         for slot in &mut self.slots {
             slot.accumulator.parameters_changed(&self.parameters);
+        }
+    }
+
+    /// Calls the [`Accumulator::timer`] of every accumulator whose delay is over at `now`:
+    /// between results, so a timer never runs while a result is being applied.
+    pub fn run_timers(&mut self, now: std::time::Instant) {
+        for slot in &mut self.slots {
+            if slot.timer_due.is_some_and(|due| due <= now) {
+                slot.timer_due = slot
+                    .accumulator
+                    .timer(&self.parameters)
+                    .map(|delay| now + delay);
+            }
         }
     }
 

@@ -299,6 +299,14 @@ impl ReducerCore {
         &self.parameters
     }
 
+    /// Runs the accumulators' timers that are due (see [`Reducer::run_timers`]); not after
+    /// the scan ended.
+    pub fn run_timers(&mut self, now: std::time::Instant) {
+        if !self.finished {
+            self.reducer.run_timers(now);
+        }
+    }
+
     /// Ends the scan: the accumulators' `finish`, once.
     pub fn finish(&mut self) {
         if self.finished {

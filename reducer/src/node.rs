@@ -249,6 +249,7 @@ pub fn run(
             }
         }
         if let Some(live) = live.as_mut() {
+            live.core.run_timers(now);
             // Before `Reduced`: the controller releases the ingesters' frames at it, so what it
             // announces must be in the checkpoint. Without one (none configured, or given up
             // after a write failed) `Reduced` goes out all the same: holding it back would stall

@@ -40,7 +40,7 @@ use beamflow_workers::{Analyses, AnalysisConfig, Failure};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use crate::merge::{InputError, Merged};
 
@@ -162,6 +162,15 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
     descriptions.extend(reducer.describe_parameters());
     let parameters = Parameters::resolve(config.parameters.iter().cloned(), &descriptions)?;
     reducer.set_parameters(parameters.clone());
+    analyses.start_scan(&parameters);
+    reducer.run_timers(Instant::now());
+    if analyses.in_order() {
+        info!(
+            "A Python payload runs in this pipeline: replay runs the analyses on one thread, \
+             event by event in order (one interpreter runs one call at a time); for parallel \
+             Python, run worker processes."
+        );
+    }
 
     let merged = Merged::open(&config.dumps)?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -194,7 +203,8 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         &mut reducer,
         &mut summary,
         &mut streams,
-        |summary: &mut Summary, reducer: &Reducer| {
+        |summary: &mut Summary, reducer: &mut Reducer| {
+            reducer.run_timers(Instant::now());
             progress.set_position(summary.bytes);
             progress.set_message(format!("{} events", summary.events));
             if last_publish.elapsed() >= PUBLISH_INTERVAL {
@@ -305,7 +315,7 @@ impl AnalysisStage<'_> {
         reducer: &mut Reducer,
         summary: &mut Summary,
         streams: &mut BTreeMap<StreamName, StreamType>,
-        mut on_batch: impl FnMut(&mut Summary, &Reducer),
+        mut on_batch: impl FnMut(&mut Summary, &mut Reducer),
     ) -> anyhow::Result<()> {
         let Self {
             analyses,
@@ -328,13 +338,18 @@ impl AnalysisStage<'_> {
                     debug!(error = %input_error, "Skipped a bad record.");
                 }
             }
-            let processed: Vec<(EventReport, Vec<Failure>)> = pool.install(|| {
-                batch
-                    .events
-                    .par_iter()
-                    .map(|event| analyses.process(event, parameters, worker))
-                    .collect()
-            });
+            let processed: Vec<(EventReport, Vec<Failure>)> = if analyses.in_order() {
+                let events: Vec<&EventData> = batch.events.iter().collect();
+                analyses.process_many(&events, parameters, worker)
+            } else {
+                pool.install(|| {
+                    batch
+                        .events
+                        .par_iter()
+                        .map(|event| analyses.process(event, parameters, worker))
+                        .collect()
+                })
+            };
             for (report, failures) in processed {
                 let event = report.event_number;
                 for Failure { analysis, error } in failures {

@@ -125,6 +125,15 @@ pub trait DynAnalysis: Send + Sync {
     ) -> Vec<Result<Option<Value>, AnalysisError>>;
     /// See [`Analysis::finish`].
     fn finish(&self, parameters: &Parameters);
+    /// Called when a scan starts, before its first event, with its parameters. Rust analyses
+    /// have nothing to do; a Python payload is instantiated per scan, as dranspose does.
+    fn start_scan(&self, _parameters: &Parameters) {}
+    /// Whether it must see events one at a time, in event order, from one thread: a Python
+    /// payload keeps state between events (a scan's start message) and holds the one
+    /// interpreter's lock anyway. Replay then runs the pipeline on one thread.
+    fn in_order(&self) -> bool {
+        false
+    }
 }
 
 impl<A: Analysis> DynAnalysis for A {

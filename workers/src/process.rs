@@ -137,6 +137,18 @@ impl Analyses {
         out
     }
 
+    /// Calls every analysis' `start_scan`.
+    pub fn start_scan(&self, parameters: &Parameters) {
+        for (_, analysis) in &self.list {
+            analysis.start_scan(parameters);
+        }
+    }
+
+    /// Whether an analysis needs events in order from one thread ([`DynAnalysis::in_order`]).
+    pub fn in_order(&self) -> bool {
+        self.list.iter().any(|(_, analysis)| analysis.in_order())
+    }
+
     /// Calls every analysis' `finish`.
     pub fn finish(&self, parameters: &Parameters) {
         for (_, analysis) in &self.list {

@@ -70,6 +70,7 @@ impl WorkerCore {
     /// mean other events now).
     pub fn new_scan(&mut self, parameters: Parameters) {
         self.assembler = Assembler::new(self.timeout, self.capacity);
+        self.analyses.start_scan(&parameters);
         self.parameters = parameters;
     }
 

@@ -156,6 +156,7 @@ registry! {
     Mean(mean::MeanConfig),
     Image(image::ImageConfig),
     ScanView(scan_view::ScanViewConfig),
+    Python(python::PythonConfig),
 }
 
 #[cfg(test)]
@@ -195,6 +196,7 @@ mod tests {
                 "scan_view",
                 "kind = \"scan_view\"\ndocuments = \"documents\"",
             ),
+            ("python", "kind = \"python\"\nclass = \"src.reducer:Reducer\""),
         ];
         let panels: Vec<(&str, Panel)> = tables
             .iter()
@@ -224,6 +226,8 @@ mod tests {
                 ("mean", Panel::Json {}),
                 ("image", Panel::Image {}),
                 ("scan_view", Panel::ScanView {}),
+                // A payload's `publish` is whatever it builds.
+                ("python", Panel::Json {}),
             ]
         );
     }

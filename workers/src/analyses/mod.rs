@@ -181,6 +181,7 @@ registry! {
     Centroid(centroid::CentroidConfig),
     Frame(frame::FrameConfig),
     Bluesky(bluesky::BlueskyConfig),
+    Python(python::PythonConfig),
 }
 
 #[cfg(test)]

@@ -1,0 +1,483 @@
+//! Python payloads as beamflow's analyses and accumulators: what `kind = "python"` builds in
+//! a `beamflow` that runs inside a Python environment ([`install`]).
+//!
+//! One interpreter per process, so every call holds its lock: a worker process runs one
+//! payload call at a time, as a dranspose worker does, and parallelism comes from worker
+//! processes. The lock is always taken before a payload's own mutex, never the other way round.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use beamflow_protocol::{EventData, ParameterDescription, Parameters, ResultData, Value};
+use beamflow_reducer::accumulators::python as reducer_side;
+use beamflow_workers::analyses::python::{self as worker_side, PythonApi, ResultForm};
+use beamflow_workers::{AnalysisError, DynAnalysis};
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tracing::{error, info};
+
+use crate::analysis::PythonAnalysis;
+use crate::dranspose::{DransposeReducer, DransposeWorker, pickle, unpickle};
+use crate::{PayloadError, from_value, load_class, to_value};
+
+/// The key of a result that travels pickled (`results = "python"`): `{python_pickle: bytes}`.
+pub const PICKLE_KEY: &str = "python_pickle";
+
+/// Makes `kind = "python"` analyses and accumulators run in this process's interpreter.
+pub fn install() {
+    static RUNTIME: Runtime = Runtime;
+    worker_side::install(&RUNTIME);
+    reducer_side::install(&RUNTIME);
+}
+
+/// Calls `close(context)` on the latest instance of every payload class, as dranspose does
+/// when its process ends.
+pub fn close_all() {
+    Python::attach(|py| {
+        let contexts = std::mem::take(&mut *lock(&CONTEXTS));
+        for (class, context) in contexts {
+            let Some(instance) = context.latest else {
+                continue;
+            };
+            let closed = crate::payload::call_hook(
+                instance.bind(py),
+                "close",
+                context.dict.bind(py).as_any(),
+            );
+            if let Err(error) = closed {
+                error!(%class, %error, "The payload's close failed.");
+            }
+        }
+    });
+}
+
+struct Runtime;
+
+/// A class's `context`: one dict for the process's lifetime, as dranspose keeps one, and its
+/// latest instance, for `close`.
+struct Context {
+    dict: Py<PyDict>,
+    latest: Option<Py<PyAny>>,
+}
+
+static CONTEXTS: Mutex<BTreeMap<String, Context>> = Mutex::new(BTreeMap::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A payload call that panicked in Rust left nothing half-written that matters here.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn context<'py>(py: Python<'py>, class: &str) -> Bound<'py, PyDict> {
+    lock(&CONTEXTS)
+        .entry(class.to_owned())
+        .or_insert_with(|| Context {
+            dict: PyDict::new(py).unbind(),
+            latest: None,
+        })
+        .dict
+        .bind(py)
+        .clone()
+}
+
+fn remember(py: Python<'_>, class: &str, instance: &Py<PyAny>) {
+    if let Some(context) = lock(&CONTEXTS).get_mut(class) {
+        context.latest = Some(instance.clone_ref(py));
+    }
+}
+
+fn describe(class: &str, folder: &Path) -> Result<Vec<ParameterDescription>, PayloadError> {
+    Python::attach(|py| {
+        let cls = load_class(py, class, folder)?;
+        crate::describe_parameters(&cls)
+    })
+}
+
+impl worker_side::PythonRuntime for Runtime {
+    fn build(
+        &self,
+        config: &worker_side::PythonConfig,
+    ) -> Result<Box<dyn DynAnalysis>, beamflow_workers::check::TableError> {
+        // Imported now, so a typo in the class fails the worker at its start.
+        Python::attach(|py| load_class(py, &config.class, &config.folder()).map(drop)).map_err(
+            |error| beamflow_workers::check::TableError::value("class", error.to_string()),
+        )?;
+        Ok(Box::new(PythonWorker {
+            config: config.clone(),
+            name: format!("beamflow-{}", std::process::id()),
+            state: Mutex::new(WorkerState::default()),
+        }))
+    }
+
+    fn describe_parameters(
+        &self,
+        config: &worker_side::PythonConfig,
+    ) -> Result<Vec<ParameterDescription>, beamflow_workers::check::TableError> {
+        describe(&config.class, &config.folder())
+            .map_err(|error| beamflow_workers::check::TableError::value("class", error.to_string()))
+    }
+}
+
+impl reducer_side::PythonRuntime for Runtime {
+    fn build(
+        &self,
+        config: &reducer_side::PythonConfig,
+    ) -> Result<Box<dyn beamflow_reducer::Accumulator>, beamflow_reducer::accumulators::TableError>
+    {
+        Python::attach(|py| load_class(py, &config.class, &config.folder()).map(drop)).map_err(
+            |error| beamflow_reducer::accumulators::TableError::new("class", error.to_string()),
+        )?;
+        Ok(Box::new(PythonReducer {
+            config: config.clone(),
+            payload: None,
+            failed: None,
+            publish_failed: AtomicBool::new(false),
+        }))
+    }
+
+    fn describe_parameters(
+        &self,
+        config: &reducer_side::PythonConfig,
+    ) -> Result<Vec<ParameterDescription>, beamflow_reducer::accumulators::TableError> {
+        describe(&config.class, &config.folder()).map_err(|error| {
+            beamflow_reducer::accumulators::TableError::new("class", error.to_string())
+        })
+    }
+}
+
+/// A worker payload under either contract.
+enum WorkerPayload {
+    Dranspose(DransposeWorker),
+    Beamflow(PythonAnalysis),
+}
+
+#[derive(Default)]
+struct WorkerState {
+    /// The scan's instance.
+    payload: Option<WorkerPayload>,
+    /// Why the scan's instance could not be made: every event of the scan fails with it.
+    failed: Option<String>,
+    /// The parameters the instance has.
+    parameters: Parameters,
+    /// `get_tick_interval`, seconds.
+    tick_interval: Option<f64>,
+    /// When the last ticked event was made, µs since 1970.
+    last_tick: Option<i64>,
+}
+
+/// A Python analysis: its class instantiated at every scan's start.
+struct PythonWorker {
+    config: worker_side::PythonConfig,
+    /// The name dranspose's `state.name` gives.
+    name: String,
+    state: Mutex<WorkerState>,
+}
+
+impl PythonWorker {
+    fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, parameters: &Parameters) {
+        let class = &self.config.class;
+        let context = context(py, class);
+        let folder = self.config.folder();
+        let made = match self.config.api {
+            PythonApi::Dranspose => {
+                DransposeWorker::new(py, class, &folder, parameters, &context, &self.name)
+                    .map(WorkerPayload::Dranspose)
+            }
+            PythonApi::Beamflow => PythonAnalysis::new(py, class, &folder, parameters, &context)
+                .map(WorkerPayload::Beamflow),
+        };
+        state.parameters = parameters.clone();
+        state.last_tick = None;
+        state.tick_interval = None;
+        match made {
+            Ok(payload) => {
+                let instance = match &payload {
+                    WorkerPayload::Dranspose(worker) => worker.instance(),
+                    WorkerPayload::Beamflow(analysis) => analysis.instance(),
+                };
+                remember(py, class, instance);
+                state.payload = Some(payload);
+                state.failed = None;
+                self.read_tick_interval(py, state);
+            }
+            Err(failure) => {
+                error!(class, error = %failure, "The payload cannot be instantiated; every event of this scan fails.");
+                state.payload = None;
+                state.failed = Some(failure.to_string());
+            }
+        }
+    }
+
+    fn read_tick_interval(&self, py: Python<'_>, state: &mut WorkerState) {
+        if let Some(WorkerPayload::Dranspose(worker)) = &state.payload {
+            state.tick_interval = worker.tick_interval(py).unwrap_or_else(|failure| {
+                error!(class = %self.config.class, error = %failure, "get_tick_interval failed; no event ticks.");
+                None
+            });
+        }
+    }
+
+    /// dranspose's tick: at most one event per interval gets `tick = True`, the first one
+    /// first. Decided by the events' own times, so a replay ticks the same events every time.
+    fn tick(state: &mut WorkerState, event: &EventData) -> bool {
+        let Some(interval) = state.tick_interval else {
+            return false;
+        };
+        let now = event
+            .created_at
+            .map(|at| at.as_microsecond())
+            .unwrap_or_else(wall_clock_micros);
+        let due = state
+            .last_tick
+            .is_none_or(|last| (now - last) as f64 >= interval * 1e6);
+        if due {
+            state.last_tick = Some(now);
+        }
+        due
+    }
+
+    fn run(
+        &self,
+        py: Python<'_>,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Value>, AnalysisError> {
+        let mut state = lock(&self.state);
+        if state.payload.is_none() && state.failed.is_none() {
+            self.instantiate(py, &mut state, parameters);
+        } else if state.parameters != *parameters {
+            let changed = match &mut state.payload {
+                Some(WorkerPayload::Dranspose(worker)) => worker.set_parameters(py, parameters),
+                Some(WorkerPayload::Beamflow(analysis)) => analysis.set_parameters(py, parameters),
+                None => Ok(()),
+            };
+            if let Err(failure) = changed {
+                return Err(AnalysisError::Invalid(failure.to_string()));
+            }
+            state.parameters = parameters.clone();
+            self.read_tick_interval(py, &mut state);
+        }
+        if let Some(failed) = &state.failed {
+            return Err(AnalysisError::Invalid(format!(
+                "the payload could not be instantiated for this scan: {failed}"
+            )));
+        }
+        let tick = Self::tick(&mut state, event);
+        let failed = |failure: PayloadError| AnalysisError::Invalid(failure.to_string());
+        match &state.payload {
+            Some(WorkerPayload::Dranspose(worker)) => {
+                let Some(result) = worker.process_event(py, event, tick).map_err(failed)? else {
+                    return Ok(None);
+                };
+                match self.config.result_form() {
+                    ResultForm::Python => Ok(Some(Value::Map(BTreeMap::from([(
+                        PICKLE_KEY.to_owned(),
+                        Value::Bytes(pickle(&result).map_err(failed)?),
+                    )])))),
+                    ResultForm::Value => to_value(&result)
+                        .map(Some)
+                        .map_err(|error| AnalysisError::Invalid(error.to_string())),
+                }
+            }
+            Some(WorkerPayload::Beamflow(analysis)) => {
+                analysis.process_event(py, event).map_err(failed)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Wall-clock time for events that carry none, µs since 1970.
+fn wall_clock_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as i64)
+}
+
+impl DynAnalysis for PythonWorker {
+    fn process(
+        &self,
+        event: &EventData,
+        parameters: &Parameters,
+    ) -> Result<Option<Value>, AnalysisError> {
+        Python::attach(|py| self.run(py, event, parameters))
+    }
+
+    fn process_batch(
+        &self,
+        events: &[&EventData],
+        parameters: &Parameters,
+    ) -> Vec<Result<Option<Value>, AnalysisError>> {
+        Python::attach(|py| {
+            events
+                .iter()
+                .map(|event| self.run(py, event, parameters))
+                .collect()
+        })
+    }
+
+    fn start_scan(&self, parameters: &Parameters) {
+        Python::attach(|py| {
+            let mut state = lock(&self.state);
+            self.instantiate(py, &mut state, parameters);
+        });
+    }
+
+    fn finish(&self, _parameters: &Parameters) {
+        Python::attach(|py| {
+            let state = lock(&self.state);
+            let finished = match &state.payload {
+                Some(WorkerPayload::Dranspose(worker)) => worker.finish(py),
+                Some(WorkerPayload::Beamflow(analysis)) => analysis.finish(py),
+                None => Ok(()),
+            };
+            if let Err(failure) = finished {
+                error!(class = %self.config.class, error = %failure, "The payload's finish failed.");
+            }
+        });
+    }
+
+    fn in_order(&self) -> bool {
+        true
+    }
+}
+
+/// A Python accumulator: its class instantiated with the scan's first parameters (the reducer
+/// is built anew for every scan).
+struct PythonReducer {
+    config: reducer_side::PythonConfig,
+    payload: Option<DransposeReducer>,
+    failed: Option<String>,
+    /// Whether a failure to read `publish` was logged already.
+    publish_failed: AtomicBool,
+}
+
+impl PythonReducer {
+    fn log_failure(&self, hook: &str, failure: &PayloadError) {
+        error!(class = %self.config.class, hook, error = %failure, "The payload's hook failed.");
+    }
+}
+
+impl beamflow_reducer::Accumulator for PythonReducer {
+    fn process_result(
+        &mut self,
+        result: &ResultData,
+        _parameters: &Parameters,
+    ) -> Result<(), beamflow_reducer::AccumulatorError> {
+        let invalid = |text: String| beamflow_reducer::AccumulatorError::Invalid(text);
+        let Some(payload) = &self.payload else {
+            return Err(invalid(format!(
+                "the payload could not be instantiated for this scan: {}",
+                self.failed.as_deref().unwrap_or("no parameters yet")
+            )));
+        };
+        Python::attach(|py| {
+            let object = match pickled(&result.payload) {
+                Some(bytes) => {
+                    unpickle(py, bytes).map_err(|failure| invalid(failure.to_string()))?
+                }
+                None => from_value(py, &result.payload).map_err(|error| {
+                    invalid(
+                        PayloadError::from_python(py, "converting the result", error).to_string(),
+                    )
+                })?,
+            };
+            payload
+                .process_result(
+                    py,
+                    result.event_number.0,
+                    result.analysis.as_str(),
+                    result.worker.as_str(),
+                    &object,
+                )
+                .map_err(|failure| invalid(failure.to_string()))
+        })
+    }
+
+    fn publish(&self) -> Value {
+        let Some(payload) = &self.payload else {
+            return Value::Null;
+        };
+        Python::attach(|py| match payload.publish(py) {
+            Ok(value) => value,
+            Err(failure) => {
+                if !self.publish_failed.swap(true, Ordering::Relaxed) {
+                    self.log_failure("publish", &failure);
+                }
+                Value::Map(BTreeMap::from([(
+                    "error".to_owned(),
+                    Value::Text(failure.to_string()),
+                )]))
+            }
+        })
+    }
+
+    fn parameters_changed(&mut self, parameters: &Parameters) {
+        Python::attach(|py| match &mut self.payload {
+            Some(payload) => {
+                if let Err(failure) = payload.set_parameters(py, parameters) {
+                    self.log_failure("parameters", &failure);
+                }
+            }
+            None if self.failed.is_none() => {
+                let class = &self.config.class;
+                let context = context(py, class);
+                let lean = self.config.api == reducer_side::PythonApi::Beamflow;
+                match DransposeReducer::new(
+                    py,
+                    class,
+                    &self.config.folder(),
+                    parameters,
+                    &context,
+                    lean,
+                ) {
+                    Ok(payload) => {
+                        remember(py, class, payload.instance());
+                        info!(class, "Payload instantiated for the scan.");
+                        self.payload = Some(payload);
+                    }
+                    Err(failure) => {
+                        self.log_failure("__init__", &failure);
+                        self.failed = Some(failure.to_string());
+                    }
+                }
+            }
+            None => {}
+        });
+    }
+
+    fn finish(&mut self, _parameters: &Parameters) {
+        if let Some(payload) = &self.payload {
+            Python::attach(|py| {
+                if let Err(failure) = payload.finish(py) {
+                    self.log_failure("finish", &failure);
+                }
+            });
+        }
+    }
+
+    fn timer(&mut self, _parameters: &Parameters) -> Option<Duration> {
+        let payload = self.payload.as_ref()?;
+        Python::attach(|py| match payload.timer(py) {
+            Ok(next) => next,
+            Err(failure) => {
+                self.log_failure("timer", &failure);
+                Some(crate::dranspose::DEFAULT_TIMER)
+            }
+        })
+    }
+}
+
+/// The pickle of a result that travels as one.
+fn pickled(payload: &Value) -> Option<&Bytes> {
+    match payload {
+        Value::Map(entries) if entries.len() == 1 => match entries.get(PICKLE_KEY) {
+            Some(Value::Bytes(bytes)) => Some(bytes),
+            _ => None,
+        },
+        _ => None,
+    }
+}

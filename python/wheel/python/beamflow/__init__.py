@@ -1,0 +1,17 @@
+"""beamflow in a Python environment: the `beamflow` command, whose `kind = "python"` payloads
+run in this interpreter, with this environment's packages (numpy, h5py, dranspose...).
+
+Run it as `beamflow ...` (the console script) or `python -m beamflow ...`.
+"""
+
+import os
+import sys
+
+
+def main() -> None:
+    """The `beamflow` console script."""
+    # Tells beamflow which interpreter it runs in, so `--python` naming another one hands over.
+    os.environ["BEAMFLOW_INTERPRETER"] = sys.executable
+    from beamflow import _native
+
+    sys.exit(_native.main(["beamflow", *sys.argv[1:]]))
