@@ -12,11 +12,13 @@ usage:
       "shape": [..], "data": [its bytes, little-endian, C order, as 0..255]}, numpy scalar ->
       number, bytes -> array of ints, NaN/inf/None -> null. Prints the number of events and the
       hooks that raised.
-  dranspose_publish.py compare BEAMFLOW_STATE_JSON ACCUMULATOR_NAME REFERENCE_JSON
+  dranspose_publish.py compare BEAMFLOW_STATE_JSON ACCUMULATOR_NAME REFERENCE_JSON [--ignore PATH]...
       Compares state.json's [ACCUMULATOR_NAME] with the reference, leaf for leaf (an array
       object is one leaf; numbers must agree in type and value, so 1 != 1.0 != true). Prints
       every differing leaf's path with both values and exits 1 if any differ; otherwise prints
-      how many leaves agreed.
+      how many leaves agreed. `--ignore /preview` leaves out that subtree (on both sides): which
+      event gets a tick is not fixed once events are spread over several workers, in dranspose
+      as in beamflow.
   dranspose_publish.py h5compare A.h5 B.h5
       Compares two HDF5 files (the reducer's `finish` output): the same groups and datasets,
       each dataset's dtype, shape and bytes, and every attribute, exactly. Exits 1 on any
@@ -205,9 +207,11 @@ def show(value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def diff(a, b, path, out) -> int:
+def diff(a, b, path, out, ignore=frozenset()) -> int:
     """Appends (path, what) for each differing leaf of a (beamflow) and b (reference); returns
-    how many leaves were compared."""
+    how many leaves were compared. Paths in `ignore` are skipped."""
+    if path in ignore:
+        return 0
     if is_array(a) and is_array(b):
         what = []
         for key in ("dtype", "shape"):
@@ -224,6 +228,8 @@ def diff(a, b, path, out) -> int:
         n = 0
         for key in sorted(set(a) | set(b)):
             child = f"{path.rstrip('/')}/{key}"
+            if child in ignore:
+                continue
             if key not in a:
                 out.append((child, f"missing in beamflow; reference {show(b[key])}"))
                 n += 1
@@ -231,12 +237,12 @@ def diff(a, b, path, out) -> int:
                 out.append((child, f"beamflow {show(a[key])}; missing in reference"))
                 n += 1
             else:
-                n += diff(a[key], b[key], child, out)
+                n += diff(a[key], b[key], child, out, ignore)
         return n
     if isinstance(a, list) and isinstance(b, list):
         n = 0
         for i, (x, y) in enumerate(zip(a, b)):
-            n += diff(x, y, f"{path.rstrip('/')}/{i}", out)
+            n += diff(x, y, f"{path.rstrip('/')}/{i}", out, ignore)
         if len(a) != len(b):
             out.append((path, f"beamflow has {len(a)} items, reference {len(b)}"))
         return n
@@ -245,14 +251,14 @@ def diff(a, b, path, out) -> int:
     return 1
 
 
-def compare(state_json, accumulator, reference_json) -> int:
+def compare(state_json, accumulator, reference_json, ignore=()) -> int:
     state = json.loads(Path(state_json).read_text())
     if accumulator not in state:
         print(f"compare: {state_json} has no accumulator {accumulator!r} (it has {sorted(state)})")
         return 1
     reference_view = json.loads(Path(reference_json).read_text())
     out: list[tuple[str, str]] = []
-    n = diff(state[accumulator], reference_view, "/", out)
+    n = diff(state[accumulator], reference_view, "/", out, frozenset(ignore))
     for path, what in out[:MAX_SHOWN]:
         print(f"{path}: {what}")
     if len(out) > MAX_SHOWN:
@@ -322,8 +328,10 @@ def main(argv: list[str]) -> int:
     usage = __doc__.split("\n\n")[1]
     if len(argv) >= 8 and argv[1] == "reference":
         return reference(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7:])
-    if len(argv) == 5 and argv[1] == "compare":
-        return compare(argv[2], argv[3], argv[4])
+    if len(argv) >= 5 and argv[1] == "compare" and len(argv) % 2 == 1 and all(
+        flag == "--ignore" for flag in argv[5::2]
+    ):
+        return compare(argv[2], argv[3], argv[4], [p.rstrip("/") or "/" for p in argv[6::2]])
     if len(argv) == 4 and argv[1] == "h5compare":
         return h5compare(argv[2], argv[3])
     print(usage, file=sys.stderr)

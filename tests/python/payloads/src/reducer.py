@@ -51,6 +51,9 @@ class ImagingReducer:
                     "path": payload.path,
                     "description": payload.description,
                     "filenames": payload.filenames,
+                    # None when contrast did not record it.
+                    "energy": payload.snapshot.get("energy"),
+                    "attenuator": payload.snapshot.get("attenuator1_x"),
                     "finished": False,
                 }
                 self.publish["scans"][payload.scannr] = payload.motor

@@ -46,6 +46,8 @@ class Start:
     motor: str
     path: str
     description: str
+    # Motor positions and settings contrast recorded at the start.
+    snapshot: dict[str, float] = field(default_factory=dict)
     # Detector stream -> the file the detector writes, from its stream1 header.
     filenames: dict[str, str] = field(default_factory=dict)
 
@@ -174,6 +176,7 @@ class ImagingWorker:
                 motor=self.motor,
                 path=meta.path,
                 description=meta.description,
+                snapshot=dict(getattr(meta, "snapshot", None) or {}),
                 filenames=dict(self.filenames),
             )
         if isinstance(meta, ContrastFinished):
