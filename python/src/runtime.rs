@@ -481,3 +481,337 @@ fn pickled(payload: &Value) -> Option<&Bytes> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use beamflow_protocol::streams::stins;
+    use beamflow_protocol::{
+        AnalysisName, DType, EventNumber, NdArray, ParameterName, StreamData, WorkerName,
+    };
+    use beamflow_reducer::AccumulatorConfig;
+    use beamflow_reducer::Reducer;
+    use beamflow_workers::AnalysisConfig;
+
+    use super::*;
+    use crate::test_python;
+
+    /// Payloads written as beamlines write theirs: state from the scan's first event, a
+    /// dataclass result, a tick preview, a typed parameter, a hook that raises.
+    const WORKER: &str = r#"
+from dataclasses import dataclass
+
+import numpy as np
+from dranspose.parameters import IntParameter
+
+
+@dataclass
+class Frame:
+    number: int
+    total: int
+    tick: bool
+    motor: str
+
+
+class Worker:
+    def __init__(self, parameters=None, context=None, state=None, **kwargs):
+        context["instances"] = context.get("instances", 0) + 1
+        self.instance = context["instances"]
+        self.motor = None
+
+    @staticmethod
+    def describe_parameters():
+        return [IntParameter(name="offset", default=5)]
+
+    def get_tick_interval(self, parameters):
+        return 10.0
+
+    def process_event(self, event, parameters=None, tick=False, *args, **kwargs):
+        frames = event.streams["det"].frames
+        if event.event_number == 0:
+            self.motor = frames[0].decode()
+            return None
+        if event.event_number == 3:
+            raise ValueError("a bad frame")
+        total = int(np.frombuffer(frames[0].bytes, dtype=np.uint8).sum())
+        return Frame(event.event_number, total + parameters["offset"].value, tick,
+                     f"{self.motor} #{self.instance}")
+
+
+class Plain(Worker):
+    def process_event(self, event, parameters=None, tick=False, *args, **kwargs):
+        frame = super().process_event(event, parameters, tick)
+        return None if frame is None else {"total": frame.total, "values": np.arange(3)}
+"#;
+
+    const REDUCER: &str = r#"
+import threading
+
+from .worker import Frame
+
+
+class Reducer:
+    def __init__(self, parameters=None, context=None, state=None, **kwargs):
+        self.publish = {"totals": {}, "ticks": [], "timer": 0, "finished": False, "other": []}
+        self.publish_rlock = threading.RLock()
+        self.offset = parameters["offset"].value
+
+    def process_result(self, result, parameters=None):
+        with self.publish_rlock:
+            if isinstance(result.payload, Frame):
+                self.publish["totals"][str(result.event_number)] = [result.payload.total,
+                                                                   result.payload.motor]
+                if result.payload.tick:
+                    self.publish["ticks"].append(result.event_number)
+            else:
+                self.publish["other"].append(result.payload)
+        if result.event_number == 4:
+            raise RuntimeError("cannot reduce four")
+
+    def timer(self, parameters):
+        self.publish["timer"] += 1
+        return 3600
+
+    def finish(self, parameters=None):
+        self.publish["finished"] = parameters["offset"].value
+
+
+class Lean:
+    def __init__(self, parameters, context):
+        self.publish = {"seen": [], "offset": parameters["offset"]}
+
+    def process_result(self, result, parameters):
+        self.publish["seen"].append([result["analysis"], result["payload"]["total"],
+                                     result["payload"]["values"].tolist()])
+"#;
+
+    fn payloads(package: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join(package);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("__init__.py"), "").unwrap();
+        std::fs::write(folder.join("worker.py"), WORKER).unwrap();
+        std::fs::write(folder.join("reducer.py"), REDUCER).unwrap();
+        dir
+    }
+
+    fn analysis(dir: &tempfile::TempDir, table: &str) -> Box<dyn DynAnalysis> {
+        install();
+        let table = format!("kind = \"python\"\npath = {:?}\n{table}", dir.path());
+        let config: AnalysisConfig = toml::from_str(&table).unwrap();
+        config.build().unwrap()
+    }
+
+    fn reducer(dir: &tempfile::TempDir, table: &str, parameters: Parameters) -> Reducer {
+        let table = format!("kind = \"python\"\npath = {:?}\n{table}", dir.path());
+        let config: AccumulatorConfig = toml::from_str(&table).unwrap();
+        Reducer::new(
+            &BTreeMap::from([("payload".to_owned(), config)]),
+            parameters,
+        )
+        .unwrap()
+    }
+
+    fn parameters(analysis: &dyn DynAnalysis, dir: &tempfile::TempDir, class: &str) -> Parameters {
+        let _ = analysis;
+        let table = format!(
+            "kind = \"python\"\npath = {:?}\nclass = {class:?}",
+            dir.path()
+        );
+        let config: AnalysisConfig = toml::from_str(&table).unwrap();
+        let descriptions = config.describe_parameters();
+        assert_eq!(descriptions.len(), 1, "the payload's own description");
+        Parameters::resolve(
+            [(ParameterName::from("offset"), Bytes::from_static(b"100"))],
+            &descriptions,
+        )
+        .unwrap()
+    }
+
+    /// Event `n` made `seconds` after the scan's start, with one frame.
+    fn event(number: u64, seconds: i64, frame: &'static [u8]) -> EventData {
+        let mut event = EventData::new(EventNumber(number));
+        event.created_at = Some(jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap());
+        event.streams.insert(
+            "det".into(),
+            StreamData {
+                typ: "raw".into(),
+                frames: vec![Bytes::from_static(frame)],
+            },
+        );
+        event
+    }
+
+    fn apply(reducer: &mut Reducer, number: u64, analysis: &str, payload: Value) {
+        reducer.apply(&ResultData {
+            event_number: EventNumber(number),
+            analysis: AnalysisName::from(analysis),
+            worker: WorkerName::from("w1"),
+            created_at: None,
+            payload: Arc::new(payload),
+        });
+    }
+
+    #[test]
+    fn a_dranspose_worker_and_reducer_run_a_scan_as_dranspose_runs_them() {
+        let dir = payloads("runtime_scan");
+        test_python(|_| {});
+        let worker = analysis(&dir, "class = \"runtime_scan.worker:Worker\"");
+        assert!(worker.in_order());
+        let parameters = parameters(&*worker, &dir, "runtime_scan.worker:Worker");
+        let mut reducer = reducer(
+            &dir,
+            "class = \"runtime_scan.reducer:Reducer\"",
+            parameters.clone(),
+        );
+        reducer.run_timers(std::time::Instant::now());
+
+        for scan in 1..=2 {
+            worker.start_scan(&parameters);
+            let events = [
+                event(0, 0, b"sx"),
+                event(1, 1, &[1, 2]),
+                event(2, 5, &[3]),
+                event(3, 6, &[0]),
+                event(4, 12, &[4]),
+            ];
+            let mut errors = Vec::new();
+            for event in &events {
+                match worker.process(event, &parameters) {
+                    Ok(Some(result)) => {
+                        assert!(
+                            pickled(&result).is_some(),
+                            "results travel pickled: {result:?}"
+                        );
+                        apply(&mut reducer, event.event_number.0, "frames", result);
+                    }
+                    Ok(None) => {}
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains("ValueError: a bad frame"),
+                "{}",
+                errors[0]
+            );
+            assert!(
+                errors[0].contains("Traceback"),
+                "with its traceback: {}",
+                errors[0]
+            );
+            let published = serde_json::to_value(reducer.state()).unwrap();
+            let motor = format!("sx #{scan}");
+            assert_eq!(
+                published["payload"]["totals"],
+                serde_json::json!({"1": [103, motor], "2": [103, motor], "4": [104, motor]}),
+                "a new instance per scan, state from the scan's first event, the parameter typed"
+            );
+            // The first event ticks (the start, which reports nothing), then the first one
+            // 10 s after it, by the events' own times.
+            // (One reducer for both scans here: the ticks add up.)
+            assert_eq!(published["payload"]["ticks"], serde_json::json!(vec![4; scan]));
+        }
+        assert_eq!(
+            reducer.counts().accumulator_errors.get("payload"),
+            Some(&2),
+            "the reducer's exception is counted, not fatal"
+        );
+        reducer.run_timers(std::time::Instant::now());
+        reducer.finish();
+        let published = serde_json::to_value(reducer.state()).unwrap();
+        assert_eq!(
+            published["payload"]["timer"], 1,
+            "called at the start, then after 3600 s"
+        );
+        assert_eq!(published["payload"]["finished"], 100);
+    }
+
+    #[test]
+    fn converted_results_reach_rust_readers_and_the_leaner_contract() {
+        let dir = payloads("runtime_values");
+        test_python(|_| {});
+        let worker = analysis(
+            &dir,
+            "class = \"runtime_values.worker:Plain\"\nresults = \"value\"",
+        );
+        let parameters = parameters(&*worker, &dir, "runtime_values.worker:Plain");
+        worker.start_scan(&parameters);
+        assert_eq!(
+            worker.process(&event(0, 0, b"sx"), &parameters).unwrap(),
+            None
+        );
+        let result = worker
+            .process(&event(1, 1, &[1, 2]), &parameters)
+            .unwrap()
+            .unwrap();
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["total"], 103);
+        assert_eq!(json["values"]["dtype"], "<i8");
+        assert_eq!(json["values"]["shape"], serde_json::json!([3]));
+
+        let mut lean = reducer(
+            &dir,
+            "class = \"runtime_values.reducer:Lean\"\napi = \"beamflow\"",
+            parameters,
+        );
+        apply(&mut lean, 1, "plain", result);
+        let published = serde_json::to_value(lean.state()).unwrap();
+        assert_eq!(
+            published["payload"],
+            serde_json::json!({"seen": [["plain", 103, [0, 1, 2]]], "offset": 100}),
+            "numpy arrays come back as arrays"
+        );
+    }
+
+    #[test]
+    fn a_class_that_does_not_import_fails_the_build_with_its_traceback() {
+        let dir = payloads("runtime_missing");
+        test_python(|_| {});
+        install();
+        let table = format!(
+            "kind = \"python\"\npath = {:?}\nclass = \"runtime_missing.nowhere:Worker\"",
+            dir.path()
+        );
+        let config: AnalysisConfig = toml::from_str(&table).unwrap();
+        let error = config.build().err().unwrap();
+        assert_eq!(error.key, "class");
+        assert!(error.message.contains("No module named"), "{error}");
+    }
+
+    #[test]
+    fn the_numpy_form_of_a_value_is_an_array_again() {
+        test_python(|py| {
+            let image = NdArray::new(
+                vec![2, 2],
+                DType::Uint16,
+                Bytes::from_static(&[1, 0, 2, 0, 3, 0, 4, 0]),
+            )
+            .unwrap();
+            let frames = stins::image_frames(0, 1, &image, false);
+            let array = py
+                .import("numpy")
+                .unwrap()
+                .call_method1(
+                    "frombuffer",
+                    (pyo3::types::PyBytes::new(py, &frames[1]), "<u2"),
+                )
+                .unwrap()
+                .call_method1("reshape", ((2, 2),))
+                .unwrap();
+            let value = to_value(&array).unwrap();
+            let back = from_value(py, &value).unwrap();
+            assert!(
+                back.call_method1("__eq__", (&array,))
+                    .unwrap()
+                    .call_method0("all")
+                    .unwrap()
+                    .is_truthy()
+                    .unwrap()
+            );
+            assert_eq!(to_value(&back).unwrap(), value);
+        });
+    }
+}

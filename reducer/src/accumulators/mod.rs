@@ -196,7 +196,10 @@ mod tests {
                 "scan_view",
                 "kind = \"scan_view\"\ndocuments = \"documents\"",
             ),
-            ("python", "kind = \"python\"\nclass = \"src.reducer:Reducer\""),
+            (
+                "python",
+                "kind = \"python\"\nclass = \"src.reducer:Reducer\"",
+            ),
         ];
         let panels: Vec<(&str, Panel)> = tables
             .iter()
