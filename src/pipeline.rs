@@ -399,7 +399,7 @@ impl Pipeline {
                 views.push((name.clone(), ResultKeys::Unknown));
                 continue;
             }
-            if let Err(error) = accumulator.build() {
+            if let Err(error) = accumulator.check() {
                 mistakes.push(Mistake::value(&table, "", error.to_string()));
             }
             let keys = results_of(source);

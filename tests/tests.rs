@@ -17,6 +17,7 @@ mod mapping;
 mod model_cli;
 mod own_pipeline;
 mod pipeline_check;
+mod python_payloads;
 mod quad_scan;
 mod replay_cli;
 mod result_pvs;

@@ -89,11 +89,34 @@ fn remember(py: Python<'_>, class: &str, instance: &Py<PyAny>) {
     }
 }
 
+/// Every parameter a payload class of this process's pipeline describes: the pipeline file is
+/// checked when it is loaded, which reads every class's descriptions, worker's and reducer's.
+static DESCRIPTIONS: Mutex<BTreeMap<String, ParameterDescription>> = Mutex::new(BTreeMap::new());
+
 fn describe(class: &str, folder: &Path) -> Result<Vec<ParameterDescription>, PayloadError> {
-    Python::attach(|py| {
+    let described = Python::attach(|py| {
         let cls = load_class(py, class, folder)?;
         crate::describe_parameters(&cls)
-    })
+    })?;
+    let mut known = lock(&DESCRIPTIONS);
+    for description in &described {
+        known.insert(description.name.to_string(), description.clone());
+    }
+    Ok(described)
+}
+
+/// The parameters as dranspose gives them to every payload: typed, and with defaults, by the
+/// descriptions of all the pipeline's payloads (a worker reads what its reducer describes),
+/// where beamflow's own resolution knew only this process's side.
+fn as_dranspose_gives(parameters: &Parameters) -> Parameters {
+    let known: Vec<ParameterDescription> = lock(&DESCRIPTIONS).values().cloned().collect();
+    if known.is_empty() {
+        return parameters.clone();
+    }
+    let raw = parameters
+        .iter()
+        .map(|(name, value)| (name.clone(), value.to_bytes()));
+    Parameters::resolve(raw, &known).unwrap_or_else(|_| parameters.clone())
 }
 
 impl worker_side::PythonRuntime for Runtime {
@@ -177,7 +200,8 @@ struct PythonWorker {
 }
 
 impl PythonWorker {
-    fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, parameters: &Parameters) {
+    fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, given: &Parameters) {
+        let parameters = &as_dranspose_gives(given);
         let class = &self.config.class;
         let context = context(py, class);
         let folder = self.config.folder();
@@ -189,7 +213,7 @@ impl PythonWorker {
             PythonApi::Beamflow => PythonAnalysis::new(py, class, &folder, parameters, &context)
                 .map(WorkerPayload::Beamflow),
         };
-        state.parameters = parameters.clone();
+        state.parameters = given.clone();
         state.last_tick = None;
         state.tick_interval = None;
         match made {
@@ -249,9 +273,10 @@ impl PythonWorker {
         if state.payload.is_none() && state.failed.is_none() {
             self.instantiate(py, &mut state, parameters);
         } else if state.parameters != *parameters {
+            let completed = as_dranspose_gives(parameters);
             let changed = match &mut state.payload {
-                Some(WorkerPayload::Dranspose(worker)) => worker.set_parameters(py, parameters),
-                Some(WorkerPayload::Beamflow(analysis)) => analysis.set_parameters(py, parameters),
+                Some(WorkerPayload::Dranspose(worker)) => worker.set_parameters(py, &completed),
+                Some(WorkerPayload::Beamflow(analysis)) => analysis.set_parameters(py, &completed),
                 None => Ok(()),
             };
             if let Err(failure) = changed {
@@ -415,7 +440,8 @@ impl beamflow_reducer::Accumulator for PythonReducer {
         })
     }
 
-    fn parameters_changed(&mut self, parameters: &Parameters) {
+    fn parameters_changed(&mut self, given: &Parameters) {
+        let parameters = &as_dranspose_gives(given);
         Python::attach(|py| match &mut self.payload {
             Some(payload) => {
                 if let Err(failure) = payload.set_parameters(py, parameters) {
@@ -712,7 +738,10 @@ class Lean:
             // The first event ticks (the start, which reports nothing), then the first one
             // 10 s after it, by the events' own times.
             // (One reducer for both scans here: the ticks add up.)
-            assert_eq!(published["payload"]["ticks"], serde_json::json!(vec![4; scan]));
+            assert_eq!(
+                published["payload"]["ticks"],
+                serde_json::json!(vec![4; scan])
+            );
         }
         assert_eq!(
             reducer.counts().accumulator_errors.get("payload"),

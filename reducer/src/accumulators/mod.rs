@@ -42,6 +42,11 @@ pub trait AccumulatorKind {
     /// Builds the accumulator; the error says what is wrong with the table.
     fn build(&self) -> Result<Box<dyn Accumulator>, TableError>;
 
+    /// What a pipeline check finds wrong with the table; by default, what building it finds.
+    fn check(&self) -> Result<(), TableError> {
+        self.build().map(drop)
+    }
+
     /// The analysis whose results it takes; all analyses when `None`.
     fn analysis(&self) -> Option<&AnalysisName>;
 
@@ -108,6 +113,13 @@ macro_rules! registry {
             pub fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
                 match self {
                     $(AccumulatorConfig::$variant(config) => config.build(),)+
+                }
+            }
+
+            /// See [`AccumulatorKind::check`].
+            pub fn check(&self) -> Result<(), TableError> {
+                match self {
+                    $(AccumulatorConfig::$variant(config) => config.check(),)+
                 }
             }
 

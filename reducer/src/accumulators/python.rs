@@ -87,23 +87,40 @@ fn runtime() -> Result<&'static dyn PythonRuntime, TableError> {
     })
 }
 
+impl PythonConfig {
+    fn check_class(&self) -> Result<(), TableError> {
+        if self
+            .class
+            .split_once(':')
+            .is_some_and(|(module, class)| !module.is_empty() && !class.is_empty())
+        {
+            return Ok(());
+        }
+        Err(TableError::new(
+            "class",
+            format!("{:?} is not module.path:Class", self.class),
+        ))
+    }
+}
+
 impl AccumulatorKind for PythonConfig {
     const KIND: &str = "python";
     const SUMMARY: &str = "a Python payload: a dranspose reducer class unchanged (`api = \
         \"dranspose\"`) or beamflow's contract; its `publish` dict, converted";
 
     fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
-        if !self
-            .class
-            .split_once(':')
-            .is_some_and(|(module, class)| !module.is_empty() && !class.is_empty())
-        {
-            return Err(TableError::new(
-                "class",
-                format!("{:?} is not module.path:Class", self.class),
-            ));
-        }
+        self.check_class()?;
         runtime()?.build(self)
+    }
+
+    /// The table, and the class imported where there is an interpreter: a controller checks
+    /// the pipeline without one.
+    fn check(&self) -> Result<(), TableError> {
+        self.check_class()?;
+        match RUNTIME.get() {
+            Some(runtime) => runtime.describe_parameters(self).map(drop),
+            None => Ok(()),
+        }
     }
 
     fn analysis(&self) -> Option<&AnalysisName> {
@@ -130,5 +147,7 @@ mod tests {
         assert!(error.message.contains("beamflow wheel"), "{error}");
         let bad: PythonConfig = toml::from_str("class = \"Reducer\"").unwrap();
         assert_eq!(bad.build().err().unwrap().key, "class");
+        assert_eq!(bad.check().unwrap_err().key, "class");
+        assert_eq!(config.check(), Ok(()), "a pipeline check needs no interpreter");
     }
 }
