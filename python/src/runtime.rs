@@ -39,7 +39,7 @@ pub fn install() {
 pub fn close_all() {
     Python::attach(|py| {
         let contexts = std::mem::take(&mut *lock(&CONTEXTS));
-        for (class, context) in contexts {
+        for (payload, context) in contexts {
             let Some(instance) = context.latest else {
                 continue;
             };
@@ -49,7 +49,7 @@ pub fn close_all() {
                 context.dict.bind(py).as_any(),
             );
             if let Err(error) = closed {
-                error!(%class, %error, "The payload's close failed.");
+                error!(%payload, %error, "The payload's close failed.");
             }
         }
     });
@@ -57,8 +57,9 @@ pub fn close_all() {
 
 struct Runtime;
 
-/// A class's `context`: one dict for the process's lifetime, as dranspose keeps one, and its
-/// latest instance, for `close`.
+/// A payload's `context`: one dict for the process's lifetime, as a dranspose worker or
+/// reducer process keeps one, and its latest instance, for `close`. Keyed by the payload:
+/// `beamflow run` has several workers in one process, each with its own, as if apart.
 struct Context {
     dict: Py<PyDict>,
     latest: Option<Py<PyAny>>,
@@ -71,9 +72,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn context<'py>(py: Python<'py>, class: &str) -> Bound<'py, PyDict> {
+fn context<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyDict> {
     lock(&CONTEXTS)
-        .entry(class.to_owned())
+        .entry(key.to_owned())
         .or_insert_with(|| Context {
             dict: PyDict::new(py).unbind(),
             latest: None,
@@ -83,8 +84,8 @@ fn context<'py>(py: Python<'py>, class: &str) -> Bound<'py, PyDict> {
         .clone()
 }
 
-fn remember(py: Python<'_>, class: &str, instance: &Py<PyAny>) {
-    if let Some(context) = lock(&CONTEXTS).get_mut(class) {
+fn remember(py: Python<'_>, key: &str, instance: &Py<PyAny>) {
+    if let Some(context) = lock(&CONTEXTS).get_mut(key) {
         context.latest = Some(instance.clone_ref(py));
     }
 }
@@ -128,9 +129,12 @@ impl worker_side::PythonRuntime for Runtime {
         Python::attach(|py| load_class(py, &config.class, &config.folder()).map(drop)).map_err(
             |error| beamflow_workers::check::TableError::value("class", error.to_string()),
         )?;
+        static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = WORKERS.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PythonWorker {
             config: config.clone(),
-            name: format!("beamflow-{}", std::process::id()),
+            name: format!("beamflow-{}-{number}", std::process::id()),
+            context: format!("worker {number} {}", config.class),
             state: Mutex::new(WorkerState::default()),
         }))
     }
@@ -196,6 +200,8 @@ struct PythonWorker {
     config: worker_side::PythonConfig,
     /// The name dranspose's `state.name` gives.
     name: String,
+    /// Its `context`'s key.
+    context: String,
     state: Mutex<WorkerState>,
 }
 
@@ -203,7 +209,7 @@ impl PythonWorker {
     fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, given: &Parameters) {
         let parameters = &as_dranspose_gives(given);
         let class = &self.config.class;
-        let context = context(py, class);
+        let context = context(py, &self.context);
         let folder = self.config.folder();
         let made = match self.config.api {
             PythonApi::Dranspose => {
@@ -222,7 +228,7 @@ impl PythonWorker {
                     WorkerPayload::Dranspose(worker) => worker.instance(),
                     WorkerPayload::Beamflow(analysis) => analysis.instance(),
                 };
-                remember(py, class, instance);
+                remember(py, &self.context, instance);
                 state.payload = Some(payload);
                 state.failed = None;
                 self.read_tick_interval(py, state);
@@ -450,7 +456,8 @@ impl beamflow_reducer::Accumulator for PythonReducer {
             }
             None if self.failed.is_none() => {
                 let class = &self.config.class;
-                let context = context(py, class);
+                let key = format!("reducer {class}");
+                let context = context(py, &key);
                 let lean = self.config.api == reducer_side::PythonApi::Beamflow;
                 match DransposeReducer::new(
                     py,
@@ -461,7 +468,7 @@ impl beamflow_reducer::Accumulator for PythonReducer {
                     lean,
                 ) {
                     Ok(payload) => {
-                        remember(py, class, payload.instance());
+                        remember(py, &key, payload.instance());
                         info!(class, "Payload instantiated for the scan.");
                         self.payload = Some(payload);
                     }

@@ -4,12 +4,18 @@ run in this interpreter, with this environment's packages (numpy, h5py, dranspos
 Run it as `beamflow ...` (the console script) or `python -m beamflow ...`.
 """
 
+import logging
 import os
 import sys
 
 
 def main() -> None:
     """The `beamflow` console script."""
+    # Payloads log with `logging`, as under dranspose, whose LOG_LEVEL sets the level too.
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     # Tells beamflow which interpreter it runs in, so `--python` naming another one hands over.
     os.environ["BEAMFLOW_INTERPRETER"] = sys.executable
     from beamflow import _native
