@@ -241,11 +241,34 @@ fn the_stock_binary_says_which_environment_a_python_pipeline_needs() {
     );
 }
 
-/// A live scan: the dumps played by three ingesters, two worker processes running the worker
-/// payload (one killed mid-scan), the reducer running the reducer payload.
 #[test]
 fn a_live_scan_with_a_worker_killed_gives_dranspose_s_publish() {
     let scan = Scan::new(WORKER, REDUCER);
+    live_scan_with_a_worker_killed(&scan, WORKER, REDUCER, &[]);
+    scan.assert_same_file();
+}
+
+#[test]
+fn a_live_scan_of_a_raising_payload_gives_dranspose_s_publish() {
+    let (worker, reducer) = ("src.raising:RaisingWorker", "src.raising:RaisingReducer");
+    let scan = Scan::new(worker, reducer);
+    live_scan_with_a_worker_killed(
+        &scan,
+        worker,
+        reducer,
+        &["Accumulator rejected a result", "The payload's hook failed"],
+    );
+}
+
+/// A live scan: the dumps played by three ingesters, two worker processes running the worker
+/// payload (one killed mid-scan), the reducer running the reducer payload, which logs only the
+/// ERROR lines `reducer_errors` names; its `publish` must be dranspose's.
+fn live_scan_with_a_worker_killed(
+    scan: &Scan,
+    worker: &str,
+    reducer: &str,
+    reducer_errors: &[&str],
+) {
     let venv = venv();
     let [control, rest] = free_ports();
     let control = format!("tcp://127.0.0.1:{control}");
@@ -260,8 +283,8 @@ fn a_live_scan_with_a_worker_killed_gives_dranspose_s_publish() {
     }
     let payloads = payloads();
     text.push_str(&format!(
-        "[analyses.imaging]\nkind = \"python\"\nclass = \"{WORKER}\"\npath = {payloads:?}\n\n\
-         [accumulators.imaging]\nkind = \"python\"\nclass = \"{REDUCER}\"\npath = {payloads:?}\n\
+        "[analyses.imaging]\nkind = \"python\"\nclass = \"{worker}\"\npath = {payloads:?}\n\n\
+         [accumulators.imaging]\nkind = \"python\"\nclass = \"{reducer}\"\npath = {payloads:?}\n\
          analysis = \"imaging\"\n\n\
          [controller]\ncontrol = \"{control}\"\nhttp = \"{rest}\"\n\n\
          [reducer]\nhttp = \"127.0.0.1:0\"\n"
@@ -275,6 +298,7 @@ fn a_live_scan_with_a_worker_killed_gives_dranspose_s_publish() {
     let mut controller = Running::spawn(&["controller", "--pipeline", file]);
     controller.wait_for_line("beamflow controller:");
     let mut reducer = Running::spawn(&[&python[..], &["reducer"], &connect].concat());
+    reducer.allow_errors(reducer_errors);
     let reducer_http = http_address(&reducer.wait_for_line("state on http://"));
     let mut workers: Vec<Running> = ["w1", "w2"]
         .iter()
@@ -357,5 +381,4 @@ fn a_live_scan_with_a_worker_killed_gives_dranspose_s_publish() {
     let state = scan.at("live.json");
     std::fs::write(&state, json!({ "imaging": publish }).to_string()).unwrap();
     scan.assert_same_publish(&state, "imaging");
-    scan.assert_same_file();
 }
