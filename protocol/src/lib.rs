@@ -19,6 +19,7 @@
 //!   `ResultData`.
 //! - [`value`]: `Value`, the self-describing tree results and reducer state are made of.
 //! - [`parameters`]: typed parameters and dranspose parameter files.
+//! - [`payload`]: how a pipeline names a Python payload's class and contract.
 //! - [`mod@array`]: `NdArray`, typed shaped frames.
 //! - [`dump`]: `.cbors` dump reading (streaming, zero-copy) and writing.
 //! - [`message`]: CBOR encoding of event parts, reports and results.
@@ -33,6 +34,7 @@ pub mod event;
 pub mod ids;
 pub mod message;
 pub mod parameters;
+pub mod payload;
 mod scan;
 pub mod streams;
 pub mod value;

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use beamflow_protocol::payload::PayloadApi;
 use beamflow_protocol::{EventData, ParameterDescription, Parameters, ResultData, Value};
 use beamflow_reducer::accumulators::python as reducer_side;
-use beamflow_workers::analyses::python::{self as worker_side, PythonApi, ResultForm};
+use beamflow_workers::analyses::python::{self as worker_side, ResultForm};
 use beamflow_workers::{AnalysisError, DynAnalysis};
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -126,9 +127,10 @@ impl worker_side::PythonRuntime for Runtime {
         config: &worker_side::PythonConfig,
     ) -> Result<Box<dyn DynAnalysis>, beamflow_workers::check::TableError> {
         // Imported now, so a typo in the class fails the worker at its start.
-        Python::attach(|py| load_class(py, &config.class, &config.folder()).map(drop)).map_err(
-            |error| beamflow_workers::check::TableError::value("class", error.to_string()),
-        )?;
+        Python::attach(|py| load_class(py, config.class.as_str(), &config.folder()).map(drop))
+            .map_err(|error| {
+                beamflow_workers::check::TableError::value("class", error.to_string())
+            })?;
         static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let number = WORKERS.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(PythonWorker {
@@ -143,7 +145,7 @@ impl worker_side::PythonRuntime for Runtime {
         &self,
         config: &worker_side::PythonConfig,
     ) -> Result<Vec<ParameterDescription>, beamflow_workers::check::TableError> {
-        describe(&config.class, &config.folder())
+        describe(config.class.as_str(), &config.folder())
             .map_err(|error| beamflow_workers::check::TableError::value("class", error.to_string()))
     }
 }
@@ -154,9 +156,10 @@ impl reducer_side::PythonRuntime for Runtime {
         config: &reducer_side::PythonConfig,
     ) -> Result<Box<dyn beamflow_reducer::Accumulator>, beamflow_reducer::accumulators::TableError>
     {
-        Python::attach(|py| load_class(py, &config.class, &config.folder()).map(drop)).map_err(
-            |error| beamflow_reducer::accumulators::TableError::new("class", error.to_string()),
-        )?;
+        Python::attach(|py| load_class(py, config.class.as_str(), &config.folder()).map(drop))
+            .map_err(|error| {
+                beamflow_reducer::accumulators::TableError::new("class", error.to_string())
+            })?;
         Ok(Box::new(PythonReducer {
             config: config.clone(),
             payload: None,
@@ -169,7 +172,7 @@ impl reducer_side::PythonRuntime for Runtime {
         &self,
         config: &reducer_side::PythonConfig,
     ) -> Result<Vec<ParameterDescription>, beamflow_reducer::accumulators::TableError> {
-        describe(&config.class, &config.folder()).map_err(|error| {
+        describe(config.class.as_str(), &config.folder()).map_err(|error| {
             beamflow_reducer::accumulators::TableError::new("class", error.to_string())
         })
     }
@@ -208,15 +211,15 @@ struct PythonWorker {
 impl PythonWorker {
     fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, given: &Parameters) {
         let parameters = &as_dranspose_gives(given);
-        let class = &self.config.class;
+        let class = self.config.class.as_str();
         let context = context(py, &self.context);
         let folder = self.config.folder();
         let made = match self.config.api {
-            PythonApi::Dranspose => {
+            PayloadApi::Dranspose => {
                 DransposeWorker::new(py, class, &folder, parameters, &context, &self.name)
                     .map(WorkerPayload::Dranspose)
             }
-            PythonApi::Beamflow => PythonAnalysis::new(py, class, &folder, parameters, &context)
+            PayloadApi::Beamflow => PythonAnalysis::new(py, class, &folder, parameters, &context)
                 .map(WorkerPayload::Beamflow),
         };
         state.parameters = given.clone();
@@ -455,10 +458,10 @@ impl beamflow_reducer::Accumulator for PythonReducer {
                 }
             }
             None if self.failed.is_none() => {
-                let class = &self.config.class;
+                let class = self.config.class.as_str();
                 let key = format!("reducer {class}");
                 let context = context(py, &key);
-                let lean = self.config.api == reducer_side::PythonApi::Beamflow;
+                let lean = self.config.api == PayloadApi::Beamflow;
                 match DransposeReducer::new(
                     py,
                     class,

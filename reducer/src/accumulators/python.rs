@@ -9,35 +9,23 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use beamflow_protocol::payload::{PayloadApi, PayloadClass};
 use beamflow_protocol::{AnalysisName, ParameterDescription};
 use serde::Deserialize;
 
 use crate::Accumulator;
 use crate::accumulators::{AccumulatorKind, TableError};
 
-/// Which contract the payload's class follows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PythonApi {
-    /// dranspose 0.2.0's: `Class(parameters=, context=, state=)`,
-    /// `process_result(result, parameters)` on dranspose's `ResultData`, `timer(parameters)`,
-    /// `finish(parameters)`, a `publish` dict (read under `publish_rlock` when it has one).
-    #[default]
-    Dranspose,
-    /// beamflow's: `Class(parameters=, context=)`, `process_result(result, parameters)` on a
-    /// dict `{event_number, analysis, worker, payload}`, the same hooks, and `publish`.
-    Beamflow,
-}
-
 /// Configuration of `python`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PythonConfig {
-    /// The payload's class, `module.path:Class`.
-    pub class: String,
-    /// The contract the class follows.
+    /// The payload's class.
+    pub class: PayloadClass,
+    /// The contract the class follows: for `beamflow`'s, `process_result` gets a dict
+    /// `{event_number, analysis, worker, payload}` and the parameters are plain values.
     #[serde(default)]
-    pub api: PythonApi,
+    pub api: PayloadApi,
     /// The folder the module is imported from; the working directory by default.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -87,36 +75,18 @@ fn runtime() -> Result<&'static dyn PythonRuntime, TableError> {
     })
 }
 
-impl PythonConfig {
-    fn check_class(&self) -> Result<(), TableError> {
-        if self
-            .class
-            .split_once(':')
-            .is_some_and(|(module, class)| !module.is_empty() && !class.is_empty())
-        {
-            return Ok(());
-        }
-        Err(TableError::new(
-            "class",
-            format!("{:?} is not module.path:Class", self.class),
-        ))
-    }
-}
-
 impl AccumulatorKind for PythonConfig {
     const KIND: &str = "python";
     const SUMMARY: &str = "a Python payload: a dranspose reducer class unchanged (`api = \
         \"dranspose\"`) or beamflow's contract; its `publish` dict, converted";
 
     fn build(&self) -> Result<Box<dyn Accumulator>, TableError> {
-        self.check_class()?;
         runtime()?.build(self)
     }
 
-    /// The table, and the class imported where there is an interpreter: a controller checks
-    /// the pipeline without one.
+    /// The class imported where there is an interpreter: a controller checks the pipeline
+    /// without one.
     fn check(&self) -> Result<(), TableError> {
-        self.check_class()?;
         match RUNTIME.get() {
             Some(runtime) => runtime.describe_parameters(self).map(drop),
             None => Ok(()),
@@ -145,9 +115,7 @@ mod tests {
         let error = config.build().err().unwrap();
         assert_eq!(error.key, "kind");
         assert!(error.message.contains("beamflow wheel"), "{error}");
-        let bad: PythonConfig = toml::from_str("class = \"Reducer\"").unwrap();
-        assert_eq!(bad.build().err().unwrap().key, "class");
-        assert_eq!(bad.check().unwrap_err().key, "class");
+        assert!(toml::from_str::<PythonConfig>("class = \"Reducer\"").is_err());
         assert_eq!(config.check(), Ok(()), "a pipeline check needs no interpreter");
     }
 }

@@ -8,25 +8,13 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use beamflow_protocol::payload::{PayloadApi, PayloadClass};
 use beamflow_protocol::{ParameterDescription, StreamName, StreamType};
 use serde::Deserialize;
 
 use crate::DynAnalysis;
 use crate::analyses::AnalysisKind;
 use crate::check::{ResultKeys, TableError};
-
-/// Which contract the payload's class follows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PythonApi {
-    /// dranspose 0.2.0's: `Class(parameters=, context=, state=)`,
-    /// `process_event(event, parameters, tick)` on dranspose's own `EventData`.
-    #[default]
-    Dranspose,
-    /// beamflow's: `Class(parameters=, context=)`, `process_event(event, parameters)` with
-    /// frames and images lent without a copy, results read by Rust accumulators.
-    Beamflow,
-}
 
 /// How a dranspose worker's results travel to the reducer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -45,11 +33,11 @@ pub enum ResultForm {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PythonConfig {
-    /// The payload's class, `module.path:Class`.
-    pub class: String,
+    /// The payload's class.
+    pub class: PayloadClass,
     /// The contract the class follows.
     #[serde(default)]
-    pub api: PythonApi,
+    pub api: PayloadApi,
     /// The folder the module is imported from; the working directory by default, as dranspose
     /// imports it.
     #[serde(default)]
@@ -72,8 +60,8 @@ impl PythonConfig {
     /// How its results travel.
     pub fn result_form(&self) -> ResultForm {
         match self.api {
-            PythonApi::Dranspose => self.results.unwrap_or_default(),
-            PythonApi::Beamflow => ResultForm::Value,
+            PayloadApi::Dranspose => self.results.unwrap_or_default(),
+            PayloadApi::Beamflow => ResultForm::Value,
         }
     }
 }
@@ -117,13 +105,7 @@ pub fn has_runtime() -> bool {
 impl PythonConfig {
     /// What the table alone can get wrong.
     fn check_table(&self) -> Result<(), TableError> {
-        if !self.class.split_once(':').is_some_and(|(m, c)| !m.is_empty() && !c.is_empty()) {
-            return Err(TableError::value(
-                "class",
-                format!("{:?} is not module.path:Class", self.class),
-            ));
-        }
-        if self.api == PythonApi::Beamflow && self.results == Some(ResultForm::Python) {
+        if self.api == PayloadApi::Beamflow && self.results == Some(ResultForm::Python) {
             return Err(TableError::value(
                 "results",
                 "beamflow's contract returns values, never pickles: drop `results`",
@@ -180,15 +162,14 @@ mod tests {
 
     #[test]
     fn a_class_without_its_module_is_refused_at_its_key() {
-        let config: PythonConfig = toml::from_str("class = \"Worker\"").unwrap();
-        let error = config.check().unwrap_err();
-        assert_eq!(error.key, "class");
+        let error = toml::from_str::<PythonConfig>("class = \"Worker\"").unwrap_err();
+        assert!(error.to_string().contains("module.path:Class"), "{error}");
     }
 
     #[test]
     fn the_contract_is_dranspose_by_default_and_unknown_keys_are_refused() {
         let config: PythonConfig = toml::from_str("class = \"src.worker:W\"").unwrap();
-        assert_eq!(config.api, PythonApi::Dranspose);
+        assert_eq!(config.api, PayloadApi::Dranspose);
         assert_eq!(config.result_form(), ResultForm::Python);
         let lean: PythonConfig =
             toml::from_str("class = \"a:B\"\napi = \"beamflow\"\nresults = \"python\"").unwrap();
