@@ -154,3 +154,90 @@ ConfigMap's read-only mount would need a mount point the ConfigMap cannot hold.
 {{- define "beamflow.simIoc" -}}
 {{- if or .Values.simIoc.enabled (empty .Values.pipeline) -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Worker pools and the reducer may run a site's science image: its Python environment with the
+beamflow wheel installed, for `kind = "python"` payloads (README, "Python payloads: a science
+image"). Each helper below takes (dict "root" $ "spec" <the pool's or reducer's values> "what"
+<their values path, for messages>) and renders exactly what the stock image always had when
+`spec.image` is empty.
+*/}}
+
+{{/*
+Where a science image's pod writes: the emptyDir the stock image mounts at /tmp, mounted here
+instead (TMPDIR and HOME point at it), since a dranspose payload image keeps its payload in /tmp
+(`WORKDIR /tmp`, `COPY src /tmp/src`) and an emptyDir over /tmp would hide it.
+*/}}
+{{- define "beamflow.scienceTmp" -}}
+/var/tmp/beamflow
+{{- end -}}
+
+{{/* The container's image, pull policy, command and working directory. */}}
+{{- define "beamflow.payloadImage" -}}
+{{- $image := default dict .spec.image -}}
+{{- if $image -}}
+{{- $repository := required (printf "%s.image.repository: the science image (or no %s.image for the chart's)" .what .what) $image.repository -}}
+image: {{ $repository }}{{ with $image.tag }}:{{ . }}{{ end }}
+imagePullPolicy: {{ $image.pullPolicy | default .root.Values.image.pullPolicy }}
+{{- /* The stock image's entrypoint is /usr/local/bin/beamflow; a science image's is its own
+(dranspose's images: `CMD ["dranspose"]`): the wheel's console script, found on its PATH. */}}
+command: {{ toJson (.spec.command | default (list "beamflow")) }}
+{{- else -}}
+image: {{ include "beamflow.image" .root }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+{{- with .spec.command }}
+command: {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- with .spec.workingDir }}
+workingDir: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The environment beyond "beamflow.env": for a science image TMPDIR and HOME in its writable
+folder (Python libraries cache under HOME; uid 10001 has none in a site's image) unless `env`
+sets them, then `env` itself.
+*/}}
+{{- define "beamflow.payloadEnv" -}}
+{{- $named := list -}}
+{{- range .spec.env -}}
+{{- $named = append $named .name -}}
+{{- end -}}
+{{- if .spec.image -}}
+{{- $tmp := include "beamflow.scienceTmp" . -}}
+{{- range $name := list "TMPDIR" "HOME" -}}
+{{- if not (has $name $named) }}
+- name: {{ $name }}
+  value: {{ $tmp }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with .spec.env }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's mounts: the stock ones (the scratch folder moved for a science image), then `volumeMounts`. */}}
+{{- define "beamflow.payloadMounts" -}}
+{{- if .spec.image -}}
+- name: pipeline
+  mountPath: /etc/beamflow
+  readOnly: true
+- name: tmp
+  mountPath: {{ include "beamflow.scienceTmp" . }}
+{{- else -}}
+{{ include "beamflow.volumeMounts" .root }}
+{{- end -}}
+{{- with .spec.volumeMounts }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod's volumes: the stock ones, then `volumes` (what `volumeMounts` mounts). */}}
+{{- define "beamflow.payloadVolumes" -}}
+{{ include "beamflow.volumes" .root }}
+{{- with .spec.volumes }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
