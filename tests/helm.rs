@@ -1,5 +1,6 @@
 //! The Helm chart (`helm/beamflow`), checked as far as these machines allow (no cluster, no
-//! `helm` binary): Helm's own lint (helm-sdkpy) for the default values and two beamlines'; the
+//! `helm` binary): Helm's own lint (helm-sdkpy) for the default values and three beamlines'
+//! (one running Python payloads from its science image, checked pod by pod); the
 //! manifests rendered with Go's text/template and sprig, as Helm renders them
 //! (`helm/render/main.go`, built here from Debian's Go packages); every manifest validated
 //! against the Kubernetes schemas (kubernetes-validate, strict); and the rendered pipeline
@@ -14,10 +15,14 @@ use beamflow_ingesters::IngesterConfig;
 
 use crate::util::root;
 
-const VALUES: [(&str, Option<&str>); 3] = [
+const VALUES: [(&str, Option<&str>); 4] = [
     ("default", None),
     ("nanomax", Some("helm/examples/nanomax.yaml")),
     ("lcls-injector", Some("helm/examples/lcls-injector.yaml")),
+    (
+        "python-payloads",
+        Some("helm/examples/python-payloads.yaml"),
+    ),
 ];
 
 /// Builds the renderer with Debian's Go and its packaged sprig and yaml.v3 (GOPATH mode).
@@ -142,6 +147,13 @@ fn the_chart_lints_renders_valid_manifests_and_the_pipeline_beamflow_runs() {
             .unwrap_or_else(|e| panic!("{name}: the rendered pipeline: {e:#}"));
         assert_eq!(pipeline.controller.control, "tcp://0.0.0.0:5555");
         assert_eq!(pipeline.reducer.http, "0.0.0.0:5001");
+        if name == "python-payloads" {
+            assert!(pipeline.analyses.contains_key("xes"), "{name}");
+            assert!(pipeline.accumulators.contains_key("xes"), "{name}");
+            a_science_image_runs_the_payloads(&files);
+        } else {
+            stock_image_only(&files, name);
+        }
         if name == "default" {
             same_pipeline_as_beamflow_run(pipeline);
         }
@@ -298,4 +310,178 @@ dumps:
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The chart's own image, which the controller and ingesters always run and, without `image`
+/// values, the workers and the reducer too.
+const STOCK_IMAGE: &str = "ghcr.io/beamflow/beamflow:0.1.0";
+const SCIENCE_IMAGE: &str = "harbor.maxiv.lu.se/daq/beamflow/balder-xes:2026.11.1";
+
+/// The rendered Deployments as JSON (Python's yaml, as the lint reads values), by name.
+fn deployments(files: &[PathBuf]) -> std::collections::BTreeMap<String, serde_json::Value> {
+    const TO_JSON: &str = "import json, sys, yaml\n\
+        print(json.dumps([d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]))";
+    let output = Command::new(crate::util::python())
+        .args(["-c", TO_JSON])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifests: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    manifests
+        .into_iter()
+        .filter(|m| m["kind"] == "Deployment")
+        .map(|m| (m["metadata"]["name"].as_str().unwrap().to_owned(), m))
+        .collect()
+}
+
+/// A Deployment's one container.
+fn container(deployment: &serde_json::Value) -> &serde_json::Value {
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 1, "{deployment:#}");
+    &containers[0]
+}
+
+/// A container's environment, name to value (fieldRefs left out).
+fn env_of(container: &serde_json::Value) -> std::collections::BTreeMap<&str, &str> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect()
+}
+
+/// Without science image values every pod runs the chart's image by its entrypoint, scratch at /tmp.
+fn stock_image_only(files: &[PathBuf], name: &str) {
+    for (deployment, manifest) in deployments(files) {
+        let container = container(&manifest);
+        assert_eq!(container["image"], STOCK_IMAGE, "{name}: {deployment}");
+        assert!(container.get("command").is_none(), "{name}: {deployment}");
+        assert!(
+            container.get("workingDir").is_none(),
+            "{name}: {deployment}"
+        );
+        assert!(
+            !env_of(container).contains_key("TMPDIR"),
+            "{name}: {deployment}"
+        );
+    }
+}
+
+/// helm/examples/python-payloads.yaml: the worker pools (the debug worker with the main
+/// pool's settings) and the reducer run the science image, by the wheel's `beamflow` with the
+/// chart's arguments, in the payload's folder, with the extra environment and volumes and their
+/// scratch folder moved off /tmp (where a dranspose image keeps its payload); the controller
+/// and the ingester keep the chart's image and its entrypoint.
+fn a_science_image_runs_the_payloads(files: &[PathBuf]) {
+    let deployments = deployments(files);
+    let names: Vec<&str> = deployments.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "beamline-controller",
+            "beamline-ingester-pilatus",
+            "beamline-reducer",
+            "beamline-workers",
+            "beamline-workers-debug",
+            "beamline-workers-preview",
+        ]
+    );
+    for (name, manifest) in &deployments {
+        let container = container(manifest);
+        let pod = &manifest["spec"]["template"]["spec"];
+        let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap(),
+                    m["mountPath"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        let env = env_of(container);
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        // Whatever the image, the same security and the same pipeline.
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+        assert_eq!(env["BEAMFLOW_PIPELINE"], "/etc/beamflow/pipeline.json");
+        assert!(mounts.contains(&("pipeline", "/etc/beamflow")), "{name}");
+
+        if name.ends_with("controller") || name.ends_with("ingester-pilatus") {
+            assert_eq!(container["image"], STOCK_IMAGE, "{name}");
+            assert!(container.get("command").is_none(), "{name}");
+            assert!(container.get("workingDir").is_none(), "{name}");
+            assert!(!env.contains_key("TMPDIR"), "{name}");
+            assert!(mounts.contains(&("tmp", "/tmp")), "{name}");
+            continue;
+        }
+        assert_eq!(container["image"], SCIENCE_IMAGE, "{name}");
+        assert_eq!(container["workingDir"], "/tmp", "{name}");
+        assert_eq!(
+            mounts[..2],
+            [("pipeline", "/etc/beamflow"), ("tmp", "/var/tmp/beamflow")],
+            "{name}"
+        );
+        assert_eq!(env["TMPDIR"], "/var/tmp/beamflow", "{name}");
+        assert_eq!(env["HOME"], "/var/tmp/beamflow", "{name}");
+        match name.as_str() {
+            "beamline-reducer" => {
+                assert_eq!(
+                    container["command"],
+                    serde_json::json!(["/venv/bin/beamflow"])
+                );
+                assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+                assert_eq!(args[0], "reducer");
+                assert_eq!(env["LOG_LEVEL"], "INFO");
+                assert_eq!(mounts[2..], [("visitors", "/data/visitors/balder")]);
+                assert_eq!(volumes, ["pipeline", "tmp", "visitors"]);
+                assert_eq!(
+                    pod["volumes"][2]["persistentVolumeClaim"]["claimName"],
+                    "balder-visitors"
+                );
+            }
+            workers => {
+                assert_eq!(
+                    container["command"],
+                    serde_json::json!(["beamflow"]),
+                    "{workers}"
+                );
+                assert_eq!(args[0], "worker", "{workers}");
+                assert_eq!(mounts.len(), 2, "{workers}");
+                assert_eq!(volumes, ["pipeline", "tmp"], "{workers}");
+                let (tags, pull, replicas) = match workers {
+                    "beamline-workers" => ("--tags=generic", "IfNotPresent", 6),
+                    "beamline-workers-debug" => ("--tags=debug", "IfNotPresent", 1),
+                    "beamline-workers-preview" => ("--tags=preview", "Always", 1),
+                    other => panic!("{other}"),
+                };
+                assert_eq!(args[2], tags, "{workers}");
+                assert_eq!(container["imagePullPolicy"], pull, "{workers}");
+                assert_eq!(manifest["spec"]["replicas"], replicas, "{workers}");
+                // The main pool's extra environment reaches its debug worker, not another pool.
+                let main = workers != "beamline-workers-preview";
+                assert_eq!(env.get("OMP_NUM_THREADS") == Some(&"1"), main, "{workers}");
+            }
+        }
+    }
 }
