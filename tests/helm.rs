@@ -159,6 +159,7 @@ fn the_chart_lints_renders_valid_manifests_and_the_pipeline_beamflow_runs() {
         }
     }
     security_values_name_the_secrets_and_who_may_connect(&renderer, dir.path());
+    science_image_values_the_chart_fills_in_or_refuses(&renderer, dir.path());
 
     let mut lint = Command::new(&python);
     lint.arg(root().join("tests/python/helm_lint.py"))
@@ -484,4 +485,61 @@ fn a_science_image_runs_the_payloads(files: &[PathBuf]) {
             }
         }
     }
+}
+
+/// A science image named by its repository alone runs `beamflow` with the chart's pull policy;
+/// an `env` that sets HOME keeps it (one entry, the site's); `image` without a repository is
+/// refused with the value to set, not rendered as the chart's image.
+fn science_image_values_the_chart_fills_in_or_refuses(renderer: &Path, dir: &Path) {
+    let values = dir.join("science.yaml");
+    std::fs::write(
+        &values,
+        "reducer:\n  image: {repository: site/xes}\n  env: [{name: HOME, value: /home/xes}]\n",
+    )
+    .unwrap();
+    let files = render(
+        renderer,
+        &dir.join("science"),
+        Some(values.to_str().unwrap()),
+    );
+    let deployments = deployments(&files);
+    let reducer = container(&deployments["beamline-reducer"]);
+    assert_eq!(reducer["image"], "site/xes");
+    assert_eq!(reducer["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(reducer["command"], serde_json::json!(["beamflow"]));
+    assert!(reducer.get("workingDir").is_none(), "the image's WORKDIR");
+    let homes: Vec<&serde_json::Value> = reducer["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "HOME")
+        .collect();
+    assert_eq!(
+        homes,
+        [&serde_json::json!({"name": "HOME", "value": "/home/xes"})]
+    );
+    assert_eq!(env_of(reducer)["TMPDIR"], "/var/tmp/beamflow");
+    assert_eq!(
+        container(&deployments["beamline-workers"])["image"],
+        STOCK_IMAGE
+    );
+
+    std::fs::write(
+        &values,
+        "workers:\n  pools:\n    xes: {replicas: 1, tags: [xes], image: {tag: \"1.0\"}}\n",
+    )
+    .unwrap();
+    let output = Command::new(renderer)
+        .arg(root().join("helm/beamflow"))
+        .arg(dir.join("refused"))
+        .arg("-f")
+        .arg(&values)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("workers.pools.xes.image.repository"),
+        "{stderr}"
+    );
 }
