@@ -99,16 +99,20 @@ fn activated() -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// The first Python payload of a pipeline file (`analysis x`, `accumulator y`), read from its
-/// tables alone.
+/// tables alone; the file is TOML, or JSON as the Helm chart mounts it.
 fn python_payload(pipeline: &Path) -> Option<String> {
     let text = std::fs::read_to_string(pipeline).ok()?;
-    let tables: toml::Table = toml::from_str(&text).ok()?;
+    let tables: serde_json::Value = if pipeline.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).ok()?
+    } else {
+        serde_json::to_value(toml::from_str::<toml::Table>(&text).ok()?).ok()?
+    };
     for (section, what) in [("analyses", "analysis"), ("accumulators", "accumulator")] {
-        let Some(entries) = tables.get(section).and_then(toml::Value::as_table) else {
+        let Some(entries) = tables.get(section).and_then(serde_json::Value::as_object) else {
             continue;
         };
         for (name, table) in entries {
-            if table.get("kind").and_then(toml::Value::as_str) == Some("python") {
+            if table.get("kind").and_then(serde_json::Value::as_str) == Some("python") {
                 return Some(format!("{what} {name}"));
             }
         }
@@ -222,6 +226,13 @@ mod tests {
         assert_eq!(python_payload(&file).as_deref(), Some("accumulator xes"));
         std::fs::write(&file, "[analyses.sum]\nkind = \"frame_stats\"\n").unwrap();
         assert_eq!(python_payload(&file), None);
+        let json = dir.path().join("pipeline.json");
+        std::fs::write(
+            &json,
+            r#"{"analyses": {"xes": {"kind": "python", "class": "a:B"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(python_payload(&json).as_deref(), Some("analysis xes"));
     }
 
     #[test]
