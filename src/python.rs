@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 
 /// Set in the environment of a command handed over, so it is never handed over twice.
 const HANDED_OVER: &str = "BEAMFLOW_HANDED_OVER";
-/// Set by the wheel's `beamflow` to the interpreter it runs in (`sys.executable`).
-pub const INTERPRETER: &str = "BEAMFLOW_INTERPRETER";
+/// Set by the wheel's `beamflow` to the environment it runs in (`sys.prefix`).
+pub const PREFIX: &str = "BEAMFLOW_PYTHON_PREFIX";
 
 /// What a command needs from Python.
 #[derive(Debug, Default)]
@@ -30,47 +30,59 @@ pub struct Needs<'a> {
     pub runs_payloads: bool,
 }
 
-/// Hands the command over to the payloads' environment when it needs one and this process has
-/// no interpreter (or another one than `--python` names). Returns only when this process is
-/// the one to run it.
+/// Hands the command over to the payloads' environment when it needs one and this process
+/// runs in no environment, or in another one than the command names (`--python`, else the
+/// activated one). Returns only when this process is the one to run it.
 pub fn hand_over(needs: &Needs<'_>, args: &[OsString]) -> anyhow::Result<()> {
     if !needs.runs_payloads {
         return Ok(());
     }
-    let inside = beamflow_workers::analyses::python::has_runtime();
-    let named = needs.python.map(interpreter).transpose()?;
-    if inside {
-        let current = std::env::var_os(INTERPRETER).map(PathBuf::from);
-        match (&named, &current) {
-            (Some(named), Some(current)) if named != current => {}
+    let handed_over = std::env::var_os(HANDED_OVER).is_some();
+    let target = match needs.python {
+        Some(named) => Some(interpreter(named)?),
+        None => activated()?,
+    };
+    if beamflow_workers::analyses::python::has_runtime() {
+        match target {
+            Some(target) if !handed_over && !is_current(&target) => {
+                probe(&target)?;
+                return exec(&target, args);
+            }
             _ => return Ok(()),
         }
-    } else if named.is_none() {
-        let Some(analysis) = needs.pipeline.and_then(python_payload) else {
-            return Ok(());
-        };
-        if std::env::var_os(HANDED_OVER).is_some() {
-            bail!(
-                "the pipeline's {analysis} is a Python payload, but the beamflow it was handed over to runs no Python"
-            );
-        }
     }
-    let interpreter = match named {
-        Some(named) => named,
-        None => activated()?.with_context(|| {
-            let what = needs
-                .pipeline
-                .and_then(python_payload)
-                .unwrap_or_else(|| "pipeline".to_owned());
-            format!(
-                "the pipeline's {what} is a Python payload: activate the Python environment \
-                 it runs in (VIRTUAL_ENV or CONDA_PREFIX) or name it with --python <env>; \
-                 beamflow runs it with the beamflow wheel installed there (python/README.md)"
-            )
-        })?,
+    let payload = needs.pipeline.and_then(python_payload);
+    if needs.python.is_none() && payload.is_none() {
+        return Ok(());
+    }
+    let what = payload.unwrap_or_else(|| "pipeline".to_owned());
+    if handed_over {
+        bail!(
+            "the {what} is a Python payload, but the beamflow it was handed over to runs no Python"
+        );
+    }
+    let target = target.with_context(|| {
+        format!(
+            "the pipeline's {what} is a Python payload: activate the Python environment it runs \
+             in (VIRTUAL_ENV or CONDA_PREFIX) or name it with --python <env>; beamflow runs it \
+             with the beamflow wheel installed there (python/README.md)"
+        )
+    })?;
+    probe(&target)?;
+    exec(&target, args)
+}
+
+/// Whether `interpreter` is of the environment this process runs in (the wheel's `sys.prefix`).
+fn is_current(interpreter: &Path) -> bool {
+    let Some(prefix) = std::env::var_os(PREFIX) else {
+        return false;
     };
-    probe(&interpreter)?;
-    exec(&interpreter, args)
+    // `<env>/bin/python`: the environment is two levels up.
+    let environment = interpreter.parent().and_then(Path::parent);
+    let canonical = |path: &Path| std::fs::canonicalize(path).ok();
+    environment
+        .and_then(canonical)
+        .is_some_and(|env| Some(env) == canonical(Path::new(&prefix)))
 }
 
 /// The interpreter of an environment folder, or the interpreter named itself.

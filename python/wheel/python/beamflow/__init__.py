@@ -16,8 +16,9 @@ def main() -> None:
         level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Tells beamflow which interpreter it runs in, so `--python` naming another one hands over.
-    os.environ["BEAMFLOW_INTERPRETER"] = sys.executable
+    # Tells beamflow which environment it runs in, so a command naming another one (`--python`,
+    # or the activated one) is handed over to that one's beamflow, never run here.
+    os.environ["BEAMFLOW_PYTHON_PREFIX"] = sys.prefix
     from beamflow import _native
 
     sys.exit(_native.main(["beamflow", *sys.argv[1:]]))
