@@ -3,7 +3,7 @@
 //!
 //! One interpreter per process, so every call holds its lock: a worker process runs one
 //! payload call at a time, as a dranspose worker does, and parallelism comes from worker
-//! processes. The lock is always taken before a payload's own mutex, never the other way round.
+//! processes. A payload's own mutex is waited for with the interpreter's lock let go.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +18,7 @@ use beamflow_workers::analyses::python::{self as worker_side, ResultForm};
 use beamflow_workers::{AnalysisError, DynAnalysis};
 use bytes::Bytes;
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt as _;
 use pyo3::types::PyDict;
 use tracing::{error, info};
 
@@ -209,6 +210,14 @@ struct PythonWorker {
 }
 
 impl PythonWorker {
+    /// Its state, waited for with the interpreter's lock let go: a payload call that lets it go
+    /// (numpy, h5py) must be able to take it back while another thread waits here.
+    fn lock_state(&self, py: Python<'_>) -> MutexGuard<'_, WorkerState> {
+        self.state
+            .lock_py_attached(py)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn instantiate(&self, py: Python<'_>, state: &mut WorkerState, given: &Parameters) {
         let parameters = &as_dranspose_gives(given);
         let class = self.config.class.as_str();
@@ -278,7 +287,7 @@ impl PythonWorker {
         event: &EventData,
         parameters: &Parameters,
     ) -> Result<Option<Value>, AnalysisError> {
-        let mut state = lock(&self.state);
+        let mut state = self.lock_state(py);
         if state.payload.is_none() && state.failed.is_none() {
             self.instantiate(py, &mut state, parameters);
         } else if state.parameters != *parameters {
@@ -355,14 +364,14 @@ impl DynAnalysis for PythonWorker {
 
     fn start_scan(&self, parameters: &Parameters) {
         Python::attach(|py| {
-            let mut state = lock(&self.state);
+            let mut state = self.lock_state(py);
             self.instantiate(py, &mut state, parameters);
         });
     }
 
     fn finish(&self, _parameters: &Parameters) {
         Python::attach(|py| {
-            let state = lock(&self.state);
+            let state = self.lock_state(py);
             let finished = match &state.payload {
                 Some(WorkerPayload::Dranspose(worker)) => worker.finish(py),
                 Some(WorkerPayload::Beamflow(analysis)) => analysis.finish(py),
