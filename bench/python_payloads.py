@@ -370,7 +370,7 @@ def main():
     ap.add_argument("--e2e-tiny", type=int, default=None, help="tiny frames end to end (20000)")
     ap.add_argument("--e2e-big", type=int, default=None, help="4 MiB frames end to end (200)")
     ap.add_argument("--e2e-rounds", type=int, default=None, help="end-to-end rounds (2)")
-    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-e2e", action="store_true", help="replay and framework share only")
     ap.add_argument("--no-build", action="store_true",
                     help="use the wheel already in bench/out/pyenv (no maturin develop)")
     args = ap.parse_args()
