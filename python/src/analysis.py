@@ -56,6 +56,3 @@ class Event:
 def analysis(cls, parameters, context):
     return cls(parameters=parameters, context=context)
 
-
-def process_event(instance, event, parameters):
-    return instance.process_event(event, parameters)

@@ -174,9 +174,10 @@ impl PythonAnalysis {
             .getattr("Event")
             .and_then(|make| make.call1((number, streams)))
             .map_err(failed)?;
-        let result = glue
-            .getattr("process_event")
-            .and_then(|call| call.call1((self.instance.bind(py), event, self.parameters.bind(py))))
+        let result = self
+            .instance
+            .bind(py)
+            .call_method1("process_event", (event, self.parameters.bind(py)))
             .map_err(failed)?;
         if result.is_none() {
             return Ok(None);

@@ -68,11 +68,6 @@ def event(number, streams):
     }, _EVENT_FIELDS)
 
 
-def process_event(instance, event, parameters, tick):
-    """dranspose calls it positionally, with three arguments."""
-    return instance.process_event(event, parameters, tick)
-
-
 def reducer(cls, parameters, context):
     """A reducer instance, as dranspose makes one at each new mapping (scan)."""
     state = ReducerState(url="tcp://localhost:10200", dranspose_version="beamflow")
@@ -93,10 +88,6 @@ def lean_reducer(cls, parameters, context):
 def lean_result(number, analysis, worker, payload):
     """beamflow's contract: a result is a plain dict."""
     return {"event_number": number, "analysis": analysis, "worker": worker, "payload": payload}
-
-
-def process_result(instance, result, parameters):
-    return instance.process_result(result, parameters)
 
 
 def publish(instance):

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use beamflow_protocol::{EventData, ParameterValue, Parameters};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple};
 
 use crate::Frame;
@@ -235,16 +236,15 @@ impl DransposeWorker {
                 .map_err(|error| PayloadError::from_python(py, doing(), error))?;
         }
         let glue = self.0.glue.bind(py);
+        // Positionally, with three arguments, as dranspose calls it.
         let result = glue
             .getattr("event")
             .and_then(|make| make.call1((number, streams)))
             .and_then(|event| {
-                glue.getattr("process_event")?.call1((
-                    self.0.instance.bind(py),
-                    event,
-                    self.0.parameters.bind(py),
-                    tick,
-                ))
+                self.0
+                    .instance
+                    .bind(py)
+                    .call_method1("process_event", (event, self.0.parameters.bind(py), tick))
             })
             .map_err(|error| PayloadError::from_python(py, doing(), error))?;
         Ok((!result.is_none()).then_some(result))
@@ -256,18 +256,28 @@ impl DransposeWorker {
 /// names: the reducer takes results only from the pipeline's own workers, the same trust as
 /// dranspose's.
 pub fn pickle(result: &Bound<'_, PyAny>) -> Result<bytes::Bytes, PayloadError> {
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = result.py();
-    py.import("pickle")
-        .and_then(|pickle| pickle.call_method1("dumps", (result,)))
-        .and_then(|pickled| pickled.extract::<Vec<u8>>())
-        .map(bytes::Bytes::from)
+    DUMPS
+        .import(py, "pickle", "dumps")
+        .and_then(|dumps| dumps.call1((result,)))
+        .and_then(|pickled| {
+            Ok(bytes::Bytes::copy_from_slice(
+                pickled.cast::<PyBytes>()?.as_bytes(),
+            ))
+        })
         .map_err(|error| PayloadError::from_python(py, "pickling the result", error))
 }
 
-/// The worker's object back from [`pickle`].
-pub fn unpickle<'py>(py: Python<'py>, pickled: &[u8]) -> Result<Bound<'py, PyAny>, PayloadError> {
-    py.import("pickle")
-        .and_then(|pickle| pickle.call_method1("loads", (PyBytes::new(py, pickled),)))
+/// The worker's object back from [`pickle`], read from the received bytes without a copy.
+pub fn unpickle<'py>(
+    py: Python<'py>,
+    pickled: &bytes::Bytes,
+) -> Result<Bound<'py, PyAny>, PayloadError> {
+    static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    LOADS
+        .import(py, "pickle", "loads")
+        .and_then(|loads| loads.call1((Bound::new(py, Frame::new(pickled.clone()))?,)))
         .map_err(|error| PayloadError::from_python(py, "unpickling a result", error))
 }
 
@@ -320,11 +330,10 @@ impl DransposeReducer {
         glue.getattr(make)
             .and_then(|make| make.call1((event_number, analysis, worker, payload)))
             .and_then(|result| {
-                glue.getattr("process_result")?.call1((
-                    self.0.instance.bind(py),
-                    result,
-                    self.0.parameters.bind(py),
-                ))
+                self.0
+                    .instance
+                    .bind(py)
+                    .call_method1("process_result", (result, self.0.parameters.bind(py)))
             })
             .map(drop)
             .map_err(|error| {
