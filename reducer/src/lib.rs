@@ -23,6 +23,7 @@ pub mod accumulators;
 pub mod checkpoint;
 pub mod column_file;
 pub mod dashboard;
+pub mod hdf5_rest;
 pub mod http;
 pub mod live;
 pub mod node;

@@ -1,0 +1,549 @@
+//! The reducer's state as an HDF5 file, for the HDF5-REST (HSDS) view h5pyd and silx read
+//! (issue 21, in progress: the model and selections; the routes come next).
+//!
+//! Each accumulator's view is a tree of [`Value`]s; here it becomes groups and datasets:
+//!
+//! - a map is a group, except a typed array `{dtype, shape, data}` (how results carry numpy
+//!   arrays), which is a dataset of that type and shape;
+//! - a number, a flag or a string is a scalar dataset (`int64`, `float64`, `uint8`, UTF-8);
+//! - a list of numbers is a 1-D dataset (`int64` when all are integers, else `float64` with
+//!   null as NaN), a rectangular list of such lists an N-D one, a list of strings a string
+//!   dataset, bytes a `uint8` dataset; any other list a group of its items named `0`, `1`, ...;
+//! - a null scalar is left out (HDF5 has no null);
+//! - dranspose's convention for attributes holds: the map under `<name>_attrs` holds the
+//!   attributes of its sibling `<name>`, and `_attrs` those of the group itself, so a Python
+//!   reducer's `publish` reads as it does under dranspose.
+//!
+//! Ids are `g-`/`d-` and a UUID-shaped hash of the object's path: stable while the state grows,
+//! and 36 characters, as h5pyd 1.0.0 checks.
+//!
+//! # Layout
+//!
+//! - this file: [`Node`], [`tree`], [`object_id`], the HDF5 type and shape as JSON.
+//! - [`select`]: `select=[a:b:s, i, [j, k]]`, applied as numpy does.
+
+pub mod select;
+
+use std::collections::BTreeMap;
+
+use beamflow_protocol::{DType, NdArray, Value};
+use bytes::Bytes;
+use serde_json::json;
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attribute {
+    /// A string.
+    Text(String),
+    /// A list of strings (`axes`).
+    Texts(Vec<String>),
+    /// A number.
+    Number(f64),
+    /// An integer.
+    Integer(i64),
+}
+
+/// A dataset's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    /// Fixed-size numbers, row-major little-endian.
+    Numbers(NdArray),
+    /// Variable-length UTF-8 strings, row-major; `shape` empty for a scalar.
+    Strings {
+        /// The dataset's shape.
+        shape: Vec<usize>,
+        /// The strings.
+        values: Vec<String>,
+    },
+}
+
+impl Data {
+    /// The dataset's shape (empty for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Data::Numbers(array) => array.shape(),
+            Data::Strings { shape, .. } => shape,
+        }
+    }
+}
+
+/// A group or a dataset, with its attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    /// A group of named members.
+    Group {
+        /// Its members by name.
+        members: BTreeMap<String, Node>,
+        /// Its attributes.
+        attributes: BTreeMap<String, Attribute>,
+    },
+    /// A dataset.
+    Dataset {
+        /// Its values.
+        data: Data,
+        /// Its attributes.
+        attributes: BTreeMap<String, Attribute>,
+    },
+}
+
+impl Node {
+    /// The member at a `/`-separated path below this node (`""` is the node itself).
+    pub fn at(&self, path: &str) -> Option<&Node> {
+        path.split('/')
+            .filter(|part| !part.is_empty())
+            .try_fold(self, |node, part| match node {
+                Node::Group { members, .. } => members.get(part),
+                Node::Dataset { .. } => None,
+            })
+    }
+
+    /// Every object below and including this one, with its path from here (`/` for itself),
+    /// parents before children.
+    pub fn walk(&self) -> Vec<(String, &Node)> {
+        let mut found = vec![("/".to_owned(), self)];
+        let mut index = 0;
+        while index < found.len() {
+            let (path, node) = (found[index].0.clone(), found[index].1);
+            if let Node::Group { members, .. } = node {
+                for (name, member) in members {
+                    let child = if path == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    found.push((child, member));
+                }
+            }
+            index += 1;
+        }
+        found
+    }
+}
+
+/// The tree of a value (the reducer's state: each accumulator's view under its name).
+pub fn tree(value: &Value) -> Node {
+    match value {
+        Value::Map(entries) => match typed_array(entries) {
+            Some(array) => dataset(Data::Numbers(array)),
+            None => group(entries),
+        },
+        other => member(other).unwrap_or_else(|| group(&BTreeMap::new())),
+    }
+}
+
+fn dataset(data: Data) -> Node {
+    Node::Dataset {
+        data,
+        attributes: BTreeMap::new(),
+    }
+}
+
+fn group(entries: &BTreeMap<String, Value>) -> Node {
+    let mut members = BTreeMap::new();
+    for (name, value) in entries {
+        if name.ends_with("_attrs") {
+            continue;
+        }
+        if let Some(mut node) = member(value) {
+            if let Some(Value::Map(attributes)) = entries.get(&format!("{name}_attrs")) {
+                set_attributes(&mut node, attributes);
+            }
+            members.insert(name.clone(), node);
+        }
+    }
+    let mut node = Node::Group {
+        members,
+        attributes: BTreeMap::new(),
+    };
+    if let Some(Value::Map(attributes)) = entries.get("_attrs") {
+        set_attributes(&mut node, attributes);
+    }
+    node
+}
+
+fn set_attributes(node: &mut Node, given: &BTreeMap<String, Value>) {
+    let (Node::Group { attributes, .. } | Node::Dataset { attributes, .. }) = node;
+    for (name, value) in given {
+        let attribute = match value {
+            Value::Text(text) => Attribute::Text(text.clone()),
+            Value::Int(n) => Attribute::Integer(*n),
+            Value::Float(x) => Attribute::Number(*x),
+            Value::Bool(flag) => Attribute::Integer(i64::from(*flag)),
+            Value::Array(items) => match texts(items) {
+                Some(texts) => Attribute::Texts(texts),
+                None => continue,
+            },
+            _ => continue,
+        };
+        attributes.insert(name.clone(), attribute);
+    }
+}
+
+/// A member's node; `None` for a null (left out).
+fn member(value: &Value) -> Option<Node> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(flag) => dataset(numbers(DType::Uint8, vec![], vec![u8::from(*flag)])?),
+        Value::Int(n) => dataset(numbers(DType::Int64, vec![], n.to_le_bytes().to_vec())?),
+        Value::Float(x) => dataset(numbers(DType::Float64, vec![], x.to_le_bytes().to_vec())?),
+        Value::Text(text) => dataset(Data::Strings {
+            shape: vec![],
+            values: vec![text.clone()],
+        }),
+        Value::Bytes(bytes) => dataset(Data::Numbers(
+            NdArray::new(vec![bytes.len()], DType::Uint8, bytes.clone()).ok()?,
+        )),
+        Value::Map(_) => tree(value),
+        Value::Array(items) => match list(items) {
+            Some(data) => dataset(data),
+            None => {
+                let entries = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (i.to_string(), item.clone()))
+                    .collect();
+                group(&entries)
+            }
+        },
+    })
+}
+
+fn numbers(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Option<Data> {
+    NdArray::new(shape, dtype, Bytes::from(bytes))
+        .ok()
+        .map(Data::Numbers)
+}
+
+/// `{dtype, shape, data}` with exactly those keys and a consistent length.
+fn typed_array(entries: &BTreeMap<String, Value>) -> Option<NdArray> {
+    let (Some(Value::Text(dtype)), Some(Value::Array(shape)), Some(Value::Bytes(data)), 3) = (
+        entries.get("dtype"),
+        entries.get("shape"),
+        entries.get("data"),
+        entries.len(),
+    ) else {
+        return None;
+    };
+    let shape = shape
+        .iter()
+        .map(|n| match n {
+            Value::Int(n) => usize::try_from(*n).ok(),
+            _ => None,
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    NdArray::new(shape, DType::from_name(dtype)?, data.clone()).ok()
+}
+
+fn texts(items: &[Value]) -> Option<Vec<String>> {
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Text(text) => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A list as one dataset: numbers (N-D when rectangular) or strings; `None` otherwise.
+fn list(items: &[Value]) -> Option<Data> {
+    if !items.is_empty()
+        && let Some(values) = texts(items)
+    {
+        return Some(Data::Strings {
+            shape: vec![values.len()],
+            values,
+        });
+    }
+    let mut shape = Vec::new();
+    let mut flat = Vec::new();
+    flatten(items, 0, &mut shape, &mut flat)?;
+    let integers = flat.iter().all(|v| matches!(v, Value::Int(_)));
+    let bytes: Vec<u8> = if integers {
+        flat.iter()
+            .flat_map(|v| match v {
+                Value::Int(n) => n.to_le_bytes(),
+                _ => [0; 8],
+            })
+            .collect()
+    } else {
+        flat.iter()
+            .flat_map(|v| {
+                let x = match v {
+                    Value::Int(n) => *n as f64,
+                    Value::Float(x) => *x,
+                    Value::Bool(flag) => f64::from(u8::from(*flag)),
+                    _ => f64::NAN,
+                };
+                x.to_le_bytes()
+            })
+            .collect()
+    };
+    let dtype = if integers {
+        DType::Int64
+    } else {
+        DType::Float64
+    };
+    numbers(dtype, shape, bytes)
+}
+
+/// Walks a nested list of numbers, recording its shape; `None` if it is ragged or holds
+/// anything but numbers, flags and nulls.
+fn flatten<'a>(
+    items: &'a [Value],
+    depth: usize,
+    shape: &mut Vec<usize>,
+    flat: &mut Vec<&'a Value>,
+) -> Option<()> {
+    match shape.get(depth) {
+        Some(&len) if len != items.len() => return None,
+        Some(_) => {}
+        None => shape.push(items.len()),
+    }
+    for item in items {
+        match item {
+            Value::Array(inner) => flatten(inner, depth + 1, shape, flat)?,
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Null
+                if shape.len() == depth + 1 =>
+            {
+                flat.push(item)
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// The object's id: `g-` or `d-` and 36 characters of a hash of its path, shaped as a UUID.
+pub fn object_id(path: &str, node: &Node) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let prefix = match node {
+        Node::Group { .. } => "g",
+        Node::Dataset { .. } => "d",
+    };
+    format!(
+        "{prefix}-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A dataset's HDF5 type as HDF5-REST writes it.
+pub fn type_json(data: &Data) -> serde_json::Value {
+    match data {
+        Data::Strings { .. } => json!({
+            "class": "H5T_STRING",
+            "length": "H5T_VARIABLE",
+            "charSet": "H5T_CSET_UTF8",
+            "strPad": "H5T_STR_NULLTERM",
+        }),
+        Data::Numbers(array) => {
+            let base = match array.dtype() {
+                DType::Uint8 => "H5T_STD_U8LE",
+                DType::Uint16 => "H5T_STD_U16LE",
+                DType::Uint32 => "H5T_STD_U32LE",
+                DType::Uint64 => "H5T_STD_U64LE",
+                DType::Int8 => "H5T_STD_I8LE",
+                DType::Int16 => "H5T_STD_I16LE",
+                DType::Int32 => "H5T_STD_I32LE",
+                DType::Int64 => "H5T_STD_I64LE",
+                DType::Float32 => "H5T_IEEE_F32LE",
+                DType::Float64 => "H5T_IEEE_F64LE",
+            };
+            let class = if base.starts_with("H5T_IEEE") {
+                "H5T_FLOAT"
+            } else {
+                "H5T_INTEGER"
+            };
+            json!({"class": class, "base": base})
+        }
+    }
+}
+
+/// A shape as HDF5-REST writes it.
+pub fn shape_json(shape: &[usize]) -> serde_json::Value {
+    if shape.is_empty() {
+        json!({"class": "H5S_SCALAR"})
+    } else {
+        json!({"class": "H5S_SIMPLE", "dims": shape})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, Value)]) -> Value {
+        Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_history_becomes_groups_and_typed_datasets() {
+        let history = map(&[
+            (
+                "event_number",
+                Value::Array(vec![Value::Int(1), Value::Int(2)]),
+            ),
+            ("time", Value::Array(vec![Value::Float(1.5), Value::Null])),
+            (
+                "values",
+                map(&[(
+                    "xrms",
+                    Value::Array(vec![Value::Float(0.1), Value::Float(0.2)]),
+                )]),
+            ),
+            ("note", Value::Text("ok".into())),
+            ("missing", Value::Null),
+        ]);
+        let root = tree(&map(&[("history", history)]));
+        let Some(Node::Dataset {
+            data: Data::Numbers(events),
+            ..
+        }) = root.at("history/event_number")
+        else {
+            panic!("{root:?}")
+        };
+        assert_eq!((events.dtype(), events.shape()), (DType::Int64, &[2][..]));
+        let Some(Node::Dataset {
+            data: Data::Numbers(time),
+            ..
+        }) = root.at("/history/time")
+        else {
+            panic!()
+        };
+        let time = time.to_f64();
+        assert_eq!(time[0], 1.5);
+        assert!(time[1].is_nan(), "null in a list of numbers is NaN");
+        assert!(matches!(
+            root.at("history/values/xrms"),
+            Some(Node::Dataset { .. })
+        ));
+        assert!(matches!(
+            root.at("history/note"),
+            Some(Node::Dataset { data: Data::Strings { shape, .. }, .. }) if shape.is_empty()
+        ));
+        assert!(
+            root.at("history/missing").is_none(),
+            "a null scalar is left out"
+        );
+        let paths: Vec<String> = root.walk().into_iter().map(|(path, _)| path).collect();
+        assert_eq!(paths[..2], ["/".to_owned(), "/history".to_owned()]);
+        assert!(paths.contains(&"/history/values/xrms".to_owned()));
+    }
+
+    #[test]
+    fn typed_arrays_nested_lists_and_dranspose_attributes() {
+        let image = map(&[
+            ("dtype", Value::Text("<u2".into())),
+            ("shape", Value::Array(vec![Value::Int(2), Value::Int(2)])),
+            (
+                "data",
+                Value::Bytes(Bytes::from_static(&[1, 0, 2, 0, 3, 0, 4, 0])),
+            ),
+        ]);
+        let publish = map(&[
+            ("image", image),
+            (
+                "image_attrs",
+                map(&[
+                    ("units", Value::Text("counts".into())),
+                    (
+                        "axes",
+                        Value::Array(vec![Value::Text("y".into()), Value::Text("x".into())]),
+                    ),
+                ]),
+            ),
+            ("_attrs", map(&[("NX_class", Value::Text("NXdata".into()))])),
+            (
+                "grid",
+                Value::Array(vec![
+                    Value::Array(vec![Value::Int(1), Value::Float(2.5)]),
+                    Value::Array(vec![Value::Int(3), Value::Int(4)]),
+                ]),
+            ),
+            (
+                "ragged",
+                Value::Array(vec![Value::Array(vec![Value::Int(1)]), Value::Int(2)]),
+            ),
+            (
+                "names",
+                Value::Array(vec![Value::Text("a".into()), Value::Text("b".into())]),
+            ),
+        ]);
+        let root = tree(&publish);
+        let Node::Group {
+            attributes,
+            members,
+        } = &root
+        else {
+            panic!()
+        };
+        assert_eq!(attributes["NX_class"], Attribute::Text("NXdata".into()));
+        assert!(!members.contains_key("image_attrs"));
+        let Some(Node::Dataset {
+            data: Data::Numbers(image),
+            attributes,
+        }) = root.at("image")
+        else {
+            panic!()
+        };
+        assert_eq!((image.dtype(), image.shape()), (DType::Uint16, &[2, 2][..]));
+        assert_eq!(
+            attributes["axes"],
+            Attribute::Texts(vec!["y".into(), "x".into()])
+        );
+        let Some(Node::Dataset {
+            data: Data::Numbers(grid),
+            ..
+        }) = root.at("grid")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (grid.dtype(), grid.to_f64()),
+            (DType::Float64, vec![1.0, 2.5, 3.0, 4.0])
+        );
+        assert_eq!(grid.shape(), [2, 2]);
+        assert!(
+            matches!(root.at("ragged"), Some(Node::Group { .. })),
+            "a ragged list is a group of its items"
+        );
+        assert!(matches!(root.at("ragged/1"), Some(Node::Dataset { .. })));
+        assert_eq!(
+            type_json(match root.at("names") {
+                Some(Node::Dataset { data, .. }) => data,
+                _ => panic!(),
+            })["class"],
+            "H5T_STRING"
+        );
+        assert_eq!(
+            type_json(&Data::Numbers(image.clone()))["base"],
+            "H5T_STD_U16LE"
+        );
+        assert_eq!(shape_json(&[]), json!({"class": "H5S_SCALAR"}));
+    }
+
+    #[test]
+    fn ids_are_stable_uuid_shaped_and_name_their_kind() {
+        let group = tree(&map(&[]));
+        let id = object_id("/", &group);
+        assert_eq!(id, object_id("/", &group), "stable");
+        assert!(id.starts_with("g-"));
+        let uuid = &id[2..];
+        assert_eq!(uuid.len(), 36, "h5pyd 1.0.0 checks 36 characters: {id}");
+        assert!(uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        assert_eq!(uuid.matches('-').count(), 4);
+        let dataset = tree(&Value::Int(1));
+        assert!(object_id("/x", &dataset).starts_with("d-"));
+        assert_ne!(object_id("/x", &group), object_id("/y", &group));
+    }
+}
