@@ -133,6 +133,41 @@ impl Value {
         }
     }
 
+    /// A typed array as results carry numpy arrays: `{dtype, shape, data}`, the type as numpy
+    /// names it (`<u2`, `int64`), `data` the elements' bytes in row-major order.
+    pub fn typed_array(dtype: impl Into<String>, shape: &[usize], data: Bytes) -> Value {
+        Value::Map(BTreeMap::from([
+            ("dtype".to_owned(), Value::Text(dtype.into())),
+            (
+                "shape".to_owned(),
+                Value::Array(shape.iter().map(|&n| Value::Int(n as i64)).collect()),
+            ),
+            ("data".to_owned(), Value::Bytes(data)),
+        ]))
+    }
+
+    /// The parts of a [`Value::typed_array`] (a map of exactly those three keys): the type's
+    /// name, not interpreted, the shape and the bytes; `None` for anything else.
+    pub fn as_typed_array(&self) -> Option<(&str, Vec<usize>, &Bytes)> {
+        let entries = self.as_map()?;
+        let (Some(Value::Text(dtype)), Some(Value::Array(shape)), Some(Value::Bytes(data)), 3) = (
+            entries.get("dtype"),
+            entries.get("shape"),
+            entries.get("data"),
+            entries.len(),
+        ) else {
+            return None;
+        };
+        let shape = shape
+            .iter()
+            .map(|n| match n {
+                Value::Int(n) => usize::try_from(*n).ok(),
+                _ => None,
+            })
+            .collect::<Option<Vec<usize>>>()?;
+        Some((dtype, shape, data))
+    }
+
     /// A short name of the variant, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -156,14 +156,7 @@ fn numpy(object: &Bound<'_, PyAny>, path: &mut Vec<String>) -> Result<Value, Con
             .getattr("str")
             .and_then(|name| name.extract())
             .map_err(|_| refuse(object, path))?;
-        return Ok(Value::Map(BTreeMap::from([
-            ("dtype".to_owned(), Value::Text(name)),
-            (
-                "shape".to_owned(),
-                Value::Array(shape.into_iter().map(|n| Value::Int(n as i64)).collect()),
-            ),
-            ("data".to_owned(), Value::Bytes(Bytes::from(bytes))),
-        ])));
+        return Ok(Value::typed_array(name, &shape, Bytes::from(bytes)));
     }
     let item = object
         .call_method0("item")
@@ -190,7 +183,7 @@ pub fn from_value<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, Py
             list.into_any()
         }
         Value::Map(entries) => {
-            if let Some(array) = numpy_array(py, entries)? {
+            if let Some(array) = numpy_array(py, value)? {
                 return Ok(array);
             }
             let dict = PyDict::new(py);
@@ -202,32 +195,14 @@ pub fn from_value<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, Py
     })
 }
 
-/// `{dtype, shape, data}` (exactly those keys, as [`to_value`] writes them) as a numpy array.
-fn numpy_array<'py>(
-    py: Python<'py>,
-    entries: &BTreeMap<String, Value>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let (Some(Value::Text(dtype)), Some(Value::Array(shape)), Some(Value::Bytes(data)), 3) = (
-        entries.get("dtype"),
-        entries.get("shape"),
-        entries.get("data"),
-        entries.len(),
-    ) else {
-        return Ok(None);
-    };
-    let shape: Option<Vec<i64>> = shape
-        .iter()
-        .map(|n| match n {
-            Value::Int(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
-    let Some(shape) = shape else {
+/// A [`Value::typed_array`] (as [`to_value`] writes numpy arrays) as a numpy array.
+fn numpy_array<'py>(py: Python<'py>, value: &Value) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Some((dtype, shape, data)) = value.as_typed_array() else {
         return Ok(None);
     };
     let numpy = py.import("numpy")?;
     let array = numpy
-        .call_method1("frombuffer", (PyBytes::new(py, data), dtype.as_str()))?
+        .call_method1("frombuffer", (PyBytes::new(py, data), dtype))?
         .call_method1("reshape", (shape,))?;
     Ok(Some(array))
 }

@@ -123,7 +123,7 @@ impl Node {
 /// The tree of a value (the reducer's state: each accumulator's view under its name).
 pub fn tree(value: &Value) -> Node {
     match value {
-        Value::Map(entries) => match typed_array(entries) {
+        Value::Map(entries) => match typed_array(value) {
             Some(array) => dataset(Data::Numbers(array)),
             None => group(entries),
         },
@@ -214,23 +214,9 @@ fn numbers(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> Option<Data> {
         .map(Data::Numbers)
 }
 
-/// `{dtype, shape, data}` with exactly those keys and a consistent length.
-fn typed_array(entries: &BTreeMap<String, Value>) -> Option<NdArray> {
-    let (Some(Value::Text(dtype)), Some(Value::Array(shape)), Some(Value::Bytes(data)), 3) = (
-        entries.get("dtype"),
-        entries.get("shape"),
-        entries.get("data"),
-        entries.len(),
-    ) else {
-        return None;
-    };
-    let shape = shape
-        .iter()
-        .map(|n| match n {
-            Value::Int(n) => usize::try_from(*n).ok(),
-            _ => None,
-        })
-        .collect::<Option<Vec<usize>>>()?;
+/// A [`Value::typed_array`] of a type beamflow knows, its length consistent with its shape.
+fn typed_array(value: &Value) -> Option<NdArray> {
+    let (dtype, shape, data) = value.as_typed_array()?;
     NdArray::new(shape, DType::from_name(dtype)?, data.clone()).ok()
 }
 

@@ -185,14 +185,7 @@ fn typed_array(lists: &Value) -> Result<Value, String> {
         }
     }
     let dtype = if all_integers { "int64" } else { "float64" };
-    Ok(Value::Map(BTreeMap::from([
-        ("dtype".to_owned(), Value::Text(dtype.to_owned())),
-        (
-            "shape".to_owned(),
-            Value::Array(shape.iter().map(|&n| Value::Int(n as i64)).collect()),
-        ),
-        ("data".to_owned(), Value::Bytes(Bytes::from(data))),
-    ])))
+    Ok(Value::typed_array(dtype, &shape, Bytes::from(data)))
 }
 
 /// The elements of `value`, checking every list has the length `shape` says at its depth.
