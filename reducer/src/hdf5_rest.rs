@@ -1,5 +1,5 @@
 //! The reducer's state as an HDF5 file, for the HDF5-REST (HSDS) view h5pyd and silx read
-//! (issue 21, in progress: the model and selections; the routes come next).
+//! and the NeXus files a scan ends with.
 //!
 //! Each accumulator's view is a tree of [`Value`]s; here it becomes groups and datasets:
 //!
@@ -17,14 +17,21 @@
 //! Ids are `g-`/`d-` and a UUID-shaped hash of the object's path: stable while the state grows,
 //! and 36 characters, as h5pyd 1.0.0 checks.
 //!
+//! Accumulators add what JSON leaves out: NeXus attributes
+//! ([`Accumulator::hdf5_attributes`](crate::Accumulator::hdf5_attributes)), so silx plots them
+//! unconfigured, and the frame they keep for display as a `pixels` dataset.
+//!
 //! # Layout
 //!
-//! - this file: [`Node`], [`tree`], [`object_id`], the HDF5 type and shape as JSON.
+//! - this file: [`Node`], [`tree`], [`Hdf5File`], [`object_id`], the HDF5 type and shape as JSON.
 //! - [`select`]: `select=[a:b:s, i, [j, k]]`, applied as numpy does.
+//! - [`server`]: the HDF5-REST routes h5pyd 1.0.0 and 0.24 read.
 
 pub mod select;
+pub mod server;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use beamflow_protocol::{DType, NdArray, Value};
 use bytes::Bytes;
@@ -297,6 +304,130 @@ fn flatten<'a>(
         }
     }
     Some(())
+}
+
+/// The reducer's state as one HDF5 file: each accumulator a group, with its attributes and its
+/// frame; objects found by id.
+#[derive(Debug)]
+pub struct Hdf5File {
+    state: Arc<Value>,
+    frames: Arc<BTreeMap<String, Arc<crate::Frame>>>,
+    root: Node,
+    paths: HashMap<String, String>,
+    built: f64,
+}
+
+impl Hdf5File {
+    /// The file of `state`, with each accumulator's `attributes` and `frames`.
+    pub fn new(
+        state: Arc<Value>,
+        frames: Arc<BTreeMap<String, Arc<crate::Frame>>>,
+        attributes: &BTreeMap<String, Value>,
+    ) -> Self {
+        let mut root = tree(&state);
+        if let Node::Group { members, .. } = &mut root {
+            for (name, frame) in frames.iter() {
+                if let Some(Node::Group { members, .. }) = members.get_mut(name) {
+                    members.insert("pixels".to_owned(), pixels(frame));
+                }
+            }
+            for (name, attributes) in attributes {
+                if let Some(member) = members.get_mut(name) {
+                    apply_attributes(member, attributes);
+                }
+            }
+        }
+        set_default(&mut root);
+        let paths = root
+            .walk()
+            .into_iter()
+            .map(|(path, node)| (object_id(&path, node), path))
+            .collect();
+        let built = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self {
+            state,
+            frames,
+            root,
+            paths,
+            built,
+        }
+    }
+
+    /// Whether it was built of this state and these frames.
+    pub(crate) fn is_of(
+        &self,
+        state: &Arc<Value>,
+        frames: &Arc<BTreeMap<String, Arc<crate::Frame>>>,
+    ) -> bool {
+        Arc::ptr_eq(&self.state, state) && Arc::ptr_eq(&self.frames, frames)
+    }
+
+    /// The root group.
+    pub fn root(&self) -> &Node {
+        &self.root
+    }
+
+    /// The object with `id`, and its path.
+    pub fn object(&self, id: &str) -> Option<(&str, &Node)> {
+        let path = self.paths.get(id)?;
+        Some((path, self.root.at(path)?))
+    }
+
+    /// When it was built, in seconds since the epoch (every object's `lastModified`).
+    pub fn modified(&self) -> f64 {
+        self.built
+    }
+}
+
+/// A frame kept for display as a `float32` dataset of its rows and columns.
+fn pixels(frame: &crate::Frame) -> Node {
+    let bytes: Vec<u8> = frame.pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+    numbers(DType::Float32, vec![frame.height, frame.width], bytes)
+        .map_or_else(|| group(&BTreeMap::new()), dataset)
+}
+
+/// Applies attributes given in dranspose's convention (see [`crate::Accumulator::hdf5_attributes`]).
+fn apply_attributes(node: &mut Node, given: &Value) {
+    let Some(entries) = given.as_map() else {
+        return;
+    };
+    if let Some(Value::Map(own)) = entries.get("_attrs") {
+        set_attributes(node, own);
+    }
+    let Node::Group { members, .. } = node else {
+        return;
+    };
+    for (key, value) in entries {
+        if let Some(name) = key.strip_suffix("_attrs").filter(|name| !name.is_empty()) {
+            if let (Some(member), Value::Map(attributes)) = (members.get_mut(name), value) {
+                set_attributes(member, attributes);
+            }
+        } else if let Some(member) = members.get_mut(key) {
+            apply_attributes(member, value);
+        }
+    }
+}
+
+/// The root's `default`: the first accumulator that says what to plot, so silx opens on it.
+fn set_default(root: &mut Node) {
+    let Node::Group {
+        members,
+        attributes,
+    } = root
+    else {
+        return;
+    };
+    let plotted = members.iter().find_map(|(name, member)| match member {
+        Node::Group { attributes, .. } if attributes.contains_key("signal") => Some(name.clone()),
+        _ => None,
+    });
+    if let Some(name) = plotted {
+        attributes
+            .entry("default".to_owned())
+            .or_insert(Attribute::Text(name));
+    }
 }
 
 /// The object's id: `g-` or `d-` and 36 characters of a hash of its path, shaped as a UUID.

@@ -1,9 +1,9 @@
-//! The reducer's HTTP view: `GET /api/v1/result[/{path}]`, `GET /api/v1/status` and the OpenAPI
-//! document; errors are [`ApiError`]s. Handlers only read a snapshot behind a std lock that is never held across `.await`
+//! The reducer's HTTP view: `GET /api/v1/result[/{path}]`, `GET /api/v1/status`, the OpenAPI
+//! document and the same state as HDF5-REST ([`crate::hdf5_rest::server`]); errors are [`ApiError`]s. Handlers only read a snapshot behind a std lock that is never held across `.await`
 //! (mini-redis `db.rs`); the task applying results publishes new snapshots.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -12,6 +12,8 @@ use axum::{Extension, Router};
 use beamflow_net::http::{Access, ApiError, Route, router};
 use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
+
+use crate::hdf5_rest::Hdf5File;
 
 /// The OpenAPI 3.1 description of the reducer's server: these routes and the model endpoints,
 /// which the reducer of `beamflow run` and `beamflow reducer` serves beside them (`beamflow
@@ -74,12 +76,16 @@ struct Snapshot {
     status: Arc<Status>,
     latest: Arc<BTreeMap<AnalysisName, Arc<Value>>>,
     frames: Arc<BTreeMap<String, Arc<crate::Frame>>>,
+    hdf5_attributes: Arc<BTreeMap<String, Value>>,
 }
 
 /// A shared, cheaply cloned handle on the latest published state and status.
 #[derive(Clone)]
 pub struct View {
     inner: Arc<RwLock<Snapshot>>,
+    /// The state as HDF5, built when first asked for after each publish (h5pyd reads one
+    /// object a request, a dozen requests per `File`).
+    hdf5: Arc<Mutex<Option<Arc<Hdf5File>>>>,
 }
 
 impl Default for View {
@@ -97,8 +103,45 @@ impl View {
                 status: Arc::new(Status::default()),
                 latest: Arc::default(),
                 frames: Arc::default(),
+                hdf5_attributes: Arc::default(),
             })),
+            hdf5: Arc::default(),
         }
+    }
+
+    /// Publishes what `reducer` holds: its state with `status`, each analysis's latest result,
+    /// the frames kept for display and the HDF5 attributes of its accumulators.
+    pub fn publish_reducer(&self, reducer: &crate::Reducer, status: Status) {
+        let state = reducer.state();
+        let latest = reducer.latest_results();
+        let frames = reducer.frames();
+        let hdf5_attributes = reducer.hdf5_attributes();
+        let mut snapshot = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        snapshot.state = Arc::new(state);
+        snapshot.status = Arc::new(status);
+        snapshot.latest = Arc::new(latest);
+        snapshot.frames = Arc::new(frames);
+        snapshot.hdf5_attributes = Arc::new(hdf5_attributes);
+    }
+
+    /// The latest state as an HDF5 file: the same object until the next publish.
+    pub fn hdf5(&self) -> Arc<Hdf5File> {
+        let (state, frames, attributes) = {
+            let snapshot = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                snapshot.state.clone(),
+                snapshot.frames.clone(),
+                snapshot.hdf5_attributes.clone(),
+            )
+        };
+        // Held while building, so concurrent readers of a new state build it once.
+        let mut cached = self.hdf5.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = cached.as_ref().filter(|file| file.is_of(&state, &frames)) {
+            return file.clone();
+        }
+        let file = Arc::new(Hdf5File::new(state, frames, &attributes));
+        *cached = Some(file.clone());
+        file
     }
 
     /// Replaces the served state and status.
@@ -106,14 +149,6 @@ impl View {
         let mut snapshot = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         snapshot.state = Arc::new(state);
         snapshot.status = Arc::new(status);
-    }
-
-    /// Replaces the latest result of each analysis.
-    pub fn publish_latest(&self, latest: BTreeMap<AnalysisName, Arc<Value>>) {
-        self.inner
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .latest = Arc::new(latest);
     }
 
     /// Replaces the latest frame of each accumulator that keeps one.
@@ -173,13 +208,15 @@ impl View {
 
 /// The reducer's routes: they build [`app`], and the test below holds [`OPENAPI`] to them.
 pub fn routes() -> Vec<Route<View>> {
-    vec![
+    let mut routes = vec![
         Route::get("/api/v1/result", whole_result),
         Route::get("/api/v1/result/", whole_result),
         Route::get("/api/v1/result/{*path}", result_at),
         Route::get("/api/v1/status", status),
         Route::get("/api/v1/openapi.json", openapi),
-    ]
+    ];
+    routes.extend(crate::hdf5_rest::server::routes());
+    routes
 }
 
 /// The router; the same for replay and the live reducer.

@@ -104,6 +104,14 @@ pub trait Accumulator: Send + 'static {
     fn frame(&self) -> Option<std::sync::Arc<Frame>> {
         None
     }
+
+    /// The attributes its view carries as HDF5 (the HDF5-REST view and the NeXus files), so
+    /// that silx and NeXus readers plot it unconfigured: dranspose's convention, `_attrs` for
+    /// the group itself and `<member>_attrs` for a member, a map under a member's name for the
+    /// member's own members (`{"_attrs": {"NX_class": "NXdata", "signal": "mean"}}`).
+    fn hdf5_attributes(&self) -> Value {
+        Value::Null
+    }
 }
 
 /// Why an accumulator could not use a result; the reducer logs it with the event number, counts
@@ -274,6 +282,15 @@ impl Reducer {
         self.slots
             .iter()
             .filter_map(|slot| Some((slot.name.clone(), slot.accumulator.frame()?)))
+            .collect()
+    }
+
+    /// Each accumulator's [`Accumulator::hdf5_attributes`], by name (those with none left out).
+    pub fn hdf5_attributes(&self) -> BTreeMap<String, Value> {
+        self.slots
+            .iter()
+            .map(|slot| (slot.name.clone(), slot.accumulator.hdf5_attributes()))
+            .filter(|(_, attributes)| !matches!(attributes, Value::Null))
             .collect()
     }
 

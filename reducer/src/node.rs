@@ -304,9 +304,7 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         checkpoint_failures: live.core.checkpoint().map_or(0, |c| c.failures()),
         ..Status::default()
     };
-    view.publish(reducer.state(), status);
-    view.publish_latest(reducer.latest_results());
-    view.publish_frames(reducer.frames());
+    view.publish_reducer(reducer, status);
 }
 
 /// Why the reducer stopped.

@@ -210,9 +210,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
             if last_publish.elapsed() >= PUBLISH_INTERVAL {
                 summary.elapsed = started.elapsed();
                 summary.unmatched_columns = reducer.unmatched();
-                view.publish(reducer.state(), status(summary, false));
-                view.publish_latest(reducer.latest_results());
-                view.publish_frames(reducer.frames());
+                view.publish_reducer(reducer, status(summary, false));
                 last_publish = Instant::now();
             }
         },
@@ -245,9 +243,7 @@ pub fn run(config: &ReplayConfig, view: &View) -> anyhow::Result<Summary> {
         .map(|(stream, _)| stream)
         .collect();
     progress.finish_and_clear();
-    view.publish(reducer.state(), status(&summary, true));
-    view.publish_latest(reducer.latest_results());
-    view.publish_frames(reducer.frames());
+    view.publish_reducer(&reducer, status(&summary, true));
     debug!(
         events = summary.events,
         bad_records = summary.bad_records,

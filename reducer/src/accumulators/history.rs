@@ -222,6 +222,25 @@ impl Accumulator for History {
         self.watch.finish();
     }
 
+    /// An `NXdata` of the first column against the event number, the others its auxiliary
+    /// signals: silx plots the history as it opens.
+    fn hdf5_attributes(&self) -> Value {
+        let mut columns = self.config.values.keys().map(|c| format!("values/{c}"));
+        let Some(signal) = columns.next() else {
+            return Value::Null;
+        };
+        let mut nxdata = BTreeMap::from([
+            ("NX_class".to_owned(), Value::from("NXdata")),
+            ("signal".to_owned(), Value::Text(signal)),
+            ("axes".to_owned(), Value::from("event_number")),
+        ]);
+        let auxiliary: Vec<Value> = columns.map(Value::Text).collect();
+        if !auxiliary.is_empty() {
+            nxdata.insert("auxiliary_signals".to_owned(), Value::Array(auxiliary));
+        }
+        Value::Map(BTreeMap::from([("_attrs".to_owned(), Value::Map(nxdata))]))
+    }
+
     fn unmatched(&self) -> &[Unmatched] {
         self.watch.unmatched()
     }

@@ -5,6 +5,7 @@
 //! fetches them as a PNG made from [`Accumulator::frame`]): the frame's shape, its minimum and
 //! maximum, its projections and the beam.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use beamflow_protocol::{AnalysisName, EventNumber, Parameters, ResultData, Value};
@@ -233,6 +234,24 @@ impl Accumulator for Image {
     }
 
     /// Null until the first frame.
+    /// An `NXdata` of the frame (`pixels`, added beside the view): silx shows it as an image.
+    fn hdf5_attributes(&self) -> Value {
+        let text = |s: &str| Value::from(s);
+        Value::Map(BTreeMap::from([
+            (
+                "_attrs".to_owned(),
+                Value::Map(BTreeMap::from([
+                    ("NX_class".to_owned(), text("NXdata")),
+                    ("signal".to_owned(), text("pixels")),
+                ])),
+            ),
+            (
+                "pixels_attrs".to_owned(),
+                Value::Map(BTreeMap::from([("interpretation".to_owned(), text("image"))])),
+            ),
+        ]))
+    }
+
     fn publish(&self) -> Value {
         let Some(latest) = &self.latest else {
             return Value::Null;

@@ -279,7 +279,15 @@ fn find(path: &str) -> Option<&'static beamflow_dashboard::Asset> {
         .find(|asset| asset.path == path)
 }
 
-async fn index() -> Result<Response, ApiError> {
+/// The page; or, asked by h5pyd (silx) with its `domain` query, the HDF5-REST domain: both
+/// live at the server's root, as h5pyd's endpoint and the page's address are the same URL.
+async fn index(
+    State(dashboard): State<Dashboard>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if crate::hdf5_rest::server::is_domain_request(&query) {
+        return Ok(crate::hdf5_rest::server::domain(&dashboard.view));
+    }
     find("index.html")
         .map(serve)
         .ok_or_else(|| ApiError::internal("the page is not in this build"))
