@@ -11,6 +11,7 @@ mod docs;
 mod emittance;
 mod epics;
 mod faults;
+mod hdf5;
 mod helm;
 mod interop;
 mod mapping;
