@@ -26,6 +26,7 @@ pub mod dashboard;
 pub mod hdf5_rest;
 pub mod http;
 pub mod live;
+pub mod nexus;
 pub mod node;
 pub mod order;
 pub mod peak_stats;
