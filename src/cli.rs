@@ -15,6 +15,7 @@ use beamflow_net::curve::{DataPlane, Keys};
 use beamflow_protocol::WorkerTag;
 use beamflow_reducer::dashboard::{Dashboard, Description};
 use beamflow_reducer::http::View;
+use beamflow_reducer::nexus::ScanInfo;
 use beamflow_replay::ReplayConfig;
 use beamflow_sim::ioc::SimIocConfig;
 use clap::{Args, Parser, Subcommand};
@@ -376,6 +377,10 @@ struct ReplayArgs {
     /// Write the final state as JSON to this file ("-" for standard output).
     #[arg(long, value_name = "state.json")]
     out: Option<PathBuf>,
+    /// Write the final state as a NeXus HDF5 file here (the accumulators `[reducer.hdf5]`
+    /// names, else all), as the live reducer writes at a scan's end.
+    #[arg(long, value_name = "state.h5")]
+    hdf5: Option<PathBuf>,
     /// Serve the reducer's HTTP view here during and after the replay, until Ctrl-C.
     #[arg(long, value_name = "ADDR")]
     serve: Option<SocketAddr>,
@@ -1028,6 +1033,12 @@ fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let pipeline_panels = pipeline.clone();
+    let written_accumulators = pipeline
+        .reducer
+        .hdf5
+        .as_ref()
+        .map(|hdf5| hdf5.accumulators.clone())
+        .unwrap_or_default();
     let config = ReplayConfig {
         analyses: pipeline.analyses,
         accumulators: pipeline.accumulators,
@@ -1045,7 +1056,30 @@ fn replay(args: ReplayArgs, progress: ProgressBar) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let started = jiff::Timestamp::now();
     let summary = beamflow_replay::run(&config, &view)?;
+    view.publish_scan(ScanInfo {
+        started: Some(started),
+        ended: Some(jiff::Timestamp::now()),
+        parameters: config
+            .parameters
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )
+            })
+            .collect(),
+        source: "replay".to_owned(),
+        ..ScanInfo::default()
+    });
+    if let Some(path) = &args.hdf5 {
+        let scan = view.scan().unwrap_or_default();
+        let size =
+            beamflow_reducer::hdf5_output::write_state(&view, &written_accumulators, &scan, path)?;
+        tracing::info!(file = %path.display(), size, "HDF5 file written.");
+    }
     // Formatted first and written once, so the line is not interleaved with log output.
     let line = format!("{summary}\n");
     std::io::stderr().write_all(line.as_bytes())?;

@@ -22,6 +22,7 @@ use beamflow_net::http::{Access, guard};
 use beamflow_net::{Reachable, Stop};
 use beamflow_protocol::{IngesterName, StreamName, WorkerName, WorkerTag};
 use beamflow_reducer::dashboard::{Dashboard, Description, Panel, PanelEntry};
+use beamflow_reducer::hdf5_output::Hdf5Output;
 use beamflow_reducer::http::View;
 use beamflow_reducer::node::ReducerSettings;
 use beamflow_reducer::result_pvs::ResultPvs;
@@ -418,13 +419,22 @@ impl Components {
             let address = pipeline.controller.http.parse().ok()?;
             Some(local_reach(address))
         });
+        let hdf5 = pipeline
+            .reducer
+            .hdf5
+            .clone()
+            .map(|config| Hdf5Output::new(config, view.clone()));
         let dashboard = Dashboard::new(
             view.clone(),
             dashboard_description(pipeline, what_ifs, controller_http),
-        );
-        let app = beamflow_reducer::http::app(view.clone())
+        )
+        .with_files(hdf5.clone());
+        let mut app = beamflow_reducer::http::app(view.clone())
             .merge(models.router())
             .merge(dashboard.router());
+        if let Some(hdf5) = &hdf5 {
+            app = app.merge(hdf5.router());
+        }
         let access = self.access()?.for_another_server();
         let address = self.serve_http(http, "reducer", guard(app, &access))?;
         let token = access.token().cloned();
@@ -472,6 +482,12 @@ impl Components {
                     // Sampling the published state at the configured rate is the point.
                     std::thread::sleep(period);
                 }
+                Ok(())
+            })?;
+        }
+        if let Some(hdf5) = hdf5 {
+            self.spawn("hdf5 files".to_owned(), move |stop| {
+                hdf5.run_until(&stop);
                 Ok(())
             })?;
         }

@@ -211,6 +211,8 @@ pub struct ReducerSection {
     pub host: String,
     /// `[reducer.pvs]`: state paths served as EPICS PVs.
     pub pvs: Option<ResultPvsConfig>,
+    /// `[reducer.hdf5]`: a NeXus file per scan, at its end (and on demand, and periodically).
+    pub hdf5: Option<beamflow_reducer::hdf5_output::Hdf5Config>,
 }
 
 impl Default for ReducerSection {
@@ -219,6 +221,7 @@ impl Default for ReducerSection {
             http: "127.0.0.1:5001".to_owned(),
             host: "127.0.0.1".to_owned(),
             pvs: None,
+            hdf5: None,
         }
     }
 }
@@ -427,6 +430,18 @@ impl Pipeline {
                 Segment::key(&pv),
             ];
             mistakes.push(Mistake::value(&table, key, message));
+        }
+
+        if let Some(hdf5) = &self.reducer.hdf5 {
+            let known: Vec<&str> = self.accumulators.keys().map(String::as_str).collect();
+            for name in hdf5.unknown_accumulators(&self.accumulators) {
+                let table = [Segment::key("reducer"), Segment::key("hdf5")];
+                let message = format!(
+                    "no accumulator {name:?} to write; the pipeline has {}",
+                    known.join(", ")
+                );
+                mistakes.push(Mistake::value(&table, "accumulators", message));
+            }
         }
 
         if let Some(pvs) = &self.reducer.pvs {

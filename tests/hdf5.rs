@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::epics::{ca_env, free_ca_port};
-use crate::util::{python, root, start_run};
+use crate::util::{eventually, finished_status, http_get, python, root, scratch_dir, start_run};
 
 /// h5pyd 0.24.0's venv (`.ci/run` makes it: h5pyd 1.0.0 needs h5json 2, 0.24 cannot live beside it).
 fn python_h5pyd_024() -> PathBuf {
@@ -73,4 +73,135 @@ fn h5pyd_1_0_and_0_24_and_silx_browse_the_live_state() {
         String::from_utf8_lossy(&silx.stderr)
     );
     assert!(stdout.contains("default plot: /beam"), "{stdout}");
+}
+
+/// The embedded pipeline with `[reducer.hdf5]` writing into `folder`.
+fn pipeline_writing_to(dir: &std::path::Path, folder: &std::path::Path) -> PathBuf {
+    let pipeline = dir.join("injector-hdf5.toml");
+    let text = format!(
+        "{}\n[reducer.hdf5]\nfolder = {:?}\naccumulators = [\"beam\", \"machine\", \"otr2_image\"]\n",
+        include_str!("../examples/injector.toml"),
+        folder.display().to_string(),
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    pipeline
+}
+
+/// A scan of `beamflow run` ends with its NeXus file: listed with its size, read by h5py equal
+/// to the JSON view of the same final state (tests/python/nexus_check.py), read by Debian's
+/// `h5dump`, and downloaded whole from the reducer.
+#[test]
+fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
+    let dir = scratch_dir();
+    let folder = dir.path().join("files");
+    let pipeline = pipeline_writing_to(dir.path(), &folder);
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port)
+        .args(["run", "--sim-ioc", "--events", "20", "--pipeline"])
+        .arg(&pipeline);
+    let run = start_run(command);
+    finished_status(&run);
+    let listed = eventually(30, "the scan's file", || {
+        let files: serde_json::Value =
+            serde_json::from_str(&http_get(run.state, "/api/v1/files").1).ok()?;
+        let file = files["files"].get(0)?.clone();
+        (file["complete"] == true).then_some(file)
+    });
+    let name = listed["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("scan-000001-") && name.ends_with(".h5"),
+        "{listed}"
+    );
+    let path = folder.join(name);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        listed["size"].as_u64().unwrap()
+    );
+    // Nothing but the final file: the temporary name is gone.
+    let names: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [name]);
+
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, http_get(run.state, "/api/v1/result").1).unwrap();
+    let output = Command::new(python())
+        .arg(root().join("tests/python/nexus_check.py"))
+        .args([&path, &state])
+        .args(["beam", "machine", "otr2_image"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let dump = h5dump(&path);
+    for object in [
+        r#"GROUP "entry""#,
+        r#"DATASET "event_number""#,
+        r#"DATASET "pixels""#,
+    ] {
+        assert!(dump.contains(object), "h5dump -H names {object}:\n{dump}");
+    }
+
+    let downloaded = ureq::get(&format!("http://{}/api/v1/files/{name}", run.state))
+        .call()
+        .unwrap()
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap();
+    assert!(
+        downloaded == std::fs::read(&path).unwrap(),
+        "the download is the file"
+    );
+    assert_eq!(
+        http_get(run.state, "/api/v1/files/injector-hdf5.toml").0,
+        404
+    );
+}
+
+/// Debian's `h5dump -H` of `path` (required under CI; `.ci/run` installs hdf5-tools).
+fn h5dump(path: &std::path::Path) -> String {
+    let output = Command::new("h5dump")
+        .arg("-H")
+        .arg(path)
+        .output()
+        .expect("h5dump (Debian's hdf5-tools) is needed");
+    assert!(output.status.success(), "h5dump failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A folder that cannot be written: each write fails with the folder named, once logged, the
+/// failure counted in `/api/v1/files`; the scan goes on to its end.
+#[test]
+fn a_folder_that_cannot_be_written_is_an_error_and_the_scan_goes_on() {
+    let dir = scratch_dir();
+    // Under a regular file: no folder can be made there, whoever runs the test (root too).
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"").unwrap();
+    let pipeline = pipeline_writing_to(dir.path(), &blocker.join("files"));
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port)
+        .args(["run", "--sim-ioc", "--events", "20", "--pipeline"])
+        .arg(&pipeline);
+    let mut run = start_run(command);
+    run.process.allow_errors(&["HDF5 file not written"]);
+    let status = finished_status(&run);
+    assert_eq!(status["events"], 20, "{status}");
+    let files = eventually(30, "the failed write", || {
+        let files: serde_json::Value =
+            serde_json::from_str(&http_get(run.state, "/api/v1/files").1).ok()?;
+        (files["failures"].as_u64()? >= 1).then_some(files)
+    });
+    assert_eq!(files["files"], serde_json::json!([]));
+    let reason = files["last_error"].as_str().unwrap();
+    assert!(reason.contains("not-a-folder"), "{reason}");
 }

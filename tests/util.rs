@@ -384,7 +384,7 @@ pub(crate) fn numbers(state: &serde_json::Value, path: &str) -> Vec<u64> {
 /// to 0, once it says its scan started.
 pub(crate) struct RunningPipeline {
     /// The process, killed (and checked for ERROR lines) when this is dropped.
-    _process: Running,
+    pub(crate) process: Running,
     /// The reducer's HTTP address.
     pub(crate) state: SocketAddr,
     /// The controller's REST address.
@@ -412,7 +412,7 @@ pub(crate) fn start_run(mut command: Command) -> RunningPipeline {
     let rest = http_address(line.split("Progress:").nth(1).unwrap());
     run.wait_for_line("started");
     RunningPipeline {
-        _process: run,
+        process: run,
         state,
         rest,
     }

@@ -39,6 +39,15 @@ function fmt(v, digits = 5) {
   return String(Number(v.toPrecision(digits)));
 }
 
+/** A size in bytes for people: B, kB, MB or GB (powers of 1000). */
+function bytes(n) {
+  if (!Number.isFinite(n)) return "–";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
 function ageText(seconds) {
   if (seconds === null || !Number.isFinite(seconds)) return "–";
   if (seconds < 0) seconds = 0;
@@ -1681,6 +1690,7 @@ class HealthPanel {
     this.ingesters = el("div", { class: "ingesters" });
     this.scan = el("div", { class: "scan" });
     this.controller = el("div", { class: "controller" });
+    this.files = el("div", { class: "files note", data: { files: "" } });
     this.values = {};
     for (const [key, label] of [
       ["eps", "events/s"], ["p50", "latency p50"], ["p99", "latency p99"], ["incomplete", "incomplete events"],
@@ -1699,6 +1709,7 @@ class HealthPanel {
       "raw: ", el("a", { href: `${API}/result`, text: "result" }), " · ",
       el("a", { href: `${API}/status`, text: "status" }), " · ",
       el("a", { href: `${API}/openapi.json`, text: "openapi.json" })));
+    section.append(this.files);
   }
 
   update(health) {
@@ -1718,6 +1729,7 @@ class HealthPanel {
     this.updateWorkers(health.load);
     this.updateIngesters(health.controller);
     this.updateScan(health.scan);
+    this.updateFiles(health.files);
     this.controller.className = health.controller ? "controller" : "controller down";
     this.controller.textContent = health.controller
       ? "controller reachable"
@@ -1765,6 +1777,22 @@ class HealthPanel {
         el("div", { class: "chips" }, ...chips)));
     }
     this.ingesters.replaceChildren(...blocks);
+  }
+
+  // [reducer.hdf5]: each scan's NeXus file, newest first, with its size and a download link.
+  updateFiles(files) {
+    if (!files) return;
+    const key = JSON.stringify(files);
+    if (key === this.filesKey) return;
+    this.filesKey = key;
+    const rows = (files.files ?? []).slice(0, 20).map((file) => el("li", { data: { file: file.name } },
+      el("a", { href: `${API}/files/${encodeURIComponent(file.name)}`, text: file.name }),
+      ` ${bytes(file.size)}${file.complete ? "" : " (scan running)"}`));
+    const failed = files.failures
+      ? el("div", { class: "error", text: `${files.failures} writes failed: ${files.last_error ?? ""}` })
+      : "";
+    this.files.replaceChildren(el("h3", { class: "note", text: `HDF5 files in ${files.folder}` }),
+      rows.length ? el("ul", {}, ...rows) : el("div", { text: "none yet: one is written at each scan's end" }), failed);
   }
 
   updateScan(scan) {

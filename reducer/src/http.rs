@@ -14,6 +14,7 @@ use beamflow_protocol::{AnalysisName, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::hdf5_rest::Hdf5File;
+use crate::nexus::ScanInfo;
 
 /// The OpenAPI 3.1 description of the reducer's server: these routes and the model endpoints,
 /// which the reducer of `beamflow run` and `beamflow reducer` serves beside them (`beamflow
@@ -77,6 +78,7 @@ struct Snapshot {
     latest: Arc<BTreeMap<AnalysisName, Arc<Value>>>,
     frames: Arc<BTreeMap<String, Arc<crate::Frame>>>,
     hdf5_attributes: Arc<BTreeMap<String, Value>>,
+    scan: Option<Arc<ScanInfo>>,
 }
 
 /// A shared, cheaply cloned handle on the latest published state and status.
@@ -104,6 +106,7 @@ impl View {
                 latest: Arc::default(),
                 frames: Arc::default(),
                 hdf5_attributes: Arc::default(),
+                scan: None,
             })),
             hdf5: Arc::default(),
         }
@@ -122,6 +125,23 @@ impl View {
         snapshot.latest = Arc::new(latest);
         snapshot.frames = Arc::new(frames);
         snapshot.hdf5_attributes = Arc::new(hdf5_attributes);
+    }
+
+    /// Replaces what is known of the scan (its files' metadata).
+    pub fn publish_scan(&self, scan: ScanInfo) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .scan = Some(Arc::new(scan));
+    }
+
+    /// The scan whose state is served, once one has begun.
+    pub fn scan(&self) -> Option<Arc<ScanInfo>> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .scan
+            .clone()
     }
 
     /// The latest state as an HDF5 file: the same object until the next publish.
@@ -448,8 +468,8 @@ mod tests {
         assert_eq!((code, body.as_str()), (StatusCode::OK, OPENAPI));
     }
 
-    /// The document also describes the model endpoints and the dashboard, which the reducer of
-    /// `beamflow run` serves beside these routes.
+    /// The document also describes the model endpoints, the dashboard and the HDF5 files, which
+    /// the reducer of `beamflow run` serves beside these routes.
     #[test]
     fn the_openapi_document_describes_every_route_the_server_serves() {
         let served: std::collections::BTreeSet<beamflow_net::http::Operation> = routes()
@@ -462,6 +482,11 @@ mod tests {
             )
             .chain(
                 crate::dashboard::Dashboard::routes()
+                    .iter()
+                    .map(Route::operation),
+            )
+            .chain(
+                crate::hdf5_output::Hdf5Output::routes()
                     .iter()
                     .map(Route::operation),
             )

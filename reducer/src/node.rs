@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::checkpoint::{self, ParameterValues};
 use crate::http::{Status, View};
 use crate::live::{ReducerCore, ReducerInput, RestoreError};
+use crate::nexus::ScanInfo;
 use crate::{AccumulatorConfig, ConfigError, Reducer};
 
 /// How often the state is published while a scan runs: every event of a 10 Hz pipeline reaches
@@ -55,6 +56,8 @@ pub struct ReducerSettings {
 
 struct Live {
     scan: u64,
+    /// What its files say of it.
+    info: ScanInfo,
     core: ReducerCore,
     started: Instant,
     reduced: EventNumber,
@@ -163,6 +166,7 @@ pub fn run(
                     scan,
                     uuid,
                     parameters,
+                    frames,
                     ..
                 } => {
                     // A scan repeated to this process keeps the state so far.
@@ -175,8 +179,20 @@ pub fn run(
                         for report in early.release(scan) {
                             core.handle(ReducerInput::Report(report));
                         }
+                        let info = ScanInfo {
+                            number: Some(scan),
+                            uuid: Some(uuid.clone()),
+                            started: Some(jiff::Timestamp::now()),
+                            streams: frames
+                                .iter()
+                                .map(|(stream, count)| (stream.to_string(), *count))
+                                .collect(),
+                            source: "reducer".to_owned(),
+                            ..ScanInfo::default()
+                        };
                         live = Some(Live {
                             scan,
+                            info,
                             core,
                             started: now,
                             reduced: EventNumber(0),
@@ -224,6 +240,7 @@ pub fn run(
                 FromController::Finish { scan } => {
                     if let Some(live) = live.as_mut().filter(|l| l.scan == scan) {
                         live.core.finish();
+                        live.info.ended = Some(jiff::Timestamp::now());
                     }
                     publish(view, live.as_ref(), now);
                     published = now;
@@ -305,6 +322,21 @@ fn publish(view: &View, live: Option<&Live>, now: Instant) {
         ..Status::default()
     };
     view.publish_reducer(reducer, status);
+    // After the state: a scan seen ended has its final state published.
+    view.publish_scan(ScanInfo {
+        parameters: live
+            .core
+            .parameters()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )
+            })
+            .collect(),
+        ..live.info.clone()
+    });
 }
 
 /// Why the reducer stopped.

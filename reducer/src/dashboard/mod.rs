@@ -66,6 +66,8 @@ pub struct Dashboard {
     /// The PNG rendered last, reused while the same frame is asked for the same way: several
     /// pages showing one screen cost one rendering per frame.
     rendered: Arc<std::sync::Mutex<Option<CachedPng>>>,
+    /// The HDF5 output whose files the health panel lists.
+    files: Option<crate::hdf5_output::Hdf5Output>,
 }
 
 /// A rendered PNG and what it was rendered from.
@@ -95,6 +97,8 @@ struct HealthMessage<'a> {
     seq: u64,
     reducer: &'a crate::http::Status,
     pages: usize,
+    /// The HDF5 files written, with `[reducer.hdf5]`.
+    files: Option<crate::hdf5_output::FilesStatus>,
     #[serde(flatten)]
     controller: &'a health::ControllerHealth,
 }
@@ -107,7 +111,14 @@ impl Dashboard {
             hub: Hub::new(),
             description: Arc::new(description),
             rendered: Arc::default(),
+            files: None,
         }
+    }
+
+    /// Lists the files `output` writes in the health panel.
+    pub fn with_files(mut self, output: Option<crate::hdf5_output::Hdf5Output>) -> Self {
+        self.files = output;
+        self
     }
 
     /// The hub its pages listen to; close it before the HTTP server stops.
@@ -173,6 +184,10 @@ impl Dashboard {
             seq,
             reducer: &status,
             pages: self.hub.pages(),
+            files: self
+                .files
+                .as_ref()
+                .map(crate::hdf5_output::Hdf5Output::status),
             controller,
         };
         if let Some(message) = encode(seq, &message) {
