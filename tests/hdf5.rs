@@ -2,11 +2,14 @@
 //! and silx, each from PyPI in its own venv, browse `beamflow run`'s live state at the reducer's
 //! base URL, the dashboard's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::epics::{ca_env, free_ca_port};
-use crate::util::{eventually, finished_status, http_get, python, root, scratch_dir, start_run};
+use crate::util::{
+    beamflow, eventually, finished_status, http_get, python, root, run_python, scratch_dir,
+    start_run,
+};
 
 /// h5pyd 0.24.0's venv (`.ci/run` makes it: h5pyd 1.0.0 needs h5json 2, 0.24 cannot live beside it).
 fn python_h5pyd_024() -> PathBuf {
@@ -204,4 +207,109 @@ fn a_folder_that_cannot_be_written_is_an_error_and_the_scan_goes_on() {
     assert_eq!(files["files"], serde_json::json!([]));
     let reason = files["last_error"].as_str().unwrap();
     assert!(reason.contains("not-a-folder"), "{reason}");
+}
+
+/// `beamflow replay --hdf5`: a writer killed while it writes leaves nothing under the final name
+/// (only its hidden partial file), the next write replaces that leftover, and its file equals
+/// the JSON state of the same replay (read by h5py, tests/python/nexus_check.py).
+#[test]
+fn a_replay_killed_while_writing_leaves_no_file_and_the_next_write_is_whole() {
+    let dir = scratch_dir();
+    // Megapixel frames: the write lasts long enough to be caught in the middle.
+    run_python(
+        "payload_dumps.py",
+        &[
+            dir.path(),
+            Path::new("--events"),
+            Path::new("3"),
+            Path::new("--shape"),
+            Path::new("1024"),
+            Path::new("1024"),
+        ],
+    );
+    let pipeline = dir.path().join("frames.toml");
+    std::fs::write(
+        &pipeline,
+        r#"
+[analyses.stats]
+kind = "frame_stats"
+streams = ["pilatus"]
+
+[analyses.frame]
+kind = "frame"
+stream = "pilatus"
+
+[accumulators.history]
+kind = "history"
+analysis = "stats"
+values = { mean = "pilatus/0/mean", max = "pilatus/0/max", sum = "pilatus/0/sum" }
+
+[accumulators.image]
+kind = "image"
+frames = "frame"
+"#,
+    )
+    .unwrap();
+    let dump = dir.path().join("pilatus.cbors");
+    let out = dir.path().join("state.h5");
+    let partial = dir.path().join(".state.h5.partial");
+    let state = dir.path().join("state.json");
+    let replay = |command: &mut Command| {
+        command
+            .arg("replay")
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .arg("--dump")
+            .arg(&dump)
+            .arg("--hdf5")
+            .arg(&out)
+            .arg("--out")
+            .arg(&state);
+    };
+
+    let mut command = beamflow();
+    replay(&mut command);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Polls the folder: the writer is another process, nothing else tells when it is mid-write.
+    loop {
+        if partial.exists() {
+            child.kill().unwrap();
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the replay ended ({status}) before its write was seen in progress");
+        }
+        std::thread::yield_now();
+    }
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed write left {}", out.display());
+    assert!(
+        partial.exists(),
+        "the killed write's partial file stays, hidden"
+    );
+
+    let mut command = beamflow();
+    replay(&mut command);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        out.exists() && !partial.exists(),
+        "the leftover is replaced"
+    );
+    let output = Command::new(python())
+        .arg(root().join("tests/python/nexus_check.py"))
+        .args([&out, &state])
+        .args(["history", "image"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
