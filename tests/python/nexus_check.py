@@ -1,13 +1,15 @@
 """Reads a NeXus file beamflow wrote with h5py and checks it against the JSON view of the same
 final state.
 
-    nexus_check.py FILE STATE.json ACCUMULATOR...
+    nexus_check.py FILE STATE.json [--no-plot] ACCUMULATOR...
 
 - `/` is NXroot with `default = "entry"`; `/entry` an NXentry with start and end times and the
-  scan's identifier, its `default` an NXdata whose `signal` resolves;
+  scan's identifier, its `default` an NXdata whose `signal` resolves (unless `--no-plot`: no
+  accumulator declares a plot, e.g. a Python reducer's `publish` without `_attrs`);
 - every dataset under `/entry/<accumulator>` equals the JSON view at its path (ints and floats to
-  the bit, NaN for null, strings as text); only the frames kept for display (`pixels`) are not
-  in JSON;
+  the bit, NaN for null, strings as text; a typed array `{dtype, shape, data}`, a numpy array
+  from a Python payload, in its own dtype and shape, byte for byte); only the frames kept for
+  display (`pixels`) are not in JSON;
 - arrays of more than one number are chunked with shuffle and gzip;
 - only the accumulators named are in the file.
 """
@@ -25,6 +27,8 @@ def text(value):
 
 def main():
     path, state_path, *names = sys.argv[1:]
+    plot = "--no-plot" not in names
+    names = [name for name in names if name != "--no-plot"]
     with open(state_path) as f:
         state = json.load(f)
     counts = {"compared": 0, "chunked": 0}
@@ -35,9 +39,10 @@ def main():
         assert text(entry.attrs["NX_class"]) == "NXentry"
         for key in ("start_time", "end_time", "title"):
             assert key in entry, key
-        default = entry[text(entry.attrs["default"])]
-        assert text(default.attrs["NX_class"]) == "NXdata"
-        assert text(default.attrs["signal"]) in default
+        if plot:
+            default = entry[text(entry.attrs["default"])]
+            assert text(default.attrs["NX_class"]) == "NXdata"
+            assert text(default.attrs["signal"]) in default
         assert sorted(k for k in entry if isinstance(entry[k], h5py.Group) and k != "beamflow") == sorted(names), list(entry)
 
         def visit(name, obj):
@@ -53,7 +58,10 @@ def main():
                 assert parts[-1] == "pixels", name
                 return
             got = obj[()]
-            if obj.dtype.kind in "OS" or h5py.check_string_dtype(obj.dtype):
+            if isinstance(node, dict) and sorted(node) == ["data", "dtype", "shape"]:
+                assert obj.dtype == np.dtype(node["dtype"]) and list(obj.shape) == node["shape"], (name, obj)
+                assert got.astype(obj.dtype.newbyteorder("<")).tobytes() == bytes(node["data"]), name
+            elif obj.dtype.kind in "OS" or h5py.check_string_dtype(obj.dtype):
                 got = [text(v) for v in np.ravel(got)] if obj.shape != () else text(got)
                 want = node if obj.shape != () or not isinstance(node, list) else node
                 assert got == (list(np.ravel(np.array(node, dtype=object))) if obj.shape != () else node), (name, got, node)
