@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::dashboard::{browser_available, browser_dir};
 use crate::epics::{ca_env, free_ca_port};
 use crate::util::{
-    beamflow, eventually, finished_status, http_get, python, root, run_python, scratch_dir,
+    TOKEN, beamflow, eventually, finished_status, http_get, python, root, run_python, scratch_dir,
     start_run,
 };
 
@@ -168,6 +169,23 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
         http_get(run.state, "/api/v1/files/injector-hdf5.toml").0,
         404
     );
+
+    // The dashboard lists it with its size and links it, in Chromium.
+    if browser_available() {
+        let output = Command::new("node")
+            .arg(browser_dir().join("files.mjs"))
+            .arg(format!("http://{}/#token={TOKEN}", run.state))
+            .arg(name)
+            .arg(listed["size"].to_string())
+            .output()
+            .expect("start node");
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.matches("ok - ").count() == 2,
+            "{said}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// Debian's `h5dump -H` of `path` (required under CI; `.ci/run` installs hdf5-tools).
