@@ -797,6 +797,36 @@ impl Accumulator for ScanView {
         Ok(())
     }
 
+    /// Each run an `NXdata` of its plotted fields against its x, as BestEffortCallback plots
+    /// it: silx shows a run's plot as it opens the run.
+    fn hdf5_attributes(&self) -> Value {
+        let text = |s: &str| Value::Text(s.to_owned());
+        let runs = self
+            .runs
+            .iter()
+            .filter_map(|(uid, run)| {
+                let columns = format!("streams/{}/columns", run.plotted_stream());
+                let mut fields = run.y(&self.signals).into_iter();
+                let signal = fields.next()?;
+                let mut nxdata = BTreeMap::from([
+                    ("NX_class".to_owned(), text("NXdata")),
+                    ("signal".to_owned(), Value::Text(format!("{columns}/{signal}"))),
+                ]);
+                if let Some(x) = run.x() {
+                    nxdata.insert("axes".to_owned(), Value::Text(format!("{columns}/{x}")));
+                }
+                let auxiliary: Vec<Value> = fields
+                    .map(|field| Value::Text(format!("{columns}/{field}")))
+                    .collect();
+                if !auxiliary.is_empty() {
+                    nxdata.insert("auxiliary_signals".to_owned(), Value::Array(auxiliary));
+                }
+                Some((uid.clone(), map([("_attrs", Value::Map(nxdata))])))
+            })
+            .collect();
+        map([("runs", Value::Map(runs))])
+    }
+
     fn publish(&self) -> Value {
         let mut order: Vec<(&String, &Run)> = self.runs.iter().collect();
         order.sort_by_key(|(_, run)| run.order);
@@ -946,6 +976,33 @@ mod tests {
         feed.document("event", "r1", Some("primary"), serde_json::json!({"seq_num": 21}));
         assert_eq!(feed.json()["late"], 1);
         assert_eq!(feed.json()["runs"]["r1"]["streams"]["primary"]["events"], 20);
+    }
+
+    /// As HDF5 (what h5pyd and silx read), a run is an `NXdata` whose signal and axis are its
+    /// plotted columns, both 20 points long.
+    #[test]
+    fn a_run_is_an_nxdata_of_its_plotted_columns() {
+        use crate::hdf5_rest::{Attribute, Hdf5File, Node};
+        let mut feed = Feed::new("");
+        reference_scan(&mut feed, "r1", 20);
+        let state = Value::Map(BTreeMap::from([("scans".to_owned(), feed.view.publish())]));
+        let attributes = BTreeMap::from([("scans".to_owned(), feed.view.hdf5_attributes())]);
+        let file = Hdf5File::new(Arc::new(state), Arc::default(), &attributes);
+        let Some(Node::Group { attributes, .. }) = file.root().at("scans/runs/r1") else {
+            panic!("no run group");
+        };
+        let path = |key: &str| match &attributes[key] {
+            Attribute::Text(path) => format!("scans/runs/r1/{path}"),
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(attributes["NX_class"], Attribute::Text("NXdata".into()));
+        for key in ["signal", "axes"] {
+            let Some(Node::Dataset { data, .. }) = file.root().at(&path(key)) else {
+                panic!("{key} names no dataset: {}", path(key));
+            };
+            assert_eq!(data.shape(), [20]);
+        }
+        assert!(path("signal").ends_with("/det") && path("axes").ends_with("/motor"));
     }
 
     #[test]
