@@ -154,6 +154,17 @@ fn the_chart_lints_renders_valid_manifests_and_the_pipeline_beamflow_runs() {
         } else {
             stock_image_only(&files, name);
         }
+        if name == "nanomax" {
+            // The NeXus files' folder reaches the reducer, and a volume is mounted there.
+            let folder = pipeline.reducer.hdf5.as_ref().map(|h| h.folder.clone());
+            assert_eq!(folder, Some(PathBuf::from("/data/beamflow")));
+            let reducer = files
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap())
+                .find(|text| text.contains("beamflow-results") && text.contains("kind: Deployment"))
+                .expect("the reducer's Deployment mounts the results volume");
+            assert!(reducer.contains("mountPath: /data/beamflow"), "{reducer}");
+        }
         if name == "default" {
             same_pipeline_as_beamflow_run(pipeline);
         }
