@@ -80,19 +80,30 @@ fn flag(query: &HashMap<String, String>, key: &str) -> bool {
         .is_some_and(|v| matches!(v.as_str(), "1" | "T" | "t" | "true" | "True"))
 }
 
-fn missing(what: &str, id: &str) -> ApiError {
+/// What a route reads: `/groups/{id}` or `/datasets/{id}`.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Group,
+    Dataset,
+}
+
+fn missing(kind: Kind, id: &str) -> ApiError {
+    let what = match kind {
+        Kind::Group => "group",
+        Kind::Dataset => "dataset",
+    };
     ApiError::not_found(format!(
         "no {what} {id:?} (the state has changed, or never had it)"
     ))
 }
 
 /// The group or dataset `id`, and its path.
-fn find<'a>(file: &'a Hdf5File, id: &str, what: &str) -> Result<(&'a str, &'a Node), ApiError> {
-    let found = file.object(id).filter(|(_, node)| match what {
-        "group" => matches!(node, Node::Group { .. }),
-        _ => matches!(node, Node::Dataset { .. }),
+fn find<'a>(file: &'a Hdf5File, id: &str, kind: Kind) -> Result<(&'a str, &'a Node), ApiError> {
+    let found = file.object(id).filter(|(_, node)| match kind {
+        Kind::Group => matches!(node, Node::Group { .. }),
+        Kind::Dataset => matches!(node, Node::Dataset { .. }),
     });
-    found.ok_or_else(|| missing(what, id))
+    found.ok_or_else(|| missing(kind, id))
 }
 
 fn attributes_of(node: &Node) -> &std::collections::BTreeMap<String, Attribute> {
@@ -204,7 +215,7 @@ async fn group(
     Query(query): ObjectQuery,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (path, node) = find(&file, &id, "group")?;
+    let (path, node) = find(&file, &id, Kind::Group)?;
     Ok(Json(object_json(&file, path, node, &query)))
 }
 
@@ -214,7 +225,7 @@ async fn dataset(
     Query(query): ObjectQuery,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (path, node) = find(&file, &id, "dataset")?;
+    let (path, node) = find(&file, &id, Kind::Dataset)?;
     Ok(Json(object_json(&file, path, node, &query)))
 }
 
@@ -223,9 +234,9 @@ async fn links(
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (path, node) = find(&file, &id, "group")?;
+    let (path, node) = find(&file, &id, Kind::Group)?;
     let Node::Group { members, .. } = node else {
-        return Err(missing("group", &id));
+        return Err(missing(Kind::Group, &id));
     };
     let links: Vec<JsonValue> = members
         .iter()
@@ -239,7 +250,7 @@ async fn link(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (path, node) = find(&file, &id, "group")?;
+    let (path, node) = find(&file, &id, Kind::Group)?;
     let member = match node {
         Node::Group { members, .. } => members.get(&name),
         Node::Dataset { .. } => None,
@@ -276,7 +287,7 @@ async fn group_attributes(
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (_, node) = find(&file, &id, "group")?;
+    let (_, node) = find(&file, &id, Kind::Group)?;
     Ok(attribute_list(&file, node))
 }
 
@@ -285,7 +296,7 @@ async fn group_attribute(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (_, node) = find(&file, &id, "group")?;
+    let (_, node) = find(&file, &id, Kind::Group)?;
     one_attribute(&file, node, &name)
 }
 
@@ -294,7 +305,7 @@ async fn dataset_attributes(
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (_, node) = find(&file, &id, "dataset")?;
+    let (_, node) = find(&file, &id, Kind::Dataset)?;
     Ok(attribute_list(&file, node))
 }
 
@@ -303,7 +314,7 @@ async fn dataset_attribute(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (_, node) = find(&file, &id, "dataset")?;
+    let (_, node) = find(&file, &id, Kind::Dataset)?;
     one_attribute(&file, node, &name)
 }
 
@@ -350,9 +361,9 @@ fn read(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let file = view.hdf5();
-    let (_, node) = find(&file, id, "dataset")?;
+    let (_, node) = find(&file, id, Kind::Dataset)?;
     let Node::Dataset { data, .. } = node else {
-        return Err(missing("dataset", id));
+        return Err(missing(Kind::Dataset, id));
     };
     let selection = select
         .map(|select| select::parse(select, data.shape()))
