@@ -28,19 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS, IMAGES, SIDE = 100_000, 100, 1024
 
 
-def noise(n):
-    """Six bits per index, as noise() in reducer/benches/nexus.rs."""
-    i = np.arange(n, dtype=np.uint64)
-    return ((i * np.uint64(2_654_435_761)) & np.uint64(0xFFFF_FFFF)) >> np.uint64(26)
+def noise(start, stop):
+    """Six bits per index, as noise() in reducer/benches/nexus.rs (uint64 arithmetic wraps)."""
+    h = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E37_79B9_7F4A_7C15)
+    h ^= h >> np.uint64(32)
+    h *= np.uint64(0xD6E8_FEB8_6659_FD93)
+    h ^= h >> np.uint64(32)
+    return h >> np.uint64(58)
 
 
 def data():
-    rows = noise(ROWS).astype(np.float64) / 64.0
+    rows = noise(0, ROWS).astype(np.float64) / 64.0
     index = np.arange(ROWS, dtype=np.float64) * 0.5
     history = {f"column{k}": index + float(k) + rows for k in range(4)}
     history["event_number"] = np.arange(ROWS, dtype=np.int64)
-    frames = (noise(IMAGES * SIDE * SIDE) + np.uint64(100)).astype(np.uint16)
-    return history, frames.reshape(IMAGES, SIDE, SIDE)
+    frames = np.empty((IMAGES, SIDE, SIDE), dtype=np.uint16)
+    for image in range(IMAGES):  # an image at a time: 8 bytes an index in between
+        start = image * SIDE * SIDE
+        frames[image] = (noise(start, start + SIDE * SIDE) + np.uint64(100)).reshape(SIDE, SIDE)
+    return history, frames
 
 
 def write_h5py(path, history, frames):

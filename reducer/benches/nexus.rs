@@ -16,9 +16,14 @@ const ROWS: usize = 100_000;
 const IMAGES: usize = 100;
 const SIDE: usize = 1024;
 
-/// Six bits of noise per index, the same formula `bench/hdf5_write.py` uses in numpy.
+/// Six bits of noise per index (a splitmix-style mix: a plain multiplicative hash repeats
+/// and deflates 60:1), the same formula `bench/hdf5_write.py` uses in numpy.
 fn noise(i: usize) -> u64 {
-    ((i as u64).wrapping_mul(2_654_435_761) & 0xFFFF_FFFF) >> 26
+    let mut h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    h ^= h >> 32;
+    h >> 58
 }
 
 fn dataset(shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Node {

@@ -1165,6 +1165,13 @@ print(f"read back {checked} objects")
         assert!(leftovers(dir.path()).is_empty());
     }
 
+    /// The writer runs off the reducer's loop and its error travels back (and into anyhow).
+    #[test]
+    fn the_error_crosses_threads() {
+        fn check<T: Send + Sync + std::error::Error + 'static>() {}
+        check::<WriteError>();
+    }
+
     #[test]
     fn the_file_is_named_from_the_scan() {
         let scan = scan();
