@@ -131,17 +131,15 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
 
     let state = dir.path().join("state.json");
     std::fs::write(&state, http_get(run.state, "/api/v1/result").1).unwrap();
-    let output = Command::new(python())
-        .arg(root().join("tests/python/nexus_check.py"))
-        .args([&path, &state])
-        .args(["beam", "machine", "otr2_image"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    run_python(
+        "nexus_check.py",
+        &[
+            &path,
+            &state,
+            Path::new("beam"),
+            Path::new("machine"),
+            Path::new("otr2_image"),
+        ],
     );
 
     let dump = h5dump(&path);
@@ -318,16 +316,8 @@ frames = "frame"
         out.exists() && !partial.exists(),
         "the leftover is replaced"
     );
-    let output = Command::new(python())
-        .arg(root().join("tests/python/nexus_check.py"))
-        .args([&out, &state])
-        .args(["history", "image"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    run_python(
+        "nexus_check.py",
+        &[&out, &state, Path::new("history"), Path::new("image")],
     );
 }

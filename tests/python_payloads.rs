@@ -172,17 +172,14 @@ fn replay_gives_dranspose_s_publish_and_file_leaf_for_leaf() {
     scan.assert_same_publish(&scan.at("state.json"), "imaging");
     scan.assert_same_file();
     // The same publish as HDF5 (the tree h5pyd browses): numpy arrays in their own dtype.
-    let output = Command::new(python())
-        .arg(root().join("tests/python/nexus_check.py"))
-        .args([scan.at("state.h5"), scan.at("state.json")])
-        .args(["--no-plot", "imaging"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    run_python(
+        "nexus_check.py",
+        &[
+            &scan.at("state.h5"),
+            &scan.at("state.json"),
+            Path::new("--no-plot"),
+            Path::new("imaging"),
+        ],
     );
 }
 

@@ -209,24 +209,32 @@ fn attribute_json(file: &Hdf5File, name: &str, attribute: &Attribute) -> JsonVal
     })
 }
 
-async fn group(
-    State(view): State<View>,
-    Path(id): Path<String>,
-    Query(query): ObjectQuery,
+/// `/{collection}/{id}`: the object, with its links and attributes inline when asked.
+fn object(
+    view: &View,
+    id: &str,
+    kind: Kind,
+    query: &HashMap<String, String>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let file = view.hdf5();
-    let (path, node) = find(&file, &id, Kind::Group)?;
-    Ok(Json(object_json(&file, path, node, &query)))
+    let (path, node) = find(&file, id, kind)?;
+    Ok(Json(object_json(&file, path, node, query)))
+}
+
+async fn group(
+    State(view): State<View>,
+    Path(id): IdPath,
+    Query(query): ObjectQuery,
+) -> Result<Json<JsonValue>, ApiError> {
+    object(&view, &id, Kind::Group, &query)
 }
 
 async fn dataset(
     State(view): State<View>,
-    Path(id): Path<String>,
+    Path(id): IdPath,
     Query(query): ObjectQuery,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let file = view.hdf5();
-    let (path, node) = find(&file, &id, Kind::Dataset)?;
-    Ok(Json(object_json(&file, path, node, &query)))
+    object(&view, &id, Kind::Dataset, &query)
 }
 
 async fn links(
@@ -261,61 +269,67 @@ async fn link(
     ))
 }
 
-fn attribute_list(file: &Hdf5File, node: &Node) -> Json<JsonValue> {
+/// `/{collection}/{id}/attributes`: names, types and shapes, without values.
+fn attribute_list(view: &View, id: &str, kind: Kind) -> Result<Json<JsonValue>, ApiError> {
+    let file = view.hdf5();
+    let (_, node) = find(&file, id, kind)?;
     let attributes: Vec<JsonValue> = attributes_of(node)
         .iter()
         .map(|(name, attribute)| {
-            let mut entry = attribute_json(file, name, attribute);
+            let mut entry = attribute_json(&file, name, attribute);
             if let Some(entry) = entry.as_object_mut() {
                 entry.remove("value");
             }
             entry
         })
         .collect();
-    Json(json!({ "attributes": attributes }))
+    Ok(Json(json!({ "attributes": attributes })))
 }
 
-fn one_attribute(file: &Hdf5File, node: &Node, name: &str) -> Result<Json<JsonValue>, ApiError> {
+/// `/{collection}/{id}/attributes/{name}`, with its value.
+fn one_attribute(
+    view: &View,
+    id: &str,
+    name: &str,
+    kind: Kind,
+) -> Result<Json<JsonValue>, ApiError> {
+    let file = view.hdf5();
+    let (_, node) = find(&file, id, kind)?;
     let attribute = attributes_of(node)
         .get(name)
         .ok_or_else(|| ApiError::not_found(format!("no attribute {name:?}")))?;
-    Ok(Json(attribute_json(file, name, attribute)))
+    Ok(Json(attribute_json(&file, name, attribute)))
 }
+
+type IdPath = Path<String>;
+type AttributePath = Path<(String, String)>;
 
 async fn group_attributes(
     State(view): State<View>,
-    Path(id): Path<String>,
+    Path(id): IdPath,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let file = view.hdf5();
-    let (_, node) = find(&file, &id, Kind::Group)?;
-    Ok(attribute_list(&file, node))
+    attribute_list(&view, &id, Kind::Group)
 }
 
 async fn group_attribute(
     State(view): State<View>,
-    Path((id, name)): Path<(String, String)>,
+    Path((id, name)): AttributePath,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let file = view.hdf5();
-    let (_, node) = find(&file, &id, Kind::Group)?;
-    one_attribute(&file, node, &name)
+    one_attribute(&view, &id, &name, Kind::Group)
 }
 
 async fn dataset_attributes(
     State(view): State<View>,
-    Path(id): Path<String>,
+    Path(id): IdPath,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let file = view.hdf5();
-    let (_, node) = find(&file, &id, Kind::Dataset)?;
-    Ok(attribute_list(&file, node))
+    attribute_list(&view, &id, Kind::Dataset)
 }
 
 async fn dataset_attribute(
     State(view): State<View>,
-    Path((id, name)): Path<(String, String)>,
+    Path((id, name)): AttributePath,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let file = view.hdf5();
-    let (_, node) = find(&file, &id, Kind::Dataset)?;
-    one_attribute(&file, node, &name)
+    one_attribute(&view, &id, &name, Kind::Dataset)
 }
 
 async fn value(
