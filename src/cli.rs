@@ -545,6 +545,17 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("{line}");
     }
     eprintln!(
+        "As HDF5: h5pyd.File(\"/\", \"r\", endpoint=\"http://{state}/\", swmr=True) or silx view http://{state}/{}",
+        pipeline
+            .reducer
+            .hdf5
+            .as_ref()
+            .map_or_else(String::new, |hdf5| format!(
+                "; each scan's NeXus file in {}",
+                hdf5.folder.display()
+            ))
+    );
+    eprintln!(
         "beamflow is running. Results: http://{state}/api/v1/result  Progress: http://{rest}/api/v1/progress  (Ctrl-C to stop)"
     );
     match &token {
