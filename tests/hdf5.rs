@@ -321,3 +321,47 @@ frames = "frame"
         &[&out, &state, Path::new("history"), Path::new("image")],
     );
 }
+
+/// With `[security] protect_reads`, both h5pyd releases are refused without the token and read
+/// with it given as h5pyd's `api_key`.
+#[test]
+fn h5pyd_reads_a_protected_reducer_with_the_token_as_its_api_key() {
+    let dir = scratch_dir();
+    let pipeline = dir.path().join("protected.toml");
+    let text = format!(
+        "{}\n[security]\nprotect_reads = true\n",
+        include_str!("../examples/injector.toml")
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port)
+        .args(["run", "--sim-ioc", "--events", "5", "--pipeline"])
+        .arg(&pipeline);
+    let run = start_run(command);
+    eventually(60, "a first row", || {
+        let (code, body) = crate::util::http_as(
+            run.state,
+            "GET",
+            "/api/v1/result/beam/event_number",
+            "",
+            Some(TOKEN),
+        );
+        (code == 200 && body.len() > 2).then_some(())
+    });
+    let endpoint = format!("http://{}/", run.state);
+    for python in [python(), python_h5pyd_024()] {
+        let output = Command::new(&python)
+            .arg(root().join("tests/python/h5pyd_token.py"))
+            .args([&endpoint, TOKEN])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.contains("refused without the token"),
+            "{}: {said}{}",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
