@@ -131,7 +131,7 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
 
     let state = dir.path().join("state.json");
     std::fs::write(&state, http_get(run.state, "/api/v1/result").1).unwrap();
-    run_python(
+    let said = run_python(
         "nexus_check.py",
         &[
             &path,
@@ -140,6 +140,12 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
             Path::new("machine"),
             Path::new("otr2_image"),
         ],
+    );
+    // The scan's mapping and every stream's frame count, as the controller had them.
+    let said = String::from_utf8_lossy(&said);
+    assert!(
+        said.contains("mapping: parts ['") && said.contains("'otr2'"),
+        "{said}"
     );
 
     let dump = h5dump(&path);

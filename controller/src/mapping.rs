@@ -400,6 +400,19 @@ impl Sequence {
         serde_json::json!({"parts": parts, "sequence": sequence, "all_wrap": wrapped})
     }
 
+    /// [`Sequence::to_record`] as JSON text, unless it would be over `limit` bytes (judged
+    /// before it is made: about 16 bytes a slot).
+    pub fn record_json_within(&self, limit: usize) -> Option<String> {
+        let streams = self.streams().len().max(1) as u64;
+        let slots = self.lengths.values().sum::<u64>().saturating_mul(streams);
+        if slots.saturating_mul(16) > limit as u64 {
+            return None;
+        }
+        serde_json::to_string(&self.to_record())
+            .ok()
+            .filter(|json| json.len() <= limit)
+    }
+
     /// A sequence from [`Sequence::to_record`]'s form.
     pub fn from_record(record: serde_json::Value) -> Result<Self, MappingError> {
         #[derive(Deserialize)]

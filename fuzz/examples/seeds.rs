@@ -200,6 +200,7 @@ fn main() -> std::io::Result<()> {
                 reducer: Some("tcp://127.0.0.1:7000".to_owned()),
                 parameters: vec![("roi".into(), ByteVec::from(b"[0, 8]".to_vec()))],
                 first_frames: Vec::new(),
+                mapping: None,
             },
         ),
         (

@@ -379,6 +379,9 @@ pub struct LeasedEvent {
     pub resend_to: Vec<WorkerName>,
 }
 
+/// The largest mapping a [`FromController::Scan`] carries to the reducer, in bytes of JSON.
+pub const MAPPING_IN_SCAN: usize = 1 << 20;
+
 /// Controller → component.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum FromController {
@@ -405,6 +408,11 @@ pub enum FromController {
         /// again: they are gaps. Empty when the scan is new to the ingester.
         #[n(5)]
         first_frames: Vec<(StreamName, u64)>,
+        /// For the reducer: the scan's mapping sequence as it was asked for (JSON, the
+        /// controller's record of it), which its NeXus files keep; `None` above
+        /// [`MAPPING_IN_SCAN`] bytes (the live scan's million events).
+        #[n(6)]
+        mapping: Option<String>,
     },
     /// For ingesters: where each live worker takes event parts.
     #[n(1)]
@@ -569,6 +577,7 @@ mod tests {
             reducer: None,
             parameters: vec![("dump_prefix".into(), ByteVec::from(b"/tmp/x-".to_vec()))],
             first_frames: vec![("det".into(), 4)],
+            mapping: Some(r#"{"parts": {}}"#.into()),
         };
         assert_eq!(decode::<FromController>(&encode(&scan)).unwrap(), scan);
         let rewind = FromController::Rewind {

@@ -9,7 +9,8 @@
 //!   title               "scan 3" (or the source, "replay")
 //!   start_time          ISO 8601, when known; end_time likewise
 //!   entry_identifier    the scan's uuid, when known
-//!   beamflow/           @NX_class=NXcollection: scan, source, streams/<name>, parameters/<name>
+//!   beamflow/           @NX_class=NXcollection: scan, source, mapping (JSON), streams/<name>,
+//!                       parameters/<name>
 //!   <accumulator>/      its subtree; a group without NX_class gets NXcollection
 //! ```
 //!
@@ -50,6 +51,8 @@ pub struct ScanInfo {
     pub streams: Vec<(String, u64)>,
     /// Parameter name → value as text.
     pub parameters: BTreeMap<String, String>,
+    /// The scan's mapping sequence as asked for (JSON), when the controller sent it.
+    pub mapping: Option<String>,
     /// Who wrote the file: `"reducer"` or `"replay"`.
     pub source: String,
 }
@@ -311,6 +314,9 @@ impl Writer<'_> {
             self.scalar_i64(&group, at, "scan", number)?;
         }
         self.scalar_string(&group, at, "source", &scan.source)?;
+        if let Some(mapping) = &scan.mapping {
+            self.scalar_string(&group, at, "mapping", mapping)?;
+        }
 
         let at = "/entry/beamflow/streams";
         let streams = self.group(&group, "/entry/beamflow", "streams")?;
@@ -760,6 +766,7 @@ mod tests {
             ended: Some("2026-12-01T10:16:30.5Z".parse().unwrap()),
             streams: vec![("eiger".to_owned(), 100), ("pcap".to_owned(), 99)],
             parameters: BTreeMap::from([("energy".to_owned(), "8.5 keV".to_owned())]),
+            mapping: Some(r#"{"parts":{"main":{"eiger":[[{"constraint":0}]]}},"sequence":["main"],"all_wrap":true}"#.to_owned()),
             source: "reducer".to_owned(),
         }
     }
@@ -901,7 +908,11 @@ mod tests {
         let collection = |members: &[&str]| json!({"kind": "group", "attributes": {"NX_class": "NXcollection"}, "members": members});
         objects.insert(
             "/entry/beamflow".into(),
-            collection(&["parameters", "scan", "source", "streams"]),
+            collection(&["mapping", "parameters", "scan", "source", "streams"]),
+        );
+        objects.insert(
+            "/entry/beamflow/mapping".into(),
+            scalar(r#"{"parts":{"main":{"eiger":[[{"constraint":0}]]}},"sequence":["main"],"all_wrap":true}"#),
         );
         objects.insert("/entry/beamflow/scan".into(), int(3));
         objects.insert("/entry/beamflow/source".into(), scalar("reducer"));
@@ -936,7 +947,7 @@ mod tests {
             return;
         }
         assert!(output.status.success(), "{stdout}\n{stderr}");
-        assert!(stdout.contains("read back 31 objects"), "{stdout}");
+        assert!(stdout.contains("read back 32 objects"), "{stdout}");
         eprintln!("{stdout}");
     }
 

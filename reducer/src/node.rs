@@ -167,6 +167,7 @@ pub fn run(
                     uuid,
                     parameters,
                     frames,
+                    mapping,
                     ..
                 } => {
                     // A scan repeated to this process keeps the state so far.
@@ -187,6 +188,7 @@ pub fn run(
                                 .iter()
                                 .map(|(stream, count)| (stream.to_string(), *count))
                                 .collect(),
+                            mapping,
                             source: "reducer".to_owned(),
                             ..ScanInfo::default()
                         };
@@ -443,6 +445,7 @@ mod tests {
             reducer: None,
             parameters: vec![],
             first_frames: vec![],
+            mapping: None,
         }
     }
 

@@ -11,7 +11,8 @@ final state.
   from a Python payload, in its own dtype and shape, byte for byte); only the frames kept for
   display (`pixels`) are not in JSON;
 - arrays of more than one number are chunked with shuffle and gzip;
-- only the accumulators named are in the file.
+- only the accumulators named are in the file;
+- the scan's mapping, when the file has it, is JSON with `parts` and `sequence` (printed).
 """
 
 import json
@@ -39,6 +40,10 @@ def main():
         assert text(entry.attrs["NX_class"]) == "NXentry"
         for key in ("start_time", "end_time", "title"):
             assert key in entry, key
+        if "mapping" in entry["beamflow"]:
+            mapping = json.loads(entry["beamflow/mapping"].asstr()[()])
+            streams = sorted(entry["beamflow/streams"])
+            print(f"mapping: parts {sorted(mapping['parts'])}, sequence {mapping['sequence']}, streams {streams}")
         if plot:
             default = entry[text(entry.attrs["default"])]
             assert text(default.attrs["NX_class"]) == "NXdata"

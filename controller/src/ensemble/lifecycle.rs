@@ -98,17 +98,29 @@ impl Ensemble {
         let current = self.current.as_ref().filter(|c| !c.finish_sent)?;
         let member = self.members.get(key)?;
         let sequence = current.scan.sequence();
+        // The reducer's files record the whole scan: every stream, and the mapping.
+        let reducer = key.0 == Role::Reducer;
+        let streams = if reducer {
+            sequence.streams()
+        } else {
+            member.streams.iter().cloned().collect()
+        };
         Some(FromController::Scan {
             scan: current.number,
             uuid: current.uuid.clone(),
-            frames: member
-                .streams
-                .iter()
-                .map(|s| (s.clone(), sequence.frame_count(s)))
+            frames: streams
+                .into_iter()
+                .map(|s| {
+                    let count = sequence.frame_count(&s);
+                    (s, count)
+                })
                 .collect(),
             reducer: self.reducer_endpoint(),
             parameters: self.parameter_values(),
             first_frames: Vec::new(),
+            mapping: reducer
+                .then(|| sequence.record_json_within(beamflow_protocol::control::MAPPING_IN_SCAN))
+                .flatten(),
         })
     }
 
