@@ -79,16 +79,40 @@ fn h5pyd_1_0_and_0_24_and_silx_browse_the_live_state() {
     assert!(stdout.contains("default plot: /beam"), "{stdout}");
 }
 
-/// The embedded pipeline with `[reducer.hdf5]` writing into `folder`.
-fn pipeline_writing_to(dir: &std::path::Path, folder: &std::path::Path) -> PathBuf {
-    let pipeline = dir.join("injector-hdf5.toml");
-    let text = format!(
-        "{}\n[reducer.hdf5]\nfolder = {:?}\naccumulators = [\"beam\", \"machine\", \"otr2_image\"]\n",
-        include_str!("../examples/injector.toml"),
-        folder.display().to_string(),
-    );
+/// The embedded pipeline with `extra` TOML after it, written in `dir`.
+fn injector_with(dir: &Path, extra: &str) -> PathBuf {
+    let pipeline = dir.join("injector.toml");
+    let text = format!("{}\n{extra}", include_str!("../examples/injector.toml"));
     std::fs::write(&pipeline, text).unwrap();
     pipeline
+}
+
+/// The embedded pipeline with `[reducer.hdf5]` writing into `folder`.
+fn pipeline_writing_to(dir: &Path, folder: &Path) -> PathBuf {
+    injector_with(
+        dir,
+        &format!(
+            "[reducer.hdf5]\nfolder = {:?}\naccumulators = [\"beam\", \"machine\", \"otr2_image\"]\n",
+            folder.display().to_string()
+        ),
+    )
+}
+
+/// `beamflow run --pipeline pipeline` with the simulated injector (on a free CA port) and a
+/// scan of `events` events.
+fn run_injector(pipeline: &Path, events: u32) -> crate::util::RunningPipeline {
+    let port = free_ca_port();
+    let mut command = crate::util::beamflow();
+    ca_env(&mut command, port)
+        .args([
+            "run",
+            "--sim-ioc",
+            "--events",
+            &events.to_string(),
+            "--pipeline",
+        ])
+        .arg(pipeline);
+    start_run(command)
 }
 
 /// A scan of `beamflow run` ends with its NeXus file: listed with its size, read by h5py equal
@@ -99,12 +123,7 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
     let dir = scratch_dir();
     let folder = dir.path().join("files");
     let pipeline = pipeline_writing_to(dir.path(), &folder);
-    let port = free_ca_port();
-    let mut command = crate::util::beamflow();
-    ca_env(&mut command, port)
-        .args(["run", "--sim-ioc", "--events", "20", "--pipeline"])
-        .arg(&pipeline);
-    let run = start_run(command);
+    let run = run_injector(&pipeline, 20);
     finished_status(&run);
     let listed = eventually(30, "the scan's file", || {
         let files: serde_json::Value =
@@ -169,10 +188,7 @@ fn a_scan_ends_with_a_nexus_file_equal_to_its_json_view() {
         downloaded == std::fs::read(&path).unwrap(),
         "the download is the file"
     );
-    assert_eq!(
-        http_get(run.state, "/api/v1/files/injector-hdf5.toml").0,
-        404
-    );
+    assert_eq!(http_get(run.state, "/api/v1/files/injector.toml").0, 404);
 
     // The dashboard lists it with its size and links it, in Chromium.
     if browser_available() {
@@ -212,12 +228,7 @@ fn a_folder_that_cannot_be_written_is_an_error_and_the_scan_goes_on() {
     let blocker = dir.path().join("not-a-folder");
     std::fs::write(&blocker, b"").unwrap();
     let pipeline = pipeline_writing_to(dir.path(), &blocker.join("files"));
-    let port = free_ca_port();
-    let mut command = crate::util::beamflow();
-    ca_env(&mut command, port)
-        .args(["run", "--sim-ioc", "--events", "20", "--pipeline"])
-        .arg(&pipeline);
-    let mut run = start_run(command);
+    let mut run = run_injector(&pipeline, 20);
     run.process.allow_errors(&["HDF5 file not written"]);
     let status = finished_status(&run);
     assert_eq!(status["events"], 20, "{status}");
@@ -333,18 +344,8 @@ frames = "frame"
 #[test]
 fn h5pyd_reads_a_protected_reducer_with_the_token_as_its_api_key() {
     let dir = scratch_dir();
-    let pipeline = dir.path().join("protected.toml");
-    let text = format!(
-        "{}\n[security]\nprotect_reads = true\n",
-        include_str!("../examples/injector.toml")
-    );
-    std::fs::write(&pipeline, text).unwrap();
-    let port = free_ca_port();
-    let mut command = crate::util::beamflow();
-    ca_env(&mut command, port)
-        .args(["run", "--sim-ioc", "--events", "5", "--pipeline"])
-        .arg(&pipeline);
-    let run = start_run(command);
+    let pipeline = injector_with(dir.path(), "[security]\nprotect_reads = true\n");
+    let run = run_injector(&pipeline, 5);
     eventually(60, "a first row", || {
         let (code, body) = crate::util::http_as(
             run.state,
