@@ -51,8 +51,9 @@ pub struct ScanInfo {
     pub streams: Vec<(String, u64)>,
     /// Parameter name → value as text.
     pub parameters: BTreeMap<String, String>,
-    /// The scan's mapping sequence as asked for (JSON), when the controller sent it.
-    pub mapping: Option<String>,
+    /// The scan's mapping sequence as asked for (JSON), when the controller sent it; shared,
+    /// as the reducer publishes its scan's metadata with every view.
+    pub mapping: Option<std::sync::Arc<str>>,
     /// Who wrote the file: `"reducer"` or `"replay"`.
     pub source: String,
 }
@@ -766,7 +767,7 @@ mod tests {
             ended: Some("2026-12-01T10:16:30.5Z".parse().unwrap()),
             streams: vec![("eiger".to_owned(), 100), ("pcap".to_owned(), 99)],
             parameters: BTreeMap::from([("energy".to_owned(), "8.5 keV".to_owned())]),
-            mapping: Some(r#"{"parts":{"main":{"eiger":[[{"constraint":0}]]}},"sequence":["main"],"all_wrap":true}"#.to_owned()),
+            mapping: Some(r#"{"parts":{"main":{"eiger":[[{"constraint":0}]]}},"sequence":["main"],"all_wrap":true}"#.into()),
             source: "reducer".to_owned(),
         }
     }

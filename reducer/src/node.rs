@@ -188,7 +188,7 @@ pub fn run(
                                 .iter()
                                 .map(|(stream, count)| (stream.to_string(), *count))
                                 .collect(),
-                            mapping,
+                            mapping: mapping.map(Into::into),
                             source: "reducer".to_owned(),
                             ..ScanInfo::default()
                         };
