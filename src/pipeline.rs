@@ -434,6 +434,10 @@ impl Pipeline {
 
         if let Some(hdf5) = &self.reducer.hdf5 {
             let known: Vec<&str> = self.accumulators.keys().map(String::as_str).collect();
+            if let Some(message) = hdf5.every_mistake() {
+                let table = [Segment::key("reducer"), Segment::key("hdf5")];
+                mistakes.push(Mistake::value(&table, "every_s", message));
+            }
             for name in hdf5.unknown_accumulators(&self.accumulators) {
                 let table = [Segment::key("reducer"), Segment::key("hdf5")];
                 let message = format!(
@@ -956,6 +960,26 @@ rmat_y = [[1, 2], [0, 1]]
             let text = INJECTOR.replacen(r#""quad_scan/fit/x/norm_emit""#, &format!("{path:?}"), 1);
             assert!(Pipeline::parse(&text).is_ok(), "{path}");
         }
+    }
+
+    #[test]
+    fn hdf5_files_name_accumulators_the_pipeline_has_and_a_period_above_zero() {
+        let good = format!(
+            "{INJECTOR}\n[reducer.hdf5]\nfolder = \"/data\"\naccumulators = [\"beam\"]\nevery_s = 30\n"
+        );
+        assert!(Pipeline::parse(&good).is_ok());
+        let bad = format!(
+            "{INJECTOR}\n[reducer.hdf5]\nfolder = \"/data\"\naccumulators = [\"bean\"]\nevery_s = -1\n"
+        );
+        let said = Pipeline::parse(&bad).unwrap_err().to_string();
+        assert!(
+            said.contains("reducer.hdf5.every_s: -1 is not a number of seconds above 0"),
+            "{said}"
+        );
+        assert!(
+            said.contains(r#"reducer.hdf5.accumulators: no accumulator "bean" to write"#),
+            "{said}"
+        );
     }
 
     #[test]

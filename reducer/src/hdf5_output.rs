@@ -7,7 +7,7 @@
 //! results. A failed write (a folder that is not writable, a full disk) is logged once per
 //! distinct error, counted and shown; the scan goes on, and the next write tries again.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,6 +45,13 @@ pub struct Hdf5Config {
 }
 
 impl Hdf5Config {
+    /// What is wrong with `every_s`, for the pipeline's check.
+    pub fn every_mistake(&self) -> Option<String> {
+        self.every_s
+            .filter(|s| !(s.is_finite() && *s > 0.0))
+            .map(|s| format!("{s} is not a number of seconds above 0"))
+    }
+
     /// The names that are not accumulators of the pipeline, for its check.
     pub fn unknown_accumulators<'a>(
         &'a self,
@@ -95,7 +102,7 @@ struct Inner {
     view: View,
     /// One write at a time: the timer's and an on-demand one would share the temporary name.
     writing: Mutex<()>,
-    status: Mutex<(VecDeque<WrittenFile>, u64, Option<String>)>,
+    status: Mutex<FilesStatus>,
 }
 
 impl Hdf5Output {
@@ -103,10 +110,13 @@ impl Hdf5Output {
     pub fn new(config: Hdf5Config, view: View) -> Self {
         Self {
             inner: Arc::new(Inner {
+                status: Mutex::new(FilesStatus {
+                    folder: config.folder.display().to_string(),
+                    ..FilesStatus::default()
+                }),
                 config,
                 view,
                 writing: Mutex::new(()),
-                status: Mutex::default(),
             }),
         }
     }
@@ -131,6 +141,7 @@ impl Hdf5Output {
             if scan.ended.is_some() {
                 if finished.as_ref() != Some(&key) {
                     finished = Some(key);
+                    // A failure is logged, counted and shown by `write`; the next scan tries again.
                     let _ = self.write(&scan);
                 }
             } else if every.is_some_and(|every| last_write.elapsed() >= every) {
@@ -181,18 +192,18 @@ impl Hdf5Output {
                     complete: scan.ended.is_some(),
                 };
                 info!(file = %path.display(), size, complete = file.complete, "HDF5 file written.");
-                status.0.retain(|f| f.name != file.name);
-                status.0.push_front(file.clone());
-                status.0.truncate(LISTED);
+                status.files.retain(|f| f.name != file.name);
+                status.files.insert(0, file.clone());
+                status.files.truncate(LISTED);
                 Ok(file)
             }
             Err(failure) => {
                 let reason = failure.to_string();
-                if status.2.as_deref() != Some(reason.as_str()) {
+                if status.last_error.as_deref() != Some(reason.as_str()) {
                     error!(error = %reason, "HDF5 file not written; the scan goes on, and the next write tries again.");
                 }
-                status.1 += 1;
-                status.2 = Some(reason);
+                status.failures += 1;
+                status.last_error = Some(reason);
                 Err(failure)
             }
         }
@@ -200,17 +211,11 @@ impl Hdf5Output {
 
     /// The files written so far, and failures.
     pub fn status(&self) -> FilesStatus {
-        let status = self
-            .inner
+        self.inner
             .status
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        FilesStatus {
-            folder: self.inner.config.folder.display().to_string(),
-            files: status.0.iter().cloned().collect(),
-            failures: status.1,
-            last_error: status.2.clone(),
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Its routes: they build [`router`](Self::router); the reducer's OpenAPI test holds the
