@@ -865,15 +865,6 @@ mod tests {
     /// xraylarch) the check is skipped, except under CI, where it must run.
     #[test]
     fn numpy_and_the_reference_xdi_reader_read_back_every_bit() {
-        let python = std::env::var_os("BEAMFLOW_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-        let in_ci = std::env::var_os("CI").is_some();
-        if !python.exists() {
-            assert!(!in_ci, "{} is missing", python.display());
-            eprintln!("skipped: no {}", python.display());
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let (energy, i0, it, mu) = xafs();
         let mut awkward: Vec<f64> = AWKWARD.to_vec();
@@ -926,25 +917,16 @@ mod tests {
         });
         let expected_path = dir.path().join("expected.json");
         std::fs::write(&expected_path, expected.to_string()).unwrap();
-        let output = std::process::Command::new(&python)
-            .args(["-c", READ_BACK])
-            .args([&plain_path, &xdi_path, &expected_path])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.code() == Some(SKIP) {
-            assert!(!in_ci, "{stdout}{stderr}");
-            eprintln!("skipped: {stdout}");
+        let Some(stdout) = crate::reference::run(
+            READ_BACK,
+            &[&plain_path, &xdi_path, &expected_path],
+            &xdi_text,
+        ) else {
             return;
-        }
-        assert!(output.status.success(), "{stdout}\n{stderr}\n{xdi_text}");
+        };
         assert!(stdout.contains("read back"), "{stdout}");
         eprintln!("{stdout}");
     }
-
-    /// The exit code of [`READ_BACK`] when numpy or xraylarch is missing.
-    const SKIP: i32 = 77;
 
     /// Reads the plain file with numpy, the XDI file with libxdifile, and compares bits.
     const READ_BACK: &str = r##"

@@ -43,6 +43,9 @@ use beamflow_protocol::{AnalysisName, ParameterDescription, Parameters, ResultDa
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
+#[cfg(test)]
+pub(crate) mod reference;
+
 pub use accumulators::image::Frame;
 pub use accumulators::{AccumulatorConfig, AccumulatorKind};
 pub use unmatched::Unmatched;

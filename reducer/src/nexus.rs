@@ -835,28 +835,11 @@ mod tests {
         }
     }
 
-    fn python() -> Option<PathBuf> {
-        let python = std::env::var_os("BEAMFLOW_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-        if python.exists() {
-            return Some(python);
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing",
-            python.display()
-        );
-        eprintln!("skipped: no {}", python.display());
-        None
-    }
-
     /// h5py (HDF5 2.x) reads every value back bit for bit, with the attributes, the chunks
     /// and the filters; and the NeXus layout around the tree. The Python is
     /// `$BEAMFLOW_PYTHON`, else the repository's `.venv`; skipped without it except under CI.
     #[test]
     fn h5py_reads_back_every_value_attribute_and_filter() {
-        let Some(python) = python() else { return };
         let dir = tempfile::tempdir().unwrap();
         let scan = scan();
         let path = dir.path().join(file_name(&scan));
@@ -935,25 +918,12 @@ mod tests {
             serde_json::Value::Object(objects).to_string(),
         )
         .unwrap();
-        let output = std::process::Command::new(&python)
-            .args(["-c", READ_BACK])
-            .args([&path, &expected_path])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.code() == Some(SKIP) {
-            assert!(std::env::var_os("CI").is_none(), "{stdout}{stderr}");
-            eprintln!("skipped: {stdout}");
+        let Some(stdout) = crate::reference::run(READ_BACK, &[&path, &expected_path], "") else {
             return;
-        }
-        assert!(output.status.success(), "{stdout}\n{stderr}");
+        };
         assert!(stdout.contains("read back 32 objects"), "{stdout}");
         eprintln!("{stdout}");
     }
-
-    /// The exit code of [`READ_BACK`] when h5py is missing.
-    const SKIP: i32 = 77;
 
     /// Compares a file with `expected.json`: per object, its kind, attributes ("*": any
     /// value), members, shape, type, bytes or strings, chunks and filters.
