@@ -329,8 +329,12 @@ impl Ensemble {
         }
     }
 
-    /// Sends leases to ingesters, expectations to workers and the reducer. With `new_workers`
-    /// (a re-assignment), workers hear only of events new to them.
+    /// Sends expectations to the reducer and workers, then leases to ingesters. With
+    /// `new_workers` (a re-assignment), workers hear only of events new to them.
+    ///
+    /// Downstream first: a worker whose parts come before its expectation drops them after the
+    /// event timeout, and a controller stopped between the two sends (or one whose sends to the
+    /// ingester went out first) would make those events incomplete.
     fn distribute(
         &mut self,
         assignments: &[Assignment],
@@ -341,15 +345,6 @@ impl Ensemble {
         };
         let scan = current.number;
         let mut messages = Vec::new();
-        for (_, ingester) in self.members_with(Role::Ingester) {
-            let events = self.leases_for(ingester, assignments, new_workers);
-            if !events.is_empty() {
-                messages.push((
-                    ingester.identity.clone(),
-                    FromController::Lease { scan, events },
-                ));
-            }
-        }
         for (name, worker) in self.members_with(Role::Worker) {
             let name = WorkerName::from(name.as_str());
             let events: Vec<(EventNumber, Vec<StreamName>)> = assignments
@@ -379,6 +374,15 @@ impl Ensemble {
                 ));
             }
         }
+        for (_, ingester) in self.members_with(Role::Ingester) {
+            let events = self.leases_for(ingester, assignments, new_workers);
+            if !events.is_empty() {
+                messages.push((
+                    ingester.identity.clone(),
+                    FromController::Lease { scan, events },
+                ));
+            }
+        }
         let expect = FromController::ExpectWorkers {
             scan,
             events: assignments
@@ -386,8 +390,8 @@ impl Ensemble {
                 .map(|a| (a.event_number, a.workers().into_iter().cloned().collect()))
                 .collect(),
         };
-        self.outbox.extend(messages);
         self.send_to_all(Role::Reducer, &expect);
+        self.outbox.extend(messages);
     }
 
     /// The frames of `assignments` that `ingester` reads, as leases.
@@ -515,6 +519,24 @@ mod tests {
             .filter(|(_, m)| matches!(m, FromController::Scan { .. }))
             .count();
         assert_eq!(scans, 4, "every component hears of the scan");
+        // Downstream hears of the events before an ingester may send their frames.
+        let first_lease = outbox
+            .iter()
+            .position(|(_, m)| matches!(m, FromController::Lease { .. }))
+            .unwrap();
+        let last_expectation = outbox
+            .iter()
+            .rposition(|(_, m)| {
+                matches!(
+                    m,
+                    FromController::Expect { .. } | FromController::ExpectWorkers { .. }
+                )
+            })
+            .unwrap();
+        assert!(
+            last_expectation < first_lease,
+            "expectations before leases: {outbox:?}"
+        );
         ensemble.receive(
             b"r",
             ToController::Reduced {
