@@ -169,6 +169,7 @@ registry! {
     Image(image::ImageConfig),
     ScanView(scan_view::ScanViewConfig),
     Python(python::PythonConfig),
+    Collector(collector::CollectorConfig),
 }
 
 #[cfg(test)]
@@ -212,6 +213,7 @@ mod tests {
                 "python",
                 "kind = \"python\"\nclass = \"src.reducer:Reducer\"",
             ),
+            ("collector", "kind = \"collector\"\nanalysis = \"pvs\""),
         ];
         let panels: Vec<(&str, Panel)> = tables
             .iter()
@@ -243,6 +245,8 @@ mod tests {
                 ("scan_view", Panel::ScanView {}),
                 // A payload's `publish` is whatever it builds.
                 ("python", Panel::Json {}),
+                // Its histories are plotted by the displays that read them as PVs.
+                ("collector", Panel::Json {}),
             ]
         );
     }
