@@ -14,6 +14,7 @@
 pub mod nt;
 pub mod pvdata;
 pub mod request;
+pub mod server;
 pub mod wire;
 
 /// What can go wrong reading or writing PV Access.
