@@ -68,6 +68,7 @@ pub struct Components {
     ensemble: Option<Shared>,
     view: Option<View>,
     ca_servers: Vec<CaServer>,
+    pva_server: Option<PvaServer>,
     scans: Option<ScanService>,
     /// The controller's HTTP address, when it runs in this process.
     controller_http: Option<SocketAddr>,
@@ -88,6 +89,14 @@ pub struct Components {
 }
 
 /// A Channel Access server of this process: the address asked for, the one bound, its PVs.
+/// The process's PV Access server: one, as an IOC has one.
+struct PvaServer {
+    requested: String,
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    store: beamflow_pva::server::PvStore,
+}
+
 struct CaServer {
     requested: SocketAddr,
     bound: SocketAddr,
@@ -114,6 +123,7 @@ impl Components {
             ensemble: None,
             view: None,
             ca_servers: Vec::new(),
+            pva_server: None,
             scans: None,
             controller_http: None,
             result_pvs: None,
@@ -234,6 +244,75 @@ impl Components {
             store: store.clone(),
         });
         Ok((store, bound))
+    }
+
+    /// The PV Access server on `address` (`host` or `host:port`), started on first use, one per
+    /// process. Without a port it takes `EPICS_PVAS_SERVER_PORT` (else 5075), or any free one
+    /// when that is taken (as pvxs does); its search port is `EPICS_PVAS_BROADCAST_PORT` (else
+    /// 5076), shared with other PV Access processes on the host. Returns its PVs and its TCP
+    /// and UDP addresses.
+    pub fn pva_server(
+        &mut self,
+        address: &str,
+    ) -> anyhow::Result<(beamflow_pva::server::PvStore, SocketAddr, SocketAddr)> {
+        use beamflow_pva::server::{PvStore as PvaStore, Server, ServerConfig};
+        if let Some(server) = &self.pva_server {
+            anyhow::ensure!(
+                server.requested == address,
+                "one PV Access server per process: {:?} was asked for, {:?} runs",
+                address,
+                server.requested
+            );
+            return Ok((server.store.clone(), server.tcp, server.udp));
+        }
+        let defaults = ServerConfig::from_env();
+        let spec = address.trim();
+        let (tcp, explicit) = match spec.parse::<SocketAddr>() {
+            Ok(tcp) => (tcp, true),
+            Err(_) => {
+                let ip: std::net::IpAddr = spec.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "PV Access server address {spec:?} is neither host:port nor an IP address"
+                    )
+                })?;
+                (SocketAddr::new(ip, defaults.tcp.port()), false)
+            }
+        };
+        let config = ServerConfig {
+            tcp,
+            udp: SocketAddr::new(tcp.ip(), defaults.udp.port()),
+            ..defaults
+        };
+        let store = PvaStore::new();
+        let bound = match self
+            .runtime
+            .block_on(Server::bind(config.clone(), store.clone()))
+        {
+            Err(error) if !explicit && error.kind() == std::io::ErrorKind::AddrInUse => {
+                let any = ServerConfig {
+                    tcp: SocketAddr::new(tcp.ip(), 0),
+                    ..config
+                };
+                self.runtime.block_on(Server::bind(any, store.clone()))
+            }
+            other => other,
+        };
+        let server = bound.with_context(|| format!("cannot serve PV Access on {tcp}"))?;
+        let (tcp, udp) = (server.tcp_addr(), server.udp_addr());
+        let stop = self.http_stop.clone();
+        self.runtime.spawn(async move {
+            tokio::select! {
+                () = server.run() => {}
+                () = stop.notified() => {}
+            }
+        });
+        self.pva_server = Some(PvaServer {
+            requested: address.to_owned(),
+            tcp,
+            udp,
+            store: store.clone(),
+        });
+        Ok((store, tcp, udp))
     }
 
     /// Starts the simulated LCLS injector on the CA server at `address`; returns where it is
@@ -465,9 +544,16 @@ impl Components {
         }
         if let Some(config) = &pipeline.reducer.pvs {
             let (store, bound) = self.ca_server(&config.server)?;
-            let mut pvs = ResultPvs::new(config, &store);
+            let pva = match config.pva.trim() {
+                "off" => None,
+                address => Some(self.pva_server(address)?),
+            };
+            let mut pvs = ResultPvs::new(config, &store, pva.as_ref().map(|(store, _, _)| store));
+            let over_pva = pva.map_or_else(String::new, |(_, tcp, udp)| {
+                format!(" and PV Access {tcp} (search port {})", udp.port())
+            });
             let line = format!(
-                "Results as EPICS PVs: {}* ({} PVs) on Channel Access {bound}",
+                "Results as EPICS PVs: {}* ({} PVs) on Channel Access {bound}{over_pva}",
                 config.prefix,
                 pvs.names().count()
             );
@@ -478,7 +564,7 @@ impl Components {
             let view = view.clone();
             self.spawn("result-pvs".to_owned(), move |stop| {
                 while !stop.is_stopped() {
-                    pvs.update(&view.state());
+                    pvs.update(&view.state(), |name| view.frame(name));
                     // Sampling the published state at the configured rate is the point.
                     std::thread::sleep(period);
                 }

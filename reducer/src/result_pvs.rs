@@ -13,6 +13,15 @@
 //! "EMITN_X" = { path = "quad_scan/fit/x/norm_emit", scale = 1e6, units = "µm", precision = 3 }
 //! ```
 //!
+//! The same PVs are served over PV Access under the same names (`pva`, default loopback; `"off"`
+//! serves Channel Access only): scalars as NTScalar with `display`, `control` and `valueAlarm`,
+//! waveforms as NTScalarArray. Every scalar PV also serves its recent values as the array PV
+//! `NAME:HISTORY` over both protocols (`history` elements, newest last, appended when the value
+//! changes; 0: none). Two kinds are PV Access only: `columns = [..]` serves a table in the
+//! state (a list of rows or a map of columns, e.g. `quad_scan/steps`) as NTTable, and
+//! `image = true` serves the latest frame of the `image` accumulator named by `path` as
+//! NTNDArray.
+//!
 //! Values are taken from the published state `rate_hz` times per second and posted when they or
 //! their alarm change, stamped with the time they were taken. Units, precision and limits are in
 //! every GR and CTRL answer (`caget -d DBR_CTRL_DOUBLE`, Phoebus).
@@ -42,8 +51,9 @@
 //!
 //! A change of alarm is posted even when the value is unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use beamflow_ca::dbr::alarm::{severity, status};
 use beamflow_ca::dbr::{AlarmLimits, Limits, Metadata, UNITS_SIZE};
@@ -54,6 +64,10 @@ use jiff::Timestamp;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use tracing::warn;
+
+use crate::accumulators::image::Frame;
+
+mod pva;
 
 /// `[reducer.pvs]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +84,15 @@ pub struct ResultPvsConfig {
     /// Looks at the state this often: values, alarm limits and ages are judged each time.
     #[serde(default = "default_rate")]
     pub rate_hz: f64,
+    /// The PV Access server's address, `host` or `host:port` (the port defaults to
+    /// `EPICS_PVAS_SERVER_PORT` or 5075, another free one when that is taken, as pvxs does);
+    /// `"off"`: Channel Access only. Loopback unless told otherwise, as `server`.
+    #[serde(default = "default_server")]
+    pub pva: String,
+    /// Elements of each scalar PV's `NAME:HISTORY` array (its recent values, newest last);
+    /// 0: none.
+    #[serde(default = "default_history")]
+    pub history: usize,
     /// PV name (after the prefix) → what it serves.
     pub values: BTreeMap<String, PvSource>,
 }
@@ -77,6 +100,13 @@ pub struct ResultPvsConfig {
 fn default_server() -> String {
     "127.0.0.1".to_owned()
 }
+
+fn default_history() -> usize {
+    1000
+}
+
+/// `NAME:HISTORY` elements at most: a PV is one message, and a display plots it whole.
+const MAX_HISTORY: usize = 1_000_000;
 
 fn default_rate() -> f64 {
     10.0
@@ -89,7 +119,7 @@ pub enum PvSource {
     /// A `/`-separated path to a number: a scalar DOUBLE PV, no units, no limits, no age limit.
     Path(String),
     /// A path with its units, precision, limits and age limit (a waveform with `elements`).
-    Table(PvTable),
+    Table(Box<PvTable>),
 }
 
 /// What a result PV table says: `{ path = "...", units = "µm", precision = 2, ... }`. Limits are
@@ -127,6 +157,17 @@ pub struct PvTable {
     /// "Alarms"); default: never.
     #[serde(default)]
     pub max_age_s: Option<f64>,
+    /// Serve the table at `path` (a list of rows or a map of columns) as an NTTable of these
+    /// columns, in this order (empty: all); PV Access only.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Serve the latest frame of the `image` accumulator named by `path` as an NTNDArray;
+    /// PV Access only.
+    #[serde(default)]
+    pub image: bool,
+    /// This PV's `NAME:HISTORY` elements, instead of the section's `history`.
+    #[serde(default)]
+    pub history: Option<usize>,
 }
 
 fn default_scale() -> f64 {
@@ -196,6 +237,10 @@ enum TableError {
     },
     #[error("alarm limits apply to scalars; a waveform (elements) has none")]
     AlarmOnWaveform,
+    #[error("a PV is one of a waveform (elements), a table (columns) or an image (image = true)")]
+    TwoKinds,
+    #[error("history must be at most {MAX_HISTORY} elements, not {0}")]
+    History(usize),
     #[error("alarm.{name} = {limit} is not a finite number")]
     AlarmNotFinite { name: &'static str, limit: f64 },
     #[error(
@@ -236,6 +281,13 @@ impl PvTable {
         }
         if self.elements.is_some() && !self.alarm.is_empty() {
             return Err(TableError::AlarmOnWaveform);
+        }
+        let kinds = [self.elements.is_some(), self.columns.is_some(), self.image];
+        if kinds.iter().filter(|&&k| k).count() > 1 {
+            return Err(TableError::TwoKinds);
+        }
+        if let Some(history) = self.history.filter(|&h| h > MAX_HISTORY) {
+            return Err(TableError::History(history));
         }
         let AlarmConfig {
             lolo,
@@ -311,7 +363,7 @@ impl<'de> Deserialize<'de> for PvSource {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PvSource, A::Error> {
                 let table = PvTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 table.check().map_err(de::Error::custom)?;
-                Ok(PvSource::Table(table))
+                Ok(PvSource::Table(Box::new(table)))
             }
         }
 
@@ -323,7 +375,8 @@ impl PvSource {
     /// The state path it serves.
     pub fn path(&self) -> &str {
         match self {
-            PvSource::Path(path) | PvSource::Table(PvTable { path, .. }) => path,
+            PvSource::Path(path) => path,
+            PvSource::Table(table) => &table.path,
         }
     }
 
@@ -378,16 +431,32 @@ impl Alarm {
     }
 }
 
+/// What a result PV serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Numbers: a scalar, or a waveform of `elements`; over both protocols.
+    Numbers,
+    /// A table, as NTTable; PV Access only.
+    Table,
+    /// An `image` accumulator's latest frame, as NTNDArray; PV Access only.
+    Image,
+}
+
 /// One served PV and what the updater remembers of it.
 struct Served {
     name: String,
     source: PvSource,
+    kind: Kind,
     /// What was last posted.
     posted: Option<(Values, Alarm)>,
     warned: bool,
     /// What the value came from when last looked at, and since when it has been so: the age of
     /// a value with no time stamp of its own.
     origin: Option<Origin>,
+    /// A scalar's recent values, newest last, and how many it keeps (`NAME:HISTORY`).
+    history: Option<(VecDeque<f64>, usize)>,
+    /// The table's columns or the image's event number, as last posted.
+    posted_other: Option<Value>,
 }
 
 /// The object holding a value and its result's event number, as last seen.
@@ -397,42 +466,97 @@ struct Origin {
     since: Timestamp,
 }
 
-/// The result PVs, added to a store, updated from published states.
+/// The result PVs, added to a Channel Access store (and a PV Access one), updated from
+/// published states.
 pub struct ResultPvs {
     pvs: Vec<Served>,
     store: PvStore,
+    pva: Option<pva::PvaSink>,
 }
 
+/// The suffix of a scalar PV's array of recent values.
+pub const HISTORY_SUFFIX: &str = ":HISTORY";
+
 impl ResultPvs {
-    /// Adds the configured PVs to `store`, invalid until the state has their values.
-    pub fn new(config: &ResultPvsConfig, store: &PvStore) -> Self {
+    /// Adds the configured PVs to `store` (and to `pva`, the PV Access server's store, if
+    /// given), invalid until the state has their values.
+    pub fn new(
+        config: &ResultPvsConfig,
+        store: &PvStore,
+        pva: Option<&beamflow_pva::server::PvStore>,
+    ) -> Self {
+        let pva = pva.map(pva::PvaSink::new);
         let pvs: Vec<Served> = config
             .values
             .iter()
-            .map(|(name, source)| Served {
-                name: format!("{}{name}", config.prefix),
-                source: source.clone(),
-                posted: None,
-                warned: false,
-                origin: None,
+            .map(|(name, source)| {
+                let table = source.table();
+                let kind = match table {
+                    Some(table) if table.columns.is_some() => Kind::Table,
+                    Some(table) if table.image => Kind::Image,
+                    _ => Kind::Numbers,
+                };
+                let keep = table
+                    .and_then(|t| t.history)
+                    .unwrap_or(config.history)
+                    .min(MAX_HISTORY);
+                let scalar = kind == Kind::Numbers && source.elements().is_none();
+                Served {
+                    name: format!("{}{name}", config.prefix),
+                    source: source.clone(),
+                    kind,
+                    posted: None,
+                    warned: false,
+                    origin: None,
+                    history: (scalar && keep > 0).then(|| (VecDeque::new(), keep)),
+                    posted_other: None,
+                }
             })
             .collect();
+        let now = Timestamp::now();
         for pv in &pvs {
             let metadata = pv
                 .source
                 .table()
                 .map_or_else(Metadata::default, PvTable::metadata);
-            let elements = pv.source.elements().unwrap_or(1);
-            let first = time_value(
-                Values::Double(vec![f64::NAN]),
-                Alarm::UNDEFINED,
-                Timestamp::now(),
-            );
-            store.add_with_metadata(&pv.name, first, elements, false, metadata);
+            match pv.kind {
+                Kind::Numbers => {
+                    let elements = pv.source.elements().unwrap_or(1);
+                    let first = time_value(Values::Double(vec![f64::NAN]), Alarm::UNDEFINED, now);
+                    store.add_with_metadata(&pv.name, first, elements, false, metadata.clone());
+                    if let Some(pva) = &pva {
+                        pva.add_numbers(&pv.name, pv.source.elements(), &metadata);
+                    }
+                    if let Some((_, keep)) = &pv.history {
+                        let name = format!("{}{HISTORY_SUFFIX}", pv.name);
+                        let empty = time_value(Values::Double(Vec::new()), Alarm::NONE, now);
+                        store.add_with_metadata(&name, empty, *keep, false, metadata.clone());
+                        if let Some(pva) = &pva {
+                            pva.add_numbers(&name, Some(*keep), &metadata);
+                        }
+                    }
+                }
+                Kind::Table => {
+                    let columns = pv
+                        .source
+                        .table()
+                        .and_then(|t| t.columns.clone())
+                        .unwrap_or_default();
+                    if let Some(pva) = &pva {
+                        pva.add_table(&pv.name, &columns);
+                    }
+                }
+                Kind::Image => {
+                    if let Some(pva) = &pva {
+                        pva.add_image(&pv.name);
+                    }
+                }
+            }
         }
         Self {
             pvs,
             store: store.clone(),
+            pva,
         }
     }
 
@@ -442,24 +566,125 @@ impl ResultPvs {
     }
 
     /// Judges every PV against `state` now and posts the values and alarms that changed. Called
-    /// periodically even when the state is unchanged: ages grow without new results.
-    pub fn update(&mut self, state: &Value) {
-        self.update_at(state, Timestamp::now());
+    /// periodically even when the state is unchanged: ages grow without new results. `frame`
+    /// gives an `image` accumulator's latest frame by name.
+    pub fn update(&mut self, state: &Value, frame: impl Fn(&str) -> Option<Arc<Frame>>) {
+        self.update_at(state, &frame, Timestamp::now());
     }
 
-    fn update_at(&mut self, state: &Value, now: Timestamp) {
+    fn update_at(
+        &mut self,
+        state: &Value,
+        frame: &dyn Fn(&str) -> Option<Arc<Frame>>,
+        now: Timestamp,
+    ) {
         for pv in &mut self.pvs {
+            match pv.kind {
+                Kind::Numbers => {}
+                Kind::Table => {
+                    if let Some(pva) = &self.pva {
+                        pv.post_table(pva, state, now);
+                    }
+                    continue;
+                }
+                Kind::Image => {
+                    if let Some(pva) = &self.pva {
+                        pv.post_image(pva, frame, now);
+                    }
+                    continue;
+                }
+            }
             let (values, alarm) = pv.look(state, now);
             let changed = pv
                 .posted
                 .as_ref()
                 .is_none_or(|(old, old_alarm)| *old_alarm != alarm || !same(old, &values));
-            if changed {
-                self.store
-                    .post(&pv.name, time_value(values.clone(), alarm, now));
-                pv.posted = Some((values, alarm));
+            if !changed {
+                continue;
+            }
+            let value_changed = pv
+                .posted
+                .as_ref()
+                .is_none_or(|(old, _)| !same(old, &values));
+            self.store
+                .post(&pv.name, time_value(values.clone(), alarm, now));
+            if let (Some(pva), Values::Double(numbers)) = (&self.pva, &values) {
+                pva.post_numbers(&pv.name, numbers, alarm, now);
+            }
+            if let (Some((recent, keep)), Values::Double(numbers), true) =
+                (&mut pv.history, &values, value_changed)
+                && let [x] = numbers.as_slice()
+                && !(x.is_nan() && alarm == Alarm::UNDEFINED)
+            {
+                if recent.len() >= *keep {
+                    recent.pop_front();
+                }
+                recent.push_back(*x);
+                let numbers: Vec<f64> = recent.iter().copied().collect();
+                let name = format!("{}{HISTORY_SUFFIX}", pv.name);
+                self.store.post(
+                    &name,
+                    time_value(Values::Double(numbers.clone()), Alarm::NONE, now),
+                );
+                if let Some(pva) = &self.pva {
+                    pva.post_numbers(&name, &numbers, Alarm::NONE, now);
+                }
+            }
+            pv.posted = Some((values, alarm));
+        }
+    }
+}
+
+impl Served {
+    /// Posts the table at the PV's path when it changed; INVALID/UDF while it is missing.
+    fn post_table(&mut self, pva: &pva::PvaSink, state: &Value, now: Timestamp) {
+        let path = self.source.path();
+        let found = state.pointer(path);
+        if found.is_some() && found == self.posted_other.as_ref() {
+            return;
+        }
+        let wanted = self
+            .source
+            .table()
+            .and_then(|t| t.columns.clone())
+            .unwrap_or_default();
+        let read = found.map_or(Err("not in the state"), |table| {
+            pva::read_table(table, &wanted)
+        });
+        match read {
+            Ok(columns) => {
+                pva.post_table(&self.name, &columns, Alarm::NONE, now);
+                self.posted_other = found.cloned();
+            }
+            Err(why) => {
+                if !self.warned && found.is_some() {
+                    warn!(pv = %self.name, path, "{why}; the PV is INVALID until it changes (logged once).");
+                    self.warned = true;
+                }
+                if self.posted.is_none() {
+                    pva.post_table(&self.name, &[], Alarm::UNDEFINED, now);
+                    self.posted = Some((Values::Double(Vec::new()), Alarm::UNDEFINED));
+                }
             }
         }
+    }
+
+    /// Posts the image accumulator's frame when a newer one came.
+    fn post_image(
+        &mut self,
+        pva: &pva::PvaSink,
+        frame: &dyn Fn(&str) -> Option<Arc<Frame>>,
+        now: Timestamp,
+    ) {
+        let Some(latest) = frame(self.source.path()) else {
+            return;
+        };
+        let event = Value::from(latest.event_number.0);
+        if self.posted_other.as_ref() == Some(&event) {
+            return;
+        }
+        pva.post_image(&self.name, &latest, now);
+        self.posted_other = Some(event);
     }
 }
 
@@ -715,6 +940,93 @@ mod tests {
         assert_eq!(told.server, "0.0.0.0:5064");
     }
 
+    /// The same PVs over PV Access: NTScalar with its metadata, NAME:HISTORY over both
+    /// protocols, a table as NTTable and an image accumulator's frame as NTNDArray.
+    #[test]
+    fn the_same_pvs_are_served_over_pv_access_with_histories_tables_and_images() {
+        use beamflow_pva::nt;
+        use beamflow_pva::pvdata::{ArrayValue, Value as PvValue};
+        let config = config(
+            r#"
+            prefix = "BF:"
+            history = 2
+            [values]
+            "SIGMA" = { path = "last/x", units = "um", precision = 2, display = [0, 10], alarm = { high = 5 } }
+            "STEPS" = { path = "scan/steps", columns = ["k", "sigma"] }
+            "SCREEN" = { path = "image", image = true }
+            "#,
+        );
+        let (store, pva) = (PvStore::new(), beamflow_pva::server::PvStore::new());
+        let mut pvs = ResultPvs::new(&config, &store, Some(&pva));
+        let sigma = pva.value("BF:SIGMA").expect("served over PVA");
+        assert_eq!(sigma.id(), nt::NT_SCALAR);
+        assert_eq!(
+            sigma.value("display.units"),
+            Some(&PvValue::String("um".into()))
+        );
+        assert_eq!(
+            sigma.value("valueAlarm.highWarningLimit"),
+            Some(&PvValue::Double(5.0))
+        );
+        assert_eq!(
+            nt::alarm(&sigma, "alarm").map(|a| a.message),
+            Some("UDF".to_owned())
+        );
+        let frame = Arc::new(Frame {
+            event_number: beamflow_protocol::EventNumber(7),
+            width: 3,
+            height: 2,
+            bin: 1,
+            pixels: vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        });
+        let frames = |name: &str| (name == "image").then(|| Arc::clone(&frame));
+        for (x, time) in [(1.0, 1.0), (6.0, 2.0), (2.0, 3.0)] {
+            let state = state(serde_json::json!({
+                "last": {"x": x},
+                "scan": {"steps": [{"k": 1.0, "sigma": 2.0}, {"k": 2.0, "sigma": 3.0, "other": 0}]},
+            }));
+            pvs.update_at(&state, &frames, at(time));
+        }
+        let sigma = pva.value("BF:SIGMA").unwrap();
+        assert_eq!(sigma.value("value"), Some(&PvValue::Double(2.0)));
+        assert_eq!(
+            nt::time_stamp(&sigma, "timeStamp").map(|t| t.seconds),
+            Some(3)
+        );
+        let history = pva.value("BF:SIGMA:HISTORY").unwrap();
+        assert_eq!(history.id(), nt::NT_SCALAR_ARRAY);
+        assert_eq!(
+            history.value("value"),
+            Some(&PvValue::Array(ArrayValue::Double(vec![6.0, 2.0])))
+        );
+        assert_eq!(
+            doubles(&store, "BF:SIGMA:HISTORY").0,
+            [6.0, 2.0],
+            "over CA too"
+        );
+        let steps = pva.value("BF:STEPS").unwrap();
+        assert_eq!(steps.id(), nt::NT_TABLE);
+        assert_eq!(
+            steps.value("labels"),
+            Some(&PvValue::Array(ArrayValue::String(vec![
+                "k".into(),
+                "sigma".into()
+            ])))
+        );
+        assert_eq!(
+            steps.value("value.sigma"),
+            Some(&PvValue::Array(ArrayValue::Double(vec![2.0, 3.0])))
+        );
+        let screen = pva.value("BF:SCREEN").unwrap();
+        let image = nt::ndarray_image(&screen).unwrap();
+        assert_eq!(image.shape(), [2, 3]);
+        assert_eq!(image.to_f64(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(
+            store.value("BF:STEPS").is_none(),
+            "tables are PV Access only"
+        );
+    }
+
     #[test]
     fn scalars_and_waveforms_follow_the_state() {
         let config = config(
@@ -726,7 +1038,7 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         assert_eq!(pvs.names().collect::<Vec<_>>(), ["BF:HIST", "BF:MEAN"]);
         let (value, severity) = doubles(&store, "BF:MEAN");
         assert!(value[0].is_nan());
@@ -736,10 +1048,13 @@ mod tests {
             "invalid until the state has it"
         );
 
-        pvs.update(&state(serde_json::json!({
-            "last": {"det": [{"mean": 2.5}]},
-            "history": {"values": {"mean": [1.0, 2.0, null, 4.0]}},
-        })));
+        pvs.update(
+            &state(serde_json::json!({
+                "last": {"det": [{"mean": 2.5}]},
+                "history": {"values": {"mean": [1.0, 2.0, null, 4.0]}},
+            })),
+            |_| None,
+        );
         assert_eq!(doubles(&store, "BF:MEAN"), (vec![2.5], 0));
         let (history, severity) = doubles(&store, "BF:HIST");
         assert_eq!(severity, 0);
@@ -757,19 +1072,19 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
-        pvs.update(&state(serde_json::json!({"a": "text"})));
+        let mut pvs = ResultPvs::new(&config, &store, None);
+        pvs.update(&state(serde_json::json!({"a": "text"})), |_| None);
         assert_eq!(alarm(&store, "A"), (severity::INVALID, status::UDF));
-        pvs.update(&state(serde_json::json!({"a": 7})));
+        pvs.update(&state(serde_json::json!({"a": 7})), |_| None);
         assert_eq!(doubles(&store, "A"), (vec![7.0], 0));
         let mut watch = store.watch("A").expect("served");
         watch.mark_unchanged();
-        pvs.update(&state(serde_json::json!({"a": 7})));
+        pvs.update(&state(serde_json::json!({"a": 7})), |_| None);
         assert!(
             !watch.has_changed().expect("open"),
             "same value: nothing posted"
         );
-        pvs.update(&state(serde_json::json!({"a": 8})));
+        pvs.update(&state(serde_json::json!({"a": 8})), |_| None);
         assert!(watch.has_changed().expect("open"));
     }
 
@@ -783,7 +1098,7 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         let metadata = store.metadata("EMITN").expect("served");
         assert_eq!(metadata.units, "µm");
         assert_eq!(metadata.precision, 3);
@@ -809,7 +1124,10 @@ mod tests {
             }
         );
 
-        pvs.update(&state(serde_json::json!({"fit": {"norm_emit": 0.5e-6}})));
+        pvs.update(
+            &state(serde_json::json!({"fit": {"norm_emit": 0.5e-6}})),
+            |_| None,
+        );
         let (value, _) = doubles(&store, "EMITN");
         assert!((value[0] - 0.5).abs() < 1e-12, "{value:?}");
     }
@@ -823,7 +1141,7 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         for (x, expected) in [
             (0.0, NO_ALARM),
             (5.0, (severity::MINOR, status::HIGH)),
@@ -832,7 +1150,7 @@ mod tests {
             (-12.0, (severity::MAJOR, status::LOLO)),
             (4.9, NO_ALARM),
         ] {
-            pvs.update(&state(serde_json::json!({ "x": x })));
+            pvs.update(&state(serde_json::json!({ "x": x })), |_| None);
             assert_eq!(alarm(&store, "X"), expected, "x = {x}");
         }
     }
@@ -848,18 +1166,18 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         let sample = |time: f64, severity: u16, status: u16| {
             state(serde_json::json!({"last": {"values": {"qe04": {
                 "value": -3.2, "severity": severity, "status": status, "time": time, "pulse_id": null
             }}}}))
         };
-        pvs.update_at(&sample(100.0, 0, 0), at(101.0));
+        pvs.update_at(&sample(100.0, 0, 0), &|_| None, at(101.0));
         assert_eq!(alarm(&store, "QE04"), NO_ALARM);
         let mut watch = store.watch("QE04").expect("served");
         watch.mark_unchanged();
         // The same state, later: no new sample came.
-        pvs.update_at(&sample(100.0, 0, 0), at(102.5));
+        pvs.update_at(&sample(100.0, 0, 0), &|_| None, at(102.5));
         assert!(
             watch.has_changed().expect("open"),
             "a change of alarm is posted"
@@ -867,9 +1185,9 @@ mod tests {
         assert_eq!(doubles(&store, "QE04").0, [-3.2], "the value stays");
         assert_eq!(alarm(&store, "QE04"), INVALID_COMM);
         // A fresh sample with the IOC's own alarm: passed on.
-        pvs.update_at(&sample(102.4, 1, status::HIGH), at(102.5));
+        pvs.update_at(&sample(102.4, 1, status::HIGH), &|_| None, at(102.5));
         assert_eq!(alarm(&store, "QE04"), (severity::MINOR, status::HIGH));
-        pvs.update_at(&sample(102.4, 0, 0), at(102.5));
+        pvs.update_at(&sample(102.4, 0, 0), &|_| None, at(102.5));
         assert_eq!(alarm(&store, "QE04"), NO_ALARM);
     }
 
@@ -884,23 +1202,23 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         let result = |sigma: f64, event: u64| {
             state(serde_json::json!({"last": {
                 "values": {"x": {"sigma_um": sigma, "centroid_um": 1.0}},
                 "event_number": {"x": event},
             }}))
         };
-        pvs.update_at(&result(30.0, 1), at(10.0));
-        pvs.update_at(&result(30.0, 1), at(11.9));
+        pvs.update_at(&result(30.0, 1), &|_| None, at(10.0));
+        pvs.update_at(&result(30.0, 1), &|_| None, at(11.9));
         assert_eq!(alarm(&store, "SIGMA_X"), NO_ALARM);
-        pvs.update_at(&result(30.0, 1), at(12.1));
+        pvs.update_at(&result(30.0, 1), &|_| None, at(12.1));
         assert_eq!(alarm(&store, "SIGMA_X"), INVALID_COMM);
         // A new result with the very same numbers is fresh (its event number moved).
-        pvs.update_at(&result(30.0, 2), at(12.2));
+        pvs.update_at(&result(30.0, 2), &|_| None, at(12.2));
         assert_eq!(alarm(&store, "SIGMA_X"), NO_ALARM);
-        pvs.update_at(&result(31.0, 2), at(14.0));
-        pvs.update_at(&result(31.0, 2), at(15.9));
+        pvs.update_at(&result(31.0, 2), &|_| None, at(14.0));
+        pvs.update_at(&result(31.0, 2), &|_| None, at(15.9));
         assert_eq!(alarm(&store, "SIGMA_X"), NO_ALARM, "changed at 14 s");
     }
 
@@ -913,7 +1231,7 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         // Built by hand: serde_json has no NaN to give.
         let map = |key: &str, value: Value| Value::Map([(key.to_owned(), value)].into());
         let y = Value::Map(
@@ -924,8 +1242,8 @@ mod tests {
             .into(),
         );
         let with_nan = map("last", map("values", map("y", y)));
-        pvs.update_at(&with_nan, at(10.0));
-        pvs.update_at(&with_nan, at(12.5));
+        pvs.update_at(&with_nan, &|_| None, at(10.0));
+        pvs.update_at(&with_nan, &|_| None, at(12.5));
         assert_eq!(alarm(&store, "SIGMA_Y"), INVALID_COMM);
     }
 
@@ -939,7 +1257,7 @@ mod tests {
             "#,
         );
         let store = PvStore::new();
-        let mut pvs = ResultPvs::new(&config, &store);
+        let mut pvs = ResultPvs::new(&config, &store, None);
         let evaluation = |issues: serde_json::Value, qe04: serde_json::Value, event: u64| {
             state(serde_json::json!({"last": {
                 "values": {
@@ -951,19 +1269,27 @@ mod tests {
             }}))
         };
         let live = serde_json::json!({"value": -3.2, "unit": "kG", "provenance": "live"});
-        pvs.update_at(&evaluation(serde_json::json!([]), live.clone(), 1), at(1.0));
+        pvs.update_at(
+            &evaluation(serde_json::json!([]), live.clone(), 1),
+            &|_| None,
+            at(1.0),
+        );
         assert_eq!(alarm(&store, "MODEL:XRMS"), NO_ALARM);
         let out_of_range = serde_json::json!([{
             "kind": "out_of_range", "name": "QUAD:IN20:525:BCTRL", "value": 9.0, "low": -7.0, "high": 0.0
         }]);
-        pvs.update_at(&evaluation(out_of_range, live, 2), at(1.1));
+        pvs.update_at(&evaluation(out_of_range, live, 2), &|_| None, at(1.1));
         assert_eq!(
             alarm(&store, "MODEL:XRMS"),
             (severity::MINOR, status::HW_LIMIT)
         );
         let stale =
             serde_json::json!({"value": -3.2, "unit": "kG", "provenance": "stale", "age_s": 12.0});
-        pvs.update_at(&evaluation(serde_json::json!([]), stale, 3), at(1.2));
+        pvs.update_at(
+            &evaluation(serde_json::json!([]), stale, 3),
+            &|_| None,
+            at(1.2),
+        );
         assert_eq!(alarm(&store, "MODEL:XRMS"), INVALID_COMM);
     }
 
