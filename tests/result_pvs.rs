@@ -182,3 +182,92 @@ fn time_stamp(fields: &BTreeMap<String, String>) -> jiff::Timestamp {
         .unwrap_or_else(|error| panic!("{text:?}: {error}"));
     civil.to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp()
 }
+
+/// Issue 22: the same result PVs over PV Access, as p4p (pvxs) and EPICS 7's `pvget`
+/// (pvAccessCPP) read them from `beamflow run`: the NTScalar's value and metadata, its
+/// `:HISTORY` array, the screen as NTNDArray, the quad scan's steps as NTTable, live monitor
+/// updates, and a put to a read-only PV refused.
+#[test]
+fn the_same_result_pvs_are_served_over_pv_access_to_p4p_and_pvget() {
+    let ca_port = free_ca_port();
+    let [pva_tcp, pva_udp] = crate::util::free_ports();
+    let mut command = beamflow();
+    ca_env(&mut command, ca_port)
+        .env("EPICS_PVAS_SERVER_PORT", pva_tcp.to_string())
+        .env("EPICS_PVAS_BROADCAST_PORT", pva_udp.to_string())
+        .arg("run");
+    let _pipeline = start_run(command);
+    let prefix = "BEAMFLOW:INJ:";
+    // Measured once the first image is: the value is valid.
+    let pvget = |args: &[&str]| {
+        let output = Command::new(epics_tool("pvget"))
+            .env("EPICS_PVA_ADDR_LIST", format!("127.0.0.1:{pva_udp}"))
+            .env("EPICS_PVA_AUTO_ADDR_LIST", "NO")
+            .env("EPICS_PVA_BROADCAST_PORT", pva_udp.to_string())
+            .args(["-w", "10"])
+            .args(args)
+            .output()
+            .expect("run pvget");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let sigma = format!("{prefix}OTR2:SIGMA_X");
+    let shown = eventually(60, "a measured beam size over PV Access", || {
+        let (ok, text) = pvget(&["-v", &sigma]);
+        (ok && text.contains("int severity 0")).then_some(text)
+    });
+    assert!(shown.contains("epics:nt/NTScalar:1.0"), "{shown}");
+    assert!(shown.contains("int precision 2"), "{shown}");
+    assert!(shown.contains("double limitHigh 1000"), "{shown}");
+
+    let output = Command::new(crate::util::python())
+        .arg(root().join("tests/python/pva_results.py"))
+        .args([&pva_udp.to_string(), prefix])
+        .output()
+        .expect("run the p4p reader");
+    assert!(
+        output.status.success(),
+        "p4p reader: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let found: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the reader's JSON line");
+    let sigma = &found["sigma"];
+    assert_eq!(sigma["id"], "epics:nt/NTScalar:1.0", "{found}");
+    assert_eq!(sigma["units"], "µm", "{found}");
+    assert_eq!(sigma["precision"], 2, "{found}");
+    assert_eq!(sigma["display"], serde_json::json!([0.0, 1000.0]), "{found}");
+    // The sim's beam at the quad's default: ~403 µm wide, as over Channel Access.
+    let value = sigma["value"].as_f64().unwrap();
+    assert!((300.0..500.0).contains(&value), "{found}");
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(
+        (now - sigma["timestamp"].as_f64().unwrap()).abs() < 60.0,
+        "POSIX time stamps: {found}"
+    );
+    assert_eq!(found["history"]["id"], "epics:nt/NTScalarArray:1.0");
+    assert!(found["history"]["length"].as_u64().unwrap() >= 1, "{found}");
+    assert_eq!(found["image"]["id"], "epics:nt/NTNDArray:1.0");
+    assert_eq!(found["image"]["shape"].as_array().map(Vec::len), Some(2), "{found}");
+    assert_eq!(found["steps"]["id"], "epics:nt/NTTable:1.0");
+    assert_eq!(
+        found["steps"]["labels"],
+        serde_json::json!(["bctrl_kg", "accepted", "size_x_m", "error_x_m", "size_y_m", "error_y_m"])
+    );
+    let updates: Vec<f64> = found["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect();
+    assert!(
+        updates.len() >= 3 && updates.windows(2).all(|w| w[1] > w[0]),
+        "monitor updates, each newer: {found}"
+    );
+    assert!(
+        found["refused"].as_str().is_some_and(|why| !why.is_empty()),
+        "a put to a result PV is refused: {found}"
+    );
+}
