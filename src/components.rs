@@ -315,6 +315,62 @@ impl Components {
         Ok((store, tcp, udp))
     }
 
+    /// Serves the pipeline's parameters (with `parameters = true`) and its collectors' controls
+    /// as writable PV Access PVs; returns how many PVs that adds.
+    fn control_pvs(
+        &mut self,
+        pipeline: &Pipeline,
+        config: &beamflow_reducer::result_pvs::ResultPvsConfig,
+        store: &beamflow_pva::server::PvStore,
+        client: beamflow_reducer::dashboard::health::ControllerClient,
+        view: &View,
+        hdf5: Option<&Hdf5Output>,
+    ) -> anyhow::Result<usize> {
+        use beamflow_reducer::accumulators::AccumulatorConfig;
+        use beamflow_reducer::control_pvs::{ControlPvs, Controls, Export};
+        let collectors: Vec<(String, String)> = pipeline
+            .accumulators
+            .iter()
+            .filter_map(|(name, accumulator)| match accumulator {
+                AccumulatorConfig::Collector(collector) => {
+                    Some((name.clone(), collector.parameters.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !config.parameters && collectors.is_empty() {
+            return Ok(0);
+        }
+        let export: Option<Export> = hdf5.cloned().map(|hdf5| -> Export {
+            Arc::new(move || {
+                hdf5.write_now()
+                    .map(|file| file.name)
+                    .map_err(|error| error.to_string())
+            })
+        });
+        let before = store.names().len();
+        let controls = ControlPvs::new(
+            Controls {
+                prefix: &config.prefix,
+                descriptions: &pipeline.describe_parameters(),
+                parameters: config.parameters,
+                collectors: &collectors,
+                writers: config.writers.rule(),
+            },
+            client,
+            store,
+            export,
+        );
+        let added = store.names().len() - before;
+        let view = view.clone();
+        let period = Duration::from_secs_f64(1.0 / config.rate_hz.clamp(0.01, 1000.0));
+        self.spawn("control-pvs".to_owned(), move |stop| {
+            controls.run_until(&view, period, &stop);
+            Ok(())
+        })?;
+        Ok(added)
+    }
+
     /// Starts the simulated LCLS injector on the CA server at `address`; returns where it is
     /// served.
     pub fn start_sim_ioc(
@@ -549,8 +605,25 @@ impl Components {
                 address => Some(self.pva_server(address)?),
             };
             let mut pvs = ResultPvs::new(config, &store, pva.as_ref().map(|(store, _, _)| store));
+            let controls = match (&pva, controller_http) {
+                (Some((pva_store, _, _)), Some(controller)) => {
+                    let client = beamflow_reducer::dashboard::health::ControllerClient::new(
+                        controller,
+                        access.token(),
+                    );
+                    self.control_pvs(pipeline, config, pva_store, client, &view, hdf5.as_ref())?
+                }
+                _ => 0,
+            };
             let over_pva = pva.map_or_else(String::new, |(_, tcp, udp)| {
-                format!(" and PV Access {tcp} (search port {})", udp.port())
+                let controls = match controls {
+                    0 => String::new(),
+                    n => format!(", {n} control PVs"),
+                };
+                format!(
+                    " and PV Access {tcp} (search port {}{controls})",
+                    udp.port()
+                )
             });
             let line = format!(
                 "Results as EPICS PVs: {}* ({} PVs) on Channel Access {bound}{over_pva}",

@@ -238,7 +238,11 @@ fn the_same_result_pvs_are_served_over_pv_access_to_p4p_and_pvget() {
     assert_eq!(sigma["id"], "epics:nt/NTScalar:1.0", "{found}");
     assert_eq!(sigma["units"], "µm", "{found}");
     assert_eq!(sigma["precision"], 2, "{found}");
-    assert_eq!(sigma["display"], serde_json::json!([0.0, 1000.0]), "{found}");
+    assert_eq!(
+        sigma["display"],
+        serde_json::json!([0.0, 1000.0]),
+        "{found}"
+    );
     // The sim's beam at the quad's default: ~403 µm wide, as over Channel Access.
     let value = sigma["value"].as_f64().unwrap();
     assert!((300.0..500.0).contains(&value), "{found}");
@@ -250,11 +254,22 @@ fn the_same_result_pvs_are_served_over_pv_access_to_p4p_and_pvget() {
     assert_eq!(found["history"]["id"], "epics:nt/NTScalarArray:1.0");
     assert!(found["history"]["length"].as_u64().unwrap() >= 1, "{found}");
     assert_eq!(found["image"]["id"], "epics:nt/NTNDArray:1.0");
-    assert_eq!(found["image"]["shape"].as_array().map(Vec::len), Some(2), "{found}");
+    assert_eq!(
+        found["image"]["shape"].as_array().map(Vec::len),
+        Some(2),
+        "{found}"
+    );
     assert_eq!(found["steps"]["id"], "epics:nt/NTTable:1.0");
     assert_eq!(
         found["steps"]["labels"],
-        serde_json::json!(["bctrl_kg", "accepted", "size_x_m", "error_x_m", "size_y_m", "error_y_m"])
+        serde_json::json!([
+            "bctrl_kg",
+            "accepted",
+            "size_x_m",
+            "error_x_m",
+            "size_y_m",
+            "error_y_m"
+        ])
     );
     let updates: Vec<f64> = found["updates"]
         .as_array()

@@ -18,6 +18,7 @@ mod mapping;
 mod model_cli;
 mod own_pipeline;
 mod pipeline_check;
+mod pva;
 mod python_payloads;
 mod quad_scan;
 mod replay_cli;

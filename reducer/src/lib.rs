@@ -17,6 +17,7 @@
 //! - [`checkpoint`]: a scan's applied inputs in an append-only file, to resume it after a restart.
 //! - [`dashboard`]: the live dashboard's server side ([`dashboard::png`]: a frame as a PNG).
 //! - [`result_pvs`]: chosen paths of the state served as EPICS PVs.
+//! - [`control_pvs`]: parameters and collector controls as writable PV Access PVs.
 //! - [`hdf5_rest`]: the state as HDF5 groups and datasets, served as HDF5-REST for h5pyd and silx.
 //! - [`nexus`]: that tree as a NeXus file; [`hdf5_output`]: one per scan (`[reducer.hdf5]`).
 //! - [`unmatched`]: configured paths that match no result, reported once with the keys there.
@@ -24,6 +25,7 @@
 pub mod accumulators;
 pub mod checkpoint;
 pub mod column_file;
+pub mod control_pvs;
 pub mod dashboard;
 pub mod hdf5_output;
 pub mod hdf5_rest;

@@ -93,12 +93,60 @@ pub struct ResultPvsConfig {
     /// 0: none.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Serve every parameter of the pipeline as a writable PV `<prefix>PARAM:<name>` over PV
+    /// Access (see [`crate::control_pvs`]).
+    #[serde(default)]
+    pub parameters: bool,
+    /// Who may put to the writable PVs (parameters, collectors' controls).
+    #[serde(default)]
+    pub writers: WritersConfig,
     /// PV name (after the prefix) → what it serves.
     pub values: BTreeMap<String, PvSource>,
 }
 
 fn default_server() -> String {
     "127.0.0.1".to_owned()
+}
+
+/// `[reducer.pvs.writers]`: the peers whose puts are carried out; an empty list admits anyone
+/// for that criterion.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritersConfig {
+    /// Client addresses (the connection's, not what the client claims): loopback by default,
+    /// so only this host writes until the operator names others.
+    #[serde(default = "loopback")]
+    pub hosts: Vec<std::net::IpAddr>,
+    /// User names the clients give (EPICS's `ca` authentication: the login name); default
+    /// anyone from an allowed host.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+fn loopback() -> Vec<std::net::IpAddr> {
+    vec![
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ]
+}
+
+impl Default for WritersConfig {
+    fn default() -> Self {
+        Self {
+            hosts: loopback(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl WritersConfig {
+    /// The server's rule.
+    pub fn rule(&self) -> beamflow_pva::server::WriteRule {
+        beamflow_pva::server::WriteRule {
+            hosts: self.hosts.clone(),
+            users: self.users.clone(),
+        }
+    }
 }
 
 fn default_history() -> usize {

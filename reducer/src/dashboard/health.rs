@@ -83,6 +83,32 @@ impl ControllerClient {
             .and_then(|mut response| response.body_mut().read_json())
             .map_err(|error| format!("{url}: {error}"))
     }
+
+    /// A parameter's value as the controller holds it: its raw bytes.
+    pub fn parameter(&self, name: &str) -> Result<Vec<u8>, String> {
+        let url = format!("{}/api/v1/parameter/{name}", self.base);
+        let mut request = self.agent.get(&url);
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
+        }
+        request
+            .call()
+            .and_then(|mut response| response.body_mut().read_to_vec())
+            .map_err(|error| format!("{url}: {error}"))
+    }
+
+    /// Sets a parameter (a write: the token is needed unless writes are open).
+    pub fn set_parameter(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        let url = format!("{}/api/v1/parameter/{name}", self.base);
+        let mut request = self.agent.post(&url);
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
+        }
+        request
+            .send(value)
+            .map(drop)
+            .map_err(|error| format!("{url}: {error}"))
+    }
 }
 
 #[cfg(test)]

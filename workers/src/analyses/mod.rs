@@ -176,6 +176,7 @@ macro_rules! registry {
 registry! {
     FrameStats(frame_stats::FrameStatsConfig),
     PvValues(pv_values::PvValuesConfig),
+    PvLinear(pv_linear::PvLinearConfig),
     BeamImage(beam_image::BeamImageConfig),
     Surrogate(surrogate::SurrogateConfig),
     Centroid(centroid::CentroidConfig),
