@@ -11,6 +11,7 @@
 //! NTScalarArray, NTEnum, NTTable and NTNDArray over get, put and monitor, which this crate
 //! covers with no dependency beamflow does not already build.
 
+pub mod client;
 pub mod nt;
 pub mod pvdata;
 pub mod request;

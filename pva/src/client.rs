@@ -1,0 +1,1336 @@
+//! A PV Access client: monitors PVs for the epics_pva ingester ([`monitor`]), and reads or
+//! writes one PV at a time ([`get`], [`put`]).
+//!
+//! Names are found by UDP search to `addr_list` (fast at first, then backing off while a name
+//! stays unresolved) and by TCP search to `name_servers`. One TCP connection is opened per
+//! server, and all of that server's PVs share it. Each PV gets a monitor, pipelined by default
+//! (`record[queueSize=4,pipeline=true]`): the server sends at most the queue's worth of updates
+//! before the client acknowledges them, so a fast server is held back rather than its updates
+//! squashed. The client keeps each PV's whole value and applies every partial update to it.
+//!
+//! A lost connection sends its PVs back to searching, so a restarted server is picked up
+//! without anyone's help. A server whose connections keep failing is reconnected to with
+//! back-off, as in `beamflow-ca`'s client: [`RETRY_MIN`] after the first failure, doubling up
+//! to [`RETRY_MAX`], and back to the start once a connection has stayed up for
+//! [`HEALTHY_AFTER`]. The first failure of a run is logged, the others only counted
+//! ([`MonitorEvent::ConnectionLost`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::PvaError;
+use crate::pvdata::{
+    BitSet, ByteOrder, Decoder, Encoder, FieldDesc, PvStructure, ScalarType, StructDesc, TypeCache,
+    Value,
+};
+use crate::request::Request;
+use crate::wire::{self, Frame, Framer, command, control, subcommand};
+
+/// The UDP port servers listen on for searches when the environment names none.
+pub const DEFAULT_BROADCAST_PORT: u16 = 5076;
+/// The TCP port of a server (and name server) when the environment names none.
+pub const DEFAULT_SERVER_PORT: u16 = 5075;
+/// The largest message accepted when the environment names none: room for a 16 MiB detector
+/// image several times over, and a bound on what a broken server can make the client hold.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
+/// Where to look for PVs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// UDP search destinations (`EPICS_PVA_ADDR_LIST`; broadcast addresses allowed).
+    pub addr_list: Vec<SocketAddr>,
+    /// Servers searched over TCP (`EPICS_PVA_NAME_SERVERS`).
+    pub name_servers: Vec<SocketAddr>,
+    /// The largest message (its segments joined) accepted from a server.
+    pub max_message: usize,
+}
+
+impl ClientConfig {
+    /// `EPICS_PVA_ADDR_LIST` (`host[:port]`, whitespace-separated, port
+    /// `EPICS_PVA_BROADCAST_PORT` or 5076), plus the broadcast address unless
+    /// `EPICS_PVA_AUTO_ADDR_LIST=NO`; `EPICS_PVA_NAME_SERVERS` (port `EPICS_PVA_SERVER_PORT`
+    /// or 5075).
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let port = |name: &str, default: u16| var(name).trim().parse().unwrap_or(default);
+        let udp = port("EPICS_PVA_BROADCAST_PORT", DEFAULT_BROADCAST_PORT);
+        let tcp = port("EPICS_PVA_SERVER_PORT", DEFAULT_SERVER_PORT);
+        let mut addr_list = parse_addr_list(&var("EPICS_PVA_ADDR_LIST"), udp);
+        if !var("EPICS_PVA_AUTO_ADDR_LIST")
+            .trim()
+            .eq_ignore_ascii_case("no")
+        {
+            addr_list.push(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, udp)));
+        }
+        Self {
+            addr_list,
+            name_servers: parse_addr_list(&var("EPICS_PVA_NAME_SERVERS"), tcp),
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+/// Parses `host[:port] ...` (IPv4 addresses or resolvable names), skipping what does not parse.
+pub fn parse_addr_list(text: &str, default_port: u16) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.split_whitespace()
+        .filter_map(|entry| {
+            let with_port = if entry.contains(':') {
+                entry.to_owned()
+            } else {
+                format!("{entry}:{default_port}")
+            };
+            let resolved = with_port
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut all| all.find(SocketAddr::is_ipv4));
+            if resolved.is_none() {
+                warn!(
+                    entry,
+                    "PVA address list entry ignored: not an IPv4 host[:port]."
+                );
+            }
+            resolved
+        })
+        .collect()
+}
+
+/// What a monitor reports, by the PV's index in the list it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MonitorEvent {
+    /// The PV was found and its monitor created; updates follow.
+    Connected {
+        /// The PV.
+        pv: usize,
+        /// The server.
+        server: SocketAddr,
+        /// The PV's type (as the pvRequest selects it).
+        desc: Arc<StructDesc>,
+    },
+    /// A new value (the first one right after connecting).
+    Update {
+        /// The PV.
+        pv: usize,
+        /// The whole current value (the client keeps it and applies each partial update).
+        value: Arc<PvStructure>,
+        /// What changed in this update.
+        changed: BitSet,
+        /// What changed more than once since the last update (the server squashed them).
+        overrun: BitSet,
+    },
+    /// The PV's server went away or dropped it; it is searched for again.
+    Disconnected {
+        /// The PV.
+        pv: usize,
+    },
+    /// The server refused the PV's channel or monitor, or an update could not be read.
+    Malformed {
+        /// The PV.
+        pv: usize,
+        /// What was wrong.
+        error: String,
+    },
+    /// A connection to a server failed or closed; its PVs follow as
+    /// [`MonitorEvent::Disconnected`] and are searched for again once `retry_in` has passed.
+    ConnectionLost {
+        /// The server.
+        server: SocketAddr,
+        /// The PVs the connection carried.
+        pvs: Vec<usize>,
+        /// Why it ended.
+        error: String,
+        /// Failures of connections to this server in a row, this one included.
+        failures: u64,
+        /// How long the client waits before it connects to the server again.
+        retry_in: Duration,
+    },
+}
+
+/// Why a [`get`] or [`put`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing came in time; `stage` says what was being waited for.
+    #[error("PVA {name:?}: no answer within {timeout:?} while {stage}")]
+    Timeout {
+        /// The PV.
+        name: String,
+        /// The timeout.
+        timeout: Duration,
+        /// What the client was waiting for.
+        stage: &'static str,
+    },
+    /// The server answered with an error status: its message.
+    #[error("the server refused: {0}")]
+    Server(String),
+    /// The connection failed.
+    #[error("PVA connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server sent what the protocol does not allow, or a value did not fit its type.
+    #[error(transparent)]
+    Protocol(#[from] PvaError),
+}
+
+/// Search period bounds: fast at first, then backing off while a name stays unresolved.
+const SEARCH_MIN: Duration = Duration::from_millis(50);
+const SEARCH_MAX: Duration = Duration::from_secs(2);
+/// A connection silent this long is sent an ECHO; one silent twice this long is dropped.
+const ECHO_AFTER: Duration = Duration::from_secs(10);
+/// How long a server may take to accept a connection and validate it.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Names in one search datagram at most (a datagram stays well under a typical MTU for short
+/// names; longer ones are cut by size too).
+const SEARCH_DATAGRAM: usize = 1200;
+/// Bytes read from a connection at once at least.
+const READ_CHUNK: usize = 256 * 1024;
+/// Search flag: the datagram went to one host (pvxs forwards such searches to the other
+/// servers sharing the host's UDP port).
+const UNICAST: u8 = 0x80;
+
+/// The wait before connecting again to a server whose connection just failed for the first
+/// time (a restarting server is back almost at once).
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between failing connections to one server.
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// A connection that stayed up this long was healthy: the next failure starts the back-off over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// One server's record of failing connections.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    failures: u64,
+    delay: Duration,
+    not_before: Instant,
+}
+
+impl Retry {
+    /// The back-off after a connection that lived `lived` failed, following `previous`.
+    fn after(previous: Option<Self>, lived: Duration, now: Instant) -> Self {
+        let (failures, delay) = match previous {
+            Some(retry) if lived < HEALTHY_AFTER => {
+                (retry.failures + 1, (retry.delay * 2).min(RETRY_MAX))
+            }
+            _ => (1, RETRY_MIN),
+        };
+        Self {
+            failures,
+            delay,
+            not_before: now + delay,
+        }
+    }
+}
+
+fn invalid(error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+}
+
+fn order_of(flags: u8) -> ByteOrder {
+    if flags & 0x80 != 0 {
+        ByteOrder::Big
+    } else {
+        ByteOrder::Little
+    }
+}
+
+/// Appends one application message to `out`, its body written by `body`.
+fn push(out: &mut Encoder, cmd: u8, body: impl FnOnce(&mut Encoder)) {
+    let start = wire::begin(out, cmd, false);
+    body(out);
+    wire::end(out, start);
+}
+
+/// Writes a structure with its type (a pvRequest, credentials).
+fn typed_structure(out: &mut Encoder, pv: &PvStructure) {
+    out.field_desc(&pv.field_desc());
+    // A structure built here always matches its own type.
+    let _ = out.partial(pv, &BitSet::all());
+}
+
+/// Reads a status: none for success (OK or a warning), else the server's message.
+fn status(input: &mut Decoder<'_>) -> Result<Option<String>, PvaError> {
+    let kind = input.u8()?;
+    if kind == 0xFF {
+        return Ok(None);
+    }
+    let message = input.string()?;
+    let _call_tree = input.string()?;
+    Ok(match kind {
+        0 | 1 => None,
+        _ if message.is_empty() => Some(format!("error status {kind}")),
+        _ => Some(message),
+    })
+}
+
+/// A SEARCH message for `names` (`(cid, name)`), replies to `reply_port` of the sender.
+fn search_message(
+    out: &mut Encoder,
+    seq: u32,
+    unicast: bool,
+    reply_port: u16,
+    names: &[(u32, &str)],
+) {
+    push(out, command::SEARCH, |out| {
+        out.u32(seq);
+        out.u8(if unicast { UNICAST } else { 0 });
+        out.buf.extend_from_slice(&[0, 0, 0]);
+        // Zeros: reply to the address the search came from.
+        wire::put_address(out, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        out.u16(reply_port);
+        out.size(1);
+        out.string("tcp");
+        out.u16(names.len() as u16);
+        for (cid, name) in names {
+            out.u32(*cid);
+            out.string(name);
+        }
+    });
+}
+
+/// The `(cid, server)` pairs a SEARCH_RESPONSE from `from` announces.
+fn search_response(
+    payload: &[u8],
+    order: ByteOrder,
+    from: SocketAddr,
+) -> Result<Vec<(u32, SocketAddr)>, PvaError> {
+    let mut input = Decoder::new(payload, order);
+    input.take(12)?; // the server's GUID
+    let _seq = input.u32()?;
+    let address = wire::get_address(&mut input)?;
+    let port = input.u16()?;
+    let protocol = input.string()?;
+    let found = input.u8()? != 0;
+    let count = input.u16()?;
+    if !found || protocol != "tcp" {
+        return Ok(Vec::new());
+    }
+    let ip = if address.is_unspecified() {
+        from.ip()
+    } else {
+        address
+    };
+    (0..count)
+        .map(|_| Ok((input.u32()?, SocketAddr::new(ip, port))))
+        .collect()
+}
+
+/// The `(cid, server)` pairs of a UDP datagram from `from`.
+fn datagram_responses(datagram: &[u8], from: SocketAddr) -> Vec<(u32, SocketAddr)> {
+    let Ok(messages) = wire::datagram_messages(datagram) else {
+        return Vec::new();
+    };
+    messages
+        .into_iter()
+        .filter(|(header, _)| header.command == command::SEARCH_RESPONSE)
+        .flat_map(|(header, payload)| {
+            search_response(payload, header.order(), from).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Whether a search destination is one host (not a broadcast or multicast address).
+fn is_unicast(address: &SocketAddr) -> bool {
+    match address.ip() {
+        IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_multicast() || v4.octets()[3] == 255),
+        IpAddr::V6(v6) => !v6.is_multicast(),
+    }
+}
+
+/// Sends searches for `names` to every UDP destination, in datagrams of bounded size.
+async fn send_udp_searches(
+    udp: &UdpSocket,
+    addr_list: &[SocketAddr],
+    seq: u32,
+    names: &[(u32, &str)],
+) {
+    let reply_port = udp.local_addr().map_or(0, |a| a.port());
+    let mut start = 0;
+    while start < names.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < names.len()
+            && (end == start || bytes + names[end].1.len() + 8 < SEARCH_DATAGRAM)
+        {
+            bytes += names[end].1.len() + 8;
+            end += 1;
+        }
+        for address in addr_list {
+            let mut out = Encoder::new(ByteOrder::Little);
+            search_message(
+                &mut out,
+                seq,
+                is_unicast(address),
+                reply_port,
+                &names[start..end],
+            );
+            if let Err(error) = udp.send_to(&out.buf, address).await {
+                debug!(%address, %error, "PVA search not sent.");
+            }
+        }
+        start = end;
+    }
+}
+
+/// A message received on a connection.
+struct Message {
+    command: u8,
+    order: ByteOrder,
+    payload: Vec<u8>,
+}
+
+/// A validated TCP connection to a server.
+struct Link {
+    server: SocketAddr,
+    stream: TcpStream,
+    framer: Framer,
+    cache: TypeCache,
+    /// What is to be sent.
+    out: Encoder,
+}
+
+impl Link {
+    /// Connects to `server` and validates the connection (offering `ca` credentials if the
+    /// server asks for them).
+    async fn open(server: SocketAddr, max_message: usize) -> std::io::Result<Self> {
+        tokio::time::timeout(OPEN_TIMEOUT, Self::open_now(server, max_message))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not validate the connection",
+                )
+            })?
+    }
+
+    async fn open_now(server: SocketAddr, max_message: usize) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(server).await?;
+        stream.set_nodelay(true)?;
+        let mut link = Self {
+            server,
+            stream,
+            framer: Framer::new(max_message),
+            cache: TypeCache::default(),
+            out: Encoder::new(ByteOrder::Little),
+        };
+        loop {
+            let message = link.recv().await?;
+            match message.command {
+                command::CONNECTION_VALIDATION => {
+                    let mut input = Decoder::new(&message.payload, message.order);
+                    let methods = validation_methods(&mut input).map_err(invalid)?;
+                    link.validate(&methods);
+                    link.flush().await?;
+                }
+                command::CONNECTION_VALIDATED => {
+                    let mut input = Decoder::new(&message.payload, message.order);
+                    if let Some(refused) = status(&mut input).map_err(invalid)? {
+                        // As pvxs: go on without credentials; the server decides per PV.
+                        debug!(%server, refused, "PVA server refused the credentials.");
+                    }
+                    return Ok(link);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The client's CONNECTION_VALIDATION: `ca` (user and host) if offered, else anonymous.
+    fn validate(&mut self, methods: &[String]) {
+        let ca = methods.iter().any(|m| m == "ca");
+        push(&mut self.out, command::CONNECTION_VALIDATION, |out| {
+            out.u32(1 << 16); // receive buffer: unused by pvxs and pvAccessCPP
+            out.u16(0x7fff); // introspection registry size
+            out.u16(0); // quality of service
+            if ca {
+                out.string("ca");
+                let desc = Arc::new(StructDesc::new(
+                    "",
+                    vec![
+                        ("user", FieldDesc::Scalar(ScalarType::String)),
+                        ("host", FieldDesc::Scalar(ScalarType::String)),
+                    ],
+                ));
+                let credentials = PvStructure {
+                    desc,
+                    fields: vec![Value::String(user()), Value::String(hostname())],
+                };
+                typed_structure(out, &credentials);
+            } else {
+                out.string("anonymous");
+                out.null_size(); // no credentials: the null type
+            }
+        });
+    }
+
+    /// Sends what was queued.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.buf.is_empty() {
+            self.stream.write_all(&self.out.buf).await?;
+            self.out.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// The next application message already received, answering echo requests on the way.
+    fn take(&mut self) -> std::io::Result<Option<Message>> {
+        while let Some(frame) = self.framer.next_frame().map_err(invalid)? {
+            match frame {
+                Frame::Control {
+                    command: control::ECHO_REQUEST,
+                    data,
+                    ..
+                } => wire::control_message(&mut self.out, control::ECHO_RESPONSE, data, false),
+                Frame::Control { .. } => {}
+                Frame::Message {
+                    command,
+                    flags,
+                    payload,
+                } => {
+                    return Ok(Some(Message {
+                        command,
+                        order: order_of(flags),
+                        payload,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads more from the server; an error at its end.
+    async fn read(&mut self) -> std::io::Result<()> {
+        // Room for a good read: a full buffer would otherwise be grown a few bytes at a time.
+        self.framer.buf.reserve(READ_CHUNK);
+        if self.stream.read_buf(&mut self.framer.buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next application message.
+    async fn recv(&mut self) -> std::io::Result<Message> {
+        loop {
+            if let Some(message) = self.take()? {
+                return Ok(message);
+            }
+            self.flush().await?;
+            self.read().await?;
+        }
+    }
+
+    /// Creates the channel `name` (as `cid`): its server id.
+    async fn create_channel(&mut self, name: &str) -> Result<u32, ClientError> {
+        push(&mut self.out, command::CREATE_CHANNEL, |out| {
+            out.u16(1);
+            out.u32(1);
+            out.string(name);
+        });
+        self.flush().await?;
+        loop {
+            let message = self.recv().await?;
+            if message.command == command::CREATE_CHANNEL {
+                let mut input = Decoder::new(&message.payload, message.order);
+                let _cid = input.u32()?;
+                let sid = input.u32()?;
+                return match status(&mut input)? {
+                    None => Ok(sid),
+                    Some(refused) => Err(ClientError::Server(refused)),
+                };
+            }
+        }
+    }
+
+    /// Sends an operation's INIT and waits for its answer: the type the server will send.
+    async fn init(
+        &mut self,
+        cmd: u8,
+        sid: u32,
+        ioid: u32,
+        request: &PvStructure,
+    ) -> Result<Arc<StructDesc>, ClientError> {
+        push(&mut self.out, cmd, |out| {
+            out.u32(sid);
+            out.u32(ioid);
+            out.u8(subcommand::INIT);
+            typed_structure(out, request);
+        });
+        self.flush().await?;
+        let message = self.reply(cmd, ioid).await?;
+        let mut input = Decoder::new(&message.payload, message.order);
+        input.take(5)?; // ioid, subcommand
+        if let Some(refused) = status(&mut input)? {
+            return Err(ClientError::Server(refused));
+        }
+        match input.field_desc(&mut self.cache)? {
+            Some(FieldDesc::Structure(desc)) => Ok(desc),
+            _ => Err(PvaError::Malformed("the operation's type is not a structure").into()),
+        }
+    }
+
+    /// The next message of `cmd` for operation `ioid`.
+    async fn reply(&mut self, cmd: u8, ioid: u32) -> Result<Message, ClientError> {
+        loop {
+            let message = self.recv().await?;
+            let mut input = Decoder::new(&message.payload, message.order);
+            if message.command == cmd && input.u32()? == ioid {
+                return Ok(message);
+            }
+        }
+    }
+}
+
+/// The authentication methods a server offers in its CONNECTION_VALIDATION.
+fn validation_methods(input: &mut Decoder<'_>) -> Result<Vec<String>, PvaError> {
+    let _buffer = input.u32()?;
+    let _registry = input.u16()?;
+    let n = input.size()?.unwrap_or(0);
+    (0..n).map(|_| input.string()).collect()
+}
+
+fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "beamflow".to_owned())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Keeps a TCP connection to a name server and searches over it: batches of `(cid, name)`
+/// come in on `searches`, found `(cid, server)` pairs go out on `found`. Reconnects with
+/// back-off; ends when `searches` closes.
+async fn name_server(
+    address: SocketAddr,
+    max_message: usize,
+    mut searches: mpsc::Receiver<Names>,
+    found: mpsc::Sender<(u32, SocketAddr)>,
+) {
+    let mut retry: Option<Retry> = None;
+    let mut seq = 0u32;
+    loop {
+        let opened = Instant::now();
+        let error = match Link::open(address, max_message).await {
+            Err(error) => error,
+            Ok(mut link) => loop {
+                tokio::select! {
+                    batch = searches.recv() => {
+                        let Some(batch) = batch else { return };
+                        seq = seq.wrapping_add(1);
+                        let names: Vec<(u32, &str)> =
+                            batch.iter().map(|(cid, name)| (*cid, name.as_str())).collect();
+                        search_message(&mut link.out, seq, true, 0, &names);
+                        if let Err(error) = link.flush().await {
+                            break error;
+                        }
+                    }
+                    read = link.read() => {
+                        if let Err(error) = read {
+                            break error;
+                        }
+                        loop {
+                            match link.take() {
+                                Ok(Some(message)) if message.command == command::SEARCH_RESPONSE => {
+                                    let pairs = search_response(&message.payload, message.order, address)
+                                        .unwrap_or_default();
+                                    for pair in pairs {
+                                        if found.send(pair).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                Ok(Some(_)) => {}
+                                Ok(None) => break,
+                                Err(error) => return warn!(%address, %error, "PVA name server sent what cannot be read."),
+                            }
+                        }
+                        if let Err(error) = link.flush().await {
+                            break error;
+                        }
+                    }
+                }
+            },
+        };
+        let now = Instant::now();
+        let next = Retry::after(retry, now.duration_since(opened), now);
+        if next.failures == 1 {
+            warn!(%address, %error, "PVA name server connection failed; retrying with back-off.");
+        }
+        retry = Some(next);
+        // Searches asked for meanwhile are dropped: whoever asked repeats them.
+        let wait = tokio::time::sleep_until(next.not_before);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => break,
+                batch = searches.recv() => if batch.is_none() { return },
+            }
+        }
+    }
+}
+
+/// A batch of `(cid, name)` to search for.
+type Names = Vec<(u32, String)>;
+
+/// Starts a [`name_server`] task per address: their search inputs and a common output.
+fn start_name_servers(
+    config: &ClientConfig,
+) -> (Vec<mpsc::Sender<Names>>, mpsc::Receiver<(u32, SocketAddr)>) {
+    let (found_tx, found_rx) = mpsc::channel(1024);
+    let senders = config
+        .name_servers
+        .iter()
+        .map(|address| {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(name_server(
+                *address,
+                config.max_message,
+                rx,
+                found_tx.clone(),
+            ));
+            tx
+        })
+        .collect();
+    (senders, found_rx)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PvState {
+    Searching { next: Instant, period: Duration },
+    Found,
+}
+
+/// What a connection task tells the monitor.
+enum Report {
+    Event(MonitorEvent),
+    /// The PV's channel is gone from a live connection (the server refused or destroyed it):
+    /// search again after `after`.
+    Lost {
+        pv: usize,
+        after: Duration,
+    },
+    Closed {
+        server: SocketAddr,
+        pvs: Vec<usize>,
+        error: String,
+    },
+}
+
+/// Monitors `names` (each with the same pvRequest, e.g. `field()` or
+/// `record[queueSize=4,pipeline=true]field()`), reconnecting after a server restart, until
+/// dropped. A request that names neither a queue size nor pipelining is pipelined with a queue
+/// of 4.
+pub async fn monitor(
+    config: ClientConfig,
+    names: Vec<String>,
+    request: Request,
+    mut on_event: impl FnMut(MonitorEvent) + Send,
+) -> std::io::Result<()> {
+    let mut request = request;
+    if request.queue_size.is_none() && !request.pipeline {
+        request.queue_size = Some(4);
+        request.pipeline = true;
+    }
+    let request = Arc::new(request);
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    udp.set_broadcast(true)?;
+    let (name_servers, mut found_rx) = start_name_servers(&config);
+    let now = Instant::now();
+    let mut states = vec![
+        PvState::Searching {
+            next: now,
+            period: SEARCH_MIN,
+        };
+        names.len()
+    ];
+    let mut links: HashMap<SocketAddr, (mpsc::Sender<(usize, String)>, Instant)> = HashMap::new();
+    let mut retries: HashMap<SocketAddr, Retry> = HashMap::new();
+    let (report_tx, mut report_rx) = mpsc::channel::<Report>(1024);
+    let mut buffer = vec![0u8; 65536];
+    let mut seq = 0u32;
+    loop {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (pv, state) in states.iter_mut().enumerate() {
+            if let PvState::Searching { next, period } = state
+                && *next <= now
+            {
+                *next = now + *period;
+                *period = (*period * 2).min(SEARCH_MAX);
+                due.push((pv as u32, names[pv].as_str()));
+            }
+        }
+        if !due.is_empty() {
+            seq = seq.wrapping_add(1);
+            send_udp_searches(&udp, &config.addr_list, seq, &due).await;
+            let batch: Names = due
+                .iter()
+                .map(|(cid, name)| (*cid, (*name).to_owned()))
+                .collect();
+            for server in &name_servers {
+                let _ = server.try_send(batch.clone());
+            }
+        }
+        let wake = states
+            .iter()
+            .filter_map(|s| match s {
+                PvState::Searching { next, .. } => Some(*next),
+                PvState::Found => None,
+            })
+            .min()
+            .unwrap_or(now + SEARCH_MAX);
+        let found: Vec<(u32, SocketAddr)> = tokio::select! {
+            received = udp.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => datagram_responses(&buffer[..len], from),
+                Err(_) => Vec::new(),
+            },
+            Some(pair) = found_rx.recv() => vec![pair],
+            Some(report) = report_rx.recv() => {
+                match report {
+                    Report::Event(event) => on_event(event),
+                    Report::Lost { pv, after } => {
+                        if let Some(state) = states.get_mut(pv) {
+                            *state = PvState::Searching { next: Instant::now() + after, period: SEARCH_MIN.max(after) };
+                        }
+                        on_event(MonitorEvent::Disconnected { pv });
+                    }
+                    Report::Closed { server, pvs, error } => {
+                        let now = Instant::now();
+                        let lived = links
+                            .remove(&server)
+                            .map_or(Duration::ZERO, |(_, opened)| now.duration_since(opened));
+                        let retry = Retry::after(retries.get(&server).copied(), lived, now);
+                        retries.insert(server, retry);
+                        let Retry { failures, delay, not_before } = retry;
+                        if failures == 1 {
+                            warn!(%server, %error, retry_in_ms = delay.as_millis() as u64,
+                                "PVA connection lost; its PVs are searched for again (with back-off while it keeps failing).");
+                        } else {
+                            debug!(%server, %error, failures, retry_in_ms = delay.as_millis() as u64,
+                                "PVA connection failed again.");
+                        }
+                        on_event(MonitorEvent::ConnectionLost {
+                            server,
+                            pvs: pvs.clone(),
+                            error,
+                            failures,
+                            retry_in: delay,
+                        });
+                        for pv in pvs {
+                            if let Some(state) = states.get_mut(pv) {
+                                *state = PvState::Searching { next: not_before, period: SEARCH_MIN };
+                            }
+                            on_event(MonitorEvent::Disconnected { pv });
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            () = tokio::time::sleep_until(wake) => Vec::new(),
+        };
+        let now = Instant::now();
+        for (cid, server) in found {
+            let pv = cid as usize;
+            let Some(state) = states.get_mut(pv) else {
+                continue;
+            };
+            if *state == PvState::Found {
+                continue;
+            }
+            // A failing server is not connected to again before its back-off is over: the PV
+            // stays searching (its next search is due by then).
+            if let Some(retry) = retries.get(&server)
+                && retry.not_before > now
+                && !links.contains_key(&server)
+            {
+                continue;
+            }
+            *state = PvState::Found;
+            let name = names[pv].clone();
+            match links.get(&server) {
+                Some((link, _)) if link.send((pv, name.clone())).await.is_ok() => {}
+                _ => {
+                    let (tx, rx) = mpsc::channel(names.len().max(1) + 16);
+                    let _ = tx.send((pv, name)).await;
+                    links.insert(server, (tx, now));
+                    tokio::spawn(run_link(
+                        server,
+                        config.max_message,
+                        Arc::clone(&request),
+                        rx,
+                        report_tx.clone(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A PV's channel on a connection.
+struct Channel {
+    pv: usize,
+    sid: Option<u32>,
+    ioid: Option<u32>,
+    /// The whole current value, once the monitor's INIT answered.
+    value: Option<Arc<PvStructure>>,
+}
+
+/// One connection: creates channels as they are handed to it, monitors them, reports.
+async fn run_link(
+    server: SocketAddr,
+    max_message: usize,
+    request: Arc<Request>,
+    mut asked: mpsc::Receiver<(usize, String)>,
+    reports: mpsc::Sender<Report>,
+) {
+    let mut channels: HashMap<u32, Channel> = HashMap::new();
+    let result = link_loop(
+        server,
+        max_message,
+        &request,
+        &mut asked,
+        &reports,
+        &mut channels,
+    )
+    .await;
+    let error = match result {
+        Ok(()) => "closed by the client".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    // Names handed over but not yet read are lost with the connection too.
+    asked.close();
+    let mut pvs: Vec<usize> = channels.values().map(|c| c.pv).collect();
+    while let Ok((pv, _)) = asked.try_recv() {
+        pvs.push(pv);
+    }
+    pvs.sort_unstable();
+    let _ = reports.send(Report::Closed { server, pvs, error }).await;
+}
+
+async fn link_loop(
+    server: SocketAddr,
+    max_message: usize,
+    request: &Request,
+    asked: &mut mpsc::Receiver<(usize, String)>,
+    reports: &mpsc::Sender<Report>,
+    channels: &mut HashMap<u32, Channel>,
+) -> std::io::Result<()> {
+    // Names asked for while connecting wait in the channel.
+    let mut link = Link::open(server, max_message).await?;
+    let request_pv = request.to_pv();
+    let queue = request.queue_size.unwrap_or(4).max(1) as u32;
+    let mut ops: HashMap<u32, u32> = HashMap::new();
+    let mut next_ioid = 1u32;
+    let mut last_heard = Instant::now();
+    let mut echo_sent = false;
+    // MESSAGEs the server sent on this connection: the first is logged, the rest counted.
+    let mut server_messages = 0u64;
+    loop {
+        tokio::select! {
+            next = asked.recv() => match next {
+                None => return Ok(()),
+                Some((pv, name)) => {
+                    let cid = pv as u32;
+                    channels.insert(cid, Channel { pv, sid: None, ioid: None, value: None });
+                    push(&mut link.out, command::CREATE_CHANNEL, |out| {
+                        out.u16(1);
+                        out.u32(cid);
+                        out.string(&name);
+                    });
+                }
+            },
+            read = link.read() => {
+                read?;
+                last_heard = Instant::now();
+                echo_sent = false;
+                while let Some(message) = link.take()? {
+                    let mut context = LinkContext {
+                        link: &mut link,
+                        channels,
+                        ops: &mut ops,
+                        reports,
+                        request: &request_pv,
+                        pipeline: request.pipeline,
+                        queue,
+                        next_ioid: &mut next_ioid,
+                        server_messages: &mut server_messages,
+                    };
+                    context.handle(message).await?;
+                }
+            }
+            () = tokio::time::sleep_until(last_heard + ECHO_AFTER) => {
+                if echo_sent {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to ECHO"));
+                }
+                push(&mut link.out, command::ECHO, |_| {});
+                echo_sent = true;
+                last_heard = Instant::now();
+            }
+        }
+        link.flush().await?;
+    }
+}
+
+/// What handling one message on a connection needs.
+struct LinkContext<'a> {
+    link: &'a mut Link,
+    channels: &'a mut HashMap<u32, Channel>,
+    /// Monitor ioid → channel cid.
+    ops: &'a mut HashMap<u32, u32>,
+    reports: &'a mpsc::Sender<Report>,
+    request: &'a PvStructure,
+    pipeline: bool,
+    queue: u32,
+    next_ioid: &'a mut u32,
+    server_messages: &'a mut u64,
+}
+
+impl LinkContext<'_> {
+    async fn report(&self, report: Report) {
+        let _ = self.reports.send(report).await;
+    }
+
+    /// Acts on one message; an error ends the connection (the server sent what the protocol
+    /// does not allow where the connection's state depends on it).
+    async fn handle(&mut self, message: Message) -> std::io::Result<()> {
+        let mut input = Decoder::new(&message.payload, message.order);
+        match message.command {
+            command::CREATE_CHANNEL => {
+                let cid = input.u32().map_err(invalid)?;
+                let sid = input.u32().map_err(invalid)?;
+                let refused = status(&mut input).map_err(invalid)?;
+                let Some(channel) = self.channels.get_mut(&cid) else {
+                    return Ok(());
+                };
+                if let Some(refused) = refused {
+                    let pv = channel.pv;
+                    self.channels.remove(&cid);
+                    warn!(server = %self.link.server, pv, refused, "PVA server refused the channel.");
+                    self.report(Report::Event(MonitorEvent::Malformed {
+                        pv,
+                        error: format!("the server refused the channel: {refused}"),
+                    }))
+                    .await;
+                    self.report(Report::Lost {
+                        pv,
+                        after: SEARCH_MAX,
+                    })
+                    .await;
+                    return Ok(());
+                }
+                channel.sid = Some(sid);
+                let ioid = *self.next_ioid;
+                *self.next_ioid = self.next_ioid.wrapping_add(1);
+                channel.ioid = Some(ioid);
+                self.ops.insert(ioid, cid);
+                let (pipeline, queue, request) = (self.pipeline, self.queue, self.request);
+                push(&mut self.link.out, command::MONITOR, |out| {
+                    out.u32(sid);
+                    out.u32(ioid);
+                    if pipeline {
+                        out.u8(subcommand::INIT | subcommand::PIPELINE_ACK);
+                        typed_structure(out, request);
+                        // The window the server may fill before the first acknowledgement.
+                        out.u32(queue);
+                    } else {
+                        out.u8(subcommand::INIT);
+                        typed_structure(out, request);
+                    }
+                });
+            }
+            command::MONITOR => self.monitor(&mut input).await?,
+            command::DESTROY_CHANNEL => {
+                let sid = input.u32().map_err(invalid)?;
+                let cid = input.u32().map_err(invalid)?;
+                if let Some(channel) = self.channels.get(&cid)
+                    && channel.sid == Some(sid)
+                {
+                    let pv = channel.pv;
+                    self.forget(cid);
+                    self.report(Report::Lost {
+                        pv,
+                        after: Duration::ZERO,
+                    })
+                    .await;
+                }
+            }
+            command::MESSAGE => {
+                let ioid = input.u32().unwrap_or(0);
+                let _level = input.u8().unwrap_or(0);
+                let text = input.string().unwrap_or_default();
+                *self.server_messages += 1;
+                if *self.server_messages == 1 {
+                    warn!(server = %self.link.server, ioid, message = text,
+                        "PVA server sent a message (further ones on this connection are logged at debug).");
+                } else {
+                    debug!(server = %self.link.server, ioid, message = text, "PVA server message.");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Drops a channel and its monitor.
+    fn forget(&mut self, cid: u32) {
+        if let Some(channel) = self.channels.remove(&cid)
+            && let Some(ioid) = channel.ioid
+        {
+            self.ops.remove(&ioid);
+        }
+    }
+
+    async fn monitor(&mut self, input: &mut Decoder<'_>) -> std::io::Result<()> {
+        let ioid = input.u32().map_err(invalid)?;
+        let sub = input.u8().map_err(invalid)?;
+        let Some(&cid) = self.ops.get(&ioid) else {
+            // A monitor already forgotten: its data cannot be read without its type.
+            return Ok(());
+        };
+        let Some(channel) = self.channels.get_mut(&cid) else {
+            return Ok(());
+        };
+        let pv = channel.pv;
+        let Some(sid) = channel.sid else {
+            return Ok(());
+        };
+        if sub & subcommand::INIT != 0 {
+            if let Some(refused) = status(input).map_err(invalid)? {
+                self.report(Report::Event(MonitorEvent::Malformed {
+                    pv,
+                    error: format!("the server refused the monitor: {refused}"),
+                }))
+                .await;
+                return Ok(());
+            }
+            let desc = match input.field_desc(&mut self.link.cache).map_err(invalid)? {
+                Some(FieldDesc::Structure(desc)) => desc,
+                _ => return Err(invalid("a monitor's type is not a structure")),
+            };
+            channel.value = Some(Arc::new(PvStructure::new(Arc::clone(&desc))));
+            push(&mut self.link.out, command::MONITOR, |out| {
+                out.u32(sid);
+                out.u32(ioid);
+                out.u8(subcommand::START | subcommand::PROCESS);
+            });
+            self.report(Report::Event(MonitorEvent::Connected {
+                pv,
+                server: self.link.server,
+                desc,
+            }))
+            .await;
+            return Ok(());
+        }
+        if sub & subcommand::DESTROY != 0 {
+            // The server ended the monitor: the PV is searched for and subscribed to again.
+            let reason = status(input).ok().flatten();
+            debug!(server = %self.link.server, pv, reason, "PVA server ended a monitor.");
+            push(&mut self.link.out, command::DESTROY_CHANNEL, |out| {
+                out.u32(sid);
+                out.u32(cid);
+            });
+            self.forget(cid);
+            self.report(Report::Lost {
+                pv,
+                after: SEARCH_MIN,
+            })
+            .await;
+            return Ok(());
+        }
+        let Some(value) = channel.value.as_mut() else {
+            return Err(invalid("a monitor update before the monitor's type"));
+        };
+        let decoded = (|| {
+            let changed = BitSet::decode(input)?;
+            input.partial(Arc::make_mut(value), &changed, &mut self.link.cache)?;
+            let overrun = if input.is_empty() {
+                BitSet::new()
+            } else {
+                BitSet::decode(input)?
+            };
+            Ok::<_, PvaError>((changed, overrun))
+        })();
+        let event = match decoded {
+            Ok((changed, overrun)) => MonitorEvent::Update {
+                pv,
+                value: Arc::clone(value),
+                changed,
+                overrun,
+            },
+            Err(error) => MonitorEvent::Malformed {
+                pv,
+                error: error.to_string(),
+            },
+        };
+        // The update is handed on (the monitor's queue holds back a slow consumer): its slot
+        // in the server's window is free again.
+        self.report(Report::Event(event)).await;
+        if self.pipeline {
+            push(&mut self.link.out, command::MONITOR, |out| {
+                out.u32(sid);
+                out.u32(ioid);
+                out.u8(subcommand::PIPELINE_ACK);
+                out.u32(1);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Finds the server of `name`: UDP search to `addr_list` and TCP search to `name_servers`,
+/// fast at first, then backing off; until found (the caller bounds the time).
+async fn find(config: &ClientConfig, name: &str) -> std::io::Result<SocketAddr> {
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+    udp.set_broadcast(true)?;
+    let (name_servers, mut found_rx) = start_name_servers(config);
+    let mut period = SEARCH_MIN;
+    let mut seq = 0u32;
+    let mut buffer = vec![0u8; 65536];
+    loop {
+        seq = seq.wrapping_add(1);
+        send_udp_searches(&udp, &config.addr_list, seq, &[(0, name)]).await;
+        for server in &name_servers {
+            let _ = server.try_send(vec![(0, name.to_owned())]);
+        }
+        let deadline = Instant::now() + period;
+        period = (period * 2).min(SEARCH_MAX);
+        loop {
+            tokio::select! {
+                received = udp.recv_from(&mut buffer) => {
+                    if let Ok((len, from)) = received
+                        && let Some((_, server)) = datagram_responses(&buffer[..len], from).first()
+                    {
+                        return Ok(*server);
+                    }
+                }
+                Some((_, server)) = found_rx.recv() => return Ok(server),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+}
+
+/// Runs `operation` against `name`'s server within `timeout`, naming the stage it was in if
+/// time runs out.
+async fn within<T>(
+    config: &ClientConfig,
+    name: &str,
+    timeout: Duration,
+    operation: impl AsyncFnOnce(&mut Link, u32) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let stage = std::cell::Cell::new("searching");
+    let run = async {
+        let server = find(config, name).await?;
+        stage.set("connecting");
+        let mut link = Link::open(server, config.max_message).await?;
+        stage.set("creating the channel");
+        let sid = link.create_channel(name).await?;
+        stage.set("waiting for the server's answer");
+        operation(&mut link, sid).await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Timeout {
+            name: name.to_owned(),
+            timeout,
+            stage: stage.get(),
+        }),
+    }
+}
+
+/// One get (with a timeout): the PV's value as `request` selects it.
+pub async fn get(
+    config: &ClientConfig,
+    name: &str,
+    request: &Request,
+    timeout: Duration,
+) -> Result<PvStructure, ClientError> {
+    within(config, name, timeout, async |link: &mut Link, sid| {
+        let ioid = 1;
+        let desc = link.init(command::GET, sid, ioid, &request.to_pv()).await?;
+        push(&mut link.out, command::GET, |out| {
+            out.u32(sid);
+            out.u32(ioid);
+            // A plain exec: the connection closes after the answer, which ends the operation.
+            out.u8(0);
+        });
+        link.flush().await?;
+        let message = link.reply(command::GET, ioid).await?;
+        let mut input = Decoder::new(&message.payload, message.order);
+        input.take(5)?;
+        if let Some(refused) = status(&mut input)? {
+            return Err(ClientError::Server(refused));
+        }
+        let changed = BitSet::decode(&mut input)?;
+        let mut value = PvStructure::new(desc);
+        input.partial(&mut value, &changed, &mut link.cache)?;
+        Ok(value)
+    })
+    .await
+}
+
+/// Sets the members of `pv` at `values`' paths, converting scalars to the members' types;
+/// what was set.
+fn assign(pv: &mut PvStructure, values: &[(&str, Value)]) -> Result<BitSet, PvaError> {
+    let mut changed = BitSet::new();
+    for (path, value) in values {
+        let (bit, desc, slot) = pv
+            .get_mut(path)
+            .ok_or_else(|| PvaError::NoSuchField((*path).to_owned()))?;
+        *slot = match desc {
+            FieldDesc::Scalar(t) => value.convert_to(*t).ok_or_else(|| {
+                PvaError::Mismatch(format!("{path}: {value:?} is not a {}", t.name()))
+            })?,
+            _ => value.clone(),
+        };
+        changed.set(bit);
+    }
+    Ok(changed)
+}
+
+/// One put (with a timeout): sets the members at `values`' paths (e.g. `("value",
+/// Value::Double(1.5))`); scalars are converted to the members' types. A put the server
+/// refuses is [`ClientError::Server`] with its message.
+pub async fn put(
+    config: &ClientConfig,
+    name: &str,
+    values: &[(&str, Value)],
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    within(config, name, timeout, async |link: &mut Link, sid| {
+        let ioid = 1;
+        let request = Request::default().to_pv();
+        let desc = link.init(command::PUT, sid, ioid, &request).await?;
+        let mut value = PvStructure::new(desc);
+        let changed = assign(&mut value, values)?;
+        let mut body = Encoder::new(link.out.order);
+        changed.encode(&mut body);
+        body.partial(&value, &changed)?;
+        push(&mut link.out, command::PUT, |out| {
+            out.u32(sid);
+            out.u32(ioid);
+            out.u8(0);
+            out.buf.extend_from_slice(&body.buf);
+        });
+        link.flush().await?;
+        let message = link.reply(command::PUT, ioid).await?;
+        let mut input = Decoder::new(&message.payload, message.order);
+        input.take(5)?;
+        match status(&mut input)? {
+            None => Ok(()),
+            Some(refused) => Err(ClientError::Server(refused)),
+        }
+    })
+    .await
+}
