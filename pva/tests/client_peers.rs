@@ -373,3 +373,116 @@ async fn a_monitor_reconnects_through_a_server_restart() {
         assert_eq!(values, &expected);
     }
 }
+
+/// A free port on loopback for `bind`.
+fn free_port(tcp: bool) -> u16 {
+    if tcp {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP port");
+        socket.local_addr().expect("bound").port()
+    } else {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+        socket.local_addr().expect("bound").port()
+    }
+}
+
+/// `softIocPVA` (pvAccessCPP's server) from the venv, in its own process group: the wheel's
+/// launcher runs the IOC as a child, so stopping it means stopping the group.
+struct Ioc {
+    child: Child,
+    udp: u16,
+}
+
+impl Ioc {
+    fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let (tcp, udp, ca) = (free_port(true), free_port(false), free_port(true));
+        let child = Command::new(root().join(".venv/bin/softIocPVA"))
+            .process_group(0)
+            .env("EPICS_PVAS_INTF_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_PVAS_SERVER_PORT", tcp.to_string())
+            .env("EPICS_PVA_SERVER_PORT", tcp.to_string())
+            .env("EPICS_PVAS_BROADCAST_PORT", udp.to_string())
+            .env("EPICS_PVA_BROADCAST_PORT", udp.to_string())
+            .env("EPICS_PVAS_AUTO_BEACON_ADDR_LIST", "NO")
+            .env("EPICS_PVAS_BEACON_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_PVA_AUTO_ADDR_LIST", "NO")
+            .env("EPICS_PVA_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CAS_INTF_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CAS_SERVER_PORT", ca.to_string())
+            .env("EPICS_CA_SERVER_PORT", ca.to_string())
+            .env("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+            .env("EPICS_CAS_BEACON_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CA_AUTO_ADDR_LIST", "NO")
+            .env("EPICS_CA_ADDR_LIST", "127.0.0.1")
+            .env("EPICS_CA_MAX_ARRAY_BYTES", "10000000")
+            .args(["-S", "-d"])
+            .arg(root().join("pva/tests/client_ioc.db"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start softIocPVA");
+        Self { child, udp }
+    }
+}
+
+impl Drop for Ioc {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Against pvAccessCPP: its introspection cache (0xFD/0xFE) and its segmented messages (a
+/// 2.9 MB array comes back in segments of its buffer size), a put of that array (sent
+/// unsegmented), and a monitor of a 10 Hz record missing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_soft_ioc_pva() {
+    let ioc = Ioc::start();
+    let config = ClientConfig {
+        addr_list: vec![([127, 0, 0, 1], ioc.udp).into()],
+        name_servers: Vec::new(),
+        max_message: client::DEFAULT_MAX_MESSAGE,
+    };
+    let all = Request::default();
+    // The IOC is ready once it answers.
+    let calc = client::get(&config, "t:calc", &all, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(calc.id(), "epics:nt/NTScalar:1.0");
+
+    let pixels: Vec<u16> = (0..1392 * 1040).map(|i| (i % 65521) as u16).collect();
+    client::put(
+        &config,
+        "t:wf",
+        &[("value", Value::Array(ArrayValue::UShort(pixels.clone())))],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let read = client::get(&config, "t:wf", &all, TIMEOUT).await.unwrap();
+    assert_eq!(
+        read.value("value"),
+        Some(&Value::Array(ArrayValue::UShort(pixels)))
+    );
+
+    let (task, mut events) = start_monitor(config, &["t:calc", "t:wf"]);
+    let mut counts = Vec::new();
+    let mut array_seen = false;
+    events_until(&mut events, Duration::from_secs(20), |event| {
+        match event {
+            MonitorEvent::Update { pv: 0, value, .. } => counts.push(f64_at(value, "value") as i64),
+            MonitorEvent::Update { pv: 1, value, .. } => {
+                array_seen = matches!(value.value("value"), Some(Value::Array(ArrayValue::UShort(v))) if v.len() == 1392 * 1040);
+            }
+            MonitorEvent::Connected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        array_seen && counts.len() >= 20
+    })
+    .await;
+    task.abort();
+    let expected: Vec<i64> = (counts[0]..counts[0] + counts.len() as i64).collect();
+    assert_eq!(counts, expected);
+}
