@@ -1334,3 +1334,457 @@ pub async fn put(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn scalar_desc() -> Arc<StructDesc> {
+        Arc::new(StructDesc::new(
+            "epics:nt/NTScalar:1.0",
+            vec![
+                ("value", FieldDesc::Scalar(ScalarType::Double)),
+                (
+                    "alarm",
+                    FieldDesc::structure(
+                        "alarm_t",
+                        vec![
+                            ("severity", FieldDesc::Scalar(ScalarType::Int)),
+                            ("message", FieldDesc::Scalar(ScalarType::String)),
+                        ],
+                    ),
+                ),
+            ],
+        ))
+    }
+
+    /// A server's message (flag "from server").
+    fn server_message(cmd: u8, body: impl FnOnce(&mut Encoder)) -> Vec<u8> {
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, cmd, true);
+        body(&mut out);
+        wire::end(&mut out, start);
+        out.buf
+    }
+
+    fn search_response_payload(address: Ipv4Addr, port: u16, found: bool, cids: &[u32]) -> Vec<u8> {
+        let mut out = Encoder::new(ByteOrder::Little);
+        out.buf.extend_from_slice(&[7; 12]);
+        out.u32(1);
+        wire::put_address(&mut out, IpAddr::V4(address));
+        out.u16(port);
+        out.string("tcp");
+        out.u8(u8::from(found));
+        out.u16(cids.len() as u16);
+        for cid in cids {
+            out.u32(*cid);
+        }
+        out.buf
+    }
+
+    #[test]
+    fn a_search_has_the_protocol_layout() {
+        let mut out = Encoder::new(ByteOrder::Little);
+        search_message(&mut out, 9, true, 1234, &[(7, "a:b"), (8, "c")]);
+        let messages = wire::datagram_messages(&out.buf).unwrap();
+        assert_eq!(messages.len(), 1);
+        let (header, payload) = messages[0];
+        assert_eq!(header.command, command::SEARCH);
+        let mut input = Decoder::new(payload, header.order());
+        assert_eq!(input.u32().unwrap(), 9);
+        assert_eq!(input.u8().unwrap(), UNICAST);
+        assert_eq!(input.take(3).unwrap(), &[0, 0, 0]);
+        assert!(wire::get_address(&mut input).unwrap().is_unspecified());
+        assert_eq!(input.u16().unwrap(), 1234);
+        assert_eq!(input.size().unwrap(), Some(1));
+        assert_eq!(input.string().unwrap(), "tcp");
+        assert_eq!(input.u16().unwrap(), 2);
+        assert_eq!(
+            (input.u32().unwrap(), input.string().unwrap()),
+            (7, "a:b".to_owned())
+        );
+        assert_eq!(
+            (input.u32().unwrap(), input.string().unwrap()),
+            (8, "c".to_owned())
+        );
+        assert!(input.is_empty());
+        assert!(!is_unicast(&"255.255.255.255:5076".parse().unwrap()));
+        assert!(!is_unicast(&"10.1.2.255:5076".parse().unwrap()));
+        assert!(is_unicast(&"127.0.0.1:5076".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_search_response_names_the_sender_when_its_address_is_zero() {
+        let from: SocketAddr = "127.0.0.9:5076".parse().unwrap();
+        let any = search_response_payload(Ipv4Addr::UNSPECIFIED, 4000, true, &[3, 4]);
+        assert_eq!(
+            search_response(&any, ByteOrder::Little, from).unwrap(),
+            [
+                (3, "127.0.0.9:4000".parse().unwrap()),
+                (4, "127.0.0.9:4000".parse().unwrap())
+            ]
+        );
+        let named = search_response_payload(Ipv4Addr::new(10, 0, 0, 1), 4000, true, &[3]);
+        assert_eq!(
+            search_response(&named, ByteOrder::Little, from).unwrap(),
+            [(3, "10.0.0.1:4000".parse().unwrap())]
+        );
+        let not_found = search_response_payload(Ipv4Addr::UNSPECIFIED, 4000, false, &[3]);
+        assert!(
+            search_response(&not_found, ByteOrder::Little, from)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(search_response(&any[..any.len() - 1], ByteOrder::Little, from).is_err());
+        // In a datagram, after a message of another kind; garbage gives nothing.
+        let mut datagram = server_message(command::BEACON, |_| {});
+        datagram.extend(server_message(command::SEARCH_RESPONSE, |out| {
+            out.buf.extend_from_slice(&any)
+        }));
+        assert_eq!(datagram_responses(&datagram, from).len(), 2);
+        assert!(datagram_responses(b"GET / HTTP/1.1", from).is_empty());
+    }
+
+    #[test]
+    fn statuses_read_as_success_or_the_servers_message() {
+        let read = |bytes: &[u8]| status(&mut Decoder::new(bytes, ByteOrder::Little));
+        assert_eq!(read(&[0xFF]).unwrap(), None);
+        let mut out = Encoder::new(ByteOrder::Little);
+        out.u8(1);
+        out.string("just a warning");
+        out.string("");
+        assert_eq!(read(&out.buf).unwrap(), None);
+        let mut out = Encoder::new(ByteOrder::Little);
+        out.u8(2);
+        out.string("refused");
+        out.string("at line 3");
+        assert_eq!(read(&out.buf).unwrap(), Some("refused".to_owned()));
+        assert_eq!(read(&[3, 0, 0]).unwrap(), Some("error status 3".to_owned()));
+        assert!(read(&[2, 5, b'a']).is_err());
+    }
+
+    #[test]
+    fn a_put_converts_scalars_and_refuses_unknown_members() {
+        let mut pv = PvStructure::new(scalar_desc());
+        let changed = assign(
+            &mut pv,
+            &[
+                ("value", Value::Int(3)),
+                ("alarm.message", Value::String("set".to_owned())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(pv.value("value"), Some(&Value::Double(3.0)));
+        assert_eq!(changed.iter().collect::<Vec<_>>(), [1, 4]);
+        assert!(matches!(
+            assign(&mut pv, &[("nothing", Value::Int(1))]),
+            Err(PvaError::NoSuchField(_))
+        ));
+        assert!(matches!(
+            assign(&mut pv, &[("value", Value::String("x".to_owned()))]),
+            Err(PvaError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn addresses_parse_with_a_default_port() {
+        assert_eq!(
+            parse_addr_list("127.0.0.1 10.0.0.255:6000 not..an..address", 5076),
+            [
+                "127.0.0.1:5076".parse::<SocketAddr>().unwrap(),
+                "10.0.0.255:6000".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn the_back_off_doubles_to_its_ceiling_and_a_healthy_connection_starts_it_over() {
+        let now = Instant::now();
+        let mut retry = None;
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let next = Retry::after(retry, Duration::ZERO, now);
+            delays.push(next.delay.as_millis());
+            retry = Some(next);
+        }
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+        let again = Retry::after(retry, HEALTHY_AFTER, now);
+        assert_eq!((again.failures, again.delay), (1, RETRY_MIN));
+    }
+
+    /// Answers every search with `tcp_port`; returns the search address.
+    async fn search_answerer(tcp_port: u16) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, from)) = udp.recv_from(&mut buffer).await {
+                let Ok(messages) = wire::datagram_messages(&buffer[..len]) else {
+                    continue;
+                };
+                let mut reply = Vec::new();
+                for (header, payload) in messages {
+                    if header.command != command::SEARCH {
+                        continue;
+                    }
+                    let mut input = Decoder::new(payload, header.order());
+                    input.take(4 + 4 + 16 + 2).unwrap();
+                    input.size().unwrap();
+                    input.string().unwrap();
+                    let n = input.u16().unwrap();
+                    let cids: Vec<u32> = (0..n)
+                        .map(|_| {
+                            let cid = input.u32().unwrap();
+                            input.string().unwrap();
+                            cid
+                        })
+                        .collect();
+                    let body =
+                        search_response_payload(Ipv4Addr::UNSPECIFIED, tcp_port, true, &cids);
+                    reply.extend(server_message(command::SEARCH_RESPONSE, |out| {
+                        out.buf.extend_from_slice(&body)
+                    }));
+                }
+                let _ = udp.send_to(&reply, from).await;
+            }
+        });
+        address
+    }
+
+    /// The next application message a client sent.
+    async fn client_message(stream: &mut TcpStream, framer: &mut Framer) -> (u8, Vec<u8>) {
+        loop {
+            if let Some(Frame::Message {
+                command, payload, ..
+            }) = framer.next_frame().unwrap()
+            {
+                return (command, payload);
+            }
+            assert!(
+                stream.read_buf(&mut framer.buf).await.unwrap() > 0,
+                "client closed"
+            );
+        }
+    }
+
+    /// A server speaking the protocol by hand: validation, one channel, a pipelined monitor
+    /// whose type is sent through the introspection cache, then a whole update, a partial
+    /// one and a segmented one, each acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_monitor_keeps_the_whole_value_and_acknowledges_updates() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let search = search_answerer(tcp.local_addr().unwrap().port()).await;
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = tcp.accept().await.unwrap();
+            let mut framer = Framer::new(1 << 20);
+            let mut out = Encoder::new(ByteOrder::Little);
+            wire::control_message(&mut out, control::SET_BYTE_ORDER, 0, true);
+            out.buf
+                .extend(server_message(command::CONNECTION_VALIDATION, |out| {
+                    out.u32(1 << 16);
+                    out.u16(0x7fff);
+                    out.size(2);
+                    out.string("anonymous");
+                    out.string("ca");
+                }));
+            stream.write_all(&out.buf).await.unwrap();
+            let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+            assert_eq!(cmd, command::CONNECTION_VALIDATION);
+            let mut input = Decoder::new(&payload, ByteOrder::Little);
+            input.take(8).unwrap();
+            assert_eq!(input.string().unwrap(), "ca");
+            let credentials = input
+                .field_desc(&mut TypeCache::default())
+                .unwrap()
+                .unwrap();
+            assert!(credentials.at("user").is_some() && credentials.at("host").is_some());
+            let validated = server_message(command::CONNECTION_VALIDATED, |out| out.u8(0xFF));
+            stream.write_all(&validated).await.unwrap();
+
+            let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+            assert_eq!(cmd, command::CREATE_CHANNEL);
+            let mut input = Decoder::new(&payload, ByteOrder::Little);
+            assert_eq!(input.u16().unwrap(), 1);
+            let cid = input.u32().unwrap();
+            assert_eq!(input.string().unwrap(), "fake:pv");
+            let created = server_message(command::CREATE_CHANNEL, |out| {
+                out.u32(cid);
+                out.u32(77);
+                out.u8(0xFF);
+            });
+            stream.write_all(&created).await.unwrap();
+
+            let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+            assert_eq!(cmd, command::MONITOR);
+            let mut input = Decoder::new(&payload, ByteOrder::Little);
+            assert_eq!(input.u32().unwrap(), 77);
+            let ioid = input.u32().unwrap();
+            assert_eq!(
+                input.u8().unwrap(),
+                subcommand::INIT | subcommand::PIPELINE_ACK
+            );
+            let mut cache = TypeCache::default();
+            let desc = input.field_desc(&mut cache).unwrap().unwrap();
+            let request = input.value(&desc, &mut cache).unwrap();
+            let request = Request::from_pv(&PvStructure::from_parts(&desc, request).unwrap());
+            assert_eq!((request.queue_size, request.pipeline), (Some(4), true));
+            assert_eq!(input.u32().unwrap(), 4, "the first window");
+
+            let desc = scalar_desc();
+            let init = server_message(command::MONITOR, |out| {
+                out.u32(ioid);
+                out.u8(subcommand::INIT);
+                out.u8(0xFF);
+                // Defined in the introspection cache as id 1.
+                out.u8(0xFD);
+                out.u16(1);
+                out.field_desc(&FieldDesc::Structure(Arc::clone(&desc)));
+            });
+            stream.write_all(&init).await.unwrap();
+            let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+            assert_eq!(cmd, command::MONITOR);
+            assert_eq!(payload[8], subcommand::START | subcommand::PROCESS);
+
+            let mut value = PvStructure::new(Arc::clone(&desc));
+            let mut changed = BitSet::new();
+            value
+                .set("value", Value::Double(1.5), &mut changed)
+                .unwrap();
+            value
+                .set(
+                    "alarm.message",
+                    Value::String("first".to_owned()),
+                    &mut changed,
+                )
+                .unwrap();
+            let update = |value: &PvStructure, changed: &BitSet| {
+                server_message(command::MONITOR, |out| {
+                    out.u32(ioid);
+                    out.u8(0);
+                    changed.encode(out);
+                    out.partial(value, changed).unwrap();
+                    BitSet::new().encode(out);
+                })
+            };
+            stream
+                .write_all(&update(&value, &BitSet::all()))
+                .await
+                .unwrap();
+            let mut changed = BitSet::new();
+            value
+                .set("value", Value::Double(2.5), &mut changed)
+                .unwrap();
+            stream.write_all(&update(&value, &changed)).await.unwrap();
+            // The third in two segments (first, last).
+            let mut changed = BitSet::new();
+            value
+                .set("value", Value::Double(3.5), &mut changed)
+                .unwrap();
+            let whole = update(&value, &changed);
+            let body = &whole[wire::HEADER..];
+            let (a, b) = body.split_at(3);
+            for (part, flag) in [(a, 0x10u8), (b, 0x20)] {
+                let mut segment =
+                    server_message(command::MONITOR, |out| out.buf.extend_from_slice(part));
+                segment[2] |= flag;
+                stream.write_all(&segment).await.unwrap();
+            }
+            let mut acks = 0;
+            while acks < 3 {
+                let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+                if cmd == command::MONITOR && payload[8] == subcommand::PIPELINE_ACK {
+                    acks += u32::from_le_bytes(payload[9..13].try_into().unwrap());
+                }
+            }
+            acks
+        });
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            addr_list: vec![search],
+            name_servers: Vec::new(),
+            max_message: 1 << 20,
+        };
+        let client = tokio::spawn(monitor(
+            config,
+            vec!["fake:pv".to_owned()],
+            Request::parse("field()").unwrap(),
+            move |event| {
+                let _ = tx.send(event);
+            },
+        ));
+        let mut values = Vec::new();
+        while values.len() < 3 {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(MonitorEvent::Update { value, changed, .. })) => {
+                    values.push((value, changed))
+                }
+                Ok(Some(MonitorEvent::Connected { desc, .. })) => assert_eq!(desc, scalar_desc()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(server.await.unwrap(), 3);
+        client.abort();
+        let message = |v: &PvStructure| v.value("alarm.message").cloned();
+        let first = Some(Value::String("first".to_owned()));
+        assert_eq!(values[0].0.value("value"), Some(&Value::Double(1.5)));
+        assert_eq!(message(&values[0].0), first);
+        assert!(values[0].1.get(0));
+        // Partial updates leave the rest as it was.
+        assert_eq!(values[1].0.value("value"), Some(&Value::Double(2.5)));
+        assert_eq!(message(&values[1].0), first);
+        assert_eq!(values[1].1.iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(values[2].0.value("value"), Some(&Value::Double(3.5)));
+        assert_eq!(message(&values[2].0), first);
+    }
+
+    /// A server that accepts connections and closes them at once is reconnected to with
+    /// back-off, each failure an event with the wait doubling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_server_is_reconnected_to_with_back_off() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let search = search_answerer(tcp.local_addr().unwrap().port()).await;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                let _ = stream.write_all(b"not PV Access").await;
+            }
+        });
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            addr_list: vec![search],
+            name_servers: Vec::new(),
+            max_message: 1 << 20,
+        };
+        let client = tokio::spawn(monitor(
+            config,
+            vec!["X".to_owned()],
+            Request::default(),
+            move |event| {
+                let _ = tx.send(event);
+            },
+        ));
+        let mut lost = Vec::new();
+        while lost.len() < 3 {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(MonitorEvent::ConnectionLost {
+                    failures,
+                    retry_in,
+                    pvs,
+                    ..
+                })) => {
+                    assert_eq!(pvs, [0]);
+                    lost.push((failures, retry_in));
+                }
+                Ok(Some(MonitorEvent::Disconnected { pv: 0 })) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        client.abort();
+        let ms = Duration::from_millis;
+        assert_eq!(lost, [(1, ms(100)), (2, ms(200)), (3, ms(400))]);
+    }
+}
