@@ -486,3 +486,133 @@ async fn against_soft_ioc_pva() {
     let expected: Vec<i64> = (counts[0]..counts[0] + counts.len() as i64).collect();
     assert_eq!(counts, expected);
 }
+
+/// Against this crate's own server: get, a pipelined monitor seeing every one of 30 posts
+/// made every 20 ms, an accepted put reaching the owner with the client's `ca` user, and a
+/// refused one coming back with the owner's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_our_own_server() {
+    use beamflow_pva::pvdata::{FieldDesc, ScalarType, StructDesc};
+    use beamflow_pva::server::{Access, PvStore, Server, ServerConfig, WriteRule};
+    use std::sync::{Arc, Mutex};
+
+    let desc = Arc::new(StructDesc::new(
+        "epics:nt/NTScalar:1.0",
+        vec![
+            ("value", FieldDesc::Scalar(ScalarType::Double)),
+            (
+                "alarm",
+                FieldDesc::structure(
+                    "alarm_t",
+                    vec![
+                        ("severity", FieldDesc::Scalar(ScalarType::Int)),
+                        ("status", FieldDesc::Scalar(ScalarType::Int)),
+                        ("message", FieldDesc::Scalar(ScalarType::String)),
+                    ],
+                ),
+            ),
+        ],
+    ));
+    let store = PvStore::new();
+    store.add(
+        "b:counter",
+        PvStructure::new(Arc::clone(&desc)),
+        Access::ReadOnly,
+    );
+    let puts = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&puts);
+    store.add(
+        "b:setpoint",
+        PvStructure::new(Arc::clone(&desc)),
+        Access::Writable {
+            allow: WriteRule::default(),
+            on_put: Arc::new(move |put| {
+                let value = put
+                    .value
+                    .value("value")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                if value < 0.0 {
+                    return Err("no negative setpoints".to_owned());
+                }
+                seen.lock()
+                    .expect("not poisoned")
+                    .push((value, put.user.clone()));
+                Ok(())
+            }),
+        },
+    );
+    let server = Server::bind(ServerConfig::loopback(), store.clone())
+        .await
+        .unwrap();
+    let config = ClientConfig {
+        addr_list: vec![server.udp_addr()],
+        name_servers: Vec::new(),
+        max_message: client::DEFAULT_MAX_MESSAGE,
+    };
+    let serving = tokio::spawn(server.run());
+
+    let read = client::get(&config, "b:counter", &Request::default(), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(read.value("value"), Some(&Value::Double(0.0)));
+
+    let (task, mut events) = start_monitor(config.clone(), &["b:counter"]);
+    events_until(&mut events, TIMEOUT, |event| {
+        matches!(event, MonitorEvent::Update { .. })
+    })
+    .await;
+    let poster = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for i in 1..=30 {
+            tick.tick().await;
+            store.update("b:counter", |pv, changed| {
+                let _ = pv.set("value", Value::Double(f64::from(i)), changed);
+            });
+        }
+    });
+    let mut values = Vec::new();
+    events_until(&mut events, TIMEOUT, |event| {
+        if let MonitorEvent::Update { value, changed, .. } = event {
+            assert!(!changed.is_empty());
+            values.push(f64_at(value, "value") as i64);
+        }
+        values.last() == Some(&30)
+    })
+    .await;
+    poster.await.unwrap();
+    task.abort();
+    assert_eq!(values, (1..=30).collect::<Vec<i64>>());
+
+    client::put(
+        &config,
+        "b:setpoint",
+        &[("value", Value::Double(4.0))],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let refused = client::put(
+        &config,
+        "b:setpoint",
+        &[("value", Value::Double(-4.0))],
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Server(m)) if m.contains("no negative setpoints")),
+        "{refused:?}"
+    );
+    let read = client::get(&config, "b:setpoint", &Request::default(), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(read.value("value"), Some(&Value::Double(4.0)));
+    let puts = puts.lock().expect("not poisoned").clone();
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].0, 4.0);
+    assert!(
+        !puts[0].1.is_empty() && puts[0].1 != "anonymous",
+        "{puts:?}"
+    );
+    serving.abort();
+}
