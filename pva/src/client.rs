@@ -59,7 +59,12 @@ impl ClientConfig {
     /// `EPICS_PVA_AUTO_ADDR_LIST=NO`; `EPICS_PVA_NAME_SERVERS` (port `EPICS_PVA_SERVER_PORT`
     /// or 5075).
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`ClientConfig::from_env`] with the variables from `lookup`.
+    fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).unwrap_or_default();
         let port = |name: &str, default: u16| var(name).trim().parse().unwrap_or(default);
         let udp = port("EPICS_PVA_BROADCAST_PORT", DEFAULT_BROADCAST_PORT);
         let tcp = port("EPICS_PVA_SERVER_PORT", DEFAULT_SERVER_PORT);
@@ -711,6 +716,9 @@ enum PvState {
     Found,
 }
 
+/// Where a connection task gets the PVs (index and name) it is to create channels for.
+type LinkInput = mpsc::Sender<(usize, String)>;
+
 /// What a connection task tells the monitor.
 enum Report {
     Event(MonitorEvent),
@@ -720,8 +728,10 @@ enum Report {
         pv: usize,
         after: Duration,
     },
+    /// A connection ended (`link` tells it from a newer one to the same server).
     Closed {
         server: SocketAddr,
+        link: u64,
         pvs: Vec<usize>,
         error: String,
     },
@@ -754,7 +764,9 @@ pub async fn monitor(
         };
         names.len()
     ];
-    let mut links: HashMap<SocketAddr, (mpsc::Sender<(usize, String)>, Instant)> = HashMap::new();
+    // Open connections: where to hand PVs, when each opened, and its number.
+    let mut links: HashMap<SocketAddr, (LinkInput, Instant, u64)> = HashMap::new();
+    let mut link_count = 0u64;
     let mut retries: HashMap<SocketAddr, Retry> = HashMap::new();
     let (report_tx, mut report_rx) = mpsc::channel::<Report>(1024);
     let mut buffer = vec![0u8; 65536];
@@ -805,11 +817,17 @@ pub async fn monitor(
                         }
                         on_event(MonitorEvent::Disconnected { pv });
                     }
-                    Report::Closed { server, pvs, error } => {
+                    Report::Closed { server, link, pvs, error } => {
                         let now = Instant::now();
-                        let lived = links
-                            .remove(&server)
-                            .map_or(Duration::ZERO, |(_, opened)| now.duration_since(opened));
+                        // A connection that ended before the newer one to its server took
+                        // over leaves the newer one in place.
+                        let lived = match links.get(&server) {
+                            Some(&(_, opened, id)) if id == link => {
+                                links.remove(&server);
+                                now.duration_since(opened)
+                            }
+                            _ => Duration::ZERO,
+                        };
                         let retry = Retry::after(retries.get(&server).copied(), lived, now);
                         retries.insert(server, retry);
                         let Retry { failures, delay, not_before } = retry;
@@ -859,13 +877,15 @@ pub async fn monitor(
             *state = PvState::Found;
             let name = names[pv].clone();
             match links.get(&server) {
-                Some((link, _)) if link.send((pv, name.clone())).await.is_ok() => {}
+                Some((link, _, _)) if link.send((pv, name.clone())).await.is_ok() => {}
                 _ => {
                     let (tx, rx) = mpsc::channel(names.len().max(1) + 16);
                     let _ = tx.send((pv, name)).await;
-                    links.insert(server, (tx, now));
+                    link_count += 1;
+                    links.insert(server, (tx, now, link_count));
                     tokio::spawn(run_link(
                         server,
+                        link_count,
                         config.max_message,
                         Arc::clone(&request),
                         rx,
@@ -889,6 +909,7 @@ struct Channel {
 /// One connection: creates channels as they are handed to it, monitors them, reports.
 async fn run_link(
     server: SocketAddr,
+    link: u64,
     max_message: usize,
     request: Arc<Request>,
     mut asked: mpsc::Receiver<(usize, String)>,
@@ -915,7 +936,14 @@ async fn run_link(
         pvs.push(pv);
     }
     pvs.sort_unstable();
-    let _ = reports.send(Report::Closed { server, pvs, error }).await;
+    let _ = reports
+        .send(Report::Closed {
+            server,
+            link,
+            pvs,
+            error,
+        })
+        .await;
 }
 
 async fn link_loop(
@@ -1486,6 +1514,40 @@ mod tests {
             assign(&mut pv, &[("value", Value::String("x".to_owned()))]),
             Err(PvaError::Mismatch(_))
         ));
+    }
+
+    #[test]
+    fn the_environment_names_search_addresses_and_name_servers() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let config = ClientConfig::from_vars(vars(&[
+            ("EPICS_PVA_ADDR_LIST", "127.0.0.1 10.0.0.2:7000"),
+            ("EPICS_PVA_AUTO_ADDR_LIST", "NO"),
+            ("EPICS_PVA_BROADCAST_PORT", "6076"),
+            ("EPICS_PVA_NAME_SERVERS", "127.0.0.1 10.0.0.3:7001"),
+            ("EPICS_PVA_SERVER_PORT", "6075"),
+        ]));
+        let addresses = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        assert_eq!(
+            config.addr_list,
+            addresses(&["127.0.0.1:6076", "10.0.0.2:7000"])
+        );
+        assert_eq!(
+            config.name_servers,
+            addresses(&["127.0.0.1:6075", "10.0.0.3:7001"])
+        );
+        assert_eq!(config.max_message, DEFAULT_MAX_MESSAGE);
+        let defaults = ClientConfig::from_vars(vars(&[]));
+        assert_eq!(defaults.addr_list, addresses(&["255.255.255.255:5076"]));
+        assert!(defaults.name_servers.is_empty());
     }
 
     #[test]
