@@ -314,9 +314,29 @@ async fn monitors_see_every_counter_value_at_10_hz() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitor_reconnects_through_a_server_restart() {
+    restart(false).await;
+}
+
+/// The same, found through the server as name server (TCP search), whose connection is lost
+/// and made again too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_through_a_name_server_reconnects_through_a_server_restart() {
+    restart(true).await;
+}
+
+async fn restart(name_server: bool) {
     let server = P4p::start(0, 0);
     let (tcp, udp) = (server.tcp, server.udp);
-    let (task, mut events) = start_monitor(server.config(), &["t:scalar", "t:image"]);
+    let config = if name_server {
+        ClientConfig {
+            addr_list: Vec::new(),
+            name_servers: vec![([127, 0, 0, 1], tcp).into()],
+            max_message: client::DEFAULT_MAX_MESSAGE,
+        }
+    } else {
+        server.config()
+    };
+    let (task, mut events) = start_monitor(config, &["t:scalar", "t:image"]);
     let mut updates = [0usize; 2];
     events_until(&mut events, TIMEOUT, |event| {
         if let MonitorEvent::Update { pv, .. } = event {
@@ -615,4 +635,29 @@ async fn against_our_own_server() {
         "{puts:?}"
     );
     serving.abort();
+}
+
+/// A monitor the server refuses (its pvRequest selects nothing the PV has) is reported with
+/// the server's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_monitor_is_reported() {
+    let server = P4p::start(0, 0);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client::monitor(
+        server.config(),
+        vec!["t:scalar".to_owned()],
+        Request::parse("field(nothing)").expect("a pvRequest"),
+        move |event| {
+            let _ = tx.send(event);
+        },
+    ));
+    events_until(&mut events, TIMEOUT, |event| {
+        eprintln!("EVENT {event:?}");
+        matches!(
+            event,
+            MonitorEvent::Malformed { .. } | MonitorEvent::Update { .. }
+        )
+    })
+    .await;
+    task.abort();
 }
