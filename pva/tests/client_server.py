@@ -2,7 +2,8 @@
 NTScalarArray and a 1392x1040 u16 NTNDArray, an NTEnum and an NTTable to read, and a writable
 SharedPV that refuses negative values. Loopback only; prints its ports as one JSON line.
 
-Usage: client_server.py [TCP_PORT UDP_PORT]   (0 or nothing: any free ports)
+Usage: client_server.py TCP_PORT UDP_PORT [images]   (port 0: any free one; the image is
+posted only with "images": building it ten times a second costs a core's fair share)
 """
 
 import json
@@ -17,6 +18,7 @@ from p4p.server.thread import SharedPV
 
 tcp_port = sys.argv[1] if len(sys.argv) > 1 else "0"
 udp_port = sys.argv[2] if len(sys.argv) > 2 else "0"
+post_images = "images" in sys.argv[3:]
 
 scalar = SharedPV(nt=NTScalar("d", display=True, control=True), initial=0.0)
 array = SharedPV(nt=NTScalar("ad"), initial=numpy.zeros(8))
@@ -83,10 +85,11 @@ def post_forever():
     while True:
         scalar.post(float(counter))
         array.post(numpy.full(8, float(counter)))
-        image[0, 0] = counter & 0xFFFF
-        value = image_nt.wrap(image)
-        value["uniqueId"] = counter
-        ndarray.post(value)
+        if post_images:
+            image[0, 0] = counter & 0xFFFF
+            value = image_nt.wrap(image)
+            value["uniqueId"] = counter
+            ndarray.post(value)
         counter += 1
         next_at += period
         time.sleep(max(0.0, next_at - time.monotonic()))
