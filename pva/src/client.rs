@@ -5,8 +5,9 @@
 //! stays unresolved) and by TCP search to `name_servers`. One TCP connection is opened per
 //! server, and all of that server's PVs share it. Each PV gets a monitor, pipelined by default
 //! (`record[queueSize=4,pipeline=true]`): the server sends at most the queue's worth of updates
-//! before the client acknowledges them, so a fast server is held back rather than its updates
-//! squashed. The client keeps each PV's whole value and applies every partial update to it.
+//! before the client acknowledges them, and the client acknowledges an update once its event
+//! was handed to the watcher, so a slow watcher holds back the server instead of filling
+//! memory here. The client keeps each PV's whole value and applies every partial update to it.
 //!
 //! A lost connection sends its PVs back to searching, so a restarted server is picked up
 //! without anyone's help. A server whose connections keep failing is reconnected to with
@@ -716,12 +717,30 @@ enum PvState {
     Found,
 }
 
-/// Where a connection task gets the PVs (index and name) it is to create channels for.
-type LinkInput = mpsc::Sender<(usize, String)>;
+/// What the monitor asks of a connection task.
+enum LinkRequest {
+    /// Create a channel for this PV (index and name) and monitor it.
+    Create(usize, String),
+    /// An update of the PV's monitor `ioid` was consumed: acknowledge it (pipelining).
+    Ack { pv: usize, ioid: u32 },
+}
+
+/// Where a connection task gets its requests. Unbounded, yet bounded by the protocol: a
+/// create per PV, and acknowledgements no more than the updates the server's window allows.
+type LinkInput = mpsc::UnboundedSender<LinkRequest>;
 
 /// What a connection task tells the monitor.
 enum Report {
     Event(MonitorEvent),
+    /// An update (or an unreadable one) of a pipelined monitor: acknowledged once the event
+    /// was handed to the watcher, so a slow watcher holds back the server, not memory here.
+    Update {
+        event: MonitorEvent,
+        server: SocketAddr,
+        link: u64,
+        pv: usize,
+        ioid: u32,
+    },
     /// The PV's channel is gone from a live connection (the server refused or destroyed it):
     /// search again after `after`.
     Lost {
@@ -768,7 +787,8 @@ pub async fn monitor(
     let mut links: HashMap<SocketAddr, (LinkInput, Instant, u64)> = HashMap::new();
     let mut link_count = 0u64;
     let mut retries: HashMap<SocketAddr, Retry> = HashMap::new();
-    let (report_tx, mut report_rx) = mpsc::channel::<Report>(1024);
+    // Small: a connection whose reports wait stops reading, and its server holds back.
+    let (report_tx, mut report_rx) = mpsc::channel::<Report>(64);
     let mut buffer = vec![0u8; 65536];
     let mut seq = 0u32;
     loop {
@@ -811,6 +831,14 @@ pub async fn monitor(
             Some(report) = report_rx.recv() => {
                 match report {
                     Report::Event(event) => on_event(event),
+                    Report::Update { event, server, link, pv, ioid } => {
+                        on_event(event);
+                        if let Some((input, _, id)) = links.get(&server)
+                            && *id == link
+                        {
+                            let _ = input.send(LinkRequest::Ack { pv, ioid });
+                        }
+                    }
                     Report::Lost { pv, after } => {
                         if let Some(state) = states.get_mut(pv) {
                             *state = PvState::Searching { next: Instant::now() + after, period: SEARCH_MIN.max(after) };
@@ -877,10 +905,10 @@ pub async fn monitor(
             *state = PvState::Found;
             let name = names[pv].clone();
             match links.get(&server) {
-                Some((link, _, _)) if link.send((pv, name.clone())).await.is_ok() => {}
+                Some((link, _, _)) if link.send(LinkRequest::Create(pv, name.clone())).is_ok() => {}
                 _ => {
-                    let (tx, rx) = mpsc::channel(names.len().max(1) + 16);
-                    let _ = tx.send((pv, name)).await;
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let _ = tx.send(LinkRequest::Create(pv, name));
                     link_count += 1;
                     links.insert(server, (tx, now, link_count));
                     tokio::spawn(run_link(
@@ -912,12 +940,13 @@ async fn run_link(
     link: u64,
     max_message: usize,
     request: Arc<Request>,
-    mut asked: mpsc::Receiver<(usize, String)>,
+    mut asked: mpsc::UnboundedReceiver<LinkRequest>,
     reports: mpsc::Sender<Report>,
 ) {
     let mut channels: HashMap<u32, Channel> = HashMap::new();
     let result = link_loop(
         server,
+        link,
         max_message,
         &request,
         &mut asked,
@@ -932,8 +961,10 @@ async fn run_link(
     // Names handed over but not yet read are lost with the connection too.
     asked.close();
     let mut pvs: Vec<usize> = channels.values().map(|c| c.pv).collect();
-    while let Ok((pv, _)) = asked.try_recv() {
-        pvs.push(pv);
+    while let Ok(request) = asked.try_recv() {
+        if let LinkRequest::Create(pv, _) = request {
+            pvs.push(pv);
+        }
     }
     pvs.sort_unstable();
     let _ = reports
@@ -948,9 +979,10 @@ async fn run_link(
 
 async fn link_loop(
     server: SocketAddr,
+    link_id: u64,
     max_message: usize,
     request: &Request,
-    asked: &mut mpsc::Receiver<(usize, String)>,
+    asked: &mut mpsc::UnboundedReceiver<LinkRequest>,
     reports: &mpsc::Sender<Report>,
     channels: &mut HashMap<u32, Channel>,
 ) -> std::io::Result<()> {
@@ -968,7 +1000,7 @@ async fn link_loop(
         tokio::select! {
             next = asked.recv() => match next {
                 None => return Ok(()),
-                Some((pv, name)) => {
+                Some(LinkRequest::Create(pv, name)) => {
                     let cid = pv as u32;
                     channels.insert(cid, Channel { pv, sid: None, ioid: None, value: None });
                     push(&mut link.out, command::CREATE_CHANNEL, |out| {
@@ -976,6 +1008,20 @@ async fn link_loop(
                         out.u32(cid);
                         out.string(&name);
                     });
+                }
+                Some(LinkRequest::Ack { pv, ioid }) => {
+                    // Only for the monitor the update came from, not a newer one.
+                    if let Some(channel) = channels.get(&(pv as u32))
+                        && channel.ioid == Some(ioid)
+                        && let Some(sid) = channel.sid
+                    {
+                        push(&mut link.out, command::MONITOR, |out| {
+                            out.u32(sid);
+                            out.u32(ioid);
+                            out.u8(subcommand::PIPELINE_ACK);
+                            out.u32(1);
+                        });
+                    }
                 }
             },
             read = link.read() => {
@@ -993,6 +1039,7 @@ async fn link_loop(
                         queue,
                         next_ioid: &mut next_ioid,
                         server_messages: &mut server_messages,
+                        link_id,
                     };
                     context.handle(message).await?;
                 }
@@ -1022,6 +1069,7 @@ struct LinkContext<'a> {
     queue: u32,
     next_ioid: &'a mut u32,
     server_messages: &'a mut u64,
+    link_id: u64,
 }
 
 impl LinkContext<'_> {
@@ -1201,17 +1249,18 @@ impl LinkContext<'_> {
                 error: error.to_string(),
             },
         };
-        // The update is handed on (the monitor's queue holds back a slow consumer): its slot
-        // in the server's window is free again.
-        self.report(Report::Event(event)).await;
-        if self.pipeline {
-            push(&mut self.link.out, command::MONITOR, |out| {
-                out.u32(sid);
-                out.u32(ioid);
-                out.u8(subcommand::PIPELINE_ACK);
-                out.u32(1);
-            });
-        }
+        let report = if self.pipeline {
+            Report::Update {
+                event,
+                server: self.link.server,
+                link: self.link_id,
+                pv,
+                ioid,
+            }
+        } else {
+            Report::Event(event)
+        };
+        self.report(report).await;
         Ok(())
     }
 }
