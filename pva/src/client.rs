@@ -187,8 +187,12 @@ pub enum ClientError {
 /// Search period bounds: fast at first, then backing off while a name stays unresolved.
 const SEARCH_MIN: Duration = Duration::from_millis(50);
 const SEARCH_MAX: Duration = Duration::from_secs(2);
-/// A connection silent this long is sent an ECHO; one silent twice this long is dropped.
-const ECHO_AFTER: Duration = Duration::from_secs(10);
+/// An ECHO goes to each server this often, whatever else is sent: a server drops a client it
+/// has not heard from for its timeout (pvxs: 40 s), and a busy monitor that is not pipelined
+/// sends nothing else.
+const ECHO_EVERY: Duration = Duration::from_secs(10);
+/// A connection silent this long (through two echoes) is dropped.
+const SILENT_AFTER: Duration = Duration::from_secs(25);
 /// How long a server may take to accept a connection and validate it.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Names in one search datagram at most (a datagram stays well under a typical MTU for short
@@ -993,7 +997,7 @@ async fn link_loop(
     let mut ops: HashMap<u32, u32> = HashMap::new();
     let mut next_ioid = 1u32;
     let mut last_heard = Instant::now();
-    let mut echo_sent = false;
+    let mut next_echo = last_heard + ECHO_EVERY;
     // MESSAGEs the server sent on this connection: the first is logged, the rest counted.
     let mut server_messages = 0u64;
     loop {
@@ -1027,7 +1031,6 @@ async fn link_loop(
             read = link.read() => {
                 read?;
                 last_heard = Instant::now();
-                echo_sent = false;
                 while let Some(message) = link.take()? {
                     let mut context = LinkContext {
                         link: &mut link,
@@ -1044,13 +1047,15 @@ async fn link_loop(
                     context.handle(message).await?;
                 }
             }
-            () = tokio::time::sleep_until(last_heard + ECHO_AFTER) => {
-                if echo_sent {
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to ECHO"));
+            () = tokio::time::sleep_until(next_echo) => {
+                if last_heard.elapsed() >= SILENT_AFTER {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the server was silent, even to ECHO",
+                    ));
                 }
                 push(&mut link.out, command::ECHO, |_| {});
-                echo_sent = true;
-                last_heard = Instant::now();
+                next_echo = Instant::now() + ECHO_EVERY;
             }
         }
         link.flush().await?;
