@@ -1688,6 +1688,90 @@ mod tests {
         }
     }
 
+    /// Accepts a connection and validates it (offering `ca`, which the client must choose).
+    async fn accept_validated(tcp: &TcpListener) -> (TcpStream, Framer) {
+        let (mut stream, _) = tcp.accept().await.unwrap();
+        let mut framer = Framer::new(1 << 20);
+        let mut out = Encoder::new(ByteOrder::Little);
+        wire::control_message(&mut out, control::SET_BYTE_ORDER, 0, true);
+        out.buf
+            .extend(server_message(command::CONNECTION_VALIDATION, |out| {
+                out.u32(1 << 16);
+                out.u16(0x7fff);
+                out.size(2);
+                out.string("anonymous");
+                out.string("ca");
+            }));
+        stream.write_all(&out.buf).await.unwrap();
+        let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+        assert_eq!(cmd, command::CONNECTION_VALIDATION);
+        let mut input = Decoder::new(&payload, ByteOrder::Little);
+        input.take(8).unwrap();
+        assert_eq!(input.string().unwrap(), "ca");
+        let credentials = input
+            .field_desc(&mut TypeCache::default())
+            .unwrap()
+            .unwrap();
+        assert!(credentials.at("user").is_some() && credentials.at("host").is_some());
+        let validated = server_message(command::CONNECTION_VALIDATED, |out| out.u8(0xFF));
+        stream.write_all(&validated).await.unwrap();
+        (stream, framer)
+    }
+
+    /// A server that validates the connection and then says nothing, not even to ECHO: the
+    /// client sends ECHOes every 10 s and drops the connection after 25 s of silence.
+    #[tokio::test]
+    async fn a_silent_server_is_dropped_after_its_echoes_go_unanswered() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let search = search_answerer(tcp.local_addr().unwrap().port()).await;
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (mut stream, mut framer) = accept_validated(&tcp).await;
+            let _ = ready_tx.send(());
+            let mut echoes = 0;
+            loop {
+                match framer.next_frame().unwrap() {
+                    Some(Frame::Message { command, .. }) => {
+                        echoes += usize::from(command == command::ECHO);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if stream.read_buf(&mut framer.buf).await.unwrap_or(0) == 0 {
+                            return echoes;
+                        }
+                    }
+                }
+            }
+        });
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            addr_list: vec![search],
+            name_servers: Vec::new(),
+            max_message: 1 << 20,
+        };
+        let client = tokio::spawn(monitor(
+            config,
+            vec!["quiet".to_owned()],
+            Request::default(),
+            move |event| {
+                let _ = tx.send(event);
+            },
+        ));
+        ready.await.unwrap();
+        // From here on the clock runs only as far as the client's timers need.
+        tokio::time::pause();
+        let error = loop {
+            match events.recv().await {
+                Some(MonitorEvent::ConnectionLost { error, .. }) => break error,
+                Some(_) => {}
+                None => panic!("the monitor ended"),
+            }
+        };
+        client.abort();
+        assert!(error.contains("silent"), "{error}");
+        assert_eq!(server.await.unwrap(), 2, "ECHOes at 10 and 20 s");
+    }
+
     /// A server speaking the protocol by hand: validation, one channel, a pipelined monitor
     /// whose type is sent through the introspection cache, then a whole update, a partial
     /// one and a segmented one, each acknowledged.
@@ -1696,31 +1780,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let search = search_answerer(tcp.local_addr().unwrap().port()).await;
         let server = tokio::spawn(async move {
-            let (mut stream, _) = tcp.accept().await.unwrap();
-            let mut framer = Framer::new(1 << 20);
-            let mut out = Encoder::new(ByteOrder::Little);
-            wire::control_message(&mut out, control::SET_BYTE_ORDER, 0, true);
-            out.buf
-                .extend(server_message(command::CONNECTION_VALIDATION, |out| {
-                    out.u32(1 << 16);
-                    out.u16(0x7fff);
-                    out.size(2);
-                    out.string("anonymous");
-                    out.string("ca");
-                }));
-            stream.write_all(&out.buf).await.unwrap();
-            let (cmd, payload) = client_message(&mut stream, &mut framer).await;
-            assert_eq!(cmd, command::CONNECTION_VALIDATION);
-            let mut input = Decoder::new(&payload, ByteOrder::Little);
-            input.take(8).unwrap();
-            assert_eq!(input.string().unwrap(), "ca");
-            let credentials = input
-                .field_desc(&mut TypeCache::default())
-                .unwrap()
-                .unwrap();
-            assert!(credentials.at("user").is_some() && credentials.at("host").is_some());
-            let validated = server_message(command::CONNECTION_VALIDATED, |out| out.u8(0xFF));
-            stream.write_all(&validated).await.unwrap();
+            let (mut stream, mut framer) = accept_validated(&tcp).await;
 
             let (cmd, payload) = client_message(&mut stream, &mut framer).await;
             assert_eq!(cmd, command::CREATE_CHANNEL);
