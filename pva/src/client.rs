@@ -434,7 +434,7 @@ impl Link {
                 command::CONNECTION_VALIDATION => {
                     let mut input = Decoder::new(&message.payload, message.order);
                     let methods = validation_methods(&mut input).map_err(invalid)?;
-                    link.validate(&methods);
+                    link.validate(&methods, max_message);
                     link.flush().await?;
                 }
                 command::CONNECTION_VALIDATED => {
@@ -451,10 +451,12 @@ impl Link {
     }
 
     /// The client's CONNECTION_VALIDATION: `ca` (user and host) if offered, else anonymous.
-    fn validate(&mut self, methods: &[String]) {
+    fn validate(&mut self, methods: &[String], receive_buffer: usize) {
         let ca = methods.iter().any(|m| m == "ca");
         push(&mut self.out, command::CONNECTION_VALIDATION, |out| {
-            out.u32(1 << 16); // receive buffer: unused by pvxs and pvAccessCPP
+            // The receive buffer: servers that segment by it (beamflow's) send a message up to
+            // the size the framer takes whole in one piece.
+            out.u32(u32::try_from(receive_buffer).unwrap_or(u32::MAX));
             out.u16(0x7fff); // introspection registry size
             out.u16(0); // quality of service
             if ca {
