@@ -195,8 +195,7 @@ const ECHO_EVERY: Duration = Duration::from_secs(10);
 const SILENT_AFTER: Duration = Duration::from_secs(25);
 /// How long a server may take to accept a connection and validate it.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Names in one search datagram at most (a datagram stays well under a typical MTU for short
-/// names; longer ones are cut by size too).
+/// Bytes of names in one search datagram at most: a datagram stays under a typical MTU.
 const SEARCH_DATAGRAM: usize = 1200;
 /// Bytes read from a connection at once at least.
 const READ_CHUNK: usize = 256 * 1024;
@@ -1497,6 +1496,40 @@ mod tests {
         assert!(!is_unicast(&"255.255.255.255:5076".parse().unwrap()));
         assert!(!is_unicast(&"10.1.2.255:5076".parse().unwrap()));
         assert!(is_unicast(&"127.0.0.1:5076".parse().unwrap()));
+    }
+
+    /// Many names go out in several datagrams, each under a typical MTU, all names in order.
+    #[tokio::test]
+    async fn many_names_are_searched_in_datagrams_of_bounded_size() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let names: Vec<String> = (0..200)
+            .map(|i| format!("beamline:device{i:03}:value"))
+            .collect();
+        let asked: Vec<(u32, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.as_str()))
+            .collect();
+        send_udp_searches(&sender, &[receiver.local_addr().unwrap()], 1, &asked).await;
+        let mut seen = Vec::new();
+        let mut buffer = vec![0u8; 65536];
+        while seen.len() < names.len() {
+            let (len, _) = receiver.recv_from(&mut buffer).await.unwrap();
+            assert!(len <= 1400, "a datagram of {len} bytes");
+            for (header, payload) in wire::datagram_messages(&buffer[..len]).unwrap() {
+                let mut input = Decoder::new(payload, header.order());
+                input.take(4 + 4 + 16 + 2).unwrap();
+                input.size().unwrap();
+                input.string().unwrap();
+                for _ in 0..input.u16().unwrap() {
+                    seen.push((input.u32().unwrap(), input.string().unwrap()));
+                }
+            }
+        }
+        let expected: Vec<(u32, String)> =
+            asked.iter().map(|(c, n)| (*c, (*n).to_owned())).collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
