@@ -1807,6 +1807,120 @@ mod tests {
         assert_eq!(server.await.unwrap(), 2, "ECHOes at 10 and 20 s");
     }
 
+    /// Answers the client's CREATE_CHANNEL and its monitor's INIT (with `desc`) and START;
+    /// the monitor's ioid and sid.
+    async fn serve_monitor(
+        stream: &mut TcpStream,
+        framer: &mut Framer,
+        desc: &Arc<StructDesc>,
+    ) -> (u32, u32) {
+        let (cmd, payload) = client_message(stream, framer).await;
+        assert_eq!(cmd, command::CREATE_CHANNEL);
+        let cid = u32::from_le_bytes(payload[2..6].try_into().unwrap());
+        let sid = 5;
+        let created = server_message(command::CREATE_CHANNEL, |out| {
+            out.u32(cid);
+            out.u32(sid);
+            out.u8(0xFF);
+        });
+        stream.write_all(&created).await.unwrap();
+        let (cmd, payload) = client_message(stream, framer).await;
+        assert_eq!(cmd, command::MONITOR);
+        let ioid = u32::from_le_bytes(payload[4..8].try_into().unwrap());
+        let init = server_message(command::MONITOR, |out| {
+            out.u32(ioid);
+            out.u8(subcommand::INIT);
+            out.u8(0xFF);
+            out.field_desc(&FieldDesc::Structure(Arc::clone(desc)));
+        });
+        stream.write_all(&init).await.unwrap();
+        let (cmd, payload) = client_message(stream, framer).await;
+        assert_eq!(
+            (cmd, payload[8]),
+            (command::MONITOR, subcommand::START | subcommand::PROCESS)
+        );
+        (ioid, sid)
+    }
+
+    /// Pipelining: an update is acknowledged only once the watcher has had it, so a watcher
+    /// that is stuck holds the server back (the server sends a window of 4 and waits).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_are_acknowledged_only_once_the_watcher_had_them() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let search = search_answerer(tcp.local_addr().unwrap().port()).await;
+        let (no_ack_tx, no_ack) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (mut stream, mut framer) = accept_validated(&tcp).await;
+            let desc = scalar_desc();
+            let (ioid, _) = serve_monitor(&mut stream, &mut framer, &desc).await;
+            let mut value = PvStructure::new(Arc::clone(&desc));
+            for i in 0..4 {
+                let mut changed = BitSet::new();
+                value
+                    .set("value", Value::Double(f64::from(i)), &mut changed)
+                    .unwrap();
+                let update = server_message(command::MONITOR, |out| {
+                    out.u32(ioid);
+                    out.u8(0);
+                    changed.encode(out);
+                    out.partial(&value, &changed).unwrap();
+                    BitSet::new().encode(out);
+                });
+                stream.write_all(&update).await.unwrap();
+            }
+            // The watcher is stuck on the first update: nothing is acknowledged.
+            let early = tokio::time::timeout(
+                Duration::from_millis(300),
+                client_message(&mut stream, &mut framer),
+            )
+            .await;
+            assert!(
+                early.is_err(),
+                "acknowledged before the watcher had it: {early:?}"
+            );
+            let _ = no_ack_tx.send(());
+            let mut acks = 0;
+            while acks < 4 {
+                let (cmd, payload) = client_message(&mut stream, &mut framer).await;
+                if cmd == command::MONITOR && payload[8] == subcommand::PIPELINE_ACK {
+                    acks += u32::from_le_bytes(payload[9..13].try_into().unwrap());
+                }
+            }
+            acks
+        });
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            addr_list: vec![search],
+            name_servers: Vec::new(),
+            max_message: 1 << 20,
+        };
+        let client = tokio::spawn(monitor(
+            config,
+            vec!["slow".to_owned()],
+            Request::default(),
+            move |event| {
+                if let MonitorEvent::Update { value, .. } = event {
+                    let _ = seen_tx.send(value.value("value").cloned());
+                    // A watcher stuck until the test lets it go.
+                    let _ = gate.recv();
+                }
+            },
+        ));
+        assert_eq!(seen.recv().await.unwrap(), Some(Value::Double(0.0)));
+        no_ack.await.unwrap();
+        for i in 1..4 {
+            gate_tx.send(()).unwrap();
+            assert_eq!(
+                seen.recv().await.unwrap(),
+                Some(Value::Double(f64::from(i)))
+            );
+        }
+        gate_tx.send(()).unwrap();
+        assert_eq!(server.await.unwrap(), 4);
+        client.abort();
+    }
+
     /// A server speaking the protocol by hand: validation, one channel, a pipelined monitor
     /// whose type is sent through the introspection cache, then a whole update, a partial
     /// one and a segmented one, each acknowledged.
