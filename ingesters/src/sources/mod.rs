@@ -2,6 +2,7 @@
 //! `sources/<transport>_<protocol>.rs` with a config that implements [`SourceKind`] and a struct
 //! that implements [`Source`], then add its line in `registry!` here (which declares the module too).
 
+pub mod epics;
 pub mod event_clock;
 
 use std::time::{Duration, Instant};
@@ -107,6 +108,7 @@ registry! {
     Sim(sim::SimConfig),
     Dump(dump::DumpConfig),
     EpicsCa(epics_ca::EpicsCaConfig),
+    EpicsPva(epics_pva::EpicsPvaConfig),
     Bluesky(bluesky::BlueskyConfig),
     KafkaBluesky(kafka_bluesky::KafkaBlueskyConfig),
 }
