@@ -765,6 +765,11 @@ enum Report {
 /// `record[queueSize=4,pipeline=true]field()`), reconnecting after a server restart, until
 /// dropped. A request that names neither a queue size nor pipelining is pipelined with a queue
 /// of 4.
+///
+/// `on_event` runs on the monitor's task, and a pipelined update is acknowledged when it
+/// returns: a slow `on_event` holds the servers back. It must not block the runtime's thread
+/// (hand events on through a channel; one that must wait uses `tokio::task::block_in_place`),
+/// or the connections' tasks queued on that thread wait with it.
 pub async fn monitor(
     config: ClientConfig,
     names: Vec<String>,
@@ -1902,8 +1907,10 @@ mod tests {
             move |event| {
                 if let MonitorEvent::Update { value, .. } = event {
                     let _ = seen_tx.send(value.value("value").cloned());
-                    // A watcher stuck until the test lets it go.
-                    let _ = gate.recv();
+                    // A watcher stuck until the test lets it go; `block_in_place` hands the
+                    // runtime thread's other tasks (the connection's) to another thread, as a
+                    // watcher that blocks must.
+                    let _ = tokio::task::block_in_place(|| gate.recv());
                 }
             },
         ));

@@ -969,6 +969,7 @@ impl Encoder {
 
     fn array(&mut self, a: &ArrayValue) {
         self.size(a.len());
+        self.buf.reserve(a.len() * a.scalar_type().width());
         match a {
             ArrayValue::Boolean(v) => self.buf.extend(v.iter().map(|&b| u8::from(b))),
             ArrayValue::Byte(v) => self.buf.extend(v.iter().map(|&x| x as u8)),
@@ -1321,13 +1322,25 @@ impl<'a> Decoder<'a> {
 
     fn array(&mut self, t: ScalarType) -> Result<ArrayValue, PvaError> {
         let n = self.count(t.width())?;
+        // Whole arrays at once: an image is millions of elements.
+        let order = self.order;
         macro_rules! numbers {
-            ($variant:ident, $get:ident) => {{
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.$get()?);
-                }
-                ArrayValue::$variant(v)
+            ($variant:ident, $t:ty) => {{
+                const WIDTH: usize = std::mem::size_of::<$t>();
+                let bytes = self.take(n * WIDTH)?;
+                ArrayValue::$variant(
+                    bytes
+                        .chunks_exact(WIDTH)
+                        .map(|chunk| {
+                            let mut element = [0u8; WIDTH];
+                            element.copy_from_slice(chunk);
+                            match order {
+                                ByteOrder::Little => <$t>::from_le_bytes(element),
+                                ByteOrder::Big => <$t>::from_be_bytes(element),
+                            }
+                        })
+                        .collect(),
+                )
             }};
         }
         Ok(match t {
@@ -1344,7 +1357,13 @@ impl<'a> Decoder<'a> {
             ScalarType::ULong => numbers!(ULong, u64),
             ScalarType::Float => numbers!(Float, f32),
             ScalarType::Double => numbers!(Double, f64),
-            ScalarType::String => numbers!(String, string),
+            ScalarType::String => {
+                let mut strings = Vec::with_capacity(n);
+                for _ in 0..n {
+                    strings.push(self.string()?);
+                }
+                ArrayValue::String(strings)
+            }
         })
     }
 

@@ -323,8 +323,11 @@ fn map_bits(
     out: &mut BitSet,
 ) {
     let Resolved::Members(members) = pick else {
-        if (full_bit..full_bit + 1 + member_bits(desc)).any(|b| changed.get(b)) {
-            out.set(selected_bit);
+        // Selected whole: the same bits, shifted to where the selection numbers it.
+        for bit in full_bit..full_bit + 1 + member_bits(desc) {
+            if changed.get(bit) {
+                out.set(selected_bit + bit - full_bit);
+            }
         }
         return;
     };
@@ -346,8 +349,12 @@ fn map_bits(
                 }
                 next_selected += 1 + member_bits(&select_desc(inner, sub));
             }
+            (FieldDesc::Structure(inner), Resolved::All) => {
+                map_bits(inner, sub, changed, member_full, next_selected, out);
+                next_selected += member.bit_count();
+            }
             _ => {
-                if (member_full..member_full + member.bit_count()).any(|b| changed.get(b)) {
+                if changed.get(member_full) {
                     out.set(next_selected);
                 }
                 next_selected += member.bit_count();
@@ -453,5 +460,18 @@ mod tests {
         );
         let all = Request::default().select(&full).unwrap();
         assert_eq!(all.desc, full);
+        // Everything, or a structure, selected whole keeps the member marks: a monitor of an
+        // image whose counter changed sends the counter, not the image.
+        let mut severity = BitSet::new();
+        severity.set(3);
+        assert_eq!(all.project_changes(&severity), severity);
+        let alarm = Request::parse("field(alarm)")
+            .unwrap()
+            .select(&full)
+            .unwrap();
+        assert_eq!(
+            alarm.project_changes(&severity).iter().collect::<Vec<_>>(),
+            [2]
+        );
     }
 }

@@ -208,7 +208,8 @@ impl PvStore {
     }
 
     /// Changes members in place: `f` gets the value and a BitSet to mark what it changed; the
-    /// result is then posted. Returns false if there is no such PV.
+    /// result is then posted. Returns false if there is no such PV. `f` runs with the PV
+    /// locked: it must not post to the same PV.
     pub fn update(&self, name: &str, f: impl FnOnce(&mut PvStructure, &mut BitSet)) -> bool {
         let Some(pv) = self.get(name) else {
             return false;
@@ -440,17 +441,18 @@ impl Server {
                 None
             }
         };
-        let sender_ip = match udp_addr.ip() {
-            IpAddr::V4(ip) if !ip.is_unspecified() => IpAddr::V4(ip),
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ip => ip,
-        };
-        let sender = UdpSocket::bind(SocketAddr::new(sender_ip, 0)).await?;
+        // On the search port's interface (all of them for 0.0.0.0): beacons may go to other
+        // hosts.
+        let sender = UdpSocket::bind(SocketAddr::new(udp_addr.ip(), 0)).await?;
         sender.set_broadcast(true)?;
-        if let Ok(s) = socket2_ref(&sender) {
-            // Forwarded searches stay on this host.
-            let _ = s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST);
-            let _ = s.set_multicast_loop_v4(true);
+        // Forwarded searches stay on this host (an IPv6 socket has no such option: it
+        // forwards nothing anyone hears, and says so at debug level).
+        let s = socket2::SockRef::from(&sender);
+        if let Err(error) = s
+            .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+            .and_then(|()| s.set_multicast_loop_v4(true))
+        {
+            debug!(%error, "PVA server cannot forward searches on this host.");
         }
         let guid = make_guid(tcp.local_addr()?.port());
         Ok(Self {
@@ -487,13 +489,13 @@ impl Server {
     /// Serves until the future is dropped.
     pub async fn run(self) {
         let tcp_addr = self.tcp_addr();
-        let udp_port = self.udp_addr().port();
         let searches = Searches {
             store: self.store.clone(),
             guid: self.guid,
             tcp_addr,
-            udp_port,
+            udp_addr: self.udp_addr(),
             own: self.sender.local_addr().ok(),
+            tagged_elsewhere: self.multicast.is_some(),
             counters: self.counters.clone(),
         };
         let unicast = searches.answer(&self.udp, &self.sender, true);
@@ -536,10 +538,6 @@ impl Server {
         };
         tokio::join!(unicast, forwarded, beacons, accept);
     }
-}
-
-fn socket2_ref(socket: &UdpSocket) -> std::io::Result<socket2::SockRef<'_>> {
-    Ok(socket2::SockRef::from(socket))
 }
 
 /// A UDP socket on `address` that other processes may bind too (`SO_REUSEADDR`), as EPICS
@@ -625,23 +623,42 @@ struct Searches {
     store: PvStore,
     guid: [u8; 12],
     tcp_addr: SocketAddr,
-    udp_port: u16,
+    /// The search socket's address (its IP goes into the ORIGIN_TAG of forwarded searches).
+    udp_addr: SocketAddr,
     /// The sending socket's address: our own forwarded searches coming back.
     own: Option<SocketAddr>,
+    /// A listener on 224.0.0.128 answers forwarded searches: the search socket, when bound
+    /// to every interface, receives them too and leaves them to it (one answer, not two).
+    tagged_elsewhere: bool,
     counters: ServerCounters,
 }
 
 impl Searches {
+    /// Whether `from` is this server's sending socket (bound to 0.0.0.0, it sends from
+    /// loopback to the local group).
+    fn is_own(&self, from: SocketAddr) -> bool {
+        self.own.is_some_and(|own| {
+            own.port() == from.port() && (own.ip() == from.ip() || own.ip().is_unspecified())
+        })
+    }
+
     /// Answers the searches arriving on `socket`; with `forward`, also passes unicast ones
     /// to the host's other processes through the local multicast group.
     async fn answer(&self, socket: &UdpSocket, sender: &UdpSocket, forward: bool) {
         let mut buffer = vec![0u8; 65536];
         let mut bad_logged = HashSet::new();
         loop {
-            let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
-                continue;
+            let (len, from) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(error) => {
+                    // An ICMP error reported for an earlier answer, say: nothing to do, but
+                    // never a busy loop.
+                    debug!(%error, "PVA search socket error.");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             };
-            if Some(from) == self.own {
+            if self.is_own(from) {
                 continue;
             }
             match self.datagram(&buffer[..len], from, forward) {
@@ -654,6 +671,8 @@ impl Searches {
                         };
                         if let Err(error) = via.send_to(&bytes, to).await {
                             debug!(%to, %error, "PVA search answer not sent.");
+                        } else {
+                            debug!(%to, len = bytes.len(), "PVA search answer sent.");
                         }
                     }
                 }
@@ -689,6 +708,9 @@ impl Searches {
             match header.command {
                 command::ORIGIN_TAG if !header.is_control() => tagged = true,
                 command::SEARCH if !header.is_control() => {
+                    if tagged && forward && self.tagged_elsewhere {
+                        continue;
+                    }
                     let search = parse_search(payload, header.order(), from)?;
                     if let Some(reply) = self.reply(&search) {
                         out.push((reply, search.reply_to));
@@ -697,7 +719,7 @@ impl Searches {
                         let message = &datagram[at..offset];
                         out.push((
                             self.forwarded(message, &search),
-                            SocketAddr::new(IpAddr::V4(LOCAL_MULTICAST), self.udp_port),
+                            SocketAddr::new(IpAddr::V4(LOCAL_MULTICAST), self.udp_addr.port()),
                         ));
                     }
                 }
@@ -747,7 +769,7 @@ impl Searches {
     fn forwarded(&self, message: &[u8], search: &Search) -> Vec<u8> {
         let mut out = Encoder::new(ByteOrder::Little);
         let start = wire::begin(&mut out, command::ORIGIN_TAG, false);
-        wire::put_address(&mut out, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        wire::put_address(&mut out, self.udp_addr.ip());
         wire::end(&mut out, start);
         let mut search_bytes = message.to_vec();
         // Payload: seq (4), flags (1), reserved (3), reply address (16), port (2).
@@ -1111,6 +1133,8 @@ struct Op {
 /// One client connection's state.
 struct Connection {
     peer: SocketAddr,
+    /// The server's end of the connection: where a TCP search's answer points.
+    local: SocketAddr,
     store: PvStore,
     counters: ServerCounters,
     user: String,
@@ -1136,6 +1160,7 @@ async fn serve_client(
     counters: &ServerCounters,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let local = stream.local_addr()?;
     let (mut reader, writer) = stream.into_split();
     let limit = limits.output_budget.clamp(1, Semaphore::MAX_PERMITS);
     let budget = Arc::new(Semaphore::new(limit));
@@ -1158,6 +1183,7 @@ async fn serve_client(
     };
     let mut connection = Connection {
         peer,
+        local,
         store,
         counters: counters.clone(),
         user: "anonymous".to_owned(),
@@ -1179,13 +1205,18 @@ async fn serve_client(
         let outbox = outbox.clone();
         let segment = Arc::clone(&connection.segment);
         tokio::spawn(async move {
+            let mut unencodable_logged = false;
             loop {
                 while let Some((ioid, selection, pending)) = updates.pop() {
                     let mut out = Encoder::new(ByteOrder::Little);
                     if let Err(error) =
                         monitor_update(&mut out, ioid, &selection, &pending, &segment)
                     {
-                        warn!(%peer, %error, "PVA monitor update not encoded.");
+                        // Once per connection: every later update of that PV would say the same.
+                        if !unencodable_logged {
+                            unencodable_logged = true;
+                            warn!(%peer, %error, "PVA monitor update not encoded.");
+                        }
                         continue;
                     }
                     if outbox.send(out.buf).await.is_err() {
@@ -1296,13 +1327,32 @@ fn monitor_update(
     let start = wire::begin(out, command::MONITOR, true);
     out.u32(ioid);
     out.u8(0);
-    let value = selection.project(&pending.value);
-    let changed = selection.project_changes(&pending.changed);
+    // Everything selected: the marks as posted (projecting them would mark the whole
+    // structure, and send a whole image for a changed counter).
+    let whole = Arc::ptr_eq(&selection.desc, &pending.value.desc);
+    let project = |bits: &BitSet| {
+        if whole {
+            bits.clone()
+        } else {
+            selection.project_changes(bits)
+        }
+    };
+    let changed = project(&pending.changed);
     changed.encode(out);
-    out.partial(&value, &changed)?;
-    selection.project_changes(&pending.overrun).encode(out);
+    out.partial(&selected(selection, &pending.value), &changed)?;
+    project(&pending.overrun).encode(out);
     finish(out, start, segment.load(Ordering::Relaxed));
     Ok(())
+}
+
+/// The members of `full` that `selection` selects; `full` itself (not a copy of an image) when
+/// it selects everything.
+fn selected<'a>(selection: &Selection, full: &'a PvStructure) -> std::borrow::Cow<'a, PvStructure> {
+    if Arc::ptr_eq(&selection.desc, &full.desc) {
+        std::borrow::Cow::Borrowed(full)
+    } else {
+        std::borrow::Cow::Owned(selection.project(full))
+    }
 }
 
 /// Bit paths `changed` marks in `desc` (a marked structure as one path), `.`-separated.
@@ -1484,7 +1534,7 @@ impl Connection {
         let start = wire::begin(&mut self.out, command::CONNECTION_VALIDATED, true);
         status_ok(&mut self.out);
         wire::end(&mut self.out, start);
-        debug!(peer = %self.peer, user = %self.user, host = %self.host, %method, "PVA client validated.");
+        debug!(peer = %self.peer, user = %self.user, host = %self.host, %method, buffer, "PVA client validated.");
         Ok(())
     }
 
@@ -1635,10 +1685,9 @@ impl Connection {
         self.out.u32(ioid);
         self.out.u8(subcmd);
         status_ok(&mut self.out);
-        let value = selection.project(&pv.value());
         let all = BitSet::all();
         all.encode(&mut self.out);
-        self.out.partial(&value, &all)?;
+        self.out.partial(&selected(selection, &pv.value()), &all)?;
         let segment = self.segment();
         finish(&mut self.out, start, segment);
         Ok(())
@@ -1855,9 +1904,8 @@ impl Connection {
         let start = wire::begin(&mut self.out, command::SEARCH_RESPONSE, true);
         self.out.buf.extend_from_slice(&[0; 12]);
         self.out.u32(search.seq);
-        // Zeros: the server this connection goes to.
-        wire::put_address(&mut self.out, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        self.out.u16(0);
+        wire::put_address(&mut self.out, self.local.ip());
+        self.out.u16(self.local.port());
         self.out.string("tcp");
         self.out.u8(u8::from(!found.is_empty()));
         self.out.u16(u16::try_from(found.len()).unwrap_or(u16::MAX));
@@ -1890,5 +1938,646 @@ impl Connection {
             self.end_op(ioid);
         }
         self.channels.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pvdata::ScalarType;
+
+    fn scalar_desc() -> Arc<StructDesc> {
+        Arc::new(StructDesc::new(
+            "epics:nt/NTScalar:1.0",
+            vec![
+                ("value", FieldDesc::Scalar(ScalarType::Double)),
+                (
+                    "alarm",
+                    FieldDesc::structure(
+                        "alarm_t",
+                        vec![
+                            ("severity", FieldDesc::Scalar(ScalarType::Int)),
+                            ("message", FieldDesc::Scalar(ScalarType::String)),
+                        ],
+                    ),
+                ),
+            ],
+        ))
+    }
+
+    fn scalar(x: f64) -> PvStructure {
+        let mut pv = PvStructure::new(scalar_desc());
+        pv.set("value", Value::Double(x), &mut BitSet::new())
+            .unwrap();
+        pv
+    }
+
+    /// A SEARCH as pvxs sends it (big-endian): unicast, reply to the sender's address.
+    fn search_datagram(flags: u8, names: &[(u32, &str)]) -> Vec<u8> {
+        let mut out = Encoder::new(ByteOrder::Big);
+        let start = wire::begin(&mut out, command::SEARCH, false);
+        out.u32(0x6669_6E64);
+        out.u8(flags);
+        out.buf.extend_from_slice(&[0; 3]);
+        wire::put_address(&mut out, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        out.u16(47802);
+        out.size(1);
+        out.string("tcp");
+        out.u16(names.len() as u16);
+        for (cid, name) in names {
+            out.u32(*cid);
+            out.string(name);
+        }
+        wire::end(&mut out, start);
+        out.buf
+    }
+
+    fn searches(store: PvStore) -> Searches {
+        Searches {
+            store,
+            guid: [7; 12],
+            tcp_addr: "127.0.0.1:5075".parse().unwrap(),
+            udp_addr: "0.0.0.0:5076".parse().unwrap(),
+            own: None,
+            tagged_elsewhere: false,
+            counters: ServerCounters::default(),
+        }
+    }
+
+    /// The found flag and cids of a SEARCH_RESPONSE.
+    fn response(bytes: &[u8]) -> (bool, Vec<u32>) {
+        let messages = datagram_messages(bytes).unwrap();
+        assert_eq!(messages.len(), 1);
+        let (header, payload) = messages[0];
+        assert_eq!(header.command, command::SEARCH_RESPONSE);
+        let mut input = Decoder::new(payload, header.order());
+        input.take(12 + 4).unwrap();
+        assert_eq!(
+            wire::get_address(&mut input).unwrap(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(input.u16().unwrap(), 5075);
+        assert_eq!(input.string().unwrap(), "tcp");
+        let found = input.u8().unwrap() != 0;
+        let cids = (0..input.u16().unwrap())
+            .map(|_| input.u32().unwrap())
+            .collect();
+        (found, cids)
+    }
+
+    #[test]
+    fn searches_are_answered_and_unicast_ones_forwarded_once() {
+        let store = PvStore::new();
+        store.add("A", scalar(1.0), Access::ReadOnly);
+        let searches = searches(store);
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let datagram = search_datagram(SEARCH_UNICAST, &[(7, "A"), (8, "B")]);
+        let out = searches.datagram(&datagram, from, true).unwrap();
+        assert_eq!(out.len(), 2, "an answer and the forwarded search");
+        assert_eq!(out[0].1, "127.0.0.1:47802".parse().unwrap());
+        assert_eq!(response(&out[0].0), (true, vec![7]));
+        let (forwarded, to) = &out[1];
+        assert_eq!(*to, SocketAddr::new(IpAddr::V4(LOCAL_MULTICAST), 5076));
+        let messages = datagram_messages(forwarded).unwrap();
+        assert_eq!(messages[0].0.command, command::ORIGIN_TAG);
+        let search = parse_search(messages[1].1, messages[1].0.order(), from).unwrap();
+        assert_eq!(search.flags & SEARCH_UNICAST, 0);
+        assert_eq!(search.reply_to, "127.0.0.1:47802".parse().unwrap());
+        assert_eq!(search.channels, [(7, "A".to_owned()), (8, "B".to_owned())]);
+
+        // Another process's copy: answered, not forwarded again (also not from a tagged
+        // datagram that kept its unicast flag).
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let out = searches.datagram(forwarded, other, true).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, "127.0.0.1:47802".parse().unwrap());
+        let mut tagged = forwarded.clone();
+        tagged[HEADER + 16 + HEADER + 4] |= SEARCH_UNICAST;
+        assert_eq!(searches.datagram(&tagged, other, true).unwrap().len(), 1);
+
+        // Nothing found: silence, unless the client insists (`pvlist`).
+        let none = search_datagram(0, &[(9, "B")]);
+        assert!(searches.datagram(&none, from, true).unwrap().is_empty());
+        let must = search_datagram(SEARCH_MUST_REPLY, &[(9, "B")]);
+        let out = searches.datagram(&must, from, true).unwrap();
+        assert_eq!(response(&out[0].0), (false, vec![9]));
+
+        // Junk is an error (counted by the caller), a truncated search too.
+        assert!(
+            searches
+                .datagram(b"GET / HTTP/1.0\r\n", from, true)
+                .is_err()
+        );
+        let mut short = search_datagram(0, &[(9, "B")]);
+        short.truncate(short.len() - 1);
+        assert!(searches.datagram(&short, from, true).is_err());
+    }
+
+    fn monitor(updates: &Updates, ioid: u32, queue_size: usize, window: Option<usize>) {
+        let selection = Request::default().select(&scalar_desc()).unwrap();
+        updates.lock().monitors.insert(
+            ioid,
+            MonitorState {
+                selection: Arc::new(selection),
+                pending: VecDeque::new(),
+                queue_size,
+                window,
+                running: true,
+            },
+        );
+    }
+
+    fn post(updates: &Updates, ioid: u32, x: f64, bits: &[usize]) {
+        let mut changed = BitSet::new();
+        bits.iter().for_each(|&b| changed.set(b));
+        assert!(updates.push(ioid, &Arc::new(scalar(x)), &changed));
+    }
+
+    fn drain(updates: &Updates) -> Vec<(u32, f64, Vec<usize>, Vec<usize>)> {
+        std::iter::from_fn(|| updates.pop())
+            .map(|(ioid, _, p)| {
+                let x = p.value.value("value").and_then(Value::as_f64).unwrap();
+                (
+                    ioid,
+                    x,
+                    p.changed.iter().collect(),
+                    p.overrun.iter().collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_client_gets_squashed_updates_with_overrun_bits() {
+        let updates = Updates::default();
+        monitor(&updates, 1, 2, None);
+        monitor(&updates, 2, 2, None);
+        post(&updates, 1, 1.0, &[1]);
+        post(&updates, 2, 10.0, &[1]);
+        post(&updates, 1, 2.0, &[1]);
+        // Monitor 1 is full: these squash into its newest update.
+        post(&updates, 1, 3.0, &[1]);
+        post(&updates, 1, 4.0, &[3]);
+        assert_eq!(
+            drain(&updates),
+            [
+                (1, 1.0, vec![1], vec![]),
+                (2, 10.0, vec![1], vec![]),
+                (1, 4.0, vec![1, 3], vec![1]),
+            ]
+        );
+        // A gone monitor takes no more, and its waiting updates go with it.
+        post(&updates, 2, 11.0, &[1]);
+        updates.remove(2);
+        assert!(!updates.push(2, &Arc::new(scalar(0.0)), &BitSet::all()));
+        assert_eq!(drain(&updates), []);
+    }
+
+    #[test]
+    fn a_pipelined_monitor_sends_only_what_the_client_has_room_for() {
+        let updates = Updates::default();
+        monitor(&updates, 1, 2, Some(1));
+        for x in 1..=4 {
+            post(&updates, 1, f64::from(x), &[1]);
+        }
+        // One sent; two wait (queue size), the newest holding posts 2 to 4.
+        assert_eq!(drain(&updates), [(1, 1.0, vec![1], vec![])]);
+        updates.with_monitor(1, |m| m.window = Some(5));
+        assert_eq!(drain(&updates), [(1, 4.0, vec![1], vec![1])]);
+        // Stopped: nothing goes, the latest waits.
+        updates.with_monitor(1, |m| m.running = false);
+        post(&updates, 1, 5.0, &[1]);
+        assert_eq!(drain(&updates), []);
+        updates.with_monitor(1, |m| m.running = true);
+        assert_eq!(drain(&updates), [(1, 5.0, vec![1], vec![])]);
+    }
+
+    #[test]
+    fn a_put_of_a_selection_merges_into_the_full_value() {
+        let full = scalar(1.0);
+        let request = Request::parse("field(value,alarm.message)").unwrap();
+        let selection = request.select(&full.desc).unwrap();
+        let mut put = selection.project(&full);
+        let mut changed = BitSet::new();
+        put.set(
+            "alarm.message",
+            Value::String("set by hand".to_owned()),
+            &mut changed,
+        )
+        .unwrap();
+        let (merged, full_changed) = merge_put(&full, &put, &changed).unwrap();
+        assert_eq!(merged.value("value"), Some(&Value::Double(1.0)));
+        assert_eq!(
+            merged.value("alarm.message"),
+            Some(&Value::String("set by hand".to_owned()))
+        );
+        assert_eq!(
+            full_changed.iter().collect::<Vec<_>>(),
+            [full.bit_of("alarm.message").unwrap()]
+        );
+        // Bit 0: every selected member.
+        put.set("value", Value::Double(2.0), &mut BitSet::new())
+            .unwrap();
+        let (merged, _) = merge_put(&full, &put, &BitSet::all()).unwrap();
+        assert_eq!(merged.value("value"), Some(&Value::Double(2.0)));
+        assert_eq!(marked_paths(&put.desc, &BitSet::all()), ["value", "alarm"]);
+    }
+
+    #[test]
+    fn a_large_message_goes_in_segments_that_join() {
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::MONITOR, true);
+        out.buf.extend((0..5000u32).map(|i| i as u8));
+        finish(&mut out, start, 1024);
+        // Five segments of at most 1024 bytes: five headers.
+        assert_eq!(out.buf.len(), 5000 + 5 * HEADER);
+        let mut framer = Framer::new(1 << 20);
+        framer.buf.extend_from_slice(&out.buf);
+        let Some(Frame::Message {
+            payload, command, ..
+        }) = framer.next_frame().unwrap()
+        else {
+            panic!("a message");
+        };
+        assert_eq!(command, command::MONITOR);
+        assert_eq!(payload, (0..5000u32).map(|i| i as u8).collect::<Vec<_>>());
+        // A small one stays whole.
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::GET, true);
+        out.buf.extend_from_slice(&[1, 2, 3]);
+        finish(&mut out, start, 1024);
+        assert_eq!(out.buf.len(), HEADER + 3);
+    }
+
+    #[test]
+    fn posts_of_another_type_are_refused() {
+        let store = PvStore::new();
+        store.add("A", scalar(1.0), Access::ReadOnly);
+        assert!(store.post("A", scalar(2.0), &BitSet::all()));
+        let other = PvStructure::new(Arc::new(StructDesc::new(
+            "x",
+            vec![("value", FieldDesc::Scalar(ScalarType::Int))],
+        )));
+        assert!(!store.post("A", other, &BitSet::all()));
+        assert!(!store.post("B", scalar(2.0), &BitSet::all()));
+        assert!(store.update("A", |pv, changed| {
+            pv.set("value", Value::Double(3.0), changed).unwrap();
+        }));
+        assert_eq!(
+            store.value("A").unwrap().value("value"),
+            Some(&Value::Double(3.0))
+        );
+        assert_eq!(store.names(), ["A"]);
+    }
+
+    /// A raw client: validates, opens `name`, and returns its channel id.
+    async fn open(stream: &mut TcpStream, framer: &mut Framer, name: &str) -> u32 {
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::CONNECTION_VALIDATION, false);
+        out.u32(1 << 16);
+        out.u16(0x7FFF);
+        out.u16(0);
+        out.string("anonymous");
+        wire::end(&mut out, start);
+        let start = wire::begin(&mut out, command::CREATE_CHANNEL, false);
+        out.u16(1);
+        out.u32(1);
+        out.string(name);
+        wire::end(&mut out, start);
+        stream.write_all(&out.buf).await.unwrap();
+        loop {
+            while let Some(frame) = framer.next_frame().unwrap() {
+                if let Frame::Message {
+                    command: command::CREATE_CHANNEL,
+                    payload,
+                    ..
+                } = frame
+                {
+                    let mut input = Decoder::new(&payload, ByteOrder::Little);
+                    assert_eq!(input.u32().unwrap(), 1);
+                    return input.u32().unwrap();
+                }
+            }
+            assert!(
+                stream.read_buf(&mut framer.buf).await.unwrap() > 0,
+                "closed"
+            );
+        }
+    }
+
+    /// A client that asks for a large PV again and again and never reads costs its budget,
+    /// not a reply per request; once its socket has taken nothing for `stalled_after`, the
+    /// connection is dropped and its queue freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_costs_its_budget_and_is_dropped() {
+        let store = PvStore::new();
+        let desc = Arc::new(StructDesc::new(
+            "epics:nt/NTScalarArray:1.0",
+            vec![("value", FieldDesc::ScalarArray(ScalarType::Double))],
+        ));
+        let mut big = PvStructure::new(desc);
+        big.set(
+            "value",
+            Value::Array(crate::pvdata::ArrayValue::Double(vec![1.5; 100_000])),
+            &mut BitSet::new(),
+        )
+        .unwrap();
+        store.add("BIG", big, Access::ReadOnly);
+        let limits = ConnectionLimits {
+            output_budget: 1 << 20,
+            max_message: 1 << 20,
+            stalled_after: Duration::from_secs(1),
+        };
+        let config = ServerConfig {
+            limits,
+            ..ServerConfig::loopback()
+        };
+        let server = Server::bind(config, store).await.unwrap();
+        let address = server.tcp_addr();
+        let counters = server.counters();
+        let serving = tokio::spawn(server.run());
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(address).await.unwrap();
+        let mut framer = Framer::new(1 << 24);
+        let sid = open(&mut stream, &mut framer, "BIG").await;
+        // A GET INIT with no pvRequest, then 1,000 gets of 800 kB each, never read.
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::GET, false);
+        out.u32(sid);
+        out.u32(1);
+        out.u8(subcommand::INIT);
+        out.null_size();
+        wire::end(&mut out, start);
+        for _ in 0..1000 {
+            let start = wire::begin(&mut out, command::GET, false);
+            out.u32(sid);
+            out.u32(1);
+            out.u8(0);
+            wire::end(&mut out, start);
+        }
+        stream.write_all(&out.buf).await.unwrap();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let stats = loop {
+            let stats = counters.snapshot();
+            // One reply beyond the budget may wait while it is written.
+            assert!(
+                stats.queued_bytes <= 2 * limits.output_budget as u64,
+                "{stats:?}"
+            );
+            if stats.dropped == 1 {
+                break stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never dropped: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(stats.throttled, 1, "{stats:?}");
+        while counters.snapshot().open != 0 || counters.snapshot().queued_bytes != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                counters.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        serving.abort();
+    }
+
+    /// Bad messages are counted, logged once, and the connection goes on where it can.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_message_is_counted_and_the_connection_goes_on() {
+        let store = PvStore::new();
+        store.add("A", scalar(1.0), Access::ReadOnly);
+        let server = Server::bind(ServerConfig::loopback(), store).await.unwrap();
+        let address = server.tcp_addr();
+        let counters = server.counters();
+        let serving = tokio::spawn(server.run());
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let mut framer = Framer::new(1 << 24);
+        let sid = open(&mut stream, &mut framer, "A").await;
+        // A GET with a truncated header, then an echo that must still be answered.
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::GET, false);
+        out.u32(sid);
+        wire::end(&mut out, start);
+        let start = wire::begin(&mut out, command::ECHO, false);
+        out.buf.extend_from_slice(b"ping");
+        wire::end(&mut out, start);
+        stream.write_all(&out.buf).await.unwrap();
+        loop {
+            if let Some(Frame::Message {
+                command: command::ECHO,
+                payload,
+                ..
+            }) = framer.next_frame().unwrap()
+            {
+                assert_eq!(payload, b"ping");
+                break;
+            }
+            if framer.buf.len() < HEADER {
+                assert!(stream.read_buf(&mut framer.buf).await.unwrap() > 0);
+            }
+        }
+        assert_eq!(counters.snapshot().bad_messages, 1);
+        serving.abort();
+    }
+
+    #[tokio::test]
+    async fn beacons_name_the_server_and_count_up() {
+        let listener = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = ServerConfig {
+            beacon_to: vec![listener.local_addr().unwrap()],
+            beacon_period: Duration::from_millis(100),
+            ..ServerConfig::loopback()
+        };
+        let server = Server::bind(config, PvStore::new()).await.unwrap();
+        let tcp = server.tcp_addr();
+        let serving = tokio::spawn(server.run());
+        let mut seqs = Vec::new();
+        let mut guids = HashSet::new();
+        let mut buffer = [0u8; 1024];
+        while seqs.len() < 3 {
+            let (len, _) =
+                tokio::time::timeout(Duration::from_secs(10), listener.recv_from(&mut buffer))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            let messages = datagram_messages(&buffer[..len]).unwrap();
+            let (header, payload) = messages[0];
+            assert_eq!(header.command, command::BEACON);
+            let mut input = Decoder::new(payload, header.order());
+            guids.insert(input.take(12).unwrap().to_vec());
+            assert_eq!(input.u8().unwrap(), 0);
+            seqs.push(input.u8().unwrap());
+            input.u16().unwrap();
+            assert_eq!(wire::get_address(&mut input).unwrap(), tcp.ip());
+            assert_eq!(input.u16().unwrap(), tcp.port());
+            assert_eq!(input.string().unwrap(), "tcp");
+            assert_eq!(input.remaining(), [0xFF]);
+        }
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(guids.len(), 1);
+        serving.abort();
+    }
+
+    /// A monitor whose client reads nothing while 50 images are posted: what waits for it
+    /// stays within the budget, and once it reads it gets the newest image, with fewer
+    /// updates than posts and the squashed ones marked as overrun.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_monitor_gets_the_newest_value_with_overrun_bits() {
+        let store = PvStore::new();
+        let desc = Arc::new(StructDesc::new(
+            "epics:nt/NTScalarArray:1.0",
+            vec![
+                ("value", FieldDesc::ScalarArray(ScalarType::Double)),
+                ("counter", FieldDesc::Scalar(ScalarType::Int)),
+            ],
+        ));
+        store.add("IMG", PvStructure::new(desc), Access::ReadOnly);
+        let limits = ConnectionLimits {
+            output_budget: 1 << 20,
+            ..ConnectionLimits::default()
+        };
+        let config = ServerConfig {
+            limits,
+            ..ServerConfig::loopback()
+        };
+        let server = Server::bind(config, store.clone()).await.unwrap();
+        let address = server.tcp_addr();
+        let counters = server.counters();
+        let serving = tokio::spawn(server.run());
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(address).await.unwrap();
+        let mut framer = Framer::new(1 << 24);
+        let sid = open(&mut stream, &mut framer, "IMG").await;
+        let mut out = Encoder::new(ByteOrder::Little);
+        let start = wire::begin(&mut out, command::MONITOR, false);
+        out.u32(sid);
+        out.u32(5);
+        out.u8(subcommand::INIT);
+        out.null_size();
+        wire::end(&mut out, start);
+        let start = wire::begin(&mut out, command::MONITOR, false);
+        out.u32(sid);
+        out.u32(5);
+        out.u8(subcommand::START | subcommand::PROCESS);
+        wire::end(&mut out, start);
+        stream.write_all(&out.buf).await.unwrap();
+        // The monitor exists once its INIT is answered.
+        loop {
+            if let Some(Frame::Message {
+                command: command::MONITOR,
+                payload,
+                ..
+            }) = framer.next_frame().unwrap()
+            {
+                assert_eq!(payload[4], subcommand::INIT);
+                break;
+            }
+            assert!(stream.read_buf(&mut framer.buf).await.unwrap() > 0);
+        }
+
+        // 50 posts of 400 kB while the client reads nothing.
+        for n in 1..=50 {
+            store.update("IMG", |pv, changed| {
+                pv.set(
+                    "value",
+                    Value::Array(crate::pvdata::ArrayValue::Double(vec![
+                        f64::from(n);
+                        50_000
+                    ])),
+                    changed,
+                )
+                .unwrap();
+                pv.set("counter", Value::Int(n), changed).unwrap();
+            });
+            let queued = counters.snapshot().queued_bytes;
+            assert!(queued <= 2 * limits.output_budget as u64, "{queued}");
+            tokio::task::yield_now().await;
+        }
+        // Now it reads: updates until the last post's.
+        let mut updates = 0;
+        let mut overrun_seen = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let frame = loop {
+                if let Some(frame) = framer.next_frame().unwrap() {
+                    break frame;
+                }
+                assert!(tokio::time::Instant::now() < deadline);
+                assert!(stream.read_buf(&mut framer.buf).await.unwrap() > 0);
+            };
+            let Frame::Message {
+                command: command::MONITOR,
+                payload,
+                ..
+            } = frame
+            else {
+                continue;
+            };
+            let mut input = Decoder::new(&payload, ByteOrder::Little);
+            assert_eq!(input.u32().unwrap(), 5);
+            assert_eq!(input.u8().unwrap(), 0);
+            updates += 1;
+            let mut pv = store.value("IMG").unwrap();
+            let changed = BitSet::decode(&mut input).unwrap();
+            input
+                .partial(&mut pv, &changed, &mut TypeCache::default())
+                .unwrap();
+            let overrun = BitSet::decode(&mut input).unwrap();
+            overrun_seen |= !overrun.is_empty();
+            if pv.value("counter") == Some(&Value::Int(50)) {
+                break;
+            }
+        }
+        assert!(updates < 50, "{updates} updates: none squashed");
+        assert!(overrun_seen, "squashed updates carry overrun bits");
+        assert_eq!(counters.snapshot().dropped, 0);
+        serving.abort();
+    }
+
+    #[test]
+    fn a_monitor_update_carries_only_what_changed() {
+        let mut full = scalar(1.0);
+        full.set(
+            "alarm.message",
+            Value::String("x".repeat(1000)),
+            &mut BitSet::new(),
+        )
+        .unwrap();
+        let full = Arc::new(full);
+        let mut changed = BitSet::new();
+        changed.set(full.bit_of("value").unwrap());
+        let pending = Pending {
+            value: Arc::clone(&full),
+            changed: changed.clone(),
+            overrun: BitSet::new(),
+        };
+        for request in ["field()", "field(value,alarm)"] {
+            let selection = Request::parse(request).unwrap().select(&full.desc).unwrap();
+            let mut out = Encoder::new(ByteOrder::Little);
+            monitor_update(
+                &mut out,
+                3,
+                &selection,
+                &pending,
+                &AtomicUsize::new(usize::MAX),
+            )
+            .unwrap();
+            let mut input = Decoder::new(&out.buf[HEADER..], ByteOrder::Little);
+            assert_eq!(input.u32().unwrap(), 3);
+            assert_eq!(input.u8().unwrap(), 0);
+            let bits = BitSet::decode(&mut input).unwrap();
+            assert_eq!(bits, changed, "{request}");
+            // The double, and an empty overrun set: not the 1000-byte message.
+            assert_eq!(input.remaining().len(), 8 + 1, "{request}");
+        }
     }
 }

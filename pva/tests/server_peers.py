@@ -1,7 +1,8 @@
 """A p4p (pvxs) client for server_peers.rs: one command, its results as JSON lines on stdout.
 
     server_peers.py ADDR_LIST BROADCAST_PORT get NAME [REQUEST]
-    server_peers.py ADDR_LIST BROADCAST_PORT monitor COUNT NAME:FIELD [NAME:FIELD ...]
+      (ADDR_LIST tcp:HOST:PORT: search that name server over TCP instead)
+    server_peers.py ADDR_LIST BROADCAST_PORT monitor COUNT REQUEST NAME:FIELD [NAME:FIELD ...]
     server_peers.py ADDR_LIST BROADCAST_PORT put NAME VALUE
     server_peers.py ADDR_LIST BROADCAST_PORT serve NAME   (a p4p server on BROADCAST_PORT)
 """
@@ -43,6 +44,11 @@ def main():
         "EPICS_PVA_AUTO_ADDR_LIST": "NO",
         "EPICS_PVA_BROADCAST_PORT": port,
     }
+    if addr_list.startswith("tcp:"):
+        # Search over TCP only, the server acting as a name server.
+        conf["EPICS_PVA_NAME_SERVERS"] = addr_list[4:]
+        conf["EPICS_PVA_ADDR_LIST"] = ""
+
     if cmd == "serve":
         return serve(port, args[0])
     from p4p.client.thread import Context
@@ -53,7 +59,7 @@ def main():
         value = raw.get(args[0], request=request, timeout=10)
         emit(id=value.getID(), keys=list(value.keys()), value=summary(value.todict()))
     elif cmd == "monitor":
-        count = int(args[0])
+        count, request, specs = int(args[0]), args[1] or None, args[2:]
         done = threading.Event()
         seen = {}
         lock = threading.Lock()
@@ -66,15 +72,15 @@ def main():
                     got = seen.setdefault(name, [])
                     if len(got) < count:
                         got.append(summary(value.todict()[field] if field else value.todict()))
-                    if len(seen) == len(args) - 1 and all(len(v) >= count for v in seen.values()):
+                    if len(seen) == len(specs) and all(len(v) >= count for v in seen.values()):
                         done.set()
 
             return cb
 
         subs = []
-        for spec in args[1:]:
-            name, _, field = spec.partition(":")
-            subs.append(raw.monitor(name, watch(name, field)))
+        for spec in specs:
+            name, _, field = spec.rpartition(":")
+            subs.append(raw.monitor(name, watch(name, field), request=request))
         finished = done.wait(60)
         for s in subs:
             s.close()
