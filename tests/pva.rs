@@ -189,7 +189,12 @@ impl Camera {
         use std::io::BufRead;
         let mut child = Command::new(python())
             .arg(root().join("tests/python/pva_camera.py"))
-            .args([tcp.to_string(), udp.to_string(), first.to_string(), "10".to_owned()])
+            .args([
+                tcp.to_string(),
+                udp.to_string(),
+                first.to_string(),
+                "10".to_owned(),
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -273,7 +278,9 @@ values = {{ count = "count/value", wave = "wave/value/2" }}
             .map(|v| v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
             .unwrap_or_default()
     };
-    eventually(90, "30 images", || (column("images", "img_min").len() >= 30).then_some(()));
+    eventually(90, "30 images", || {
+        (column("images", "img_min").len() >= 30).then_some(())
+    });
     drop(camera);
     let before = column("images", "img_min").len();
     camera = Camera::start(cam_tcp, cam_udp, 10_000);
@@ -285,7 +292,11 @@ values = {{ count = "count/value", wave = "wave/value/2" }}
 
     let img = column("images", "img_min");
     assert!(img.len() > before, "events went on after the restart");
-    let last_before = img.iter().copied().filter(|&n| n < 10_000.0).fold(0.0, f64::max);
+    let last_before = img
+        .iter()
+        .copied()
+        .filter(|&n| n < 10_000.0)
+        .fold(0.0, f64::max);
     let beside = |n: f64, trigger: f64| {
         let stale = trigger >= 10_000.0 && (last_before - 1.0..=last_before).contains(&n);
         n == trigger || n == trigger - 1.0 || stale
@@ -298,7 +309,10 @@ values = {{ count = "count/value", wave = "wave/value/2" }}
             .filter(|w| w[1] != w[0] + 1.0)
             .map(|w| (w[0], w[1]))
             .collect();
-        assert!(gaps.is_empty(), "images lost or repeated {run} the restart: {gaps:?}");
+        assert!(
+            gaps.is_empty(),
+            "images lost or repeated {run} the restart: {gaps:?}"
+        );
     }
     // Each image decoded exactly, compressed or not: min n, max n + 1391, mean n + 695.5.
     for stream in ["img", "lz4", "bslz4"] {
@@ -313,15 +327,16 @@ values = {{ count = "count/value", wave = "wave/value/2" }}
         // first events after the restart, the last one before it (a PV reconnects a moment
         // after another, and an event carries each stream's latest value).
         for (n, trigger) in min.iter().zip(&img) {
-            assert!(
-                beside(*n, *trigger),
-                "{stream} {n} beside image {trigger}"
-            );
+            assert!(beside(*n, *trigger), "{stream} {n} beside image {trigger}");
         }
     }
     let count = column("machine", "count");
     let wave = column("machine", "wave");
-    assert_eq!(count.len(), img.len(), "the scalar and waveform in every event");
+    assert_eq!(
+        count.len(),
+        img.len(),
+        "the scalar and waveform in every event"
+    );
     for ((c, w), trigger) in count.iter().zip(&wave).zip(&img) {
         assert!(beside(*c, *trigger), "count {c} beside image {trigger}");
         assert!(beside(w / 3.0, *trigger), "wave {w} beside image {trigger}");

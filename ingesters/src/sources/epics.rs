@@ -109,7 +109,9 @@ pub struct StreamPv {
 
 /// The client's task: runs until dropped, reporting through the function it is given.
 pub type ClientTask<V> = Box<
-    dyn FnOnce(Box<dyn FnMut(PvEvent<V>) + Send>) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>
+    dyn FnOnce(
+            Box<dyn FnMut(PvEvent<V>) + Send>,
+        ) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>
         + Send,
 >;
 
@@ -266,15 +268,21 @@ impl<P: Protocol> Epics<P> {
             .map_err(|error| SourceError::Config(format!("{} runtime: {error}", P::NAME)))?;
         let counted = overflow.clone();
         std::thread::Builder::new()
-            .name(format!("epics-{}", P::NAME.to_lowercase().replace(' ', "-")))
+            .name(format!(
+                "epics-{}",
+                P::NAME.to_lowercase().replace(' ', "-")
+            ))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let on_event = Box::new(move |event: PvEvent<P::Value>| match sender.try_send(event) {
-                        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                        Err(TrySendError::Full(_)) => {
-                            counted.fetch_add(1, Ordering::Relaxed);
-                        }
-                    });
+                    let on_event =
+                        Box::new(
+                            move |event: PvEvent<P::Value>| match sender.try_send(event) {
+                                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    counted.fetch_add(1, Ordering::Relaxed);
+                                }
+                            },
+                        );
                     tokio::select! {
                         result = client(on_event) => {
                             if let Err(error) = result {
@@ -677,8 +685,9 @@ fn placeholder(pv: &str) -> Result<PvFrame, SourceError> {
     })
 }
 
-
 /// A size PV's number as a size (none for negative or non-finite numbers).
 fn size(number: Option<f64>) -> Option<usize> {
-    number.filter(|n| n.is_finite() && *n >= 0.0).map(|n| n as usize)
+    number
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| n as usize)
 }
