@@ -135,8 +135,15 @@ fn pv_value(dtype: ParameterType, bytes: &[u8]) -> Option<PvValue> {
     )
 }
 
+/// A new PV's value of type `desc`, stamped now: a client sees when it was made.
+fn stamped(desc: Arc<beamflow_pva::pvdata::StructDesc>) -> PvStructure {
+    let mut pv = PvStructure::new(desc);
+    nt::set_time_stamp(&mut pv, "timeStamp", TimeStamp::now(), &mut BitSet::new());
+    pv
+}
+
 fn scalar(t: ScalarType) -> PvStructure {
-    PvStructure::new(nt::nt_scalar(t, false))
+    stamped(nt::nt_scalar(t, false))
 }
 
 impl ControlPvs {
@@ -229,7 +236,7 @@ impl ControlPvs {
             let config_pv = format!("{pvs_prefix}CONFIG");
             store.add(
                 &config_pv,
-                PvStructure::new(nt::nt_scalar_array(ScalarType::String, false)),
+                stamped(nt::nt_scalar_array(ScalarType::String, false)),
                 set(&config, ParameterType::Str),
             );
             served.push(ParameterPv {
@@ -238,7 +245,7 @@ impl ControlPvs {
                 dtype: ParameterType::Str,
                 seen: None,
             });
-            let mut state = PvStructure::new(nt::nt_enum());
+            let mut state = stamped(nt::nt_enum());
             let choices = ArrayValue::String(vec!["idle".into(), "recording".into()]);
             let _ = state.set("value.choices", PvValue::Array(choices), &mut BitSet::new());
             store.add(&format!("{pvs_prefix}STATE"), state, Access::ReadOnly);
@@ -324,6 +331,7 @@ impl ControlPvs {
                 self.store
                     .update(&format!("{}EXPORT", collector.prefix), |pv, changed| {
                         let _ = pv.set("value", PvValue::Long(exports), changed);
+                        nt::set_time_stamp(pv, "timeStamp", TimeStamp::now(), changed);
                     });
             }
         }
