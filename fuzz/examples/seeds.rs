@@ -153,6 +153,66 @@ fn main() -> std::io::Result<()> {
     );
     write("ca_wire", "extended_header", &extended)?;
 
+    // PV Access: messages holding a type and a value (an NTScalar with its change marks and
+    // members, an NTNDArray of the ramp, lz4-compressed, big-endian), one in two segments.
+    {
+        use beamflow_pva::nt;
+        use beamflow_pva::pvdata::{
+            BitSet, ByteOrder, Encoder, PvStructure, ScalarType, Value as PvValue,
+        };
+        use beamflow_pva::wire::{begin, command as pva_command, end};
+        let message = |order: ByteOrder, pv: &PvStructure, changed: &BitSet| {
+            let mut out = Encoder::new(order);
+            let start = begin(&mut out, pva_command::MONITOR, true);
+            out.field_desc(&pv.field_desc());
+            let _ = out.value(&pv.field_desc(), &PvValue::Structure(pv.fields.clone()));
+            changed.encode(&mut out);
+            let _ = out.partial(pv, changed);
+            end(&mut out, start);
+            out.buf
+        };
+        let mut scalar = PvStructure::new(nt::nt_scalar(ScalarType::Double, true));
+        let mut changed = BitSet::new();
+        let _ = scalar.set("value", PvValue::Double(2.5), &mut changed);
+        write(
+            "pva_wire",
+            "scalar",
+            &message(ByteOrder::Little, &scalar, &changed),
+        )?;
+        let mut ndarray = nt::ndarray_value(&image, 3, nt::TimeStamp::default());
+        let compressed = lz4_flex::block::compress(&pixels);
+        let mut marks = BitSet::new();
+        let _ = ndarray.set(
+            "value",
+            PvValue::Union(Some((
+                5,
+                Box::new(PvValue::Array(beamflow_pva::pvdata::ArrayValue::UByte(
+                    compressed,
+                ))),
+            ))),
+            &mut marks,
+        );
+        let _ = ndarray.set("codec.name", PvValue::String("lz4".into()), &mut marks);
+        let _ = ndarray.set(
+            "codec.parameters",
+            PvValue::Any(Some(Box::new((
+                beamflow_pva::pvdata::FieldDesc::Scalar(ScalarType::Int),
+                PvValue::Int(3),
+            )))),
+            &mut marks,
+        );
+        let whole = message(ByteOrder::Big, &ndarray, &BitSet::all());
+        // Segmented: the first half flagged first, the rest last.
+        let (head, tail) = whole[8..].split_at((whole.len() - 8) / 2);
+        let mut segmented = Vec::new();
+        for (flag, part) in [(0x10u8, head), (0x20u8, tail)] {
+            segmented.extend_from_slice(&[0xCA, 2, 0xC0 | flag, pva_command::MONITOR]);
+            segmented.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            segmented.extend_from_slice(part);
+        }
+        write("pva_wire", "ndarray_lz4_segmented", &segmented)?;
+    }
+
     // Control messages, both ways.
     let hello = Hello {
         role: Role::Worker,

@@ -541,6 +541,14 @@ fn decompress(codec: &str, data: &[u8], size: usize, elem_size: usize) -> Result
         codec: codec.to_owned(),
         error,
     };
+    // LZ4 expands a byte to at most 255: a larger size announced is not this data's, and
+    // would reserve memory nothing was received for.
+    if size > data.len().saturating_mul(255).saturating_add(64) {
+        return Err(failed(format!(
+            "uncompressedSize {size} is more than {} compressed bytes can hold",
+            data.len()
+        )));
+    }
     match codec {
         "lz4" => lz4_flex::block::decompress(data, size).map_err(|e| failed(e.to_string())),
         "bslz4" => {
@@ -629,6 +637,34 @@ mod tests {
         assert_eq!(ndarray_image(&bslz4).unwrap(), large);
         let jpeg = compressed(&large, "jpeg", pixels);
         assert!(matches!(ndarray_image(&jpeg), Err(NtError::Codec { .. })));
+    }
+
+    #[test]
+    fn a_size_no_compressed_data_can_hold_is_refused_before_memory_is_reserved() {
+        let pixels = 1 << 30;
+        let huge = NdArray::new(vec![pixels], DType::Uint8, Bytes::from(vec![0u8; 0]));
+        assert!(huge.is_err(), "an array cannot claim what it lacks");
+        let mut pv = compressed(&image(), "lz4", vec![0x1f, 0, 1, 0]);
+        let mut changed = BitSet::new();
+        pv.set(
+            "dimension",
+            Value::StructureArray(vec![Some(vec![
+                Value::Int(pixels as i32),
+                Value::Int(0),
+                Value::Int(pixels as i32),
+                Value::Int(1),
+                Value::Boolean(false),
+            ])]),
+            &mut changed,
+        )
+        .unwrap();
+        pv.set(
+            "uncompressedSize",
+            Value::Long(2 * pixels as i64),
+            &mut changed,
+        )
+        .unwrap();
+        assert!(matches!(ndarray_image(&pv), Err(NtError::Codec { .. })));
     }
 
     #[test]
