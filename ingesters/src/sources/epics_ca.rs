@@ -1,6 +1,6 @@
 //! EPICS process variables over Channel Access: scalars, waveforms and areaDetector images,
 //! each a stream of [`PvFrame`]s (value, alarm, CA time stamp), numbered into events by an
-//! [`EventClock`].
+//! [`EventClock`](super::event_clock::EventClock).
 //!
 //! Images: `ArrayData` is a flat waveform; its shape comes from `width_pv`/`height_pv`
 //! (`ArraySize0_RBV`/`ArraySize1_RBV`) or a configured `shape`. With `dtype = "uint16"`, both
