@@ -931,21 +931,21 @@ rmat_y = [[1, 2], [0, 1]]
                 r#""last/values/x/sigma_um""#,
                 r#""last/values/x/sigma_umm""#
             ),
-            r#"line 114, column 27: reducer.pvs.values."OTR2:SIGMA_X".path: no accumulator publishes "last/values/x/sigma_umm": "last/values/x" has no key "sigma_umm"; did you mean "sigma_um"?"#
+            r#"line 116, column 27: reducer.pvs.values."OTR2:SIGMA_X".path: no accumulator publishes "last/values/x/sigma_umm": "last/values/x" has no key "sigma_umm"; did you mean "sigma_um"?"#
         );
         assert_eq!(
             typo(
                 r#""quad_scan/fit/x/norm_emit""#,
                 r#""quad_scna/fit/x/norm_emit""#
             ),
-            r#"line 116, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scna/fit/x/norm_emit": the state has no key "quad_scna"; did you mean "quad_scan"?"#
+            r#"line 118, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scna/fit/x/norm_emit": the state has no key "quad_scna"; did you mean "quad_scan"?"#
         );
         assert_eq!(
             typo(
                 r#""quad_scan/fit/x/norm_emit""#,
                 r#""quad_scan/live/fti/x/norm_emit""#
             ),
-            r#"line 116, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scan/live/fti/x/norm_emit": "quad_scan/live" has no key "fti"; did you mean "fit"?"#
+            r#"line 118, column 22: reducer.pvs.values.EMITN_X.path: no accumulator publishes "quad_scan/live/fti/x/norm_emit": "quad_scan/live" has no key "fti"; did you mean "fit"?"#
         );
     }
 
@@ -1029,18 +1029,18 @@ rmat_y = [[1, 2], [0, 1]]
                 r#"{ path = "screen/values/mean", elements = 2000,"#,
                 r#"{ path = "screen/values/mean", elemnts = 2000,"#
             ),
-            "line 120, column 54: unknown field `elemnts`, expected one of `path`, `elements`, `scale`, `units`, `precision`, `display`, `control`, `alarm`, `max_age_s`"
+            "line 122, column 54: unknown field `elemnts`, expected one of `path`, `elements`, `scale`, `units`, `precision`, `display`, `control`, `alarm`, `max_age_s`, `columns`, `image`, `history`"
         );
         assert_eq!(
             typo(
                 r#"units = "kG", precision = 4"#,
                 r#"units = "kG·m/s²", precision = 4"#
             ),
-            r#"line 113, column 15: units "kG·m/s²" is 9 bytes; Channel Access carries at most 7"#
+            r#"line 115, column 15: units "kG·m/s²" is 9 bytes; Channel Access carries at most 7"#
         );
         assert_eq!(
             typo(r#""QE04:BACT" = { path"#, r#""QE04:BACT" = 4 # { path"#),
-            r#"line 113, column 15: invalid type: integer `4`, expected a state path string ("last/values/x/sigma_um") or a table { path = "...", units = "µm", precision = 2, display = [lo, hi], control = [lo, hi], alarm = { lolo, low, high, hihi }, max_age_s = 2, scale = 1, elements = N }"#
+            r#"line 115, column 15: invalid type: integer `4`, expected a state path string ("last/values/x/sigma_um") or a table { path = "...", units = "µm", precision = 2, display = [lo, hi], control = [lo, hi], alarm = { lolo, low, high, hihi }, max_age_s = 2, scale = 1, elements = N, columns = [..], image = true, history = N }"#
         );
     }
 

@@ -450,7 +450,7 @@ pub fn ndarray_image(pv: &PvStructure) -> Result<NdArray, NtError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let (dtype, bytes) = if codec.is_empty() || codec == "none" {
-        raw_bytes(array)
+        array_bytes(array)
     } else {
         let dtype = compressed_dtype(pv).ok_or_else(|| missing("codec.parameters"))?;
         let ArrayValue::UByte(compressed) = array else {
@@ -510,7 +510,9 @@ fn compressed_dtype(pv: &PvStructure) -> Option<DType> {
     })
 }
 
-fn raw_bytes(array: &ArrayValue) -> (DType, Vec<u8>) {
+/// A numeric array's elements as little-endian bytes with their element type (booleans as
+/// bytes; strings as no bytes).
+pub fn array_bytes(array: &ArrayValue) -> (DType, Vec<u8>) {
     fn bytes<T: Copy, const N: usize>(v: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
         v.iter().flat_map(|&x| to(x)).collect()
     }

@@ -400,7 +400,7 @@ impl<'de> Deserialize<'de> for PvSource {
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "a state path string (\"last/values/x/sigma_um\") or a table { path = \"...\", units = \"µm\", precision = 2, display = [lo, hi], control = [lo, hi], alarm = { lolo, low, high, hihi }, max_age_s = 2, scale = 1, elements = N }",
+                    "a state path string (\"last/values/x/sigma_um\") or a table { path = \"...\", units = \"µm\", precision = 2, display = [lo, hi], control = [lo, hi], alarm = { lolo, low, high, hihi }, max_age_s = 2, scale = 1, elements = N, columns = [..], image = true, history = N }",
                 )
             }
 

@@ -107,6 +107,22 @@ pub struct StreamPv {
     pub shape: Option<[usize; 2]>,
 }
 
+/// A stream's configured `dtype` (a numpy name), or the error naming its key.
+pub(crate) fn configured_dtype(
+    stream: &StreamName,
+    name: Option<&String>,
+) -> Result<Option<DType>, SourceError> {
+    name.map(|name| {
+        DType::from_name(name).ok_or_else(|| SourceError::Table {
+            key: format!("pvs.{:?}.dtype", stream.as_str()),
+            message: format!(
+                "unknown dtype {name:?}; expected a numpy type name: uint8, uint16, uint32, uint64, int8, int16, int32, int64, float32 or float64"
+            ),
+        })
+    })
+    .transpose()
+}
+
 /// The client's task: runs until dropped, reporting through the function it is given.
 pub type ClientTask<V> = Box<
     dyn FnOnce(

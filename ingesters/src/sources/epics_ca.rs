@@ -26,7 +26,7 @@ use beamflow_protocol::{DType, NdArray, StreamName};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::sources::epics::{Epics, Protocol, PvEvent, Role, StreamPv};
+use crate::sources::epics::{Epics, Protocol, PvEvent, Role, StreamPv, configured_dtype};
 use crate::sources::event_clock::ClockConfig;
 use crate::{Source, SourceError, SourceKind};
 
@@ -93,27 +93,14 @@ impl SourceKind for EpicsCaConfig {
     }
 
     fn streams_named(&self) -> Vec<(String, StreamName)> {
-        self.clock
-            .trigger()
-            .map(|stream| ("clock.stream".to_owned(), stream.clone()))
-            .into_iter()
-            .collect()
+        self.clock.streams_named()
     }
 
     /// What the table cannot say by its types: dtype names and the clock's rate (the trigger
     /// stream's existence is the pipeline's check, which knows every stream).
     fn check(&self) -> Result<(), SourceError> {
         for (stream, pv) in &self.pvs {
-            if let Some(name) = &pv.dtype
-                && DType::from_name(name).is_none()
-            {
-                return Err(SourceError::Table {
-                    key: format!("pvs.{:?}.dtype", stream.as_str()),
-                    message: format!(
-                        "unknown dtype {name:?}; expected a numpy type name: uint8, uint16, uint32, uint64, int8, int16, int32, int64, float32 or float64"
-                    ),
-                });
-            }
+            configured_dtype(stream, pv.dtype.as_ref())?;
         }
         self.clock.check()
     }
@@ -152,12 +139,7 @@ impl EpicsCa {
         let mut roles = Vec::new();
         let mut pvs = Vec::new();
         for (index, pv) in config.pvs.values().enumerate() {
-            let dtype = match &pv.dtype {
-                Some(name) => Some(DType::from_name(name).ok_or_else(|| {
-                    SourceError::Config(format!("{}: unknown dtype {name:?}", streams[index]))
-                })?),
-                None => None,
-            };
+            let dtype = configured_dtype(&streams[index], pv.dtype.as_ref())?;
             pvs.push(StreamPv {
                 pv: pv.pv.clone(),
                 dtype,

@@ -30,7 +30,7 @@ use beamflow_pva::request::Request;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::sources::epics::{Epics, Protocol, PvEvent, Role, StreamPv};
+use crate::sources::epics::{Epics, Protocol, PvEvent, Role, StreamPv, configured_dtype};
 use crate::sources::event_clock::ClockConfig;
 use crate::{Source, SourceError, SourceKind};
 
@@ -88,25 +88,12 @@ impl SourceKind for EpicsPvaConfig {
     }
 
     fn streams_named(&self) -> Vec<(String, StreamName)> {
-        self.clock
-            .trigger()
-            .map(|stream| ("clock.stream".to_owned(), stream.clone()))
-            .into_iter()
-            .collect()
+        self.clock.streams_named()
     }
 
     fn check(&self) -> Result<(), SourceError> {
         for (stream, pv) in &self.pvs {
-            if let Some(name) = &pv.dtype
-                && DType::from_name(name).is_none()
-            {
-                return Err(SourceError::Table {
-                    key: format!("pvs.{:?}.dtype", stream.as_str()),
-                    message: format!(
-                        "unknown dtype {name:?}; expected a numpy type name: uint8, uint16, uint32, uint64, int8, int16, int32, int64, float32 or float64"
-                    ),
-                });
-            }
+            configured_dtype(stream, pv.dtype.as_ref())?;
         }
         self.clock.check()
     }
@@ -149,12 +136,7 @@ impl EpicsPva {
         let streams: Vec<StreamName> = config.pvs.keys().cloned().collect();
         let mut pvs = Vec::new();
         for (stream, pv) in config.pvs.iter() {
-            let dtype = match &pv.dtype {
-                Some(name) => Some(DType::from_name(name).ok_or_else(|| {
-                    SourceError::Config(format!("{stream}: unknown dtype {name:?}"))
-                })?),
-                None => None,
-            };
+            let dtype = configured_dtype(stream, pv.dtype.as_ref())?;
             pvs.push(StreamPv {
                 pv: pv.pv.clone(),
                 dtype,
@@ -297,25 +279,12 @@ fn scalar(x: f64) -> Result<NdArray, String> {
 
 /// A scalar array in its own element type (strings as the bytes of the first).
 fn array_frame(array: &ArrayValue) -> Result<NdArray, String> {
-    fn bytes<T: Copy, const N: usize>(v: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
-        v.iter().flat_map(|&x| to(x)).collect()
-    }
     let (dtype, data) = match array {
-        ArrayValue::Boolean(v) => (DType::Uint8, v.iter().map(|&b| u8::from(b)).collect()),
-        ArrayValue::Byte(v) => (DType::Int8, v.iter().map(|&x| x as u8).collect()),
-        ArrayValue::UByte(v) => (DType::Uint8, v.clone()),
-        ArrayValue::Short(v) => (DType::Int16, bytes(v, i16::to_le_bytes)),
-        ArrayValue::UShort(v) => (DType::Uint16, bytes(v, u16::to_le_bytes)),
-        ArrayValue::Int(v) => (DType::Int32, bytes(v, i32::to_le_bytes)),
-        ArrayValue::UInt(v) => (DType::Uint32, bytes(v, u32::to_le_bytes)),
-        ArrayValue::Long(v) => (DType::Int64, bytes(v, i64::to_le_bytes)),
-        ArrayValue::ULong(v) => (DType::Uint64, bytes(v, u64::to_le_bytes)),
-        ArrayValue::Float(v) => (DType::Float32, bytes(v, f32::to_le_bytes)),
-        ArrayValue::Double(v) => (DType::Float64, bytes(v, f64::to_le_bytes)),
         ArrayValue::String(v) => (
             DType::Uint8,
             v.first().map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
         ),
+        numbers => nt::array_bytes(numbers),
     };
     let elements = data.len() / dtype.size();
     NdArray::new(vec![elements], dtype, Bytes::from(data)).map_err(|error| error.to_string())

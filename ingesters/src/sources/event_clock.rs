@@ -45,6 +45,14 @@ pub enum ClockConfig {
 }
 
 impl ClockConfig {
+    /// The streams the clock's table names, with their keys (`clock.stream`).
+    pub fn streams_named(&self) -> Vec<(String, StreamName)> {
+        self.trigger()
+            .map(|stream| ("clock.stream".to_owned(), stream.clone()))
+            .into_iter()
+            .collect()
+    }
+
     /// The triggering stream of a `trigger` clock.
     pub fn trigger(&self) -> Option<&StreamName> {
         match self {
