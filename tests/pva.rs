@@ -278,13 +278,13 @@ values = {{ count = "count/value", wave = "wave/value/2" }}
             .map(|v| v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
             .unwrap_or_default()
     };
-    eventually(90, "30 images", || {
+    eventually(180, "30 images", || {
         (column("images", "img_min").len() >= 30).then_some(())
     });
     drop(camera);
     let before = column("images", "img_min").len();
     camera = Camera::start(cam_tcp, cam_udp, 10_000);
-    eventually(90, "30 images from the restarted camera", || {
+    eventually(180, "30 images from the restarted camera", || {
         let after = column("images", "img_min");
         (after.iter().filter(|&&n| n >= 10_000.0).count() >= 30).then_some(())
     });
