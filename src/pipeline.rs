@@ -35,6 +35,7 @@ use beamflow_net::files::Roots;
 use beamflow_net::http::Access;
 use beamflow_protocol::{AnalysisName, IngesterName, ParameterDescription, StreamName, WorkerTag};
 use beamflow_reducer::AccumulatorConfig;
+use beamflow_reducer::nexus::ENTRY_FIELDS;
 use beamflow_reducer::result_pvs::{PvSource, ResultPvsConfig};
 use beamflow_workers::AnalysisConfig;
 use beamflow_workers::check::{ResultKeys, suggestion};
@@ -445,6 +446,18 @@ impl Pipeline {
                     known.join(", ")
                 );
                 mistakes.push(Mistake::value(&table, "accumulators", message));
+            }
+            for name in hdf5.clashing_accumulators(&self.accumulators) {
+                let message = format!(
+                    "an HDF5 file's /entry already holds {name:?} ({}); rename the accumulator \
+                     to write it under [reducer.hdf5]",
+                    ENTRY_FIELDS.join(", ")
+                );
+                mistakes.push(Mistake {
+                    path: vec![Segment::key("accumulators"), Segment::key(name)],
+                    in_name: true,
+                    message,
+                });
             }
         }
 
@@ -980,6 +993,23 @@ rmat_y = [[1, 2], [0, 1]]
             said.contains(r#"reducer.hdf5.accumulators: no accumulator "bean" to write"#),
             "{said}"
         );
+    }
+
+    #[test]
+    fn an_accumulator_written_to_hdf5_may_not_be_named_like_the_entrys_own_fields() {
+        let hdf5 = "\n[reducer.hdf5]\nfolder = \"/data\"\n";
+        let clash = "\n[accumulators.title]\nkind = \"history\"\nanalysis = \"otr2\"\nvalues = { x = \"x/sigma_um\" }\n";
+        let said = Pipeline::parse(&format!("{INJECTOR}{clash}{hdf5}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            said.contains(r#"accumulators.title: an HDF5 file's /entry already holds "title""#),
+            "{said}"
+        );
+        // Unwritten, or not among the accumulators written, the name is free.
+        assert!(Pipeline::parse(&format!("{INJECTOR}{clash}")).is_ok());
+        let named = format!("{hdf5}accumulators = [\"beam\"]\n");
+        assert!(Pipeline::parse(&format!("{INJECTOR}{clash}{named}")).is_ok());
     }
 
     #[test]

@@ -61,6 +61,20 @@ impl Hdf5Config {
             .iter()
             .filter(|name| !known.contains_key(*name))
     }
+
+    /// The accumulators to write whose names `/entry` already holds (its title, times and
+    /// metadata), for the pipeline's check: a file with them could not be written.
+    pub fn clashing_accumulators<'a>(
+        &'a self,
+        known: &'a BTreeMap<String, crate::AccumulatorConfig>,
+    ) -> impl Iterator<Item = &'a String> {
+        let written: Box<dyn Iterator<Item = &String>> = if self.accumulators.is_empty() {
+            Box::new(known.keys())
+        } else {
+            Box::new(self.accumulators.iter())
+        };
+        written.filter(|name| crate::nexus::ENTRY_FIELDS.contains(&name.as_str()))
+    }
 }
 
 /// One file written.
