@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::epics::{ca_env, epics_tool, free_ca_port};
-use crate::util::{beamflow, eventually, free_ports, python, root, scratch_dir, start_run};
+use crate::util::{
+    beamflow, eventually, free_ports, http_post, python, root, scratch_dir, start_run,
+};
 
 /// The injector's beam size and scan quad over Channel Access, a collector of the PV values,
 /// the quad's readback through `pv_linear` (the processing device), and its result and every
@@ -95,7 +97,7 @@ fn the_collector_and_a_processing_device_are_driven_over_pv_access() {
         .env("EPICS_PVAS_BROADCAST_PORT", pva_udp.to_string())
         .args(["run", "--sim-ioc", "--pipeline"])
         .arg(&pipeline);
-    let _run = start_run(command);
+    let run = start_run(command);
 
     let output = Command::new(python())
         .arg(root().join("tests/python/pva_collector.py"))
@@ -174,6 +176,14 @@ fn the_collector_and_a_processing_device_are_driven_over_pv_access() {
         let number = |text: &str| text.split_whitespace().last()?.parse::<f64>().ok();
         let (cal, input) = (number(&cal)?, number(&input)?);
         ((cal - (2.0 * input + 1.5)).abs() < 1e-9).then_some(())
+    });
+
+    // A change made over REST, not through a PV, shows on the parameter's PV too.
+    let (code, body) = http_post(run.rest, "/api/v1/parameter/qe04_offset", "-0.5");
+    assert_eq!(code, 200, "{body}");
+    eventually(30, "the offset set over REST on its PV", || {
+        let (_, text) = pv_tool("pvget", pva_udp, &["-r", "value", "T:PARAM:qe04_offset"]);
+        (text.split_whitespace().last()? == "-0.5").then_some(())
     });
 }
 

@@ -14,11 +14,11 @@
 //! Puts are allowed only from the peers `[reducer.pvs.writers]` names (loopback by default);
 //! the server refuses others with an error status and logs them. A put of a value the
 //! parameter's type cannot take is refused with the reason. Values are read back from the
-//! controller every period, so a change made over REST shows on the PVs too.
+//! controller after each put and every second, so a change made over REST shows on the PVs too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use beamflow_net::Stop;
 use beamflow_protocol::{ParameterDescription, ParameterType, ParameterValue, Value};
@@ -30,6 +30,10 @@ use tracing::{info, warn};
 
 use crate::dashboard::health::ControllerClient;
 use crate::http::View;
+
+/// How often parameters are read back from the controller when no put was made here, so a
+/// change made over REST or by another client shows on the PVs.
+pub const PARAMETER_READ_EVERY: Duration = Duration::from_secs(1);
 
 /// What the control thread is asked to do by a put.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,16 +290,23 @@ impl ControlPvs {
         self.store.names()
     }
 
-    /// Carries out puts and keeps the PVs current until `stop`, looking every `period`.
+    /// Carries out puts and keeps the PVs current until `stop`: collectors every `period`,
+    /// parameters right after a put and otherwise every [`PARAMETER_READ_EVERY`] (each read
+    /// asks the controller, which a PV rate of 10 Hz would ask ten times a second for nothing).
     pub fn run_until(mut self, view: &View, period: Duration, stop: &Stop) {
+        let mut next_read = Instant::now();
         while !stop.is_stopped() {
             while let Ok(command) = self.commands.recv_timeout(period) {
                 self.carry_out(command);
+                next_read = Instant::now();
                 if stop.is_stopped() {
                     return;
                 }
             }
-            self.read_parameters();
+            if Instant::now() >= next_read {
+                self.read_parameters();
+                next_read = Instant::now() + PARAMETER_READ_EVERY;
+            }
             self.update_collectors(&view.state());
         }
     }
