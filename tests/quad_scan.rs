@@ -10,7 +10,7 @@ use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use serde_json::Value;
 
 use crate::epics::{ca_env, free_ca_port, tool_output};
-use crate::util::{RunningPipeline, eventually, http_get, http_post, start_run};
+use crate::util::{RunningPipeline, eventually, http_get, http_post, python, root, start_run};
 
 /// The scan quad QE04 and its readback on the simulated injector.
 const QE04: &str = "QUAD:IN20:525:BCTRL";
@@ -399,6 +399,28 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
     assert!(
         stderr.contains("no waist"),
         "the table shows the warning: {stderr}"
+    );
+    // silx, on the reducer's HDF5-REST view, plots the steps: x size against the setting.
+    let silx = Command::new(python())
+        .arg(root().join("tests/python/silx_default_plot.py"))
+        .arg(format!("http://{state}/"))
+        .arg("quad_scan")
+        .output()
+        .expect("start python");
+    let silx_said = String::from_utf8_lossy(&silx.stdout);
+    assert!(
+        silx.status.success(),
+        "silx:\n{silx_said}\n{}",
+        String::from_utf8_lossy(&silx.stderr)
+    );
+    // The frozen steps: the three set, and the readbacks seen on the way.
+    let steps = result(state, "quad_scan/steps")
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(steps >= 3, "{steps}");
+    assert!(
+        silx_said.contains(&format!("size_x_m against bctrl_kg, {steps} points")),
+        "{silx_said}"
     );
 
     // The same pipeline scan, its event numbers going on from before the quad scan.

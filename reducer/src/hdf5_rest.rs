@@ -203,6 +203,10 @@ fn member(value: &Value) -> Option<Node> {
         Value::Map(_) => tree(value),
         Value::Array(items) => match list(items) {
             Some(data) => dataset(data),
+            None if let Some(columns) = columns(items) => Node::Group {
+                members: columns,
+                attributes: BTreeMap::new(),
+            },
             None => {
                 let entries = items
                     .iter()
@@ -235,6 +239,31 @@ fn texts(items: &[Value]) -> Option<Vec<String>> {
             _ => None,
         })
         .collect()
+}
+
+/// A table given as rows (maps with the same keys, as a quad scan's steps) as its columns,
+/// each a member as that list of values would be (a dataset where it can be): the shape a
+/// history's columns have, so a plot reads one column. `None` unless every row is a map with
+/// the first one's keys.
+fn columns(rows: &[Value]) -> Option<BTreeMap<String, Node>> {
+    let first = match rows.first() {
+        Some(row @ Value::Map(first)) if typed_array(row).is_none() => first,
+        _ => return None,
+    };
+    let mut columns = BTreeMap::new();
+    for key in first.keys() {
+        let column: Vec<Value> = rows
+            .iter()
+            .map(|row| match row {
+                Value::Map(row) if row.len() == first.len() => row.get(key).cloned(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        if let Some(node) = member(&Value::Array(column)) {
+            columns.insert(key.clone(), node);
+        }
+    }
+    Some(columns)
 }
 
 /// A list as one dataset: numbers (N-D when rectangular) or strings; `None` otherwise.
@@ -647,6 +676,84 @@ mod tests {
             "H5T_STD_U16LE"
         );
         assert_eq!(shape_json(&[]), json!({"class": "H5S_SCALAR"}));
+    }
+
+    /// A quad scan's steps arrive as rows; each column is a member a plot reads alone.
+    #[test]
+    fn a_list_of_rows_is_a_dataset_per_column_and_mixed_rows_stay_items() {
+        let step = |k: f64, size: Option<f64>, accepted: bool| {
+            map(&[
+                ("bctrl_kg", Value::Float(k)),
+                ("size_x_m", size.map_or(Value::Null, Value::Float)),
+                ("accepted", Value::Bool(accepted)),
+                ("screen", Value::Text("OTR2".into())),
+                ("bins", Value::Array(vec![Value::Int(1), Value::Int(2)])),
+                (
+                    "not_fitted",
+                    if accepted {
+                        Value::Null
+                    } else {
+                        Value::Text("no shots".into())
+                    },
+                ),
+            ])
+        };
+        let state = map(&[
+            (
+                "steps",
+                Value::Array(vec![step(-1.0, Some(2e-4), true), step(1.0, None, false)]),
+            ),
+            (
+                "mixed",
+                Value::Array(vec![
+                    map(&[("a", Value::Int(1))]),
+                    map(&[("b", Value::Int(2))]),
+                ]),
+            ),
+            (
+                "nested",
+                Value::Array(vec![map(&[("fit", map(&[("emit", Value::Float(1.0))]))])]),
+            ),
+        ]);
+        let root = tree(&state);
+        let column = |path: &str| match root.at(path) {
+            Some(Node::Dataset { data, .. }) => data.clone(),
+            other => panic!("{path}: {other:?}"),
+        };
+        let Data::Numbers(size) = column("steps/size_x_m") else {
+            panic!()
+        };
+        assert_eq!(size.dtype(), DType::Float64);
+        assert_eq!(size.to_f64()[0], 2e-4);
+        assert!(size.to_f64()[1].is_nan(), "a missing size is NaN");
+        let Data::Numbers(bins) = column("steps/bins") else {
+            panic!()
+        };
+        assert_eq!(
+            bins.shape(),
+            [2, 2],
+            "a row's array is a row of the dataset"
+        );
+        assert_eq!(
+            column("steps/screen"),
+            Data::Strings {
+                shape: vec![2],
+                values: vec!["OTR2".into(), "OTR2".into()]
+            }
+        );
+        assert!(matches!(column("steps/accepted"), Data::Numbers(_)));
+        // A column of maps is a table again; one of nulls and texts a group of its items.
+        assert!(matches!(column("nested/fit/emit"), Data::Numbers(_)));
+        assert!(matches!(
+            root.at("steps/not_fitted/1"),
+            Some(Node::Dataset { .. })
+        ));
+        assert!(
+            root.at("steps/not_fitted/0").is_none(),
+            "a null is left out"
+        );
+        // Rows of different keys are a group of their items.
+        assert!(matches!(root.at("mixed/1/b"), Some(Node::Dataset { .. })));
     }
 
     #[test]

@@ -22,6 +22,8 @@ import urllib.request
 import h5pyd
 import numpy as np
 
+from json_paths import step
+
 
 def get_json(endpoint, path):
     with urllib.request.urlopen(endpoint.rstrip("/") + path, timeout=30) as response:
@@ -118,7 +120,7 @@ def check_final(endpoint):
                 counts["attributes"] += 1
             node = state
             for part in member_path.strip("/").split("/"):
-                node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+                node = step(node, part)
             if node is None:
                 # Only what JSON leaves out: the frames kept for display.
                 assert name == "pixels", member_path

@@ -21,6 +21,8 @@ import sys
 import h5py
 import numpy as np
 
+from json_paths import step
+
 
 def text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -58,7 +60,7 @@ def main():
                 return
             node = state
             for part in parts:
-                node = node.get(part) if isinstance(node, dict) else node[int(part)] if isinstance(node, list) else None
+                node = step(node, part)
             if node is None:
                 assert parts[-1] == "pixels", name
                 return

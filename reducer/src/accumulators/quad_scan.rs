@@ -616,6 +616,57 @@ impl Accumulator for QuadScan {
         self.close(MeasurementState::Ended);
     }
 
+    /// Each measurement's steps plot as silx draws a quad scan: the x size against the quad's
+    /// setting, the y size beside it.
+    fn hdf5_attributes(&self) -> Value {
+        let text = |s: &str| Value::Text(s.to_owned());
+        let plot = Value::Map(BTreeMap::from([(
+            "_attrs".to_owned(),
+            Value::Map(BTreeMap::from([
+                ("NX_class".to_owned(), text("NXdata")),
+                ("signal".to_owned(), text("size_x_m")),
+                ("axes".to_owned(), text("bctrl_kg")),
+                (
+                    "auxiliary_signals".to_owned(),
+                    Value::Array(vec![text("size_y_m")]),
+                ),
+            ])),
+        )]));
+        // Only steps that are there: no steps is an empty dataset, not a group to plot.
+        let steps_of = |view: &Value| {
+            matches!(view.pointer("steps"), Some(Value::Array(steps)) if !steps.is_empty())
+        };
+        let with_steps =
+            || Value::Map(BTreeMap::from([("steps".to_owned(), plot.clone())]));
+        let mut entries = BTreeMap::new();
+        if self.frozen.back().is_some_and(|f| steps_of(&f.view)) {
+            entries.insert("steps".to_owned(), plot.clone());
+            let default = BTreeMap::from([("default".to_owned(), text("steps"))]);
+            entries.insert("_attrs".to_owned(), Value::Map(default));
+        }
+        let measurements: BTreeMap<String, Value> = self
+            .frozen
+            .iter()
+            .filter(|f| steps_of(&f.view))
+            .map(|f| (f.id.clone(), with_steps()))
+            .collect();
+        if !measurements.is_empty() {
+            entries.insert("measurements".to_owned(), Value::Map(measurements));
+        }
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|live| !live.steps.steps.is_empty())
+        {
+            entries.insert("live".to_owned(), with_steps());
+        }
+        if entries.is_empty() {
+            Value::Null
+        } else {
+            Value::Map(entries)
+        }
+    }
+
     fn publish(&self) -> Value {
         let last = self.frozen.back();
         let of_last = |key: &str| {
@@ -909,6 +960,49 @@ design_twiss = { beta_x = 1.113, alpha_x = -0.069, beta_y = 1.113, alpha_y = -0.
         scan.finish(&Parameters::default());
         let ended = serde_json::to_value(scan.publish()).expect("json");
         assert_eq!(ended["measurements"]["m3"]["state"], "ended");
+    }
+
+    /// As HDF5 (what h5pyd and silx read), a measurement's steps are an `NXdata` of the x
+    /// size against the quad's setting, a column each; the accumulator's default names them.
+    #[test]
+    fn steps_are_an_nxdata_of_size_against_setting() {
+        use crate::hdf5_rest::{Attribute, Hdf5File, Node};
+        let file = |scan: &QuadScan| {
+            let state = Value::Map(BTreeMap::from([("qs".to_owned(), scan.publish())]));
+            let attributes = BTreeMap::from([("qs".to_owned(), scan.hdf5_attributes())]);
+            Hdf5File::new(Arc::new(state), Arc::default(), &attributes)
+        };
+        let mut scan = opened("m1");
+        assert_eq!(scan.hdf5_attributes(), Value::Null, "no steps, nothing to plot");
+        let mut n = 0;
+        three_steps(&mut scan, &mut n, [1.0, 2.0, 3.0]);
+        let running = file(&scan);
+        let Some(Node::Group { attributes, .. }) = running.root().at("qs/live/steps") else {
+            panic!("no live steps group");
+        };
+        assert_eq!(attributes["signal"], Attribute::Text("size_x_m".into()));
+        scan.parameters_changed(&measuring(""));
+        let closed = file(&scan);
+        for steps in ["qs/steps", "qs/measurements/m1/steps"] {
+            let Some(Node::Group { attributes, .. }) = closed.root().at(steps) else {
+                panic!("no {steps} group");
+            };
+            assert_eq!(attributes["NX_class"], Attribute::Text("NXdata".into()));
+            for key in ["signal", "axes"] {
+                let Attribute::Text(column) = &attributes[key] else {
+                    panic!("{key}: {:?}", attributes[key]);
+                };
+                let Some(Node::Dataset { data, .. }) = closed.root().at(&format!("{steps}/{column}"))
+                else {
+                    panic!("{steps}: {key} names no dataset");
+                };
+                assert_eq!(data.shape(), [3], "a value per step");
+            }
+        }
+        let Some(Node::Group { attributes, .. }) = closed.root().at("qs") else {
+            panic!()
+        };
+        assert_eq!(attributes["default"], Attribute::Text("steps".into()));
     }
 
     #[test]
