@@ -65,17 +65,8 @@ fn h5pyd_1_0_and_0_24_and_silx_browse_the_live_state() {
             "{name}: {stdout}"
         );
     }
-    let silx = Command::new(python())
-        .arg(root().join("tests/python/silx_default_plot.py"))
-        .arg(&endpoint)
-        .output()
-        .expect("start python");
-    let stdout = String::from_utf8_lossy(&silx.stdout);
-    assert!(
-        silx.status.success(),
-        "silx:\n{stdout}\n{}",
-        String::from_utf8_lossy(&silx.stderr)
-    );
+    let stdout =
+        String::from_utf8(run_python("silx_default_plot.py", &[&endpoint])).expect("UTF-8");
     assert!(stdout.contains("default plot: /beam"), "{stdout}");
 }
 

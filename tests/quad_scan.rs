@@ -10,7 +10,7 @@ use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use serde_json::Value;
 
 use crate::epics::{ca_env, free_ca_port, tool_output};
-use crate::util::{RunningPipeline, eventually, http_get, http_post, python, root, start_run};
+use crate::util::{RunningPipeline, eventually, http_get, http_post, run_python, start_run};
 
 /// The scan quad QE04 and its readback on the simulated injector.
 const QE04: &str = "QUAD:IN20:525:BCTRL";
@@ -401,18 +401,12 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
         "the table shows the warning: {stderr}"
     );
     // silx, on the reducer's HDF5-REST view, plots the steps: x size against the setting.
-    let silx = Command::new(python())
-        .arg(root().join("tests/python/silx_default_plot.py"))
-        .arg(format!("http://{state}/"))
-        .arg("quad_scan")
-        .output()
-        .expect("start python");
-    let silx_said = String::from_utf8_lossy(&silx.stdout);
-    assert!(
-        silx.status.success(),
-        "silx:\n{silx_said}\n{}",
-        String::from_utf8_lossy(&silx.stderr)
-    );
+    let url = format!("http://{state}/");
+    let silx_said = String::from_utf8(run_python(
+        "silx_default_plot.py",
+        &[url.as_str(), "quad_scan"],
+    ))
+    .expect("UTF-8");
     // The frozen steps: the three set, and the readbacks seen on the way.
     let steps = result(state, "quad_scan/steps")
         .as_array()

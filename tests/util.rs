@@ -32,7 +32,7 @@ pub(crate) fn python() -> PathBuf {
 
 /// Runs a script from `tests/python/` and returns its standard output; fails the test with its
 /// standard error otherwise.
-pub(crate) fn run_python(script: &str, args: &[&Path]) -> Vec<u8> {
+pub(crate) fn run_python<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {
     let output = Command::new(python())
         .arg(root().join("tests/python").join(script))
         .args(args)
