@@ -71,10 +71,16 @@ impl Ioc {
 
 impl Drop for Ioc {
     fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.wait();
+        kill_group(&mut self.0);
     }
+}
+
+/// Stops a tool started in its own process group (`process_group(0)`): the wheel's EPICS tools
+/// are launchers whose child is the tool, which killing the launcher alone leaves running.
+fn kill_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
 }
 
 fn caput(port: u16, args: &[&str]) {
@@ -585,28 +591,19 @@ fn runs_the_embedded_injector_and_serves_results_as_pvs() {
 /// to the quad-scan reference dataset's exact size at that setting.
 #[test]
 fn sim_ioc_is_read_and_steered_with_epics_tools() {
-    use std::io::BufRead;
     let port = free_ca_port();
     let mut command = crate::util::beamflow();
     ca_env(&mut command, port).args(["sim-ioc", "--image-rate", "20"]);
     let mut sim = Running::start(command);
     sim.wait_for_line("beamflow sim-ioc:");
 
-    let mut monitor = ca_env(&mut Command::new(epics_tool("camonitor")), port)
-        .args(["-t", "n", "OTRS:IN20:571:Image:ArrayCounter_RBV"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start camonitor");
-    let mut lines = std::io::BufReader::new(monitor.stdout.take().unwrap()).lines();
-    let counts: Vec<i64> = (0..4)
-        .map(|_| {
-            let line = lines.next().expect("a camonitor line").unwrap();
-            line.split_whitespace().last().unwrap().parse().unwrap()
-        })
-        .collect();
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    let counter = "OTRS:IN20:571:Image:ArrayCounter_RBV";
+    let monitor = Camonitor::start(port, &[counter]);
+    let counts = eventually(20, "four counter values", || {
+        let seen = monitor.of(counter);
+        (seen.len() >= 4).then_some(seen)
+    });
+    drop(monitor);
     assert!(
         counts.windows(2).all(|w| w[1] > w[0]),
         "the counter advances: {counts:?}"
@@ -1581,4 +1578,70 @@ fn issue_17_a_client_that_never_reads_costs_the_server_its_budget_only() {
     let line = sim.wait_for_line("asks for more than it reads");
     assert!(line.contains("127.0.0.1:"), "{line}");
     drop(stream);
+}
+
+/// `camonitor` of some PVs on CA `port`, every value it prints kept by PV, in order.
+pub(crate) struct Camonitor {
+    child: Child,
+    values: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>,
+}
+
+impl Camonitor {
+    /// Starts it and waits for the first value of each of `pvs`.
+    pub(crate) fn start(port: u16, pvs: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: the wheel's `camonitor` is a launcher whose child is the tool.
+        let mut child = ca_env(&mut Command::new(epics_tool("camonitor")), port)
+            .process_group(0)
+            .args(["-t", "n"])
+            .args(pvs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start camonitor");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let values = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&values);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                if let (Some(pv), Some(Ok(value))) = (words.next(), words.next().map(str::parse)) {
+                    kept.lock().unwrap().push((pv.to_owned(), value));
+                }
+            }
+        });
+        let monitor = Self { child, values };
+        for pv in pvs {
+            crate::util::eventually(20, &format!("camonitor's first {pv}"), || {
+                (!monitor.of(pv).is_empty()).then_some(())
+            });
+        }
+        monitor
+    }
+
+    /// The values of `pv` seen so far.
+    pub(crate) fn of(&self, pv: &str) -> Vec<f64> {
+        let values = self.values.lock().unwrap();
+        values
+            .iter()
+            .filter(|(name, _)| name == pv)
+            .map(|&(_, value)| value)
+            .collect()
+    }
+
+    /// Waits until `pv` was last seen at `value`; returns every value it had.
+    pub(crate) fn until(&self, pv: &str, value: f64) -> Vec<f64> {
+        crate::util::eventually(20, &format!("camonitor's {pv} at {value}"), || {
+            let seen = self.of(pv);
+            (seen.last() == Some(&value)).then_some(seen)
+        })
+    }
+}
+
+impl Drop for Camonitor {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
 }

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 
 use serde_json::Value;
 
-use crate::epics::{ca_env, free_ca_port, tool_output};
+use crate::epics::{Camonitor, ca_env, free_ca_port, tool_output};
 use crate::util::{RunningPipeline, eventually, http_get, http_post, run_python, start_run};
 
 /// The scan quad QE04 and its readback on the simulated injector.
@@ -452,76 +452,6 @@ fn a_negative_scan_keeps_the_histories_and_freezes_its_fit() {
     let (exit, _, stderr) = Scan::start(equals).finish();
     assert!(!exit.success());
     assert!(stderr.contains("not a quad_scan accumulator"), "{stderr}");
-}
-
-/// `camonitor` of some PVs on CA `port`, every value it prints kept by PV, in order.
-struct Camonitor {
-    child: Child,
-    values: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>,
-}
-
-impl Camonitor {
-    /// Starts it and waits for the first value of each of `pvs`.
-    fn start(port: u16, pvs: &[&str]) -> Self {
-        use std::os::unix::process::CommandExt;
-        // Its own process group: the wheel's `camonitor` is a launcher whose child is the tool.
-        let mut child = ca_env(
-            &mut Command::new(crate::epics::epics_tool("camonitor")),
-            port,
-        )
-        .process_group(0)
-        .args(["-t", "n"])
-        .args(pvs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start camonitor");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let values = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = std::sync::Arc::clone(&values);
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                let mut words = line.split_whitespace();
-                if let (Some(pv), Some(Ok(value))) = (words.next(), words.next().map(str::parse)) {
-                    kept.lock().unwrap().push((pv.to_owned(), value));
-                }
-            }
-        });
-        let monitor = Self { child, values };
-        for pv in pvs {
-            crate::util::eventually(20, &format!("camonitor's first {pv}"), || {
-                (!monitor.of(pv).is_empty()).then_some(())
-            });
-        }
-        monitor
-    }
-
-    /// The values of `pv` seen so far.
-    fn of(&self, pv: &str) -> Vec<f64> {
-        let values = self.values.lock().unwrap();
-        values
-            .iter()
-            .filter(|(name, _)| name == pv)
-            .map(|&(_, value)| value)
-            .collect()
-    }
-
-    /// Waits until `pv` was last seen at `value`; returns every value it had.
-    fn until(&self, pv: &str, value: f64) -> Vec<f64> {
-        crate::util::eventually(20, &format!("camonitor's {pv} at {value}"), || {
-            let seen = self.of(pv);
-            (seen.last() == Some(&value)).then_some(seen)
-        })
-    }
-}
-
-impl Drop for Camonitor {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-    }
 }
 
 /// Issue 17: a scan writes only the PVs the pipeline lists under `[controller.scan.writable]`,
