@@ -69,15 +69,29 @@ def stamp_now():
 
 
 image_nt, scalar_nt, wave_nt = NTNDArray(), NTScalar("l"), NTScalar("ad")
-# The images are posted as whole values (the compressed ones are built by hand).
-blank = image_nt.wrap(np.zeros((HEIGHT, WIDTH), dtype=np.uint16))
-pvs = {
-    "CAM:IMG": SharedPV(initial=blank),
-    "CAM:IMG:LZ4": SharedPV(initial=blank),
-    "CAM:IMG:BSLZ4": SharedPV(initial=blank),
-    "CAM:COUNT": SharedPV(nt=scalar_nt, initial=0),
-    "CAM:WAVE": SharedPV(nt=wave_nt, initial=[0.0, 0.0, 0.0]),
-}
+
+
+def frame(n):
+    """Image n's values, by PV (the images whole values: the compressed ones are built by
+    hand)."""
+    image = (columns + n).astype(np.uint16)
+    stamp = stamp_now()
+    plain = image_nt.wrap(image)
+    plain["uniqueId"] = n
+    plain["timeStamp"] = stamp
+    return {
+        "CAM:IMG": plain,
+        "CAM:IMG:LZ4": compressed(image, "lz4", n, stamp),
+        "CAM:IMG:BSLZ4": compressed(image, "bslz4", n, stamp),
+        "CAM:COUNT": scalar_nt.wrap(n, timestamp=stamp["secondsPastEpoch"] + stamp["nanoseconds"] * 1e-9),
+        "CAM:WAVE": wave_nt.wrap([float(n), 2.0 * n, 3.0 * n]),
+    }
+
+
+# Every PV holds image `first` before the server answers anyone, as a camera that has taken an
+# image: a client connecting while the first posts go out must not see an image that never was
+# (a blank one, say, beside a real one).
+pvs = {name: SharedPV(initial=value) for name, value in frame(first).items()}
 conf = {
     "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
     "EPICS_PVAS_SERVER_PORT": str(tcp),
@@ -89,24 +103,16 @@ stop = threading.Event()
 
 
 def post():
-    n = first
+    n = first + 1
     period = 1.0 / rate
-    next_at = time.monotonic()
+    next_at = time.monotonic() + period
     while not stop.is_set():
-        image = (columns + n).astype(np.uint16)
-        stamp = stamp_now()
-        plain = image_nt.wrap(image)
-        plain["uniqueId"] = n
-        plain["timeStamp"] = stamp
-        pvs["CAM:IMG"].post(plain)
-        pvs["CAM:IMG:LZ4"].post(compressed(image, "lz4", n, stamp))
-        pvs["CAM:IMG:BSLZ4"].post(compressed(image, "bslz4", n, stamp))
-        pvs["CAM:COUNT"].post(n, timestamp=stamp["secondsPastEpoch"] + stamp["nanoseconds"] * 1e-9)
-        pvs["CAM:WAVE"].post([float(n), 2.0 * n, 3.0 * n])
-        n += 1
-        next_at += period
         # The camera's frame rate, not a synchronisation.
         time.sleep(max(0.0, next_at - time.monotonic()))
+        for name, value in frame(n).items():
+            pvs[name].post(value)
+        n += 1
+        next_at += period
 
 
 with Server(providers=[pvs], conf=conf, useenv=False) as server:
