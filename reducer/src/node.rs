@@ -35,6 +35,9 @@ pub const PUBLISH: Duration = Duration::from_millis(100);
 /// never refuses an event the controller leased).
 const CAPACITY: usize = 1 << 16;
 
+/// How often "reduced up to" is said to the controller when it has not changed.
+const REDUCED_REPEAT: Duration = Duration::from_secs(1);
+
 /// Reports received per loop turn at most.
 const BURST: usize = 1024;
 
@@ -61,6 +64,8 @@ struct Live {
     core: ReducerCore,
     started: Instant,
     reduced: EventNumber,
+    /// When `reduced` was last said to the controller.
+    reduced_said: Instant,
 }
 
 impl Live {
@@ -198,6 +203,7 @@ pub fn run(
                             core,
                             started: now,
                             reduced: EventNumber(0),
+                            reduced_said: now,
                         });
                         publish(view, live.as_ref(), now);
                         published = now;
@@ -274,9 +280,13 @@ pub fn run(
             // after a write failed) `Reduced` goes out all the same: holding it back would stall
             // the scan for good, and the controller logs what a later restart loses.
             live.core.flush_checkpoint();
+            // Said again every REDUCED_REPEAT though unchanged: a `Reduced` the controller
+            // missed (sent while it was restarting, or while it awaited this reducer's resume
+            // point) would otherwise leave a scan whose last events are all applied unfinished.
             let next = live.core.next_event();
-            if next > live.reduced {
+            if next > live.reduced || now.duration_since(live.reduced_said) >= REDUCED_REPEAT {
                 live.reduced = next;
+                live.reduced_said = now;
                 control.send(&ToController::Reduced {
                     scan: live.scan,
                     up_to: next,
@@ -498,6 +508,11 @@ mod tests {
         assert_eq!(at, EventNumber(0));
         // `Reduced` is said only once the checkpoint holds the events.
         feed(&context, &controller, &first, &reports, 0..5);
+        // And said again though nothing changed, for a controller that missed it.
+        controller.wait_for(|_, message| {
+            matches!(message, ToController::Reduced { up_to, .. } if *up_to == EventNumber(5))
+                .then_some(())
+        });
         stop.stop();
         thread.join().unwrap();
 
