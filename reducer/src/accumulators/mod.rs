@@ -172,6 +172,18 @@ registry! {
     Collector(collector::CollectorConfig),
 }
 
+/// A map value of `entries`, for building views and their HDF5 attributes.
+pub(crate) fn map<const N: usize>(
+    entries: [(&str, beamflow_protocol::Value); N],
+) -> beamflow_protocol::Value {
+    beamflow_protocol::Value::Map(
+        entries
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

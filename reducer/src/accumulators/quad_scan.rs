@@ -42,7 +42,7 @@ use beamflow_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::accumulators::{AccumulatorKind, TableError};
+use crate::accumulators::{AccumulatorKind, TableError, map};
 use crate::dashboard::Panel;
 use crate::{Accumulator, AccumulatorError};
 
@@ -619,46 +619,35 @@ impl Accumulator for QuadScan {
     /// Each measurement's steps plot as silx draws a quad scan: the x size against the quad's
     /// setting, the y size beside it.
     fn hdf5_attributes(&self) -> Value {
-        let text = |s: &str| Value::Text(s.to_owned());
-        let plot = Value::Map(BTreeMap::from([(
-            "_attrs".to_owned(),
-            Value::Map(BTreeMap::from([
-                ("NX_class".to_owned(), text("NXdata")),
-                ("signal".to_owned(), text("size_x_m")),
-                ("axes".to_owned(), text("bctrl_kg")),
-                (
-                    "auxiliary_signals".to_owned(),
-                    Value::Array(vec![text("size_y_m")]),
-                ),
-            ])),
-        )]));
+        let plot = map([(
+            "_attrs",
+            map([
+                ("NX_class", Value::from("NXdata")),
+                ("signal", Value::from("size_x_m")),
+                ("axes", Value::from("bctrl_kg")),
+                ("auxiliary_signals", Value::Array(vec![Value::from("size_y_m")])),
+            ]),
+        )]);
         // Only steps that are there: no steps is an empty dataset, not a group to plot.
-        let steps_of = |view: &Value| {
+        let has_steps = |view: &Value| {
             matches!(view.pointer("steps"), Some(Value::Array(steps)) if !steps.is_empty())
         };
-        let with_steps =
-            || Value::Map(BTreeMap::from([("steps".to_owned(), plot.clone())]));
         let mut entries = BTreeMap::new();
-        if self.frozen.back().is_some_and(|f| steps_of(&f.view)) {
+        if self.frozen.back().is_some_and(|f| has_steps(&f.view)) {
             entries.insert("steps".to_owned(), plot.clone());
-            let default = BTreeMap::from([("default".to_owned(), text("steps"))]);
-            entries.insert("_attrs".to_owned(), Value::Map(default));
+            entries.insert("_attrs".to_owned(), map([("default", Value::from("steps"))]));
         }
         let measurements: BTreeMap<String, Value> = self
             .frozen
             .iter()
-            .filter(|f| steps_of(&f.view))
-            .map(|f| (f.id.clone(), with_steps()))
+            .filter(|f| has_steps(&f.view))
+            .map(|f| (f.id.clone(), map([("steps", plot.clone())])))
             .collect();
         if !measurements.is_empty() {
             entries.insert("measurements".to_owned(), Value::Map(measurements));
         }
-        if self
-            .live
-            .as_ref()
-            .is_some_and(|live| !live.steps.steps.is_empty())
-        {
-            entries.insert("live".to_owned(), with_steps());
+        if self.live.as_ref().is_some_and(|live| !live.steps.steps.is_empty()) {
+            entries.insert("live".to_owned(), map([("steps", plot)]));
         }
         if entries.is_empty() {
             Value::Null

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use beamflow_protocol::{AnalysisName, Parameters, ResultData, Value};
 use serde::Deserialize;
 
-use crate::accumulators::{AccumulatorKind, TableError};
+use crate::accumulators::{AccumulatorKind, TableError, map};
 use crate::dashboard::Panel;
 use crate::peak_stats::{PeakStats, peak_stats};
 use crate::{Accumulator, AccumulatorError};
@@ -647,15 +647,6 @@ fn float(value: f64) -> Value {
     } else {
         Value::Null
     }
-}
-
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Map(
-        entries
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value))
-            .collect(),
-    )
 }
 
 /// The `scan_view` accumulator.
